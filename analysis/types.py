@@ -1,0 +1,131 @@
+"""The nouns every stage shares: small frozen records, named once.
+
+Activations are always in the neuron's own units (the input of the MLP output projection), never
+normalised, unless a field says otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class UserError(Exception):
+    """Bad input from the user (unknown name, unsupported model, bad path...).
+
+    The CLI prints the message and exits non-zero, without a traceback; the viewer shows it as an error box.
+    """
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a harvest needs to know about a subject model, and what the cache stores with every result."""
+
+    name: str
+    """The name the user gave: an embedded name, a hub id, a folder or a .gguf path."""
+    model_id: str
+    """Stable id in the cache: ``name@<weights hash prefix>``."""
+    source: str
+    """Where the weights came from: 'embedded', 'hub', 'folder' or 'gguf'."""
+    architecture: str
+    """HF ``model_type`` (gpt2, llama, gemma3_text, gpt_neox, ...)."""
+    n_layers: int
+    d_mlp: int
+    """Neurons per layer: the width of the MLP output projection's input."""
+    hook_point: str
+    """Module path of the hooked input, with ``{layer}`` for the layer index."""
+    act_fn: str
+    """The model's own MLP activation function (config name), e.g. 'silu' (gated), 'gelu_new'."""
+    gated: bool
+    """True for act(gate) * up MLPs (LLaMA, Gemma), False for act(W_in x) MLPs (GPT-2, NeoX)."""
+    weights_hash: str
+    """sha256 of the weight files."""
+    tokenizer_id: str
+    """``<tokenizer name>@<hash of its vocabulary>``."""
+    prepend_bos: bool
+    """Whether the tokenizer puts a BOS token first; harvest windows then get one too (not recorded)."""
+
+
+@dataclass(frozen=True)
+class CorpusInfo:
+    corpus_id: str
+    """Stable id: the embedded name, or ``<file name>@<text hash prefix>``."""
+    name: str
+    source: str
+    """'embedded' or the path it was read from."""
+    text_hash: str
+    n_docs: int
+    n_chars: int
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: int
+    title: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Window:
+    """A fixed run of at most ``seq_len`` tokens from one document: the unit every record is made of."""
+
+    window_id: int
+    """Index of the window in corpus order (documents in order, offsets in order)."""
+    doc_id: int
+    offset: int
+    """Token offset of the window's first token in its document's tokenisation (no special tokens)."""
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ActivationRecord:
+    """One window's activations for one unit, as OpenAI's ActivationRecord plus ids and provenance."""
+
+    tokens: list[str]
+    token_ids: list[int]
+    activations: list[float]
+    window_id: int
+    doc_id: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class UnitStats:
+    """Summary statistics of one unit over every real token of a harvest (padding and BOS excluded)."""
+
+    n_tokens: int
+    mean: float
+    std: float
+    """Population standard deviation."""
+    skewness: float
+    kurtosis: float
+    """Excess kurtosis (Fisher: a normal distribution has 0), as scipy.stats.kurtosis."""
+    min: float
+    max: float
+    frac_active: float
+    """Fraction of tokens with activation > 0."""
+    hist_counts: list[int]
+    """Token counts per bin of ``hist_edges`` (a fixed sign-symmetric log grid, see harvest.HIST_EDGES)."""
+    hist_edges: list[float]
+
+
+@dataclass(frozen=True)
+class NeuronRecord:
+    """Everything the cache holds about one unit of one run (OpenAI's NeuronRecord, plus our extras)."""
+
+    model_id: str
+    corpus_id: str
+    run_id: str
+    layer: int
+    neuron: int
+    hook_point: str
+    stats: UnitStats
+    most_positive_activation_records: list[ActivationRecord]
+    """Top windows by max activation, highest first."""
+    random_sample: list[ActivationRecord]
+    """Uniform random windows (independent per unit), in a fixed random order."""
+    random_sample_by_quantile: list[list[ActivationRecord]]
+    """Random windows per bin of the window-max distribution, lowest bin first."""
+    quantile_boundaries: list[float]
+    """Inner boundaries of those bins (window-max values); bin i is [b[i-1], b[i])."""
+    top_tokens: list[tuple[int, str, float, int]] = field(default_factory=list)
+    """(token id, token, mean activation, count): tokens this unit fires on most, highest mean first."""
