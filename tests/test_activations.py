@@ -13,6 +13,12 @@ from analysis.types import UserError
 from conftest import KINDS
 
 
+def _max_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """Error in units of 1e-5: absolute below magnitude 1, relative above it (fp32 carries ~7 significant
+    digits, and SmolLM2 has 'massive' activations of ~2,800 where one fp32 ulp is 2.4e-4)."""
+    return ((got.double() - ref.double()).abs() / ref.double().abs().clamp(min=1.0)).max().item()
+
+
 def _act_by_hand(name: str, x: torch.Tensor) -> torch.Tensor:
     """Activation functions written out from their definitions (not HF's ACT2FN)."""
     if name in ("gelu_new", "gelu_pytorch_tanh"):
@@ -77,7 +83,7 @@ def test_hooked_activations_equal_plain_forward(tiny_folders, kind):
     got = mlp_activations(subject, ids, mask, layers)
     for layer in layers:
         assert got[layer].shape == (3, 20, subject.info.d_mlp)
-        assert (got[layer].double() - ref[layer]).abs().max().item() <= 1e-5
+        assert _max_err(got[layer], ref[layer]) <= 1e-5
         # the neuron vector really is what the output projection consumes: it reproduces the MLP's output
         with torch.no_grad():
             out = subject.out_proj(layer)(got[layer].clone())
@@ -149,6 +155,6 @@ def test_embedded_smollm2_activations_equal_plain_forward(embedded_smollm2):
                             return_tensors="pt").input_ids
     mask = torch.ones_like(ids)
     ref, _ = _plain_forward_reference(subject, ids, mask)
-    got = mlp_activations(subject, ids, mask, [0, 14, 29])
-    for layer in (0, 14, 29):
-        assert (got[layer].double() - ref[layer]).abs().max().item() <= 1e-5
+    got = mlp_activations(subject, ids, mask, list(range(30)))
+    for layer in range(30):
+        assert _max_err(got[layer], ref[layer]) <= 1e-5

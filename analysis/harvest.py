@@ -1,0 +1,528 @@
+"""The harvest: one streaming pass over token windows that keeps, for every neuron of every requested layer,
+what the viewer and every method need, in memory that does not grow with the corpus.
+
+Shape: map + merge. ``LayerState.from_batch`` turns one batch of activations into a partial state;
+``LayerState.merge`` combines two partial states (associative up to float rounding), so shards can run
+anywhere and be combined in any grouping. On one machine the loop merges batch after batch into a running
+state and checkpoints it after every shard, so an interrupted job resumes exactly where it stopped and
+produces bit-identical results.
+
+Per unit (neuron) the state holds:
+- the top-k windows by max activation, with their activations (float16);
+- a uniform random pool of windows: bottom-``pool`` by a per-(layer, neuron, window) hash key (so each unit's
+  sample is independent of the others', as OpenAI's), with activations. The random sample is the pool's first
+  ``random_k`` by key; the quantile samples bin the pool by its own window-max quantiles;
+- power moments (n, mean, M2, M3, M4 in float64, merged with Pebay's formulas), min, max, count > 0;
+- a histogram on a fixed sign-symmetric log grid (mergeable: the grid never depends on the data);
+- per-token activation sums for the corpus's frequent tokens (the token table), counts shared by all units.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# ---- histogram: the float16 high byte is the bin -----------------------------------------------------------
+# A float16's high byte holds its sign, its 5 exponent bits and its top 2 mantissa bits: read as an integer it
+# names a log-scale bin (4 linear sub-bins per octave, from 2^-14 to 65504, subnormals in the lowest bins).
+# The harvest already makes the float16 copy for storage, so binning costs one byte read per value.
+HIST_BINS = 256
+
+
+def _hist_edges() -> np.ndarray:
+    """Lower and upper magnitude edge of each of the 256 bins (by byte value; sign from bit 7)."""
+    lo, hi = np.zeros(HIST_BINS), np.zeros(HIST_BINS)
+    for b in range(HIST_BINS):
+        e5, sub = (b >> 2) & 31, b & 3
+        if e5 == 0:  # subnormals: linear in [0, 2^-14)
+            lo[b], hi[b] = sub * 2.0**-16, (sub + 1) * 2.0**-16
+        elif e5 == 31:  # inf / nan: above the float16 range
+            lo[b], hi[b] = 65504.0, np.inf
+        else:
+            base = 2.0 ** (e5 - 15)
+            lo[b], hi[b] = base * (1 + sub / 4), base * (1 + (sub + 1) / 4)
+    sign = np.where(np.arange(HIST_BINS) >= 128, -1.0, 1.0)
+    return np.stack([sign * lo, sign * hi], axis=1)
+
+
+HIST_BIN_EDGES = _hist_edges()
+"""``[256, 2]``: the two edges of each bin; for negative bins the first edge is the one nearer 0."""
+
+
+def hist_bin_index(acts16: torch.Tensor) -> torch.Tensor:
+    """The bin (0..255, uint8) of every float16 value: its high byte."""
+    return acts16.contiguous().view(torch.uint8).view(*acts16.shape, 2)[..., 1]
+
+
+def hist_order() -> np.ndarray:
+    """Bin indices sorted from the most negative bin to the most positive (for plotting)."""
+    mids = HIST_BIN_EDGES.mean(axis=1)
+    mids = np.where(np.isfinite(mids), mids, np.sign(HIST_BIN_EDGES[:, 0]) * 1e6)
+    return np.argsort(mids, kind="stable")
+
+
+# ---- deterministic per-(layer, neuron, window) random keys -----------------------------------------------
+_M31 = (1 << 31) - 1
+
+
+def _mix31(x: torch.Tensor) -> torch.Tensor:
+    """An integer hash on [0, 2^31) (products stay below 2^62: no int64 overflow)."""
+    x = x & _M31
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _M31
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _M31
+    return x ^ (x >> 16)
+
+
+def random_keys(seed: int, layer: int, n_units: int, window_ids: torch.Tensor) -> torch.Tensor:
+    """``[len(window_ids), n_units]`` int64 keys, uniform on [0, 2^31); a unit's bottom-k windows by key are a
+    uniform random sample of the windows, independent across units and layers."""
+    units = torch.arange(n_units, dtype=torch.int64, device=window_ids.device)
+    w = _mix31(window_ids.to(torch.int64) * 0x9E3779B1 + seed * 0x85EBCA6B + layer * 0xC2B2AE35)
+    return _mix31(w[:, None] + _mix31(units * 0x27D4EB2F + layer)[None, :] * 0x165667B1)
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    """Parameters of one harvest; stored with the run."""
+
+    layers: tuple[int, ...]
+    seq_len: int = 64
+    """Tokens per window (OpenAI's records are 64 tokens)."""
+    top_k: int = 20
+    random_k: int = 20
+    """Size of each unit's uniform random sample (OpenAI's random_sample)."""
+    quantile_bins: int = 5
+    per_bin: int = 5
+    """Random windows kept per quantile bin (OpenAI's random_sample_by_quantile)."""
+    pool: int = 50
+    """Uniform random windows kept per unit, from which random and quantile samples are drawn."""
+    batch_size: int = 32
+    shard_windows: int = 1024
+    """Windows per shard: the unit of checkpointing and resuming (and of parallel work)."""
+    token_table: int = 4096
+    """Most frequent corpus tokens whose per-unit mean activation is tracked."""
+    min_token_count: int = 3
+    """A token needs this many occurrences to get a mean activation."""
+    seed: int = 0
+
+
+@dataclass
+class LayerState:
+    """Mergeable summary of one layer's neurons over a set of windows (all tensors on one device)."""
+
+    layer: int
+    n: int
+    mean: torch.Tensor  # [N] float64
+    m2: torch.Tensor  # [N] float64, sum of squared deviations
+    m3: torch.Tensor
+    m4: torch.Tensor
+    vmin: torch.Tensor  # [N] float32
+    vmax: torch.Tensor
+    n_pos: torch.Tensor  # [N] int64, tokens with activation > 0
+    hist: torch.Tensor  # [N, HIST_BINS] int64
+    top_val: torch.Tensor  # [K, N] float32 window max, descending; -inf = empty
+    top_wid: torch.Tensor  # [K, N] int64 window id; -1 = empty
+    top_acts: torch.Tensor  # [K, N, T] float16 (T last: a unit's record is one contiguous row)
+    pool_key: torch.Tensor  # [R, N] int64, ascending; 2^62 = empty
+    pool_wid: torch.Tensor  # [R, N]
+    pool_max: torch.Tensor  # [R, N] float32
+    pool_acts: torch.Tensor  # [R, N, T] float16
+    tok_sum: torch.Tensor  # [F + 1, N] float32; row F collects tokens outside the table (discarded)
+
+    @staticmethod
+    def empty(layer: int, n_units: int, seq_len: int, top_k: int, pool: int, table_rows: int, device) -> "LayerState":
+        f64 = dict(dtype=torch.float64, device=device)
+        return LayerState(
+            layer=layer, n=0,
+            mean=torch.zeros(n_units, **f64), m2=torch.zeros(n_units, **f64),
+            m3=torch.zeros(n_units, **f64), m4=torch.zeros(n_units, **f64),
+            vmin=torch.full((n_units,), math.inf, device=device), vmax=torch.full((n_units,), -math.inf, device=device),
+            n_pos=torch.zeros(n_units, dtype=torch.int64, device=device),
+            hist=torch.zeros((n_units, HIST_BINS), dtype=torch.int64, device=device),
+            top_val=torch.full((top_k, n_units), -math.inf, device=device),
+            top_wid=torch.full((top_k, n_units), -1, dtype=torch.int64, device=device),
+            top_acts=torch.zeros((top_k, n_units, seq_len), dtype=torch.float16, device=device),
+            pool_key=torch.full((pool, n_units), 1 << 62, dtype=torch.int64, device=device),
+            pool_wid=torch.full((pool, n_units), -1, dtype=torch.int64, device=device),
+            pool_max=torch.full((pool, n_units), -math.inf, device=device),
+            pool_acts=torch.zeros((pool, n_units, seq_len), dtype=torch.float16, device=device),
+            tok_sum=torch.zeros((table_rows + 1, n_units), dtype=torch.float32, device=device),
+        )
+
+    def add_batch(self, acts: torch.Tensor, mask: torch.Tensor, window_ids: torch.Tensor, token_rows: torch.Tensor,
+                  top_k: int, pool: int, seed: int) -> None:
+        """Merge one batch into this state, in place (the streaming form of ``merge(from_batch(...))``).
+
+        acts ``[B, T, N]`` float32; mask ``[B, T]`` bool, True for real tokens; window_ids ``[B]``;
+        token_rows ``[B, T]`` each token's row in the token table.
+        """
+        B, T, N = acts.shape
+        dev = acts.device
+        full = bool(mask.all())
+        flat = acts.reshape(B * T, N) if full else acts[mask]  # [n, N] real tokens only
+        n = flat.shape[0]
+        if n == 0:
+            return
+        # centred power sums of the batch in float32 (centring keeps them accurate), merged in float64
+        mean = flat.mean(0)
+        d = flat - mean
+        d2 = d * d
+        m2 = d2.sum(0).double()
+        m3 = torch.linalg.vecdot(d2, d, dim=0).double()
+        m4 = torch.linalg.vecdot(d2, d2, dim=0).double()
+        del d, d2
+        if self.n == 0:
+            self.mean, self.m2, self.m3, self.m4 = mean.double(), m2, m3, m4
+        else:
+            self.mean, self.m2, self.m3, self.m4 = _merge_moments(
+                self.n, self.mean, self.m2, self.m3, self.m4, n, mean.double(), m2, m3, m4)
+        self.n += n
+        self.n_pos += torch.count_nonzero(flat > 0, dim=0)
+        self.tok_sum.index_add_(0, token_rows.reshape(-1) if full else token_rows[mask], flat)
+        if full:
+            wmax, wmin = acts.amax(1), acts.amin(1)
+        else:
+            pad = ~mask[:, :, None]
+            wmax = acts.masked_fill(pad, -math.inf).amax(1)
+            wmin = acts.masked_fill(pad, math.inf).amin(1)
+            acts = acts.masked_fill(pad, 0.0)  # padding (possibly NaN) is stored as 0
+        wmin_all = wmin.amin(0)
+        wmin_all = torch.where(torch.isfinite(wmin_all), wmin_all, self.vmin)
+        self.vmin = torch.minimum(self.vmin, wmin_all)
+        self.vmax = torch.maximum(self.vmax, wmax.amax(0))
+        acts16 = acts.to(torch.float16).transpose(1, 2).contiguous()  # [B, N, T]
+        # unit-major flat index (unit * 256 + bin): a unit's T values land in one 2 KB block of counters
+        binned = hist_bin_index(acts16).to(torch.int32)
+        binned += torch.arange(0, N * HIST_BINS, HIST_BINS, dtype=torch.int32, device=dev)[None, :, None]
+        counts = torch.bincount(binned.view(-1), minlength=N * HIST_BINS).view(N, HIST_BINS)
+        if not full:  # padding was stored as +0.0, whose bin is 0: take it back out
+            counts[:, 0] -= int(B * T - n)
+        self.hist += counts
+        del binned
+        wid = window_ids.to(dev)[:, None].expand(B, N)
+        self.top_val, self.top_wid, self.top_acts = _merge_ranked(
+            self.top_val, self.top_wid, self.top_acts, wmax, wid, acts16, top_k, largest=True)
+        keys = random_keys(seed, self.layer, N, window_ids.to(dev))
+        self.pool_key, (self.pool_wid, self.pool_max), self.pool_acts = _merge_ranked(
+            self.pool_key, (self.pool_wid, self.pool_max), self.pool_acts, keys, (wid, wmax), acts16, pool, largest=False)
+
+    def merge(self, other: "LayerState", top_k: int, pool: int) -> "LayerState":
+        """The state of the union of both window sets (windows must be disjoint)."""
+        na, nb = self.n, other.n
+        if nb == 0:
+            return self
+        if na == 0:
+            merged_moments = (other.mean, other.m2, other.m3, other.m4)
+        else:
+            merged_moments = _merge_moments(na, self.mean, self.m2, self.m3, self.m4, nb, other.mean, other.m2, other.m3, other.m4)
+        top_val, top_wid, top_acts = _merge_ranked(self.top_val, self.top_wid, self.top_acts,
+                                                   other.top_val, other.top_wid, other.top_acts, top_k, largest=True)
+        pool_key, (pool_wid, pool_max), pool_acts = _merge_ranked(
+            self.pool_key, (self.pool_wid, self.pool_max), self.pool_acts,
+            other.pool_key, (other.pool_wid, other.pool_max), other.pool_acts, pool, largest=False)
+        return LayerState(
+            layer=self.layer, n=na + nb,
+            mean=merged_moments[0], m2=merged_moments[1], m3=merged_moments[2], m4=merged_moments[3],
+            vmin=torch.minimum(self.vmin, other.vmin), vmax=torch.maximum(self.vmax, other.vmax),
+            n_pos=self.n_pos + other.n_pos, hist=self.hist + other.hist,
+            top_val=top_val, top_wid=top_wid, top_acts=top_acts,
+            pool_key=pool_key, pool_wid=pool_wid, pool_max=pool_max, pool_acts=pool_acts,
+            tok_sum=self.tok_sum + other.tok_sum,
+        )
+
+
+def _merge_moments(na, ma, m2a, m3a, m4a, nb, mb, m2b, m3b, m4b):
+    """Pebay (2008) pairwise update of mean and central power sums M2..M4."""
+    n = na + nb
+    delta = mb - ma
+    d_n = delta / n
+    mean = ma + d_n * nb
+    m2 = m2a + m2b + delta * d_n * na * nb
+    m3 = m3a + m3b + delta * d_n * d_n * na * nb * (na - nb) + 3.0 * d_n * (na * m2b - nb * m2a)
+    m4 = (m4a + m4b + delta * d_n * d_n * d_n * na * nb * (na * na - na * nb + nb * nb)
+          + 6.0 * d_n * d_n * (na * na * m2b + nb * nb * m2a) + 4.0 * d_n * (na * m3b - nb * m3a))
+    return mean, m2, m3, m4
+
+
+def _merge_ranked(key_a, extra_a, acts_a, key_b, extra_b, acts_b, k: int, largest: bool):
+    """Keep, per unit (column), the k best entries of ``a`` (k slots, unsorted) and candidates ``b``.
+
+    ``a`` is updated by replacement: a candidate that makes the cut takes the slot of an entry that drops out,
+    so only the activation rows that actually change are copied (late in a long harvest almost none).
+    key ``[k, N]``, extra a tensor or tuple of tensors ``[k, N]``, acts ``[k, N, T]``; ``b`` likewise with any
+    number of rows. Empty slots hold the worst possible key. Returns the new (key, extra, acts); the inputs
+    of ``a`` are modified in place.
+    """
+    single = not isinstance(extra_a, tuple)
+    extras_a = (extra_a,) if single else extra_a
+    extras_b = (extra_b,) if single else extra_b
+    ka = key_a.shape[0]
+    assert ka == k, "state lists have exactly k slots"
+    worst = key_a.amin(0) if largest else key_a.amax(0)
+    beats = (key_b > worst[None]) if largest else (key_b < worst[None])
+    if not bool(beats.any()):
+        return key_a, extra_a, acts_a
+    keys = torch.cat([key_a, key_b], 0)
+    _, idx = torch.topk(keys, k, dim=0, largest=largest, sorted=False)
+    chosen = torch.zeros_like(keys, dtype=torch.bool).scatter_(0, idx, True)
+    # slots that drop out and candidates that come in: the same count per column; nonzero() on the
+    # transposed masks lists both column by column, so they pair up one to one
+    out_col, out_slot = (~chosen[:ka]).T.nonzero(as_tuple=True)
+    in_col, in_row = chosen[ka:].T.nonzero(as_tuple=True)
+    key_a[out_slot, out_col] = key_b[in_row, in_col]
+    for ea, eb in zip(extras_a, extras_b):
+        ea[out_slot, out_col] = eb[in_row, in_col]
+    acts_a[out_slot, out_col] = acts_b[in_row, in_col]
+    return key_a, extra_a, acts_a
+
+
+@dataclass
+class HarvestState:
+    """The running state of a harvest: one LayerState per layer, plus what is shared by all layers."""
+
+    config: HarvestConfig
+    layers: dict[int, LayerState]
+    tok_count: torch.Tensor  # [F + 1] int64 occurrences of each table token
+    shards_done: int = 0
+    windows_done: int = 0
+
+    @staticmethod
+    def empty(config: HarvestConfig, n_units: int, table_rows: int, device="cpu") -> "HarvestState":
+        return HarvestState(
+            config=config,
+            layers={layer: LayerState.empty(layer, n_units, config.seq_len, config.top_k, config.pool, table_rows, device)
+                    for layer in config.layers},
+            tok_count=torch.zeros(table_rows + 1, dtype=torch.int64, device=device),
+        )
+
+    def update(self, acts: dict[int, torch.Tensor], mask: torch.Tensor, window_ids: torch.Tensor, token_rows: torch.Tensor) -> None:
+        """Merge one batch into the running state."""
+        cfg = self.config
+        table_rows = self.tok_count.shape[0] - 1
+        for layer, a in acts.items():
+            self.layers[layer].add_batch(a, mask, window_ids, token_rows, cfg.top_k, cfg.pool, cfg.seed)
+        self.tok_count += torch.bincount(token_rows[mask].to(self.tok_count.device), minlength=table_rows + 1)
+        self.windows_done += int(window_ids.shape[0])
+
+    def merge(self, other: "HarvestState") -> "HarvestState":
+        cfg = self.config
+        return HarvestState(
+            config=cfg,
+            layers={l: self.layers[l].merge(other.layers[l], cfg.top_k, cfg.pool) for l in self.layers},
+            tok_count=self.tok_count + other.tok_count,
+            shards_done=self.shards_done + other.shards_done,
+            windows_done=self.windows_done + other.windows_done,
+        )
+
+
+# ---- token table ---------------------------------------------------------------------------------------------
+
+def token_table(token_lists: list[tuple[int, ...]], size: int, min_count: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The table's token ids (most frequent first, at least ``min_count`` occurrences, at most ``size``) and a
+    ``[vocab_size]`` map from token id to table row (row ``len(ids)`` for tokens outside the table)."""
+    counts = np.bincount(np.fromiter((t for ids in token_lists for t in ids), dtype=np.int64), minlength=vocab_size)
+    order = np.argsort(-counts, kind="stable")
+    ids = order[counts[order] >= min_count][:size]
+    row_of = torch.full((max(vocab_size, len(counts)),), len(ids), dtype=torch.int64)
+    row_of[torch.from_numpy(ids)] = torch.arange(len(ids))
+    return torch.from_numpy(ids.copy()), row_of
+
+
+# ---- finalisation ------------------------------------------------------------------------------------------
+
+@dataclass
+class LayerSummary:
+    """Everything the cache stores for one layer, as arrays over units (N) — see ``summarise``."""
+
+    layer: int
+    n_tokens: int
+    mean: np.ndarray
+    std: np.ndarray
+    skewness: np.ndarray
+    kurtosis: np.ndarray
+    vmin: np.ndarray
+    vmax: np.ndarray
+    frac_active: np.ndarray
+    hist: np.ndarray  # [N, HIST_BINS] int64
+    top_val: np.ndarray  # [K, N]
+    top_wid: np.ndarray  # [K, N], -1 = none
+    top_acts: np.ndarray  # [K, N, T] float16
+    random_idx: np.ndarray  # [random_k, N] index into the pool, -1 = none
+    quantile_idx: np.ndarray  # [bins, per_bin, N] index into the pool, -1 = none
+    quantile_boundaries: np.ndarray  # [bins - 1, N]
+    pool_wid: np.ndarray  # [R, N]
+    pool_max: np.ndarray
+    pool_acts: np.ndarray  # [R, N, T] float16
+    token_means: list[tuple[int, int, int, float, int]] = field(default_factory=list)
+    """(neuron, token id, rank kind, mean, count) rows of the token table worth storing."""
+
+
+def summarise(state: HarvestState, table_ids: torch.Tensor, tokens_per_unit: int = 20, units_per_token: int = 10) -> list[LayerSummary]:
+    cfg = state.config
+    out = []
+    counts = state.tok_count[:-1].cpu()
+    valid = counts >= cfg.min_token_count
+    for layer in cfg.layers:
+        st = state.layers[layer]
+        n = max(st.n, 1)
+        # state lists are unsorted slots: order top by value (descending) and the pool by key (ascending)
+        cols = torch.arange(st.top_val.shape[1], device=st.top_val.device)[None, :]
+        order = torch.argsort(st.top_val, dim=0, descending=True, stable=True)
+        top_val, top_wid, top_acts = st.top_val.gather(0, order), st.top_wid.gather(0, order), st.top_acts[order, cols]
+        order = torch.argsort(st.pool_key, dim=0, stable=True)
+        pool_key, pool_wid = st.pool_key.gather(0, order), st.pool_wid.gather(0, order)
+        pool_max, pool_acts = st.pool_max.gather(0, order), st.pool_acts[order, cols]
+        var = (st.m2 / n).cpu().numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            std = np.sqrt(var)
+            skew = np.where(var > 0, (st.m3 / n).cpu().numpy() / np.power(var, 1.5), 0.0)
+            kurt = np.where(var > 0, (st.m4 / n).cpu().numpy() / (var * var) - 3.0, 0.0)
+        pool_key = pool_key.cpu()
+        pool_max = pool_max.cpu()
+        filled = pool_key < (1 << 62)
+        R, N = pool_key.shape
+        random_idx = torch.full((cfg.random_k, N), -1, dtype=torch.int64)
+        kk = min(cfg.random_k, R)
+        random_idx[:kk] = torch.where(filled[:kk], torch.arange(kk)[:, None].expand(kk, N), -1)
+        boundaries, quantile_idx = _quantile_samples(pool_max, filled, cfg.quantile_bins, cfg.per_bin)
+        # token table: means per (token row, neuron)
+        sums = st.tok_sum[:-1].cpu()
+        means = sums / counts.clamp(min=1)[:, None].float()
+        means[~valid] = -math.inf
+        rows = []
+        if int(valid.sum()) > 0:
+            k_tok = min(tokens_per_unit, int(valid.sum()))
+            top_t = torch.topk(means, k_tok, dim=0).indices  # [k, N]
+            keep = torch.zeros_like(means, dtype=torch.bool)
+            keep.scatter_(0, top_t, True)
+            k_unit = min(units_per_token, N)
+            top_u = torch.topk(means, k_unit, dim=1).indices  # [F, k]
+            keep.scatter_(1, top_u, True)
+            keep &= valid[:, None]
+            r, c = keep.nonzero(as_tuple=True)
+            rows = list(zip(c.tolist(), table_ids[r].tolist(), means[r, c].tolist(), counts[r].tolist()))
+        out.append(LayerSummary(
+            layer=layer, n_tokens=st.n,
+            mean=st.mean.cpu().numpy(), std=std, skewness=skew, kurtosis=kurt,
+            vmin=st.vmin.cpu().numpy(), vmax=st.vmax.cpu().numpy(), frac_active=(st.n_pos.cpu().numpy() / n),
+            hist=st.hist.cpu().numpy(),
+            top_val=top_val.cpu().numpy(), top_wid=top_wid.cpu().numpy(), top_acts=top_acts.cpu().numpy(),
+            random_idx=random_idx.numpy(), quantile_idx=quantile_idx, quantile_boundaries=boundaries,
+            pool_wid=pool_wid.cpu().numpy(), pool_max=pool_max.numpy(), pool_acts=pool_acts.cpu().numpy(),
+            token_means=rows,
+        ))
+    return out
+
+
+def _quantile_samples(pool_max: torch.Tensor, filled: torch.Tensor, bins: int, per_bin: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bin each unit's random pool by quantiles of its window maxima; keep the first ``per_bin`` (by key)
+    of each bin. Returns inner boundaries ``[bins-1, N]`` and pool indices ``[bins, per_bin, N]`` (-1 = none)."""
+    R, N = pool_max.shape
+    vals = pool_max.double().numpy().copy()
+    vals[~filled.numpy()] = np.nan
+    qs = np.arange(1, bins) / bins
+    boundaries = np.nanquantile(vals, qs, axis=0) if filled.any() else np.full((bins - 1, N), np.nan)
+    boundaries = np.atleast_2d(boundaries).reshape(bins - 1, N)
+    with np.errstate(invalid="ignore"):
+        which = np.sum(vals[None] >= boundaries[:, None, :], axis=0)  # [R, N] bin of each pool entry
+    which[np.isnan(vals)] = -1
+    idx = np.full((bins, per_bin, N), -1, dtype=np.int64)
+    for b in range(bins):  # pool rows are in key order, so the first per_bin of a bin are a random draw
+        in_bin = which == b
+        rank = np.cumsum(in_bin, axis=0) - 1
+        r_idx, n_idx = np.nonzero(in_bin & (rank < per_bin))
+        idx[b, rank[r_idx, n_idx], n_idx] = r_idx
+    return boundaries, idx
+
+
+# ---- the streaming loop, with checkpoints ---------------------------------------------------------------
+
+def pad_batch(windows: list, seq_len: int, pad_id: int, bos_id: int | None):
+    """Right-padded ``input_ids`` and ``attention_mask`` (with a BOS column first when ``bos_id`` is given),
+    the real-token mask ``[B, seq_len]`` and the window ids."""
+    B = len(windows)
+    ids = torch.full((B, seq_len), pad_id, dtype=torch.int64)
+    real = torch.zeros((B, seq_len), dtype=torch.bool)
+    for i, w in enumerate(windows):
+        ids[i, : len(w.token_ids)] = torch.tensor(w.token_ids, dtype=torch.int64)
+        real[i, : len(w.token_ids)] = True
+    attn = real.long()
+    if bos_id is not None:
+        ids = torch.cat([torch.full((B, 1), bos_id, dtype=torch.int64), ids], 1)
+        attn = torch.cat([torch.ones((B, 1), dtype=torch.int64), attn], 1)
+    return ids, attn, real, torch.tensor([w.window_id for w in windows], dtype=torch.int64)
+
+
+def save_checkpoint(state: HarvestState, path: Path, run_id: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    payload = {"run_id": run_id, "shards_done": state.shards_done, "windows_done": state.windows_done,
+               "tok_count": state.tok_count.cpu(),
+               "layers": {l: {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in vars(st).items()}
+                          for l, st in state.layers.items()}}
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint
+
+
+def load_checkpoint(path: Path, run_id: str, config: HarvestConfig, device) -> HarvestState | None:
+    if not path.exists():
+        return None
+    payload = torch.load(path, map_location=device, weights_only=False)
+    if payload.get("run_id") != run_id:
+        return None
+    layers = {int(l): LayerState(**d) for l, d in payload["layers"].items()}
+    return HarvestState(config=config, layers=layers, tok_count=payload["tok_count"].to(device),
+                        shards_done=payload["shards_done"], windows_done=payload["windows_done"])
+
+
+def run_harvest(subject, windows: list, config: HarvestConfig, checkpoint: Path | None = None,
+                run_id: str = "", device: str = "cpu", progress: bool = True):
+    """Stream ``windows`` through the model; return (final HarvestState, token table ids).
+
+    With ``checkpoint``, the state is saved after every shard and a matching checkpoint is resumed from.
+    Interrupting (Ctrl-C, a crash) loses at most the shard in progress.
+    """
+    from tqdm import tqdm
+
+    from analysis.activations import mlp_activations
+
+    info = subject.info
+    vocab_size = max(len(subject.tokenizer), max((max(w.token_ids) for w in windows), default=0) + 1)
+    table_ids, row_of = token_table([w.token_ids for w in windows], config.token_table, config.min_token_count, vocab_size)
+    row_of = row_of.to(device)
+    state = load_checkpoint(checkpoint, run_id, config, device) if checkpoint else None
+    if state is None:
+        state = HarvestState.empty(config, info.d_mlp, len(table_ids), device)
+    shards = [windows[i : i + config.shard_windows] for i in range(0, len(windows), config.shard_windows)]
+    pad_id = subject.tokenizer.pad_token_id
+    pad_id = pad_id if pad_id is not None else (subject.tokenizer.eos_token_id or 0)
+    bos_id = subject.tokenizer.bos_token_id if info.prepend_bos else None
+    layers = list(config.layers)
+    done_tokens = sum(len(w.token_ids) for sh in shards[: state.shards_done] for w in sh)
+    total = sum(len(w.token_ids) for w in windows)
+    bar = tqdm(total=total, initial=done_tokens, unit="tok", unit_scale=True, disable=not progress,
+               desc=f"harvest {info.name} L{layers[0]}-{layers[-1]}" if len(layers) > 1 else f"harvest {info.name} L{layers[0]}",
+               smoothing=0.05)
+    try:
+        for si in range(state.shards_done, len(shards)):
+            shard = shards[si]
+            for b in range(0, len(shard), config.batch_size):
+                batch = shard[b : b + config.batch_size]
+                ids, attn, real, wids = pad_batch(batch, config.seq_len, pad_id, bos_id)
+                acts = mlp_activations(subject, ids, attn, layers)
+                if bos_id is not None:
+                    acts = {l: a[:, 1:] for l, a in acts.items()}
+                real = real.to(device)
+                tok_rows = row_of[ids[:, 1:] if bos_id is not None else ids].to(device)
+                state.update(acts, real, wids.to(device), tok_rows)
+                bar.update(int(real.sum()))
+            state.shards_done = si + 1
+            if checkpoint is not None and si + 1 < len(shards):
+                save_checkpoint(state, checkpoint, run_id)
+    finally:
+        bar.close()
+    return state, table_ids

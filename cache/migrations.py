@@ -1,0 +1,44 @@
+"""Append-only, named schema migrations. The schema version of a file is the number of migrations applied.
+
+The big tables (windows, unit_stats, records, samples, token_means) carry no primary key: DuckDB keeps an
+in-memory index per key, and a run's rows are always written (and replaced) whole by the store.
+
+Never edit a migration that has shipped: add a new one.
+"""
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "001_initial",
+        """
+        CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+        CREATE TABLE models (
+            model_id VARCHAR PRIMARY KEY, name VARCHAR, source VARCHAR, architecture VARCHAR,
+            n_layers INTEGER, d_mlp INTEGER, hook_point VARCHAR, act_fn VARCHAR, gated BOOLEAN,
+            weights_hash VARCHAR, tokenizer_id VARCHAR, prepend_bos BOOLEAN);
+        CREATE TABLE vocab (tokenizer_id VARCHAR, token_id INTEGER, token VARCHAR, PRIMARY KEY (tokenizer_id, token_id));
+        CREATE TABLE corpora (
+            corpus_id VARCHAR PRIMARY KEY, name VARCHAR, source VARCHAR, text_hash VARCHAR,
+            n_docs INTEGER, n_chars BIGINT);
+        CREATE TABLE documents (corpus_id VARCHAR, doc_id INTEGER, title VARCHAR, PRIMARY KEY (corpus_id, doc_id));
+        CREATE TABLE runs (
+            run_id VARCHAR PRIMARY KEY, model_id VARCHAR, corpus_id VARCHAR, layers INTEGER[], params VARCHAR,
+            windows_hash VARCHAR, n_windows INTEGER, n_tokens BIGINT, code_version VARCHAR, status VARCHAR,
+            created_at TIMESTAMP, finished_at TIMESTAMP);
+        CREATE TABLE windows (
+            run_id VARCHAR, window_id INTEGER, doc_id INTEGER, token_offset INTEGER, token_ids INTEGER[]);
+        CREATE TABLE unit_stats (
+            run_id VARCHAR, layer SMALLINT, unit INTEGER, n_tokens BIGINT, mean DOUBLE, std DOUBLE,
+            skewness DOUBLE, kurtosis DOUBLE, min REAL, max REAL, frac_active REAL,
+            hist BLOB, quantile_boundaries REAL[]);
+        CREATE TABLE records (
+            run_id VARCHAR, layer SMALLINT, unit INTEGER, window_id INTEGER, acts BLOB);
+        CREATE TABLE samples (
+            run_id VARCHAR, layer SMALLINT, unit INTEGER, kind VARCHAR, bin SMALLINT, rank SMALLINT,
+            window_id INTEGER, max_act REAL);
+        CREATE TABLE token_means (
+            run_id VARCHAR, layer SMALLINT, unit INTEGER, token_id INTEGER, mean REAL, count INTEGER);
+        """,
+    ),
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
