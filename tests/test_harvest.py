@@ -1,0 +1,184 @@
+"""The streaming harvest against brute force: every window run alone, every statistic recomputed with numpy/scipy."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from analysis.activations import mlp_activations
+from analysis.harvest import (HIST_BIN_EDGES, HarvestConfig, HarvestState, LayerState, random_keys, run_harvest,
+                              summarise)
+from analysis.models import load_model
+from analysis.types import Window
+
+LAYERS = (0, 2)
+
+
+@pytest.fixture(scope="module")
+def subject(tiny_folders):
+    return load_model(str(tiny_folders["llama"]))
+
+
+@pytest.fixture(scope="module")
+def windows(subject):
+    rng = np.random.default_rng(0)
+    V = len(subject.tokenizer)
+    out = []
+    for i in range(23):
+        n = 16 if i % 5 else int(rng.integers(4, 16))  # some short (padded) windows
+        ids = rng.integers(3, 40 if i % 3 else V, size=n)  # a small id range so tokens repeat
+        out.append(Window(window_id=i * 3 + 1, doc_id=i // 4, offset=(i % 4) * 16, token_ids=tuple(int(t) for t in ids)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def brute(subject, windows):
+    """Each window alone through the model: no batching, no padding."""
+    acts = {}
+    for w in windows:
+        ids = torch.tensor([w.token_ids])
+        a = mlp_activations(subject, ids, None, list(LAYERS))
+        acts[w.window_id] = {l: a[l][0].numpy() for l in LAYERS}  # [T, N]
+    return acts
+
+
+CFG = HarvestConfig(layers=LAYERS, seq_len=16, top_k=5, random_k=4, quantile_bins=3, per_bin=2, pool=9,
+                    batch_size=3, shard_windows=4, token_table=50, min_token_count=2, seed=7)
+
+
+@pytest.fixture(scope="module")
+def summary(subject, windows):
+    state, table_ids = run_harvest(subject, windows, CFG, progress=False)
+    return {s.layer: s for s in summarise(state, table_ids)}, state
+
+
+def test_top_k_equals_brute_force(summary, windows, brute):
+    summ, _ = summary
+    for layer in LAYERS:
+        s = summ[layer]
+        N = s.mean.shape[0]
+        maxima = np.array([[brute[w.window_id][layer][:, u].max() for u in range(N)] for w in windows])  # [W, N]
+        wids = np.array([w.window_id for w in windows])
+        for u in range(N):
+            order = np.argsort(-maxima[:, u], kind="stable")[: CFG.top_k]
+            # the k largest window maxima, each held by the window named (exact ties -- the same first token
+            # gives the same activation -- may be broken either way)
+            np.testing.assert_allclose(s.top_val[:, u], maxima[order, u], rtol=1e-6, atol=1e-6)
+            assert len(set(s.top_wid[:, u])) == CFG.top_k
+            by_wid = dict(zip(wids, maxima[:, u]))
+            np.testing.assert_allclose([by_wid[w] for w in s.top_wid[:, u]], s.top_val[:, u], rtol=1e-6)
+            for rank, wid in enumerate(s.top_wid[:, u]):
+                real = brute[int(wid)][layer][:, u]
+                got = s.top_acts[rank, u, : len(real)].astype(np.float64)
+                np.testing.assert_allclose(got, real, rtol=1e-3, atol=1e-3)  # float16 storage
+
+
+def test_moments_and_extremes_equal_scipy(summary, windows, brute):
+    summ, _ = summary
+    for layer in LAYERS:
+        s = summ[layer]
+        allv = np.concatenate([brute[w.window_id][layer] for w in windows], 0).astype(np.float64)  # [n, N]
+        assert s.n_tokens == allv.shape[0] == sum(len(w.token_ids) for w in windows)
+        np.testing.assert_allclose(s.mean, allv.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(s.std, allv.std(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(s.skewness, scipy.stats.skew(allv, axis=0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(s.kurtosis, scipy.stats.kurtosis(allv, axis=0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(s.vmin, allv.min(0), rtol=1e-6)
+        np.testing.assert_allclose(s.vmax, allv.max(0), rtol=1e-6)
+        np.testing.assert_allclose(s.frac_active, (allv > 0).mean(0))
+
+
+def test_histogram_counts_every_token_in_the_right_bin(summary, windows, brute):
+    summ, _ = summary
+    lo = np.abs(HIST_BIN_EDGES[:, 0])
+    hi = np.abs(HIST_BIN_EDGES[:, 1])
+    for layer in LAYERS:
+        s = summ[layer]
+        allv = np.concatenate([brute[w.window_id][layer] for w in windows], 0).astype(np.float16).astype(np.float64)
+        for u in range(0, allv.shape[1], 7):
+            expected = np.zeros(256, dtype=np.int64)
+            for v in allv[:, u]:
+                side = range(128, 256) if np.signbit(v) else range(0, 128)
+                hits = [b for b in side if lo[b] <= abs(v) < hi[b]]
+                assert len(hits) == 1, v
+                expected[hits[0]] += 1
+            np.testing.assert_array_equal(s.hist[u], expected)
+
+
+def test_random_sample_is_the_bottom_keys_and_quantiles_respect_bins(summary, windows):
+    summ, _ = summary
+    wids = torch.tensor([w.window_id for w in windows])
+    for layer in LAYERS:
+        s = summ[layer]
+        N = s.mean.shape[0]
+        keys = random_keys(CFG.seed, layer, N, wids).numpy()  # [W, N]
+        for u in range(N):
+            expect = wids.numpy()[np.argsort(keys[:, u], kind="stable")[: CFG.random_k]]
+            got = s.pool_wid[s.random_idx[:, u], u]
+            assert list(got) == list(expect)
+            for b in range(CFG.quantile_bins):
+                lo = -np.inf if b == 0 else s.quantile_boundaries[b - 1, u]
+                hi = np.inf if b == CFG.quantile_bins - 1 else s.quantile_boundaries[b, u]
+                for p in s.quantile_idx[b, :, u]:
+                    if p >= 0:
+                        assert lo <= s.pool_max[p, u] < hi or (b == CFG.quantile_bins - 1 and s.pool_max[p, u] >= lo)
+        # random samples differ between units (independent per unit)
+        assert len({tuple(s.pool_wid[s.random_idx[:, u], u]) for u in range(N)}) > N // 2
+
+
+def test_token_means_equal_brute_force(summary, windows, brute):
+    summ, _ = summary
+    occurrences: dict[int, list[tuple[int, int]]] = {}
+    for w in windows:
+        for pos, t in enumerate(w.token_ids):
+            occurrences.setdefault(t, []).append((w.window_id, pos))
+    for layer in LAYERS:
+        rows = summ[layer].token_means
+        assert rows
+        for unit, token, mean, count in rows[:200]:
+            occ = occurrences[token]
+            assert count == len(occ) >= CFG.min_token_count
+            expected = np.mean([brute[wid][layer][pos, unit] for wid, pos in occ])
+            assert mean == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_merge_is_associative_and_equals_streaming(subject, windows):
+    """map (three disjoint shards) + merge in either grouping == one stream."""
+    from analysis.harvest import pad_batch
+
+    def shard_state(ws):
+        st = LayerState.empty(1, subject.info.d_mlp, 16, CFG.top_k, CFG.pool, 10, "cpu")
+        for b in range(0, len(ws), 3):
+            ids, attn, real, wid = pad_batch(ws[b:b + 3], 16, 0, None)
+            acts = mlp_activations(subject, ids, attn, [1])[1]
+            st.add_batch(acts, real, wid, torch.zeros_like(ids), CFG.top_k, CFG.pool, CFG.seed)
+        return st
+
+    a, b, c = shard_state(windows[:7]), shard_state(windows[7:15]), shard_state(windows[15:])
+    left = copy.deepcopy(a).merge(copy.deepcopy(b), CFG.top_k, CFG.pool).merge(copy.deepcopy(c), CFG.top_k, CFG.pool)
+    right = copy.deepcopy(a).merge(copy.deepcopy(b).merge(copy.deepcopy(c), CFG.top_k, CFG.pool), CFG.top_k, CFG.pool)
+    stream = shard_state(windows)
+    for other in (right, stream):
+        assert left.n == other.n
+        for f in ("mean", "m2", "m3", "m4"):
+            torch.testing.assert_close(getattr(left, f), getattr(other, f), rtol=1e-5, atol=1e-6)
+        for f in ("vmin", "vmax", "n_pos", "hist"):
+            torch.testing.assert_close(getattr(left, f), getattr(other, f))
+        for key, wid in (("top_val", "top_wid"), ("pool_key", "pool_wid")):
+            assert torch.equal(torch.sort(getattr(left, wid), 0).values, torch.sort(getattr(other, wid), 0).values)
+
+
+def test_state_checkpoint_round_trip(tmp_path, subject, windows):
+    from analysis.harvest import load_checkpoint, save_checkpoint
+
+    state, _ = run_harvest(subject, windows[:6], CFG, progress=False)
+    path = tmp_path / "ck.pt"
+    save_checkpoint(state, path, "run1")
+    back = load_checkpoint(path, "run1", CFG, "cpu")
+    assert back is not None and back.shards_done == state.shards_done
+    assert torch.equal(back.layers[2].top_acts, state.layers[2].top_acts)
+    assert load_checkpoint(path, "other-run", CFG, "cpu") is None
