@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DB ?= cache/demo.duckdb
-DEMO_TOKENS ?= 200000
+DEMO_TOKENS ?= 204800
 PORT ?= 8501
 
 .PHONY: setup demo demo-cache serve test bench gemma clean-cache

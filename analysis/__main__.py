@@ -72,7 +72,7 @@ def cmd_harvest(args) -> int:
         raise UserError(f"corpus {args.corpus!r} gives no windows of at least {max(1, args.seq_len // 4)} tokens")
     config = HarvestConfig(layers=tuple(layers), seq_len=args.seq_len, top_k=args.top_k, batch_size=args.batch_size,
                            shard_windows=args.shard_windows, seed=args.seed)
-    params = {k: v for k, v in asdict(config).items() if k not in ("batch_size",)}
+    params = {k: v for k, v in asdict(config).items() if k not in ("batch_size", "shard_windows")}
     params["max_tokens"] = args.max_tokens
     w_hash = windows_hash(windows)
     run_id = hashlib.sha256(json.dumps([subject.info.model_id, corpus.info.corpus_id, w_hash, params],
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--seq-len", type=int, default=64, help="tokens per window (default: %(default)s)")
     h.add_argument("--top-k", type=int, default=20, help="top-activating windows kept per neuron (default: %(default)s)")
     h.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default: %(default)s)")
-    h.add_argument("--shard-windows", type=int, default=1024, help="windows per checkpointed shard (default: %(default)s)")
+    h.add_argument("--shard-windows", type=int, default=2048, help="windows per checkpointed shard (default: %(default)s)")
     h.add_argument("--seed", type=int, default=0, help="seed for window selection and random samples")
     h.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     h.add_argument("--quiet", action="store_true", help="no progress bar")

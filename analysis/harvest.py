@@ -102,7 +102,7 @@ class HarvestConfig:
     pool: int = 50
     """Uniform random windows kept per unit, from which random and quantile samples are drawn."""
     batch_size: int = 32
-    shard_windows: int = 1024
+    shard_windows: int = 2048
     """Windows per shard: the unit of checkpointing and resuming (and of parallel work)."""
     token_table: int = 4096
     """Most frequent corpus tokens whose per-unit mean activation is tracked."""
