@@ -68,6 +68,11 @@ def strip_wikitext(wikitext: str) -> str:
         if not line or line.startswith(("{|", "|", "!")):
             continue
         line = re.sub(r"\b\d+px\|", "", line)  # image sizes left over from galleries
+        # malformed markup the parser leaves as text (an unclosed <ref> or template): drop to its end
+        line = re.sub(r"<ref[^>]*>.*?(</ref>|$)", "", line)
+        line = re.sub(r"\{\{.*?(\}\}|$)", "", line).strip()
+        if not line:
+            continue
         line = re.sub(r"\s+", " ", line)
         lines.append(line)
     return "\n".join(lines)

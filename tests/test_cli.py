@@ -76,19 +76,25 @@ def test_harvest_then_export_openai_fields(tiny_folders, corpus_file, tmp_path, 
     assert "already harvested" in capsys.readouterr().err
 
 
-def test_resume_after_kill_equals_uninterrupted_run(tiny_folders, corpus_file, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["crash", "ctrl-c"])
+def test_resume_after_kill_equals_uninterrupted_run(tiny_folders, corpus_file, tmp_path, sig):
     model = tiny_folders["llama"]
     full_db, cut_db = tmp_path / "full.duckdb", tmp_path / "cut.duckdb"
     assert main(_harvest_args(model, corpus_file, full_db, "--shard-windows", "2")) == 0
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "analysis", *_harvest_args(model, corpus_file, cut_db, "--shard-windows", "2")]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
     ckpt_dir = cut_db.with_name(cut_db.name + ".harvest")
     deadline = time.monotonic() + 120
     while not (ckpt_dir.exists() and any(ckpt_dir.glob("*.pt"))) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)  # a crash, not a polite Ctrl-C
-    assert proc.wait(timeout=30) == -signal.SIGKILL, "the harvest finished before it could be interrupted"
+    proc.send_signal(sig)
+    code = proc.wait(timeout=60)
+    err = proc.stderr.read()
+    if sig == signal.SIGKILL:
+        assert code == -signal.SIGKILL, "the harvest finished before it could be interrupted"
+    else:
+        assert code == 130 and "run the same command again to resume" in err and "Traceback" not in err, err
     assert _dump(cut_db)["runs"][0][1] == "running"
     assert main(_harvest_args(model, corpus_file, cut_db, "--shard-windows", "2")) == 0
     full, cut = _dump(full_db), _dump(cut_db)

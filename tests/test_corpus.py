@@ -15,7 +15,7 @@ from helpers import tiny_tokenizer
 WIKI = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">
 <page><title>Paris</title><ns>0</ns><revision><text>'''Paris''' is the [[capital city|capital]] of [[France]].
 {{Infobox city|population=2,100,000}}
-It has many museums.<ref>A source</ref> [[File:Eiffel.jpg|thumb|The tower]]
+It has many museums.&lt;ref&gt;A source&lt;/ref&gt; [[File:Eiffel.jpg|thumb|The tower]]
 == History ==
 The city was founded in the 3rd century BC by a Celtic people called the Parisii, who gave the city its name.
 By the 12th century, Paris was the largest city in the western world, a prosperous trading centre.
