@@ -112,7 +112,7 @@ def run_part(name: str, tokens: int, device: str, batch_size: int) -> dict:
                           "--batch-size", str(batch_size)], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"  {name:8s} {result['tokens']:>7,} tok  {result['seconds']:7.1f} s  {result['tok_per_s']:7.0f} tok/s  "
-          f"peak RSS {result['peak_rss_mb']:,.0f} MB" + "".join(f"  {k} {v:.1f}" for k, v in result.items() if k.endswith("_s") and k != "seconds"),
+          f"peak RSS {result['peak_rss_mb']:,.0f} MB" + "".join(f"  {k} {v:.1f}" for k, v in result.items() if k.endswith("_s") and k not in ("seconds", "tok_per_s")),
           flush=True)
     return result
 
