@@ -242,8 +242,11 @@ def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float3
         supported = ", ".join(sorted(ARCHITECTURES))
         raise UserError(f"architecture {model_type!r} of {name!r} is not supported: {reason}. Supported: {supported}")
     arch = ARCHITECTURES[model_type]
-    tokenizer = AutoTokenizer.from_pretrained(str(where), **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(where), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load {name!r} (tokenizer and weights are needed): {str(exc).splitlines()[0]}") from None
     model.eval().to(device)
     if source == "gguf":
         weights_hash = file_sha256(Path(where) / gguf)

@@ -14,7 +14,7 @@ from conftest import KINDS
 
 
 def _max_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    """Error in units of 1e-5: absolute below magnitude 1, relative above it (fp32 carries ~7 significant
+    """Largest error, absolute below magnitude 1 and relative above it (fp32 carries ~7 significant
     digits, and SmolLM2 has 'massive' activations of ~2,800 where one fp32 ulp is 2.4e-4)."""
     return ((got.double() - ref.double()).abs() / ref.double().abs().clamp(min=1.0)).max().item()
 
