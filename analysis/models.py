@@ -116,6 +116,45 @@ class SubjectModel:
     def out_proj(self, layer: int) -> torch.nn.Module:
         return getattr(self.mlp(layer), self.arch.out_proj)
 
+    # ---- weights, as [rows = neurons or vocab, d_model] matrices (for weight-based connections) ----
+    def w_in(self, layer: int) -> torch.Tensor:
+        """``[d_mlp, d_model]``: each neuron's input direction (the gate projection for gated MLPs)."""
+        mlp = self.mlp(layer)
+        if self.info.architecture == "gpt2":
+            return mlp.c_fc.weight.T  # Conv1D stores [in, out]
+        if self.info.architecture == "gpt_neox":
+            return mlp.dense_h_to_4h.weight
+        return mlp.gate_proj.weight
+
+    def w_up(self, layer: int) -> torch.Tensor | None:
+        """``[d_mlp, d_model]`` up projection of gated MLPs, else None."""
+        return self.mlp(layer).up_proj.weight if self.arch.gated else None
+
+    def w_out(self, layer: int) -> torch.Tensor:
+        """``[d_mlp, d_model]``: each neuron's write direction into the residual stream."""
+        proj = self.out_proj(layer)
+        return proj.weight if self.info.architecture == "gpt2" else proj.weight.T
+
+    def _norm_gain(self, norm: torch.nn.Module) -> torch.Tensor:
+        # Gemma's RMSNorm scales by (1 + weight); the others by weight
+        w = norm.weight
+        return 1.0 + w if "Gemma" in type(norm).__name__ else w
+
+    def mlp_norm_gain(self, layer: int) -> torch.Tensor:
+        """``[d_model]`` gain of the norm in front of the layer's MLP."""
+        block = self.blocks()[layer]
+        for name in ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2"):
+            if hasattr(block, name):
+                return self._norm_gain(getattr(block, name))
+        raise RuntimeError(f"no pre-MLP norm found in {type(block).__name__}")
+
+    def final_norm_gain(self) -> torch.Tensor:
+        base = self.base()
+        for name in ("norm", "ln_f", "final_layer_norm"):
+            if hasattr(base, name):
+                return self._norm_gain(getattr(base, name))
+        raise RuntimeError(f"no final norm found in {type(base).__name__}")
+
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.info.n_layers:
             raise UserError(f"layer {layer} does not exist: {self.info.name} has layers 0..{self.info.n_layers - 1}")
