@@ -278,6 +278,22 @@ class Store:
         return self._q("SELECT layer, unit, mean, count FROM token_means WHERE run_id = ? AND token_id = ? "
                        "ORDER BY mean DESC LIMIT ?", [run_id, token_id, limit]).fetchall()
 
+    def token_ids(self, tokenizer_id: str, text: str) -> list[tuple[int, str]]:
+        """Vocabulary entries equal to ``text``, also with a leading space (' Paris' for 'Paris')."""
+        variants = [text, " " + text.lstrip(" ")] if not text.startswith(" ") else [text, text.lstrip(" ")]
+        return self._q("SELECT token_id, token FROM vocab WHERE tokenizer_id = ? AND token IN (SELECT unnest(?::VARCHAR[])) "
+                       "ORDER BY token_id", [tokenizer_id, variants]).fetchall()
+
+    SORTS = {"max": "max DESC", "kurtosis": "kurtosis DESC", "skewness": "skewness DESC",
+             "sparsest": "frac_active ASC", "densest": "frac_active DESC", "min": "min ASC"}
+
+    def units_by(self, run_id: str, layer: int, sort: str, limit: int = 25) -> list[tuple]:
+        """(unit, max, mean, std, skewness, kurtosis, frac_active) of one layer, ordered by ``sort`` (see SORTS)."""
+        order = self.SORTS[sort]
+        return self._q(f"SELECT unit, max, mean, std, skewness, kurtosis, frac_active FROM unit_stats "
+                       f"WHERE run_id = ? AND layer = ? AND NOT isnan(kurtosis) ORDER BY {order} LIMIT ?",
+                       [run_id, layer, limit]).fetchall()
+
     def layer_stats(self, run_id: str, layer: int):
         """Per-unit stats of one layer as a pyarrow table (unit, mean, std, skewness, kurtosis, min, max, frac_active)."""
         return self._q("SELECT unit, mean, std, skewness, kurtosis, min, max, frac_active FROM unit_stats "

@@ -1,0 +1,72 @@
+"""Token heatmaps as HTML. Every token string is escaped here, the one place tokens become markup.
+
+One colour scale per page: positive activations in orange, negative in blue, both scaled by the same
+``vmax`` (the neuron's max activation), so records on a page are comparable. The max token of each record is
+outlined; hovering a token shows its exact text and value. Whitespace is visible: newlines as ``⏎`` (and a
+break), tabs as ``⇥``; spaces keep their width.
+"""
+
+from __future__ import annotations
+
+import html
+
+POS_RGB = (255, 122, 0)
+NEG_RGB = (40, 110, 255)
+
+
+def _bg(a: float, vmax: float) -> str:
+    if vmax <= 0 or a != a:  # NaN-safe
+        return "transparent"
+    alpha = min(1.0, abs(a) / vmax)
+    r, g, b = POS_RGB if a >= 0 else NEG_RGB
+    return f"rgba({r},{g},{b},{alpha:.3f})"
+
+
+def token_span(token: str, act: float, vmax: float, is_max: bool = False) -> str:
+    shown = html.escape(token).replace("\t", "⇥").replace("\r", "")
+    shown = shown.replace("\n", '<span class="nl">⏎</span><br>')
+    tip = html.escape(f"{token!r}  {act:+.4f}", quote=True)
+    cls = "tok max" if is_max else "tok"
+    return f'<span class="{cls}" title="{tip}" style="background:{_bg(act, vmax)}">{shown}</span>'
+
+
+def record_html(tokens: list[str], acts: list[float], vmax: float, around_max: int | None = None, label: str = "") -> str:
+    """One record as a line of coloured tokens. ``around_max``: show only that many tokens either side of the max."""
+    if not tokens:
+        return ""
+    imax = max(range(len(acts)), key=lambda i: acts[i])
+    lo, hi = 0, len(tokens)
+    if around_max is not None:
+        lo, hi = max(0, imax - around_max), min(len(tokens), imax + around_max + 1)
+    spans = "".join(token_span(tokens[i], acts[i], vmax, i == imax) for i in range(lo, hi))
+    prefix = f'<span class="lbl">{html.escape(label)}</span>' if label else ""
+    ell_l = '<span class="ell">…</span>' if lo > 0 else ""
+    ell_r = '<span class="ell">…</span>' if hi < len(tokens) else ""
+    return f'<div class="rec">{prefix}{ell_l}{spans}{ell_r}</div>'
+
+
+STYLE = """<style>
+.hm {font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13.5px; line-height: 1.9;}
+.hm .rec {padding: 4px 6px; border-bottom: 1px solid #eee; white-space: pre-wrap; word-break: break-word;}
+.hm .tok {border-radius: 3px; padding: 1px 0;}
+.hm .tok.max {outline: 2px solid #b03000; outline-offset: -1px;}
+.hm .nl {color: #999;}
+.hm .ell {color: #999; padding: 0 4px;}
+.hm .lbl {color: #888; font-size: 11px; margin-right: 8px; user-select: none;}
+.hm-legend {font-family: sans-serif; font-size: 12px; color: #555; margin: 4px 0 8px 0;}
+.hm-legend .bar {display:inline-block; width: 220px; height: 10px; vertical-align: middle; border-radius: 2px;
+  background: linear-gradient(to right, rgba(40,110,255,1), rgba(40,110,255,0) 50%, rgba(255,122,0,0) 50%, rgba(255,122,0,1));}
+</style>"""
+
+
+def legend_html(vmax: float) -> str:
+    return (f'<div class="hm-legend">{-vmax:.3g} <span class="bar"></span> {vmax:.3g} &nbsp; '
+            "one scale for every record on this page (the neuron's max); the max token of each record is outlined; "
+            "hover a token for its value</div>")
+
+
+def records_html(records: list, vmax: float, around_max: int | None = None, labels: list[str] | None = None) -> str:
+    """Many records (objects with .tokens and .activations) with a shared scale and a legend."""
+    body = "".join(record_html(r.tokens, r.activations, vmax, around_max, labels[i] if labels else "")
+                   for i, r in enumerate(records))
+    return STYLE + legend_html(vmax) + f'<div class="hm">{body}</div>'

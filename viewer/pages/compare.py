@@ -1,0 +1,46 @@
+"""Compare two neurons (or one neuron of two models/runs) side by side."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from viewer.components.heatmap import records_html
+from viewer.components.picker import neuron_picker
+from viewer.resources import show_error, store
+
+
+def render() -> None:
+    st.title("Compare")
+    try:
+        with store() as s:
+            models = s.models()
+            if not models:
+                st.info("nothing cached yet: run `make demo`")
+                return
+            cols = st.columns(2)
+            sides = []
+            for prefix, col in zip(("a_", "b_"), cols):
+                with col:
+                    picked = neuron_picker(models, prefix=prefix, container=col, buttons=False)
+                    run = s.find_run(picked.model.name, picked.layer)
+                    sides.append((picked, s.neuron_record(run, picked.layer, picked.neuron) if run else None))
+    except Exception as exc:
+        show_error(exc)
+        return
+    n_show = st.slider("records per side", 3, 20, 8)
+    for col, (picked, rec) in zip(st.columns(2), sides):
+        with col:
+            st.subheader(f"{picked.model.name} · L{picked.layer} · N{picked.neuron}")
+            if picked.problem:
+                st.error(picked.problem)
+            if rec is None:
+                st.warning("this layer is not harvested")
+                continue
+            s = rec.stats
+            st.caption(f"max {s.max:.3g} · mean {s.mean:.3g} · std {s.std:.3g} · skew {s.skewness:.3g} · "
+                       f"kurtosis {s.kurtosis:.3g} · frac > 0 {s.frac_active:.3f}")
+            st.html(records_html(rec.most_positive_activation_records[:n_show], max(s.max, 1e-9), 10))
+    st.caption("Explanations of each neuron will appear here side by side (explanations issue).")
+
+
+render()

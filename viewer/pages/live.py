@@ -1,0 +1,84 @@
+"""Live text: type or paste text, see the chosen neuron fire on it, and which neurons of the layer fire most."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+import torch
+
+from analysis.activations import mlp_activations
+from viewer.components.heatmap import records_html
+from viewer.components.picker import neuron_link, neuron_picker
+from viewer.resources import MAX_LIVE_TOKENS, show_error, store, subject
+
+DEFAULT_TEXT = "The Eiffel Tower is in Paris, the capital of France. In 1889 it was the tallest structure in the world."
+
+
+@dataclass
+class _Rec:
+    tokens: list[str]
+    activations: list[float]
+
+
+def live_activations(model_name: str, text: str, layer: int):
+    """(token strings, activations [T, d_mlp], was_cut) for ``text`` at ``layer``."""
+    subj = subject(model_name)
+    tok = subj.tokenizer
+    ids = tok(text, add_special_tokens=False).input_ids
+    cut = len(ids) > MAX_LIVE_TOKENS
+    ids = ids[:MAX_LIVE_TOKENS]
+    prefix = [tok.bos_token_id] if subj.info.prepend_bos else []
+    acts = mlp_activations(subj, torch.tensor([prefix + ids]), None, [layer])[layer][0, len(prefix):]
+    tokens = tok.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
+    return tokens, acts, cut
+
+
+def render() -> None:
+    try:
+        with store() as s:
+            models = s.models()
+            if not models:
+                st.info("no model in the cache yet: run `make demo`")
+                return
+            picked = neuron_picker(models)
+            run = s.find_run(picked.model.name, picked.layer)
+            vmax_cached = s.unit_stats(run.run_id, picked.layer, picked.neuron).max if run else None
+    except Exception as exc:
+        show_error(exc)
+        return
+    st.title("Live text")
+    qp = st.query_params
+    text = st.text_area("text", value=qp.get("text", DEFAULT_TEXT), height=140,
+                        help=f"at most {MAX_LIVE_TOKENS} tokens are used")
+    if len(text) <= 2000:
+        qp["text"] = text
+    elif "text" in qp:
+        del qp["text"]  # long texts stay out of the URL
+    if not text.strip():
+        st.info("type or paste some text above")
+        return
+    try:
+        with st.spinner("running the model…"):
+            tokens, acts, cut = live_activations(picked.model.name, text, picked.layer)
+    except Exception as exc:
+        show_error(exc)
+        return
+    if cut:
+        st.warning(f"the text is longer than {MAX_LIVE_TOKENS} tokens: only the first {MAX_LIVE_TOKENS} are used")
+    col = acts[:, picked.neuron].tolist()
+    vmax = max([vmax_cached or 0.0, max(col), 1e-9])
+    scale = "the neuron's corpus max" if vmax_cached and vmax_cached >= max(col) else "the max on this text"
+    st.subheader(f"L{picked.layer}/N{picked.neuron} on this text (max {max(col):.3g}; colour scale: {scale})")
+    st.html(records_html([_Rec(tokens, col)], vmax))
+    st.subheader(f"Neurons of layer {picked.layer} that fire most on this text")
+    top = torch.topk(acts.max(0).values, min(12, acts.shape[1]))
+    lines = []
+    for v, n in zip(top.values.tolist(), top.indices.tolist()):
+        where = int(acts[:, n].argmax())
+        lines.append(f"- {neuron_link(picked.model.name, picked.layer, n)} max {v:.3g} at token {where} "
+                     f"`{tokens[where].replace('`', 'ʼ')!s}`")
+    st.markdown("\n".join(lines))
+
+
+render()

@@ -1,0 +1,44 @@
+"""The viewer's only Streamlit caches and its database access. Every cached argument is part of the key."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import streamlit as st
+
+from analysis.config import default_db
+from analysis.models import SubjectModel, load_model
+from analysis.types import UserError
+from cache.store import Store, open_store
+
+MAX_LIVE_TOKENS = 1024
+"""Live text longer than this many tokens is cut (with a message): ~2 s of CPU at the last layer."""
+
+
+def db_path() -> Path:
+    """``streamlit run viewer/app.py -- --db PATH``, else $NEURON_VIEWER_DB, else the demo cache."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--db", default=None)
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    return Path(args.db or os.environ.get("NEURON_VIEWER_DB") or default_db()).expanduser().resolve()
+
+
+@contextmanager
+def store() -> Iterator[Store]:
+    """The database, read-only, for the duration of one page render (a writer may hold it in between)."""
+    with open_store(db_path(), read_only=True, wait_s=8.0) as s:
+        yield s
+
+
+@st.cache_resource(show_spinner="loading the model (once per server)…", max_entries=2)
+def subject(name: str, device: str = "cpu") -> SubjectModel:
+    return load_model(name, device=device)
+
+
+def show_error(exc: Exception) -> None:
+    st.error(str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}")
