@@ -25,3 +25,25 @@ def embedded_smollm2():
     from analysis.models import load_model
 
     return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def viewer_db(tiny_folders, tmp_path_factory):
+    """A real harvest of the tiny GPT-2 over text that contains HTML (for escaping checks): (db path, model name)."""
+    import json
+    import random
+
+    from analysis.__main__ import main
+    from helpers import TINY_TEXT
+
+    root = tmp_path_factory.mktemp("viewer_db")
+    corpus = root / "docs.jsonl"
+    rng = random.Random(1)
+    with open(corpus, "w") as f:
+        for i in range(24):
+            f.write(json.dumps({"title": f"d{i}", "text": " ".join(rng.choice(TINY_TEXT) for _ in range(10))}) + "\n")
+    db = root / "viewer.duckdb"
+    model = str(tiny_folders["gpt2"])
+    assert main(["harvest", "--model", model, "--corpus", str(corpus), "--db", str(db), "--layers", "0,1",
+                 "--seq-len", "24", "--quiet"]) == 0
+    return db, model

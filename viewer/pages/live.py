@@ -22,13 +22,16 @@ class _Rec:
 
 
 def live_activations(model_name: str, text: str, layer: int):
-    """(token strings, activations [T, d_mlp], was_cut) for ``text`` at ``layer``."""
+    """(token strings, activations [T, d_mlp], token limit if the text was cut else None) for ``text``."""
     subj = subject(model_name)
     tok = subj.tokenizer
-    ids = tok(text, add_special_tokens=False).input_ids
-    cut = len(ids) > MAX_LIVE_TOKENS
-    ids = ids[:MAX_LIVE_TOKENS]
     prefix = [tok.bos_token_id] if subj.info.prepend_bos else []
+    cfg = subj.model.config
+    context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or MAX_LIVE_TOKENS
+    limit = min(MAX_LIVE_TOKENS, context - len(prefix))
+    ids = tok(text, add_special_tokens=False).input_ids
+    cut = limit if len(ids) > limit else None
+    ids = ids[:limit]
     acts = mlp_activations(subj, torch.tensor([prefix + ids]), None, [layer])[layer][0, len(prefix):]
     tokens = tok.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
     return tokens, acts, cut
@@ -49,8 +52,10 @@ def render() -> None:
         return
     st.title("Live text")
     qp = st.query_params
-    text = st.text_area("text", value=qp.get("text", DEFAULT_TEXT), height=140,
-                        help=f"at most {MAX_LIVE_TOKENS} tokens are used")
+    if "live_text" not in st.session_state:  # first render of the session: from the URL
+        st.session_state["live_text"] = qp.get("text", DEFAULT_TEXT)
+    text = st.text_area("text", key="live_text", height=140,
+                        help=f"at most {MAX_LIVE_TOKENS} tokens (or the model's context) are used")
     if len(text) <= 2000:
         qp["text"] = text
     elif "text" in qp:
@@ -65,7 +70,7 @@ def render() -> None:
         show_error(exc)
         return
     if cut:
-        st.warning(f"the text is longer than {MAX_LIVE_TOKENS} tokens: only the first {MAX_LIVE_TOKENS} are used")
+        st.warning(f"the text is longer than {cut} tokens (the live limit, or the model's context): only the first {cut} are used")
     col = acts[:, picked.neuron].tolist()
     vmax = max([vmax_cached or 0.0, max(col), 1e-9])
     scale = "the neuron's corpus max" if vmax_cached and vmax_cached >= max(col) else "the max on this text"

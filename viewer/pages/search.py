@@ -18,11 +18,15 @@ def render() -> None:
                 st.info("nothing cached yet: run `make demo`")
                 return
             names = sorted({m.name for m in models})
-            name = st.selectbox("model", names, index=names.index(qp["model"]) if qp.get("model") in names else 0)
+            if "search_model" not in st.session_state:
+                st.session_state["search_model"] = qp["model"] if qp.get("model") in names else names[0]
+            name = st.selectbox("model", names, key="search_model")
             model = s.model(name)
             qp["model"] = name
             st.subheader("Which neurons fire most on a token?")
-            text = st.text_input("token (exact; a leading space is tried too)", value=qp.get("token", " Paris"))
+            if "search_token" not in st.session_state:
+                st.session_state["search_token"] = qp.get("token", " Paris")
+            text = st.text_input("token (exact; a leading space is tried too)", key="search_token")
             qp["token"] = text
             if text:
                 runs = [r for r in s.runs() if r.model_id == model.model_id and r.status == "done"]

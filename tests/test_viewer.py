@@ -1,0 +1,109 @@
+"""Viewer pages with Streamlit's AppTest, on a real harvest of a tiny model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+PAGES = Path(__file__).resolve().parents[1] / "viewer" / "pages"
+
+
+def _page(name: str, db: Path, monkeypatch, **params) -> AppTest:
+    monkeypatch.setenv("NEURON_VIEWER_DB", str(db))
+    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=60)
+    for k, v in params.items():
+        at.query_params[k] = str(v)
+    return at.run()
+
+
+def _all_html(at: AppTest) -> str:
+    return "".join(h.proto.body for h in at.html)
+
+
+def _tags(body: str) -> set[str]:
+    return {t.lower() for t in re.findall(r"<\s*([a-zA-Z][a-zA-Z0-9]*)", body)}
+
+
+def test_neuron_page_from_a_permalink(viewer_db, monkeypatch):
+    db, model = viewer_db
+    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=3)
+    assert not at.exception
+    assert at.title[0].value.endswith("L1 · N3")
+    body = _all_html(at)
+    assert body.count('class="rec"') == 20  # the top-20 windows
+    # the corpus holds '<script>alert(1)</script>' and '<img src=x onerror=...>': they show as text
+    assert _tags(body) <= {"style", "div", "span", "br"}
+    assert "&lt;" in body and "script" in body
+    assert 'class="tok max"' in body
+    assert at.query_params["model"] == model and at.query_params["neuron"] == "3"
+
+
+def test_neuron_page_tabs_and_window_toggle(viewer_db, monkeypatch):
+    db, model = viewer_db
+    at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=5, tab="random", around="1")
+    assert not at.exception
+    body = _all_html(at)
+    assert body.count('class="rec"') == 20 and 'class="ell"' in body  # windows cut around their max
+    at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=5, tab="quantiles")
+    assert any("bin 1" in m.value for m in at.markdown)
+
+
+def test_bad_neuron_and_unharvested_layer_get_messages(viewer_db, monkeypatch):
+    db, model = viewer_db
+    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=99999)
+    assert not at.exception and "neuron '99999' does not exist" in at.error[0].value
+    at = _page("neuron", db, monkeypatch, model=model, layer=2, neuron=0)
+    assert not at.exception and "not in this cache" in at.warning[0].value
+    assert any("harvest layer 2 now" in b.label for b in at.button)
+    at = _page("neuron", db, monkeypatch, model="no-such-model", layer=0, neuron=0)
+    assert not at.exception and "not in this cache" in at.error[0].value
+
+
+def test_empty_and_missing_cache(tmp_path, monkeypatch):
+    from cache.store import open_store
+
+    with open_store(tmp_path / "empty.duckdb"):
+        pass
+    at = _page("neuron", tmp_path / "empty.duckdb", monkeypatch)
+    assert not at.exception and "make demo" in at.info[0].value
+    at = _page("neuron", tmp_path / "missing.duckdb", monkeypatch)
+    assert not at.exception and "no database at" in at.error[0].value
+
+
+def test_live_text(viewer_db, monkeypatch):
+    db, model = viewer_db
+    at = _page("live", db, monkeypatch, model=model, layer=1, neuron=2, text="<b>bold</b> Paris is the capital")
+    assert not at.exception
+    body = _all_html(at)
+    assert "&lt;" in body and _tags(body) <= {"style", "div", "span", "br"}
+    assert any("fire most" in h.value for h in at.subheader)
+    at.text_area[0].set_value("").run()
+    assert "type or paste" in at.info[0].value
+    at.text_area[0].set_value("Paris is nice. " * 20_000).run()  # 300k characters
+    assert not at.exception and "only the first 128 are used" in at.warning[0].value  # the tiny GPT-2's context
+
+
+def test_search_and_compare(viewer_db, monkeypatch):
+    db, model = viewer_db
+    at = _page("search", db, monkeypatch, model=model, token=" Paris")
+    assert not at.exception
+    assert any("?model=" in m.value for m in at.markdown)
+    at = _page("compare", db, monkeypatch, a_model=model, a_layer=0, a_neuron=1, b_model=model, b_layer=1, b_neuron=2)
+    assert not at.exception and _all_html(at).count('class="hm"') == 2
+    at = _page("home", db, monkeypatch)
+    assert not at.exception and at.dataframe
+
+
+def test_heatmap_escapes_every_token_and_tooltip():
+    from viewer.components.heatmap import record_html
+
+    evil = ['<img src=x onerror="alert(2)">', "<script>alert(1)</script>", "a\nb", "\t", '" onmouseover="x']
+    html = record_html(evil, [1.0, -2.0, 0.5, 0.0, 3.0], vmax=3.0)
+    assert _tags(html) <= {"div", "span", "br"}
+    assert "&lt;img src=x onerror=&quot;alert(2)&quot;&gt;" in html
+    assert 'onmouseover="x' not in html
+    assert "⏎" in html and "⇥" in html
+    assert html.count('class="tok max"') == 1
