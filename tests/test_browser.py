@@ -1,0 +1,104 @@
+"""The real page in a real browser: Debian's chromium driven by Playwright against a served viewer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("chromium is missing: `make test` installs it (apt-get install chromium)")
+    pytest.skip("chromium not installed (make test installs it)", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(viewer_db):
+    db, model = viewer_db
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "viewer" / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--", "--db", str(db)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        raise RuntimeError("the viewer did not start")
+    yield url, db, model
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def _neuron_with_html_in_top_records(db: Path, model: str) -> int:
+    from cache.store import open_store
+
+    with open_store(db, read_only=True) as s:
+        run = s.find_run(model, 1)
+        for n in range(128):
+            rec = s.neuron_record(run, 1, n)
+            texts = ["".join(r.tokens) for r in rec.most_positive_activation_records]
+            if any("<script>alert(1)</script>" in t for t in texts) and any("<img src=x onerror" in t for t in texts):
+                return n
+    raise AssertionError("no neuron shows both HTML snippets")
+
+
+def test_permalink_heatmap_and_escaping_in_chromium(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, db, model = server
+    neuron = _neuron_with_html_in_top_records(db, model)
+    link = f"{url}/?model={urllib.request.quote(model, safe='')}&layer=1&neuron={neuron}"
+    dialogs = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(link)
+        page.wait_for_selector(".hm .rec", timeout=60_000)
+        heat = page.locator(".hm").first
+        text = heat.inner_text()
+        assert "<script>alert(1)</script>" in text  # shown as text...
+        assert "<img src=x onerror=alert(2)>" in text
+        assert page.locator(".hm script, .hm img").count() == 0  # ...never as markup
+        assert page.locator(".hm .rec").count() == 20
+        assert page.locator(".hm .tok.max").count() == 20
+        tip = page.locator(".hm .tok").first.get_attribute("title")
+        assert tip and ("+" in tip or "-" in tip)
+        shot = tmp_path / "neuron_page.png"
+        page.screenshot(path=str(shot), full_page=False)
+        assert shot.stat().st_size > 10_000
+        shared = page.url  # what a user copies from the address bar
+        assert f"neuron={neuron}" in shared and "layer=1" in shared
+        other = browser.new_context().new_page()  # a colleague's fresh browser session
+        other.goto(shared)
+        other.wait_for_selector(".hm .rec", timeout=60_000)
+        assert other.locator("h1").first.inner_text().strip().endswith(f"L1 · N{neuron}")
+        browser.close()
+    assert dialogs == []
+    out = os.environ.get("NEURON_VIEWER_SCREENSHOTS")
+    if out:
+        shutil.copy(shot, Path(out) / "neuron_page.png")
