@@ -49,7 +49,7 @@ test: setup chromium
 
 bench: setup
 	$(PY) bench/harvest.py
-	$(PY) bench/viewer.py
+	$(PY) bench/viewer_page.py
 
 clean-cache:
 	rm -rf $(DB) $(DB).wal $(DB).harvest

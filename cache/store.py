@@ -221,6 +221,16 @@ class Store:
                 return run
         return None
 
+    def corpus_arg_for(self, model: str) -> str:
+        """The --corpus argument that reproduces the corpus of this model's newest run (default: enwiki-sample)."""
+        ids = {m.model_id for m in self.models() if m.name == model or m.model_id == model}
+        for run in self.runs():
+            if run.model_id in ids:
+                row = self._q("SELECT name, source FROM corpora WHERE corpus_id = ?", [run.corpus_id]).fetchone()
+                if row:
+                    return row[0] if row[1] == "embedded" else row[1]
+        return "enwiki-sample"
+
     # ---- units -------------------------------------------------------------------------------------------
     def unit_stats(self, run_id: str, layer: int, unit: int) -> UnitStats | None:
         row = self._q("SELECT n_tokens, mean, std, skewness, kurtosis, min, max, frac_active, hist "

@@ -58,6 +58,11 @@ def test_bad_neuron_and_unharvested_layer_get_messages(viewer_db, monkeypatch):
     at = _page("neuron", db, monkeypatch, model=model, layer=2, neuron=0)
     assert not at.exception and "not in this cache" in at.warning[0].value
     assert any("harvest layer 2 now" in b.label for b in at.button)
+    at = _page("neuron", db, monkeypatch, model=model, layer=2, neuron=0)
+    next(b for b in at.button if "harvest layer 2" in b.label).click().run(timeout=180)  # harvest layer 2 on demand, from the run's own corpus
+    assert not at.exception, at.exception
+    at = _page("neuron", db, monkeypatch, model=model, layer=2, neuron=0)
+    assert not at.warning and _all_html(at).count('class="rec"') > 0
     at = _page("neuron", db, monkeypatch, model="no-such-model", layer=0, neuron=0)
     assert not at.exception and "not in this cache" in at.error[0].value
 
@@ -107,3 +112,27 @@ def test_heatmap_escapes_every_token_and_tooltip():
     assert 'onmouseover="x' not in html
     assert "⏎" in html and "⇥" in html
     assert html.count('class="tok max"') == 1
+
+
+def test_weights_tab_links_related_neurons(viewer_db, monkeypatch):
+    db, model = viewer_db
+    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=4, tab="tokens & weights")
+    assert not at.exception
+    at.toggle(key="weights_on").set_value(True).run()
+    assert not at.exception
+    links = [m.value for m in at.markdown if "upstream" in m.value or "most negative" in m.value]
+    assert links and all("./?" in l for l in links) and "layer=0" in links[0]
+
+
+def test_export_is_self_contained(viewer_db):
+    from cache.store import open_store
+    from viewer.components.export import neuron_page_html
+
+    db, model = viewer_db
+    with open_store(db, read_only=True) as s:
+        rec = s.neuron_record(s.find_run(model, 1), 1, 3)
+    page = neuron_page_html(rec, model)
+    assert page.startswith("<!doctype html>") and "Plotly.newPlot" in page
+    assert not re.search(r"<script[^>]+src=", page)  # plotly.js is inlined: opens without a server or network
+    assert page.count('class="rec"') == len(rec.most_positive_activation_records) + len(rec.random_sample) + sum(
+        len(b) for b in rec.random_sample_by_quantile)

@@ -18,12 +18,12 @@ from viewer.resources import db_path, show_error, store, subject
 TABS = ["top", "quantiles", "random", "tokens & weights"]
 
 
-def harvest_button(model: str, layer: int) -> None:
+def harvest_button(model: str, layer: int, corpus: str) -> None:
     st.warning(f"layer {layer} of {model} is not in this cache.")
     tokens = st.select_slider("tokens to harvest", [10_000, 25_000, 50_000, 100_000], value=25_000)
     if st.button(f"harvest layer {layer} now"):
-        cmd = [sys.executable, "-m", "analysis", "harvest", "--model", model, "--layers", str(layer),
-               "--max-tokens", str(tokens), "--db", str(db_path())]
+        cmd = [sys.executable, "-m", "analysis", "harvest", "--model", model, "--corpus", corpus,
+               "--layers", str(layer), "--max-tokens", str(tokens), "--db", str(db_path())]
         with st.status(f"harvesting layer {layer} over {tokens:,} tokens…", expanded=True) as status:
             line = st.empty()
             proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -40,7 +40,8 @@ def harvest_button(model: str, layer: int) -> None:
                 st.rerun()
             else:
                 status.update(label="the harvest failed (see above)", state="error")
-    st.caption(f"or from a shell: `python -m analysis harvest --model {model} --layers {layer} --db {db_path()}`")
+    st.caption(f"or from a shell: `python -m analysis harvest --model {model} --corpus {corpus} --layers {layer} "
+               f"--db {db_path()}`")
 
 
 def related_section(model_name: str, rec, layer: int, neuron: int) -> None:
@@ -88,6 +89,7 @@ def render() -> None:
             picked = neuron_picker(models)
             run = s.find_run(picked.model.name, picked.layer)
             rec = s.neuron_record(run, picked.layer, picked.neuron) if run else None
+            corpus = s.corpus_arg_for(picked.model.name)
     except Exception as exc:
         show_error(exc)
         return
@@ -96,7 +98,7 @@ def render() -> None:
         st.error(picked.problem)
     st.title(f"{model.name} · L{layer} · N{neuron}")
     if rec is None:
-        harvest_button(model.name, layer)
+        harvest_button(model.name, layer, corpus)
         return
     s = rec.stats
     vmax = max(s.max, 1e-9)
