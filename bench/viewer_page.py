@@ -43,7 +43,7 @@ def main() -> None:
         run = s.find_run(model.name)
     rng = random.Random(0)
     picks = [(rng.choice(run.layers), rng.randrange(model.d_mlp)) for _ in range(args.neurons)]
-    page = str(REPO / "viewer" / "pages" / "neuron.py")
+    page = str(REPO / "viewer" / "views" / "neuron.py")
     AppTest.from_file(page, default_timeout=120).run()  # warm imports
     page_s = []
     for layer, neuron in picks:

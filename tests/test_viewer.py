@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-PAGES = Path(__file__).resolve().parents[1] / "viewer" / "pages"
+PAGES = Path(__file__).resolve().parents[1] / "viewer" / "views"
 
 
 def _page(name: str, db: Path, monkeypatch, **params) -> AppTest:

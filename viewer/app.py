@@ -17,10 +17,10 @@ HERE = Path(__file__).resolve().parent
 
 st.set_page_config(page_title="Neuron viewer", page_icon=":material/neurology:", layout="wide")
 nav = st.navigation([
-    st.Page(HERE / "pages" / "neuron.py", title="Neuron", icon=":material/neurology:", default=True),
-    st.Page(HERE / "pages" / "live.py", title="Live text", icon=":material/keyboard:", url_path="live"),
-    st.Page(HERE / "pages" / "search.py", title="Search", icon=":material/search:", url_path="search"),
-    st.Page(HERE / "pages" / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
-    st.Page(HERE / "pages" / "home.py", title="Cache", icon=":material/storage:", url_path="cache"),
+    st.Page(HERE / "views" / "neuron.py", title="Neuron", icon=":material/neurology:", default=True),
+    st.Page(HERE / "views" / "live.py", title="Live text", icon=":material/keyboard:", url_path="live"),
+    st.Page(HERE / "views" / "search.py", title="Search", icon=":material/search:", url_path="search"),
+    st.Page(HERE / "views" / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page(HERE / "views" / "home.py", title="Cache", icon=":material/storage:", url_path="cache"),
 ])
 nav.run()
