@@ -160,26 +160,181 @@ def record_to_json(rec) -> dict:
     }
 
 
+def _load_unit(store, model: str, layer: int, neuron: int, run_id: str | None = None):
+    """(run, NeuronRecord) of a harvested unit, or UserError saying what is missing."""
+    info = store.model(model)
+    if info is None:
+        known = ", ".join(sorted({m.name for m in store.models()})) or "none yet"
+        raise UserError(f"model {model!r} is not in {store.path} (cached models: {known})")
+    if not 0 <= layer < info.n_layers:
+        raise UserError(f"layer {layer} does not exist: {info.name} has layers 0..{info.n_layers - 1}")
+    if not 0 <= neuron < info.d_mlp:
+        raise UserError(f"neuron {neuron} does not exist: {info.name} has neurons 0..{info.d_mlp - 1}")
+    run = store.run(run_id) if run_id else store.find_run(model, layer)
+    if run is None:
+        raise UserError(f"layer {layer} of {model} has not been harvested into {store.path}; run: "
+                        f"python -m analysis harvest --model {model} --layers {layer} --db {store.path}")
+    return run, store.neuron_record(run, layer, neuron)
+
+
 def cmd_export(args) -> int:
     from cache.store import open_store
 
     with open_store(args.db, read_only=True) as store:
-        model = store.model(args.model)
-        if model is None:
-            known = ", ".join(sorted({m.name for m in store.models()})) or "none yet"
-            raise UserError(f"model {args.model!r} is not in {args.db} (cached models: {known})")
-        if not 0 <= args.layer < model.n_layers:
-            raise UserError(f"layer {args.layer} does not exist: {model.name} has layers 0..{model.n_layers - 1}")
-        if not 0 <= args.neuron < model.d_mlp:
-            raise UserError(f"neuron {args.neuron} does not exist: {model.name} has neurons 0..{model.d_mlp - 1}")
-        run = store.run(args.run) if args.run else store.find_run(args.model, args.layer)
-        if run is None:
-            raise UserError(f"layer {args.layer} of {args.model} has not been harvested into {args.db}; run: "
-                            f"python -m analysis harvest --model {args.model} --layers {args.layer} --db {args.db}")
-        rec = store.neuron_record(run, args.layer, args.neuron)
+        _run, rec = _load_unit(store, args.model, args.layer, args.neuron, args.run)
     json.dump(record_to_json(rec), sys.stdout, ensure_ascii=False, indent=None if args.compact else 1)
     sys.stdout.write("\n")
     return 0
+
+
+def parse_units(spec: str, d_mlp: int) -> list[int]:
+    """'0-99', '3,5,8' or '7' -> sorted neuron list."""
+    units: set[int] = set()
+    try:
+        for part in spec.split(","):
+            if "-" in part.strip():
+                a, b = part.split("-")
+                units.update(range(int(a), int(b) + 1))
+            elif part.strip():
+                units.add(int(part))
+    except ValueError:
+        raise UserError(f"--neurons {spec!r}: use a list like 3,5,8 or a range like 0-99") from None
+    bad = sorted(u for u in units if not 0 <= u < d_mlp)
+    if bad or not units:
+        raise UserError(f"--neurons {spec!r}: neurons go from 0 to {d_mlp - 1}")
+    return sorted(units)
+
+
+def _api_config(args):
+    from analysis.explain import ApiConfig
+
+    if not args.api_base_url or not args.api_model:
+        raise UserError("the api explainer/simulator needs --api-base-url and --api-model (key from $" + args.api_key_env + ")")
+    return ApiConfig(base_url=args.api_base_url, model=args.api_model, key_env=args.api_key_env,
+                     timeout_s=args.api_timeout, max_retries=args.api_retries)
+
+
+def make_explainer(args):
+    from analysis import explain
+
+    if args.explainer == "token-lookup":
+        return explain.TokenLookupExplainer()
+    if args.explainer == "local":
+        from analysis.models import load_model
+
+        return explain.LocalExplainer(load_model(args.explainer_model, device=args.device))
+    if args.explainer == "api":
+        return explain.ApiExplainer(_api_config(args))
+    raise UserError(f"unknown explainer {args.explainer!r}")
+
+
+def make_simulator(args, store, run, rec):
+    from analysis import simulate
+    from analysis.explain import token_means
+
+    if args.simulator == "token-lookup":
+        from analysis.evaluate import train_records
+
+        table = {t: m for t, _s, m, _c in rec.top_tokens}
+        for (tid, _t), (m, _c) in token_means(train_records(rec)).items():
+            table.setdefault(tid, m)
+        return simulate.TokenLookupSimulator(table, default=rec.stats.mean, max_activation=rec.stats.max)
+    if args.simulator == "local-all-at-once":
+        from analysis.models import load_model
+
+        global _SIM_SUBJECT
+        if _SIM_SUBJECT is None:
+            _SIM_SUBJECT = load_model(args.simulator_model, device=args.device)
+        return simulate.LocalAllAtOnceSimulator(_SIM_SUBJECT)
+    if args.simulator == "api-json":
+        return simulate.ApiJsonSimulator(_api_config(args))
+    raise UserError(f"unknown simulator {args.simulator!r}")
+
+
+_SIM_SUBJECT = None
+
+
+def cmd_explain(args) -> int:
+    from tqdm import tqdm
+
+    from analysis.evaluate import train_records
+    from cache.store import open_store
+
+    with open_store(args.db, read_only=True) as store:
+        info = store.model(args.model)
+        if info is None:
+            raise UserError(f"model {args.model!r} is not in {args.db}")
+        units = parse_units(args.neurons, info.d_mlp)
+    explainer = make_explainer(args)
+    done = failed = 0
+    for unit in tqdm(units, desc=f"explain L{args.layer} ({explainer.name})", unit="neuron", disable=args.quiet):
+        with open_store(args.db, read_only=True) as store:
+            run, rec = _load_unit(store, args.model, args.layer, unit)
+            if any(e.explainer == explainer.name for e in store.explanations(run.run_id, args.layer, unit)) and not args.force:
+                continue  # resumable: already explained by this explainer
+        try:
+            exp = explainer.explain(train_records(rec), rec.stats.max)
+        except UserError as exc:
+            failed += 1
+            print(f"neuron {unit}: {exc}", file=sys.stderr)
+            continue
+        with open_store(args.db) as store:
+            store.put_explanation(run.run_id, args.layer, unit, exp.explainer, exp.params, exp.text)
+        done += 1
+        if args.quiet is False and len(units) == 1:
+            print(exp.text)
+    print(f"explained {done} neuron(s) with {explainer.name}" + (f", {failed} failed" if failed else ""), file=sys.stderr)
+    return 0 if not failed else 1
+
+
+def cmd_score(args) -> int:
+    from tqdm import tqdm
+
+    from analysis.evaluate import score_simulation, scoring_records
+    from analysis.explain import HumanExplainer
+    from cache.store import open_store
+
+    with open_store(args.db, read_only=True) as store:
+        info = store.model(args.model)
+        if info is None:
+            raise UserError(f"model {args.model!r} is not in {args.db}")
+        units = parse_units(args.neurons if args.neurons else str(args.neuron), info.d_mlp)
+    if args.neuron is None and not args.neurons:
+        raise UserError("give --neuron N or --neurons SPEC")
+    results = []
+    for unit in tqdm(units, desc=f"score L{args.layer} ({args.simulator})", unit="neuron",
+                     disable=args.quiet or len(units) == 1):
+        with open_store(args.db, read_only=True) as store:
+            run, rec = _load_unit(store, args.model, args.layer, unit)
+            simulator = make_simulator(args, store, run, rec)
+            stored = store.explanations(run.run_id, args.layer, unit)
+            todo = [e for e in stored if args.force or not store.has_simulation(e.explanation_id, args.simulator, args.set)]
+        if args.explanation:
+            exp = HumanExplainer(args.explanation).explain([], rec.stats.max)
+            with open_store(args.db) as store:
+                eid = store.put_explanation(run.run_id, args.layer, unit, exp.explainer, exp.params, exp.text)
+            todo = [type("E", (), {"explanation_id": eid, "text": exp.text})()]
+        records = scoring_records(rec, args.set)
+        for e in todo:
+            scored = score_simulation(simulator, e.text, records, rec.stats.max, args.set)
+            with open_store(args.db) as store:
+                store.put_simulation(e.explanation_id, scored)
+            results.append(scored)
+            if scored.error:
+                print(f"neuron {unit}: simulation failed: {scored.error}", file=sys.stderr)
+    if args.json:
+        if len(results) == 1:
+            json.dump(results[0].to_json(), sys.stdout, ensure_ascii=False)
+        else:
+            json.dump([r.to_json() for r in results], sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        for r in results:
+            print(f"{r.score if r.score is not None else float('nan'):+.3f}  {r.simulator:18s} {r.scoring_set:15s} {r.explanation}")
+        if not results:
+            print("nothing to score: no explanation without a score for this simulator and set "
+                  "(explain first, pass --explanation, or --force)", file=sys.stderr)
+    return 1 if any(r.error for r in results) else 0
 
 
 def cmd_models(args) -> int:
@@ -260,6 +415,43 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", default=None, help="a run id (default: the newest finished run with this layer)")
     e.add_argument("--compact", action="store_true", help="one line of JSON")
     e.set_defaults(func=cmd_export)
+
+    def api_args(p):
+        p.add_argument("--api-base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+        p.add_argument("--api-model", default=None, help="model name at that endpoint")
+        p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+        p.add_argument("--api-timeout", type=float, default=60.0, help="seconds per request (default: %(default)s)")
+        p.add_argument("--api-retries", type=int, default=4, help="retries with backoff on 429/5xx/timeouts")
+
+    x = sub.add_parser("explain", help="explain neurons from their top train records (resumable)")
+    db_arg(x)
+    x.add_argument("--model", default=DEFAULT_MODEL, help="model name as cached")
+    x.add_argument("--layer", type=int, required=True)
+    x.add_argument("--neurons", required=True, help="e.g. 0-99 or 3,5,8")
+    x.add_argument("--explainer", choices=["local", "api", "token-lookup"], default="token-lookup")
+    x.add_argument("--explainer-model", default=DEFAULT_MODEL, help="local explainer model (default: %(default)s)")
+    x.add_argument("--device", default="cpu")
+    x.add_argument("--force", action="store_true", help="explain again even if this explainer already did")
+    x.add_argument("--quiet", action="store_true")
+    api_args(x)
+    x.set_defaults(func=cmd_explain)
+
+    sc = sub.add_parser("score", help="simulate explanations on held-out records and score them (resumable)")
+    db_arg(sc)
+    sc.add_argument("--model", default=DEFAULT_MODEL, help="model name as cached")
+    sc.add_argument("--layer", type=int, required=True)
+    sc.add_argument("--neuron", type=int, default=None)
+    sc.add_argument("--neurons", default=None, help="many neurons, e.g. 0-99")
+    sc.add_argument("--explanation", default=None, help="score (and store) this explanation instead of the stored ones")
+    sc.add_argument("--simulator", choices=["local-all-at-once", "api-json", "token-lookup"], default="token-lookup")
+    sc.add_argument("--simulator-model", default=DEFAULT_MODEL, help="local simulator model (default: %(default)s)")
+    sc.add_argument("--set", choices=["top-and-random", "random-only"], default="top-and-random")
+    sc.add_argument("--device", default="cpu")
+    sc.add_argument("--force", action="store_true", help="score again even if already scored")
+    sc.add_argument("--json", action="store_true", help="print the scored simulation(s) as JSON")
+    sc.add_argument("--quiet", action="store_true")
+    api_args(sc)
+    sc.set_defaults(func=cmd_score)
 
     m = sub.add_parser("models", help="list embedded and cached models")
     db_arg(m)

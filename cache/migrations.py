@@ -39,6 +39,18 @@ MIGRATIONS: list[tuple[str, str]] = [
             run_id VARCHAR, layer SMALLINT, unit INTEGER, token_id INTEGER, mean REAL, count INTEGER);
         """,
     ),
+    (
+        "002_explanations",
+        """
+        CREATE TABLE explanations (
+            explanation_id VARCHAR PRIMARY KEY, run_id VARCHAR, layer SMALLINT, unit INTEGER, explainer VARCHAR,
+            params VARCHAR, text VARCHAR, created_at TIMESTAMP);
+        CREATE TABLE simulations (
+            simulation_id VARCHAR PRIMARY KEY, explanation_id VARCHAR, simulator VARCHAR, params VARCHAR,
+            scoring_set VARCHAR, window_ids INTEGER[], simulated VARCHAR, score DOUBLE, rsquared DOUBLE,
+            absolute_dev_explained DOUBLE, error VARCHAR, created_at TIMESTAMP);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

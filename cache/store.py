@@ -89,7 +89,96 @@ def _version(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-class Store:
+@dataclass(frozen=True)
+class StoredExplanation:
+    explanation_id: str
+    run_id: str
+    layer: int
+    unit: int
+    explainer: str
+    params: dict
+    text: str
+    created_at: object
+
+
+@dataclass(frozen=True)
+class StoredSimulation:
+    simulation_id: str
+    explanation_id: str
+    simulator: str
+    params: dict
+    scoring_set: str
+    window_ids: list[int]
+    simulated: list[list[float]] | None
+    score: float | None
+    rsquared: float | None
+    absolute_dev_explained: float | None
+    error: str | None
+    created_at: object
+
+
+def _id(*parts) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class ExplanationsMixin:
+    """Explanations and scored simulations (methods of Store)."""
+
+    def put_explanation(self, run_id: str, layer: int, unit: int, explainer: str, params: dict, text: str) -> str:
+        eid = _id(run_id, layer, unit, explainer, params, text)
+        with self.transaction() as cur:
+            cur.execute("INSERT OR IGNORE INTO explanations VALUES (?,?,?,?,?,?,?, now())",
+                        [eid, run_id, layer, unit, explainer, json.dumps(params, sort_keys=True), text])
+        return eid
+
+    def explanations(self, run_id: str, layer: int, unit: int | None = None) -> list[StoredExplanation]:
+        sql = "SELECT * FROM explanations WHERE run_id = ? AND layer = ?"
+        args = [run_id, layer]
+        if unit is not None:
+            sql += " AND unit = ?"
+            args.append(unit)
+        rows = self._q(sql + " ORDER BY unit, created_at", args).fetchall()
+        return [StoredExplanation(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows]
+
+    def explanation(self, explanation_id: str) -> StoredExplanation | None:
+        r = self._q("SELECT * FROM explanations WHERE explanation_id = ?", [explanation_id]).fetchone()
+        return StoredExplanation(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) if r else None
+
+    def put_simulation(self, explanation_id: str, sim) -> str:
+        """Store an analysis.evaluate.ScoredSimulation (replacing an earlier one with the same key)."""
+        sid = _id(explanation_id, sim.simulator, sim.params, sim.scoring_set)
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM simulations WHERE simulation_id = ?", [sid])
+            cur.execute("INSERT INTO simulations VALUES (?,?,?,?,?,?,?,?,?,?,?, now())", [
+                sid, explanation_id, sim.simulator, json.dumps(sim.params, sort_keys=True), sim.scoring_set,
+                sim.window_ids, json.dumps(sim.simulated) if sim.simulated is not None else None,
+                sim.score, sim.rsquared, sim.absolute_dev_explained, sim.error])
+        return sid
+
+    def simulations(self, explanation_id: str) -> list[StoredSimulation]:
+        rows = self._q("SELECT * FROM simulations WHERE explanation_id = ? ORDER BY created_at",
+                       [explanation_id]).fetchall()
+        return [StoredSimulation(r[0], r[1], r[2], json.loads(r[3]), r[4], list(r[5]),
+                                 json.loads(r[6]) if r[6] else None, *r[7:]) for r in rows]
+
+    def has_simulation(self, explanation_id: str, simulator: str, scoring_set: str) -> bool:
+        return self._q("SELECT 1 FROM simulations WHERE explanation_id = ? AND simulator = ? AND scoring_set = ? "
+                       "AND error IS NULL", [explanation_id, simulator, scoring_set]).fetchone() is not None
+
+    def layer_scores(self, run_id: str, layer: int | None = None) -> list[tuple]:
+        """(layer, unit, explainer, simulator, scoring_set, score) of every successful scored simulation."""
+        sql = ("SELECT e.layer, e.unit, e.explainer, s.simulator, s.scoring_set, s.score FROM simulations s "
+               "JOIN explanations e USING (explanation_id) WHERE e.run_id = ? AND s.error IS NULL")
+        args = [run_id]
+        if layer is not None:
+            sql += " AND e.layer = ?"
+            args.append(layer)
+        return self._q(sql, args).fetchall()
+
+
+class Store(ExplanationsMixin):
     """One open connection to the database. Use ``open_store`` to get one; close it soon."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool):

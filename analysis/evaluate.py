@@ -1,0 +1,68 @@
+"""Explain -> simulate -> score for one unit: held-out record sets and scored simulations.
+
+Splits follow OpenAI's interleaving: top records 0::4 train (the explainer sees only these), 1::4 calibration,
+2::4 valid, 3::4 test; random records 0::3 calibration, 1::3 valid, 2::3 test. Scoring sets come from the valid
+split (+ test for random-only), so a scored record is never one the explainer saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from analysis.scoring import absolute_dev_explained, correlation_score, rsquared_score, to_neuron_units
+
+SCORING_SETS = ("top-and-random", "random-only")
+
+
+def train_records(rec) -> list:
+    return rec.most_positive_activation_records[0::4]
+
+
+def scoring_records(rec, scoring_set: str, n: int = 5) -> list:
+    top = rec.most_positive_activation_records
+    rnd = rec.random_sample
+    if scoring_set == "top-and-random":
+        return top[2::4][:n] + rnd[1::3][:n]
+    if scoring_set == "random-only":
+        return (rnd[1::3] + rnd[2::3])[: 2 * n]
+    raise ValueError(f"unknown scoring set {scoring_set!r}: use one of {', '.join(SCORING_SETS)}")
+
+
+@dataclass
+class ScoredSimulation:
+    explanation: str
+    simulator: str
+    params: dict
+    scoring_set: str
+    window_ids: list[int]
+    tokens: list[list[str]]
+    real: list[list[float]]
+    simulated: list[list[float]] | None
+    """0–10 scale, as the simulator produced them; None if the simulation failed."""
+    score: float | None
+    rsquared: float | None
+    absolute_dev_explained: float | None
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return {"explanation": self.explanation, "simulator": self.simulator, "set": self.scoring_set,
+                "score": self.score, "rsquared": self.rsquared, "absolute_dev_explained": self.absolute_dev_explained,
+                "error": self.error, "simulator_params": self.params,
+                "records": [{"window_id": w, "tokens": t, "real": r, "simulated": s}
+                            for w, t, r, s in zip(self.window_ids, self.tokens, self.real,
+                                                  self.simulated or [None] * len(self.real))]}
+
+
+def score_simulation(simulator, explanation: str, records: list, max_activation: float,
+                     scoring_set: str) -> ScoredSimulation:
+    result = simulator.simulate(explanation, records)
+    real = [list(r.activations) for r in records]
+    base = dict(explanation=explanation, simulator=result.simulator, params=result.params, scoring_set=scoring_set,
+                window_ids=[r.window_id for r in records], tokens=[list(r.tokens) for r in records], real=real)
+    if result.simulated is None:
+        return ScoredSimulation(**base, simulated=None, score=None, rsquared=None, absolute_dev_explained=None,
+                                error=result.error)
+    in_units = to_neuron_units(result.simulated, max_activation)
+    return ScoredSimulation(**base, simulated=result.simulated, score=correlation_score(real, result.simulated),
+                            rsquared=rsquared_score(real, in_units),
+                            absolute_dev_explained=absolute_dev_explained(real, in_units))

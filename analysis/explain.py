@@ -1,0 +1,133 @@
+"""Explainers: records of a unit in, a one-sentence explanation out. Each records its name and parameters."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from analysis.prompts import EXPLAIN_SYSTEM, LEAD, clean_explanation, explain_prompt
+from analysis.types import UserError
+
+
+@dataclass(frozen=True)
+class Explanation:
+    text: str
+    explainer: str
+    params: dict = field(default_factory=dict)
+
+
+def token_means(records: list) -> dict[tuple[int, str], tuple[float, int]]:
+    """(token id, token) -> (mean activation, count) over the records' tokens."""
+    sums: dict[tuple[int, str], list[float]] = {}
+    for r in records:
+        for tid, t, a in zip(r.token_ids, r.tokens, r.activations):
+            sums.setdefault((tid, t), []).append(a)
+    return {k: (sum(v) / len(v), len(v)) for k, v in sums.items()}
+
+
+class TokenLookupExplainer:
+    """Deterministic baseline: names the tokens with the highest mean activation in the records."""
+
+    name = "token-lookup"
+
+    def __init__(self, n_tokens: int = 4):
+        self.n_tokens = n_tokens
+
+    def explain(self, records: list, max_activation: float) -> Explanation:
+        means = token_means(records)
+        top = sorted(means.items(), key=lambda kv: -kv[1][0])[: self.n_tokens]
+        words = [repr(t) for (_, t), _ in top]
+        text = "the tokens " + (", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words))
+        return Explanation(text, self.name, {"n_tokens": self.n_tokens})
+
+
+class HumanExplainer:
+    name = "human"
+
+    def __init__(self, text: str, author: str = ""):
+        if not text.strip():
+            raise UserError("an explanation needs some text")
+        self.text, self.author = text.strip(), author
+
+    def explain(self, records: list, max_activation: float) -> Explanation:
+        return Explanation(self.text.rstrip("."), self.name, {"author": self.author} if self.author else {})
+
+
+class LocalExplainer:
+    """A local instruct model through transformers (default: the embedded SmolLM2-135M-Instruct)."""
+
+    name = "local"
+
+    def __init__(self, subject, max_new_tokens: int = 32):
+        self.subject, self.max_new_tokens = subject, max_new_tokens
+
+    @torch.inference_mode()
+    def explain(self, records: list, max_activation: float) -> Explanation:
+        tok, model = self.subject.tokenizer, self.subject.model
+        body = explain_prompt(records, max_activation)[len(EXPLAIN_SYSTEM):].strip()
+        body, _, _ = body.rpartition(LEAD)
+        messages = [{"role": "system", "content": EXPLAIN_SYSTEM}, {"role": "user", "content": body.strip()}]
+        if getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + LEAD
+        else:
+            text = explain_prompt(records, max_activation)
+        ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids.to(self.subject.device)
+        out = model.generate(ids, max_new_tokens=self.max_new_tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id or tok.eos_token_id)
+        completion = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        params = {"model": self.subject.info.model_id, "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
+        return Explanation(clean_explanation(completion) or "(empty)", self.name, params)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """An OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama, llama.cpp server...)."""
+
+    base_url: str
+    model: str
+    key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    """Retries with exponential backoff on connection errors, 408/409/429 and 5xx (the openai client's own)."""
+
+    def client(self):
+        import openai
+
+        key = os.environ.get(self.key_env)
+        if not key and "api.openai.com" in self.base_url:
+            raise UserError(f"no API key: set ${self.key_env}")
+        return openai.OpenAI(base_url=self.base_url, api_key=key or "not-needed", timeout=self.timeout_s,
+                             max_retries=self.max_retries)
+
+
+def chat(config: ApiConfig, messages: list[dict], max_tokens: int) -> str:
+    """One chat completion; API failures become UserError with the reason."""
+    import openai
+
+    try:
+        reply = config.client().chat.completions.create(model=config.model, messages=messages,
+                                                        max_tokens=max_tokens, temperature=0)
+    except openai.APIConnectionError as exc:
+        raise UserError(f"cannot reach the API at {config.base_url}: {exc}") from None
+    except openai.APIStatusError as exc:
+        raise UserError(f"the API at {config.base_url} answered {exc.status_code}: {str(exc)[:200]}") from None
+    content = reply.choices[0].message.content if reply.choices else None
+    if not content:
+        raise UserError(f"the API at {config.base_url} returned no text")
+    return content
+
+
+class ApiExplainer:
+    name = "api"
+
+    def __init__(self, config: ApiConfig):
+        self.config = config
+
+    def explain(self, records: list, max_activation: float) -> Explanation:
+        body = explain_prompt(records, max_activation)[len(EXPLAIN_SYSTEM):].strip()
+        content = chat(self.config, [{"role": "system", "content": EXPLAIN_SYSTEM},
+                                     {"role": "user", "content": body + " ..."}], max_tokens=60)
+        return Explanation(clean_explanation(content), self.name,
+                           {"base_url": self.config.base_url, "model": self.config.model})
