@@ -1,0 +1,122 @@
+"""Explain -> simulate -> score: simulators against independent computations, a planted neuron, the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from analysis.__main__ import main
+from analysis.evaluate import score_simulation, scoring_records, train_records
+from analysis.explain import TokenLookupExplainer
+from analysis.models import load_model
+from analysis.prompts import explain_prompt, format_tokens
+from analysis.scoring import correlation_score
+from analysis.simulate import LocalAllAtOnceSimulator, TokenLookupSimulator, parse_activation_list
+
+
+@dataclass
+class Rec:
+    tokens: list[str]
+    token_ids: list[int]
+    activations: list[float]
+    window_id: int = 0
+
+
+def test_local_simulator_equals_plain_forward_expectation(tiny_folders):
+    """Batched, padded, lm_head restricted to the value rows == the full model run on each prompt alone."""
+    subject = load_model(str(tiny_folders["llama"]))
+    sim = LocalAllAtOnceSimulator(subject, batch_size=3)
+    rng = np.random.default_rng(0)
+    recs = [Rec(["x"] * n, [int(t) for t in rng.integers(40, 250, size=n)], [0.0] * n) for n in (5, 9, 3, 7)]
+    got = sim.simulate("some explanation", recs).simulated
+    values = np.array(sim.values) * sim.scale
+    for r, g in zip(recs, got):
+        ids, slots = sim._prompt("some explanation", r.token_ids)
+        for k, s in enumerate(slots):  # the slot is the TAB right after the record's token, before 'unknown'
+            assert ids[s - 1] == r.token_ids[k] and ids[s + 1: s + 1 + len(sim.unknown)] == sim.unknown
+        with torch.no_grad():
+            logits = subject.model(input_ids=torch.tensor([ids])).logits[0].double()
+        p = torch.softmax(logits[slots][:, sim.value_ids], dim=-1).numpy()
+        np.testing.assert_allclose(g, p @ values, rtol=1e-4, atol=1e-4)
+
+
+def test_token_lookup_recovers_a_planted_token_neuron():
+    table = {7: 4.0, 9: 1.0}
+    recs = [Rec(list("abcd"), [7, 1, 9, 7], [4.0, 0.0, 1.0, 4.0]), Rec(list("ab"), [2, 9], [0.0, 1.0])]
+    sim = TokenLookupSimulator(table, default=0.0, max_activation=4.0)
+    scored = score_simulation(sim, "anything", recs, 4.0, "top-and-random")
+    assert scored.score == pytest.approx(1.0) and scored.rsquared == pytest.approx(1.0)
+    assert scored.simulated[0] == [10.0, 0.0, 2.5, 10.0]
+
+
+def test_prompt_format():
+    recs = [Rec([" Paris", " is"], [1, 2], [2.0, 0.0])]
+    text = explain_prompt(recs, 2.0)
+    assert text.startswith("We're studying neurons")
+    assert " Paris\t10\n is\t0\n<end>" in text
+    assert text.endswith("the main thing this neuron does is find")
+    assert format_tokens(["a", "b"], None) == "<start>\na\tunknown\nb\tunknown\n<end>\n"
+
+
+@pytest.mark.parametrize("reply, ok", [
+    ("[0, 3, 10]", True), ('Sure! {"activations": [0, 3, 10]}', True), ("```json\n[0,3,10]\n```", True),
+    ("[0, 3]", False), ("no numbers here", False), ("[0, 'x', 1]", False), ("[0, 3, 10", False),
+])
+def test_api_reply_parsing(reply, ok):
+    values, reason = parse_activation_list(reply, 3)
+    assert (values is not None) == ok
+    if ok:
+        assert values == [0.0, 3.0, 10.0]
+    else:
+        assert reason
+
+
+def test_planted_neuron_on_the_embedded_simulator(embedded_smollm2):
+    """A neuron that fires on animal names: the right explanation must beat wrong ones with SmolLM2-135M as the
+    simulator. Measured margins are small (0.29 vs 0.23-0.25): a 135M model is a weak simulator."""
+    tok = embedded_smollm2.tokenizer
+    animals = {" dog", " cat", " horse", " cow", " sheep", " fox", " lion", " birds", " goat", " rabbit"}
+    texts = ["The farmer kept a dog, a cat and a horse in the old barn near the road.",
+             "A fox ran across the field while the sheep and the cow watched from the hill.",
+             "In the zoo, the lion slept and the birds sang above the rabbit cage.",
+             "He sold the goat at the market and bought bread, cheese and a new coat."]
+    recs = []
+    for t in texts:
+        ids = tok(t, add_special_tokens=False).input_ids
+        toks = tok.batch_decode([[i] for i in ids])
+        recs.append(Rec(toks, ids, [10.0 if x in animals else 0.0 for x in toks]))
+    sim = LocalAllAtOnceSimulator(embedded_smollm2)
+    real = [r.activations for r in recs]
+    right = correlation_score(real, sim.simulate("names of animals", recs).simulated)
+    wrong = [correlation_score(real, sim.simulate(e, recs).simulated)
+             for e in ("punctuation marks like commas and periods", "years and dates", "the article 'the'")]
+    assert right > max(wrong), (right, wrong)
+
+
+def test_cli_explain_and_score_json_recomputes(viewer_db, capsys):
+    db, model = viewer_db
+    args = ["--db", str(db), "--model", model, "--layer", "1"]
+    assert main(["explain", *args, "--neurons", "0-3", "--explainer", "token-lookup", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["explain", *args, "--neurons", "0-3", "--explainer", "token-lookup", "--quiet"]) == 0
+    assert "explained 0 neuron(s)" in capsys.readouterr().err  # resumable: nothing left to do
+    assert main(["score", *args, "--neuron", "2", "--simulator", "token-lookup", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"explanation", "simulator", "set", "score", "rsquared", "absolute_dev_explained", "records"}
+    real = [v for r in out["records"] for v in r["real"]]
+    sim = [v for r in out["records"] for v in r["simulated"]]
+    assert out["score"] == pytest.approx(scipy.stats.pearsonr(real, sim).statistic, abs=1e-9)
+    assert len(out["records"]) == 10 and all(len(r["tokens"]) == len(r["real"]) for r in out["records"])
+    # the held-out records were not shown to the explainer
+    from cache.store import open_store
+
+    with open_store(db, read_only=True) as s:
+        rec = s.neuron_record(s.find_run(model, 1), 1, 2)
+    seen = {r.window_id for r in train_records(rec)}
+    assert not seen & {r["window_id"] for r in out["records"]}
+    assert {r.window_id for r in scoring_records(rec, "random-only")}.isdisjoint(seen)
