@@ -230,15 +230,11 @@ def make_explainer(args):
 
 def make_simulator(args, store, run, rec):
     from analysis import simulate
-    from analysis.explain import token_means
 
     if args.simulator == "token-lookup":
-        from analysis.evaluate import train_records
+        from analysis.evaluate import token_lookup_simulator
 
-        table = {t: m for t, _s, m, _c in rec.top_tokens}
-        for (tid, _t), (m, _c) in token_means(train_records(rec)).items():
-            table.setdefault(tid, m)
-        return simulate.TokenLookupSimulator(table, default=rec.stats.mean, max_activation=rec.stats.max)
+        return token_lookup_simulator(rec)
     if args.simulator == "local-all-at-once":
         from analysis.models import load_model
 

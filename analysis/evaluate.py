@@ -66,3 +66,14 @@ def score_simulation(simulator, explanation: str, records: list, max_activation:
     return ScoredSimulation(**base, simulated=result.simulated, score=correlation_score(real, result.simulated),
                             rsquared=rsquared_score(real, in_units),
                             absolute_dev_explained=absolute_dev_explained(real, in_units))
+
+
+def token_lookup_simulator(rec):
+    """The token-lookup baseline for a unit: means from the harvest's token table, completed by the train records'."""
+    from analysis.explain import token_means
+    from analysis.simulate import TokenLookupSimulator
+
+    table = {t: m for t, _s, m, _c in rec.top_tokens}
+    for (tid, _t), (m, _c) in token_means(train_records(rec)).items():
+        table.setdefault(tid, m)
+    return TokenLookupSimulator(table, default=rec.stats.mean, max_activation=rec.stats.max)

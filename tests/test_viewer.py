@@ -136,3 +136,40 @@ def test_export_is_self_contained(viewer_db):
     assert not re.search(r"<script[^>]+src=", page)  # plotly.js is inlined: opens without a server or network
     assert page.count('class="rec"') == len(rec.most_positive_activation_records) + len(rec.random_sample) + sum(
         len(b) for b in rec.random_sample_by_quantile)
+
+
+def test_explanations_tab_scores_and_saves_your_own(viewer_db, monkeypatch):
+    from analysis.__main__ import main
+    from cache.store import open_store
+
+    db, model = viewer_db
+    args = ["--db", str(db), "--model", model, "--layer", "1"]
+    assert main(["explain", *args, "--neurons", "6", "--explainer", "token-lookup", "--quiet"]) == 0
+    assert main(["score", *args, "--neuron", "6", "--simulator", "token-lookup", "--quiet"]) == 0
+    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=6, tab="explanations")
+    assert not at.exception
+    assert at.dataframe and "token-lookup" in str(at.dataframe[0].value)
+    assert at.get("plotly_chart") and 'sim</span>' in _all_html(at)  # scatter + paired real/simulated heatmaps
+    at.text_input(key="own_text").set_value("the tokens Paris and France")
+    at.selectbox(key="own_sim").set_value("token-lookup")
+    at.button[[b.label for b in at.button].index("simulate and score")].click().run()
+    assert not at.exception and any(m.label == "correlation score" for m in at.metric)
+    next(b for b in at.button if b.label.startswith("save this explanation")).click().run()
+    assert not at.exception
+    with open_store(db, read_only=True) as s:
+        texts = [e.text for e in s.explanations(s.find_run(model, 1).run_id, 1, 6)]
+    assert "the tokens Paris and France" in texts
+
+
+def test_scores_overview_and_explanations_in_compare(viewer_db, monkeypatch):
+    from analysis.__main__ import main
+
+    db, model = viewer_db
+    args = ["--db", str(db), "--model", model, "--layer", "0"]
+    assert main(["explain", *args, "--neurons", "0-5", "--explainer", "token-lookup", "--quiet"]) == 0
+    assert main(["score", *args, "--neurons", "0-5", "--simulator", "token-lookup", "--quiet"]) == 0
+    at = _page("scores", db, monkeypatch)
+    assert not at.exception and at.get("plotly_chart")
+    assert any("Best explained" in m.value for m in at.markdown)
+    at = _page("compare", db, monkeypatch, a_model=model, a_layer=0, a_neuron=1, b_model=model, b_layer=0, b_neuron=2)
+    assert not at.exception and len([m for m in at.metric if m.label == "correlation score"]) == 2

@@ -42,3 +42,12 @@ def subject(name: str, device: str = "cpu") -> SubjectModel:
 
 def show_error(exc: Exception) -> None:
     st.error(str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}")
+
+
+def live_simulators(model_name: str) -> dict:
+    """The simulators pages can run live: name -> factory(NeuronRecord)."""
+    from analysis.evaluate import token_lookup_simulator
+    from analysis.simulate import LocalAllAtOnceSimulator
+
+    return {"token-lookup": token_lookup_simulator,
+            "local-all-at-once": lambda rec: LocalAllAtOnceSimulator(subject(model_name))}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from viewer.components.explanations import own_explanation_form, scored_picker
 from viewer.components.heatmap import records_html
 from viewer.components.picker import neuron_picker
-from viewer.resources import show_error, store
+from viewer.resources import live_simulators, show_error, store
 
 
 def render() -> None:
@@ -23,12 +24,15 @@ def render() -> None:
                 with col:
                     picked = neuron_picker(models, prefix=prefix, container=col, buttons=False)
                     run = s.find_run(picked.model.name, picked.layer)
-                    sides.append((picked, s.neuron_record(run, picked.layer, picked.neuron) if run else None))
+                    rec = s.neuron_record(run, picked.layer, picked.neuron) if run else None
+                    rows = ([(e, s.simulations(e.explanation_id)) for e in s.explanations(run.run_id, picked.layer, picked.neuron)]
+                            if run else [])
+                    sides.append((picked, rec, run, rows))
     except Exception as exc:
         show_error(exc)
         return
     n_show = st.slider("records per side", 3, 20, 8)
-    for col, (picked, rec) in zip(st.columns(2), sides):
+    for side, col, (picked, rec, run, rows) in zip("ab", st.columns(2), sides):
         with col:
             st.subheader(f"{picked.model.name} · L{picked.layer} · N{picked.neuron}")
             if picked.problem:
@@ -40,7 +44,13 @@ def render() -> None:
             st.caption(f"max {s.max:.3g} · mean {s.mean:.3g} · std {s.std:.3g} · skew {s.skewness:.3g} · "
                        f"kurtosis {s.kurtosis:.3g} · frac > 0 {s.frac_active:.3f}")
             st.html(records_html(rec.most_positive_activation_records[:n_show], max(s.max, 1e-9), 10))
-    st.caption("Explanations of each neuron will appear here side by side (explanations issue).")
+            st.markdown("---")
+            scored_picker(rows, rec, key=f"cmp_{side}")
+    a, b = sides
+    if a[1] is not None:
+        st.markdown("---")
+        st.caption(f"score your own explanation of {a[0].model.name} L{a[0].layer}/N{a[0].neuron} (left)")
+        own_explanation_form(a[2], a[1], live_simulators(a[0].model.name), key="cmp_own")
 
 
 render()

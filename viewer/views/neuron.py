@@ -13,9 +13,9 @@ from viewer.components.charts import histogram_figure
 from viewer.components.export import neuron_page_html
 from viewer.components.heatmap import records_html
 from viewer.components.picker import neuron_link, neuron_picker
-from viewer.resources import db_path, show_error, store, subject
+from viewer.resources import db_path, live_simulators, show_error, store, subject
 
-TABS = ["top", "quantiles", "random", "tokens & weights"]
+TABS = ["top", "quantiles", "random", "tokens & weights", "explanations"]
 
 
 def harvest_button(model: str, layer: int, corpus: str) -> None:
@@ -128,6 +128,16 @@ def render() -> None:
             st.html(records_html(recs, vmax, window))
     elif tab == "random":
         st.html(records_html(rec.random_sample, vmax, window))
+    elif tab == "explanations":
+        from viewer.components.explanations import explanations_panel
+
+        try:
+            with store() as s_:
+                rows = [(e, s_.simulations(e.explanation_id)) for e in s_.explanations(run.run_id, layer, neuron)]
+        except Exception as exc:
+            show_error(exc)
+            return
+        explanations_panel(rows, run, rec, live_simulators(model.name))
     else:
         related_section(model.name, rec, layer, neuron)
     st.caption((f"run {rec.run_id} · corpus {rec.corpus_id} · {rec.stats.n_tokens:,} tokens · "

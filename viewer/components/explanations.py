@@ -1,0 +1,123 @@
+"""Explanations panel: every explanation of a neuron with its scores, a simulated-vs-real scatter, paired heatmaps,
+and a box to write, simulate, score and save your own explanation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from analysis.evaluate import SCORING_SETS, score_simulation, scoring_records
+from analysis.scoring import to_neuron_units
+from viewer.components.heatmap import records_html
+
+
+@dataclass
+class _Row:
+    tokens: list[str]
+    activations: list[float]
+
+
+def scatter_figure(real: list[list[float]], simulated_units: list[list[float]]) -> go.Figure:
+    xs = [v for r in real for v in r]
+    ys = [v for r in simulated_units for v in r]
+    fig = go.Figure(go.Scattergl(x=xs, y=ys, mode="markers", marker=dict(size=5, opacity=0.5, color="#ff7a00")))
+    lo, hi = min(xs + ys + [0.0]), max(xs + ys + [1e-9])
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(dash="dot", color="#999"), showlegend=False))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=10, b=30), xaxis_title="real activation",
+                      yaxis_title="simulated (in neuron units)", template="plotly_white", showlegend=False)
+    return fig
+
+
+def paired_heatmaps(tokens: list[list[str]], real: list[list[float]], simulated_units: list[list[float]], vmax: float) -> str:
+    rows, labels = [], []
+    for i, (t, r, s) in enumerate(zip(tokens, real, simulated_units)):
+        rows += [_Row(t, r), _Row(t, s)]
+        labels += [f"#{i + 1} real", f"#{i + 1} sim"]
+    return records_html(rows, vmax, labels=labels)
+
+
+def show_scored(sim, records_by_window: dict, vmax: float, max_activation: float, key: str) -> None:
+    if sim.error:
+        st.error(f"simulation failed: {sim.error}")
+        return
+    recs = [records_by_window[w] for w in sim.window_ids if w in records_by_window]
+    real = [r.activations for r in recs]
+    units = to_neuron_units(sim.simulated[: len(recs)], max_activation)
+    c1, c2 = st.columns([2, 3])
+    c1.plotly_chart(scatter_figure(real, units), key=f"sc_{key}", config={"displayModeBar": False})
+    c2.html(paired_heatmaps([r.tokens for r in recs], real, units, vmax))
+
+
+def explanations_panel(rows: list, run, rec, simulators: dict) -> None:
+    """``rows``: (stored explanation, its stored simulations); ``simulators``: name -> factory(rec) for the
+    simulators this viewer offers live. The database is not held open here: saving opens it for writing."""
+    vmax = max(rec.stats.max, 1e-9)
+    by_window = {r.window_id: r for r in rec.most_positive_activation_records + rec.random_sample}
+    if not rows:
+        st.info("no explanation yet: write one below, or run `python -m analysis explain ... --neurons "
+                f"{rec.neuron}` and `python -m analysis score ...`")
+    table = []
+    for e, sims in rows:
+        for s in sims or [None]:
+            table.append({"explanation": e.text, "explainer": e.explainer, "simulator": s.simulator if s else "—",
+                          "set": s.scoring_set if s else "—", "score": None if s is None else s.score,
+                          "R²": None if s is None else s.rsquared, "error": (s.error or "") if s else "not scored"})
+    if table:
+        st.dataframe(table, hide_index=True, column_config={"score": st.column_config.NumberColumn(format="%.3f"),
+                                                            "R²": st.column_config.NumberColumn(format="%.3f")})
+        scored_picker(rows, rec, key="stored")
+    own_explanation_form(run, rec, simulators)
+
+
+def scored_picker(rows: list, rec, key: str) -> None:
+    """Pick one stored scored simulation of a unit and show its score, scatter and paired heatmaps."""
+    scored = [(e, s) for e, sims in rows for s in sims]
+    if not scored:
+        st.caption("no scored explanation for this neuron yet")
+        return
+    labels = [f"{s.score if s.score is not None else float('nan'):+.3f} · {e.explainer} · {s.simulator} · "
+              f"{s.scoring_set} · {e.text[:50]}" for e, s in scored]
+    pick = st.selectbox("explanation", range(len(scored)), format_func=lambda i: labels[i], key=f"pick_{key}")
+    e, s = scored[pick]
+    st.markdown(f"*the main thing this neuron does is find* **{e.text}**")
+    st.metric("correlation score", "—" if s.score is None else f"{s.score:+.3f}",
+              help=f"R² {s.rsquared:.3f}" if s.rsquared is not None else None)
+    by_window = {r.window_id: r for r in rec.most_positive_activation_records + rec.random_sample}
+    show_scored(s, by_window, max(rec.stats.max, 1e-9), rec.stats.max, key=key)
+
+
+def own_explanation_form(run, rec, simulators: dict, key: str = "own") -> None:
+    vmax = max(rec.stats.max, 1e-9)
+    by_window = {r.window_id: r for r in rec.most_positive_activation_records + rec.random_sample}
+    st.markdown("**Your explanation**: simulated and scored live on the held-out records")
+    with st.form(f"{key}_explanation"):
+        text = st.text_input("the main thing this neuron does is find …", key=f"{key}_text")
+        c1, c2 = st.columns(2)
+        sim_name = c1.selectbox("simulator", list(simulators), key=f"{key}_sim")
+        scoring_set = c2.selectbox("records", SCORING_SETS, key=f"{key}_set")
+        go_ = st.form_submit_button("simulate and score")
+    if go_:
+        if not text.strip():
+            st.warning("write an explanation first")
+            return
+        with st.spinner(f"simulating with {sim_name}…"):
+            simulator = simulators[sim_name](rec)
+            scored = score_simulation(simulator, text.strip().rstrip("."), scoring_records(rec, scoring_set),
+                                      rec.stats.max, scoring_set)
+        st.session_state[f"{key}_scored"] = scored
+    scored = st.session_state.get(f"{key}_scored")
+    if scored is not None and scored.explanation:
+        st.metric("correlation score", "—" if scored.score is None else f"{scored.score:+.3f}")
+        show_scored(scored, by_window, vmax, rec.stats.max, key=key)
+        if scored.error is None and st.button("save this explanation and its score", key=f"{key}_save"):
+            from cache.store import open_store
+            from viewer.resources import db_path
+
+            with open_store(db_path()) as w:
+                eid = w.put_explanation(run.run_id, rec.layer, rec.neuron, "human", {}, scored.explanation)
+                w.put_simulation(eid, scored)
+            del st.session_state[f"{key}_scored"]
+            st.success("saved")
+            st.rerun()
