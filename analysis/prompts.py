@@ -48,16 +48,27 @@ def format_tokens(tokens: list[str], values: list | None) -> str:
     return "<start>\n" + "\n".join(lines) + "\n<end>\n"
 
 
+def strong_tokens(tokens: list[str], values: list[int], threshold: int = 3) -> str:
+    """The records again with the weak activations filtered out (as the paper's prompt does with zeros)."""
+    pairs = [f"{t}\t{v}" for t, v in zip(tokens, values) if v >= threshold]
+    return "Same activations, with the weak ones filtered out:\n<start>\n" + "\n".join(pairs) + "\n<end>\n"
+
+
 def explain_prompt(records: list, max_activation: float) -> str:
     """The explainer prompt for records (objects with .tokens, .activations); ends with the lead to complete."""
     parts = [EXPLAIN_SYSTEM, ""]
     for i, ex in enumerate(FEW_SHOT, 1):
         parts += [f"Neuron {i}", "Activations:", format_tokens(ex.tokens, ex.values),
-                  f"Explanation of neuron {i} behavior: {LEAD} {ex.explanation}.", ""]
+                  strong_tokens(ex.tokens, ex.values), f"Explanation of neuron {i} behavior: {LEAD} {ex.explanation}.", ""]
     n = len(FEW_SHOT) + 1
     parts += [f"Neuron {n}", "Activations:"]
+    all_tokens, all_values = [], []
     for r in records:
-        parts.append(format_tokens(r.tokens, normalise(r.activations, max_activation)))
+        values = normalise(r.activations, max_activation)
+        parts.append(format_tokens(r.tokens, values))
+        all_tokens += list(r.tokens)
+        all_values += values
+    parts.append(strong_tokens(all_tokens, all_values))
     parts.append(f"Explanation of neuron {n} behavior: {LEAD}")
     return "\n".join(parts)
 
