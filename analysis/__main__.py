@@ -228,7 +228,7 @@ def make_explainer(args):
     raise UserError(f"unknown explainer {args.explainer!r}")
 
 
-def make_simulator(args, store, run, rec):
+def make_simulator(args, rec):
     from analysis import simulate
 
     if args.simulator == "token-lookup":
@@ -250,6 +250,34 @@ def make_simulator(args, store, run, rec):
 _SIM_SUBJECT = None
 
 
+def _map(fn, items: list, workers: int):
+    """Yield (item, result, UserError or None) as each finishes; at most ``workers`` run at once (API calls)."""
+    if workers <= 1:
+        for item in items:
+            try:
+                yield item, fn(item), None
+            except UserError as exc:
+                yield item, None, exc
+        return
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(fn, item): item for item in items}
+        for fut in as_completed(futures):
+            exc = fut.exception()
+            if exc is not None and not isinstance(exc, UserError):
+                raise exc
+            yield futures[fut], (None if exc else fut.result()), exc
+
+
+def _unit_records(args, units: list[int]) -> dict:
+    """unit -> (run, NeuronRecord), read in one short read-only visit."""
+    from cache.store import open_store
+
+    with open_store(args.db, read_only=True) as store:
+        return {u: _load_unit(store, args.model, args.layer, u) for u in units}
+
+
 def cmd_explain(args) -> int:
     from tqdm import tqdm
 
@@ -262,23 +290,26 @@ def cmd_explain(args) -> int:
             raise UserError(f"model {args.model!r} is not in {args.db}")
         units = parse_units(args.neurons, info.d_mlp)
     explainer = make_explainer(args)
+    loaded = _unit_records(args, units)
+    with open_store(args.db, read_only=True) as store:  # resumable: skip units this explainer already did
+        todo = [u for u in units if args.force or not any(
+            e.explainer == explainer.name for e in store.explanations(loaded[u][0].run_id, args.layer, u))]
+    workers = args.api_concurrency if explainer.name == "api" else 1
     done = failed = 0
-    for unit in tqdm(units, desc=f"explain L{args.layer} ({explainer.name})", unit="neuron", disable=args.quiet):
-        with open_store(args.db, read_only=True) as store:
-            run, rec = _load_unit(store, args.model, args.layer, unit)
-            if any(e.explainer == explainer.name for e in store.explanations(run.run_id, args.layer, unit)) and not args.force:
-                continue  # resumable: already explained by this explainer
-        try:
-            exp = explainer.explain(train_records(rec), rec.stats.max)
-        except UserError as exc:
+    bar = tqdm(total=len(todo), desc=f"explain L{args.layer} ({explainer.name})", unit="neuron", disable=args.quiet)
+    for unit, exp, err in _map(lambda u: explainer.explain(train_records(loaded[u][1]), loaded[u][1].stats.max),
+                               todo, workers):
+        bar.update(1)
+        if err is not None:
             failed += 1
-            print(f"neuron {unit}: {exc}", file=sys.stderr)
+            print(f"neuron {unit}: {err}", file=sys.stderr)
             continue
-        with open_store(args.db) as store:
-            store.put_explanation(run.run_id, args.layer, unit, exp.explainer, exp.params, exp.text)
+        with open_store(args.db) as store:  # the main thread does all writing, one short transaction each
+            store.put_explanation(loaded[unit][0].run_id, args.layer, unit, exp.explainer, exp.params, exp.text)
         done += 1
-        if args.quiet is False and len(units) == 1:
+        if len(units) == 1 and not args.quiet:
             print(exp.text)
+    bar.close()
     print(f"explained {done} neuron(s) with {explainer.name}" + (f", {failed} failed" if failed else ""), file=sys.stderr)
     return 0 if not failed else 1
 
@@ -290,47 +321,59 @@ def cmd_score(args) -> int:
     from analysis.explain import HumanExplainer
     from cache.store import open_store
 
+    if args.neuron is None and not args.neurons:
+        raise UserError("give --neuron N or --neurons SPEC")
     with open_store(args.db, read_only=True) as store:
         info = store.model(args.model)
         if info is None:
             raise UserError(f"model {args.model!r} is not in {args.db}")
-        units = parse_units(args.neurons if args.neurons else str(args.neuron), info.d_mlp)
-    if args.neuron is None and not args.neurons:
-        raise UserError("give --neuron N or --neurons SPEC")
-    results = []
-    for unit in tqdm(units, desc=f"score L{args.layer} ({args.simulator})", unit="neuron",
-                     disable=args.quiet or len(units) == 1):
-        with open_store(args.db, read_only=True) as store:
-            run, rec = _load_unit(store, args.model, args.layer, unit)
-            simulator = make_simulator(args, store, run, rec)
-            stored = store.explanations(run.run_id, args.layer, unit)
-            todo = [e for e in stored if args.force or not store.has_simulation(e.explanation_id, args.simulator, args.set)]
-        if args.explanation:
-            exp = HumanExplainer(args.explanation).explain([], rec.stats.max)
-            with open_store(args.db) as store:
-                eid = store.put_explanation(run.run_id, args.layer, unit, exp.explainer, exp.params, exp.text)
-            todo = [type("E", (), {"explanation_id": eid, "text": exp.text})()]
-        records = scoring_records(rec, args.set)
-        for e in todo:
-            scored = score_simulation(simulator, e.text, records, rec.stats.max, args.set)
-            with open_store(args.db) as store:
-                store.put_simulation(e.explanation_id, scored)
-            results.append(scored)
-            if scored.error:
-                print(f"neuron {unit}: simulation failed: {scored.error}", file=sys.stderr)
-    if args.json:
-        if len(results) == 1:
-            json.dump(results[0].to_json(), sys.stdout, ensure_ascii=False)
-        else:
-            json.dump([r.to_json() for r in results], sys.stdout, ensure_ascii=False)
-        sys.stdout.write("\n")
+    units = parse_units(args.neurons if args.neurons else str(args.neuron), info.d_mlp)
+    loaded = _unit_records(args, units)
+    jobs = []  # (unit, explanation id, text)
+    if args.explanation:
+        text = HumanExplainer(args.explanation).explain([], 0.0).text
+        with open_store(args.db) as store:
+            for u in units:
+                jobs.append((u, store.put_explanation(loaded[u][0].run_id, args.layer, u, "human", {}, text), text))
     else:
+        with open_store(args.db, read_only=True) as store:
+            for u in units:
+                for e in store.explanations(loaded[u][0].run_id, args.layer, u):
+                    if args.force or not store.has_simulation(e.explanation_id, args.simulator, args.set):
+                        jobs.append((u, e.explanation_id, e.text))
+    simulators = {u: make_simulator(args, loaded[u][1]) for u in {j[0] for j in jobs}}
+
+    def run(job):
+        u, _eid, text = job
+        rec = loaded[u][1]
+        return score_simulation(simulators[u], text, scoring_records(rec, args.set), rec.stats.max, args.set)
+
+    workers = args.api_concurrency if args.simulator == "api-json" else 1
+    results = []
+    bar = tqdm(total=len(jobs), desc=f"score L{args.layer} ({args.simulator})", unit="explanation",
+               disable=args.quiet or len(jobs) <= 1)
+    for (u, eid, _text), scored, err in _map(run, jobs, workers):
+        bar.update(1)
+        if err is not None:
+            print(f"neuron {u}: {err}", file=sys.stderr)
+            continue
+        with open_store(args.db) as store:
+            store.put_simulation(eid, scored)
+        results.append(scored)
+        if scored.error:
+            print(f"neuron {u}: simulation failed: {scored.error}", file=sys.stderr)
+    bar.close()
+    if args.json:
+        json.dump(results[0].to_json() if len(results) == 1 else [r.to_json() for r in results], sys.stdout,
+                  ensure_ascii=False)
+        sys.stdout.write("\n")
+    elif not args.quiet:
         for r in results:
             print(f"{r.score if r.score is not None else float('nan'):+.3f}  {r.simulator:18s} {r.scoring_set:15s} {r.explanation}")
-        if not results:
-            print("nothing to score: no explanation without a score for this simulator and set "
-                  "(explain first, pass --explanation, or --force)", file=sys.stderr)
-    return 1 if any(r.error for r in results) else 0
+    if not results and not jobs:
+        print("nothing to score: no explanation without a score for this simulator and set "
+              "(explain first, pass --explanation, or --force)", file=sys.stderr)
+    return 1 if any(r.error for r in results) or len(results) < len(jobs) else 0
 
 
 def cmd_models(args) -> int:
@@ -418,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
         p.add_argument("--api-timeout", type=float, default=60.0, help="seconds per request (default: %(default)s)")
         p.add_argument("--api-retries", type=int, default=4, help="retries with backoff on 429/5xx/timeouts")
+        p.add_argument("--api-concurrency", type=int, default=4, help="requests in flight at once (default: %(default)s)")
 
     x = sub.add_parser("explain", help="explain neurons from their top train records (resumable)")
     db_arg(x)

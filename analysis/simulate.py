@@ -47,8 +47,9 @@ class LocalAllAtOnceSimulator:
     One prompt per record, every activation written as 'unknown'; at each activation slot (the position after
     a token's TAB) the next-token probabilities of the values are renormalised over the values and their
     expectation is the prediction. Values are the numbers 0..10 that the tokenizer writes as one token (SmolLM2
-    writes 10 as '1','0': there the values are 0..9, rescaled by 10/9). Batches of records share one forward pass;
-    only the value rows of the unembedding are computed.
+    writes 10 as '1','0': there the values are 0..9, rescaled by 10/9). The shared prompt prefix runs once;
+    batches of records share one forward pass over its cached keys/values; only the value rows of the
+    unembedding are computed.
     """
 
     name = "local-all-at-once"
@@ -68,40 +69,58 @@ class LocalAllAtOnceSimulator:
         enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
         self.tab, self.unknown, self.newline, self.end = enc("\t"), enc("unknown"), enc("\n"), enc("<end>\n")
 
-    def _prompt(self, explanation: str, token_ids: list[int]) -> tuple[list[int], list[int]]:
+    def _prefix(self, explanation: str) -> list[int]:
         tok = self.subject.tokenizer
         ids = [tok.bos_token_id] if self.subject.info.prepend_bos else []
-        ids += tok(simulate_prefix(explanation) + "<start>\n", add_special_tokens=False).input_ids
-        slots = []
+        return ids + tok(simulate_prefix(explanation) + "<start>\n", add_special_tokens=False).input_ids
+
+    def _record(self, token_ids: list[int]) -> tuple[list[int], list[int]]:
+        """A record's part of the prompt and its activation slots (indices into that part)."""
+        ids, slots = [], []
         for t in token_ids:
             ids += [t] + self.tab
             slots.append(len(ids) - 1)  # the model writes the value after the TAB
             ids += self.unknown + self.newline
         return ids + self.end, slots
 
+    def _prompt(self, explanation: str, token_ids: list[int]) -> tuple[list[int], list[int]]:
+        """The whole prompt of one record and its slots (what a plain, uncached forward pass would read)."""
+        prefix = self._prefix(explanation)
+        ids, slots = self._record(token_ids)
+        return prefix + ids, [len(prefix) + s for s in slots]
+
     @torch.inference_mode()
     def simulate(self, explanation: str, records: list) -> SimResult:
+        import copy
+
         device = self.subject.device
+        base = self.subject.base()
         w = self.subject.model.get_output_embeddings().weight[self.value_ids].float()  # [V, d]
         values = torch.tensor(self.values, device=device) * self.scale
+        # the instructions, few-shot neurons and explanation are the same for every record: run them once and
+        # reuse their key/value cache for each batch of records
+        prefix = self._prefix(explanation)
+        cache = base(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values
         out: list[list[float]] = []
+        pad = self.subject.tokenizer.pad_token_id or 0
         for b in range(0, len(records), self.batch_size):
-            batch = [self._prompt(explanation, r.token_ids) for r in records[b : b + self.batch_size]]
-            T = max(len(ids) for ids, _ in batch)
-            pad = self.subject.tokenizer.pad_token_id or 0
-            ids = torch.full((len(batch), T), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), T), dtype=torch.long)
+            batch = [self._record(r.token_ids) for r in records[b : b + self.batch_size]]
+            B, T = len(batch), max(len(ids) for ids, _ in batch)
+            ids = torch.full((B, T), pad, dtype=torch.long)
+            mask = torch.zeros((B, len(prefix) + T), dtype=torch.long)
+            mask[:, : len(prefix)] = 1
             for i, (p, _) in enumerate(batch):
                 ids[i, : len(p)] = torch.tensor(p)
-                mask[i, : len(p)] = 1
-            hidden = self.subject.base()(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                         use_cache=False).last_hidden_state  # final norm applied
+                mask[i, len(prefix) : len(prefix) + len(p)] = 1
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(B)
+            hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=past,
+                          use_cache=True).last_hidden_state  # [B, T, d], final norm applied
             for i, (_, slots) in enumerate(batch):
                 logits = hidden[i, slots].float() @ w.T  # [tokens, values]
-                probs = torch.softmax(logits, dim=-1)
-                out.append((probs @ values).tolist())
+                out.append((torch.softmax(logits, dim=-1) @ values).tolist())
         return SimResult(out, self.name, {"model": self.subject.info.model_id, "values": len(self.values),
-                                          "prompt": "all-at-once, 2 few-shot neurons"})
+                                          "prompt": "all-at-once, 2 few-shot neurons, shared prefix cache"})
 
 
 class ApiJsonSimulator:

@@ -18,6 +18,8 @@ from analysis.types import UserError
 from test_explanations import Rec
 
 HITS: dict[str, int] = {}
+IN_FLIGHT = {"now": 0, "max": 0}
+LOCK = threading.Lock()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -46,6 +48,13 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(429, {"error": {"message": "slow down"}}, {"retry-after-ms": "10"})
         if model == "slow":
             time.sleep(3)
+        if model == "busy":
+            with LOCK:
+                IN_FLIGHT["now"] += 1
+                IN_FLIGHT["max"] = max(IN_FLIGHT["max"], IN_FLIGHT["now"])
+            time.sleep(0.3)
+            with LOCK:
+                IN_FLIGHT["now"] -= 1
         user = req["messages"][-1]["content"]
         if model == "garbage":
             content = "I think the activations are mostly high, roughly"
@@ -116,3 +125,14 @@ def test_cli_records_a_failed_simulation(server, viewer_db, capsys):
     assert any(x.error and "no JSON list" in x.error for x in sims) and any(x.error is None for x in sims)
     assert main(["explain", "--db", str(db), "--model", model, "--layer", "0", "--neurons", "1", "--explainer", "api"]) == 2
     assert "--api-base-url and --api-model" in capsys.readouterr().err
+
+
+def test_cli_bounds_concurrent_requests(server, viewer_db, capsys):
+    db, model = viewer_db
+    args = ["explain", "--db", str(db), "--model", model, "--layer", "0", "--neurons", "20-31", "--explainer", "api",
+            "--api-base-url", server, "--api-model", "busy", "--api-concurrency", "3", "--quiet"]
+    t0 = time.monotonic()
+    assert main(args) == 0
+    assert "explained 12 neuron(s)" in capsys.readouterr().err
+    assert IN_FLIGHT["max"] == 3  # parallel, and never more than asked
+    assert time.monotonic() - t0 < 12 * 0.3  # faster than one at a time
