@@ -290,6 +290,8 @@ def cmd_explain(args) -> int:
             raise UserError(f"model {args.model!r} is not in {args.db}")
         units = parse_units(args.neurons, info.d_mlp)
     explainer = make_explainer(args)
+    if args.revise and explainer.name not in ("api", "local"):
+        raise UserError("--revise needs a model explainer (local or api)")
     loaded = _unit_records(args, units)
     with open_store(args.db, read_only=True) as store:  # resumable: skip units this explainer already did
         todo = [u for u in units if args.force or not any(
@@ -297,18 +299,26 @@ def cmd_explain(args) -> int:
     workers = args.api_concurrency if explainer.name == "api" else 1
     done = failed = 0
     bar = tqdm(total=len(todo), desc=f"explain L{args.layer} ({explainer.name})", unit="neuron", disable=args.quiet)
-    for unit, exp, err in _map(lambda u: explainer.explain(train_records(loaded[u][1]), loaded[u][1].stats.max),
-                               todo, workers):
+    from analysis.explain import RevisingExplainer
+
+    def work(u):
+        rec = loaded[u][1]
+        if args.revise:
+            return RevisingExplainer(explainer).explain_both(train_records(rec), rec.stats.max)
+        return (explainer.explain(train_records(rec), rec.stats.max),)
+
+    for unit, exps, err in _map(work, todo, workers):
         bar.update(1)
         if err is not None:
             failed += 1
             print(f"neuron {unit}: {err}", file=sys.stderr)
             continue
         with open_store(args.db) as store:  # the main thread does all writing, one short transaction each
-            store.put_explanation(loaded[unit][0].run_id, args.layer, unit, exp.explainer, exp.params, exp.text)
+            for exp in exps:
+                store.put_explanation(loaded[unit][0].run_id, args.layer, unit, exp.explainer, exp.params, exp.text)
         done += 1
         if len(units) == 1 and not args.quiet:
-            print(exp.text)
+            print("\n".join(e.text for e in exps))
     bar.close()
     print(f"explained {done} neuron(s) with {explainer.name}" + (f", {failed} failed" if failed else ""), file=sys.stderr)
     return 0 if not failed else 1
@@ -472,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--explainer-model", default=DEFAULT_MODEL, help="local explainer model (default: %(default)s)")
     x.add_argument("--device", default="cpu")
     x.add_argument("--force", action="store_true", help="explain again even if this explainer already did")
+    x.add_argument("--revise", action="store_true", help="also store a revised explanation (the paper's revision step)")
     x.add_argument("--quiet", action="store_true")
     api_args(x)
     x.set_defaults(func=cmd_explain)

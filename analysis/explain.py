@@ -64,21 +64,28 @@ class LocalExplainer:
         self.subject, self.max_new_tokens = subject, max_new_tokens
 
     @torch.inference_mode()
-    def explain(self, records: list, max_activation: float) -> Explanation:
+    def complete(self, body: str) -> str:
+        """The model's continuation of ``body`` + the lead, as a user turn under the explainer instructions."""
         tok, model = self.subject.tokenizer, self.subject.model
-        body = explain_prompt(records, max_activation)[len(EXPLAIN_SYSTEM):].strip()
-        body, _, _ = body.rpartition(LEAD)
-        messages = [{"role": "system", "content": EXPLAIN_SYSTEM}, {"role": "user", "content": body.strip()}]
+        body = body.strip()
+        if body.endswith(LEAD):
+            body = body[: -len(LEAD)].strip()
+        messages = [{"role": "system", "content": EXPLAIN_SYSTEM}, {"role": "user", "content": body}]
         if getattr(tok, "chat_template", None):
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + LEAD
         else:
-            text = explain_prompt(records, max_activation)
+            text = EXPLAIN_SYSTEM + "\n\n" + body + "\n" + LEAD
         ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids.to(self.subject.device)
         out = model.generate(ids, max_new_tokens=self.max_new_tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        completion = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        params = {"model": self.subject.info.model_id, "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
-        return Explanation(clean_explanation(completion) or "(empty)", self.name, params)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+    def params(self) -> dict:
+        return {"model": self.subject.info.model_id, "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
+
+    def explain(self, records: list, max_activation: float) -> Explanation:
+        body = explain_prompt(records, max_activation)[len(EXPLAIN_SYSTEM):]
+        return Explanation(clean_explanation(self.complete(body)) or "(empty)", self.name, self.params())
 
 
 @dataclass(frozen=True)
@@ -125,9 +132,35 @@ class ApiExplainer:
     def __init__(self, config: ApiConfig):
         self.config = config
 
+    def complete(self, body: str) -> str:
+        return chat(self.config, [{"role": "system", "content": EXPLAIN_SYSTEM},
+                                  {"role": "user", "content": body.strip() + " ..."}], max_tokens=60)
+
+    def params(self) -> dict:
+        return {"base_url": self.config.base_url, "model": self.config.model}
+
     def explain(self, records: list, max_activation: float) -> Explanation:
+        body = explain_prompt(records, max_activation)[len(EXPLAIN_SYSTEM):]
+        return Explanation(clean_explanation(self.complete(body)), self.name, self.params())
+
+
+class RevisingExplainer:
+    """The paper's revision step: the explainer reviews its own explanation against the records and rewrites
+    it. ``explain_both`` returns (initial, revised); the revised one records the initial in its params."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+
+    def explain_both(self, records: list, max_activation: float) -> tuple[Explanation, Explanation]:
+        initial = self.inner.explain(records, max_activation)
         body = explain_prompt(records, max_activation)[len(EXPLAIN_SYSTEM):].strip()
-        content = chat(self.config, [{"role": "system", "content": EXPLAIN_SYSTEM},
-                                     {"role": "user", "content": body + " ..."}], max_tokens=60)
-        return Explanation(clean_explanation(content), self.name,
-                           {"base_url": self.config.base_url, "model": self.config.model})
+        body = body[: -len(LEAD)].strip() if body.endswith(LEAD) else body
+        body += (f"\n\nA first explanation of this neuron was: the main thing this neuron does is find "
+                 f"{initial.text}.\nCheck it against the activations above: which high activations does it "
+                 f"miss, and where does it predict activity that is not there? Then write a better explanation.\n"
+                 f"Revised explanation: {LEAD}")
+        revised = clean_explanation(self.inner.complete(body)) or initial.text
+        params = dict(self.inner.params(), revision="revised", initial=initial.text)
+        return (Explanation(initial.text, initial.explainer, dict(initial.params, revision="initial")),
+                Explanation(revised, self.name, params))

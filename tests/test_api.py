@@ -58,6 +58,8 @@ class Handler(BaseHTTPRequestHandler):
         user = req["messages"][-1]["content"]
         if model == "garbage":
             content = "I think the activations are mostly high, roughly"
+        elif "Revised explanation" in user:
+            content = " places in France and their transport, like the Paris metro."
         elif "JSON list" in user:  # a simulation request: fire on tokens containing 'Paris'
             tokens = re.findall(r"^\d+\t(.*)$", user, re.M)
             content = "Here you go: " + json.dumps([10 if "Paris" in t else 0 for t in tokens])
@@ -136,3 +138,17 @@ def test_cli_bounds_concurrent_requests(server, viewer_db, capsys):
     assert "explained 12 neuron(s)" in capsys.readouterr().err
     assert IN_FLIGHT["max"] == 3  # parallel, and never more than asked
     assert time.monotonic() - t0 < 12 * 0.3  # faster than one at a time
+
+
+def test_revision_stores_initial_and_revised(server, viewer_db, capsys):
+    from cache.store import open_store
+
+    db, model = viewer_db
+    assert main(["explain", "--db", str(db), "--model", model, "--layer", "0", "--neurons", "40", "--explainer", "api",
+                 "--api-base-url", server, "--api-model", "good", "--revise", "--quiet"]) == 0
+    with open_store(db, read_only=True) as s:
+        exps = s.explanations(s.find_run(model, 0).run_id, 0, 40)
+    by_kind = {e.params.get("revision"): e for e in exps}
+    assert by_kind["initial"].text == "places in France, like Paris"
+    assert by_kind["revised"].text == "places in France and their transport, like the Paris metro"
+    assert by_kind["revised"].params["initial"] == "places in France, like Paris"
