@@ -40,6 +40,15 @@ def subject(name: str, device: str = "cpu") -> SubjectModel:
     return load_model(name, device=device)
 
 
+def cached_models(s: Store) -> list:
+    """The cached models; when there are none, says how to build a cache (callers then stop)."""
+    models = s.models()
+    if not models:
+        st.info(f"{db_path()} holds no harvest yet. Build the demo cache with `make demo`, or run "
+                f"`python -m analysis harvest --db {db_path()}`.")
+    return models
+
+
 def show_error(exc: Exception) -> None:
     st.error(str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}")
 

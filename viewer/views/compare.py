@@ -7,16 +7,15 @@ import streamlit as st
 from viewer.components.explanations import own_explanation_form, scored_picker
 from viewer.components.heatmap import records_html
 from viewer.components.picker import neuron_picker
-from viewer.resources import live_simulators, show_error, store
+from viewer.resources import cached_models, live_simulators, show_error, store
 
 
 def render() -> None:
     st.title("Compare")
     try:
         with store() as s:
-            models = s.models()
+            models = cached_models(s)
             if not models:
-                st.info("nothing cached yet: run `make demo`")
                 return
             cols = st.columns(2)
             sides = []

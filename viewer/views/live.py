@@ -10,7 +10,7 @@ import torch
 from analysis.activations import mlp_activations
 from viewer.components.heatmap import records_html
 from viewer.components.picker import neuron_link, neuron_picker
-from viewer.resources import MAX_LIVE_TOKENS, show_error, store, subject
+from viewer.resources import cached_models, MAX_LIVE_TOKENS, show_error, store, subject
 
 DEFAULT_TEXT = "The Eiffel Tower is in Paris, the capital of France. In 1889 it was the tallest structure in the world."
 
@@ -40,9 +40,8 @@ def live_activations(model_name: str, text: str, layer: int):
 def render() -> None:
     try:
         with store() as s:
-            models = s.models()
+            models = cached_models(s)
             if not models:
-                st.info("no model in the cache yet: run `make demo`")
                 return
             picked = neuron_picker(models)
             run = s.find_run(picked.model.name, picked.layer)

@@ -13,7 +13,7 @@ from viewer.components.charts import histogram_figure
 from viewer.components.export import neuron_page_html
 from viewer.components.heatmap import records_html
 from viewer.components.picker import neuron_link, neuron_picker
-from viewer.resources import db_path, live_simulators, show_error, store, subject
+from viewer.resources import cached_models, db_path, live_simulators, show_error, store, subject
 
 TABS = ["top", "quantiles", "random", "tokens & weights", "explanations"]
 
@@ -81,10 +81,8 @@ def related_section(model_name: str, rec, layer: int, neuron: int) -> None:
 def render() -> None:
     try:
         with store() as s:
-            models = s.models()
+            models = cached_models(s)
             if not models:
-                st.info(f"{db_path()} holds no harvest yet. Build the demo cache with `make demo`, or run "
-                        f"`python -m analysis harvest --db {db_path()}`.")
                 return
             picked = neuron_picker(models)
             run = s.find_run(picked.model.name, picked.layer)

@@ -6,16 +6,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from viewer.components.picker import neuron_link
-from viewer.resources import show_error, store
+from viewer.resources import cached_models, show_error, store
 
 
 def render() -> None:
     st.title("Explanation scores")
     try:
         with store() as s:
-            models = s.models()
+            models = cached_models(s)
             if not models:
-                st.info("nothing cached yet: run `make demo`")
                 return
             names = sorted({m.name for m in models})
             name = st.selectbox("model", names)

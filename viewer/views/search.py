@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from viewer.components.picker import neuron_link
-from viewer.resources import show_error, store
+from viewer.resources import cached_models, show_error, store
 
 
 def render() -> None:
@@ -13,9 +13,8 @@ def render() -> None:
     qp = st.query_params
     try:
         with store() as s:
-            models = s.models()
+            models = cached_models(s)
             if not models:
-                st.info("nothing cached yet: run `make demo`")
                 return
             names = sorted({m.name for m in models})
             if "search_model" not in st.session_state:
