@@ -238,9 +238,11 @@ def make_simulator(args, rec):
     if args.simulator == "local-all-at-once":
         from analysis.models import load_model
 
+        import torch
+
         global _SIM_SUBJECT
         if _SIM_SUBJECT is None:
-            _SIM_SUBJECT = load_model(args.simulator_model, device=args.device)
+            _SIM_SUBJECT = load_model(args.simulator_model, device=args.device, dtype=getattr(torch, args.simulator_dtype))
         return simulate.LocalAllAtOnceSimulator(_SIM_SUBJECT)
     if args.simulator == "api-json":
         return simulate.ApiJsonSimulator(_api_config(args))
@@ -496,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--explanation", default=None, help="score (and store) this explanation instead of the stored ones")
     sc.add_argument("--simulator", choices=["local-all-at-once", "api-json", "token-lookup"], default="token-lookup")
     sc.add_argument("--simulator-model", default=DEFAULT_MODEL, help="local simulator model (default: %(default)s)")
+    sc.add_argument("--simulator-dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="bfloat16 simulates ~2x faster on CPUs with AVX512-BF16, at bf16 precision")
     sc.add_argument("--set", choices=["top-and-random", "random-only"], default="top-and-random")
     sc.add_argument("--device", default="cpu")
     sc.add_argument("--force", action="store_true", help="score again even if already scored")
