@@ -170,6 +170,6 @@ def test_scores_overview_and_explanations_in_compare(viewer_db, monkeypatch):
     assert main(["score", *args, "--neurons", "0-5", "--simulator", "token-lookup", "--quiet"]) == 0
     at = _page("scores", db, monkeypatch)
     assert not at.exception and at.get("plotly_chart")
-    assert any("Best explained" in m.value for m in at.markdown)
+    assert any("ignores the explanation" in c.value for c in at.caption)
     at = _page("compare", db, monkeypatch, a_model=model, a_layer=0, a_neuron=1, b_model=model, b_layer=0, b_neuron=2)
     assert not at.exception and len([m for m in at.metric if m.label == "correlation score"]) == 2

@@ -39,8 +39,12 @@ def render() -> None:
     fig.update_layout(boxmode="group", height=420, yaxis_title="correlation score", template="plotly_white",
                       xaxis=dict(categoryorder="array", categoryarray=[f"L{l}" for l in layers]))
     st.plotly_chart(fig)
-    best = sorted(rows, key=lambda r: -r[5])[:10]
-    st.markdown("**Best explained**: " + ", ".join(f"{neuron_link(name, r[0], r[1])} {r[5]:.2f} ({r[2]})" for r in best))
+    st.caption("The token-lookup *simulator* ignores the explanation (it predicts each token's mean activation): "
+               "its boxes are the same for every explainer and show how far token identity alone explains a neuron.")
+    best = sorted((r for r in rows if r[3] != "token-lookup"), key=lambda r: -r[5])[:10]
+    if best:
+        st.markdown("**Best explained** (simulators that read the explanation): " + ", ".join(
+            f"{neuron_link(name, r[0], r[1])} {r[5]:.2f} ({r[2]} → {r[3]})" for r in best))
     st.caption(f"{len(rows)} scored explanations over {len({(r[0], r[1]) for r in rows})} neurons")
 
 
