@@ -372,10 +372,17 @@ class Store(ExplanationsMixin):
             top_tokens=[(t, tok_vocab.get(t, f"<{t}>"), float(m), int(c)) for t, m, c in tok_rows],
         )
 
-    def neurons_for_token(self, run_id: str, token_id: int, limit: int = 20) -> list[tuple[int, int, float, int]]:
-        """(layer, unit, mean activation, count) of the units that fire most on a token, highest first."""
-        return self._q("SELECT layer, unit, mean, count FROM token_means WHERE run_id = ? AND token_id = ? "
-                       "ORDER BY mean DESC LIMIT ?", [run_id, token_id, limit]).fetchall()
+    def neurons_for_token(self, run_id: str, token_id: int, limit: int = 20, rank: str = "mean") -> list[tuple]:
+        """(layer, unit, mean activation on the token, count, z) of the units that fire most on a token.
+
+        ``rank`` 'mean' orders by the mean activation; 'z' by (mean on token − unit mean) / unit std, which does
+        not favour high-variance layers. Candidates are the stored ones (each token's top units per layer by mean,
+        each unit's top tokens), so 'z' ranks within those."""
+        order = "z DESC" if rank == "z" else "t.mean DESC"
+        return self._q(f"SELECT t.layer, t.unit, t.mean, t.count, (t.mean - u.mean) / nullif(u.std, 0) AS z "
+                       f"FROM token_means t JOIN unit_stats u USING (run_id, layer, unit) "
+                       f"WHERE t.run_id = ? AND t.token_id = ? ORDER BY {order} NULLS LAST LIMIT ?",
+                       [run_id, token_id, limit]).fetchall()
 
     def token_ids(self, tokenizer_id: str, text: str) -> list[tuple[int, str]]:
         """Vocabulary entries equal to ``text``, also with a leading space (' Paris' for 'Paris')."""

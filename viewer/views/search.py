@@ -27,6 +27,8 @@ def render() -> None:
                 st.session_state["search_token"] = qp.get("token", " Paris")
             text = st.text_input("token (exact; a leading space is tried too)", key="search_token")
             qp["token"] = text
+            rank = st.radio("rank by", ["z", "mean"], horizontal=True, key="search_rank",
+                            format_func={"z": "z-score (vs the neuron's own spread)", "mean": "mean activation"}.get)
             if text:
                 runs = [r for r in s.runs() if r.model_id == model.model_id and r.status == "done"]
                 hits = s.token_ids(model.tokenizer_id, text)
@@ -35,10 +37,11 @@ def render() -> None:
                 for token_id, token in hits:
                     rows = []
                     for run in runs:
-                        rows += s.neurons_for_token(run.run_id, token_id, limit=15)
-                    rows.sort(key=lambda r: -r[2])
+                        rows += s.neurons_for_token(run.run_id, token_id, limit=15, rank=rank)
+                    rows.sort(key=lambda r: -(r[4] if rank == "z" and r[4] is not None else r[2]))
                     st.markdown(f"**{token!r}** (id {token_id}): " + (", ".join(
-                        f"{neuron_link(name, l, u)} {m:.3g} (n={c})" for l, u, m, c in rows[:15])
+                        f"{neuron_link(name, l, u)} mean {m:.3g}, z {z:.1f} (n={c})" if z is not None else
+                        f"{neuron_link(name, l, u)} mean {m:.3g} (n={c})" for l, u, m, c, z in rows[:15])
                         or "not in the token table (too rare in the corpus)"))
             st.subheader("Neurons by statistic")
             run_layers = sorted({l for r in s.runs() if r.model_id == model.model_id and r.status == "done" for l in r.layers})
