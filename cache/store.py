@@ -300,9 +300,8 @@ class Store(ExplanationsMixin):
 
     def find_run(self, model: str, layer: int | None = None, corpus: str | None = None) -> RunInfo | None:
         """The newest finished run of a model (by id or name) that covers ``layer``."""
-        info = self.model(model)
         ids = [m.model_id for m in self.models() if m.name == model or m.model_id == model]
-        if info is None or not ids:
+        if not ids:
             return None
         for run in self.runs():
             if run.model_id in ids and run.status == "done" and (layer is None or layer in run.layers) \

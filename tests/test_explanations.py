@@ -12,7 +12,6 @@ import torch
 
 from analysis.__main__ import main
 from analysis.evaluate import score_simulation, scoring_records, train_records
-from analysis.explain import TokenLookupExplainer
 from analysis.models import load_model
 from analysis.prompts import explain_prompt, format_tokens
 from analysis.scoring import correlation_score

@@ -10,7 +10,7 @@ import scipy.stats
 import torch
 
 from analysis.activations import mlp_activations
-from analysis.harvest import (HIST_BIN_EDGES, HarvestConfig, HarvestState, LayerState, random_keys, run_harvest,
+from analysis.harvest import (HIST_BIN_EDGES, HarvestConfig, LayerState, random_keys, run_harvest,
                               summarise)
 from analysis.models import load_model
 from analysis.types import Window

@@ -53,8 +53,6 @@ def show_scored(sim, records_by_window: dict, vmax: float, max_activation: float
 def explanations_panel(rows: list, run, rec, simulators: dict) -> None:
     """``rows``: (stored explanation, its stored simulations); ``simulators``: name -> factory(rec) for the
     simulators this viewer offers live. The database is not held open here: saving opens it for writing."""
-    vmax = max(rec.stats.max, 1e-9)
-    by_window = {r.window_id: r for r in rec.most_positive_activation_records + rec.random_sample}
     if not rows:
         st.info("no explanation yet: write one below, or run `python -m analysis explain ... --neurons "
                 f"{rec.neuron}` and `python -m analysis score ...`")
