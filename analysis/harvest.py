@@ -1,9 +1,9 @@
 """The harvest: one streaming pass over token windows that keeps, for every neuron of every requested layer,
 what the viewer and every method need, in memory that does not grow with the corpus.
 
-Shape: map + merge. ``LayerState.from_batch`` turns one batch of activations into a partial state;
-``LayerState.merge`` combines two partial states (associative up to float rounding), so shards can run
-anywhere and be combined in any grouping. On one machine the loop merges batch after batch into a running
+Shape: map + merge. ``LayerState.add_batch`` folds one batch of activations into a state (the map step, in
+place); ``LayerState.merge`` combines the states of two disjoint window sets (associative up to float
+rounding, tested), so shards can run anywhere and be combined in any grouping. On one machine the loop merges batch after batch into a running
 state and checkpoints it after every shard, so an interrupted job resumes exactly where it stopped and
 produces bit-identical results.
 
@@ -13,7 +13,7 @@ Per unit (neuron) the state holds:
   sample is independent of the others', as OpenAI's), with activations. The random sample is the pool's first
   ``random_k`` by key; the quantile samples bin the pool by its own window-max quantiles;
 - power moments (n, mean, M2, M3, M4 in float64, merged with Pebay's formulas), min, max, count > 0;
-- a histogram on a fixed sign-symmetric log grid (mergeable: the grid never depends on the data);
+- a histogram on a fixed log grid read from the float16 bits (mergeable: the grid never depends on the data);
 - per-token activation sums for the corpus's frequent tokens (the token table), counts shared by all units.
 """
 
@@ -156,7 +156,7 @@ class LayerState:
 
     def add_batch(self, acts: torch.Tensor, mask: torch.Tensor, window_ids: torch.Tensor, token_rows: torch.Tensor,
                   top_k: int, pool: int, seed: int) -> None:
-        """Merge one batch into this state, in place (the streaming form of ``merge(from_batch(...))``).
+        """Fold one batch into this state, in place (equivalent to merging the batch's own state).
 
         acts ``[B, T, N]`` float32; mask ``[B, T]`` bool, True for real tokens; window_ids ``[B]``;
         token_rows ``[B, T]`` each token's row in the token table.

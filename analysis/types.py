@@ -104,8 +104,9 @@ class UnitStats:
     frac_active: float
     """Fraction of tokens with activation > 0."""
     hist_counts: list[int]
-    """Token counts per bin of ``hist_edges`` (a fixed sign-symmetric log grid, see harvest.HIST_EDGES)."""
-    hist_edges: list[float]
+    """Token counts per bin of ``hist_edges`` (the fixed float16-byte log grid of harvest.HIST_BIN_EDGES)."""
+    hist_edges: list[tuple[float, float]]
+    """Each bin's two edges, ordered from the most negative bin to the most positive."""
 
 
 @dataclass(frozen=True)
