@@ -291,16 +291,16 @@ def cmd_explain(args) -> int:
         if info is None:
             raise UserError(f"model {args.model!r} is not in {args.db}")
         units = parse_units(args.neurons, info.d_mlp)
-    explainer = make_explainer(args)
-    if args.revise and explainer.name not in ("api", "local"):
+    if args.revise and args.explainer not in ("api", "local"):
         raise UserError("--revise needs a model explainer (local or api)")
     loaded = _unit_records(args, units)
     with open_store(args.db, read_only=True) as store:  # resumable: skip units this explainer already did
         todo = [u for u in units if args.force or not any(
-            e.explainer == explainer.name for e in store.explanations(loaded[u][0].run_id, args.layer, u))]
-    workers = args.api_concurrency if explainer.name == "api" else 1
+            e.explainer == args.explainer for e in store.explanations(loaded[u][0].run_id, args.layer, u))]
+    explainer = make_explainer(args) if todo else None  # loads a model only when there is work
+    workers = args.api_concurrency if args.explainer == "api" else 1
     done = failed = 0
-    bar = tqdm(total=len(todo), desc=f"explain L{args.layer} ({explainer.name})", unit="neuron", disable=args.quiet)
+    bar = tqdm(total=len(todo), desc=f"explain L{args.layer} ({args.explainer})", unit="neuron", disable=args.quiet)
     from analysis.explain import RevisingExplainer
 
     def work(u):
@@ -322,7 +322,7 @@ def cmd_explain(args) -> int:
         if len(units) == 1 and not args.quiet:
             print("\n".join(e.text for e in exps))
     bar.close()
-    print(f"explained {done} neuron(s) with {explainer.name}" + (f", {failed} failed" if failed else ""), file=sys.stderr)
+    print(f"explained {done} neuron(s) with {args.explainer}" + (f", {failed} failed" if failed else ""), file=sys.stderr)
     return 0 if not failed else 1
 
 
