@@ -24,6 +24,9 @@ class N2GConfig:
     """A context token is important when masking it drops the activation by at least this fraction."""
     max_context: int = 24
     """Look back at most this many tokens from the activating token."""
+    max_important: int = 3
+    """Keep at most this many context tokens (the most important ones); the rest become ANY, so a pattern
+    generalises beyond the exact text it was fitted on."""
 
 
 def prune(act_fn: ActFn, tokens: list[int], pos: int, config: N2GConfig) -> tuple[list[int], float]:
@@ -61,10 +64,14 @@ def fit_graph(act_fn: ActFn, records: list[tuple[list[int], list[float]]], mask_
         if activation <= 0:
             continue
         imp = saliency(act_fn, context, activation, mask_id)
-        back = [context[i] if imp[i] >= config.importance else ANY for i in range(len(context) - 2, -1, -1)]
+        ranked = sorted((i for i in range(len(imp)) if imp[i] >= config.importance), key=lambda i: -imp[i])
+        keep = set(ranked[: config.max_important])
+        back = [context[i] if i in keep else ANY for i in range(len(context) - 2, -1, -1)]
         while back and back[-1] == ANY:  # unimportant far context adds nothing
             back.pop()
-        graph.add([context[-1]] + back, activation)
+        # the pattern stands for the example: it keeps the example's own activation (in neuron units, never
+        # rescaled), which the pruned context reproduces to at least config.keep
+        graph.add([context[-1]] + back, acts[pos])
     return graph
 
 
