@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import shutil
@@ -42,8 +43,6 @@ def _decode_vocab(tokenizer) -> list[str]:
 
 
 def cmd_harvest(args) -> int:
-    import torch
-
     from analysis.corpus import load_corpus, make_windows, select_windows, windows_hash
     from analysis.harvest import HarvestConfig, run_harvest, summarise
     from analysis.models import load_model
@@ -61,7 +60,6 @@ def cmd_harvest(args) -> int:
                 print(f"{db} already holds run {cached.run_id} of {args.model} on {cached.corpus_id} "
                       f"({cached.n_tokens:,} tokens, layers {_fmt_layers(cached.layers)}): nothing to do", file=sys.stderr)
                 return 0
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
     subject = load_model(args.model, device=args.device)
     layers = parse_layers(args.layers, subject.info.n_layers)
@@ -236,20 +234,20 @@ def make_simulator(args, rec):
 
         return token_lookup_simulator(rec)
     if args.simulator == "local-all-at-once":
-        from analysis.models import load_model
-
-        import torch
-
-        global _SIM_SUBJECT
-        if _SIM_SUBJECT is None:
-            _SIM_SUBJECT = load_model(args.simulator_model, device=args.device, dtype=getattr(torch, args.simulator_dtype))
-        return simulate.LocalAllAtOnceSimulator(_SIM_SUBJECT)
+        return simulate.LocalAllAtOnceSimulator(_simulator_subject(args.simulator_model, args.device, args.simulator_dtype))
     if args.simulator == "api-json":
         return simulate.ApiJsonSimulator(_api_config(args))
     raise UserError(f"unknown simulator {args.simulator!r}")
 
 
-_SIM_SUBJECT = None
+@functools.lru_cache(maxsize=1)
+def _simulator_subject(name: str, device: str, dtype: str):
+    """The local simulator's model, loaded once per process (every unit of a run shares it)."""
+    import torch
+
+    from analysis.models import load_model
+
+    return load_model(name, device=device, dtype=getattr(torch, dtype))
 
 
 def _map(fn, items: list, workers: int):
@@ -475,24 +473,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--api-retries", type=int, default=4, help="retries with backoff on 429/5xx/timeouts")
         p.add_argument("--api-concurrency", type=int, default=4, help="requests in flight at once (default: %(default)s)")
 
+    def unit_job_args(p):
+        """What explain and score share: the database, the units, the device, and how to run."""
+        db_arg(p)
+        p.add_argument("--model", default=DEFAULT_MODEL, help="model name as cached")
+        p.add_argument("--layer", type=int, required=True)
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--quiet", action="store_true")
+        api_args(p)
+
     x = sub.add_parser("explain", help="explain neurons from their top train records (resumable)")
-    db_arg(x)
-    x.add_argument("--model", default=DEFAULT_MODEL, help="model name as cached")
-    x.add_argument("--layer", type=int, required=True)
+    unit_job_args(x)
     x.add_argument("--neurons", required=True, help="e.g. 0-99 or 3,5,8")
     x.add_argument("--explainer", choices=["local", "api", "token-lookup"], default="token-lookup")
     x.add_argument("--explainer-model", default=DEFAULT_MODEL, help="local explainer model (default: %(default)s)")
-    x.add_argument("--device", default="cpu")
     x.add_argument("--force", action="store_true", help="explain again even if this explainer already did")
     x.add_argument("--revise", action="store_true", help="also store a revised explanation (the paper's revision step)")
-    x.add_argument("--quiet", action="store_true")
-    api_args(x)
     x.set_defaults(func=cmd_explain)
 
     sc = sub.add_parser("score", help="simulate explanations on held-out records and score them (resumable)")
-    db_arg(sc)
-    sc.add_argument("--model", default=DEFAULT_MODEL, help="model name as cached")
-    sc.add_argument("--layer", type=int, required=True)
+    unit_job_args(sc)
     sc.add_argument("--neuron", type=int, default=None)
     sc.add_argument("--neurons", default=None, help="many neurons, e.g. 0-99")
     sc.add_argument("--explanation", default=None, help="score (and store) this explanation instead of the stored ones")
@@ -501,11 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--simulator-dtype", choices=["float32", "bfloat16"], default="float32",
                     help="bfloat16 simulates ~2x faster on CPUs with AVX512-BF16, at bf16 precision")
     sc.add_argument("--set", choices=["top-and-random", "random-only"], default="top-and-random")
-    sc.add_argument("--device", default="cpu")
     sc.add_argument("--force", action="store_true", help="score again even if already scored")
     sc.add_argument("--json", action="store_true", help="print the scored simulation(s) as JSON")
-    sc.add_argument("--quiet", action="store_true")
-    api_args(sc)
     sc.set_defaults(func=cmd_score)
 
     m = sub.add_parser("models", help="list embedded and cached models")

@@ -126,10 +126,6 @@ class SubjectModel:
             return mlp.dense_h_to_4h.weight
         return mlp.gate_proj.weight
 
-    def w_up(self, layer: int) -> torch.Tensor | None:
-        """``[d_mlp, d_model]`` up projection of gated MLPs, else None."""
-        return self.mlp(layer).up_proj.weight if self.arch.gated else None
-
     def w_out(self, layer: int) -> torch.Tensor:
         """``[d_mlp, d_model]``: each neuron's write direction into the residual stream."""
         proj = self.out_proj(layer)

@@ -142,10 +142,6 @@ class ExplanationsMixin:
         rows = self._q(sql + " ORDER BY unit, created_at", args).fetchall()
         return [StoredExplanation(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows]
 
-    def explanation(self, explanation_id: str) -> StoredExplanation | None:
-        r = self._q("SELECT * FROM explanations WHERE explanation_id = ?", [explanation_id]).fetchone()
-        return StoredExplanation(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) if r else None
-
     def put_simulation(self, explanation_id: str, sim) -> str:
         """Store an analysis.evaluate.ScoredSimulation (replacing an earlier one with the same key)."""
         sid = _id(explanation_id, sim.simulator, sim.params, sim.scoring_set)
@@ -293,11 +289,6 @@ class Store(ExplanationsMixin):
                 _write_layer(cur, run_id, s, window_lengths)
             cur.execute("UPDATE runs SET status = 'done', finished_at = now() WHERE run_id = ?", [run_id])
 
-    def delete_run(self, run_id: str) -> None:
-        with self.transaction() as cur:
-            for table in ("unit_stats", "records", "samples", "token_means", "windows", "runs"):
-                cur.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
-
     def find_run(self, model: str, layer: int | None = None, corpus: str | None = None) -> RunInfo | None:
         """The newest finished run of a model (by id or name) that covers ``layer``."""
         ids = [m.model_id for m in self.models() if m.name == model or m.model_id == model]
@@ -321,7 +312,11 @@ class Store(ExplanationsMixin):
 
     # ---- units -------------------------------------------------------------------------------------------
     def unit_stats(self, run_id: str, layer: int, unit: int) -> UnitStats | None:
-        row = self._q("SELECT n_tokens, mean, std, skewness, kurtosis, min, max, frac_active, hist "
+        found = self._unit_stats_and_bounds(run_id, layer, unit)
+        return found[0] if found else None
+
+    def _unit_stats_and_bounds(self, run_id: str, layer: int, unit: int) -> tuple[UnitStats, list[float]] | None:
+        row = self._q("SELECT n_tokens, mean, std, skewness, kurtosis, min, max, frac_active, hist, quantile_boundaries "
                       "FROM unit_stats WHERE run_id = ? AND layer = ? AND unit = ?", [run_id, layer, unit]).fetchone()
         if row is None:
             return None
@@ -329,14 +324,16 @@ class Store(ExplanationsMixin):
         from analysis.harvest import HIST_BIN_EDGES, hist_order
 
         order = hist_order()
-        return UnitStats(n_tokens=row[0], mean=row[1], std=row[2], skewness=row[3], kurtosis=row[4], min=row[5],
-                         max=row[6], frac_active=row[7], hist_counts=counts[order].tolist(),
-                         hist_edges=[(float(a), float(b)) for a, b in HIST_BIN_EDGES[order]])
+        stats = UnitStats(n_tokens=row[0], mean=row[1], std=row[2], skewness=row[3], kurtosis=row[4], min=row[5],
+                          max=row[6], frac_active=row[7], hist_counts=counts[order].tolist(),
+                          hist_edges=[(float(a), float(b)) for a, b in HIST_BIN_EDGES[order]])
+        return stats, [float(x) for x in (row[9] or [])]
 
     def neuron_record(self, run: RunInfo, layer: int, unit: int) -> NeuronRecord | None:
-        stats = self.unit_stats(run.run_id, layer, unit)
-        if stats is None:
+        found = self._unit_stats_and_bounds(run.run_id, layer, unit)
+        if found is None:
             return None
+        stats, bounds = found
         model = self.model(run.model_id)
         rows = self._q(
             "SELECT s.kind, s.bin, s.rank, s.window_id, r.acts, w.doc_id, w.token_offset, w.token_ids "
@@ -357,8 +354,6 @@ class Store(ExplanationsMixin):
             else:
                 by_bin.setdefault(b, []).append(rec)
         n_bins = run.params.get("quantile_bins", 0)
-        bounds = self._q("SELECT quantile_boundaries FROM unit_stats WHERE run_id = ? AND layer = ? AND unit = ?",
-                         [run.run_id, layer, unit]).fetchone()[0]
         tok_rows = self._q("SELECT token_id, mean, count FROM token_means WHERE run_id = ? AND layer = ? AND unit = ? "
                            "ORDER BY mean DESC LIMIT 20", [run.run_id, layer, unit]).fetchall()
         tok_vocab = self.vocab(model.tokenizer_id, [r[0] for r in tok_rows])
@@ -367,7 +362,7 @@ class Store(ExplanationsMixin):
             hook_point=model.hook_point.format(layer=layer), stats=stats,
             most_positive_activation_records=top, random_sample=rand,
             random_sample_by_quantile=[by_bin.get(b, []) for b in range(n_bins)],
-            quantile_boundaries=[float(x) for x in (bounds or [])],
+            quantile_boundaries=bounds,
             top_tokens=[(t, tok_vocab.get(t, f"<{t}>"), float(m), int(c)) for t, m, c in tok_rows],
         )
 
@@ -398,11 +393,6 @@ class Store(ExplanationsMixin):
         return self._q(f"SELECT unit, max, mean, std, skewness, kurtosis, frac_active FROM unit_stats "
                        f"WHERE run_id = ? AND layer = ? AND NOT isnan(kurtosis) ORDER BY {order} LIMIT ?",
                        [run_id, layer, limit]).fetchall()
-
-    def layer_stats(self, run_id: str, layer: int):
-        """Per-unit stats of one layer as a pyarrow table (unit, mean, std, skewness, kurtosis, min, max, frac_active)."""
-        return self._q("SELECT unit, mean, std, skewness, kurtosis, min, max, frac_active FROM unit_stats "
-                       "WHERE run_id = ? AND layer = ? ORDER BY unit", [run_id, layer]).arrow()
 
 
 def _write_layer(cur, run_id: str, s, window_lengths: dict[int, int]) -> None:
