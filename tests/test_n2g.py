@@ -7,26 +7,49 @@ import pytest
 import torch
 
 from analysis.n2g.evaluate import firing_metrics, prf
-from analysis.n2g.fit import N2GConfig, fit_graph, model_act_fn, prune, token_lookup_predict
+from analysis.n2g.fit import Answer, ModelProber, N2GConfig, Probe, fit_graphs, generalise, token_lookup_predict
 from analysis.n2g.graph import ANY, Graph
 
-A, B, C, MASK = 10, 11, 12, 0
+A, B, C, D, MASK = 10, 11, 12, 13, 0
 
 
-def planted(seqs: list[list[int]]) -> list[float]:
-    """Fires 5.0 on token B only when the token before it is A."""
-    return [5.0 if len(s) >= 2 and s[-1] == B and s[-2] == A else 0.0 for s in seqs]
+def planted_rule(seq, before=(A,)) -> float:
+    """Fires 5.0 on token B only when the token before it is one of ``before``."""
+    return 5.0 if len(seq) >= 2 and seq[-1] == B and seq[-2] in before else 0.0
 
 
-def _records(rng, n: int):
+class PlantedProber:
+    """A planted unit 0 instead of a model; its 'language model' always proposes the tokens of ``lm`` in order
+    (log-probabilities -1, -2, ...), and every following token has log-probability -1."""
+
+    def __init__(self, before=(A,), lm=()):
+        self.before, self.lm, self.probes = before, list(lm), []
+
+    def __call__(self, probes):
+        self.probes += probes
+        out = []
+        for p in probes:
+            acts = np.array([planted_rule(p.seq, self.before)])
+            if not p.lm:
+                out.append(Answer(acts))
+                continue
+            n = len(p.seq)
+            k = min(p.topk, len(self.lm))
+            top = np.array([self.lm[:k]] * n, dtype=np.int64).reshape(n, k)
+            lps = np.array([[-1.0 - j for j in range(k)]] * n).reshape(n, k)
+            out.append(Answer(acts, np.full(n, -1.0), top, lps))
+        return out
+
+
+def _records(rng, n: int, before=(A,), context=(A,)):
     out = []
     for _ in range(n):
         toks = [int(t) for t in rng.integers(20, 40, size=16)]
         for pos in rng.choice(range(1, 16), size=3, replace=False):
             toks[pos] = B
             if rng.random() < 0.6:
-                toks[pos - 1] = A
-        acts = [planted([toks[: i + 1]])[0] for i in range(len(toks))]
+                toks[pos - 1] = int(rng.choice(context))
+        acts = [planted_rule(toks[: i + 1], before) for i in range(len(toks))]
         out.append((toks, acts))
     return out
 
@@ -35,8 +58,8 @@ def test_planted_neuron_graph_is_exactly_the_rule_and_predicts_perfectly():
     rng = np.random.default_rng(0)
     train, test = _records(rng, 10), _records(rng, 10)
     assert any(max(a) > 0 for _, a in train) and any(0 in a and B in t for t, a in test)
-    graph = fit_graph(planted, train, MASK)
-    assert graph.patterns() == [([B, A], 5.0)]
+    graph = fit_graphs(PlantedProber(), {0: train}, MASK, {0: 5.0}, N2GConfig(augment=False))[0]
+    assert graph.patterns() == [([B, A], 5.0)]  # B alone also occurs without firing: the context is kept
     pred = [graph.predict(t) for t, _ in test]
     firing, non_firing = firing_metrics([a for _, a in test], pred, 5.0)
     assert firing.f1 == 1.0 and non_firing.f1 == 1.0
@@ -46,9 +69,40 @@ def test_planted_neuron_graph_is_exactly_the_rule_and_predicts_perfectly():
     assert base.recall == 1.0 and base.precision < 1.0
 
 
+def test_augmentation_learns_substitutes_the_train_text_never_shows():
+    """The unit fires on B after A or D; train text only has A before B. The LM proposes D and C for A's place:
+    the graph must learn D (fires) and C (silent), and predict held-out text with D that it never saw."""
+    rng = np.random.default_rng(1)
+    train = _records(rng, 10, before=(A, D))
+    test = _records(rng, 10, before=(A, D), context=(D,))
+    prober = PlantedProber(before=(A, D), lm=[D, C, B])
+    plain = fit_graphs(prober, {0: train}, MASK, {0: 5.0}, N2GConfig(augment=False))[0]
+    graph = fit_graphs(prober, {0: train}, MASK, {0: 5.0}, N2GConfig(augment=True, substitutes=2))[0]
+    pats = dict((tuple(p), v) for p, v in graph.patterns())
+    assert pats[(B, A)] == 5.0 and pats[(B, D)] == 5.0 and pats[(B, C)] == 0.0
+    assert pats[(D, A)] == 0.0 and pats[(C, A)] == 0.0  # root substitutes (D, C in B's place) do not fire
+    real = [a for _, a in test]
+    f_plain, _ = firing_metrics(real, [plain.predict(t) for t, _ in test], 5.0)
+    f_aug, _ = firing_metrics(real, [graph.predict(t) for t, _ in test], 5.0)
+    assert f_plain.recall == 0.0 and f_aug.f1 == 1.0
+    # the substitutes were rescored with lm probes, and nothing after the activating token was ever sent
+    assert any(p.lm and p.topk == 0 for p in prober.probes)
+
+
+def test_generalise_cuts_context_that_train_negatives_do_not_need():
+    toks = [[30, A, B, 31, 32], [33, 34, B, 35, A]]
+    acts = [[0, 0, 5.0, 0, 0], [0, 0, 5.0, 0, 0]]  # B always fires
+    assert generalise([B, A], 5.0, list(zip(toks, acts)), 2.5) == [B]
+    acts[1][2] = 0.0  # B after 34 is silent: A is needed
+    assert generalise([B, A], 5.0, list(zip(toks, acts)), 2.5) == [B, A]
+    assert generalise([B, ANY, 30], 5.0, list(zip(toks, acts)), 2.5) == [B, ANY, 30]
+    assert generalise([B, A], 1.0, list(zip(toks, acts)), 2.5) == [B, A]  # not firing: kept whole
+
+
 def test_prune_keeps_the_shortest_sufficient_context():
-    ctx, act = prune(planted, [1, 2, A, B, 3], 3, N2GConfig())
-    assert ctx == [A, B] and act == 5.0
+    graph = fit_graphs(PlantedProber(), {0: [([1, 2, A, B, 3], [0, 0, 0, 5.0, 0])]}, MASK, {0: 5.0},
+                       N2GConfig(augment=False, generalise=False))[0]
+    assert graph.patterns() == [([B, A], 5.0)]
 
 
 def test_trie_matching_with_wildcards_and_depth():
@@ -75,14 +129,30 @@ def test_prf_by_hand_and_no_nan():
     assert (non_firing.precision, non_firing.recall) == (1.0, 0.5)
 
 
-def test_model_act_fn_reads_the_last_real_token(tiny_folders):
-    from analysis.activations import mlp_activations
+def test_model_prober_equals_single_sequence_forward_passes(tiny_folders):
+    """Activations at the last token, next-token log-probabilities and top-k, for sequences of different lengths
+    batched with right padding, against plain HF forward passes of each sequence alone."""
     from analysis.models import load_model
 
     subject = load_model(str(tiny_folders["llama"]))
-    fn = model_act_fn(subject, layer=1, unit=5, batch_size=2)
-    seqs = [[40, 41, 42, 43], [50, 51], [60, 61, 62]]  # different lengths: padded inside batches
-    got = fn(seqs)
-    for s, g in zip(seqs, got):
-        alone = mlp_activations(subject, torch.tensor([s]), None, [1])[1][0, -1, 5].item()
-        assert g == pytest.approx(alone, abs=1e-5)
+    prober = ModelProber(subject, layer=1, token_budget=8, lm_token_budget=8)  # several padded batches
+    seqs = [(40, 41, 42, 43), (50, 51), (60, 61, 62), (70,)]
+    probes = [Probe(s) for s in seqs] + [Probe(s, lm=True, topk=3) for s in seqs]
+    answers = prober(probes)
+    captured = {}
+    hook = subject.out_proj(1).register_forward_pre_hook(lambda _m, a: captured.__setitem__("x", a[0]))
+    try:
+        for i, s in enumerate(seqs):
+            with torch.inference_mode():
+                logits = subject.model(input_ids=torch.tensor([s])).logits[0]
+            act = captured["x"][0, -1].numpy()
+            for a in (answers[i], answers[len(seqs) + i]):
+                np.testing.assert_allclose(a.acts, act, atol=1e-5, rtol=1e-5)
+            lm = answers[len(seqs) + i]
+            lsm = torch.log_softmax(logits, -1).numpy()
+            assert np.isnan(lm.logprobs[0]) and (lm.top_ids[0] == -1).all()  # no BOS: nothing predicts token 0
+            for t in range(1, len(s)):
+                assert lm.logprobs[t] == pytest.approx(lsm[t - 1, s[t]], abs=1e-4)
+                assert list(lm.top_ids[t]) == list(np.argsort(-lsm[t - 1])[:3])
+    finally:
+        hook.remove()

@@ -1,25 +1,31 @@
-"""Fit a Neuron2Graph graph from a unit's train records, given a function that measures the unit.
+"""Fit Neuron2Graph graphs for many units of one layer at once.
 
-``act_fn(sequences) -> activations``: the unit's activation at the LAST token of each token-id sequence. It can
-be a real model (``model_act_fn``), a planted rule, or anything else: the algorithm only needs this.
+Each train record is fitted by a small generator (``_fit_record``) that reads like the paper: prune, saliency,
+augment, patterns. Whenever it needs the model it *yields* the probes (token sequences) it wants measured and
+receives their answers. ``fit_graphs`` runs the generators of every record of every unit in lockstep and answers
+all their probes together: identical sequences are measured once, and one forward pass yields every unit of the
+layer, so the cost is shared across units. The prober is the only thing that knows about the model
+(``ModelProber``); tests plant a rule instead.
+
+Everything works on token ids; padding never reaches a measurement (sequences are right-padded and each is read
+at its own last real token).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Generator, Sequence
 
+import numpy as np
 import torch
 
 from analysis.n2g.graph import ANY, Graph
-
-ActFn = Callable[[list[list[int]]], list[float]]
 
 
 @dataclass(frozen=True)
 class N2GConfig:
     keep: float = 0.5
-    """Pruning keeps the shortest preceding context whose activation is at least this fraction of the full one."""
+    """Pruning keeps the shortest preceding context whose activation is at least this fraction of the record's."""
     importance: float = 0.25
     """A context token is important when masking it drops the activation by at least this fraction."""
     max_context: int = 24
@@ -27,52 +33,171 @@ class N2GConfig:
     max_important: int = 3
     """Keep at most this many context tokens (the most important ones); the rest become ANY, so a pattern
     generalises beyond the exact text it was fitted on."""
+    augment: bool = True
+    """Substitute the activating token and the important tokens with plausible alternatives (from the subject
+    model as a causal LM) and record what the unit does on them."""
+    candidates: int = 8
+    """Next-token candidates per substituted position, before rescoring."""
+    substitutes: int = 4
+    """Candidates kept per position after rescoring by the likelihood of the text that follows."""
+    generalise: bool = True
+    """Cut each firing pattern to its shortest part that fires on no non-firing train token (see generalise)."""
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
 
 
-def prune(act_fn: ActFn, tokens: list[int], pos: int, config: N2GConfig) -> tuple[list[int], float]:
-    """The shortest context ending at ``pos`` that keeps ``config.keep`` of the activation, and its activation."""
+@dataclass(frozen=True)
+class Probe:
+    """A token sequence to run; the unit is read at its last token."""
+
+    seq: tuple[int, ...]
+    lm: bool = False
+    """Also return the language model's log-probabilities (runs the whole model)."""
+    topk: int = 0
+    """With ``lm``: also the ``topk`` most likely tokens at every position."""
+
+
+@dataclass
+class Answer:
+    acts: np.ndarray
+    """``[n_units]`` activations of every unit of the layer at the last token."""
+    logprobs: np.ndarray | None = None
+    """``[len(seq)]``: log p(seq[t] | seq[:t]); NaN where there is nothing to condition on (t = 0 without BOS)."""
+    top_ids: np.ndarray | None = None
+    """``[len(seq), topk]``: the most likely tokens at position t given seq[:t] (-1 where undefined)."""
+    top_logprobs: np.ndarray | None = None
+
+
+Prober = Callable[[list[Probe]], list[Answer]]
+Pattern = tuple[list[int], float]
+
+
+def _prune_stages(longest: int) -> list[list[int]]:
+    """Context lengths to try, shortest first, grouped into rounds (a round stops the search if any length works)."""
+    lengths = [n for n in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48) if n < longest] + [longest]
+    return [lengths[:4]] + [lengths[i : i + 2] for i in range(4, len(lengths), 2)]
+
+
+def _pattern(context: Sequence[int], keep: set[int]) -> list[int]:
+    """Activating token (the last of ``context``) first, then the context backwards, ANY where not kept."""
+    back = [context[i] if i in keep else ANY for i in range(len(context) - 2, -1, -1)]
+    while back and back[-1] == ANY:  # unimportant far context adds nothing
+        back.pop()
+    return [context[-1]] + back
+
+
+def _fit_record(tokens: list[int], pos: int, activation: float, unit: int, mask_id: int, skip_ids: frozenset[int],
+                config: N2GConfig) -> Generator[list[Probe], list[Answer], list[Pattern]]:
     lo = max(0, pos - config.max_context)
-    starts = list(range(pos, lo - 1, -1))  # shortest first
-    acts = act_fn([tokens[s : pos + 1] for s in starts])
-    full = acts[-1]
-    for s, a in zip(starts, acts):
-        if a >= config.keep * full:
-            return tokens[s : pos + 1], a
-    return tokens[lo : pos + 1], full
 
-
-def saliency(act_fn: ActFn, context: list[int], activation: float, mask_id: int) -> list[float]:
-    """For each context token before the last: the fraction of the activation lost when it is masked."""
-    if len(context) < 2 or activation <= 0:
+    # 1. prune: the shortest context ending at pos that keeps `keep` of the record's activation
+    context: list[int] = []
+    pruned = 0.0
+    for lengths in _prune_stages(pos - lo + 1):
+        answers = yield [Probe(tuple(tokens[pos + 1 - n : pos + 1])) for n in lengths]
+        for n, a in zip(lengths, answers):
+            context, pruned = tokens[pos + 1 - n : pos + 1], float(a.acts[unit])
+            if pruned >= config.keep * activation:
+                break
+        else:
+            continue
+        break
+    if pruned <= 0:
         return []
-    masked = [context[:i] + [mask_id] + context[i + 1 :] for i in range(len(context) - 1)]
-    acts = act_fn(masked)
-    return [(activation - a) / activation for a in acts]
+
+    # 2. saliency: the fraction of the activation lost when each context token is masked
+    importance: list[float] = []
+    if len(context) > 1:
+        answers = yield [Probe(tuple(context[:i] + [mask_id] + context[i + 1 :])) for i in range(len(context) - 1)]
+        importance = [(pruned - float(a.acts[unit])) / pruned for a in answers]
+    ranked = sorted((i for i, v in enumerate(importance) if v >= config.importance), key=lambda i: -importance[i])
+    keep = set(ranked[: config.max_important])
+    # the pattern stands for the record: it keeps the record's own activation (neuron units, never rescaled)
+    patterns: list[Pattern] = [(_pattern(context, keep), activation)]
+    if not config.augment:
+        return patterns
+
+    # 3. augment: the LM's candidates for the activating token and each important token (conditioned on the
+    # record's text before them), rescored by how likely the rest of the pruned context is after them
+    start = pos + 1 - len(context)
+    [cand] = yield [Probe(tuple(tokens[lo : pos + 1]), lm=True, topk=config.candidates)]
+    subs: list[tuple[int, int, float]] = []
+    for i in sorted(keep) + [len(context) - 1]:
+        row = start - lo + i
+        for x, lp in zip(cand.top_ids[row], cand.top_logprobs[row]):
+            if x >= 0 and x != context[i] and int(x) not in skip_ids:
+                subs.append((i, int(x), float(lp)))
+    if not subs:
+        return patterns
+    answers = yield [Probe(tuple(context[:i] + [x] + context[i + 1 :]), lm=True) for i, x, _ in subs]
+    scored: dict[int, list[tuple[float, int, float]]] = {}
+    for (i, x, lp), a in zip(subs, answers):
+        follow = float(np.sum(a.logprobs[i + 1 :]))
+        scored.setdefault(i, []).append((lp + follow, x, float(a.acts[unit])))
+    for i, options in scored.items():
+        for _score, x, act in sorted(options, reverse=True)[: config.substitutes]:
+            swapped = context[:i] + [x] + context[i + 1 :]
+            # in the record's units: the substitute's share of the pruned activation, applied to the record's
+            # (capped at the record's: an unnatural substitute must not outshout the real example)
+            patterns.append((_pattern(swapped, keep), activation * min(max(act / pruned, 0.0), 1.0)))
+    return patterns
 
 
-def fit_graph(act_fn: ActFn, records: list[tuple[list[int], list[float]]], mask_id: int,
-              config: N2GConfig = N2GConfig()) -> Graph:
-    """``records``: (token ids, activations) of real tokens only (no padding)."""
-    graph = Graph()
-    for tokens, acts in records:
-        if not tokens:
-            continue
-        pos = max(range(len(acts)), key=lambda i: acts[i])
-        if acts[pos] <= 0:
-            continue
-        context, activation = prune(act_fn, tokens, pos, config)
-        if activation <= 0:
-            continue
-        imp = saliency(act_fn, context, activation, mask_id)
-        ranked = sorted((i for i in range(len(imp)) if imp[i] >= config.importance), key=lambda i: -imp[i])
-        keep = set(ranked[: config.max_important])
-        back = [context[i] if i in keep else ANY for i in range(len(context) - 2, -1, -1)]
-        while back and back[-1] == ANY:  # unimportant far context adds nothing
-            back.pop()
-        # the pattern stands for the example: it keeps the example's own activation (in neuron units, never
-        # rescaled), which the pruned context reproduces to at least config.keep
-        graph.add([context[-1]] + back, acts[pos])
-    return graph
+def generalise(pattern: list[int], value: float, records: list[tuple[list[int], list[float]]],
+               threshold: float) -> list[int]:
+    """The shortest truncation of a firing pattern (ending at a real token) that fires on no token of the train
+    records whose activation is below ``threshold``; the whole pattern if none is that clean. Patterns that do
+    not fire are kept whole: they are exceptions (a substitute that silences the unit)."""
+    if value < threshold:
+        return pattern
+    ends = [d + 1 for d in range(len(pattern)) if pattern[d] != ANY]
+    for end in ends[:-1]:
+        cut = pattern[:end]
+        if not any(_matches(tokens, t, cut) and acts[t] < threshold
+                   for tokens, acts in records for t in range(len(tokens)) if tokens[t] == cut[0]):
+            return cut
+    return pattern
+
+
+def _matches(tokens: list[int], t: int, pattern: list[int]) -> bool:
+    if t + 1 < len(pattern):
+        return False
+    return all(key == ANY or tokens[t - d] == key for d, key in enumerate(pattern))
+
+
+def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[float]]]], mask_id: int,
+               max_activation: dict[int, float], config: N2GConfig = N2GConfig(),
+               skip_ids: Sequence[int] = ()) -> dict[int, Graph]:
+    """One graph per unit from its train ``records`` ((token ids, activations) of real tokens, no padding).
+    ``max_activation``: each unit's max, for the firing threshold (0.5 x max) that ``generalise`` uses."""
+    graphs = {unit: Graph() for unit in records}
+    skip = frozenset(skip_ids)
+    active: list[tuple[int, Generator, list[Probe]]] = []
+
+    def step(unit: int, gen: Generator, answers: list[Answer] | None) -> None:
+        try:
+            active.append((unit, gen, gen.send(answers)))
+        except StopIteration as done:
+            for pattern, value in done.value:
+                if config.generalise:
+                    pattern = generalise(pattern, value, records[unit], 0.5 * max_activation[unit])
+                graphs[unit].add(pattern, value)
+
+    for unit, recs in records.items():
+        for tokens, acts in recs:
+            if not tokens:
+                continue
+            pos = int(np.argmax(acts))
+            if acts[pos] > 0:
+                step(unit, _fit_record(list(tokens), pos, float(acts[pos]), unit, mask_id, skip, config), None)
+    while active:
+        batch, active = active, []
+        unique = list(dict.fromkeys(p for _u, _g, probes in batch for p in probes))
+        answered = dict(zip(unique, prober(unique)))
+        for unit, gen, probes in batch:
+            step(unit, gen, [answered[p] for p in probes])
+    return graphs
 
 
 def token_lookup_predict(records: list[tuple[list[int], list[float]]]) -> Callable[[list[int]], list[float]]:
@@ -84,26 +209,75 @@ def token_lookup_predict(records: list[tuple[list[int], list[float]]]) -> Callab
     return lambda tokens: [max(best.get(t, 0.0), 0.0) for t in tokens]
 
 
-def model_act_fn(subject, layer: int, unit: int, batch_size: int = 64) -> ActFn:
-    """The unit's activation at the last token of each sequence, from the model (right padding, masked)."""
-    from analysis.activations import mlp_activations
+class ModelProber:
+    """Answers probes with the subject model: sequences sorted by length, right-padded, batched by a token budget.
+    Plain probes stop the forward pass at ``layer``; ``lm`` probes run the whole model for log-probabilities."""
 
-    bos = [subject.tokenizer.bos_token_id] if subject.info.prepend_bos else []
-    pad = subject.tokenizer.pad_token_id or 0
+    def __init__(self, subject, layer: int, token_budget: int = 4096, lm_token_budget: int = 1024):
+        subject.check_layer(layer)
+        self.subject, self.layer = subject, layer
+        self.budgets = {False: token_budget, True: lm_token_budget}
+        self.bos = [subject.tokenizer.bos_token_id] if subject.info.prepend_bos else []
+        self.pad = subject.tokenizer.pad_token_id or 0
+        self.n_forward_tokens = 0
 
-    def act_fn(seqs: list[list[int]]) -> list[float]:
-        out: list[float] = []
-        for b in range(0, len(seqs), batch_size):
-            chunk = [bos + s for s in seqs[b : b + batch_size]]
-            T = max(len(s) for s in chunk)
-            ids = torch.full((len(chunk), T), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), T), dtype=torch.long)
-            for i, s in enumerate(chunk):
-                ids[i, : len(s)] = torch.tensor(s)
-                mask[i, : len(s)] = 1
-            acts = mlp_activations(subject, ids, mask, [layer])[layer][:, :, unit]
-            last = torch.tensor([len(s) - 1 for s in chunk])
-            out += acts[torch.arange(len(chunk)), last].tolist()
-        return out
+    def __call__(self, probes: list[Probe]) -> list[Answer]:
+        out: list[Answer | None] = [None] * len(probes)
+        for lm in (False, True):
+            order = sorted((i for i, p in enumerate(probes) if p.lm == lm), key=lambda i: len(probes[i].seq))
+            b = 0
+            while b < len(order):
+                e = b + 1  # grow the batch while (batch size x longest sequence) fits the budget
+                while e < len(order) and (e + 1 - b) * (len(probes[order[e]].seq) + len(self.bos)) <= self.budgets[lm]:
+                    e += 1
+                chunk = [probes[i] for i in order[b:e]]
+                for i, answer in zip(order[b:e], self._run(chunk, lm)):
+                    out[i] = answer
+                b = e
+        return out  # type: ignore[return-value]
 
-    return act_fn
+    @torch.inference_mode()
+    def _run(self, chunk: list[Probe], lm: bool) -> list[Answer]:
+        from analysis.activations import _StopForward, neuron_hooks
+
+        seqs = [self.bos + list(p.seq) for p in chunk]
+        T = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), T), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), T), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        self.n_forward_tokens += int(mask.sum())
+        dev = self.subject.device
+        ids, mask = ids.to(dev), mask.to(dev)
+        with neuron_hooks(self.subject, [self.layer], stop_after_last=not lm) as captured:
+            logits = None
+            try:
+                if lm:
+                    logits = self.subject.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                else:
+                    self.subject.base()(input_ids=ids, attention_mask=mask, use_cache=False)
+            except _StopForward:
+                pass
+        last = torch.tensor([len(s) - 1 for s in seqs], device=dev)
+        acts = captured[self.layer][torch.arange(len(seqs), device=dev), last].float().cpu().numpy()
+        if not lm:
+            return [Answer(a) for a in acts]
+        answers = []
+        nb = len(self.bos)
+        for i, (p, s) in enumerate(zip(chunk, seqs)):
+            n = len(p.seq)
+            # seq[t] is predicted by the logits at input index nb + t - 1
+            rows = torch.log_softmax(logits[i, max(nb - 1, 0) : nb + n - 1].float(), dim=-1)
+            lp = np.full(n, np.nan, dtype=np.float32)
+            first = 1 - nb  # first position with a prediction: 0 with BOS, 1 without
+            target = torch.tensor(p.seq[first:], device=dev)
+            lp[first:] = rows.gather(1, target[:, None])[:, 0].cpu().numpy()
+            top_ids = top_lp = None
+            if p.topk:
+                top_ids = np.full((n, p.topk), -1, dtype=np.int64)
+                top_lp = np.full((n, p.topk), -np.inf, dtype=np.float32)
+                v, j = rows.topk(p.topk, dim=-1)
+                top_ids[first:], top_lp[first:] = j.cpu().numpy(), v.cpu().numpy()
+            answers.append(Answer(acts[i], lp, top_ids, top_lp))
+        return answers

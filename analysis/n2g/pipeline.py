@@ -1,0 +1,129 @@
+"""Neuron2Graph for units of one layer: split each unit's harvested top records, fit, evaluate, simulate.
+
+Split (compatible with analysis/evaluate.py, so the "n2g" simulator is scored on records its graph never saw):
+top records 0::4 and 1::4 train the graph (the explainer's train and calibration records), 2::4 and 3::4 are
+the held-out test set (the explanation scoring records come from 2::4 and the random sample).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from analysis.n2g.evaluate import PRF, firing_metrics
+from analysis.n2g.fit import ModelProber, N2GConfig, fit_graphs, token_lookup_predict
+from analysis.n2g.graph import ANY, Graph
+from analysis.simulate import SimResult
+
+
+def split_records(rec) -> tuple[list, list]:
+    """(train, test) ActivationRecords of a NeuronRecord."""
+    top = rec.most_positive_activation_records
+    return top[0::4] + top[1::4], top[2::4] + top[3::4]
+
+
+def _pairs(records) -> list[tuple[list[int], list[float]]]:
+    return [(list(r.token_ids), list(r.activations)) for r in records]
+
+
+@dataclass
+class N2GResult:
+    layer: int
+    unit: int
+    max_activation: float
+    graph: Graph
+    firing: PRF
+    non_firing: PRF
+    baseline_firing: PRF
+    baseline_non_firing: PRF
+    test_window_ids: list[int]
+    test_tokens: list[list[str]]
+    test_real: list[list[float]]
+    test_predicted: list[list[float]]
+    params: dict
+    seconds: float
+    """This unit's share of the wall time of its batch."""
+
+    def to_json(self) -> dict:
+        def m(x: PRF) -> dict:
+            return {"precision": x.precision, "recall": x.recall, "f1": x.f1}
+
+        return {"neuron": self.unit, "layer": self.layer, "max_activation": self.max_activation,
+                "firing": m(self.firing), "non_firing": m(self.non_firing),
+                "baseline_firing": m(self.baseline_firing), "baseline_non_firing": m(self.baseline_non_firing),
+                "n_patterns": len(self.graph.patterns()),
+                "records": [{"window_id": w, "tokens": t, "real": r, "predicted": p} for w, t, r, p in
+                            zip(self.test_window_ids, self.test_tokens, self.test_real, self.test_predicted)]}
+
+
+def evaluate_graph(graph: Graph, train: list, test: list, max_activation: float) -> dict:
+    """P/R/F1 of the graph and of the token-lookup baseline (fitted on the same train records) on ``test``."""
+    real = [list(r.activations) for r in test]
+    predicted = [graph.predict(list(r.token_ids)) for r in test]
+    lookup = token_lookup_predict(_pairs(train))
+    firing, non_firing = firing_metrics(real, predicted, max_activation)
+    b_firing, b_non_firing = firing_metrics(real, [lookup(list(r.token_ids)) for r in test], max_activation)
+    return dict(firing=firing, non_firing=non_firing, baseline_firing=b_firing, baseline_non_firing=b_non_firing,
+                test_real=real, test_predicted=predicted)
+
+
+def mask_token_id(tokenizer) -> int:
+    """The token that stands for 'masked' in saliency: a single space (neutral, in every byte-level vocab)."""
+    ids = tokenizer(" ", add_special_tokens=False).input_ids
+    return ids[0] if ids else (tokenizer.pad_token_id or 0)
+
+
+def special_ids(tokenizer) -> list[int]:
+    return sorted({int(i) for i in tokenizer.all_special_ids})
+
+
+def fit_layer(subject, layer: int, neuron_records: list, config: N2GConfig = N2GConfig(), chunk: int = 32,
+              prober: ModelProber | None = None) -> Iterator[list[N2GResult]]:
+    """Graphs for ``neuron_records`` (NeuronRecords of one layer), yielded ``chunk`` units at a time."""
+    prober = prober or ModelProber(subject, layer)
+    mask_id, skip = mask_token_id(subject.tokenizer), special_ids(subject.tokenizer)
+    for b in range(0, len(neuron_records), chunk):
+        recs = neuron_records[b : b + chunk]
+        t0 = time.perf_counter()
+        splits = {rec.neuron: split_records(rec) for rec in recs}
+        graphs = fit_graphs(prober, {u: _pairs(tr) for u, (tr, _te) in splits.items()}, mask_id,
+                            {rec.neuron: rec.stats.max for rec in recs}, config, skip)
+        per_unit = (time.perf_counter() - t0) / len(recs)
+        out = []
+        for rec in recs:
+            train, test = splits[rec.neuron]
+            ev = evaluate_graph(graphs[rec.neuron], train, test, rec.stats.max)
+            out.append(N2GResult(layer=layer, unit=rec.neuron, max_activation=rec.stats.max,
+                                 graph=graphs[rec.neuron], test_window_ids=[r.window_id for r in test],
+                                 test_tokens=[list(r.tokens) for r in test], params=config.to_json(),
+                                 seconds=per_unit, **ev))
+        yield out
+
+
+def describe(graph: Graph, vocab: dict[int, str], n: int = 3) -> str:
+    """A one-line summary of a graph for lists: its strongest patterns in reading order ('…' = any token)."""
+    pats = sorted(graph.patterns(), key=lambda p: -p[1])
+    shown = []
+    for pattern, _value in pats:
+        text = " ".join("…" if t == ANY else repr(vocab.get(t, f"#{t}")) for t in reversed(pattern))
+        if text not in shown:
+            shown.append(text)
+        if len(shown) == n:
+            break
+    more = f" (+{len(pats) - len(shown)} more)" if len(pats) > len(shown) else ""
+    return f"Neuron2Graph, {len(pats)} patterns: " + "; ".join(shown) + more if pats else "Neuron2Graph: empty graph"
+
+
+class N2GSimulator:
+    """A graph as a simulator: its predictions on records, on the 0-10 scale of the explanation simulators."""
+
+    name = "n2g"
+
+    def __init__(self, graph: Graph, max_activation: float, params: dict):
+        self.graph, self.max_activation, self.params = graph, max_activation, params
+
+    def simulate(self, explanation: str, records: list) -> SimResult:
+        m = self.max_activation if self.max_activation > 0 else 1.0
+        sim = [[min(10.0, 10.0 * max(v, 0.0) / m) for v in self.graph.predict(list(r.token_ids))] for r in records]
+        return SimResult(sim, self.name, self.params)
