@@ -51,6 +51,17 @@ MIGRATIONS: list[tuple[str, str]] = [
             absolute_dev_explained DOUBLE, error VARCHAR, created_at TIMESTAMP);
         """,
     ),
+    (
+        "003_n2g",
+        """
+        CREATE TABLE n2g_graphs (
+            run_id VARCHAR, layer SMALLINT, unit INTEGER, params VARCHAR, max_activation REAL, metrics VARCHAR,
+            firing_f1 DOUBLE, baseline_firing_f1 DOUBLE, test_window_ids INTEGER[], n_patterns INTEGER,
+            seconds REAL, created_at TIMESTAMP);
+        CREATE TABLE n2g_patterns (
+            run_id VARCHAR, layer SMALLINT, unit INTEGER, pattern INTEGER[], activation REAL);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

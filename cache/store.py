@@ -25,6 +25,7 @@ import pyarrow as pa
 from analysis.types import (ActivationRecord, CorpusInfo, Document, ModelInfo, NeuronRecord, UnitStats,
                             UserError)
 from cache.migrations import MIGRATIONS, SCHEMA_VERSION
+from cache.n2g import N2GMixin
 
 
 class StoreError(UserError):
@@ -174,7 +175,7 @@ class ExplanationsMixin:
         return self._q(sql, args).fetchall()
 
 
-class Store(ExplanationsMixin):
+class Store(ExplanationsMixin, N2GMixin):
     """One open connection to the database. Use ``open_store`` to get one; close it soon."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool):

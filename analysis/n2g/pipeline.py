@@ -57,15 +57,26 @@ class N2GResult:
                             zip(self.test_window_ids, self.test_tokens, self.test_real, self.test_predicted)]}
 
 
-def evaluate_graph(graph: Graph, train: list, test: list, max_activation: float) -> dict:
-    """P/R/F1 of the graph and of the token-lookup baseline (fitted on the same train records) on ``test``."""
+def evaluate(layer: int, rec, graph: Graph, params: dict, seconds: float) -> N2GResult:
+    """A unit's graph scored on its held-out top records, beside the token-lookup baseline fitted on the same
+    train records."""
+    train, test = split_records(rec)
     real = [list(r.activations) for r in test]
     predicted = [graph.predict(list(r.token_ids)) for r in test]
     lookup = token_lookup_predict(_pairs(train))
-    firing, non_firing = firing_metrics(real, predicted, max_activation)
-    b_firing, b_non_firing = firing_metrics(real, [lookup(list(r.token_ids)) for r in test], max_activation)
-    return dict(firing=firing, non_firing=non_firing, baseline_firing=b_firing, baseline_non_firing=b_non_firing,
-                test_real=real, test_predicted=predicted)
+    firing, non_firing = firing_metrics(real, predicted, rec.stats.max)
+    b_firing, b_non_firing = firing_metrics(real, [lookup(list(r.token_ids)) for r in test], rec.stats.max)
+    return N2GResult(layer=layer, unit=rec.neuron, max_activation=rec.stats.max, graph=graph, firing=firing,
+                     non_firing=non_firing, baseline_firing=b_firing, baseline_non_firing=b_non_firing,
+                     test_window_ids=[r.window_id for r in test], test_tokens=[list(r.tokens) for r in test],
+                     test_real=real, test_predicted=predicted, params=params, seconds=seconds)
+
+
+def graph_of(patterns: list[tuple[list[int], float]]) -> Graph:
+    graph = Graph()
+    for pattern, value in patterns:
+        graph.add(list(pattern), value)
+    return graph
 
 
 def mask_token_id(tokenizer) -> int:
@@ -90,15 +101,7 @@ def fit_layer(subject, layer: int, neuron_records: list, config: N2GConfig = N2G
         graphs = fit_graphs(prober, {u: _pairs(tr) for u, (tr, _te) in splits.items()}, mask_id,
                             {rec.neuron: rec.stats.max for rec in recs}, config, skip)
         per_unit = (time.perf_counter() - t0) / len(recs)
-        out = []
-        for rec in recs:
-            train, test = splits[rec.neuron]
-            ev = evaluate_graph(graphs[rec.neuron], train, test, rec.stats.max)
-            out.append(N2GResult(layer=layer, unit=rec.neuron, max_activation=rec.stats.max,
-                                 graph=graphs[rec.neuron], test_window_ids=[r.window_id for r in test],
-                                 test_tokens=[list(r.tokens) for r in test], params=config.to_json(),
-                                 seconds=per_unit, **ev))
-        yield out
+        yield [evaluate(layer, rec, graphs[rec.neuron], config.to_json(), per_unit) for rec in recs]
 
 
 def describe(graph: Graph, vocab: dict[int, str], n: int = 3) -> str:
