@@ -2,7 +2,7 @@
 
 One colour scale per page: positive activations in orange, negative in blue, both scaled by the same
 ``vmax`` (the neuron's max activation), so records on a page are comparable. The max token of each record is
-outlined; hovering a token shows its exact text and value. Whitespace is visible: newlines as ``⏎`` (and a
+outlined (when positive); hovering a token shows its exact text and value. Whitespace is visible: newlines as ``⏎`` (and a
 break), tabs as ``⇥``; spaces keep their width.
 """
 
@@ -38,7 +38,7 @@ def record_html(tokens: list[str], acts: list[float], vmax: float, around_max: i
     lo, hi = 0, len(tokens)
     if around_max is not None:
         lo, hi = max(0, imax - around_max), min(len(tokens), imax + around_max + 1)
-    spans = "".join(token_span(tokens[i], acts[i], vmax, i == imax) for i in range(lo, hi))
+    spans = "".join(token_span(tokens[i], acts[i], vmax, i == imax and acts[i] > 0) for i in range(lo, hi))
     prefix = f'<span class="lbl">{html.escape(label)}</span>' if label else ""
     ell_l = '<span class="ell">…</span>' if lo > 0 else ""
     ell_r = '<span class="ell">…</span>' if hi < len(tokens) else ""

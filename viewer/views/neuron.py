@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pandas as pd
 import streamlit as st
@@ -15,33 +16,83 @@ from viewer.components.heatmap import records_html
 from viewer.components.picker import neuron_link, neuron_picker
 from viewer.resources import cached_models, db_path, live_simulators, show_error, store, subject
 
-TABS = ["top", "quantiles", "random", "tokens & weights", "explanations"]
+TABS = ["top", "quantiles", "random", "tokens & weights", "explanations", "graph"]
+
+
+def run_job(args: list[str], label: str) -> None:
+    """Run ``python -m analysis ARGS`` (it writes the cache), showing its progress line live; rerun when done."""
+    cmd = [sys.executable, "-m", "analysis", *args, "--db", str(db_path())]
+    with st.status(label, expanded=True) as status:
+        line = st.empty()
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        buf = ""
+        while (ch := proc.stderr.read(1)):
+            if ch in "\r\n":
+                if buf.strip():
+                    line.code(buf.strip())
+                buf = ""
+            else:
+                buf += ch
+        if proc.wait() == 0:
+            status.update(label="done", state="complete")
+            st.rerun()
+        else:
+            status.update(label="the job failed (see above)", state="error")
 
 
 def harvest_button(model: str, layer: int, corpus: str) -> None:
     st.warning(f"layer {layer} of {model} is not in this cache.")
     tokens = st.select_slider("tokens to harvest", [10_000, 25_000, 50_000, 100_000], value=25_000)
     if st.button(f"harvest layer {layer} now"):
-        cmd = [sys.executable, "-m", "analysis", "harvest", "--model", model, "--corpus", corpus,
-               "--layers", str(layer), "--max-tokens", str(tokens), "--db", str(db_path())]
-        with st.status(f"harvesting layer {layer} over {tokens:,} tokens…", expanded=True) as status:
-            line = st.empty()
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-            buf = ""
-            while (ch := proc.stderr.read(1)):
-                if ch in "\r\n":
-                    if buf.strip():
-                        line.code(buf.strip())
-                    buf = ""
-                else:
-                    buf += ch
-            if proc.wait() == 0:
-                status.update(label="done", state="complete")
-                st.rerun()
-            else:
-                status.update(label="the harvest failed (see above)", state="error")
+        run_job(["harvest", "--model", model, "--corpus", corpus, "--layers", str(layer), "--max-tokens", str(tokens)],
+                f"harvesting layer {layer} over {tokens:,} tokens…")
     st.caption(f"or from a shell: `python -m analysis harvest --model {model} --corpus {corpus} --layers {layer} "
                f"--db {db_path()}`")
+
+
+def graph_section(model, run, rec, layer: int, neuron: int, window: int | None) -> None:
+    """The unit's Neuron2Graph: the drawing, P/R/F1 against token-lookup, held-out records real vs predicted."""
+    from analysis.n2g.pipeline import graph_of, split_records
+    from viewer.components.graph import graph_height, graph_html, shown_patterns
+
+    with store() as s:
+        g = s.n2g_graph(run.run_id, layer, neuron)
+        vocab = s.vocab(model.tokenizer_id, [t for p, _ in g.patterns for t in p if t >= 0]) if g else {}
+    if g is None:
+        st.info("No Neuron2Graph graph for this neuron yet (fitting one takes ~1-20 s on CPU, more at depth).")
+        if st.button("build the graph now"):
+            run_job(["n2g", "--model", model.name, "--layer", str(layer), "--neurons", str(neuron)],
+                    f"fitting the graph of L{layer} N{neuron}…")
+        st.caption(f"or from a shell, a whole layer: `python -m analysis n2g --model {model.name} --layer {layer} "
+                   f"--db {db_path()}`")
+        return
+    m = g.metrics
+    st.markdown(f"**{len(g.patterns)} patterns** · fitted on 10 top records, scored on 10 held-out ones · "
+                f"a token fires at ≥ 0.5 × max = {0.5 * g.max_activation:.3g} · augmentation "
+                f"{'on' if g.params.get('augment') else 'off'} · {g.seconds:.1f} s")
+    st.dataframe(pd.DataFrame([
+        {"": name, "firing P": m[a]["precision"], "firing R": m[a]["recall"], "firing F1": m[a]["f1"],
+         "non-firing P": m[b]["precision"], "non-firing R": m[b]["recall"], "non-firing F1": m[b]["f1"]}
+        for name, a, b in [("Neuron2Graph", "firing", "non_firing"),
+                           ("token-lookup", "baseline_firing", "baseline_non_firing")]]).round(3), hide_index=True)
+    c1, c2 = st.columns([2, 3])
+    exceptions = c1.toggle("also non-firing patterns", key="n2g_all",
+                           help="substitutes and contexts that silence the neuron (stored as exceptions)")
+    roots = c2.slider("activating tokens shown (strongest first)", 1, 50, 12, key="n2g_roots")
+    shown = shown_patterns(g.patterns, 0.0 if exceptions else 0.5 * g.max_activation, roots)
+    st.caption(f"{len(shown)} of {len(g.patterns)} patterns. Drag, zoom, hover. Read left to right into the "
+               "activating token (outlined, right): boxes are tokens that matter, shaded by activation; grey dots "
+               "match any token.")
+    st.components.v1.html(graph_html(shown, vocab, g.max_activation), height=graph_height(shown) + 20)
+    _train, test = split_records(rec)
+    graph = graph_of(g.patterns)
+    st.markdown("**Held-out records**: real (top line) vs the graph's prediction")
+    rows, labels = [], []
+    for i, r in enumerate(test):
+        predicted = graph.predict(list(r.token_ids))
+        rows += [r, SimpleNamespace(tokens=r.tokens, activations=predicted)]
+        labels += [f"#{i + 1} real", "predicted"]
+    st.html(records_html(rows, max(rec.stats.max, 1e-9), window, labels))
 
 
 def related_section(model_name: str, rec, layer: int, neuron: int) -> None:
@@ -108,7 +159,7 @@ def render() -> None:
     st.plotly_chart(histogram_figure(s, log_y), config={"displayModeBar": False})
     qp = st.query_params
     tab = qp.get("tab", "top") if qp.get("tab") in TABS else "top"
-    c1, c2, c3 = st.columns([3, 2, 1])
+    c1, c2, c3 = st.columns([4, 2, 1])
     tab = c1.segmented_control("records", TABS, default=tab, key="tab_sel", label_visibility="collapsed") or "top"
     qp["tab"] = tab
     around = c2.toggle("only ±8 tokens around each max", value=qp.get("around") == "1", key="around_sel")
@@ -136,6 +187,11 @@ def render() -> None:
             show_error(exc)
             return
         explanations_panel(rows, run, rec, live_simulators(model.name))
+    elif tab == "graph":
+        try:
+            graph_section(model, run, rec, layer, neuron, window)
+        except Exception as exc:
+            show_error(exc)
     else:
         related_section(model.name, rec, layer, neuron)
     st.caption((f"run {rec.run_id} · corpus {rec.corpus_id} · {rec.stats.n_tokens:,} tokens · "
