@@ -20,7 +20,10 @@ def train_records(rec) -> list:
 
 def scoring_records(rec, scoring_set: str, n: int = 5) -> list:
     top = rec.most_positive_activation_records
-    rnd = rec.random_sample
+    # a random window can also be a top window: leave out those that anything trains on (the explainer's 0::4,
+    # Neuron2Graph's 0::4 + 1::4), so a scored record is never a seen one
+    seen = {r.window_id for r in top[0::4] + top[1::4]}
+    rnd = [r for r in rec.random_sample if r.window_id not in seen]
     if scoring_set == "top-and-random":
         return top[2::4][:n] + rnd[1::3][:n]
     if scoring_set == "random-only":

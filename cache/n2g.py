@@ -74,17 +74,15 @@ class N2GMixin:
         return StoredGraph(run_id, layer, unit, json.loads(row[0]), row[1], json.loads(row[2]), list(row[3]),
                            [(list(p), a) for p, a in pats], row[4], row[5])
 
-    def n2g_patterns_with(self, run_id: str, token_id: int, layer: int | None = None) -> dict[tuple[int, int], list]:
-        """(layer, unit) -> the patterns of its graph, for every graph with a pattern that contains ``token_id``."""
-        sql = ("SELECT p.layer, p.unit, p.pattern, p.activation FROM n2g_patterns p JOIN (SELECT DISTINCT layer, unit "
-               "FROM n2g_patterns WHERE run_id = $run AND list_contains(pattern, $tok)) USING (layer, unit) "
-               "WHERE p.run_id = $run")
-        args = {"run": run_id, "tok": token_id}
-        if layer is not None:
-            sql += " AND p.layer = $layer"
-            args["layer"] = layer
+    def n2g_patterns_with(self, run_id: str, token_id: int) -> dict[tuple[int, int], list]:
+        """(layer, unit) -> the firing patterns (activation >= 0.5 x the unit's max) of every graph with a firing
+        pattern that contains ``token_id``."""
+        sql = ("WITH firing AS (SELECT p.* FROM n2g_patterns p JOIN n2g_graphs g USING (run_id, layer, unit) "
+               "WHERE p.run_id = $run AND p.activation >= 0.5 * g.max_activation) "
+               "SELECT layer, unit, pattern, activation FROM firing WHERE (layer, unit) IN "
+               "(SELECT (layer, unit) FROM firing WHERE list_contains(pattern, $tok))")
         out: dict[tuple[int, int], list] = {}
-        for lay, unit, pattern, act in self._q(sql, args).fetchall():
+        for lay, unit, pattern, act in self._q(sql, {"run": run_id, "tok": token_id}).fetchall():
             out.setdefault((lay, unit), []).append((list(pattern), act))
         return out
 

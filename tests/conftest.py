@@ -47,3 +47,17 @@ def viewer_db(tiny_folders, tmp_path_factory):
     assert main(["harvest", "--model", model, "--corpus", str(corpus), "--db", str(db), "--layers", "0,1",
                  "--seq-len", "24", "--quiet"]) == 0
     return db, model
+
+
+@pytest.fixture(scope="session")
+def n2g_db(viewer_db, tmp_path_factory):
+    """A copy of viewer_db with Neuron2Graph graphs for neurons 0-11 of layer 1 (augmentation on)."""
+    import shutil
+
+    from analysis.__main__ import main
+
+    db, model = viewer_db
+    copy = tmp_path_factory.mktemp("n2g_db") / "n2g.duckdb"
+    shutil.copy(db, copy)
+    assert main(["n2g", "--db", str(copy), "--model", model, "--layer", "1", "--neurons", "0-11", "--quiet"]) == 0
+    return copy, model

@@ -30,8 +30,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(viewer_db):
-    db, model = viewer_db
+def server(n2g_db):
+    db, model = n2g_db  # the viewer_db harvest plus graphs for layer 1
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "viewer" / "app.py"), "--server.port", str(port),
@@ -102,3 +102,28 @@ def test_permalink_heatmap_and_escaping_in_chromium(server, tmp_path):
     out = os.environ.get("NEURON_VIEWER_SCREENSHOTS")
     if out:
         shutil.copy(shot, Path(out) / "neuron_page.png")
+
+
+def test_graph_tab_draws_in_chromium(server):
+    """The pyvis graph draws on a canvas inside its iframe, with no markup from tokens and no dialogs."""
+    from playwright.sync_api import sync_playwright
+
+    from cache.store import open_store
+
+    url, db, model = server
+    with open_store(db, read_only=True) as s:
+        run = s.find_run(model, 1)
+        unit = max(range(12), key=lambda u: len(s.n2g_graph(run.run_id, 1, u).patterns))
+    dialogs = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(f"{url}/?model={urllib.request.quote(model, safe='')}&layer=1&neuron={unit}&tab=graph")
+        page.wait_for_selector("iframe", timeout=60_000)
+        frame = page.frame_locator("iframe").first
+        frame.locator("canvas").first.wait_for(timeout=30_000)
+        assert frame.locator("img").count() == 0
+        assert page.locator(".hm .rec").count() == 20  # held-out records, real and predicted
+        browser.close()
+    assert dialogs == []

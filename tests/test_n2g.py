@@ -8,7 +8,7 @@ import torch
 
 from analysis.n2g.evaluate import firing_metrics, prf
 from analysis.n2g.fit import Answer, ModelProber, N2GConfig, Probe, fit_graphs, generalise, token_lookup_predict
-from analysis.n2g.graph import ANY, Graph
+from analysis.n2g.graph import ANY, Graph, contains_sequence, jaccard, paths, similar
 
 A, B, C, D, MASK = 10, 11, 12, 13, 0
 
@@ -156,3 +156,68 @@ def test_model_prober_equals_single_sequence_forward_passes(tiny_folders):
                 assert list(lm.top_ids[t]) == list(np.argsort(-lsm[t - 1])[:3])
     finally:
         hook.remove()
+
+
+def test_sequence_search_and_graph_overlap_by_hand():
+    pat = [B, A, ANY, C]  # reads: C, any, A, B
+    assert contains_sequence(pat, [{A}, {B}]) and contains_sequence(pat, [{B}])
+    assert not contains_sequence(pat, [{C}, {A}])  # not contiguous: a wildcard sits between them
+    assert not contains_sequence(pat, [{B}, {A}])  # order matters
+    assert contains_sequence(pat, [{99, A}, {B}])  # a position accepts any of its variants
+    assert paths([(pat, 1.0)]) == {(B,), (B, A), (B, A, ANY), (B, A, ANY, C)}
+    g1, g2, g3 = [([B, A], 1.0)], [([B, C], 1.0)], [([D], 1.0)]
+    assert jaccard(paths(g1), paths(g2)) == pytest.approx(1 / 3)  # {B} shared of {B, BA, BC}
+    assert similar(g1, {1: g2, 2: g3, 3: g1}) == [(3, 1.0), (1, pytest.approx(1 / 3))]
+
+
+def test_cli_n2g_json_recomputes_resumes_and_scores(n2g_db, capsys):
+    """The --json records let anyone recompute the metrics; held-out windows are never train windows; a second
+    run resumes (builds nothing); each graph is stored as the 'n2g' simulator beside the explanations."""
+    from analysis.__main__ import main
+    from analysis.evaluate import scoring_records
+    from cache.store import open_store
+
+    db, model = n2g_db
+    capsys.readouterr()
+    assert main(["n2g", "--db", str(db), "--model", model, "--layer", "1", "--neurons", "0-11", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "0 graph(s) built, 12 already in the cache" in err
+    import json
+
+    neurons = json.loads(out)["neurons"]
+    assert [n["neuron"] for n in neurons] == list(range(12))
+    with open_store(db, read_only=True) as s:
+        run = s.find_run(model, 1)
+        for n in neurons:
+            rec = s.neuron_record(run, 1, n["neuron"])
+            top = [r.window_id for r in rec.most_positive_activation_records]
+            held = [r["window_id"] for r in n["records"]]
+            assert held == top[2::4] + top[3::4] and not set(held) & set(top[0::4] + top[1::4])
+            real = np.concatenate([r["real"] for r in n["records"]])
+            pred = np.concatenate([r["predicted"] for r in n["records"]])
+            thr = 0.5 * n["max_activation"]
+            tp, fp, fn = np.sum((real >= thr) & (pred >= thr)), np.sum((real < thr) & (pred >= thr)), \
+                np.sum((real >= thr) & (pred < thr))
+            p = tp / (tp + fp) if tp + fp else 0.0
+            r_ = tp / (tp + fn) if tp + fn else 0.0
+            assert n["firing"]["precision"] == pytest.approx(p) and n["firing"]["recall"] == pytest.approx(r_)
+            g = s.n2g_graph(run.run_id, 1, n["neuron"])
+            assert g is not None and len(g.patterns) == n["n_patterns"]
+            [exp] = [e for e in s.explanations(run.run_id, 1, n["neuron"]) if e.explainer == "n2g"]
+            [sim] = s.simulations(exp.explanation_id)
+            assert sim.simulator == "n2g" and sim.error is None
+            assert sim.window_ids == [r.window_id for r in scoring_records(rec, "top-and-random")]
+            assert not set(sim.window_ids) & set(top[0::4] + top[1::4])  # scored on records the graph never saw
+    assert main(["n2g", "--db", str(db), "--model", model, "--layer", "1", "--neurons", "99999"]) == 2
+    assert "neurons go from 0" in capsys.readouterr().err
+
+
+def test_graph_html_keeps_tokens_out_of_markup():
+    from viewer.components.graph import graph_html
+
+    evil = {1: "</script><img src=x onerror=alert(1)>", 2: "<b>zq-bold</b>"}
+    empty = graph_html([], {}, 1.0)
+    page = graph_html([([1, 2], 1.0), ([1, ANY, ANY, 2], 0.7)], evil, 1.0)
+    assert page.count("<script") == empty.count("<script") and "<img" not in page and "<b>zq" not in page
+    assert "\\u003cimg src=x onerror=alert(1)\\u003e" in page  # the token travels as escaped JSON
+    assert "2 any" in page and "cdn.jsdelivr" not in page

@@ -172,3 +172,39 @@ def test_scores_overview_and_explanations_in_compare(viewer_db, monkeypatch):
     assert any("ignores the explanation" in c.value for c in at.caption)
     at = _page("compare", db, monkeypatch, a_model=model, a_layer=0, a_neuron=1, b_model=model, b_layer=0, b_neuron=2)
     assert not at.exception and len([m for m in at.metric if m.label == "correlation score"]) == 2
+
+
+def test_graph_tab_search_and_compare(n2g_db, monkeypatch):
+    """The graph tab shows the drawing, P/R/F1 against token-lookup, similar graphs and held-out real vs predicted;
+    search finds graphs by a token of their patterns; compare draws two graphs."""
+    from cache.store import open_store
+
+    db, model = n2g_db
+    with open_store(db, read_only=True) as s:
+        run = s.find_run(model, 1)
+        g = max((s.n2g_graph(run.run_id, 1, u) for u in range(12)), key=lambda g: len(g.patterns))
+        firing = [p for p, v in g.patterns if v >= 0.5 * g.max_activation]
+        token = s.vocab(s.model(model).tokenizer_id, [firing[0][0]])[firing[0][0]]
+    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=g.unit, tab="graph")
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert list(table[""]) == ["Neuron2Graph", "token-lookup"]
+    assert table["firing F1"][0] == round(g.metrics["firing"]["f1"], 3)
+    assert any("Similar graphs in layer 1" in m.value for m in at.markdown)
+    body = _all_html(at)
+    assert body.count('class="rec"') == 20 and body.count("predicted") == 10  # 10 held-out records, real + predicted
+    assert _tags(body) <= {"style", "div", "span", "br"}
+    [frame] = [e for e in at.main if getattr(e, "type", "") == "iframe"]
+    assert "vis.DataSet" in frame.proto.srcdoc and "<img" not in frame.proto.srcdoc
+    at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=0, tab="graph")  # no graph yet
+    assert not at.exception and any("build the graph now" in b.label for b in at.button)
+    at = _page("search", db, monkeypatch, model=model, graph=token)
+    assert not at.exception
+    hits = at.dataframe[0].value
+    assert any(f"neuron={g.unit}&" in u for u in hits["neuron"])
+    at = _page("compare", db, monkeypatch, a_model=model, a_layer=1, a_neuron=g.unit, b_model=model, b_layer=0,
+               b_neuron=0)
+    at.toggle(key="cmp_graphs").set_value(True).run()
+    assert not at.exception
+    assert any("graph:" in c.value and "patterns" in c.value for c in at.caption)
+    assert any("no graph yet" in c.value for c in at.caption)

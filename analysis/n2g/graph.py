@@ -71,3 +71,28 @@ class Graph:
         for tok, root in self.roots.items():
             walk(root, [tok])
         return out
+
+
+def contains_sequence(pattern: list[int], sequence: list[set[int]]) -> bool:
+    """Whether ``sequence`` (in reading order; each position a set of acceptable token ids) occurs contiguously in
+    ``pattern`` (activating token first, context backwards). ANY positions match nothing."""
+    back = list(reversed(sequence))
+    n = len(back)
+    return any(all(pattern[i + j] in back[j] for j in range(n)) for i in range(len(pattern) - n + 1))
+
+
+def paths(patterns: list[tuple[list[int], float]]) -> set[tuple[int, ...]]:
+    """Every root-to-node path of the trie (the patterns' prefixes): the graph as a set, for overlap."""
+    return {tuple(p[:d]) for p, _v in patterns for d in range(1, len(p) + 1)}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 0.0
+
+
+def similar(target: list[tuple[list[int], float]], others: dict[int, list[tuple[list[int], float]]],
+            n: int = 10) -> list[tuple[int, float]]:
+    """The ``n`` units whose graphs overlap ``target``'s most (Jaccard over trie paths), best first, overlap > 0."""
+    mine = paths(target)
+    scored = [(u, jaccard(mine, paths(p))) for u, p in others.items()]
+    return sorted([x for x in scored if x[1] > 0], key=lambda x: -x[1])[:n]

@@ -72,9 +72,13 @@ def neuron_picker(models: list[ModelInfo], prefix: str = "", container=None, but
     return picked
 
 
-def neuron_link(model: str, layer: int, neuron: int, label: str | None = None) -> str:
-    """Markdown link to a neuron's page (relative: works behind any host and port)."""
+def neuron_url(model: str, layer: int, neuron: int, tab: str | None = None) -> str:
+    """Relative URL of a neuron's page (works behind any host and port)."""
     from urllib.parse import urlencode
 
-    query = urlencode({"model": model, "layer": layer, "neuron": neuron})
-    return f"[{label or f'L{layer}/N{neuron}'}](./?{query})"
+    return "./?" + urlencode({"model": model, "layer": layer, "neuron": neuron, **({"tab": tab} if tab else {})})
+
+
+def neuron_link(model: str, layer: int, neuron: int, label: str | None = None) -> str:
+    """Markdown link to a neuron's page."""
+    return f"[{label or f'L{layer}/N{neuron}'}]({neuron_url(model, layer, neuron)})"

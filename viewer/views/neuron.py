@@ -13,7 +13,7 @@ from analysis.config import REPO_ROOT
 from viewer.components.charts import histogram_figure
 from viewer.components.export import neuron_page_html
 from viewer.components.heatmap import records_html
-from viewer.components.picker import neuron_link, neuron_picker
+from viewer.components.picker import neuron_link, neuron_picker, neuron_url
 from viewer.resources import cached_models, db_path, live_simulators, show_error, store, subject
 
 TABS = ["top", "quantiles", "random", "tokens & weights", "explanations", "graph"]
@@ -52,12 +52,14 @@ def harvest_button(model: str, layer: int, corpus: str) -> None:
 
 def graph_section(model, run, rec, layer: int, neuron: int, window: int | None) -> None:
     """The unit's Neuron2Graph: the drawing, P/R/F1 against token-lookup, held-out records real vs predicted."""
+    from analysis.n2g.graph import similar
     from analysis.n2g.pipeline import graph_of, split_records
     from viewer.components.graph import graph_height, graph_html, shown_patterns
 
     with store() as s:
         g = s.n2g_graph(run.run_id, layer, neuron)
         vocab = s.vocab(model.tokenizer_id, [t for p, _ in g.patterns for t in p if t >= 0]) if g else {}
+        others = s.n2g_layer_patterns(run.run_id, layer) if g else {}
     if g is None:
         st.info("No Neuron2Graph graph for this neuron yet (fitting one takes ~1-20 s on CPU, more at depth).")
         if st.button("build the graph now"):
@@ -83,7 +85,12 @@ def graph_section(model, run, rec, layer: int, neuron: int, window: int | None) 
     st.caption(f"{len(shown)} of {len(g.patterns)} patterns. Drag, zoom, hover. Read left to right into the "
                "activating token (outlined, right): boxes are tokens that matter, shaded by activation; grey dots "
                "match any token.")
-    st.components.v1.html(graph_html(shown, vocab, g.max_activation), height=graph_height(shown) + 20)
+    st.iframe(graph_html(shown, vocab, g.max_activation), height=graph_height(shown) + 20)
+    others.pop(neuron, None)
+    near = similar(g.patterns, others, n=10)
+    st.markdown(f"**Similar graphs in layer {layer}** (Jaccard over trie paths, of {len(others)} other graphs): "
+                + (", ".join(f"[L{layer}/N{u}]({neuron_url(model.name, layer, u, tab='graph')}) {j:.2f}"
+                             for u, j in near) or "none overlaps"))
     _train, test = split_records(rec)
     graph = graph_of(g.patterns)
     st.markdown("**Held-out records**: real (top line) vs the graph's prediction")

@@ -4,8 +4,54 @@ from __future__ import annotations
 
 import streamlit as st
 
-from viewer.components.picker import neuron_link
+import pandas as pd
+
+from analysis.n2g.graph import contains_sequence
+from viewer.components.picker import neuron_link, neuron_url
 from viewer.resources import cached_models, show_error, store
+
+
+def graph_search(s, name: str, model) -> None:
+    """Neurons whose Neuron2Graph graph contains a token or a token sequence (reading order, '|' between)."""
+    st.subheader("Which neurons' graphs contain a token sequence?")
+    qp = st.query_params
+    if "search_graph" not in st.session_state:
+        st.session_state["search_graph"] = qp.get("graph", " except")
+    text = st.text_input("tokens in reading order, separated by | (e.g. ` for| example`)", key="search_graph")
+    qp["graph"] = text
+    parts = [p for p in text.split("|") if p.strip()]
+    if not parts:
+        return
+    sequence = [{tid for tid, _t in s.token_ids(model.tokenizer_id, p)} for p in parts]
+    missing = [p for p, ids in zip(parts, sequence) if not ids]
+    if missing:
+        st.warning(f"not single tokens of {name}'s vocabulary: {', '.join(map(repr, missing))}")
+        return
+    runs = [r for r in s.runs() if r.model_id == model.model_id and r.status == "done"]
+    found: dict[tuple[int, int], list] = {}
+    for run in runs:
+        for tid in sequence[0]:
+            for key, pats in s.n2g_patterns_with(run.run_id, tid).items():
+                hits = [(p, v) for p, v in pats if contains_sequence(p, sequence)]
+                if hits:
+                    found[key] = hits
+    if not found:
+        st.caption("no graph contains it (graphs exist for: "
+                   + (", ".join(f"L{l} ({n})" for run in runs for l, n, *_ in s.n2g_quality(run.run_id)) or "none yet")
+                   + "; build more with `python -m analysis n2g`)")
+        return
+    ranked = sorted(found.items(), key=lambda kv: -max(v for _p, v in kv[1]))
+    vocab = s.vocab(model.tokenizer_id, [t for _k, hits in ranked[:25] for p, _v in hits for t in p if t >= 0])
+    rows = []
+    for (layer, unit), hits in ranked[:25]:
+        p, v = max(hits, key=lambda h: h[1])
+        rows.append({"layer": layer, "neuron": neuron_url(name, layer, unit, tab="graph"),
+                     "strongest pattern (reading order)": " ".join("…" if t < 0 else repr(vocab.get(t, t))
+                                                                   for t in reversed(p)),
+                     "activation": v, "patterns with it": len(hits)})
+    st.caption(f"{len(found)} neuron(s), strongest first (the neuron's graph tab opens from the link)")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+        "neuron": st.column_config.LinkColumn(display_text=r"neuron=(\d+)")})
 
 
 def render() -> None:
@@ -43,6 +89,7 @@ def render() -> None:
                         f"{neuron_link(name, l, u)} mean {m:.3g}, z {z:.1f} (n={c})" if z is not None else
                         f"{neuron_link(name, l, u)} mean {m:.3g} (n={c})" for l, u, m, c, z in rows[:15])
                         or "not in the token table (too rare in the corpus)"))
+            graph_search(s, name, model)
             st.subheader("Neurons by statistic")
             run_layers = sorted({l for r in s.runs() if r.model_id == model.model_id and r.status == "done" for l in r.layers})
             if not run_layers:
