@@ -119,24 +119,27 @@ def _fit_record(tokens: list[int], pos: int, activation: float, unit: int, mask_
         return patterns
 
     # 3. augment: the LM's candidates for the activating token and each important token (conditioned on the
-    # record's text before them), rescored by how likely the rest of the pruned context is after them
+    # record's text before them); a context token's candidates are rescored by how likely the rest of the pruned
+    # context is after them (the activating token has nothing after it: its candidates keep their own rank)
     start = pos + 1 - len(context)
     [cand] = yield [Probe(tuple(tokens[lo : pos + 1]), lm=True, topk=config.candidates)]
-    subs: list[tuple[int, int, float]] = []
-    for i in sorted(keep) + [len(context) - 1]:
+    root = len(context) - 1
+    options: dict[int, list[tuple[int, float]]] = {}
+    for i in sorted(keep) + [root]:
         row = start - lo + i
-        for x, lp in zip(cand.top_ids[row], cand.top_logprobs[row]):
-            if x >= 0 and x != context[i] and int(x) not in skip_ids:
-                subs.append((i, int(x), float(lp)))
+        options[i] = [(int(x), float(lp)) for x, lp in zip(cand.top_ids[row], cand.top_logprobs[row])
+                      if x >= 0 and x != context[i] and int(x) not in skip_ids]
+    options[root] = options[root][: config.substitutes]
+    subs = [(i, x, lp) for i, xs in options.items() for x, lp in xs]
     if not subs:
         return patterns
-    answers = yield [Probe(tuple(context[:i] + [x] + context[i + 1 :]), lm=True) for i, x, _ in subs]
+    answers = yield [Probe(tuple(context[:i] + [x] + context[i + 1 :]), lm=i != root) for i, x, _ in subs]
     scored: dict[int, list[tuple[float, int, float]]] = {}
     for (i, x, lp), a in zip(subs, answers):
-        follow = float(np.sum(a.logprobs[i + 1 :]))
+        follow = float(np.sum(a.logprobs[i + 1 :])) if i != root else 0.0
         scored.setdefault(i, []).append((lp + follow, x, float(a.acts[unit])))
-    for i, options in scored.items():
-        for _score, x, act in sorted(options, reverse=True)[: config.substitutes]:
+    for i, ranked_subs in scored.items():
+        for _score, x, act in sorted(ranked_subs, reverse=True)[: config.substitutes]:
             swapped = context[:i] + [x] + context[i + 1 :]
             # in the record's units: the substitute's share of the pruned activation, applied to the record's
             # (capped at the record's: an unnatural substitute must not outshout the real example)
@@ -219,7 +222,8 @@ class ModelProber:
         self.budgets = {False: token_budget, True: lm_token_budget}
         self.bos = [subject.tokenizer.bos_token_id] if subject.info.prepend_bos else []
         self.pad = subject.tokenizer.pad_token_id or 0
-        self.n_forward_tokens = 0
+        self.n_tokens = {False: 0, True: 0}
+        """Real tokens run so far: layer-only probes (False) and whole-model probes (True)."""
 
     def __call__(self, probes: list[Probe]) -> list[Answer]:
         out: list[Answer | None] = [None] * len(probes)
@@ -247,7 +251,7 @@ class ModelProber:
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
-        self.n_forward_tokens += int(mask.sum())
+        self.n_tokens[lm] += int(mask.sum())
         dev = self.subject.device
         ids, mask = ids.to(dev), mask.to(dev)
         with neuron_hooks(self.subject, [self.layer], stop_after_last=not lm) as captured:

@@ -1,0 +1,81 @@
+"""Neuron2Graph on the embedded SmolLM2: seconds per neuron and firing P/R/F1 vs token-lookup, by depth.
+
+    python bench/n2g.py [--db cache/demo.duckdb] [--layers 0,15,29] [--neurons 48] [--dtypes float32,bfloat16]
+
+For each layer, the same seeded random sample of neurons is fitted in one batch (as `python -m analysis n2g`
+does per chunk) without and with augmentation; the token-lookup baseline is fitted on the same train records.
+Prints a markdown table; nothing is written to the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.models import load_model  # noqa: E402
+from analysis.n2g.fit import ModelProber, N2GConfig  # noqa: E402
+from analysis.n2g.pipeline import fit_layer  # noqa: E402
+from cache.store import open_store  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", default="cache/demo.duckdb")
+    ap.add_argument("--layers", default="0,15,29")
+    ap.add_argument("--neurons", type=int, default=48)
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for dtype in args.dtypes.split(","):
+        subject = load_model("smollm2-135m", dtype=getattr(torch, dtype))
+        for layer in map(int, args.layers.split(",")):
+            units = sorted(np.random.default_rng(layer).choice(subject.info.d_mlp, args.neurons, replace=False))
+            with open_store(args.db, read_only=True) as store:
+                run = store.find_run("smollm2-135m", layer)
+                recs = [store.neuron_record(run, layer, int(u)) for u in units]
+            for augment in (False, True):
+                if dtype != "float32" and not augment:
+                    continue
+                prober = ModelProber(subject, layer)
+                t0 = time.perf_counter()
+                res = [r for chunk in fit_layer(subject, layer, recs, N2GConfig(augment=augment), len(recs), prober)
+                       for r in chunk]
+                dt = (time.perf_counter() - t0) / len(recs)
+
+                def mean(f):
+                    return float(np.mean([f(r) for r in res]))
+
+                rows.append(dict(
+                    layer=layer, dtype=dtype, augment=augment, s=dt,
+                    tok_layer=prober.n_tokens[False] / len(recs), tok_lm=prober.n_tokens[True] / len(recs),
+                    p=mean(lambda r: r.firing.precision), r=mean(lambda r: r.firing.recall),
+                    f1=mean(lambda r: r.firing.f1), bp=mean(lambda r: r.baseline_firing.precision),
+                    br=mean(lambda r: r.baseline_firing.recall), bf1=mean(lambda r: r.baseline_firing.f1),
+                    patterns=mean(lambda r: len(r.graph.patterns()))))
+                x = rows[-1]
+                print(f"L{layer} {dtype} augment={augment}: {dt:.2f} s/neuron; firing P/R/F1 "
+                      f"{x['p']:.2f}/{x['r']:.2f}/{x['f1']:.2f} vs token-lookup "
+                      f"{x['bp']:.2f}/{x['br']:.2f}/{x['bf1']:.2f}", flush=True)
+    print(f"\n{args.neurons} random neurons per layer (seeded), 10 train / 10 held-out top records each, "
+          f"{args.threads} threads\n")
+    print("| layer | dtype | augment | s/neuron | tokens/neuron (to layer / whole model) | patterns | "
+          "N2G firing P/R/F1 | token-lookup P/R/F1 | ΔF1 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for x in rows:
+        print(f"| {x['layer']} | {x['dtype']} | {'on' if x['augment'] else 'off'} | {x['s']:.2f} | "
+              f"{x['tok_layer']:.0f} / {x['tok_lm']:.0f} | {x['patterns']:.0f} | "
+              f"{x['p']:.2f}/{x['r']:.2f}/{x['f1']:.2f} | {x['bp']:.2f}/{x['br']:.2f}/{x['bf1']:.2f} | "
+              f"{x['f1'] - x['bf1']:+.2f} |")
+
+
+if __name__ == "__main__":
+    main()
