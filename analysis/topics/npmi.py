@@ -1,0 +1,260 @@
+"""Word co-occurrence statistics of a reference corpus, and NPMI between words.
+
+Counting follows the boolean sliding window of Palmetto (Röder et al. 2015), which the reference code uses
+(its ``get_total_windows``): a document of n words has max(1, n - w + 1) windows of w consecutive words
+(a document shorter than w is one window);
+
+- ``n_windows`` = the number of windows in the corpus;
+- ``window_counts[a]`` = the number of windows that contain word a at least once;
+- ``pair_counts[a, b]`` = the number of windows that contain both a and b;
+- p(a) = window_counts[a] / n_windows, p(a, b) = pair_counts[a, b] / n_windows,
+  NPMI(a, b) = log(p(a, b) / (p(a) p(b))) / -log p(a, b).
+
+Words are the lower-cased alphabetic runs of the text (``WORD_RE``); windows run over all of them, but only
+vocabulary words (at least ``min_count`` occurrences in the corpus) are counted. Pairs whose window count is
+below ``min_pair_count`` are treated as never seen together, as the reference's ``create_prob_graph`` does
+with its ``min_freq``; a pair never seen together has NPMI -1 (the reference adds 1e-12 to p(a, b) instead,
+which gives values between -1 and about -0.5 depending on p(a) p(b): we take the limit -1).
+
+Counting is vectorised: per chunk of documents, a sparse ``[windows, vocabulary]`` 0/1 membership matrix M is
+built with numpy, and ``M.T @ M`` gives every pair's window count at once (scipy.sparse).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from analysis.topics.types import NpmiConfig
+
+WORD_RE = re.compile(r"[a-z]+")
+"""A word: a run of ASCII letters of the lower-cased text."""
+
+FORMAT_VERSION = 1
+
+
+def words_of(text: str) -> list[str]:
+    """The words of a text, in order: lower-cased alphabetic runs."""
+    return WORD_RE.findall(text.lower())
+
+
+@dataclass(frozen=True, eq=False)
+class CooccurrenceStats:
+    """Sliding-window counts of a corpus over its vocabulary (see module doc for the definitions)."""
+
+    vocab: tuple[str, ...]
+    """Vocabulary words, sorted."""
+    word_freq: np.ndarray
+    """``[V]`` int64: occurrences of each word in the corpus."""
+    window_counts: np.ndarray
+    """``[V]`` int64: windows containing each word."""
+    pair_counts: sp.csr_matrix
+    """``[V, V]`` int64, upper triangle only (row < column): windows containing both words."""
+    n_windows: int
+    window: int
+    """Window length in words."""
+    min_count: int
+    """Fewest corpus occurrences of a vocabulary word."""
+    corpus_id: str
+    n_documents: int
+    n_words: int
+    """All words of the corpus (vocabulary or not)."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "_index", {w: i for i, w in enumerate(self.vocab)})
+
+    def index(self, word: str) -> int | None:
+        return self._index.get(word)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self._index
+
+    def freq(self, word: str) -> int:
+        i = self._index.get(word)
+        return 0 if i is None else int(self.word_freq[i])
+
+    def pair_count(self, a: str, b: str) -> int:
+        i, j = self._index.get(a), self._index.get(b)
+        if i is None or j is None:
+            return 0
+        if i == j:
+            return int(self.window_counts[i])
+        i, j = min(i, j), max(i, j)
+        return int(self.pair_counts[i, j])
+
+    def npmi_matrix(self, words, min_pair_count: int = 1) -> np.ndarray:
+        """``[n, n]`` float64 NPMI among ``words`` (all in the vocabulary), diagonal 0.
+
+        Pairs seen together in fewer than ``min_pair_count`` windows get -1, as pairs never seen together.
+        """
+        idx = []
+        for w in words:
+            i = self._index.get(w)
+            if i is None:
+                raise KeyError(f"{w!r} is not in the vocabulary of {self.corpus_id}")
+            idx.append(i)
+        idx = np.asarray(idx, dtype=np.int64)
+        n = len(idx)
+        if n == 0:
+            return np.zeros((0, 0))
+        sub = self.pair_counts[idx][:, idx].toarray()
+        both = (sub + sub.T).astype(np.float64)  # the stored triangle may sit on either side after reordering
+        p_ab = both / self.n_windows
+        p = self.window_counts[idx].astype(np.float64) / self.n_windows
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pmi = np.log(p_ab) - np.log(p)[:, None] - np.log(p)[None, :]
+            out = pmi / -np.log(p_ab)
+        out = np.where(both >= max(1, min_pair_count), out, -1.0)
+        out = np.where(p_ab >= 1.0, 1.0, out)  # together in every window: -log p(a,b) = 0
+        out = np.clip(out, -1.0, 1.0)
+        np.fill_diagonal(out, 0.0)
+        return out
+
+
+def _vocabulary(texts: Iterable[str], progress: bool) -> tuple[Counter, int, int]:
+    from tqdm import tqdm
+
+    counts: Counter = Counter()
+    n_docs = 0
+    for text in tqdm(texts, desc="npmi: word counts", unit="doc", disable=not progress):
+        counts.update(words_of(text))
+        n_docs += 1
+    n_words = sum(counts.values())
+    return counts, n_docs, n_words
+
+
+def _chunk_pairs(doc_ids: list[np.ndarray], n_words: list[int], window: int, n_vocab: int):
+    """(upper-triangle pair counts, per-word window counts, windows) for a chunk of documents."""
+    ids_all, win_all = [], []
+    offset = 0
+    offs = np.arange(window)
+    for (pos, ids), n in zip(doc_ids, n_words):
+        n_win = max(1, n - window + 1)
+        if len(ids):
+            # occurrence at position p lies in windows p - window + 1 .. p (those that exist)
+            s = pos[:, None] - offs[None, :]
+            ok = (s >= 0) & (s < n_win)
+            win_all.append((s + offset)[ok])
+            ids_all.append(np.broadcast_to(ids[:, None], s.shape)[ok])
+        offset += n_win
+    if not ids_all:
+        return sp.csr_matrix((n_vocab, n_vocab), dtype=np.int64), np.zeros(n_vocab, dtype=np.int64), offset
+    win = np.concatenate(win_all)
+    ids = np.concatenate(ids_all)
+    member = sp.csr_matrix((np.ones(len(win), dtype=np.int64), (win, ids)), shape=(offset, n_vocab))
+    member.sum_duplicates()
+    member.data[:] = 1  # a window contains a word or not
+    co = (member.T @ member).tocsr()
+    diag = co.diagonal().astype(np.int64)
+    return sp.triu(co, k=1, format="csr"), diag, offset
+
+
+def count_cooccurrences(texts: Iterable[str], corpus_id: str, window: int = 10, min_count: int = 5,
+                        chunk_words: int = 500_000, progress: bool = True) -> CooccurrenceStats:
+    """Sliding-window counts over ``texts`` (iterated twice: pass a list or another re-iterable).
+
+    Two streaming passes: word occurrences (for the vocabulary), then window memberships in chunks of about
+    ``chunk_words`` words, so memory follows the vocabulary and the chunk, not the corpus.
+    """
+    from tqdm import tqdm
+
+    if iter(texts) is texts:
+        raise TypeError("texts is a one-shot iterator; pass a list or another re-iterable (it is read twice)")
+    if window < 1 or min_count < 1:
+        raise ValueError("window and min_count must be at least 1")
+    counts, n_docs, n_words = _vocabulary(texts, progress)
+    vocab = tuple(sorted(w for w, c in counts.items() if c >= min_count))
+    index = {w: i for i, w in enumerate(vocab)}
+    V = len(vocab)
+    pairs = sp.csr_matrix((V, V), dtype=np.int64)
+    window_counts = np.zeros(V, dtype=np.int64)
+    n_windows = 0
+    chunk: list[tuple[np.ndarray, np.ndarray]] = []
+    lengths: list[int] = []
+    in_chunk = 0
+
+    def flush():
+        nonlocal pairs, window_counts, n_windows, chunk, lengths, in_chunk
+        if lengths:
+            p, d, nw = _chunk_pairs(chunk, lengths, window, V)
+            pairs = pairs + p
+            window_counts += d
+            n_windows += nw
+        chunk, lengths, in_chunk = [], [], 0
+
+    for text in tqdm(texts, total=n_docs, desc="npmi: windows", unit="doc", disable=not progress):
+        words = words_of(text)
+        pos = [(p, index[w]) for p, w in enumerate(words) if w in index]
+        arr = np.asarray(pos, dtype=np.int64).reshape(-1, 2)
+        chunk.append((arr[:, 0], arr[:, 1]))
+        lengths.append(len(words))
+        in_chunk += len(words)
+        if in_chunk >= chunk_words:
+            flush()
+    flush()
+    word_freq = np.array([counts[w] for w in vocab], dtype=np.int64)
+    return CooccurrenceStats(vocab=vocab, word_freq=word_freq, window_counts=window_counts,
+                             pair_counts=pairs.tocsr(), n_windows=int(n_windows), window=window,
+                             min_count=min_count, corpus_id=corpus_id, n_documents=n_docs, n_words=n_words)
+
+
+def save_stats(stats: CooccurrenceStats, path: str | Path) -> Path:
+    """Write ``stats`` to one compressed ``.npz`` file (vocabulary, counts, sparse pairs, parameters)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT_VERSION, "n_windows": stats.n_windows, "window": stats.window,
+            "min_count": stats.min_count, "corpus_id": stats.corpus_id, "n_documents": stats.n_documents,
+            "n_words": stats.n_words}
+    pc = stats.pair_counts.tocsr()
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, vocab=np.array(stats.vocab, dtype=np.str_), word_freq=stats.word_freq,
+                        window_counts=stats.window_counts, pair_data=pc.data.astype(np.int64),
+                        pair_indices=pc.indices.astype(np.int32), pair_indptr=pc.indptr.astype(np.int64),
+                        meta=np.array(json.dumps(meta)))
+    tmp.replace(path)
+    return path
+
+
+def load_stats(path: str | Path) -> CooccurrenceStats:
+    """Read a file written by ``save_stats``."""
+    with np.load(Path(path), allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: NPMI statistics format {meta.get('format')}, expected {FORMAT_VERSION}")
+        vocab = tuple(str(w) for w in z["vocab"])
+        V = len(vocab)
+        pairs = sp.csr_matrix((z["pair_data"], z["pair_indices"], z["pair_indptr"]), shape=(V, V))
+        return CooccurrenceStats(vocab=vocab, word_freq=z["word_freq"].astype(np.int64),
+                                 window_counts=z["window_counts"].astype(np.int64), pair_counts=pairs,
+                                 n_windows=int(meta["n_windows"]), window=int(meta["window"]),
+                                 min_count=int(meta["min_count"]), corpus_id=str(meta["corpus_id"]),
+                                 n_documents=int(meta["n_documents"]), n_words=int(meta["n_words"]))
+
+
+def reference_stats(config: NpmiConfig = NpmiConfig(), progress: bool = True) -> CooccurrenceStats:
+    """Counts over the documents of ``config.corpora`` (``analysis.corpus.load_corpus`` names or paths), in
+    order; the corpus id joins theirs with '+'."""
+    from analysis.corpus import load_corpus
+
+    texts: list[str] = []
+    ids = []
+    for name in config.corpora:
+        corpus = load_corpus(name)
+        texts.extend(d.text for d in corpus.documents)
+        ids.append(corpus.info.corpus_id)
+    return count_cooccurrences(texts, corpus_id="+".join(ids), window=config.window, min_count=config.min_count,
+                               progress=progress)
+
+
+def stats_params(stats: CooccurrenceStats) -> dict:
+    """The parameters that identify a statistics file (for a cache's runs table)."""
+    return {"corpus_id": stats.corpus_id, "window": stats.window, "min_count": stats.min_count,
+            "n_windows": stats.n_windows, "vocab_size": len(stats.vocab), "format": FORMAT_VERSION}
+

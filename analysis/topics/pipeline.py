@@ -1,0 +1,95 @@
+"""Word-pool topics of units: ranking -> pool -> NPMI graph -> stars -> one exact topic per star.
+
+``topics_from_ranking`` is the whole method on one ranking (from a projection or from a harvest's token
+table); ``topics_for_units`` projects a batch of units of one layer and runs it on each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from analysis.topics.clique import solve_bnb, subset_weight
+from analysis.topics.npmi import CooccurrenceStats
+from analysis.topics.pool import build_pool
+from analysis.topics.stars import find_stars
+from analysis.topics.types import NeuronTopics, Polarity, ProjectionMode, Star, Topic, TokenRanking, TopicConfig
+
+
+def topics_from_ranking(ranking: TokenRanking, tokenizer, stats: CooccurrenceStats,
+                        config: TopicConfig = TopicConfig()) -> NeuronTopics:
+    """Topics of one ranking. Empty topics come with a ``reason``; they are not an error."""
+    k = config.k
+    pool = build_pool(ranking, tokenizer, stats, config.min_word_count)
+
+    def result(stars=(), topics=(), reason=None):
+        return NeuronTopics(layer=ranking.layer, unit=ranking.unit, source=ranking.source,
+                            polarity=ranking.polarity, pool=pool, stars=tuple(stars), topics=tuple(topics),
+                            reason=reason, params=config)
+
+    if len(pool.words) < k:
+        return result(reason=f"the pool has {len(pool.words)} corpus words among the {pool.n_tokens} tokens, "
+                             f"fewer than k = {k}")
+    npmi = stats.npmi_matrix(pool.words, config.min_pair_count)
+    found = find_stars(npmi, k=k, theta_l=config.theta_l, theta_u=config.theta_u, kappa_l=config.kappa_l,
+                       kappa_u=config.kappa_u)
+    if not found:
+        return result(reason=f"no star: no word of the {len(pool.words)}-word pool has {config.min_neighbours} "
+                             f"neighbours with NPMI in [{config.theta_l}, {config.theta_u}] that are free to "
+                             f"form a star of at least {k} words")
+    stars = []
+    for s in found:
+        idx = np.asarray(s.indices)
+        stars.append(Star(words=tuple(pool.words[i] for i in idx), center=pool.words[s.center],
+                          mean_edge=s.mean_edge, npmi=npmi[np.ix_(idx, idx)]))
+    topics = []
+    for si, star in enumerate(stars[: config.max_topics]):
+        res = solve_bnb(star.npmi, k, time_limit_s=config.time_limit_s)
+        score = subset_weight(star.npmi, res.indices) / (k * (k - 1) / 2)
+        topics.append(Topic(words=tuple(star.words[i] for i in res.indices), score=float(score), star_index=si,
+                            optimal=res.optimal, stats=res.stats))
+    topics.sort(key=lambda t: -t.score)
+    return result(stars, topics)
+
+
+def topics_for_units(subject, layer: int, units: Sequence[int] | None, mode: ProjectionMode | str,
+                     stats: CooccurrenceStats, config: TopicConfig = TopicConfig(),
+                     polarities: Sequence[Polarity | str] = (Polarity.POS, Polarity.NEG), batch_size: int = 256,
+                     progress: bool = False) -> list[NeuronTopics]:
+    """Project ``units`` of ``layer`` in ``mode`` and find each one's topics, per polarity.
+
+    Order: unit by unit, polarities in the order given. ``units=None`` means every unit of the layer.
+    """
+    from tqdm import tqdm
+
+    from analysis.topics.projection import project_rankings
+
+    rankings = project_rankings(subject, layer, mode, units, tau=config.tau, batch_size=batch_size,
+                                polarities=[Polarity(p) for p in polarities])
+    return [topics_from_ranking(r, subject.tokenizer, stats, config)
+            for r in tqdm(rankings, desc=f"topics L{layer} {ProjectionMode(mode).value}", disable=not progress)]
+
+
+def topic_score(words: Sequence[str], stats: CooccurrenceStats, min_pair_count: int = 1) -> float:
+    """Mean NPMI over the pairs of ``words`` (all in the statistics' vocabulary)."""
+    m = stats.npmi_matrix(list(words), min_pair_count)
+    n = len(words)
+    return float(np.triu(m, 1).sum() / (n * (n - 1) / 2)) if n >= 2 else float("nan")
+
+
+def random_topic_scores(words: Sequence[str], stats: CooccurrenceStats, k: int = 10, n_draws: int = 100,
+                        seed: int = 0, min_pair_count: int = 1) -> np.ndarray:
+    """``[n_draws]`` mean NPMI of random k-word sets drawn (without replacement) from ``words``: the baseline
+    a topic from the same pool is compared with. Empty if the pool has fewer than k words."""
+    words = list(words)
+    if len(words) < k:
+        return np.zeros(0)
+    m = stats.npmi_matrix(words, min_pair_count)
+    rng = np.random.default_rng(seed)
+    pairs = k * (k - 1) / 2
+    out = np.empty(n_draws)
+    for d in range(n_draws):
+        idx = rng.choice(len(words), size=k, replace=False)
+        out[d] = np.triu(m[np.ix_(idx, idx)], 1).sum() / pairs
+    return out

@@ -1,0 +1,87 @@
+"""From a token ranking to a word pool: the distinct corpus words among a unit's most extreme tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from analysis.topics.npmi import CooccurrenceStats
+from analysis.topics.types import ACTIVATION_SOURCE, Polarity, TokenRanking, WordPool
+
+MIN_WORD_LETTERS = 3
+
+# Common English function words and fillers (our own list, ~230 words): pronouns, determiners, auxiliaries,
+# prepositions, conjunctions, frequent adverbs, and contraction stems as tokenizers split them ("don", "isn").
+STOP_WORDS: frozenset[str] = frozenset("""
+a about above across after afterwards again against all almost alone along already also although always am
+among amongst an and another any anybody anyhow anyone anything anyway anywhere are aren around as at
+back be became because become becomes becoming been before beforehand behind being below beside besides
+between beyond both but by can cannot could couldn did didn do does doesn doing don done down during each
+either else elsewhere enough etc even ever every everybody everyone everything everywhere except few for
+former formerly from further had hadn has hasn have haven having he hence her here hereafter hereby herein
+hers herself him himself his how however i if in indeed instead into is isn it its itself just last latter
+least less let like many may maybe me meanwhile might mine more moreover most mostly much must my myself
+namely neither never nevertheless next no nobody none nor not nothing now nowhere of off often on once one
+only onto or other others otherwise our ours ourselves out over own per perhaps please quite rather really
+same several shall shan she should shouldn since so some somebody somehow someone something sometime
+sometimes somewhere still such than that the their theirs them themselves then thence there thereafter
+thereby therefore therein thereupon these they this those though through throughout thru thus to together
+too toward towards under unless until up upon us very via was wasn we well were weren what whatever when
+whence whenever where whereafter whereas whereby wherein whereupon wherever whether which while whither who
+whoever whole whom whose why will with within without won would wouldn yet you your yours yourself
+yourselves ll ve re
+""".split())
+
+_MARKERS = ("Ġ", "▁", "Ċ", "ĉ")
+"""Leading-space (and newline/tab) markers of byte-level BPE and SentencePiece vocabularies."""
+
+
+def normalise_token(text: str) -> str:
+    """Lower-case, strip whitespace and any leading-space markers (``' word'``, ``'Ġword'``, ``'▁word'``)."""
+    s = text.strip()
+    while s.startswith(_MARKERS):
+        s = s[1:].lstrip()
+    return s.lower().strip()
+
+
+def is_pool_word(word: str) -> bool:
+    """Alphabetic (ASCII letters: the corpus words are ``[a-z]+``), at least 3 letters, not a stop word."""
+    return len(word) >= MIN_WORD_LETTERS and word.isascii() and word.isalpha() and word not in STOP_WORDS
+
+
+def token_word(tokenizer, token_id: int) -> str:
+    """The normalised word of one token id (decoded alone)."""
+    return normalise_token(tokenizer.decode([int(token_id)]))
+
+
+def build_pool(ranking: TokenRanking, tokenizer, stats: CooccurrenceStats, min_word_count: int = 0) -> WordPool:
+    """Pool words of a ranking, in ranking order, deduplicated.
+
+    A token is kept when its normalised text is a pool word (``is_pool_word``), is in the statistics'
+    vocabulary (so it occurs at least ``stats.min_count`` times), and occurs at least ``min_word_count`` times.
+    """
+    words: list[str] = []
+    ids: list[int] = []
+    seen: set[str] = set()
+    for tid in ranking.token_ids:
+        w = token_word(tokenizer, tid)
+        if w in seen or not is_pool_word(w) or w not in stats or stats.freq(w) < min_word_count:
+            continue
+        seen.add(w)
+        words.append(w)
+        ids.append(int(tid))
+    return WordPool(words=tuple(words), token_ids=tuple(ids), n_tokens=len(ranking.token_ids))
+
+
+def activation_ranking(token_means: Sequence[tuple[int, float]], layer: int, neuron: int, polarity: Polarity,
+                       tau: int = 900) -> TokenRanking:
+    """A ranking from a harvest token table: ``(token_id, mean activation)`` pairs, any order.
+
+    pos: the tau tokens with the largest mean activation, largest first; neg: the tau most negative, most
+    negative first. Ties keep the input order.
+    """
+    items = list(token_means)
+    sign = -1.0 if polarity == Polarity.POS else 1.0
+    order = sorted(range(len(items)), key=lambda i: sign * float(items[i][1]))[:tau]
+    return TokenRanking(source=ACTIVATION_SOURCE, layer=layer, unit=neuron, polarity=Polarity(polarity),
+                        token_ids=tuple(int(items[i][0]) for i in order),
+                        scores=tuple(float(items[i][1]) for i in order))

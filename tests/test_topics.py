@@ -1,0 +1,499 @@
+"""Word-pool topics: every stage against an independent computation (hand formulas, hooks on the full model,
+brute force, HiGHS), never against its own output."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.topics import (ACTIVATION_SOURCE, Polarity, ProjectionMode, TokenRanking, TopicConfig,
+                             activation_ranking, build_pool, count_cooccurrences, find_stars, load_stats,
+                             normalise_token, project_rankings, projection_logits, random_topic_scores, save_stats,
+                             solve_bnb, solve_greedy, solve_milp, topic_score, topics_for_units,
+                             topics_from_ranking)
+from analysis.topics.pool import STOP_WORDS, is_pool_word
+
+# ---------------------------------------------------------------- helpers (independent routes)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_folders):
+    from analysis.models import load_model
+
+    return {kind: load_model(str(folder)) for kind, folder in tiny_folders.items()}
+
+
+def hand_final_logits(subject, x: torch.Tensor) -> torch.Tensor:
+    """Final norm written out from its formula and the config's epsilon, then the unembedding matrix."""
+    cfg = subject.model.config
+    base = subject.base()
+    x = x.double()
+    if subject.info.architecture in ("gpt2", "gpt_neox"):
+        ln = base.ln_f if hasattr(base, "ln_f") else base.final_layer_norm
+        eps = getattr(cfg, "layer_norm_epsilon", None) or cfg.layer_norm_eps
+        mu = x.mean(-1, keepdim=True)
+        var = ((x - mu) ** 2).mean(-1, keepdim=True)
+        y = (x - mu) / torch.sqrt(var + eps) * ln.weight.double() + ln.bias.double()
+    else:
+        gain = base.norm.weight.double()
+        if subject.info.architecture.startswith("gemma"):
+            gain = 1.0 + gain
+        y = x / torch.sqrt((x**2).mean(-1, keepdim=True) + cfg.rms_norm_eps) * gain
+    return y @ subject.model.get_output_embeddings().weight.double().T
+
+
+def neuron_vectors(subject, layer: int, neurons) -> torch.Tensor:
+    """w_out rows plus the output projection's bias (the reference's ``linear(x, w, b)`` on a one-hot)."""
+    proj = subject.out_proj(layer)
+    v = subject.w_out(layer)[list(neurons)].detach().clone()
+    if getattr(proj, "bias", None) is not None:
+        v = v + proj.bias.detach()
+    return v
+
+
+def _replace_hidden(out, h):
+    if isinstance(out, tuple):
+        return (h,) + tuple(out[1:])
+    return h
+
+
+def hook_route_logits(subject, layer: int, vectors: torch.Tensor, where: str) -> torch.Tensor:
+    """Run the *whole* model on B one-token inputs, overwriting the residual stream with ``vectors``:
+    where='after' replaces block ``layer``'s output, 'before' replaces its input. Returns model logits."""
+    block = subject.blocks()[layer]
+    B = len(vectors)
+    h = vectors[:, None, :].to(torch.float32)
+
+    def post(_m, _args, out):
+        return _replace_hidden(out, h)
+
+    def pre(_m, args, kwargs):
+        if args:
+            return (h,) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": h}
+
+    handle = (block.register_forward_hook(post) if where == "after"
+              else block.register_forward_pre_hook(pre, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            logits = subject.model(input_ids=torch.zeros((B, 1), dtype=torch.long), use_cache=False).logits[:, 0]
+    finally:
+        handle.remove()
+    cap = getattr(subject.model.config, "final_logit_softcapping", None)
+    return logits.double(), cap
+
+
+def _softcap(x, cap):
+    return x if cap is None else torch.tanh(x / cap) * cap
+
+
+# ---------------------------------------------------------------- projection
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "gemma", "neox"])
+def test_hi_i_matches_hand_final_norm_and_unembedding(tiny_models, kind):
+    subject = tiny_models[kind]
+    neurons = [0, 5, 17, subject.info.d_mlp - 1]
+    ours = projection_logits(subject, 1, "hi-i", neurons).double()
+    with torch.no_grad():
+        expected = hand_final_logits(subject, neuron_vectors(subject, 1, neurons))
+    assert ours.shape == (len(neurons), subject.model.get_output_embeddings().weight.shape[0])
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "gemma", "neox"])
+def test_hi_c_matches_full_model_with_residual_replaced(tiny_models, kind):
+    subject = tiny_models[kind]
+    neurons = [1, 2, 30, 47]
+    ours = projection_logits(subject, 0, ProjectionMode.HI_C, neurons, batch_size=3).double()
+    with torch.no_grad():
+        expected, cap = hook_route_logits(subject, 0, neuron_vectors(subject, 0, neurons), where="after")
+    torch.testing.assert_close(_softcap(ours, cap), expected, rtol=1e-4, atol=1e-4)
+    # the last layer has no remaining blocks: Hi-C is Hi-I there
+    last = subject.info.n_layers - 1
+    torch.testing.assert_close(projection_logits(subject, last, "hi-c", neurons),
+                               projection_logits(subject, last, "hi-i", neurons))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "gemma"])
+def test_lo_modes_match_hook_routes(tiny_models, kind):
+    subject = tiny_models[kind]
+    dims = [0, 3, 31]
+    onehots = torch.eye(32)[dims]
+    with torch.no_grad():
+        expected_c, cap = hook_route_logits(subject, 1, onehots, where="before")
+    ours_c = projection_logits(subject, 1, "lo-c", dims).double()
+    torch.testing.assert_close(_softcap(ours_c, cap), expected_c, rtol=1e-4, atol=1e-4)
+
+    # lo-i: block 1 alone, read at its output, then the final norm and unembedding by hand
+    block = subject.blocks()[1]
+    seen = {}
+
+    def grab(_m, _a, out):
+        seen["h"] = (out[0] if isinstance(out, tuple) else out)[:, 0].detach().clone()
+
+    handle = block.register_forward_hook(grab)
+    try:
+        hook_route_logits(subject, 1, onehots, where="before")
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        expected_i = hand_final_logits(subject, seen["h"])
+    torch.testing.assert_close(projection_logits(subject, 1, "lo-i", dims).double(), expected_i, rtol=1e-4, atol=1e-4)
+
+
+def test_rankings_are_the_extremes_of_independent_logits(tiny_models):
+    subject = tiny_models["llama"]
+    neurons = [4, 9]
+    with torch.no_grad():
+        logits = hand_final_logits(subject, neuron_vectors(subject, 2, neurons)).numpy()
+    rankings = project_rankings(subject, 2, "hi-i", neurons, tau=20, batch_size=1)
+    assert [(r.unit, r.polarity) for r in rankings] == [(4, Polarity.POS), (4, Polarity.NEG),
+                                                        (9, Polarity.POS), (9, Polarity.NEG)]
+    for r in rankings:
+        row = logits[neurons.index(r.unit)]
+        order = np.argsort(-row if r.polarity == Polarity.POS else row, kind="stable")[:20]
+        assert r.source == "hi-i" and r.layer == 2 and len(r.token_ids) == 20
+        np.testing.assert_allclose(r.scores, row[order], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(row[list(r.token_ids)], row[order], rtol=1e-4, atol=1e-4)
+
+
+def test_projection_rejects_bad_units(tiny_models):
+    from analysis.types import UserError
+
+    subject = tiny_models["gpt2"]
+    with pytest.raises(UserError, match="neuron 999"):
+        projection_logits(subject, 0, "hi-i", [999])
+    with pytest.raises(UserError, match="residual dimension 32"):
+        projection_logits(subject, 0, "lo-c", [32])
+    with pytest.raises(UserError):
+        projection_logits(subject, 7, "hi-i", [0])
+
+
+# ---------------------------------------------------------------- NPMI counts
+
+
+def brute_counts(texts, window):
+    """Window sets enumerated one by one (Palmetto's boolean sliding window)."""
+    import re
+    from collections import Counter
+
+    single, pair, n_windows = Counter(), Counter(), 0
+    for text in texts:
+        words = re.findall(r"[a-z]+", text.lower())
+        starts = range(max(1, len(words) - window + 1))
+        for s in starts:
+            ws = set(words[s : s + window])
+            n_windows += 1
+            single.update(ws)
+            pair.update(frozenset(p) for p in itertools.combinations(sorted(ws), 2))
+    return single, pair, n_windows
+
+
+def test_counts_and_npmi_by_hand():
+    texts = ["Apple banana cherry apple date", "banana, date!", "cherry"]
+    stats = count_cooccurrences(texts, "tiny", window=3, min_count=1, progress=False)
+    # doc 1 windows: {apple banana cherry} {banana cherry apple} {cherry apple date}; doc 2: {banana date};
+    # doc 3: {cherry}
+    assert stats.n_windows == 5
+    assert stats.vocab == ("apple", "banana", "cherry", "date")
+    assert [stats.freq(w) for w in stats.vocab] == [2, 2, 2, 2]
+    assert dict(zip(stats.vocab, stats.window_counts.tolist())) == {"apple": 3, "banana": 3, "cherry": 4, "date": 2}
+    assert stats.pair_count("apple", "banana") == 2
+    assert stats.pair_count("banana", "apple") == 2
+    assert stats.pair_count("apple", "date") == 1
+    assert stats.pair_count("banana", "date") == 1
+    assert stats.pair_count("cherry", "date") == 1
+    m = stats.npmi_matrix(["apple", "banana", "date", "cherry"])
+    p_ab, p_a, p_b = 2 / 5, 3 / 5, 3 / 5
+    assert m[0, 1] == pytest.approx(math.log(p_ab / (p_a * p_b)) / -math.log(p_ab))
+    p_ad, p_d = 1 / 5, 2 / 5
+    assert m[2, 0] == pytest.approx(math.log(p_ad / (p_a * p_d)) / -math.log(p_ad))
+    assert np.allclose(m, m.T) and np.all(np.diag(m) == 0)
+    # a cut on pair counts turns rare pairs into "never together"
+    assert stats.npmi_matrix(["apple", "date"], min_pair_count=2)[0, 1] == -1.0
+    with pytest.raises(KeyError):
+        stats.npmi_matrix(["apple", "zebra"])
+
+
+def test_counts_match_brute_force_and_survive_save_load(tmp_path):
+    rng = np.random.default_rng(3)
+    words = [f"w{chr(97 + i)}x" for i in range(14)]
+    words = ["".join(c for c in w if c.isalpha()) for w in words]
+    texts = [" ".join(rng.choice(words, size=rng.integers(1, 40))) for _ in range(30)]
+    stats = count_cooccurrences(texts, "rand", window=6, min_count=3, chunk_words=50, progress=False)
+    single, pair, n_windows = brute_counts(texts, 6)
+    assert stats.n_windows == n_windows
+    freq = {w: sum(t.split().count(w) for t in texts) for w in set(words)}
+    assert set(stats.vocab) == {w for w, c in freq.items() if c >= 3}
+    for w in stats.vocab:
+        assert stats.window_counts[stats.index(w)] == single[w]
+    for a, b in itertools.combinations(stats.vocab, 2):
+        assert stats.pair_count(a, b) == pair[frozenset((a, b))]
+    path = save_stats(stats, tmp_path / "npmi" / "rand.npz")
+    back = load_stats(path)
+    assert (back.vocab, back.n_windows, back.window, back.min_count, back.corpus_id) == \
+        (stats.vocab, stats.n_windows, 6, 3, "rand")
+    np.testing.assert_array_equal(back.npmi_matrix(stats.vocab), stats.npmi_matrix(stats.vocab))
+
+
+def test_counting_refuses_one_shot_iterators():
+    with pytest.raises(TypeError, match="re-iterable"):
+        count_cooccurrences(iter(["a b c"]), "x", progress=False)
+
+
+# ---------------------------------------------------------------- word pool
+
+
+class FakeTokenizer:
+    """decode([id]) of a fixed token list (with byte-level / sentencepiece markers and punctuation)."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def decode(self, ids):
+        return "".join(self.tokens[i] for i in ids)
+
+
+def test_normalise_and_filter_tokens():
+    assert normalise_token(" Paris") == "paris"
+    assert normalise_token("ĠMusic") == "music"
+    assert normalise_token("▁Guitar ") == "guitar"
+    assert normalise_token("dog") == "dog"
+    assert is_pool_word("guitar") and not is_pool_word("the") and not is_pool_word("ox")
+    assert not is_pool_word("b2b") and not is_pool_word("café") and not is_pool_word("")
+    assert 170 <= len(STOP_WORDS) <= 320 and {"the", "and", "which", "would"} <= STOP_WORDS
+
+
+def test_pool_keeps_rank_order_and_corpus_words():
+    stats = count_cooccurrences(["music guitar guitar band band band the the the paris paris"] * 3, "c",
+                                window=4, min_count=2, progress=False)
+    tokens = [" Guitar", "Ġguitar", " the", "ox", " 1905", "▁Band", " zebra", " music", ",", " Paris"]
+    ranking = TokenRanking("hi-i", 0, 0, Polarity.POS, tuple(range(len(tokens))), tuple(range(len(tokens))))
+    pool = build_pool(ranking, FakeTokenizer(tokens), stats)
+    assert pool.words == ("guitar", "band", "music", "paris")
+    assert pool.token_ids == (0, 5, 7, 9)
+    assert pool.n_tokens == len(tokens)
+    # the extra frequency cut: music occurs 3 times, paris 6, guitar 6, band 9
+    assert build_pool(ranking, FakeTokenizer(tokens), stats, min_word_count=4).words == ("guitar", "band", "paris")
+
+
+def test_activation_ranking_orders_by_mean():
+    table = [(5, 0.1), (7, 2.5), (9, -1.0), (11, 0.9), (13, -3.0)]
+    pos = activation_ranking(table, layer=2, neuron=8, polarity="pos", tau=3)
+    neg = activation_ranking(table, layer=2, neuron=8, polarity=Polarity.NEG, tau=2)
+    assert pos.token_ids == (7, 11, 5) and pos.scores == (2.5, 0.9, 0.1)
+    assert neg.token_ids == (13, 9) and neg.polarity == Polarity.NEG
+    assert pos.source == ACTIVATION_SOURCE and (pos.layer, pos.unit) == (2, 8)
+
+
+# ---------------------------------------------------------------- stars
+
+
+def planted(n=30, groups=((0, 12), (12, 22)), inside=0.5, noise=0.02, seed=0):
+    rng = np.random.default_rng(seed)
+    m = rng.uniform(-noise, noise, size=(n, n))
+    for a, b in groups:
+        m[a:b, a:b] = inside + rng.uniform(-0.1, 0.1, size=(b - a, b - a))
+    m = np.triu(m, 1)
+    m = m + m.T
+    return m
+
+
+def test_stars_find_planted_groups_disjoint_and_capped():
+    m = planted()
+    stars = find_stars(m, k=10, theta_l=0.1)
+    assert [sorted(s.indices) for s in stars] == [list(range(0, 12)), list(range(12, 22))]
+    for s in stars:
+        assert s.indices[-1] == s.center
+        w = m[s.center, list(s.indices[:-1])]
+        assert np.all(np.diff(w) <= 0)  # neighbours by decreasing edge weight
+        assert s.mean_edge == pytest.approx(w.mean())
+    # cap: a star of at most 11 words keeps the centre's 10 strongest neighbours
+    capped = find_stars(m, k=10, kappa_u=11)[0]
+    assert len(capped.indices) == 11
+    c = capped.center
+    strongest = set(np.argsort(-np.where(np.arange(30) == c, -9, m[c]))[:10].tolist())
+    assert set(capped.indices[:-1]) == strongest
+    # a group with fewer than k - 1 neighbours per word gives no star
+    assert find_stars(planted(groups=((0, 8),)), k=10) == []
+
+
+def test_star_rules_on_a_hand_graph():
+    # words 0..3 form a triangle-plus-one; word 4 has one weak edge; k = 3 needs 2 neighbours
+    m = np.full((5, 5), -1.0)
+    for a, b, v in [(0, 1, 0.5), (0, 2, 0.4), (1, 2, 0.3), (2, 3, 0.2), (1, 3, 0.15), (3, 4, 0.12)]:
+        m[a, b] = m[b, a] = v
+    np.fill_diagonal(m, 0)
+    stars = find_stars(m, k=3, theta_l=0.1)
+    # word 4 (1 edge) is dropped; means: 0 -> .45, 1 -> .3167, 2 -> .3, 3 -> .175 (edge to 4 removed)
+    assert stars[0].center == 0 and stars[0].indices == (1, 2, 0)
+    assert len(stars) == 1  # word 3's remaining neighbours (1, 2) are used
+    assert find_stars(m, k=3, theta_l=0.45) == []
+
+
+# ---------------------------------------------------------------- exact solving
+
+
+def brute_best(w, k):
+    return max(sum(w[i, j] for i, j in itertools.combinations(c, 2)) for c in itertools.combinations(range(len(w)), k))
+
+
+def random_sym(rng, n, kind):
+    if kind == "normal":
+        m = rng.normal(size=(n, n))
+    elif kind == "npmi":
+        m = rng.uniform(-0.2, 0.5, size=(n, n))
+        m[rng.random((n, n)) < 0.25] = -1.0
+    else:
+        m = rng.integers(-2, 3, size=(n, n)).astype(float)  # many ties
+    m = np.triu(m, 1)
+    return m + m.T
+
+
+def test_bnb_equals_brute_force_on_small_graphs():
+    rng = np.random.default_rng(0)
+    for trial in range(150):
+        n = int(rng.integers(3, 13))
+        k = int(rng.integers(2, n + 1))
+        w = random_sym(rng, n, ["normal", "npmi", "ties"][trial % 3])
+        best = brute_best(w, k)
+        for start in (True, False):
+            res = solve_bnb(w, k, heuristic_start=start)
+            assert res.optimal and len(set(res.indices)) == k
+            assert res.weight_sum == pytest.approx(best, abs=1e-9)
+            assert res.weight_sum == pytest.approx(sum(w[i, j] for i, j in itertools.combinations(res.indices, 2)))
+        greedy = solve_greedy(w, k)
+        assert len(set(greedy.indices)) == k and greedy.weight_sum <= best + 1e-9
+
+
+def test_bnb_equals_highs_on_star_sized_graphs():
+    rng = np.random.default_rng(7)
+    for n, k, kind in [(16, 10, "npmi"), (20, 10, "normal")]:
+        w = random_sym(rng, n, kind)
+        ours = solve_bnb(w, k, heuristic_start=False)
+        highs = solve_milp(w, k, tight=True, time_limit_s=120)
+        assert ours.optimal and highs.optimal
+        assert ours.weight_sum == pytest.approx(highs.weight_sum, abs=1e-6)
+        assert solve_greedy(w, k).weight_sum <= ours.weight_sum + 1e-9
+    # the reference's exact program (no tightening) on a small case
+    w = random_sym(rng, 12, "npmi")
+    assert solve_milp(w, 6).weight_sum == pytest.approx(brute_best(w, 6), abs=1e-6)
+
+
+def test_time_limit_returns_a_valid_non_optimal_set():
+    rng = np.random.default_rng(1)
+    w = random_sym(rng, 32, "normal")
+    for start in (True, False):
+        res = solve_bnb(w, 10, time_limit_s=0.0, heuristic_start=start)
+        assert res.optimal is False
+        assert len(set(res.indices)) == 10 and all(0 <= i < 32 for i in res.indices)
+        assert res.weight_sum == pytest.approx(sum(w[i, j] for i, j in itertools.combinations(res.indices, 2)))
+        assert res.score == pytest.approx(res.weight_sum / 45)
+    highs = solve_milp(w, 10, time_limit_s=0.01)
+    assert highs.optimal is False and len(set(highs.indices)) == 10
+
+
+def test_fewer_vertices_than_k_gives_an_empty_result():
+    w = np.ones((4, 4))
+    for res in (solve_bnb(w, 5), solve_greedy(w, 5), solve_milp(w, 5)):
+        assert res.indices == () and res.weight_sum == 0.0 and math.isnan(res.score)
+    whole = solve_bnb(w, 4)
+    assert whole.indices == (0, 1, 2, 3) and whole.optimal and whole.weight_sum == 6.0
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+TOPIC_A = ["guitar", "drums", "bass", "album", "concert", "singer", "melody", "chorus", "rhythm", "piano"]
+TOPIC_B = ["goalkeeper", "striker", "league", "match", "referee", "stadium", "penalty", "coach", "season", "tackle"]
+FILLER = ["river", "bread", "window", "yellow", "engine", "garden", "silver", "market", "winter", "doctor",
+          "planet", "pencil"]
+
+
+@pytest.fixture(scope="module")
+def topic_corpus():
+    rng = np.random.default_rng(11)
+    docs = []
+    for d in range(120):
+        topic = TOPIC_A if d % 2 else TOPIC_B
+        words = []
+        for _ in range(6):  # sentences: topic words close together, filler between
+            words += list(rng.choice(topic, size=4, replace=False)) + list(rng.choice(FILLER, size=8))
+        docs.append(" ".join(words))
+    return count_cooccurrences(docs, "planted", window=10, min_count=3, progress=False)
+
+
+def _ranking(words, polarity=Polarity.POS):
+    tokens = [" " + w.capitalize() for w in words]
+    return FakeTokenizer(tokens), TokenRanking("hi-i", 3, 42, polarity, tuple(range(len(tokens))),
+                                               tuple(float(-i) for i in range(len(tokens))))
+
+
+def test_pipeline_recovers_planted_topics(topic_corpus):
+    words = [w for pair in itertools.zip_longest(TOPIC_A, TOPIC_B, FILLER) for w in pair if w] + ["the", "of"]
+    tok, ranking = _ranking(words)
+    result = topics_from_ranking(ranking, tok, topic_corpus, TopicConfig(k=10, theta_l=0.05))
+    assert result.reason is None and (result.layer, result.unit, result.source) == (3, 42, "hi-i")
+    assert "the" not in result.pool.words and len(result.pool.words) == len(TOPIC_A + TOPIC_B + FILLER)
+    assert len(result.topics) == 2
+    found = sorted(set(t.words) <= set(TOPIC_A) or set(t.words) <= set(TOPIC_B) for t in result.topics)
+    assert found == [True, True]
+    for t in result.topics:
+        star = result.stars[t.star_index]
+        assert len(t.words) == 10 and set(t.words) <= set(star.words) and t.optimal
+        assert t.score == pytest.approx(topic_score(t.words, topic_corpus))
+        # optimal within its star: brute force over the star's words
+        idx = [star.words.index(w) for w in t.words]
+        assert t.score * 45 == pytest.approx(brute_best(star.npmi, 10), abs=1e-9) or len(star.words) > 14
+        assert sum(star.npmi[i, j] for i, j in itertools.combinations(idx, 2)) == pytest.approx(t.score * 45)
+    assert [t.score for t in result.topics] == sorted((t.score for t in result.topics), reverse=True)
+    rand = random_topic_scores(result.pool.words, topic_corpus, k=10, n_draws=50, seed=0)
+    assert rand.shape == (50,) and np.all((rand >= -1) & (rand <= 1))
+    assert result.topics[-1].score > rand.max()
+
+
+def test_pipeline_explains_empty_results(topic_corpus):
+    tok, ranking = _ranking(TOPIC_A[:6] + ["the", "and"])
+    small = topics_from_ranking(ranking, tok, topic_corpus)
+    assert small.topics == () and "fewer than k = 10" in small.reason and len(small.pool.words) == 6
+    tok, ranking = _ranking(FILLER)
+    none = topics_from_ranking(ranking, tok, topic_corpus, TopicConfig(k=10, theta_l=0.3))
+    assert none.topics == () and none.stars == () and "no star" in none.reason
+    assert random_topic_scores(TOPIC_A[:3], topic_corpus, k=10).shape == (0,)
+
+
+def test_topics_for_units_on_a_tiny_model(tiny_models):
+    subject = tiny_models["gpt2"]
+    vocab = [subject.tokenizer.decode([i]).strip().lower() for i in range(len(subject.tokenizer))]
+    words = sorted({w for w in vocab if is_pool_word(w)})
+    assert len(words) >= 5
+    rng = np.random.default_rng(0)
+    stats = count_cooccurrences([" ".join(rng.choice(words, 30)) for _ in range(50)], "tiny", min_count=1,
+                                progress=False)
+    out = topics_for_units(subject, 1, [0, 3], "hi-c", stats, TopicConfig(k=3, tau=400, theta_l=-1.0),
+                           polarities=["neg"])
+    assert [(r.unit, r.polarity, r.source) for r in out] == [(0, Polarity.NEG, "hi-c"), (3, Polarity.NEG, "hi-c")]
+    for r in out:
+        assert set(r.pool.words) == set(words)  # tau covers the whole vocabulary
+        assert r.topics and all(len(t.words) == 3 and t.optimal for t in r.topics)
+
+
+def test_embedded_model_topics(embedded_smollm2):
+    """One real end-to-end run: SmolLM2 hi-i, the Lee corpus statistics (small and fast to count)."""
+    from analysis.corpus import load_corpus
+
+    corpus = load_corpus("lee-background")
+    stats = count_cooccurrences([d.text for d in corpus.documents], corpus.info.corpus_id, min_count=3,
+                                progress=False)
+    out = topics_for_units(embedded_smollm2, 29, [0, 1], "hi-i", stats, TopicConfig(tau=900))
+    assert len(out) == 4
+    for r in out:
+        assert len(r.pool.words) > 10 and all(is_pool_word(w) for w in r.pool.words)
+        for t in r.topics:
+            assert len(t.words) == 10 and t.optimal and -1 <= t.score <= 1
+            assert t.score == pytest.approx(topic_score(t.words, stats))
