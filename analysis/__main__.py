@@ -452,6 +452,132 @@ def cmd_n2g(args) -> int:
     return 0
 
 
+TOPIC_SOURCES = ("hi-c", "hi-i", "lo-c", "lo-i", "activation")
+
+
+def npmi_stats(db: str, corpora: list[str], window: int, min_count: int, quiet: bool = False):
+    """The reference corpus co-occurrence statistics, counted once and kept next to the database."""
+    from analysis.topics import NpmiConfig, load_stats, reference_stats, save_stats, stats_params
+
+    config = NpmiConfig(corpora=tuple(corpora), window=window, min_count=min_count)
+    digest = hashlib.sha256(json.dumps([config.corpora, window, min_count]).encode()).hexdigest()[:12]
+    path = Path(str(db) + ".topics") / f"npmi-{digest}.npz"
+    if path.exists():
+        stats = load_stats(path)
+    else:
+        stats = reference_stats(config, progress=not quiet)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_stats(stats, path)
+    if stats.n_windows < 100 or len(stats.vocab) < 20:
+        print(f"warning: the reference corpus is tiny ({stats.n_windows} windows, {len(stats.vocab)} words of "
+              f">= {min_count} occurrences): NPMI will be noisy", file=sys.stderr)
+    stats_id = hashlib.sha256(json.dumps(stats_params(stats), sort_keys=True).encode()).hexdigest()[:12]
+    return stats, stats_id
+
+
+def topic_set_json(ts) -> dict:
+    return {"neuron": ts.unit, "layer": ts.layer, "mode": ts.source, "polarity": ts.polarity, "pool": ts.pool,
+            "reason": ts.reason, "random_scores": ts.random_scores,
+            "stars": [{"words": w, "npmi": m.tolist()} for w, m in ts.stars],
+            "topics": [{"words": t.words, "score": t.score, "star": t.star, "optimal": t.optimal} for t in ts.topics]}
+
+
+def cmd_topics(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from analysis.explain import token_means
+    from analysis.models import load_model
+    from analysis.topics import (Polarity, ProjectionMode, TopicConfig, activation_ranking, random_topic_scores,
+                                 topics_for_units, topics_from_ranking)
+    from cache.store import open_store
+
+    sources = TOPIC_SOURCES if args.mode == "all" else tuple(m.strip() for m in args.mode.split(","))
+    bad = [m for m in sources if m not in TOPIC_SOURCES]
+    if bad:
+        raise UserError(f"--mode {args.mode!r}: use 'all' or some of {', '.join(TOPIC_SOURCES)}")
+    try:
+        config = TopicConfig(k=args.k, tau=args.tau)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    with open_store(args.db, read_only=True) as store:
+        info = store.model(args.model)
+        if info is None:
+            raise UserError(f"model {args.model!r} is not in {args.db}")
+        run = store.find_run(args.model, args.layer)
+    if not 0 <= args.layer < info.n_layers:
+        raise UserError(f"layer {args.layer} does not exist: {info.name} has layers 0..{info.n_layers - 1}")
+    stats, stats_id = npmi_stats(args.db, [c.strip() for c in args.corpus.split(",")], args.window,
+                                 args.min_count, args.quiet)
+    subject = load_model(info.name, device=args.device, dtype=torch.float32)
+    if subject.info.model_id != info.model_id:
+        raise UserError(f"{info.name} now loads weights {subject.info.model_id}, not the cached {info.model_id}")
+    d_model = subject.w_out(0).shape[1]
+    params = {"k": config.k, "tau": config.tau, "theta_l": config.theta_l, "theta_u": config.theta_u,
+              "kappa_u": config.kappa_u, "stats": stats_id, "corpus": stats.corpus_id, "window": stats.window,
+              "min_count": stats.min_count}
+    with open_store(args.db, read_only=True) as store:
+        done = set() if args.force else store.topic_keys(info.model_id, stats_id, args.layer)
+    keys = []  # (source, units)
+    for source in sources:
+        n = d_model if source in ("lo-c", "lo-i") else info.d_mlp
+        kind = "residual dimensions" if n == d_model and source.startswith("lo") else "neurons"
+        if args.neurons.strip().lower() == "all":
+            units = list(range(n))
+        else:
+            try:
+                units = parse_units(args.neurons, n)
+            except UserError:
+                raise UserError(f"--neurons {args.neurons!r}: {source} takes {kind} 0..{n - 1}") from None
+        if source == "activation" and run is None:
+            raise UserError(f"the activation source needs a harvest of layer {args.layer} in {args.db}")
+        keys.append((source, units))
+    total = sum(len(u) for _s, u in keys)
+    bar = tqdm(total=total, desc=f"topics L{args.layer}", unit="unit", disable=args.quiet)
+    for source, units in keys:
+        todo = [u for u in units if any((u, source, p) not in done for p in ("pos", "neg"))]
+        bar.update(len(units) - len(todo))
+        for b in range(0, len(todo), args.chunk):
+            chunk = todo[b : b + args.chunk]
+            t0 = time.perf_counter()
+            if source == "activation":
+                results = []
+                recs = _unit_records(argparse.Namespace(db=args.db, model=args.model, layer=args.layer), chunk)
+                for u in chunk:
+                    rec = recs[u][1]
+                    table = {tid: m for (tid, _t), (m, _c) in token_means(
+                        rec.most_positive_activation_records + rec.random_sample
+                        + [r for b_ in rec.random_sample_by_quantile for r in b_]).items()}
+                    table.update({tid: m for tid, _t, m, _c in rec.top_tokens})
+                    for pol in (Polarity.POS, Polarity.NEG):
+                        ranking = activation_ranking(list(table.items()), args.layer, u, pol, tau=config.tau)
+                        results.append(topics_from_ranking(ranking, subject.tokenizer, stats, config))
+            else:
+                results = topics_for_units(subject, args.layer, chunk, ProjectionMode(source), stats, config)
+            per = (time.perf_counter() - t0) / max(len(results), 1)
+            rows = [(nt, random_topic_scores(nt.pool.words, stats, config.k, 100, seed=nt.unit), per)
+                    for nt in results]
+            with open_store(args.db) as store:
+                store.put_topics(info.model_id, stats_id, rows, params)
+            bar.update(len(chunk))
+    bar.close()
+    with open_store(args.db, read_only=True) as store:
+        sets = [ts for source, units in keys for u in units for ts in store.topic_sets(info.model_id, args.layer, u, source)
+                if ts.params.get("stats") == stats_id]
+    if args.json:
+        json.dump({"results": [topic_set_json(ts) for ts in sets]}, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    elif not args.quiet and len(sets) <= 20:
+        for ts in sets:
+            best = ts.topics[0] if ts.topics else None
+            print(f"L{ts.layer} {ts.source} {ts.unit} {ts.polarity}: " + (
+                f"{best.score:+.3f} {' '.join(best.words)}" if best else f"no topic ({ts.reason})"), file=sys.stderr)
+    with_topic = sum(bool(ts.topics) for ts in sets)
+    print(f"topics: {len(sets)} unit-polarities, {with_topic} with at least one topic "
+          f"(NPMI from {stats.corpus_id}, {stats.n_windows:,} windows)", file=sys.stderr)
+    return 0
+
+
 def cmd_models(args) -> int:
     from analysis.models import embedded_status
     from cache.store import open_store
@@ -587,6 +713,28 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--json", action="store_true", help="print graphs' held-out records and metrics as JSON")
     n.add_argument("--quiet", action="store_true")
     n.set_defaults(func=cmd_n2g)
+
+    t = sub.add_parser("topics", help="word-pool topics per neuron (Lim & Lauw): exact, stored, resumable",
+                       description="Project units onto the vocabulary (hi-c, hi-i: neurons; lo-c, lo-i: residual "
+                                   "dimensions) or rank tokens by harvested activation; pool corpus words; NPMI "
+                                   "graph from the reference corpus; star heuristic; exact max-weight k-cliques.")
+    db_arg(t)
+    t.add_argument("--model", default=DEFAULT_MODEL, help="model name as cached")
+    t.add_argument("--layer", type=int, required=True)
+    t.add_argument("--neurons", default="all", help="'all', 0-99 or 3,5,8 (residual dimensions for lo-*)")
+    t.add_argument("--mode", default="all", help=f"'all' or a list of {', '.join(TOPIC_SOURCES)} (default: all)")
+    t.add_argument("--tau", type=int, default=900, help="tokens taken from each end of a ranking (default: %(default)s)")
+    t.add_argument("--k", type=int, default=10, help="words per topic (default: %(default)s)")
+    t.add_argument("--corpus", default="enwiki-sample,lee-background",
+                   help="reference corpora for NPMI: embedded names or paths, comma-separated (default: %(default)s)")
+    t.add_argument("--window", type=int, default=10, help="co-occurrence window in words (default: %(default)s)")
+    t.add_argument("--min-count", type=int, default=5, help="fewest corpus occurrences of a word (default: %(default)s)")
+    t.add_argument("--chunk", type=int, default=256, help="units per batch and per write (default: %(default)s)")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--force", action="store_true", help="recompute units already in the cache")
+    t.add_argument("--json", action="store_true", help="print pools, stars (full NPMI matrices) and topics as JSON")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_topics)
 
     m = sub.add_parser("models", help="list embedded and cached models")
     db_arg(m)

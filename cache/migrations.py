@@ -62,6 +62,21 @@ MIGRATIONS: list[tuple[str, str]] = [
             run_id VARCHAR, layer SMALLINT, unit INTEGER, pattern INTEGER[], activation REAL);
         """,
     ),
+    (
+        "004_topics",
+        """
+        CREATE TABLE topic_sets (
+            model_id VARCHAR, stats_id VARCHAR, layer SMALLINT, unit INTEGER, source VARCHAR, polarity VARCHAR,
+            params VARCHAR, pool VARCHAR[], n_tokens INTEGER, reason VARCHAR, random_scores DOUBLE[],
+            seconds REAL, created_at TIMESTAMP);
+        CREATE TABLE topic_stars (
+            model_id VARCHAR, stats_id VARCHAR, layer SMALLINT, unit INTEGER, source VARCHAR, polarity VARCHAR,
+            star INTEGER, words VARCHAR[], center VARCHAR, mean_edge DOUBLE, npmi DOUBLE[]);
+        CREATE TABLE topics (
+            model_id VARCHAR, stats_id VARCHAR, layer SMALLINT, unit INTEGER, source VARCHAR, polarity VARCHAR,
+            rank INTEGER, words VARCHAR[], score DOUBLE, star INTEGER, optimal BOOLEAN);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -26,6 +26,7 @@ from analysis.types import (ActivationRecord, CorpusInfo, Document, ModelInfo, N
                             UserError)
 from cache.migrations import MIGRATIONS, SCHEMA_VERSION
 from cache.n2g import N2GMixin
+from cache.topics import TopicsMixin
 
 
 class StoreError(UserError):
@@ -175,7 +176,7 @@ class ExplanationsMixin:
         return self._q(sql, args).fetchall()
 
 
-class Store(ExplanationsMixin, N2GMixin):
+class Store(ExplanationsMixin, N2GMixin, TopicsMixin):
     """One open connection to the database. Use ``open_store`` to get one; close it soon."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool):

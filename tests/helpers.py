@@ -14,7 +14,7 @@ TINY_TEXT = [
 ]
 
 
-def tiny_tokenizer(bos: bool = False):
+def tiny_tokenizer(bos: bool = False, vocab_size: int = 300):
     """A byte-level BPE tokenizer trained on a few sentences (offline, a second)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -22,7 +22,7 @@ def tiny_tokenizer(bos: bool = False):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<bos>", "<eos>", "<pad>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<bos>", "<eos>", "<pad>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(TINY_TEXT * 3, trainer)
     if bos:
@@ -48,11 +48,12 @@ def tiny_config(kind: str, vocab_size: int, n_layers: int = 3):
     raise ValueError(kind)
 
 
-def tiny_model_folder(folder: Path, kind: str, bos: bool = False, n_layers: int = 3, seed: int = 0) -> Path:
+def tiny_model_folder(folder: Path, kind: str, bos: bool = False, n_layers: int = 3, seed: int = 0,
+                      vocab_size: int = 300) -> Path:
     """Save a tiny random-weight model of ``kind`` with the tiny tokenizer into ``folder``."""
     from transformers import AutoModelForCausalLM
 
-    tokenizer = tiny_tokenizer(bos=bos)
+    tokenizer = tiny_tokenizer(bos=bos, vocab_size=vocab_size)
     torch.manual_seed(seed)
     config = tiny_config(kind, vocab_size=len(tokenizer), n_layers=n_layers)
     config.attn_implementation = "sdpa"

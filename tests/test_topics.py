@@ -4,6 +4,7 @@ brute force, HiGHS), never against its own output."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 import math
 
 import numpy as np
@@ -497,3 +498,69 @@ def test_embedded_model_topics(embedded_smollm2):
         for t in r.topics:
             assert len(t.words) == 10 and t.optimal and -1 <= t.score <= 1
             assert t.score == pytest.approx(topic_score(t.words, stats))
+
+
+def test_cli_topics_json_is_checkable_resumes_and_shows(tmp_path, monkeypatch, capsys):
+    """On a real harvest of a tiny model (whole-word vocabulary) with a tiny reference corpus: every stored topic
+    is the brute-force optimum of its star (recomputed from the JSON's NPMI matrix), its score is its mean pairwise
+    NPMI; a second run computes nothing; the neuron page's topics tab and Search show them."""
+    import itertools
+    import json
+
+    from analysis.__main__ import main
+    from helpers import TINY_TEXT, tiny_model_folder
+
+    model = str(tiny_model_folder(tmp_path / "words", "llama", vocab_size=700))
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"title": f"d{i}", "text": " ".join(TINY_TEXT[i % 4:] + TINY_TEXT[:i % 4])})
+                            + "\n" for i in range(24)))
+    db = tmp_path / "t.duckdb"
+    assert main(["harvest", "--model", model, "--corpus", str(docs), "--db", str(db), "--layers", "1",
+                 "--seq-len", "24", "--quiet"]) == 0
+    ref = tmp_path / "ref.txt"
+    ref.write_text("\n\n".join(TINY_TEXT * 40))
+    args = ["topics", "--db", str(db), "--model", model, "--layer", "1", "--neurons", "0-5", "--k", "3",
+            "--tau", "700", "--corpus", str(ref), "--min-count", "2", "--mode", "hi-c,hi-i,activation,lo-c"]
+    assert main(args + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["results"]
+    assert {r["mode"] for r in out} == {"hi-c", "hi-i", "activation", "lo-c"} and len(out) == 4 * 6 * 2
+    solved = 0
+    for r in out:
+        assert (r["topics"] == []) == (r["reason"] is not None)
+        for t in r["topics"]:
+            star = r["stars"][t["star"]]
+            w = np.array(star["npmi"])
+            idx = [star["words"].index(x) for x in t["words"]]
+            assert t["score"] == pytest.approx(np.mean([w[a, b] for a, b in itertools.combinations(idx, 2)]))
+            best = max(sum(w[a, b] for a, b in itertools.combinations(c, 2))
+                       for c in itertools.combinations(range(len(star["words"])), 3))
+            assert t["score"] * 3 == pytest.approx(best) and t["optimal"]
+            assert all(x.isalpha() and len(x) >= 3 for x in t["words"])
+            solved += 1
+    assert solved > 0
+    assert main(args) == 0
+    assert "topics: 48 unit-polarities" in capsys.readouterr().err
+    assert main(["topics", "--db", str(db), "--model", model, "--layer", "9"]) == 2  # no such layer
+    assert "does not exist" in capsys.readouterr().err
+    # the viewer
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("NEURON_VIEWER_DB", str(db))
+    unit = next(r["neuron"] for r in out if r["mode"] == "hi-c" and r["topics"])
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "viewer" / "views" / "neuron.py"),
+                           default_timeout=60)
+    for k, v in dict(model=model, layer=1, neuron=unit, tab="topics").items():
+        at.query_params[k] = str(v)
+    at.run()
+    assert not at.exception and not at.error
+    body = "".join(h.proto.body for h in at.html)
+    word = next(r for r in out if r["mode"] == "hi-c" and r["neuron"] == unit and r["topics"])["topics"][0]["words"][0]
+    assert 'class="chip"' in body and f">{word}</span>" in body
+    assert len(at.get("plotly_chart")) == 2  # the histogram and topics vs random sets
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "viewer" / "views" / "search.py"),
+                           default_timeout=60)
+    at.query_params["model"] = model
+    at.query_params["topic"] = word
+    at.run()
+    assert not at.exception
+    assert any(word in " ".join(df.value.get("topic", [])) for df in at.dataframe)

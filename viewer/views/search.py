@@ -54,6 +54,28 @@ def graph_search(s, name: str, model) -> None:
         "neuron": st.column_config.LinkColumn(display_text=r"neuron=(\d+)")})
 
 
+def topic_search(s, name: str, model) -> None:
+    """Neurons (and residual dimensions) with a word-pool topic containing a word."""
+    st.subheader("Which neurons have a topic with a word?")
+    qp = st.query_params
+    if "search_topic" not in st.session_state:
+        st.session_state["search_topic"] = qp.get("topic", "")
+    word = st.text_input("a word (lower case, as in the reference corpus)", key="search_topic").strip().lower()
+    qp["topic"] = word
+    if not word:
+        return
+    rows = s.units_with_topic_word(model.model_id, word)
+    if not rows:
+        st.caption(f"no stored topic contains {word!r} (topics are computed per neuron on its topics tab, or for a "
+                   "layer with `python -m analysis topics`)")
+        return
+    st.dataframe(pd.DataFrame([
+        {"layer": l, "unit": (neuron_url(name, l, u, tab="topics") if not src.startswith("lo") else f"dim {u}"),
+         "source": src, "polarity": pol, "topic NPMI": sc, "topic": " ".join(words)}
+        for l, u, src, pol, sc, words in rows]), hide_index=True,
+        column_config={"unit": st.column_config.LinkColumn(display_text=r"neuron=(\d+)")})
+
+
 def render() -> None:
     st.title("Search")
     qp = st.query_params
@@ -90,6 +112,7 @@ def render() -> None:
                         f"{neuron_link(name, l, u)} mean {m:.3g} (n={c})" for l, u, m, c, z in rows[:15])
                         or "not in the token table (too rare in the corpus)"))
             graph_search(s, name, model)
+            topic_search(s, name, model)
             st.subheader("Neurons by statistic")
             run_layers = sorted({l for r in s.runs() if r.model_id == model.model_id and r.status == "done" for l in r.layers})
             if not run_layers:
