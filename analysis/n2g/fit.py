@@ -41,7 +41,7 @@ class N2GConfig:
     substitutes: int = 4
     """Candidates kept per position after rescoring by the likelihood of the text that follows."""
     generalise: bool = True
-    """Cut each firing pattern to its shortest part that fires on no non-firing train token (see generalise)."""
+    """Cut each firing pattern to the part of it that predicts the train records best (see generalise)."""
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -149,18 +149,23 @@ def _fit_record(tokens: list[int], pos: int, activation: float, unit: int, mask_
 
 def generalise(pattern: list[int], value: float, records: list[tuple[list[int], list[float]]],
                threshold: float) -> list[int]:
-    """The shortest truncation of a firing pattern (ending at a real token) that fires on no token of the train
-    records whose activation is below ``threshold``; the whole pattern if none is that clean. Patterns that do
-    not fire are kept whole: they are exceptions (a substitute that silences the unit)."""
+    """The truncation of a firing pattern (ending at a real token) that predicts the train records best: the
+    highest F1 over the positions of its activating token (firing = activation >= ``threshold``), the shortest
+    on ties. Patterns that do not fire are kept whole: they are exceptions (a substitute that silences the unit)."""
     if value < threshold:
         return pattern
-    ends = [d + 1 for d in range(len(pattern)) if pattern[d] != ANY]
-    for end in ends[:-1]:
+    at_root = [(tokens, t, acts[t] >= threshold) for tokens, acts in records for t in range(len(tokens))
+               if tokens[t] == pattern[0]]
+    n_firing = sum(f for _tok, _t, f in at_root)
+    best, best_f1 = pattern, -1.0
+    for end in [d + 1 for d in range(len(pattern)) if pattern[d] != ANY]:
         cut = pattern[:end]
-        if not any(_matches(tokens, t, cut) and acts[t] < threshold
-                   for tokens, acts in records for t in range(len(tokens)) if tokens[t] == cut[0]):
-            return cut
-    return pattern
+        hits = [f for tokens, t, f in at_root if _matches(tokens, t, cut)]
+        tp = sum(hits)
+        f1 = 2 * tp / (len(hits) + n_firing) if hits or n_firing else 1.0
+        if f1 > best_f1:
+            best, best_f1 = cut, f1
+    return best
 
 
 def _matches(tokens: list[int], t: int, pattern: list[int]) -> bool:
@@ -182,10 +187,15 @@ def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[flo
         try:
             active.append((unit, gen, gen.send(answers)))
         except StopIteration as done:
-            for pattern, value in done.value:
-                if config.generalise:
-                    pattern = generalise(pattern, value, records[unit], 0.5 * max_activation[unit])
-                graphs[unit].add(pattern, value)
+            patterns = done.value  # the record's own pattern first, then its substitutes (same positions)
+            threshold = 0.5 * max_activation[unit]
+            end = None
+            if config.generalise and patterns:
+                end = len(generalise(*patterns[0], records[unit], threshold))
+            for pattern, value in patterns:
+                # substitutes are cut where the record's pattern is: they never occur in the train text, so the
+                # train records cannot judge them; context the record does not need does not matter for them
+                graphs[unit].add(pattern[:end] if value >= threshold else pattern, value)
 
     for unit, recs in records.items():
         for tokens, acts in recs:
