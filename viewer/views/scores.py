@@ -40,7 +40,8 @@ def render() -> None:
                       xaxis=dict(categoryorder="array", categoryarray=[f"L{l}" for l in layers]))
     st.plotly_chart(fig)
     st.caption("The token-lookup *simulator* ignores the explanation (it predicts each token's mean activation): "
-               "its boxes are the same for every explainer and show how far token identity alone explains a neuron.")
+               "its boxes are the same for every explainer and show how far token identity alone explains a neuron. "
+               "n2g → n2g is the neuron's Neuron2Graph graph used as the simulator (`python -m analysis n2g`).")
     best = sorted((r for r in rows if r[3] != "token-lookup"), key=lambda r: -r[5])[:10]
     if best:
         st.markdown("**Best explained** (simulators that read the explanation): " + ", ".join(
