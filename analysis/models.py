@@ -144,12 +144,16 @@ class SubjectModel:
                 return self._norm_gain(getattr(block, name))
         raise RuntimeError(f"no pre-MLP norm found in {type(block).__name__}")
 
-    def final_norm_gain(self) -> torch.Tensor:
+    def final_norm(self) -> torch.nn.Module:
+        """The decoder's norm in front of the unembedding."""
         base = self.base()
         for name in ("norm", "ln_f", "final_layer_norm"):
             if hasattr(base, name):
-                return self._norm_gain(getattr(base, name))
+                return getattr(base, name)
         raise RuntimeError(f"no final norm found in {type(base).__name__}")
+
+    def final_norm_gain(self) -> torch.Tensor:
+        return self._norm_gain(self.final_norm())
 
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.info.n_layers:

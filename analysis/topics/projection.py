@@ -31,18 +31,6 @@ from analysis.models import SubjectModel
 from analysis.topics.types import Polarity, ProjectionMode, TokenRanking
 from analysis.types import UserError
 
-_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm")
-
-
-def final_norm(subject: SubjectModel) -> torch.nn.Module:
-    """The decoder's final norm module (the same attribute names ``SubjectModel.final_norm_gain`` knows)."""
-    base = subject.base()
-    for name in _FINAL_NORM_NAMES:
-        if hasattr(base, name):
-            return getattr(base, name)
-    raise RuntimeError(f"no final norm found in {type(base).__name__}")
-
-
 def d_model(subject: SubjectModel) -> int:
     return int(subject.w_out(0).shape[1])
 
@@ -125,7 +113,7 @@ def _logits_batches(subject: SubjectModel, layer: int, mode: ProjectionMode, uni
     call_args = _block_call_args(subject) if mode != ProjectionMode.HI_I else None
     span = {ProjectionMode.HI_I: (0, 0), ProjectionMode.HI_C: (layer + 1, n_layers),
             ProjectionMode.LO_C: (layer, n_layers), ProjectionMode.LO_I: (layer, layer + 1)}[mode]
-    norm = final_norm(subject)
+    norm = subject.final_norm()
     head = subject.model.get_output_embeddings()
     with torch.inference_mode():
         for b in range(0, len(units), batch_size):
