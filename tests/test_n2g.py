@@ -221,3 +221,16 @@ def test_graph_html_keeps_tokens_out_of_markup():
     assert page.count("<script") == empty.count("<script") and "<img" not in page and "<b>zq" not in page
     assert "\\u003cimg src=x onerror=alert(1)\\u003e" in page  # the token travels as escaped JSON
     assert "2 any" in page and "cdn.jsdelivr" not in page
+
+
+def test_describe_reads_patterns_in_text_order():
+    from analysis.n2g.pipeline import describe
+
+    g = Graph()
+    g.add([B, ANY, ANY, ANY, A], 3.0)
+    g.add([B, C, ANY, A], 2.0)
+    g.add([D], 1.0)
+    names = {A: "A", B: "B", C: "x", D: "z"}
+    assert describe(g, names) == "Neuron2Graph, 3 patterns: 'A' …3 'B'; 'A' … 'x' 'B'; 'z'"
+    assert describe(g, names, n=1) == "Neuron2Graph, 3 patterns: 'A' …3 'B' (+2 more)"
+    assert describe(Graph(), names) == "Neuron2Graph: empty graph"

@@ -105,11 +105,20 @@ def fit_layer(subject, layer: int, neuron_records: list, config: N2GConfig = N2G
 
 
 def describe(graph: Graph, vocab: dict[int, str], n: int = 3) -> str:
-    """A one-line summary of a graph for lists: its strongest patterns in reading order ('…' = any token)."""
+    """A one-line summary of a graph for lists: its strongest patterns in reading order ('…' = any token,
+    '…3' = three of them)."""
     pats = sorted(graph.patterns(), key=lambda p: -p[1])
     shown = []
     for pattern, _value in pats:
-        text = " ".join("…" if t == ANY else repr(vocab.get(t, f"#{t}")) for t in reversed(pattern))
+        words: list[str] = []
+        for t in reversed(pattern):  # reading order; a run of n 'any token' shows as '…n'
+            if t != ANY:
+                words.append(repr(vocab.get(t, f"#{t}")))
+            elif words and words[-1].startswith("…"):
+                words[-1] = f"…{int(words[-1][1:] or 1) + 1}"
+            else:
+                words.append("…")
+        text = " ".join(words)
         if text not in shown:
             shown.append(text)
         if len(shown) == n:
