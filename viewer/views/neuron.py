@@ -61,7 +61,8 @@ def graph_section(model, run, rec, layer: int, neuron: int, window: int | None) 
         vocab = s.vocab(model.tokenizer_id, [t for p, _ in g.patterns for t in p if t >= 0]) if g else {}
         others = s.n2g_layer_patterns(run.run_id, layer) if g else {}
     if g is None:
-        st.info("No Neuron2Graph graph for this neuron yet (fitting one takes ~1-20 s on CPU, more at depth).")
+        st.info("No Neuron2Graph graph for this neuron yet: fitting one takes a few seconds on CPU, plus loading "
+                "the model.")
         if st.button("build the graph now"):
             run_job(["n2g", "--model", model.name, "--layer", str(layer), "--neurons", str(neuron)],
                     f"fitting the graph of L{layer} N{neuron}…")
@@ -71,7 +72,7 @@ def graph_section(model, run, rec, layer: int, neuron: int, window: int | None) 
     m = g.metrics
     st.markdown(f"**{len(g.patterns)} patterns** · fitted on 10 top records, scored on 10 held-out ones · "
                 f"a token fires at ≥ 0.5 × max = {0.5 * g.max_activation:.3g} · augmentation "
-                f"{'on' if g.params.get('augment') else 'off'} · {g.seconds:.1f} s")
+                f"{'on' if g.params.get('augment') else 'off'} · fitted in {g.seconds:.1f} s (its share of its batch)")
     st.dataframe(pd.DataFrame([
         {"": name, "firing P": m[a]["precision"], "firing R": m[a]["recall"], "firing F1": m[a]["f1"],
          "non-firing P": m[b]["precision"], "non-firing R": m[b]["recall"], "non-firing F1": m[b]["f1"]}
