@@ -234,3 +234,32 @@ def test_describe_reads_patterns_in_text_order():
     assert describe(g, names) == "Neuron2Graph, 3 patterns: 'A' …3 'B'; 'A' … 'x' 'B'; 'z'"
     assert describe(g, names, n=1) == "Neuron2Graph, 3 patterns: 'A' …3 'B' (+2 more)"
     assert describe(Graph(), names) == "Neuron2Graph: empty graph"
+
+
+def test_cli_n2g_interrupted_then_resumed(viewer_db, tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the first chunk keeps that chunk; the next run builds only the rest."""
+    import shutil
+
+    import analysis.n2g.pipeline as pipeline
+    from analysis.__main__ import main
+    from cache.store import open_store
+
+    db = tmp_path / "cut.duckdb"
+    shutil.copy(viewer_db[0], db)
+    model = viewer_db[1]
+    real_fit_layer = pipeline.fit_layer
+
+    def interrupted(*args, **kwargs):
+        gen = real_fit_layer(*args, **kwargs)
+        yield next(gen)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "fit_layer", interrupted)
+    args = ["n2g", "--db", str(db), "--model", model, "--layer", "0", "--neurons", "0-5", "--chunk", "2", "--quiet"]
+    assert main(args) == 130
+    with open_store(db, read_only=True) as s:
+        assert s.n2g_units(s.find_run(model, 0).run_id, 0) == {0, 1}
+    monkeypatch.setattr(pipeline, "fit_layer", real_fit_layer)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "4 graph(s) built, 2 already in the cache" in capsys.readouterr().err
