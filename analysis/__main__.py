@@ -349,6 +349,8 @@ def cmd_score(args) -> int:
         with open_store(args.db, read_only=True) as store:
             for u in units:
                 for e in store.explanations(loaded[u][0].run_id, args.layer, u):
+                    if e.explainer == "n2g":  # a graph summary, not text to simulate: `n2g` scores it
+                        continue
                     if args.force or not store.has_simulation(e.explanation_id, args.simulator, args.set):
                         jobs.append((u, e.explanation_id, e.text))
     simulators = {u: make_simulator(args, loaded[u][1]) for u in {j[0] for j in jobs}}

@@ -208,6 +208,11 @@ def test_cli_n2g_json_recomputes_resumes_and_scores(n2g_db, capsys):
             assert sim.simulator == "n2g" and sim.error is None
             assert sim.window_ids == [r.window_id for r in scoring_records(rec, "top-and-random")]
             assert not set(sim.window_ids) & set(top[0::4] + top[1::4])  # scored on records the graph never saw
+    # scoring the stored explanations with a text simulator leaves the graph summaries alone
+    capsys.readouterr()
+    assert main(["score", "--db", str(db), "--model", model, "--layer", "1", "--neurons", "0-11",
+                 "--simulator", "token-lookup", "--json"]) == 0
+    assert "Neuron2Graph" not in capsys.readouterr().out
     assert main(["n2g", "--db", str(db), "--model", model, "--layer", "1", "--neurons", "99999"]) == 2
     assert "neurons go from 0" in capsys.readouterr().err
 
