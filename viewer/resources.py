@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Iterator
 
 import streamlit as st
 
-from analysis.config import default_db
+from analysis.config import REPO_ROOT, default_db
 from analysis.models import SubjectModel, load_model
 from analysis.types import UserError
 from cache.store import Store, open_store
@@ -60,3 +61,24 @@ def live_simulators(model_name: str) -> dict:
 
     return {"token-lookup": token_lookup_simulator,
             "local-all-at-once": lambda rec: LocalAllAtOnceSimulator(subject(model_name))}
+
+
+def run_job(args: list[str], label: str) -> None:
+    """Run ``python -m analysis ARGS`` (it writes the cache), showing its progress line live; rerun when done."""
+    cmd = [sys.executable, "-m", "analysis", *args, "--db", str(db_path())]
+    with st.status(label, expanded=True) as status:
+        line = st.empty()
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        buf = ""
+        while (ch := proc.stderr.read(1)):
+            if ch in "\r\n":
+                if buf.strip():
+                    line.code(buf.strip())
+                buf = ""
+            else:
+                buf += ch
+        if proc.wait() == 0:
+            status.update(label="done", state="complete")
+            st.rerun()
+        else:
+            status.update(label="the job failed (see above)", state="error")

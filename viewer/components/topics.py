@@ -6,6 +6,9 @@ import html
 
 import numpy as np
 import plotly.graph_objects as go
+import streamlit as st
+
+from viewer.resources import db_path, run_job, store
 
 STYLE = """<style>
 .tp {font-family: sans-serif; margin: 2px 0 10px 0;}
@@ -52,3 +55,53 @@ def scores_figure(sets: list) -> go.Figure:
     fig.update_layout(height=90 + 45 * len(fig.data), margin=dict(l=10, r=10, t=10, b=30), showlegend=False,
                       xaxis_title="mean pairwise NPMI of k words")
     return fig
+
+
+TOPIC_SOURCES = {"hi-c": "Hi-C", "hi-i": "Hi-I", "activation": "activation", "lo-c": "Lo-C", "lo-i": "Lo-I"}
+TOPIC_HELP = ("Hi-C: the neuron's output vector through the later blocks, final norm and unembedding. Hi-I: straight "
+              "to final norm + unembedding. activation: the tokens it fires on most in the harvest. Lo-C / Lo-I: a "
+              "residual-stream dimension through the later blocks / through its own block only.")
+
+
+def topics_panel(model, layer: int, neuron: int) -> None:
+    """Superposed topics (Lim & Lauw) of the neuron, per source and polarity, against random word sets."""
+    c1, c2 = st.columns([3, 1])
+    source = c1.segmented_control("source", list(TOPIC_SOURCES), default="hi-c", format_func=TOPIC_SOURCES.get,
+                                  key="topic_source", help=TOPIC_HELP) or "hi-c"
+    unit = neuron
+    if source.startswith("lo"):
+        unit = c2.number_input("residual dimension", 0, None, min(neuron, 575), key="topic_dim")
+    with store() as s:
+        sets = s.topic_sets(model.model_id, layer, unit, source)
+    if sets:
+        stats = sets[0].params.get("stats")
+        sets = [ts for ts in sets if ts.params.get("stats") == stats]
+    what = f"residual dimension {unit}" if source.startswith("lo") else f"N{neuron}"
+    if not sets:
+        st.info(f"No topics for L{layer} {what} ({source}) yet: about a second once the model is loaded.")
+        if st.button("compute topics now"):
+            run_job(["topics", "--model", model.name, "--layer", str(layer), "--neurons", str(unit), "--mode", source],
+                    f"topics of L{layer} {what} ({source})…")
+        st.caption(f"or a whole layer from a shell: `python -m analysis topics --model {model.name} --layer {layer} "
+                   f"--db {db_path()}`")
+        return
+    p = sets[0].params
+    st.caption(f"k = {p['k']} words per topic from the top/bottom τ = {p['tau']} tokens · NPMI over {p['window']}-word "
+               f"windows of {p['corpus']} — a small corpus (~0.56M words): most word pairs never meet there and "
+               "score −1, so absolute values are low; compare each topic with random word sets from the same pool. "
+               "A bigger reference corpus: `--corpus PATH`.")
+    cols = st.columns(2)
+    for col, ts in zip(cols, sorted(sets, key=lambda t: t.polarity != "pos")):
+        with col:
+            st.markdown(f"**{'positive' if ts.polarity == 'pos' else 'negative'}** · pool {len(ts.pool)} words "
+                        f"from {ts.n_tokens} tokens · {len(ts.stars)} stars")
+            if not ts.topics:
+                st.caption(f"no topic: {ts.reason}")
+                continue
+            chips = [topic_html(t.words, t.score, contributions(t.words, *ts.stars[t.star]), t.optimal)
+                     for t in ts.topics]
+            st.html(STYLE + "".join(chips[:5]))
+            if len(chips) > 5:
+                with st.expander(f"{len(chips) - 5} more topics"):
+                    st.html(STYLE + "".join(chips[5:]))
+    st.plotly_chart(scores_figure(sets), config={"displayModeBar": False})

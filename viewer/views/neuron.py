@@ -1,43 +1,20 @@
-"""Neuron page: stats, histogram, top / quantile / random records as heatmaps, related tokens and neurons."""
+"""Neuron page: stats, histogram, top / quantile / random records as heatmaps, related tokens and neurons,
+explanations, its Neuron2Graph graph and its word-pool topics."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
-from types import SimpleNamespace
 
 import pandas as pd
 import streamlit as st
 
-from analysis.config import REPO_ROOT
 from viewer.components.charts import histogram_figure
 from viewer.components.export import neuron_page_html
+from viewer.components.graph import graph_panel
 from viewer.components.heatmap import records_html
-from viewer.components.picker import neuron_link, neuron_picker, neuron_url
-from viewer.resources import cached_models, db_path, live_simulators, show_error, store, subject
+from viewer.components.picker import neuron_link, neuron_picker
+from viewer.components.topics import topics_panel
+from viewer.resources import cached_models, db_path, live_simulators, run_job, show_error, store, subject
 
 TABS = ["top", "quantiles", "random", "tokens & weights", "explanations", "graph", "topics"]
-
-
-def run_job(args: list[str], label: str) -> None:
-    """Run ``python -m analysis ARGS`` (it writes the cache), showing its progress line live; rerun when done."""
-    cmd = [sys.executable, "-m", "analysis", *args, "--db", str(db_path())]
-    with st.status(label, expanded=True) as status:
-        line = st.empty()
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        buf = ""
-        while (ch := proc.stderr.read(1)):
-            if ch in "\r\n":
-                if buf.strip():
-                    line.code(buf.strip())
-                buf = ""
-            else:
-                buf += ch
-        if proc.wait() == 0:
-            status.update(label="done", state="complete")
-            st.rerun()
-        else:
-            status.update(label="the job failed (see above)", state="error")
 
 
 def harvest_button(model: str, layer: int, corpus: str) -> None:
@@ -48,59 +25,6 @@ def harvest_button(model: str, layer: int, corpus: str) -> None:
                 f"harvesting layer {layer} over {tokens:,} tokens…")
     st.caption(f"or from a shell: `python -m analysis harvest --model {model} --corpus {corpus} --layers {layer} "
                f"--db {db_path()}`")
-
-
-def graph_section(model, run, rec, layer: int, neuron: int, window: int | None) -> None:
-    """The unit's Neuron2Graph: the drawing, P/R/F1 against token-lookup, held-out records real vs predicted."""
-    from analysis.n2g.graph import similar
-    from analysis.n2g.pipeline import graph_of, split_records
-    from viewer.components.graph import graph_height, graph_html, shown_patterns
-
-    with store() as s:
-        g = s.n2g_graph(run.run_id, layer, neuron)
-        vocab = s.vocab(model.tokenizer_id, [t for p, _ in g.patterns for t in p if t >= 0]) if g else {}
-        others = s.n2g_layer_patterns(run.run_id, layer) if g else {}
-    if g is None:
-        st.info("No Neuron2Graph graph for this neuron yet: fitting one takes a few seconds on CPU, plus loading "
-                "the model.")
-        if st.button("build the graph now"):
-            run_job(["n2g", "--model", model.name, "--layer", str(layer), "--neurons", str(neuron)],
-                    f"fitting the graph of L{layer} N{neuron}…")
-        st.caption(f"or from a shell, a whole layer: `python -m analysis n2g --model {model.name} --layer {layer} "
-                   f"--db {db_path()}`")
-        return
-    m = g.metrics
-    st.markdown(f"**{len(g.patterns)} patterns** · fitted on 10 top records, scored on 10 held-out ones · "
-                f"a token fires at ≥ 0.5 × max = {0.5 * g.max_activation:.3g} · augmentation "
-                f"{'on' if g.params.get('augment') else 'off'} · fitted in {g.seconds:.1f} s (its share of its batch)")
-    st.dataframe(pd.DataFrame([
-        {"": name, "firing P": m[a]["precision"], "firing R": m[a]["recall"], "firing F1": m[a]["f1"],
-         "non-firing P": m[b]["precision"], "non-firing R": m[b]["recall"], "non-firing F1": m[b]["f1"]}
-        for name, a, b in [("Neuron2Graph", "firing", "non_firing"),
-                           ("token-lookup", "baseline_firing", "baseline_non_firing")]]).round(3), hide_index=True)
-    c1, c2 = st.columns([2, 3])
-    exceptions = c1.toggle("also non-firing patterns", key="n2g_all",
-                           help="substitutes and contexts that silence the neuron (stored as exceptions)")
-    roots = c2.slider("activating tokens shown (strongest first)", 1, 50, 12, key="n2g_roots")
-    shown = shown_patterns(g.patterns, 0.0 if exceptions else 0.5 * g.max_activation, roots)
-    st.caption(f"{len(shown)} of {len(g.patterns)} patterns. Drag, zoom, hover. Read left to right into the "
-               "activating token (outlined, right): boxes are tokens that matter, shaded by activation; grey dots "
-               "match any token.")
-    st.iframe(graph_html(shown, vocab, g.max_activation), height=graph_height(shown) + 20)
-    others.pop(neuron, None)
-    near = similar(g.patterns, others, n=10)
-    st.markdown(f"**Similar graphs in layer {layer}** (Jaccard over trie paths, of {len(others)} other graphs): "
-                + (", ".join(f"[L{layer}/N{u}]({neuron_url(model.name, layer, u, tab='graph')}) {j:.2f}"
-                             for u, j in near) or "none overlaps"))
-    _train, test = split_records(rec)
-    graph = graph_of(g.patterns)
-    st.markdown("**Held-out records**: real (top line) vs the graph's prediction")
-    rows, labels = [], []
-    for i, r in enumerate(test):
-        predicted = graph.predict(list(r.token_ids))
-        rows += [r, SimpleNamespace(tokens=r.tokens, activations=predicted)]
-        labels += [f"#{i + 1} real", "predicted"]
-    st.html(records_html(rows, max(rec.stats.max, 1e-9), window, labels))
 
 
 def related_section(model_name: str, rec, layer: int, neuron: int) -> None:
@@ -135,58 +59,6 @@ def related_section(model_name: str, rec, layer: int, neuron: int) -> None:
             f"{neuron_link(model_name, l.layer, l.neuron)} ({l.weight:+.3f})" for l in pos))
         st.markdown("most negative: " + ", ".join(
             f"{neuron_link(model_name, l.layer, l.neuron)} ({l.weight:+.3f})" for l in neg))
-
-
-TOPIC_SOURCES = {"hi-c": "Hi-C", "hi-i": "Hi-I", "activation": "activation", "lo-c": "Lo-C", "lo-i": "Lo-I"}
-TOPIC_HELP = ("Hi-C: the neuron's output vector through the later blocks, final norm and unembedding. Hi-I: straight "
-              "to final norm + unembedding. activation: the tokens it fires on most in the harvest. Lo-C / Lo-I: a "
-              "residual-stream dimension through the later blocks / through its own block only.")
-
-
-def topics_section(model, layer: int, neuron: int) -> None:
-    """Superposed topics (Lim & Lauw) of the neuron, per source and polarity, against random word sets."""
-    from viewer.components.topics import STYLE, contributions, scores_figure, topic_html
-
-    c1, c2 = st.columns([3, 1])
-    source = c1.segmented_control("source", list(TOPIC_SOURCES), default="hi-c", format_func=TOPIC_SOURCES.get,
-                                  key="topic_source", help=TOPIC_HELP) or "hi-c"
-    unit = neuron
-    if source.startswith("lo"):
-        unit = c2.number_input("residual dimension", 0, None, min(neuron, 575), key="topic_dim")
-    with store() as s:
-        sets = s.topic_sets(model.model_id, layer, unit, source)
-    if sets:
-        stats = sets[0].params.get("stats")
-        sets = [ts for ts in sets if ts.params.get("stats") == stats]
-    what = f"residual dimension {unit}" if source.startswith("lo") else f"N{neuron}"
-    if not sets:
-        st.info(f"No topics for L{layer} {what} ({source}) yet: about a second once the model is loaded.")
-        if st.button("compute topics now"):
-            run_job(["topics", "--model", model.name, "--layer", str(layer), "--neurons", str(unit), "--mode", source],
-                    f"topics of L{layer} {what} ({source})…")
-        st.caption(f"or a whole layer from a shell: `python -m analysis topics --model {model.name} --layer {layer} "
-                   f"--db {db_path()}`")
-        return
-    p = sets[0].params
-    st.caption(f"k = {p['k']} words per topic from the top/bottom τ = {p['tau']} tokens · NPMI over {p['window']}-word "
-               f"windows of {p['corpus']} — a small corpus (~0.56M words): most word pairs never meet there and "
-               "score −1, so absolute values are low; compare each topic with random word sets from the same pool. "
-               "A bigger reference corpus: `--corpus PATH`.")
-    cols = st.columns(2)
-    for col, ts in zip(cols, sorted(sets, key=lambda t: t.polarity != "pos")):
-        with col:
-            st.markdown(f"**{'positive' if ts.polarity == 'pos' else 'negative'}** · pool {len(ts.pool)} words "
-                        f"from {ts.n_tokens} tokens · {len(ts.stars)} stars")
-            if not ts.topics:
-                st.caption(f"no topic: {ts.reason}")
-                continue
-            chips = [topic_html(t.words, t.score, contributions(t.words, *ts.stars[t.star]), t.optimal)
-                     for t in ts.topics]
-            st.html(STYLE + "".join(chips[:5]))
-            if len(chips) > 5:
-                with st.expander(f"{len(chips) - 5} more topics"):
-                    st.html(STYLE + "".join(chips[5:]))
-    st.plotly_chart(scores_figure(sets), config={"displayModeBar": False})
 
 
 def render() -> None:
@@ -249,12 +121,12 @@ def render() -> None:
         explanations_panel(rows, run, rec, live_simulators(model.name))
     elif tab == "topics":
         try:
-            topics_section(model, layer, neuron)
+            topics_panel(model, layer, neuron)
         except Exception as exc:
             show_error(exc)
     elif tab == "graph":
         try:
-            graph_section(model, run, rec, layer, neuron, window)
+            graph_panel(model, run, rec, layer, neuron, window)
         except Exception as exc:
             show_error(exc)
     else:
