@@ -70,7 +70,8 @@ def topics_panel(model, layer: int, neuron: int) -> None:
                                   key="topic_source", help=TOPIC_HELP) or "hi-c"
     unit = neuron
     if source.startswith("lo"):
-        unit = c2.number_input("residual dimension", 0, None, min(neuron, 575), key="topic_dim")
+        unit = c2.number_input("residual dimension", 0, None, 0, key="topic_dim",
+                               help="Lo-C and Lo-I describe a residual-stream dimension (0 .. d_model - 1), not a neuron")
     with store() as s:
         sets = s.topic_sets(model.model_id, layer, unit, source)
     if sets:
