@@ -78,4 +78,4 @@ bench: setup
 	$(PY) bench/topics.py
 
 clean-cache:
-	rm -rf $(DB) $(DB).wal $(DB).harvest
+	rm -rf $(DB) $(DB).wal $(DB).harvest $(DB).topics
