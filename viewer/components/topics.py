@@ -87,10 +87,11 @@ def topics_panel(model, layer: int, neuron: int) -> None:
                    f"--db {db_path()}`")
         return
     p = sets[0].params
+    small = ("a small corpus (~0.56M words): most word pairs never meet there and score −1, so absolute values "
+             "are low; compare each topic with random word sets from the same pool. A bigger reference corpus: "
+             "`--corpus PATH`." if p["corpus"] == "enwiki-sample+lee-background" else "")
     st.caption(f"k = {p['k']} words per topic from the top/bottom τ = {p['tau']} tokens · NPMI over {p['window']}-word "
-               f"windows of {p['corpus']} — a small corpus (~0.56M words): most word pairs never meet there and "
-               "score −1, so absolute values are low; compare each topic with random word sets from the same pool. "
-               "A bigger reference corpus: `--corpus PATH`.")
+               f"windows of {p['corpus']}" + (f" — {small}" if small else ""))
     cols = st.columns(2)
     for col, ts in zip(cols, sorted(sets, key=lambda t: t.polarity != "pos")):
         with col:
