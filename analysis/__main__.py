@@ -144,7 +144,7 @@ def record_to_json(rec) -> dict:
 
     st = rec.stats
     return {
-        "neuron_id": {"layer_index": rec.layer, "neuron_index": rec.neuron},
+        "neuron_id": {"layer_index": rec.layer, "neuron_index": rec.unit.index},
         "most_positive_activation_records": [ar(r) for r in rec.most_positive_activation_records],
         "random_sample": [ar(r) for r in rec.random_sample],
         "random_sample_by_quantile": [[ar(r) for r in b] for b in rec.random_sample_by_quantile],

@@ -76,13 +76,37 @@ class Window:
     token_ids: tuple[int, ...]
 
 
+MLP = "mlp"
+"""The source of MLP neurons: the input of a layer's MLP output projection (see DESIGN.md, Neurons)."""
+
+
+@dataclass(frozen=True, order=True)
+class UnitId:
+    """A unit: ``(source, layer, index)``. Source ``mlp`` is an MLP neuron; any other source names a dictionary
+    (an SAE or transcoder) whose features are the units. Methods take records of a unit and never assume which
+    source it came from, except where they read source-specific weights."""
+
+    source: str
+    layer: int
+    index: int
+
+    def __str__(self) -> str:
+        return f"L{self.layer}/N{self.index}" if self.source == MLP else f"L{self.layer}/{self.source}#{self.index}"
+
+
 @dataclass(frozen=True)
-class ActivationRecord:
-    """One window's activations for one unit, as OpenAI's ActivationRecord plus ids and provenance."""
+class TokenActivations:
+    """Tokens and one value per token: what a heatmap draws (real, simulated or predicted activations)."""
 
     tokens: list[str]
-    token_ids: list[int]
     activations: list[float]
+
+
+@dataclass(frozen=True)
+class ActivationRecord(TokenActivations):
+    """One window's activations for one unit, as OpenAI's ActivationRecord plus ids and provenance."""
+
+    token_ids: list[int]
     window_id: int
     doc_id: int
     offset: int
@@ -110,14 +134,13 @@ class UnitStats:
 
 
 @dataclass(frozen=True)
-class NeuronRecord:
+class UnitRecord:
     """Everything the cache holds about one unit of one run (OpenAI's NeuronRecord, plus our extras)."""
 
     model_id: str
     corpus_id: str
     run_id: str
-    layer: int
-    neuron: int
+    unit: UnitId
     hook_point: str
     stats: UnitStats
     most_positive_activation_records: list[ActivationRecord]
@@ -130,3 +153,7 @@ class NeuronRecord:
     """Inner boundaries of those bins (window-max values); bin i is [b[i-1], b[i])."""
     top_tokens: list[tuple[int, str, float, int]] = field(default_factory=list)
     """(token id, token, mean activation, count): tokens this unit fires on most, highest mean first."""
+
+    @property
+    def layer(self) -> int:
+        return self.unit.layer

@@ -80,7 +80,7 @@ def main() -> None:
         scored = score_simulation(sim, exp.text, scoring_records(rec, "top-and-random"), rec.stats.max, "top-and-random")
         t_score.append(time.perf_counter() - t0)
         tl = TokenLookupExplainer().explain(train_records(rec), rec.stats.max)
-        print(f"  L{args.layer}/N{rec.neuron}: local explanation {exp.text[:50]!r} score {scored.score:+.3f}; "
+        print(f"  L{args.layer}/N{rec.unit.index}: local explanation {exp.text[:50]!r} score {scored.score:+.3f}; "
               f"token-lookup {tl.text[:40]!r}")
     print(f"one neuron, local explain + local score (10 records): {sum(t_exp) / len(t_exp):.1f} s + "
           f"{sum(t_score) / len(t_score):.1f} s")

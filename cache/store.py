@@ -22,7 +22,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from analysis.types import (ActivationRecord, CorpusInfo, Document, ModelInfo, NeuronRecord, UnitStats,
+from analysis.types import (ActivationRecord, CorpusInfo, Document, MLP, ModelInfo, UnitId, UnitRecord, UnitStats,
                             UserError)
 from cache.migrations import MIGRATIONS, SCHEMA_VERSION
 from cache.n2g import N2GMixin
@@ -331,7 +331,7 @@ class Store(ExplanationsMixin, N2GMixin, TopicsMixin):
                           hist_edges=[(float(a), float(b)) for a, b in HIST_BIN_EDGES[order]])
         return stats, [float(x) for x in (row[9] or [])]
 
-    def neuron_record(self, run: RunInfo, layer: int, unit: int) -> NeuronRecord | None:
+    def neuron_record(self, run: RunInfo, layer: int, unit: int) -> UnitRecord | None:
         found = self._unit_stats_and_bounds(run.run_id, layer, unit)
         if found is None:
             return None
@@ -359,8 +359,8 @@ class Store(ExplanationsMixin, N2GMixin, TopicsMixin):
         tok_rows = self._q("SELECT token_id, mean, count FROM token_means WHERE run_id = ? AND layer = ? AND unit = ? "
                            "ORDER BY mean DESC LIMIT 20", [run.run_id, layer, unit]).fetchall()
         tok_vocab = self.vocab(model.tokenizer_id, [r[0] for r in tok_rows])
-        return NeuronRecord(
-            model_id=run.model_id, corpus_id=run.corpus_id, run_id=run.run_id, layer=layer, neuron=unit,
+        return UnitRecord(
+            model_id=run.model_id, corpus_id=run.corpus_id, run_id=run.run_id, unit=UnitId(MLP, layer, unit),
             hook_point=model.hook_point.format(layer=layer), stats=stats,
             most_positive_activation_records=top, random_sample=rand,
             random_sample_by_quantile=[by_bin.get(b, []) for b in range(n_bins)],

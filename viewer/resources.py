@@ -55,7 +55,7 @@ def show_error(exc: Exception) -> None:
 
 
 def live_simulators(model_name: str) -> dict:
-    """The simulators pages can run live: name -> factory(NeuronRecord)."""
+    """The simulators pages can run live: name -> factory(UnitRecord)."""
     from analysis.evaluate import token_lookup_simulator
     from analysis.simulate import LocalAllAtOnceSimulator
 

@@ -18,7 +18,7 @@ from analysis.simulate import SimResult
 
 
 def split_records(rec) -> tuple[list, list]:
-    """(train, test) ActivationRecords of a NeuronRecord."""
+    """(train, test) ActivationRecords of a UnitRecord."""
     top = rec.most_positive_activation_records
     return top[0::4] + top[1::4], top[2::4] + top[3::4]
 
@@ -66,7 +66,7 @@ def evaluate(layer: int, rec, graph: Graph, params: dict, seconds: float) -> N2G
     lookup = token_lookup_predict(_pairs(train))
     firing, non_firing = firing_metrics(real, predicted, rec.stats.max)
     b_firing, b_non_firing = firing_metrics(real, [lookup(list(r.token_ids)) for r in test], rec.stats.max)
-    return N2GResult(layer=layer, unit=rec.neuron, max_activation=rec.stats.max, graph=graph, firing=firing,
+    return N2GResult(layer=layer, unit=rec.unit.index, max_activation=rec.stats.max, graph=graph, firing=firing,
                      non_firing=non_firing, baseline_firing=b_firing, baseline_non_firing=b_non_firing,
                      test_window_ids=[r.window_id for r in test], test_tokens=[list(r.tokens) for r in test],
                      test_real=real, test_predicted=predicted, params=params, seconds=seconds)
@@ -91,17 +91,17 @@ def special_ids(tokenizer) -> list[int]:
 
 def fit_layer(subject, layer: int, neuron_records: list, config: N2GConfig = N2GConfig(), chunk: int = 32,
               prober: ModelProber | None = None) -> Iterator[list[N2GResult]]:
-    """Graphs for ``neuron_records`` (NeuronRecords of one layer), yielded ``chunk`` units at a time."""
+    """Graphs for ``neuron_records`` (UnitRecords of one layer), yielded ``chunk`` units at a time."""
     prober = prober or ModelProber(subject, layer)
     mask_id, skip = mask_token_id(subject.tokenizer), special_ids(subject.tokenizer)
     for b in range(0, len(neuron_records), chunk):
         recs = neuron_records[b : b + chunk]
         t0 = time.perf_counter()
-        splits = {rec.neuron: split_records(rec) for rec in recs}
+        splits = {rec.unit.index: split_records(rec) for rec in recs}
         graphs = fit_graphs(prober, {u: _pairs(tr) for u, (tr, _te) in splits.items()}, mask_id,
-                            {rec.neuron: rec.stats.max for rec in recs}, config, skip)
+                            {rec.unit.index: rec.stats.max for rec in recs}, config, skip)
         per_unit = (time.perf_counter() - t0) / len(recs)
-        yield [evaluate(layer, rec, graphs[rec.neuron], config.to_json(), per_unit) for rec in recs]
+        yield [evaluate(layer, rec, graphs[rec.unit.index], config.to_json(), per_unit) for rec in recs]
 
 
 def describe(graph: Graph, vocab: dict[int, str], n: int = 3) -> str:

@@ -55,7 +55,7 @@ def explanations_panel(rows: list, run, rec, simulators: dict) -> None:
     simulators this viewer offers live. The database is not held open here: saving opens it for writing."""
     if not rows:
         st.info("no explanation yet: write one below, or run `python -m analysis explain ... --neurons "
-                f"{rec.neuron}` and `python -m analysis score ...`")
+                f"{rec.unit.index}` and `python -m analysis score ...`")
     table = []
     for e, sims in rows:
         for s in sims or [None]:
@@ -114,7 +114,7 @@ def own_explanation_form(run, rec, simulators: dict, key: str = "own") -> None:
             from viewer.resources import db_path
 
             with open_store(db_path()) as w:
-                eid = w.put_explanation(run.run_id, rec.layer, rec.neuron, "human", {}, scored.explanation)
+                eid = w.put_explanation(run.run_id, rec.layer, rec.unit.index, "human", {}, scored.explanation)
                 w.put_simulation(eid, scored)
             del st.session_state[f"{key}_scored"]
             st.success("saved")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import html
 
-from analysis.types import NeuronRecord
+from analysis.types import UnitRecord
 from viewer.components.charts import histogram_figure
 from viewer.components.heatmap import records_html
 
 
-def neuron_page_html(rec: NeuronRecord, model_name: str) -> str:
+def neuron_page_html(rec: UnitRecord, model_name: str) -> str:
     s = rec.stats
     vmax = max(s.max, 1e-9)
     stats_rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in [
@@ -21,7 +21,7 @@ def neuron_page_html(rec: NeuronRecord, model_name: str) -> str:
     for i, recs in enumerate(rec.random_sample_by_quantile):
         if recs:
             bins += f"<h3>quantile bin {i + 1}</h3>" + records_html(recs, vmax)
-    title = html.escape(f"{model_name} · layer {rec.layer} · neuron {rec.neuron}")
+    title = html.escape(f"{model_name} · layer {rec.layer} · neuron {rec.unit.index}")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:20px auto;color:#222}} table{{border-collapse:collapse}}
 th,td{{padding:2px 10px;text-align:left;border-bottom:1px solid #eee}}</style></head><body>
