@@ -1,8 +1,5 @@
-"""Explain -> simulate -> score for one unit: held-out record sets and scored simulations.
-
-Splits follow OpenAI's interleaving: top records 0::4 train (the explainer sees only these), 1::4 calibration,
-2::4 valid, 3::4 test; random records 0::3 calibration, 1::3 valid, 2::3 test. Scoring sets come from the valid
-split (+ test for random-only), so a scored record is never one the explainer saw.
+"""Explain -> simulate -> score for one unit: scored simulations on the held-out record sets of analysis/splits.py
+(a scored record is never one the explainer saw).
 """
 
 from __future__ import annotations
@@ -10,25 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from analysis.scoring import absolute_dev_explained, correlation_score, rsquared_score, to_neuron_units
-
-SCORING_SETS = ("top-and-random", "random-only")
-
-
-def train_records(rec) -> list:
-    return rec.most_positive_activation_records[0::4]
-
-
-def scoring_records(rec, scoring_set: str, n: int = 5) -> list:
-    top = rec.most_positive_activation_records
-    # a random window can also be a top window: leave out those that anything trains on (the explainer's 0::4,
-    # Neuron2Graph's 0::4 + 1::4), so a scored record is never a seen one
-    seen = {r.window_id for r in top[0::4] + top[1::4]}
-    rnd = [r for r in rec.random_sample if r.window_id not in seen]
-    if scoring_set == "top-and-random":
-        return top[2::4][:n] + rnd[1::3][:n]
-    if scoring_set == "random-only":
-        return (rnd[1::3] + rnd[2::3])[: 2 * n]
-    raise ValueError(f"unknown scoring set {scoring_set!r}: use one of {', '.join(SCORING_SETS)}")
+from analysis.splits import explainer_train
 
 
 @dataclass
@@ -77,6 +56,6 @@ def token_lookup_simulator(rec):
     from analysis.simulate import TokenLookupSimulator
 
     table = {t: m for t, _s, m, _c in rec.top_tokens}
-    for (tid, _t), (m, _c) in token_means(train_records(rec)).items():
+    for (tid, _t), (m, _c) in token_means(explainer_train(rec)).items():
         table.setdefault(tid, m)
     return TokenLookupSimulator(table, default=rec.stats.mean, max_activation=rec.stats.max)

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from analysis.prompts import EXPLAIN_SYSTEM, LEAD, clean_explanation, explain_prompt
-from analysis.types import UserError
-
-
-@dataclass(frozen=True)
-class Explanation:
-    text: str
-    explainer: str
-    params: dict = field(default_factory=dict)
+from analysis.types import Explanation, UserError
 
 
 def token_means(records: list) -> dict[tuple[int, str], tuple[float, int]]:
@@ -77,7 +70,7 @@ class LocalExplainer:
             text = EXPLAIN_SYSTEM + "\n\n" + body + "\n" + LEAD
         ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids.to(self.subject.device)
         out = model.generate(ids, max_new_tokens=self.max_new_tokens, do_sample=False,
-                             pad_token_id=tok.pad_token_id or tok.eos_token_id)
+                             pad_token_id=self.subject.pad_id)
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
     def params(self) -> dict:
@@ -92,15 +85,26 @@ class LocalExplainer:
 class ApiConfig:
     """An OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama, llama.cpp server...)."""
 
-    base_url: str
-    model: str
+    base_url: str | None = None
+    """e.g. http://127.0.0.1:8000/v1 (needed by the api explainer and simulators)."""
+    model: str | None = None
+    """The model name at that endpoint."""
     key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 60.0
     max_retries: int = 4
     """Retries with exponential backoff on connection errors, 408/409/429 and 5xx (the openai client's own)."""
 
+    def check(self) -> "ApiConfig":
+        """Itself, if it names an endpoint and a model; else a UserError saying which options are missing."""
+        if not self.base_url or not self.model:
+            raise UserError("the api explainer/simulator needs --api-base-url and --api-model (key from $"
+                            + self.key_env + ")")
+        return self
+
     def client(self):
         import openai
+
+        self.check()
 
         key = os.environ.get(self.key_env)
         if not key and "api.openai.com" in self.base_url:
@@ -130,7 +134,7 @@ class ApiExplainer:
     name = "api"
 
     def __init__(self, config: ApiConfig):
-        self.config = config
+        self.config = config.check()
 
     def complete(self, body: str) -> str:
         return chat(self.config, [{"role": "system", "content": EXPLAIN_SYSTEM},

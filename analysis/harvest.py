@@ -27,43 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# ---- histogram: the float16 high byte is the bin -----------------------------------------------------------
-# A float16's high byte holds its sign, its 5 exponent bits and its top 2 mantissa bits: read as an integer it
-# names a log-scale bin (4 linear sub-bins per octave, from 2^-14 to 65504, subnormals in the lowest bins).
-# The harvest already makes the float16 copy for storage, so binning costs one byte read per value.
-HIST_BINS = 256
-
-
-def _hist_edges() -> np.ndarray:
-    """Lower and upper magnitude edge of each of the 256 bins (by byte value; sign from bit 7)."""
-    lo, hi = np.zeros(HIST_BINS), np.zeros(HIST_BINS)
-    for b in range(HIST_BINS):
-        e5, sub = (b >> 2) & 31, b & 3
-        if e5 == 0:  # subnormals: linear in [0, 2^-14)
-            lo[b], hi[b] = sub * 2.0**-16, (sub + 1) * 2.0**-16
-        elif e5 == 31:  # inf / nan: above the float16 range
-            lo[b], hi[b] = 65504.0, np.inf
-        else:
-            base = 2.0 ** (e5 - 15)
-            lo[b], hi[b] = base * (1 + sub / 4), base * (1 + (sub + 1) / 4)
-    sign = np.where(np.arange(HIST_BINS) >= 128, -1.0, 1.0)
-    return np.stack([sign * lo, sign * hi], axis=1)
-
-
-HIST_BIN_EDGES = _hist_edges()
-"""``[256, 2]``: the two edges of each bin; for negative bins the first edge is the one nearer 0."""
+from analysis.histogram import HIST_BINS
+from analysis.progress import Progress
+from analysis.models import Encoded
 
 
 def hist_bin_index(acts16: torch.Tensor) -> torch.Tensor:
-    """The bin (0..255, uint8) of every float16 value: its high byte."""
+    """The bin (0..255, uint8) of every float16 value: its high byte (see analysis/histogram.py)."""
     return acts16.contiguous().view(torch.uint8).view(*acts16.shape, 2)[..., 1]
-
-
-def hist_order() -> np.ndarray:
-    """Bin indices sorted from the most negative bin to the most positive (for plotting)."""
-    mids = HIST_BIN_EDGES.mean(axis=1)
-    mids = np.where(np.isfinite(mids), mids, np.sign(HIST_BIN_EDGES[:, 0]) * 1e6)
-    return np.argsort(mids, kind="stable")
 
 
 # ---- deterministic per-(layer, neuron, window) random keys -----------------------------------------------
@@ -90,7 +61,8 @@ def random_keys(seed: int, layer: int, n_units: int, window_ids: torch.Tensor) -
 class HarvestConfig:
     """Parameters of one harvest; stored with the run."""
 
-    layers: tuple[int, ...]
+    layers: tuple[int, ...] = ()
+    """The layers to harvest (a job sets them from its layer spec)."""
     seq_len: int = 64
     """Tokens per window (OpenAI's records are 64 tokens)."""
     top_k: int = 20
@@ -442,20 +414,11 @@ def _quantile_samples(pool_max: torch.Tensor, filled: torch.Tensor, bins: int, p
 
 # ---- the streaming loop, with checkpoints ---------------------------------------------------------------
 
-def pad_batch(windows: list, seq_len: int, pad_id: int, bos_id: int | None):
-    """Right-padded ``input_ids`` and ``attention_mask`` (with a BOS column first when ``bos_id`` is given),
-    the real-token mask ``[B, seq_len]`` and the window ids."""
-    B = len(windows)
-    ids = torch.full((B, seq_len), pad_id, dtype=torch.int64)
-    real = torch.zeros((B, seq_len), dtype=torch.bool)
-    for i, w in enumerate(windows):
-        ids[i, : len(w.token_ids)] = torch.tensor(w.token_ids, dtype=torch.int64)
-        real[i, : len(w.token_ids)] = True
-    attn = real.long()
-    if bos_id is not None:
-        ids = torch.cat([torch.full((B, 1), bos_id, dtype=torch.int64), ids], 1)
-        attn = torch.cat([torch.ones((B, 1), dtype=torch.int64), attn], 1)
-    return ids, attn, real, torch.tensor([w.window_id for w in windows], dtype=torch.int64)
+def pad_batch(subject, windows: list, seq_len: int) -> tuple[Encoded, torch.Tensor]:
+    """A batch of windows as the harvest runs it: ``subject.encode`` of their tokens, padded to ``seq_len``
+    (``real`` is ``[B, seq_len]``), and the window ids ``[B]``."""
+    return (subject.encode([list(w.token_ids) for w in windows], length=seq_len),
+            torch.tensor([w.window_id for w in windows], dtype=torch.int64))
 
 
 def save_checkpoint(state: HarvestState, path: Path, run_id: str) -> None:
@@ -480,14 +443,12 @@ def load_checkpoint(path: Path, run_id: str, config: HarvestConfig, device) -> H
 
 
 def run_harvest(subject, windows: list, config: HarvestConfig, checkpoint: Path | None = None,
-                run_id: str = "", device: str = "cpu", progress: bool = True):
+                run_id: str = "", device: str = "cpu", progress: Progress | bool = True):
     """Stream ``windows`` through the model; return (final HarvestState, token table ids).
 
     With ``checkpoint``, the state is saved after every shard and a matching checkpoint is resumed from.
     Interrupting (Ctrl-C, a crash) loses at most the shard in progress.
     """
-    from tqdm import tqdm
-
     from analysis.activations import mlp_activations
 
     info = subject.info
@@ -498,26 +459,23 @@ def run_harvest(subject, windows: list, config: HarvestConfig, checkpoint: Path 
     if state is None:
         state = HarvestState.empty(config, info.d_mlp, len(table_ids), device)
     shards = [windows[i : i + config.shard_windows] for i in range(0, len(windows), config.shard_windows)]
-    pad_id = subject.tokenizer.pad_token_id
-    pad_id = pad_id if pad_id is not None else (subject.tokenizer.eos_token_id or 0)
-    bos_id = subject.tokenizer.bos_token_id if info.prepend_bos else None
     layers = list(config.layers)
     done_tokens = sum(len(w.token_ids) for sh in shards[: state.shards_done] for w in sh)
     total = sum(len(w.token_ids) for w in windows)
-    bar = tqdm(total=total, initial=done_tokens, unit="tok", unit_scale=True, disable=not progress,
-               desc=f"harvest {info.name} L{layers[0]}-{layers[-1]}" if len(layers) > 1 else f"harvest {info.name} L{layers[0]}",
-               smoothing=0.05)
+    bars = progress if isinstance(progress, Progress) else Progress(enabled=progress)
+    bar = bars.bar(total, f"harvest {info.name} L{layers[0]}-{layers[-1]}" if len(layers) > 1 else
+                   f"harvest {info.name} L{layers[0]}", unit="tok", initial=done_tokens, unit_scale=True, smoothing=0.05)
     try:
         for si in range(state.shards_done, len(shards)):
             shard = shards[si]
             for b in range(0, len(shard), config.batch_size):
                 batch = shard[b : b + config.batch_size]
-                ids, attn, real, wids = pad_batch(batch, config.seq_len, pad_id, bos_id)
-                acts = mlp_activations(subject, ids, attn, layers)
-                if bos_id is not None:
-                    acts = {l: a[:, 1:] for l, a in acts.items()}
-                real = real.to(device)
-                tok_rows = row_of[ids[:, 1:] if bos_id is not None else ids].to(device)
+                enc, wids = pad_batch(subject, batch, config.seq_len)
+                n = enc.n_prefix  # the BOS column is run but not recorded
+                acts = mlp_activations(subject, enc.input_ids, enc.attention_mask, layers)
+                acts = {l: a[:, n:] for l, a in acts.items()}
+                real = enc.real.to(device)
+                tok_rows = row_of[enc.input_ids[:, n:]].to(device)
                 state.update(acts, real, wids.to(device), tok_rows)
                 bar.update(int(real.sum()))
             state.shards_done = si + 1

@@ -90,9 +90,25 @@ REFUSED_REASONS = {
 }
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A batch of token-id sequences as the model reads it: BOS prefix (if the model has one), then the tokens,
+    right-padded. Padding is masked, so every real token's activations are those of its sequence run alone."""
+
+    input_ids: torch.Tensor
+    """``[B, n_prefix + T]`` int64."""
+    attention_mask: torch.Tensor
+    """``[B, n_prefix + T]`` int64: 1 for the prefix and real tokens, 0 for padding."""
+    real: torch.Tensor
+    """``[B, T]`` bool: True for real tokens (the prefix columns excluded)."""
+    n_prefix: int
+    """Columns before the first token: 1 with a BOS prefix, else 0."""
+
+
 @dataclass
 class SubjectModel:
-    """A loaded model, its tokenizer, and where its neurons are."""
+    """A loaded model, its tokenizer, and where its neurons are. The one place that knows the BOS prefix, the
+    padding token and the context length."""
 
     model: torch.nn.Module
     tokenizer: object
@@ -102,6 +118,45 @@ class SubjectModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def bos_prefix(self) -> list[int]:
+        """``[bos id]`` if the tokenizer puts a BOS token first (``info.prepend_bos``), else ``[]``."""
+        return [self.tokenizer.bos_token_id] if self.info.prepend_bos else []
+
+    @property
+    def pad_id(self) -> int:
+        """The token right-padding is filled with: the pad token, else EOS, else 0 (it is always masked)."""
+        for token_id in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if token_id is not None:
+                return int(token_id)
+        return 0
+
+    @property
+    def context_length(self) -> int | None:
+        """The most positions the model takes (HF ``max_position_embeddings`` or ``n_positions``); None if its
+        config says neither."""
+        config = self.model.config
+        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text``, without special tokens (no BOS: ``encode`` adds it)."""
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def encode(self, sequences: list[list[int]], length: int | None = None, bos: bool = True) -> Encoded:
+        """Token-id sequences as one batch: ``bos_prefix`` first (unless ``bos`` is False), right-padded with
+        ``pad_id`` to ``T = length`` tokens (default: the longest sequence)."""
+        prefix = self.bos_prefix if bos else []
+        T = max((len(s) for s in sequences), default=0) if length is None else length
+        B, n = len(sequences), len(prefix)
+        ids = torch.full((B, n + T), self.pad_id, dtype=torch.int64)
+        ids[:, :n] = torch.tensor(prefix, dtype=torch.int64)
+        real = torch.zeros((B, T), dtype=torch.bool)
+        for i, s in enumerate(sequences):
+            ids[i, n : n + len(s)] = torch.tensor(list(s), dtype=torch.int64)
+            real[i, : len(s)] = True
+        attention_mask = torch.cat([torch.ones((B, n), dtype=torch.int64), real.long()], 1)
+        return Encoded(input_ids=ids, attention_mask=attention_mask, real=real, n_prefix=n)
 
     def base(self) -> torch.nn.Module:
         """The decoder without the lm_head."""

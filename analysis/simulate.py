@@ -56,23 +56,20 @@ class LocalAllAtOnceSimulator:
 
     def __init__(self, subject, batch_size: int = 4):
         self.subject, self.batch_size = subject, batch_size
-        tok = subject.tokenizer
         self.values, self.value_ids = [], []
         for v in range(11):
-            ids = tok(str(v), add_special_tokens=False).input_ids
+            ids = subject.tokenize(str(v))
             if len(ids) == 1:
                 self.values.append(float(v))
                 self.value_ids.append(ids[0])
         if len(self.values) < 2:
             raise UserError(f"{subject.info.name}'s tokenizer has no single-token numbers: cannot simulate")
         self.scale = 10.0 / max(self.values)
-        enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
-        self.tab, self.unknown, self.newline, self.end = enc("\t"), enc("unknown"), enc("\n"), enc("<end>\n")
+        tok = subject.tokenize
+        self.tab, self.unknown, self.newline, self.end = tok("\t"), tok("unknown"), tok("\n"), tok("<end>\n")
 
     def _prefix(self, explanation: str) -> list[int]:
-        tok = self.subject.tokenizer
-        ids = [tok.bos_token_id] if self.subject.info.prepend_bos else []
-        return ids + tok(simulate_prefix(explanation) + "<start>\n", add_special_tokens=False).input_ids
+        return self.subject.bos_prefix + self.subject.tokenize(simulate_prefix(explanation) + "<start>\n")
 
     def _record(self, token_ids: list[int]) -> tuple[list[int], list[int]]:
         """A record's part of the prompt and its activation slots (indices into that part)."""
@@ -102,19 +99,14 @@ class LocalAllAtOnceSimulator:
         prefix = self._prefix(explanation)
         cache = base(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values
         out: list[list[float]] = []
-        pad = self.subject.tokenizer.pad_token_id or 0
         for b in range(0, len(records), self.batch_size):
             batch = [self._record(r.token_ids) for r in records[b : b + self.batch_size]]
-            B, T = len(batch), max(len(ids) for ids, _ in batch)
-            ids = torch.full((B, T), pad, dtype=torch.long)
-            mask = torch.zeros((B, len(prefix) + T), dtype=torch.long)
-            mask[:, : len(prefix)] = 1
-            for i, (p, _) in enumerate(batch):
-                ids[i, : len(p)] = torch.tensor(p)
-                mask[i, len(prefix) : len(prefix) + len(p)] = 1
+            enc = self.subject.encode([ids for ids, _ in batch], bos=False)  # the prefix is in the cache
+            B = len(batch)
+            mask = torch.cat([torch.ones((B, len(prefix)), dtype=torch.long), enc.attention_mask], 1)
             past = copy.deepcopy(cache)
             past.batch_repeat_interleave(B)
-            hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=past,
+            hidden = base(input_ids=enc.input_ids.to(device), attention_mask=mask.to(device), past_key_values=past,
                           use_cache=True).last_hidden_state  # [B, T, d], final norm applied
             for i, (_, slots) in enumerate(batch):
                 logits = hidden[i, slots].float() @ w.T  # [tokens, values]
@@ -129,7 +121,7 @@ class ApiJsonSimulator:
     name = "api-json"
 
     def __init__(self, config: ApiConfig):
-        self.config = config
+        self.config = config.check()
 
     def simulate(self, explanation: str, records: list) -> SimResult:
         params = {"base_url": self.config.base_url, "model": self.config.model}

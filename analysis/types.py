@@ -76,6 +76,15 @@ class Window:
     token_ids: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """A one-sentence explanation of a unit ("the main thing this unit does is find ...") and who wrote it."""
+
+    text: str
+    explainer: str
+    params: dict = field(default_factory=dict)
+
+
 MLP = "mlp"
 """The source of MLP neurons: the input of a layer's MLP output projection (see DESIGN.md, Neurons)."""
 
@@ -128,7 +137,7 @@ class UnitStats:
     frac_active: float
     """Fraction of tokens with activation > 0."""
     hist_counts: list[int]
-    """Token counts per bin of ``hist_edges`` (the fixed float16-byte log grid of harvest.HIST_BIN_EDGES)."""
+    """Token counts per bin of ``hist_edges`` (the fixed float16-byte log grid of histogram.HIST_BIN_EDGES)."""
     hist_edges: list[tuple[float, float]]
     """Each bin's two edges, ordered from the most negative bin to the most positive."""
 

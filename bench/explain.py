@@ -9,6 +9,8 @@ slot, the prompt cut after each TAB), against the all-at-once pass (one forward 
 
 from __future__ import annotations
 
+from analysis.types import MLP, UnitId
+
 import argparse
 import sys
 import time
@@ -26,7 +28,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from analysis.evaluate import score_simulation, scoring_records, train_records
+    from analysis.evaluate import score_simulation
+    from analysis.splits import explainer_train, scoring_records
     from analysis.explain import LocalExplainer, TokenLookupExplainer
     from analysis.models import load_model
     from analysis.simulate import LocalAllAtOnceSimulator
@@ -34,9 +37,9 @@ def main() -> None:
 
     torch.set_num_threads(2)
     with open_store(args.db, read_only=True) as s:
-        model = s.models()[0]
-        run = s.find_run(model.name, args.layer)
-        recs = [s.neuron_record(run, args.layer, n) for n in range(args.neurons)]
+        model = s.catalog.models()[0]
+        run = s.runs.find(model.name, args.layer)
+        recs = [s.records.unit_record(run, UnitId(MLP, args.layer, n)) for n in range(args.neurons)]
     subject = load_model(model.name)
     sim = LocalAllAtOnceSimulator(subject)
     explainer = LocalExplainer(subject)
@@ -74,12 +77,12 @@ def main() -> None:
     t_exp, t_score = [], []
     for rec in recs:
         t0 = time.perf_counter()
-        exp = explainer.explain(train_records(rec), rec.stats.max)
+        exp = explainer.explain(explainer_train(rec), rec.stats.max)
         t_exp.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         scored = score_simulation(sim, exp.text, scoring_records(rec, "top-and-random"), rec.stats.max, "top-and-random")
         t_score.append(time.perf_counter() - t0)
-        tl = TokenLookupExplainer().explain(train_records(rec), rec.stats.max)
+        tl = TokenLookupExplainer().explain(explainer_train(rec), rec.stats.max)
         print(f"  L{args.layer}/N{rec.unit.index}: local explanation {exp.text[:50]!r} score {scored.score:+.3f}; "
               f"token-lookup {tl.text[:40]!r}")
     print(f"one neuron, local explain + local score (10 records): {sum(t_exp) / len(t_exp):.1f} s + "

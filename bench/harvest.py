@@ -38,28 +38,28 @@ def part(name: str, tokens: int, device: str, batch_size: int, model: str = "smo
     import torch
 
     from analysis.activations import mlp_activations
-    from analysis.harvest import HarvestConfig, pad_batch, run_harvest, summarise
+    from analysis.harvest import HarvestConfig, run_harvest, summarise
     from analysis.models import load_model
 
     subject = load_model(model, device=device)
     layers = list(range(subject.info.n_layers))
     windows = _windows(subject, tokens)
     n_tok = sum(len(w.token_ids) for w in windows)
-    pad = subject.tokenizer.pad_token_id or 0
 
-    def batches():
+    def batches():  # the windows alone, without the BOS column the harvest adds
         for b in range(0, len(windows), batch_size):
-            yield pad_batch(windows[b : b + batch_size], 64, pad, None)
+            enc = subject.encode([list(w.token_ids) for w in windows[b : b + batch_size]], length=64, bos=False)
+            yield enc.input_ids, enc.attention_mask, enc.real
 
     # warm-up batch (allocator, kernels) outside the timings
-    ids, attn, real, _ = next(batches())
+    ids, attn, real = next(batches())
     mlp_activations(subject, ids, attn, layers)
     extra = {}
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     if name == "forward":
-        for ids, attn, real, _ in batches():
+        for ids, attn, real in batches():
             mlp_activations(subject, ids, attn, layers)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
@@ -77,7 +77,7 @@ def part(name: str, tokens: int, device: str, batch_size: int, model: str = "smo
             store = np.lib.format.open_memmap(Path(tmp) / "acts.npy", mode="w+", dtype=np.float16,
                                               shape=(len(layers), n_tok, N))
             pos = 0
-            for ids, attn, real, _ in batches():
+            for ids, attn, real in batches():
                 acts = mlp_activations(subject, ids, attn, layers)
                 n = int(real.sum())
                 for l in layers:

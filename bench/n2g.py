@@ -9,6 +9,8 @@ Prints a markdown table; nothing is written to the cache.
 
 from __future__ import annotations
 
+from analysis.types import MLP, UnitId
+
 import argparse
 import sys
 import time
@@ -40,8 +42,8 @@ def main() -> None:
         for layer in map(int, args.layers.split(",")):
             units = sorted(np.random.default_rng(layer).choice(subject.info.d_mlp, args.neurons, replace=False))
             with open_store(args.db, read_only=True) as store:
-                run = store.find_run("smollm2-135m", layer)
-                recs = [store.neuron_record(run, layer, int(u)) for u in units]
+                run = store.runs.find("smollm2-135m", layer)
+                recs = [store.records.unit_record(run, UnitId(MLP, layer, int(u))) for u in units]
             for augment in (False, True):
                 if dtype != "float32" and not augment:
                     continue

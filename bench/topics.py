@@ -124,7 +124,7 @@ def part_topics(subject, stats, layers, n_neurons):
                     rand_mean.append(rnd.mean())
                     beats.append(r.topics[0].score > np.percentile(rnd, 95))
                     if len(examples) < 6 and r.topics[0].score > -0.2:
-                        examples.append((layer, mode, r.unit, r.polarity.value, r.topics[0], rnd))
+                        examples.append((layer, mode, r.unit.index, r.polarity.value, r.topics[0], rnd))
             n = len(results)
             with_topic = "{} / {}".format(*(sum(1 for r in results if r.topics and r.polarity.value == p)
                                             for p in ("pos", "neg")))

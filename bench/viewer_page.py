@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from analysis.types import MLP, UnitId
+
 import argparse
 import os
 import random
@@ -39,8 +41,8 @@ def main() -> None:
     torch.set_num_threads(2)
     os.environ["NEURON_VIEWER_DB"] = args.db
     with open_store(args.db, read_only=True) as s:
-        model = s.models()[0]
-        run = s.find_run(model.name)
+        model = s.catalog.models()[0]
+        run = s.runs.find(model.name)
     rng = random.Random(0)
     picks = [(rng.choice(run.layers), rng.randrange(model.d_mlp)) for _ in range(args.neurons)]
     page = str(REPO / "viewer" / "views" / "neuron.py")
@@ -57,7 +59,7 @@ def main() -> None:
     base_s = []
     with open_store(args.db, read_only=True) as s:
         for layer, neuron in picks[:5]:
-            rec = s.neuron_record(run, layer, neuron)
+            rec = s.records.unit_record(run, UnitId(MLP, layer, neuron))
             t0 = time.perf_counter()
             ids = torch.tensor([r.token_ids for r in rec.most_positive_activation_records if len(r.token_ids) == 64])
             mlp_activations(subject, ids, None, [layer])

@@ -77,6 +77,32 @@ MIGRATIONS: list[tuple[str, str]] = [
             rank INTEGER, words VARCHAR[], score DOUBLE, star INTEGER, optimal BOOLEAN);
         """,
     ),
+    (
+        "005_units",
+        # a unit is (source, layer, index): every unit-level row names its source ('mlp' = MLP neurons, the only
+        # source before this migration; a dictionary id for SAE features). Topic tables called their projection
+        # mode 'source': it becomes 'mode', and their units get a source too ('resid' for the residual-stream
+        # dimensions of the lo-* modes).
+        """
+        ALTER TABLE runs ADD COLUMN source VARCHAR DEFAULT 'mlp';
+        ALTER TABLE unit_stats ADD COLUMN source VARCHAR DEFAULT 'mlp';
+        ALTER TABLE records ADD COLUMN source VARCHAR DEFAULT 'mlp';
+        ALTER TABLE samples ADD COLUMN source VARCHAR DEFAULT 'mlp';
+        ALTER TABLE token_means ADD COLUMN source VARCHAR DEFAULT 'mlp';
+        ALTER TABLE explanations ADD COLUMN source VARCHAR DEFAULT 'mlp';
+        ALTER TABLE n2g_graphs ADD COLUMN source VARCHAR DEFAULT 'mlp';
+        ALTER TABLE n2g_patterns ADD COLUMN source VARCHAR DEFAULT 'mlp';
+        ALTER TABLE topic_sets RENAME COLUMN source TO mode;
+        ALTER TABLE topic_stars RENAME COLUMN source TO mode;
+        ALTER TABLE topics RENAME COLUMN source TO mode;
+        ALTER TABLE topic_sets ADD COLUMN unit_source VARCHAR DEFAULT 'mlp';
+        ALTER TABLE topic_stars ADD COLUMN unit_source VARCHAR DEFAULT 'mlp';
+        ALTER TABLE topics ADD COLUMN unit_source VARCHAR DEFAULT 'mlp';
+        UPDATE topic_sets SET unit_source = 'resid' WHERE mode IN ('lo-c', 'lo-i');
+        UPDATE topic_stars SET unit_source = 'resid' WHERE mode IN ('lo-c', 'lo-i');
+        UPDATE topics SET unit_source = 'resid' WHERE mode IN ('lo-c', 'lo-i');
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

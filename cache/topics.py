@@ -1,14 +1,22 @@
-"""Word-pool topics in the cache (methods of Store): per (model, NPMI statistics, layer, unit, source,
-polarity) one row of pool and parameters, its stars (with their full NPMI matrices, row-major) and its topics."""
+"""Word-pool topics: per (model, NPMI statistics, unit, projection mode, polarity) one row of pool and
+parameters, its stars (with their full NPMI matrices, row-major) and its topics."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-KEY = "model_id = ? AND stats_id = ? AND layer = ? AND unit = ? AND source = ? AND polarity = ?"
+from analysis.types import UnitId
+from cache.db import Repo
+
+if TYPE_CHECKING:
+    from analysis.topics.types import ScoredTopics
+
+_KEY = "model_id = ? AND stats_id = ? AND unit_source = ? AND layer = ? AND unit = ? AND mode = ? AND polarity = ?"
+_KEY_COLS = "model_id, stats_id, unit_source, layer, unit, mode, polarity"
 
 
 @dataclass(frozen=True)
@@ -21,9 +29,9 @@ class StoredTopic:
 
 @dataclass(frozen=True)
 class StoredTopicSet:
-    layer: int
-    unit: int
-    source: str
+    unit: UnitId
+    mode: str
+    """The projection mode (hi-c, hi-i, lo-c, lo-i) or 'activation'."""
     polarity: str
     params: dict
     pool: list[str]
@@ -35,51 +43,76 @@ class StoredTopicSet:
     seconds: float
 
 
-class TopicsMixin:
-    def put_topics(self, model_id: str, stats_id: str, results: list[tuple], params: dict) -> None:
-        """Store (NeuronTopics, random scores, seconds) tuples, replacing earlier ones with the same key."""
+@dataclass(frozen=True)
+class TopicHit:
+    """A stored topic that contains a searched word."""
+
+    unit: UnitId
+    mode: str
+    polarity: str
+    score: float
+    words: list[str]
+
+
+class TopicRepo(Repo):
+    def put(self, model_id: str, stats_id: str, results: list[ScoredTopics], params: dict) -> None:
+        """Store topic results, replacing earlier ones with the same key, in one transaction."""
         with self.transaction() as cur:
-            for nt, random_scores, seconds in results:
-                key = [model_id, stats_id, nt.layer, nt.unit, str(nt.source), nt.polarity.value]
+            for res in results:
+                t = res.topics
+                key = [model_id, stats_id, t.unit.source, t.unit.layer, t.unit.index, t.mode, t.polarity.value]
                 for table in ("topic_sets", "topic_stars", "topics"):
-                    cur.execute(f"DELETE FROM {table} WHERE {KEY}", key)
-                cur.execute("INSERT INTO topic_sets VALUES (?,?,?,?,?,?,?,?,?,?,?,?, now())",
-                            key + [json.dumps(params, sort_keys=True), list(nt.pool.words), nt.pool.n_tokens,
-                                   nt.reason, [float(x) for x in random_scores], seconds])
+                    cur.execute(f"DELETE FROM {table} WHERE {_KEY}", key)
+                cur.execute(f"INSERT INTO topic_sets ({_KEY_COLS}, params, pool, n_tokens, reason, random_scores, "
+                            "seconds, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?, now())",
+                            key + [json.dumps(params, sort_keys=True), list(t.pool.words), t.pool.n_tokens,
+                                   t.reason, [float(x) for x in res.random_scores], res.seconds])
                 stars = [key + [i, list(s.words), s.center, float(s.mean_edge), [float(x) for x in s.npmi.ravel()]]
-                         for i, s in enumerate(nt.stars)]
-                topics = [key + [r, list(t.words), float(t.score), t.star_index, bool(t.optimal)]
-                          for r, t in enumerate(nt.topics)]
+                         for i, s in enumerate(t.stars)]
+                topics = [key + [r, list(tp.words), float(tp.score), tp.star_index, bool(tp.optimal)]
+                          for r, tp in enumerate(t.topics)]
                 if stars:  # (executemany refuses an empty list)
-                    cur.executemany("INSERT INTO topic_stars VALUES (?,?,?,?,?,?,?,?,?,?,?)", stars)
+                    cur.executemany(f"INSERT INTO topic_stars ({_KEY_COLS}, star, words, center, mean_edge, npmi) "
+                                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", stars)
                 if topics:
-                    cur.executemany("INSERT INTO topics VALUES (?,?,?,?,?,?,?,?,?,?,?)", topics)
+                    cur.executemany(f"INSERT INTO topics ({_KEY_COLS}, rank, words, score, star, optimal) "
+                                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", topics)
 
-    def topic_keys(self, model_id: str, stats_id: str, layer: int) -> set[tuple[int, str, str]]:
-        """(unit, source, polarity) already computed in a layer (for resuming)."""
-        rows = self._q("SELECT unit, source, polarity FROM topic_sets WHERE model_id = ? AND stats_id = ? AND "
-                       "layer = ?", [model_id, stats_id, layer]).fetchall()
-        return {tuple(r) for r in rows}
+    def keys(self, model_id: str, stats_id: str, layer: int) -> set[tuple[UnitId, str, str]]:
+        """(unit, mode, polarity) already computed in a layer with these statistics (for resuming)."""
+        rows = self._q("SELECT unit_source, layer, unit, mode, polarity FROM topic_sets WHERE model_id = ? AND "
+                       "stats_id = ? AND layer = ?", [model_id, stats_id, layer]).fetchall()
+        return {(UnitId(s, l, u), m, p) for s, l, u, m, p in rows}
 
-    def topic_sets(self, model_id: str, layer: int, unit: int, source: str) -> list[StoredTopicSet]:
-        """Both polarities of one unit and source (newest statistics first), with stars and topics."""
-        rows = self._q("SELECT stats_id, polarity, params, pool, n_tokens, reason, random_scores, seconds "
-                       "FROM topic_sets WHERE model_id = ? AND layer = ? AND unit = ? AND source = ? "
-                       "ORDER BY created_at DESC, polarity DESC", [model_id, layer, unit, source]).fetchall()
+    def sets(self, model_id: str, unit: UnitId, mode: str, stats_id: str | None = None) -> list[StoredTopicSet]:
+        """Both polarities of one unit and mode, with stars and topics: of ``stats_id``, else of the newest
+        statistics this unit has topics for."""
+        if stats_id is None:
+            row = self._q("SELECT stats_id FROM topic_sets WHERE model_id = ? AND unit_source = ? AND layer = ? AND "
+                          "unit = ? AND mode = ? ORDER BY created_at DESC LIMIT 1",
+                          [model_id, unit.source, unit.layer, unit.index, mode]).fetchone()
+            if row is None:
+                return []
+            stats_id = row[0]
+        rows = self._q("SELECT polarity, params, pool, n_tokens, reason, random_scores, seconds FROM topic_sets "
+                       "WHERE model_id = ? AND stats_id = ? AND unit_source = ? AND layer = ? AND unit = ? AND "
+                       "mode = ? ORDER BY polarity DESC",
+                       [model_id, stats_id, unit.source, unit.layer, unit.index, mode]).fetchall()
         out = []
-        for stats_id, pol, params, pool, n_tokens, reason, rnd, seconds in rows:
-            key = [model_id, stats_id, layer, unit, source, pol]
+        for pol, params, pool, n_tokens, reason, rnd, seconds in rows:
+            key = [model_id, stats_id, unit.source, unit.layer, unit.index, mode, pol]
             stars = []
-            for words, flat in self._q(f"SELECT words, npmi FROM topic_stars WHERE {KEY} ORDER BY star", key).fetchall():
+            for words, flat in self._q(f"SELECT words, npmi FROM topic_stars WHERE {_KEY} ORDER BY star", key).fetchall():
                 n = len(words)
                 stars.append((list(words), np.asarray(flat, dtype=float).reshape(n, n)))
             topics = [StoredTopic(list(w), sc, st, opt) for w, sc, st, opt in self._q(
-                f"SELECT words, score, star, optimal FROM topics WHERE {KEY} ORDER BY rank", key).fetchall()]
-            out.append(StoredTopicSet(layer, unit, source, pol, json.loads(params), list(pool), n_tokens, reason,
-                                      list(rnd), stars, topics, seconds))
+                f"SELECT words, score, star, optimal FROM topics WHERE {_KEY} ORDER BY rank", key).fetchall()]
+            out.append(StoredTopicSet(unit, mode, pol, json.loads(params), list(pool), n_tokens, reason, list(rnd),
+                                      stars, topics, seconds))
         return out
 
-    def units_with_topic_word(self, model_id: str, word: str, limit: int = 50) -> list[tuple]:
-        """(layer, unit, source, polarity, score, words) of topics that contain ``word``, best score first."""
-        return self._q("SELECT layer, unit, source, polarity, score, words FROM topics WHERE model_id = ? AND "
-                       "list_contains(words, ?) ORDER BY score DESC LIMIT ?", [model_id, word, limit]).fetchall()
+    def with_word(self, model_id: str, word: str, limit: int = 50) -> list[TopicHit]:
+        """Stored topics that contain ``word``, best score first."""
+        rows = self._q("SELECT unit_source, layer, unit, mode, polarity, score, words FROM topics WHERE model_id = ? "
+                       "AND list_contains(words, ?) ORDER BY score DESC LIMIT ?", [model_id, word, limit]).fetchall()
+        return [TopicHit(UnitId(s, l, u), m, p, sc, list(w)) for s, l, u, m, p, sc, w in rows]

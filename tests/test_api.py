@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from analysis.types import MLP, UnitId
+
 import json
 import re
 import socket
@@ -122,8 +124,8 @@ def test_cli_records_a_failed_simulation(server, viewer_db, capsys):
     from cache.store import open_store
 
     with open_store(db, read_only=True) as s:
-        run = s.find_run(model, 0)
-        sims = [x for e in s.explanations(run.run_id, 0, 1) for x in s.simulations(e.explanation_id)]
+        run = s.runs.find(model, 0)
+        sims = [x for e in s.explanations.of_unit(run.run_id, UnitId(MLP, 0, 1)) for x in s.explanations.simulations(e.explanation_id)]
     assert any(x.error and "no JSON list" in x.error for x in sims) and any(x.error is None for x in sims)
     assert main(["explain", "--db", str(db), "--model", model, "--layer", "0", "--neurons", "1", "--explainer", "api"]) == 2
     assert "--api-base-url and --api-model" in capsys.readouterr().err
@@ -147,7 +149,7 @@ def test_revision_stores_initial_and_revised(server, viewer_db, capsys):
     assert main(["explain", "--db", str(db), "--model", model, "--layer", "0", "--neurons", "40", "--explainer", "api",
                  "--api-base-url", server, "--api-model", "good", "--revise", "--quiet"]) == 0
     with open_store(db, read_only=True) as s:
-        exps = s.explanations(s.find_run(model, 0).run_id, 0, 40)
+        exps = s.explanations.of_unit(s.runs.find(model, 0).run_id, UnitId(MLP, 0, 40))
     by_kind = {e.params.get("revision"): e for e in exps}
     assert by_kind["initial"].text == "places in France, like Paris"
     assert by_kind["revised"].text == "places in France and their transport, like the Paris metro"

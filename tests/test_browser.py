@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from analysis.types import MLP, UnitId
+
 import os
 import shutil
 import socket
@@ -57,9 +59,9 @@ def _neuron_with_html_in_top_records(db: Path, model: str) -> int:
     from cache.store import open_store
 
     with open_store(db, read_only=True) as s:
-        run = s.find_run(model, 1)
+        run = s.runs.find(model, 1)
         for n in range(128):
-            rec = s.neuron_record(run, 1, n)
+            rec = s.records.unit_record(run, UnitId(MLP, 1, n))
             texts = ["".join(r.tokens) for r in rec.most_positive_activation_records]
             if any("<script>alert(1)</script>" in t for t in texts) and any("<img src=x onerror" in t for t in texts):
                 return n
@@ -112,8 +114,8 @@ def test_graph_tab_draws_in_chromium(server):
 
     url, db, model = server
     with open_store(db, read_only=True) as s:
-        run = s.find_run(model, 1)
-        unit = max(range(12), key=lambda u: len(s.n2g_graph(run.run_id, 1, u).patterns))
+        run = s.runs.find(model, 1)
+        unit = max(range(12), key=lambda u: len(s.graphs.get(run.run_id, UnitId(MLP, 1, u)).patterns))
     dialogs = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)

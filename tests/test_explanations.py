@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from analysis.types import MLP, UnitId
+
 import json
 from dataclasses import dataclass
 
@@ -11,11 +13,12 @@ import scipy.stats
 import torch
 
 from analysis.__main__ import main
-from analysis.evaluate import score_simulation, scoring_records, train_records
+from analysis.evaluate import score_simulation
 from analysis.models import load_model
 from analysis.prompts import explain_prompt, format_tokens
 from analysis.scoring import correlation_score
 from analysis.simulate import LocalAllAtOnceSimulator, TokenLookupSimulator, parse_activation_list
+from analysis.splits import explainer_train, scoring_records
 
 
 @dataclass
@@ -115,7 +118,7 @@ def test_cli_explain_and_score_json_recomputes(viewer_db, capsys):
     from cache.store import open_store
 
     with open_store(db, read_only=True) as s:
-        rec = s.neuron_record(s.find_run(model, 1), 1, 2)
-    seen = {r.window_id for r in train_records(rec)}
+        rec = s.records.unit_record(s.runs.find(model, 1), UnitId(MLP, 1, 2))
+    seen = {r.window_id for r in explainer_train(rec)}
     assert not seen & {r["window_id"] for r in out["records"]}
     assert {r.window_id for r in scoring_records(rec, "random-only")}.isdisjoint(seen)

@@ -10,8 +10,8 @@ import scipy.stats
 import torch
 
 from analysis.activations import mlp_activations
-from analysis.harvest import (HIST_BIN_EDGES, HarvestConfig, LayerState, random_keys, run_harvest,
-                              summarise)
+from analysis.harvest import HarvestConfig, LayerState, random_keys, run_harvest, summarise
+from analysis.histogram import HIST_BIN_EDGES
 from analysis.models import load_model
 from analysis.types import Window
 
@@ -153,9 +153,9 @@ def test_merge_is_associative_and_equals_streaming(subject, windows):
     def shard_state(ws):
         st = LayerState.empty(1, subject.info.d_mlp, 16, CFG.top_k, CFG.pool, 10, "cpu")
         for b in range(0, len(ws), 3):
-            ids, attn, real, wid = pad_batch(ws[b:b + 3], 16, 0, None)
-            acts = mlp_activations(subject, ids, attn, [1])[1]
-            st.add_batch(acts, real, wid, torch.zeros_like(ids), CFG.top_k, CFG.pool, CFG.seed)
+            enc, wid = pad_batch(subject, ws[b:b + 3], 16)
+            acts = mlp_activations(subject, enc.input_ids, enc.attention_mask, [1])[1]
+            st.add_batch(acts, enc.real, wid, torch.zeros_like(enc.input_ids), CFG.top_k, CFG.pool, CFG.seed)
         return st
 
     a, b, c = shard_state(windows[:7]), shard_state(windows[7:15]), shard_state(windows[15:])

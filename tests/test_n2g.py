@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from analysis.types import MLP, UnitId
+
 import numpy as np
 import pytest
 import torch
@@ -174,7 +176,7 @@ def test_cli_n2g_json_recomputes_resumes_and_scores(n2g_db, capsys):
     """The --json records let anyone recompute the metrics; held-out windows are never train windows; a second
     run resumes (builds nothing); each graph is stored as the 'n2g' simulator beside the explanations."""
     from analysis.__main__ import main
-    from analysis.evaluate import scoring_records
+    from analysis.splits import scoring_records
     from cache.store import open_store
 
     db, model = n2g_db
@@ -187,9 +189,9 @@ def test_cli_n2g_json_recomputes_resumes_and_scores(n2g_db, capsys):
     neurons = json.loads(out)["neurons"]
     assert [n["neuron"] for n in neurons] == list(range(12))
     with open_store(db, read_only=True) as s:
-        run = s.find_run(model, 1)
+        run = s.runs.find(model, 1)
         for n in neurons:
-            rec = s.neuron_record(run, 1, n["neuron"])
+            rec = s.records.unit_record(run, UnitId(MLP, 1, n["neuron"]))
             top = [r.window_id for r in rec.most_positive_activation_records]
             held = [r["window_id"] for r in n["records"]]
             assert held == top[2::4] + top[3::4] and not set(held) & set(top[0::4] + top[1::4])
@@ -201,10 +203,10 @@ def test_cli_n2g_json_recomputes_resumes_and_scores(n2g_db, capsys):
             p = tp / (tp + fp) if tp + fp else 0.0
             r_ = tp / (tp + fn) if tp + fn else 0.0
             assert n["firing"]["precision"] == pytest.approx(p) and n["firing"]["recall"] == pytest.approx(r_)
-            g = s.n2g_graph(run.run_id, 1, n["neuron"])
+            g = s.graphs.get(run.run_id, UnitId(MLP, 1, n["neuron"]))
             assert g is not None and len(g.patterns) == n["n_patterns"]
-            [exp] = [e for e in s.explanations(run.run_id, 1, n["neuron"]) if e.explainer == "n2g"]
-            [sim] = s.simulations(exp.explanation_id)
+            [exp] = [e for e in s.explanations.of_unit(run.run_id, UnitId(MLP, 1, n["neuron"])) if e.explainer == "n2g"]
+            [sim] = s.explanations.simulations(exp.explanation_id)
             assert sim.simulator == "n2g" and sim.error is None
             assert sim.window_ids == [r.window_id for r in scoring_records(rec, "top-and-random")]
             assert not set(sim.window_ids) & set(top[0::4] + top[1::4])  # scored on records the graph never saw
@@ -263,7 +265,7 @@ def test_cli_n2g_interrupted_then_resumed(viewer_db, tmp_path, monkeypatch, caps
     args = ["n2g", "--db", str(db), "--model", model, "--layer", "0", "--neurons", "0-5", "--chunk", "2", "--quiet"]
     assert main(args) == 130
     with open_store(db, read_only=True) as s:
-        assert s.n2g_units(s.find_run(model, 0).run_id, 0) == {0, 1}
+        assert s.graphs.units(s.runs.find(model, 0).run_id, 0) == {0, 1}
     monkeypatch.setattr(pipeline, "fit_layer", real_fit_layer)
     capsys.readouterr()
     assert main(args) == 0

@@ -25,7 +25,7 @@ def test_migrations_build_the_schema_in_memory():
 def test_new_file_gets_schema_and_other_versions_are_refused(tmp_path):
     db = tmp_path / "a.duckdb"
     with open_store(db) as store:
-        assert store.models() == []
+        assert store.catalog.models() == []
     con = duckdb.connect(str(db))
     con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     con.close()
@@ -78,6 +78,6 @@ def test_reader_waits_for_a_writer_then_reads(tmp_path):
             pass
     t0 = time.monotonic()
     with open_store(db, read_only=True, wait_s=10) as store:  # retries until the writer lets go
-        assert store.runs() == []
+        assert store.runs.list() == []
     assert time.monotonic() - t0 > 0.3
     holder.wait(timeout=10)

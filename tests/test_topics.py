@@ -17,6 +17,7 @@ from analysis.topics import (ACTIVATION_SOURCE, Polarity, ProjectionMode, TokenR
                              solve_bnb, solve_greedy, solve_milp, topic_score, topics_for_units,
                              topics_from_ranking)
 from analysis.topics.pool import STOP_WORDS, is_pool_word
+from analysis.types import MLP, UnitId
 
 # ---------------------------------------------------------------- helpers (independent routes)
 
@@ -153,12 +154,12 @@ def test_rankings_are_the_extremes_of_independent_logits(tiny_models):
     with torch.no_grad():
         logits = hand_final_logits(subject, neuron_vectors(subject, 2, neurons)).numpy()
     rankings = project_rankings(subject, 2, "hi-i", neurons, tau=20, batch_size=1)
-    assert [(r.unit, r.polarity) for r in rankings] == [(4, Polarity.POS), (4, Polarity.NEG),
+    assert [(r.unit.index, r.polarity) for r in rankings] == [(4, Polarity.POS), (4, Polarity.NEG),
                                                         (9, Polarity.POS), (9, Polarity.NEG)]
     for r in rankings:
-        row = logits[neurons.index(r.unit)]
+        row = logits[neurons.index(r.unit.index)]
         order = np.argsort(-row if r.polarity == Polarity.POS else row, kind="stable")[:20]
-        assert r.source == "hi-i" and r.layer == 2 and len(r.token_ids) == 20
+        assert r.mode == "hi-i" and r.unit == UnitId(MLP, 2, r.unit.index) and len(r.token_ids) == 20
         np.testing.assert_allclose(r.scores, row[order], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(row[list(r.token_ids)], row[order], rtol=1e-4, atol=1e-4)
 
@@ -274,7 +275,7 @@ def test_pool_keeps_rank_order_and_corpus_words():
     stats = count_cooccurrences(["music guitar guitar band band band the the the paris paris"] * 3, "c",
                                 window=4, min_count=2, progress=False)
     tokens = [" Guitar", "Ġguitar", " the", "ox", " 1905", "▁Band", " zebra", " music", ",", " Paris"]
-    ranking = TokenRanking("hi-i", 0, 0, Polarity.POS, tuple(range(len(tokens))), tuple(range(len(tokens))))
+    ranking = TokenRanking("hi-i", UnitId(MLP, 0, 0), Polarity.POS, tuple(range(len(tokens))), tuple(range(len(tokens))))
     pool = build_pool(ranking, FakeTokenizer(tokens), stats)
     assert pool.words == ("guitar", "band", "music", "paris")
     assert pool.token_ids == (0, 5, 7, 9)
@@ -285,11 +286,11 @@ def test_pool_keeps_rank_order_and_corpus_words():
 
 def test_activation_ranking_orders_by_mean():
     table = [(5, 0.1), (7, 2.5), (9, -1.0), (11, 0.9), (13, -3.0)]
-    pos = activation_ranking(table, layer=2, neuron=8, polarity="pos", tau=3)
-    neg = activation_ranking(table, layer=2, neuron=8, polarity=Polarity.NEG, tau=2)
+    pos = activation_ranking(table, UnitId(MLP, 2, 8), polarity="pos", tau=3)
+    neg = activation_ranking(table, UnitId(MLP, 2, 8), polarity=Polarity.NEG, tau=2)
     assert pos.token_ids == (7, 11, 5) and pos.scores == (2.5, 0.9, 0.1)
     assert neg.token_ids == (13, 9) and neg.polarity == Polarity.NEG
-    assert pos.source == ACTIVATION_SOURCE and (pos.layer, pos.unit) == (2, 8)
+    assert pos.mode == ACTIVATION_SOURCE and pos.unit == UnitId(MLP, 2, 8)
 
 
 # ---------------------------------------------------------------- stars
@@ -431,7 +432,7 @@ def topic_corpus():
 
 def _ranking(words, polarity=Polarity.POS):
     tokens = [" " + w.capitalize() for w in words]
-    return FakeTokenizer(tokens), TokenRanking("hi-i", 3, 42, polarity, tuple(range(len(tokens))),
+    return FakeTokenizer(tokens), TokenRanking("hi-i", UnitId(MLP, 3, 42), polarity, tuple(range(len(tokens))),
                                                tuple(float(-i) for i in range(len(tokens))))
 
 
@@ -439,7 +440,7 @@ def test_pipeline_recovers_planted_topics(topic_corpus):
     words = [w for pair in itertools.zip_longest(TOPIC_A, TOPIC_B, FILLER) for w in pair if w] + ["the", "of"]
     tok, ranking = _ranking(words)
     result = topics_from_ranking(ranking, tok, topic_corpus, TopicConfig(k=10, theta_l=0.05))
-    assert result.reason is None and (result.layer, result.unit, result.source) == (3, 42, "hi-i")
+    assert result.reason is None and (result.unit, result.mode) == (UnitId(MLP, 3, 42), "hi-i")
     assert "the" not in result.pool.words and len(result.pool.words) == len(TOPIC_A + TOPIC_B + FILLER)
     assert len(result.topics) == 2
     found = sorted(set(t.words) <= set(TOPIC_A) or set(t.words) <= set(TOPIC_B) for t in result.topics)
@@ -478,7 +479,7 @@ def test_topics_for_units_on_a_tiny_model(tiny_models):
                                 progress=False)
     out = topics_for_units(subject, 1, [0, 3], "hi-c", stats, TopicConfig(k=3, tau=400, theta_l=-1.0),
                            polarities=["neg"])
-    assert [(r.unit, r.polarity, r.source) for r in out] == [(0, Polarity.NEG, "hi-c"), (3, Polarity.NEG, "hi-c")]
+    assert [(r.unit.index, r.polarity, r.mode) for r in out] == [(0, Polarity.NEG, "hi-c"), (3, Polarity.NEG, "hi-c")]
     for r in out:
         assert set(r.pool.words) == set(words)  # tau covers the whole vocabulary
         assert r.topics and all(len(t.words) == 3 and t.optimal for t in r.topics)

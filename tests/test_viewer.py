@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from analysis.types import MLP, UnitId
+
 import re
 from pathlib import Path
 
@@ -129,7 +131,7 @@ def test_export_is_self_contained(viewer_db):
 
     db, model = viewer_db
     with open_store(db, read_only=True) as s:
-        rec = s.neuron_record(s.find_run(model, 1), 1, 3)
+        rec = s.records.unit_record(s.runs.find(model, 1), UnitId(MLP, 1, 3))
     page = neuron_page_html(rec, model)
     assert page.startswith("<!doctype html>") and "Plotly.newPlot" in page
     assert not re.search(r"<script[^>]+src=", page)  # plotly.js is inlined: opens without a server or network
@@ -156,7 +158,7 @@ def test_explanations_tab_scores_and_saves_your_own(viewer_db, monkeypatch):
     next(b for b in at.button if b.label.startswith("save this explanation")).click().run()
     assert not at.exception
     with open_store(db, read_only=True) as s:
-        texts = [e.text for e in s.explanations(s.find_run(model, 1).run_id, 1, 6)]
+        texts = [e.text for e in s.explanations.of_unit(s.runs.find(model, 1).run_id, UnitId(MLP, 1, 6))]
     assert "the tokens Paris and France" in texts
 
 
@@ -181,11 +183,11 @@ def test_graph_tab_search_and_compare(n2g_db, monkeypatch):
 
     db, model = n2g_db
     with open_store(db, read_only=True) as s:
-        run = s.find_run(model, 1)
-        g = max((s.n2g_graph(run.run_id, 1, u) for u in range(12)), key=lambda g: len(g.patterns))
+        run = s.runs.find(model, 1)
+        g = max((s.graphs.get(run.run_id, UnitId(MLP, 1, u)) for u in range(12)), key=lambda g: len(g.patterns))
         firing = [p for p, v in g.patterns if v >= 0.5 * g.max_activation]
-        token = s.vocab(s.model(model).tokenizer_id, [firing[0][0]])[firing[0][0]]
-    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=g.unit, tab="graph")
+        token = s.catalog.vocab(s.catalog.model(model).tokenizer_id, [firing[0][0]])[firing[0][0]]
+    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=g.unit.index, tab="graph")
     assert not at.exception and not at.error
     table = at.dataframe[0].value
     assert list(table[""]) == ["Neuron2Graph", "token-lookup"]
@@ -201,8 +203,8 @@ def test_graph_tab_search_and_compare(n2g_db, monkeypatch):
     at = _page("search", db, monkeypatch, model=model, graph=token)
     assert not at.exception
     hits = at.dataframe[0].value
-    assert any(f"neuron={g.unit}&" in u for u in hits["neuron"])
-    at = _page("compare", db, monkeypatch, a_model=model, a_layer=1, a_neuron=g.unit, b_model=model, b_layer=0,
+    assert any(f"neuron={g.unit.index}&" in u for u in hits["neuron"])
+    at = _page("compare", db, monkeypatch, a_model=model, a_layer=1, a_neuron=g.unit.index, b_model=model, b_layer=0,
                b_neuron=0)
     at.toggle(key="cmp_graphs").set_value(True).run()
     assert not at.exception

@@ -1,24 +1,27 @@
-"""The viewer's only Streamlit caches and its database access. Every cached argument is part of the key."""
+"""The viewer's only Streamlit caches, its database access and the one path by which it writes (jobs).
+Every cached argument is part of the key."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import streamlit as st
 
-from analysis.config import REPO_ROOT, default_db
+from analysis.config import default_db
 from analysis.models import SubjectModel, load_model
+from analysis.progress import Progress
 from analysis.types import UserError
 from cache.store import Store, open_store
 
 MAX_LIVE_TOKENS = 1024
 """Live text longer than this many tokens is cut (with a message): ~2 s of CPU at the last layer."""
+
+T = TypeVar("T")
 
 
 def db_path() -> Path:
@@ -31,23 +34,36 @@ def db_path() -> Path:
 
 @contextmanager
 def store() -> Iterator[Store]:
-    """The database, read-only, for the duration of one page render (a writer may hold it in between)."""
+    """The database, read-only, for the duration of one read (a writer may hold it in between)."""
     with open_store(db_path(), read_only=True, wait_s=8.0) as s:
         yield s
 
 
-@st.cache_resource(show_spinner="loading the model (once per server)…", max_entries=2)
-def subject(name: str, device: str = "cpu") -> SubjectModel:
-    return load_model(name, device=device)
+def read(fn: Callable[[Store], T]) -> T | None:
+    """``fn`` on the read-only database: a page's one preamble. An error (missing, corrupt or busy database, an
+    unknown unit) is shown on the page and gives None."""
+    try:
+        with store() as s:
+            return fn(s)
+    except Exception as exc:
+        show_error(exc)
+        return None
 
 
 def cached_models(s: Store) -> list:
     """The cached models; when there are none, says how to build a cache (callers then stop)."""
-    models = s.models()
+    models = s.catalog.models()
     if not models:
         st.info(f"{db_path()} holds no harvest yet. Build the demo cache with `make demo`, or run "
                 f"`python -m analysis harvest --db {db_path()}`.")
     return models
+
+
+@st.cache_resource(show_spinner="loading the model (once per server)…", max_entries=2)
+def subject(name: str, device: str = "cpu", dtype: str = "float32") -> SubjectModel:
+    import torch
+
+    return load_model(name, device=device, dtype=getattr(torch, dtype))
 
 
 def show_error(exc: Exception) -> None:
@@ -56,29 +72,63 @@ def show_error(exc: Exception) -> None:
 
 def live_simulators(model_name: str) -> dict:
     """The simulators pages can run live: name -> factory(UnitRecord)."""
-    from analysis.evaluate import token_lookup_simulator
-    from analysis.simulate import LocalAllAtOnceSimulator
+    from analysis.jobs.score import make_simulator
 
-    return {"token-lookup": token_lookup_simulator,
-            "local-all-at-once": lambda rec: LocalAllAtOnceSimulator(subject(model_name))}
+    return {name: (lambda rec, name=name: make_simulator(name, rec, model_name, load=subject))
+            for name in ("token-lookup", "local-all-at-once")}
 
 
-def run_job(args: list[str], label: str) -> None:
-    """Run ``python -m analysis ARGS`` (it writes the cache), showing its progress line live; rerun when done."""
-    cmd = [sys.executable, "-m", "analysis", *args, "--db", str(db_path())]
+class StreamlitProgress(Progress):
+    """A job's progress on the page: each bar is an st.progress line, notes are captions."""
+
+    def bar(self, total: int, desc: str, unit: str = "it", initial: int = 0, **_kwargs):
+        return _Bar(total, desc, unit, initial)
+
+    def note(self, text: str) -> None:
+        st.caption(text.strip())
+
+
+class _Bar:
+    def __init__(self, total: int, desc: str, unit: str, initial: int):
+        self.total, self.desc, self.unit, self.n = max(total, 1), desc, unit, initial
+        self.widget = st.progress(min(1.0, self.n / self.total), text=self._text())
+
+    def _text(self) -> str:
+        return f"{self.desc}: {self.n:,} / {self.total:,} {self.unit}"
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.widget.progress(min(1.0, self.n / self.total), text=self._text())
+
+    def close(self) -> None:
+        pass
+
+
+def run_job(label: str, job: Callable[[Path, Progress], object]) -> None:
+    """Run a job (``analysis.jobs``) in this process, showing its progress; rerun the page when it is done.
+    The job writes through the store in short transactions, so other sessions keep reading meanwhile. Jobs
+    load their own copy of the model rather than the shared ``subject``: they attach hooks (N2G probes,
+    harvest captures) that must not fire inside another session's forward pass."""
     with st.status(label, expanded=True) as status:
-        line = st.empty()
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        buf = ""
-        while (ch := proc.stderr.read(1)):
-            if ch in "\r\n":
-                if buf.strip():
-                    line.code(buf.strip())
-                buf = ""
-            else:
-                buf += ch
-        if proc.wait() == 0:
-            status.update(label="done", state="complete")
-            st.rerun()
-        else:
+        try:
+            job(db_path(), StreamlitProgress())
+        except Exception as exc:
+            show_error(exc)
             status.update(label="the job failed (see above)", state="error")
+            return
+        status.update(label="done", state="complete")
+    st.rerun()
+
+
+def save_explanation(rec, scored) -> None:
+    """Store a user's explanation of a unit with its live score (through the explain job), then rerun."""
+    from analysis.jobs.explain import save_scored
+    from analysis.types import Explanation
+
+    try:
+        save_scored(db_path(), rec.unit, rec.run_id, Explanation(scored.explanation, "human"), scored)
+    except Exception as exc:
+        show_error(exc)
+        return
+    st.success("saved")
+    st.rerun()

@@ -19,6 +19,7 @@ from typing import Callable, Generator, Sequence
 import numpy as np
 import torch
 
+from analysis.n2g.evaluate import FIRING_FRACTION
 from analysis.n2g.graph import ANY, Graph
 
 
@@ -179,7 +180,8 @@ def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[flo
                max_activation: dict[int, float], config: N2GConfig = N2GConfig(),
                skip_ids: Sequence[int] = ()) -> dict[int, Graph]:
     """One graph per unit from its train ``records`` ((token ids, activations) of real tokens, no padding).
-    ``max_activation``: each unit's max, for the firing threshold (0.5 x max) that ``generalise`` uses."""
+    ``max_activation``: each unit's max, for the firing threshold (``FIRING_FRACTION`` x max) that ``generalise``
+    uses."""
     graphs = {unit: Graph() for unit in records}
     skip = frozenset(skip_ids)
     active: list[tuple[int, Generator, list[Probe]]] = []
@@ -189,7 +191,7 @@ def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[flo
             active.append((unit, gen, gen.send(answers)))
         except StopIteration as done:
             patterns = done.value  # the record's own pattern first, then its substitutes (same positions)
-            threshold = 0.5 * max_activation[unit]
+            threshold = FIRING_FRACTION * max_activation[unit]
             end = None
             if config.generalise and patterns:
                 end = len(generalise(*patterns[0], records[unit], threshold))
@@ -231,8 +233,7 @@ class ModelProber:
         subject.check_layer(layer)
         self.subject, self.layer = subject, layer
         self.budgets = {False: token_budget, True: lm_token_budget}
-        self.bos = [subject.tokenizer.bos_token_id] if subject.info.prepend_bos else []
-        self.pad = subject.tokenizer.pad_token_id or 0
+        self.n_prefix = len(subject.bos_prefix)
         self.n_tokens = {False: 0, True: 0}
         """Real tokens run so far: layer-only probes (False) and whole-model probes (True)."""
 
@@ -243,7 +244,7 @@ class ModelProber:
             b = 0
             while b < len(order):
                 e = b + 1  # grow the batch while (batch size x longest sequence) fits the budget
-                while e < len(order) and (e + 1 - b) * (len(probes[order[e]].seq) + len(self.bos)) <= self.budgets[lm]:
+                while e < len(order) and (e + 1 - b) * (len(probes[order[e]].seq) + self.n_prefix) <= self.budgets[lm]:
                     e += 1
                 chunk = [probes[i] for i in order[b:e]]
                 for i, answer in zip(order[b:e], self._run(chunk, lm)):
@@ -255,16 +256,10 @@ class ModelProber:
     def _run(self, chunk: list[Probe], lm: bool) -> list[Answer]:
         from analysis.activations import _StopForward, neuron_hooks
 
-        seqs = [self.bos + list(p.seq) for p in chunk]
-        T = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), T), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), T), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        self.n_tokens[lm] += int(mask.sum())
+        enc = self.subject.encode([list(p.seq) for p in chunk])
+        self.n_tokens[lm] += int(enc.attention_mask.sum())
         dev = self.subject.device
-        ids, mask = ids.to(dev), mask.to(dev)
+        ids, mask = enc.input_ids.to(dev), enc.attention_mask.to(dev)
         with neuron_hooks(self.subject, [self.layer], stop_after_last=not lm) as captured:
             logits = None
             try:
@@ -274,13 +269,13 @@ class ModelProber:
                     self.subject.base()(input_ids=ids, attention_mask=mask, use_cache=False)
             except _StopForward:
                 pass
-        last = torch.tensor([len(s) - 1 for s in seqs], device=dev)
-        acts = captured[self.layer][torch.arange(len(seqs), device=dev), last].float().cpu().numpy()
+        nb = enc.n_prefix
+        last = torch.tensor([nb + len(p.seq) - 1 for p in chunk], device=dev)
+        acts = captured[self.layer][torch.arange(len(chunk), device=dev), last].float().cpu().numpy()
         if not lm:
             return [Answer(a) for a in acts]
         answers = []
-        nb = len(self.bos)
-        for i, (p, s) in enumerate(zip(chunk, seqs)):
+        for i, p in enumerate(chunk):
             n = len(p.seq)
             # seq[t] is predicted by the logits at input index nb + t - 1
             rows = torch.log_softmax(logits[i, max(nb - 1, 0) : nb + n - 1].float(), dim=-1)

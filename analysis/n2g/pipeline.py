@@ -1,8 +1,7 @@
 """Neuron2Graph for units of one layer: split each unit's harvested top records, fit, evaluate, simulate.
 
-Split (compatible with analysis/evaluate.py, so the "n2g" simulator is scored on records its graph never saw):
-top records 0::4 and 1::4 train the graph (the explainer's train and calibration records), 2::4 and 3::4 are
-the held-out test set (the explanation scoring records come from 2::4 and the random sample).
+The split is analysis/splits.py's ``n2g_train_test`` (top 0::4 + 1::4 train, 2::4 + 3::4 held out), so the
+"n2g" simulator is scored on records its graph never saw.
 """
 
 from __future__ import annotations
@@ -15,12 +14,8 @@ from analysis.n2g.evaluate import PRF, firing_metrics
 from analysis.n2g.fit import ModelProber, N2GConfig, fit_graphs, token_lookup_predict
 from analysis.n2g.graph import ANY, Graph
 from analysis.simulate import SimResult
-
-
-def split_records(rec) -> tuple[list, list]:
-    """(train, test) ActivationRecords of a UnitRecord."""
-    top = rec.most_positive_activation_records
-    return top[0::4] + top[1::4], top[2::4] + top[3::4]
+from analysis.splits import n2g_train_test, scoring_records
+from analysis.types import Explanation, UnitId
 
 
 def _pairs(records) -> list[tuple[list[int], list[float]]]:
@@ -29,8 +24,7 @@ def _pairs(records) -> list[tuple[list[int], list[float]]]:
 
 @dataclass
 class N2GResult:
-    layer: int
-    unit: int
+    unit: UnitId
     max_activation: float
     graph: Graph
     firing: PRF
@@ -49,7 +43,7 @@ class N2GResult:
         def m(x: PRF) -> dict:
             return {"precision": x.precision, "recall": x.recall, "f1": x.f1}
 
-        return {"neuron": self.unit, "layer": self.layer, "max_activation": self.max_activation,
+        return {"neuron": self.unit.index, "layer": self.unit.layer, "max_activation": self.max_activation,
                 "firing": m(self.firing), "non_firing": m(self.non_firing),
                 "baseline_firing": m(self.baseline_firing), "baseline_non_firing": m(self.baseline_non_firing),
                 "n_patterns": len(self.graph.patterns()),
@@ -57,16 +51,16 @@ class N2GResult:
                             zip(self.test_window_ids, self.test_tokens, self.test_real, self.test_predicted)]}
 
 
-def evaluate(layer: int, rec, graph: Graph, params: dict, seconds: float) -> N2GResult:
+def evaluate(rec, graph: Graph, params: dict, seconds: float) -> N2GResult:
     """A unit's graph scored on its held-out top records, beside the token-lookup baseline fitted on the same
     train records."""
-    train, test = split_records(rec)
+    train, test = n2g_train_test(rec)
     real = [list(r.activations) for r in test]
     predicted = [graph.predict(list(r.token_ids)) for r in test]
     lookup = token_lookup_predict(_pairs(train))
     firing, non_firing = firing_metrics(real, predicted, rec.stats.max)
     b_firing, b_non_firing = firing_metrics(real, [lookup(list(r.token_ids)) for r in test], rec.stats.max)
-    return N2GResult(layer=layer, unit=rec.unit.index, max_activation=rec.stats.max, graph=graph, firing=firing,
+    return N2GResult(unit=rec.unit, max_activation=rec.stats.max, graph=graph, firing=firing,
                      non_firing=non_firing, baseline_firing=b_firing, baseline_non_firing=b_non_firing,
                      test_window_ids=[r.window_id for r in test], test_tokens=[list(r.tokens) for r in test],
                      test_real=real, test_predicted=predicted, params=params, seconds=seconds)
@@ -79,10 +73,11 @@ def graph_of(patterns: list[tuple[list[int], float]]) -> Graph:
     return graph
 
 
-def mask_token_id(tokenizer) -> int:
-    """The token that stands for 'masked' in saliency: a single space (neutral, in every byte-level vocab)."""
-    ids = tokenizer(" ", add_special_tokens=False).input_ids
-    return ids[0] if ids else (tokenizer.pad_token_id or 0)
+def mask_token_id(subject) -> int:
+    """The token that stands for 'masked' in saliency: a single space (neutral, in every byte-level vocab), else
+    the padding token."""
+    ids = subject.tokenize(" ")
+    return ids[0] if ids else subject.pad_id
 
 
 def special_ids(tokenizer) -> list[int]:
@@ -90,18 +85,19 @@ def special_ids(tokenizer) -> list[int]:
 
 
 def fit_layer(subject, layer: int, neuron_records: list, config: N2GConfig = N2GConfig(), chunk: int = 32,
-              prober: ModelProber | None = None) -> Iterator[list[N2GResult]]:
-    """Graphs for ``neuron_records`` (UnitRecords of one layer), yielded ``chunk`` units at a time."""
+              prober: ModelProber | None = None, params: dict | None = None) -> Iterator[list[N2GResult]]:
+    """Graphs for ``neuron_records`` (UnitRecords of one layer), yielded ``chunk`` units at a time; each
+    result records ``params`` (default: the config's)."""
     prober = prober or ModelProber(subject, layer)
-    mask_id, skip = mask_token_id(subject.tokenizer), special_ids(subject.tokenizer)
+    mask_id, skip = mask_token_id(subject), special_ids(subject.tokenizer)
     for b in range(0, len(neuron_records), chunk):
         recs = neuron_records[b : b + chunk]
         t0 = time.perf_counter()
-        splits = {rec.unit.index: split_records(rec) for rec in recs}
+        splits = {rec.unit.index: n2g_train_test(rec) for rec in recs}
         graphs = fit_graphs(prober, {u: _pairs(tr) for u, (tr, _te) in splits.items()}, mask_id,
                             {rec.unit.index: rec.stats.max for rec in recs}, config, skip)
         per_unit = (time.perf_counter() - t0) / len(recs)
-        yield [evaluate(layer, rec, graphs[rec.unit.index], config.to_json(), per_unit) for rec in recs]
+        yield [evaluate(rec, graphs[rec.unit.index], params or config.to_json(), per_unit) for rec in recs]
 
 
 def describe(graph: Graph, vocab: dict[int, str], n: int = 3) -> str:
@@ -139,3 +135,15 @@ class N2GSimulator:
         m = self.max_activation if self.max_activation > 0 else 1.0
         sim = [[min(10.0, 10.0 * max(v, 0.0) / m) for v in self.graph.predict(list(r.token_ids))] for r in records]
         return SimResult(sim, self.name, self.params)
+
+
+def graph_explanation(result: N2GResult, rec, tokenizer):
+    """A fitted graph as an explanation (explainer 'n2g': a summary of its strongest patterns) and the graph as
+    its simulator, scored on the same held-out records as every other explanation: (Explanation,
+    ScoredSimulation)."""
+    from analysis.evaluate import score_simulation
+
+    names = {t: tokenizer.decode([t]) for p, _v in result.graph.patterns() for t in p if t >= 0}
+    exp = Explanation(describe(result.graph, names), "n2g", result.params)
+    sim = N2GSimulator(result.graph, rec.stats.max, result.params)
+    return exp, score_simulation(sim, "", scoring_records(rec, "top-and-random"), rec.stats.max, "top-and-random")

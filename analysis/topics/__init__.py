@@ -8,19 +8,19 @@ highest total pairwise NPMI (``clique``). ``pipeline`` chains the stages. No str
 """
 
 from analysis.topics.clique import local_search, solve_bnb, solve_greedy, solve_milp, subset_weight
-from analysis.topics.npmi import (CooccurrenceStats, count_cooccurrences, load_stats, reference_stats, save_stats,
+from analysis.topics.npmi import (CooccurrenceStats, cached_reference_stats, count_cooccurrences, load_stats, reference_stats, save_stats,
                                   stats_params, words_of)
 from analysis.topics.pipeline import random_topic_scores, topic_score, topics_for_units, topics_from_ranking
-from analysis.topics.pool import STOP_WORDS, activation_ranking, build_pool, is_pool_word, normalise_token
+from analysis.topics.pool import STOP_WORDS, activation_ranking, activation_table, build_pool, is_pool_word, normalise_token
 from analysis.topics.projection import project_rankings, projection_logits
 from analysis.topics.stars import StarIndices, find_stars
-from analysis.topics.types import (ACTIVATION_SOURCE, CliqueResult, NeuronTopics, NpmiConfig, Polarity,
-                                   ProjectionMode, SolveStats, Star, Topic, TokenRanking, TopicConfig, WordPool)
+from analysis.topics.types import (ACTIVATION_SOURCE, CliqueResult, NpmiConfig, Polarity, ProjectionMode, RESID,
+                                   ScoredTopics, SolveStats, Star, Topic, TokenRanking, TopicConfig, UnitTopics, WordPool)
 
 __all__ = [
-    "ACTIVATION_SOURCE", "CliqueResult", "CooccurrenceStats", "NeuronTopics", "NpmiConfig", "Polarity", "ProjectionMode",
-    "STOP_WORDS", "SolveStats", "Star", "StarIndices", "Topic", "TokenRanking", "TopicConfig", "WordPool",
-    "activation_ranking", "build_pool", "count_cooccurrences", "find_stars", "is_pool_word", "load_stats",
+    "ACTIVATION_SOURCE", "CliqueResult", "CooccurrenceStats", "NpmiConfig", "Polarity", "ProjectionMode", "RESID",
+    "STOP_WORDS", "ScoredTopics", "SolveStats", "Star", "StarIndices", "Topic", "TokenRanking", "TopicConfig", "UnitTopics", "WordPool",
+    "activation_ranking", "activation_table", "build_pool", "cached_reference_stats", "count_cooccurrences", "find_stars", "is_pool_word", "load_stats",
     "local_search", "normalise_token", "project_rankings", "projection_logits", "random_topic_scores",
     "reference_stats", "save_stats", "solve_bnb", "solve_greedy", "solve_milp", "stats_params", "subset_weight",
     "topic_score", "topics_for_units", "topics_from_ranking", "words_of",

@@ -258,3 +258,19 @@ def stats_params(stats: CooccurrenceStats) -> dict:
     return {"corpus_id": stats.corpus_id, "window": stats.window, "min_count": stats.min_count,
             "n_windows": stats.n_windows, "vocab_size": len(stats.vocab), "format": FORMAT_VERSION}
 
+
+
+def cached_reference_stats(config: NpmiConfig, folder: Path, progress: bool = True) -> tuple[CooccurrenceStats, str]:
+    """(statistics, stats id) of ``config``: counted once, then read back from ``folder``. The stats id names
+    what was counted (it keys the stored topics)."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([config.corpora, config.window, config.min_count]).encode()).hexdigest()[:12]
+    path = Path(folder) / f"npmi-{digest}.npz"
+    if path.exists():
+        stats = load_stats(path)
+    else:
+        stats = reference_stats(config, progress=progress)
+        save_stats(stats, path)
+    stats_id = hashlib.sha256(json.dumps(stats_params(stats), sort_keys=True).encode()).hexdigest()[:12]
+    return stats, stats_id

@@ -14,18 +14,17 @@ from analysis.topics.clique import solve_bnb, subset_weight
 from analysis.topics.npmi import CooccurrenceStats
 from analysis.topics.pool import build_pool
 from analysis.topics.stars import find_stars
-from analysis.topics.types import NeuronTopics, Polarity, ProjectionMode, Star, Topic, TokenRanking, TopicConfig
+from analysis.topics.types import UnitTopics, Polarity, ProjectionMode, Star, Topic, TokenRanking, TopicConfig
 
 
 def topics_from_ranking(ranking: TokenRanking, tokenizer, stats: CooccurrenceStats,
-                        config: TopicConfig = TopicConfig()) -> NeuronTopics:
+                        config: TopicConfig = TopicConfig()) -> UnitTopics:
     """Topics of one ranking. Empty topics come with a ``reason``; they are not an error."""
     k = config.k
     pool = build_pool(ranking, tokenizer, stats, config.min_word_count)
 
     def result(stars=(), topics=(), reason=None):
-        return NeuronTopics(layer=ranking.layer, unit=ranking.unit, source=ranking.source,
-                            polarity=ranking.polarity, pool=pool, stars=tuple(stars), topics=tuple(topics),
+        return UnitTopics(unit=ranking.unit, mode=ranking.mode, polarity=ranking.polarity, pool=pool, stars=tuple(stars), topics=tuple(topics),
                             reason=reason, params=config)
 
     if len(pool.words) < k:
@@ -56,7 +55,7 @@ def topics_from_ranking(ranking: TokenRanking, tokenizer, stats: CooccurrenceSta
 def topics_for_units(subject, layer: int, units: Sequence[int] | None, mode: ProjectionMode | str,
                      stats: CooccurrenceStats, config: TopicConfig = TopicConfig(),
                      polarities: Sequence[Polarity | str] = (Polarity.POS, Polarity.NEG), batch_size: int = 256,
-                     progress: bool = False) -> list[NeuronTopics]:
+                     progress: bool = False) -> list[UnitTopics]:
     """Project ``units`` of ``layer`` in ``mode`` and find each one's topics, per polarity.
 
     Order: unit by unit, polarities in the order given. ``units=None`` means every unit of the layer.

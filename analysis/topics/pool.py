@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from analysis.topics.npmi import CooccurrenceStats
 from analysis.topics.types import ACTIVATION_SOURCE, Polarity, TokenRanking, WordPool
+from analysis.types import UnitId
 
 MIN_WORD_LETTERS = 3
 
@@ -72,7 +73,7 @@ def build_pool(ranking: TokenRanking, tokenizer, stats: CooccurrenceStats, min_w
     return WordPool(words=tuple(words), token_ids=tuple(ids), n_tokens=len(ranking.token_ids))
 
 
-def activation_ranking(token_means: Sequence[tuple[int, float]], layer: int, neuron: int, polarity: Polarity,
+def activation_ranking(token_means: Sequence[tuple[int, float]], unit: UnitId, polarity: Polarity,
                        tau: int = 900) -> TokenRanking:
     """A ranking from a harvest token table: ``(token_id, mean activation)`` pairs, any order.
 
@@ -82,6 +83,18 @@ def activation_ranking(token_means: Sequence[tuple[int, float]], layer: int, neu
     items = list(token_means)
     sign = -1.0 if polarity == Polarity.POS else 1.0
     order = sorted(range(len(items)), key=lambda i: sign * float(items[i][1]))[:tau]
-    return TokenRanking(source=ACTIVATION_SOURCE, layer=layer, unit=neuron, polarity=Polarity(polarity),
+    return TokenRanking(mode=ACTIVATION_SOURCE, unit=unit, polarity=Polarity(polarity),
                         token_ids=tuple(int(items[i][0]) for i in order),
                         scores=tuple(float(items[i][1]) for i in order))
+
+
+def activation_table(rec) -> list[tuple[int, float]]:
+    """(token id, mean activation) of a harvested unit, for ``activation_ranking``: the means over all its
+    stored records, overridden by the harvest's token table where it has the token (corpus-wide means)."""
+    from analysis.explain import token_means
+
+    records = (rec.most_positive_activation_records + rec.random_sample
+               + [r for b in rec.random_sample_by_quantile for r in b])
+    table = {tid: m for (tid, _t), (m, _c) in token_means(records).items()}
+    table.update({tid: m for tid, _t, m, _c in rec.top_tokens})
+    return list(table.items())

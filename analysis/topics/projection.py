@@ -29,7 +29,7 @@ import torch
 
 from analysis.models import SubjectModel
 from analysis.topics.types import Polarity, ProjectionMode, TokenRanking
-from analysis.types import UserError
+from analysis.types import UnitId, UserError
 
 def d_model(subject: SubjectModel) -> int:
     return int(subject.w_out(0).shape[1])
@@ -152,6 +152,6 @@ def project_rankings(subject: SubjectModel, layer: int, mode: ProjectionMode | s
             ends[Polarity(pol)] = (ids.cpu().tolist(), vals.cpu().tolist())
         for row, unit in enumerate(chunk.tolist()):
             for pol, (ids, vals) in ends.items():
-                out.append(TokenRanking(source=mode.value, layer=layer, unit=int(unit), polarity=pol,
+                out.append(TokenRanking(mode=mode.value, unit=UnitId(mode.unit_source, layer, int(unit)), polarity=pol,
                                         token_ids=tuple(ids[row]), scores=tuple(vals[row])))
     return out

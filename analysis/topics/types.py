@@ -1,7 +1,7 @@
 """The nouns of the word-pool topic pipeline (Lim & Lauw 2023), named once.
 
 Stages: projection (or an activation table) -> ``TokenRanking`` -> ``WordPool`` -> ``Star`` s -> ``Topic`` s,
-collected per neuron and polarity in a ``NeuronTopics``. Matrices are numpy arrays; NPMI values lie in [-1, 1].
+collected per unit, mode and polarity in a ``UnitTopics``. Matrices are numpy arrays; NPMI values lie in [-1, 1].
 """
 
 from __future__ import annotations
@@ -10,6 +10,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
+
+from analysis.types import MLP, UnitId
+
+RESID = "resid"
+"""The unit source of residual-stream dimensions (the lo-* modes' units; used by topics only)."""
 
 
 class ProjectionMode(str, Enum):
@@ -31,9 +36,14 @@ class ProjectionMode(str, Enum):
         """'neuron' (an MLP neuron, 0..d_mlp-1) or 'dim' (a residual-stream dimension, 0..d_model-1)."""
         return "neuron" if self in (ProjectionMode.HI_C, ProjectionMode.HI_I) else "dim"
 
+    @property
+    def unit_source(self) -> str:
+        """The source of this mode's units: MLP neurons (hi-*) or residual dimensions (lo-*)."""
+        return MLP if self.unit_kind == "neuron" else RESID
+
 
 ACTIVATION_SOURCE = "activation"
-"""The ``source`` of a ranking built from harvested mean activations rather than from a projection."""
+"""The ``mode`` of a ranking built from harvested mean activations (of any unit) rather than from a projection."""
 
 
 class Polarity(str, Enum):
@@ -99,11 +109,10 @@ class NpmiConfig:
 class TokenRanking:
     """One end of one unit's token ranking: ``token_ids[0]`` is the most extreme token."""
 
-    source: str
+    mode: str
     """A ``ProjectionMode`` value or ``ACTIVATION_SOURCE``."""
-    layer: int
-    unit: int
-    """Neuron index (hi-*, activation) or residual dimension (lo-*)."""
+    unit: UnitId
+    """An MLP neuron (hi-*), a residual dimension (lo-*, source ``RESID``), or any harvested unit (activation)."""
     polarity: Polarity
     token_ids: tuple[int, ...]
     scores: tuple[float, ...]
@@ -171,18 +180,17 @@ class Topic:
     score: float
     """Mean NPMI over the k(k-1)/2 pairs, recomputed from the star's matrix."""
     star_index: int
-    """Index of the star in ``NeuronTopics.stars``."""
+    """Index of the star in ``UnitTopics.stars``."""
     optimal: bool
     stats: SolveStats
 
 
 @dataclass(frozen=True)
-class NeuronTopics:
-    """All the pipeline says about one unit, one source, one polarity."""
+class UnitTopics:
+    """All the pipeline says about one unit, one mode, one polarity."""
 
-    layer: int
-    unit: int
-    source: str
+    unit: UnitId
+    mode: str
     polarity: Polarity
     pool: WordPool
     stars: tuple[Star, ...]
@@ -191,3 +199,14 @@ class NeuronTopics:
     reason: str | None = None
     """Why ``topics`` is empty (pool too small, no star with enough neighbours); None otherwise."""
     params: TopicConfig = field(default_factory=TopicConfig)
+
+
+@dataclass(frozen=True)
+class ScoredTopics:
+    """A unit's topics with the baseline they are compared with: what the store keeps."""
+
+    topics: UnitTopics
+    random_scores: tuple[float, ...]
+    """Mean NPMI of random k-word sets from the same pool."""
+    seconds: float
+    """This result's share of the wall time of its batch."""

@@ -3,20 +3,14 @@ and a box to write, simulate, score and save your own explanation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.evaluate import SCORING_SETS, score_simulation, scoring_records
+from analysis.evaluate import score_simulation
 from analysis.scoring import to_neuron_units
+from analysis.splits import SCORING_SETS, scoring_records
+from analysis.types import TokenActivations
 from viewer.components.heatmap import records_html
-
-
-@dataclass
-class _Row:
-    tokens: list[str]
-    activations: list[float]
 
 
 def scatter_figure(real: list[list[float]], simulated_units: list[list[float]]) -> go.Figure:
@@ -33,7 +27,7 @@ def scatter_figure(real: list[list[float]], simulated_units: list[list[float]]) 
 def paired_heatmaps(tokens: list[list[str]], real: list[list[float]], simulated_units: list[list[float]], vmax: float) -> str:
     rows, labels = [], []
     for i, (t, r, s) in enumerate(zip(tokens, real, simulated_units)):
-        rows += [_Row(t, r), _Row(t, s)]
+        rows += [TokenActivations(t, r), TokenActivations(t, s)]
         labels += [f"#{i + 1} real", f"#{i + 1} sim"]
     return records_html(rows, vmax, labels=labels)
 
@@ -50,9 +44,9 @@ def show_scored(sim, records_by_window: dict, vmax: float, max_activation: float
     c2.html(paired_heatmaps([r.tokens for r in recs], real, units, vmax))
 
 
-def explanations_panel(rows: list, run, rec, simulators: dict) -> None:
+def explanations_panel(rows: list, rec, simulators: dict):
     """``rows``: (stored explanation, its stored simulations); ``simulators``: name -> factory(rec) for the
-    simulators this viewer offers live. The database is not held open here: saving opens it for writing."""
+    simulators this viewer offers live. Returns the user's scored explanation when they ask to save it."""
     if not rows:
         st.info("no explanation yet: write one below, or run `python -m analysis explain ... --neurons "
                 f"{rec.unit.index}` and `python -m analysis score ...`")
@@ -66,14 +60,14 @@ def explanations_panel(rows: list, run, rec, simulators: dict) -> None:
         st.dataframe(table, hide_index=True, column_config={"score": st.column_config.NumberColumn(format="%.3f"),
                                                             "R²": st.column_config.NumberColumn(format="%.3f")})
         scored_picker(rows, rec, key="stored")
-    own_explanation_form(run, rec, simulators)
+    return own_explanation_form(rec, simulators)
 
 
 def scored_picker(rows: list, rec, key: str) -> None:
     """Pick one stored scored simulation of a unit and show its score, scatter and paired heatmaps."""
     scored = [(e, s) for e, sims in rows for s in sims]
     if not scored:
-        st.caption("no scored explanation for this neuron yet")
+        st.caption("no scored explanation for this unit yet")
         return
     labels = [f"{s.score if s.score is not None else float('nan'):+.3f} · {e.explainer} · {s.simulator} · "
               f"{s.scoring_set} · {e.text[:50]}" for e, s in scored]
@@ -86,7 +80,9 @@ def scored_picker(rows: list, rec, key: str) -> None:
     show_scored(s, by_window, max(rec.stats.max, 1e-9), rec.stats.max, key=key)
 
 
-def own_explanation_form(run, rec, simulators: dict, key: str = "own") -> None:
+def own_explanation_form(rec, simulators: dict, key: str = "own"):
+    """A box to write an explanation, simulate and score it live; returns the ScoredSimulation when the user
+    asks to save it (the caller stores it), else None."""
     vmax = max(rec.stats.max, 1e-9)
     by_window = {r.window_id: r for r in rec.most_positive_activation_records + rec.random_sample}
     st.markdown("**Your explanation**: simulated and scored live on the held-out records")
@@ -99,7 +95,7 @@ def own_explanation_form(run, rec, simulators: dict, key: str = "own") -> None:
     if go_:
         if not text.strip():
             st.warning("write an explanation first")
-            return
+            return None
         with st.spinner(f"simulating with {sim_name}…"):
             simulator = simulators[sim_name](rec)
             scored = score_simulation(simulator, text.strip().rstrip("."), scoring_records(rec, scoring_set),
@@ -110,12 +106,6 @@ def own_explanation_form(run, rec, simulators: dict, key: str = "own") -> None:
         st.metric("correlation score", "—" if scored.score is None else f"{scored.score:+.3f}")
         show_scored(scored, by_window, vmax, rec.stats.max, key=key)
         if scored.error is None and st.button("save this explanation and its score", key=f"{key}_save"):
-            from cache.store import open_store
-            from viewer.resources import db_path
-
-            with open_store(db_path()) as w:
-                eid = w.put_explanation(run.run_id, rec.layer, rec.unit.index, "human", {}, scored.explanation)
-                w.put_simulation(eid, scored)
             del st.session_state[f"{key}_scored"]
-            st.success("saved")
-            st.rerun()
+            return scored
+    return None

@@ -10,16 +10,17 @@ Tested in Chromium with ``<script>`` and ``<img onerror>`` tokens.
 from __future__ import annotations
 
 import re
-from types import SimpleNamespace
 
 import pandas as pd
 import streamlit as st
 
+from analysis.n2g.evaluate import FIRING_FRACTION
 from analysis.n2g.graph import ANY, similar
-from analysis.n2g.pipeline import graph_of, split_records
+from analysis.n2g.pipeline import graph_of
+from analysis.splits import n2g_train_test
+from analysis.types import TokenActivations, UnitId
 from viewer.components.heatmap import records_html
-from viewer.components.picker import neuron_url
-from viewer.resources import db_path, run_job, store
+from viewer.components.picker import unit_url
 
 ACTIVATING = "#e8590c"
 IMPORTANT = "#fab005"
@@ -97,25 +98,15 @@ def graph_html(patterns: list[tuple[list[int], float]], vocab: dict[int, str], v
     return re.sub(r'<(?:link|script)[^>]+cdn\.jsdelivr\.net[^>]*>(?:</script>)?', "", html)
 
 
-def graph_panel(model, run, rec, layer: int, neuron: int, window: int | None) -> None:
-    """The unit's Neuron2Graph: the drawing, P/R/F1 against token-lookup, held-out records real vs predicted."""
-    with store() as s:
-        g = s.n2g_graph(run.run_id, layer, neuron)
-        vocab = s.vocab(model.tokenizer_id, [t for p, _ in g.patterns for t in p if t >= 0]) if g else {}
-        others = s.n2g_layer_patterns(run.run_id, layer) if g else {}
-    if g is None:
-        st.info("No Neuron2Graph graph for this neuron yet: fitting one takes a few seconds on CPU, plus loading "
-                "the model.")
-        if st.button("build the graph now"):
-            run_job(["n2g", "--model", model.name, "--layer", str(layer), "--neurons", str(neuron)],
-                    f"fitting the graph of L{layer} N{neuron}…")
-        st.caption(f"or from a shell, a whole layer: `python -m analysis n2g --model {model.name} --layer {layer} "
-                   f"--db {db_path()}`")
-        return
+def graph_panel(model_name: str, g, vocab: dict[int, str], others: dict[int, list], rec, window: int | None) -> None:
+    """A unit's stored graph (``cache.graphs.StoredGraph``): the drawing, P/R/F1 against token-lookup, similar
+    graphs of its layer (``others``: unit index -> patterns), held-out records real vs predicted."""
+    unit = rec.unit
     m = g.metrics
     st.markdown(f"**{len(g.patterns)} patterns** · fitted on 10 top records, scored on 10 held-out ones · "
-                f"a token fires at ≥ 0.5 × max = {0.5 * g.max_activation:.3g} · augmentation "
-                f"{'on' if g.params.get('augment') else 'off'} · fitted in {g.seconds:.1f} s (its share of its batch)")
+                f"a token fires at ≥ {FIRING_FRACTION:g} × max = {FIRING_FRACTION * g.max_activation:.3g} · "
+                f"augmentation {'on' if g.params.get('augment') else 'off'} · fitted in {g.seconds:.1f} s (its share "
+                "of its batch)")
     st.dataframe(pd.DataFrame([
         {"": name, "firing P": m[a]["precision"], "firing R": m[a]["recall"], "firing F1": m[a]["f1"],
          "non-firing P": m[b]["precision"], "non-firing R": m[b]["recall"], "non-firing F1": m[b]["f1"]}
@@ -125,22 +116,23 @@ def graph_panel(model, run, rec, layer: int, neuron: int, window: int | None) ->
     exceptions = c1.toggle("also non-firing patterns", key="n2g_all",
                            help="substitutes and contexts that silence the neuron (stored as exceptions)")
     roots = c2.slider("activating tokens shown (strongest first)", 1, 50, 12, key="n2g_roots")
-    shown = shown_patterns(g.patterns, 0.0 if exceptions else 0.5 * g.max_activation, roots)
+    shown = shown_patterns(g.patterns, 0.0 if exceptions else FIRING_FRACTION * g.max_activation, roots)
     st.caption(f"{len(shown)} of {len(g.patterns)} patterns. Drag, zoom, hover. Read left to right into the "
                "activating token (outlined, right): boxes are tokens that matter, shaded by activation; grey dots "
                "match any token.")
     st.iframe(graph_html(shown, vocab, g.max_activation), height=graph_height(shown) + 20)
-    others.pop(neuron, None)
+    others = {u: p for u, p in others.items() if u != unit.index}
     near = similar(g.patterns, others, n=10)
-    st.markdown(f"**Similar graphs in layer {layer}** (Jaccard over trie paths, of {len(others)} other graphs): "
-                + (", ".join(f"[L{layer}/N{u}]({neuron_url(model.name, layer, u, tab='graph')}) {j:.2f}"
+    st.markdown(f"**Similar graphs in layer {unit.layer}** (Jaccard over trie paths, of {len(others)} other graphs): "
+                + (", ".join(f"[{UnitId(unit.source, unit.layer, u)}]"
+                             f"({unit_url(model_name, UnitId(unit.source, unit.layer, u), tab='graph')}) {j:.2f}"
                              for u, j in near) or "none overlaps"))
-    _train, test = split_records(rec)
+    _train, test = n2g_train_test(rec)
     graph = graph_of(g.patterns)
     st.markdown("**Held-out records**: real (top line) vs the graph's prediction")
     rows, labels = [], []
     for i, r in enumerate(test):
         predicted = graph.predict(list(r.token_ids))
-        rows += [r, SimpleNamespace(tokens=r.tokens, activations=predicted)]
+        rows += [r, TokenActivations(r.tokens, predicted)]
         labels += [f"#{i + 1} real", "predicted"]
     st.html(records_html(rows, max(rec.stats.max, 1e-9), window, labels))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import html
 
+from analysis.types import TokenActivations
+
 POS_RGB = (255, 122, 0)
 NEG_RGB = (40, 110, 255)
 
@@ -65,8 +67,9 @@ def legend_html(vmax: float) -> str:
             "hover a token for its value</div>")
 
 
-def records_html(records: list, vmax: float, around_max: int | None = None, labels: list[str] | None = None) -> str:
-    """Many records (objects with .tokens and .activations) with a shared scale and a legend."""
+def records_html(records: list[TokenActivations], vmax: float, around_max: int | None = None,
+                 labels: list[str] | None = None) -> str:
+    """Many records (real, simulated or predicted activations) with a shared scale and a legend."""
     body = "".join(record_html(r.tokens, r.activations, vmax, around_max, labels[i] if labels else "")
                    for i, r in enumerate(records))
     return STYLE + legend_html(vmax) + f'<div class="hm">{body}</div>'

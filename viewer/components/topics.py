@@ -8,7 +8,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from viewer.resources import db_path, run_job, store
+from analysis.topics.types import ACTIVATION_SOURCE, RESID
+from analysis.types import MLP, UnitId
 
 STYLE = """<style>
 .tp {font-family: sans-serif; margin: 2px 0 10px 0;}
@@ -57,35 +58,28 @@ def scores_figure(sets: list) -> go.Figure:
     return fig
 
 
-TOPIC_SOURCES = {"hi-c": "Hi-C", "hi-i": "Hi-I", "activation": "activation", "lo-c": "Lo-C", "lo-i": "Lo-I"}
+TOPIC_MODES = {"hi-c": "Hi-C", "hi-i": "Hi-I", ACTIVATION_SOURCE: "activation", "lo-c": "Lo-C", "lo-i": "Lo-I"}
 TOPIC_HELP = ("Hi-C: the neuron's output vector through the later blocks, final norm and unembedding. Hi-I: straight "
               "to final norm + unembedding. activation: the tokens it fires on most in the harvest. Lo-C / Lo-I: a "
               "residual-stream dimension through the later blocks / through its own block only.")
 
 
-def topics_panel(model, layer: int, neuron: int) -> None:
-    """Superposed topics (Lim & Lauw) of the neuron, per source and polarity, against random word sets."""
+def topic_controls(unit: UnitId) -> tuple[str, UnitId]:
+    """The mode picker: (mode, the unit it describes). Lo-C / Lo-I describe a residual-stream dimension, not the
+    page's unit; Hi-C / Hi-I read MLP weights, so other sources offer only the activation mode."""
+    modes = list(TOPIC_MODES) if unit.source == MLP else [ACTIVATION_SOURCE]
     c1, c2 = st.columns([3, 1])
-    source = c1.segmented_control("source", list(TOPIC_SOURCES), default="hi-c", format_func=TOPIC_SOURCES.get,
-                                  key="topic_source", help=TOPIC_HELP) or "hi-c"
-    unit = neuron
-    if source.startswith("lo"):
-        unit = c2.number_input("residual dimension", 0, None, 0, key="topic_dim",
-                               help="Lo-C and Lo-I describe a residual-stream dimension (0 .. d_model - 1), not a neuron")
-    with store() as s:
-        sets = s.topic_sets(model.model_id, layer, unit, source)
-    if sets:
-        stats = sets[0].params.get("stats")
-        sets = [ts for ts in sets if ts.params.get("stats") == stats]
-    what = f"residual dimension {unit}" if source.startswith("lo") else f"N{neuron}"
-    if not sets:
-        st.info(f"No topics for L{layer} {what} ({source}) yet: about a second once the model is loaded.")
-        if st.button("compute topics now"):
-            run_job(["topics", "--model", model.name, "--layer", str(layer), "--neurons", str(unit), "--mode", source],
-                    f"topics of L{layer} {what} ({source})…")
-        st.caption(f"or a whole layer from a shell: `python -m analysis topics --model {model.name} --layer {layer} "
-                   f"--db {db_path()}`")
-        return
+    mode = c1.segmented_control("source", modes, default=modes[0], format_func=TOPIC_MODES.get,
+                                key="topic_source", help=TOPIC_HELP) or modes[0]
+    if mode.startswith("lo"):
+        dim = c2.number_input("residual dimension", 0, None, 0, key="topic_dim",
+                              help="Lo-C and Lo-I describe a residual-stream dimension (0 .. d_model - 1), not a neuron")
+        return mode, UnitId(RESID, unit.layer, int(dim))
+    return mode, unit
+
+
+def topics_view(sets: list) -> None:
+    """Both polarities of one unit and mode (``cache.topics.StoredTopicSet``), against random word sets."""
     p = sets[0].params
     small = ("a small corpus (~0.56M words): most word pairs never meet there and score −1, so absolute values "
              "are low; compare each topic with random word sets from the same pool. A bigger reference corpus: "

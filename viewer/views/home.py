@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from viewer.resources import db_path, show_error, store
+from viewer.resources import db_path, read
 
 
 def render() -> None:
     st.title("What is cached")
     st.caption(f"database: {db_path()}")
-    try:
-        with store() as s:
-            models, corpora, runs = s.models(), s.corpora(), s.runs()
-    except Exception as exc:
-        show_error(exc)
+    data = read(lambda s: (s.catalog.models(), s.catalog.corpora(), s.runs.list()))
+    if data is None:
         return
+    models, corpora, runs = data
     if not runs:
         st.info("Nothing harvested yet. `make demo` builds the demo cache; any model and corpus: "
                 "`python -m analysis harvest --model NAME --corpus NAME --db PATH`.")
@@ -23,7 +21,7 @@ def render() -> None:
     rows = []
     for r in runs:
         m = by_id.get(r.model_id)
-        rows.append({"model": m.name if m else r.model_id, "architecture": m.architecture if m else "",
+        rows.append({"model": m.name if m else r.model_id, "architecture": m.architecture if m else "", "units": r.source,
                      "corpus": r.corpus_id, "layers": f"{len(r.layers)} ({min(r.layers)}–{max(r.layers)})",
                      "neurons": len(r.layers) * (m.d_mlp if m else 0), "tokens": r.n_tokens, "status": r.status,
                      "run": r.run_id, "finished": r.finished_at})

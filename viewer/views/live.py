@@ -2,53 +2,45 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import streamlit as st
 import torch
 
 from analysis.activations import mlp_activations
+from analysis.types import MLP, TokenActivations, UnitId
 from viewer.components.heatmap import records_html
-from viewer.components.picker import neuron_link, neuron_picker
-from viewer.resources import cached_models, MAX_LIVE_TOKENS, show_error, store, subject
+from viewer.components.picker import neuron_picker, unit_link
+from viewer.resources import MAX_LIVE_TOKENS, cached_models, read, show_error, subject
 
 DEFAULT_TEXT = "The Eiffel Tower is in Paris, the capital of France. In 1889 it was the tallest structure in the world."
-
-
-@dataclass
-class _Rec:
-    tokens: list[str]
-    activations: list[float]
 
 
 def live_activations(model_name: str, text: str, layer: int):
     """(token strings, activations [T, d_mlp], token limit if the text was cut else None) for ``text``."""
     subj = subject(model_name)
-    tok = subj.tokenizer
-    prefix = [tok.bos_token_id] if subj.info.prepend_bos else []
-    cfg = subj.model.config
-    context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or MAX_LIVE_TOKENS
-    limit = min(MAX_LIVE_TOKENS, context - len(prefix))
-    ids = tok(text, add_special_tokens=False).input_ids
+    limit = min(MAX_LIVE_TOKENS, (subj.context_length or MAX_LIVE_TOKENS) - len(subj.bos_prefix))
+    ids = subj.tokenize(text)
     cut = limit if len(ids) > limit else None
     ids = ids[:limit]
-    acts = mlp_activations(subj, torch.tensor([prefix + ids]), None, [layer])[layer][0, len(prefix):]
-    tokens = tok.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
+    enc = subj.encode([ids])
+    acts = mlp_activations(subj, enc.input_ids, enc.attention_mask, [layer])[layer][0, enc.n_prefix:]
+    tokens = subj.tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
     return tokens, acts, cut
 
 
 def render() -> None:
-    try:
-        with store() as s:
-            models = cached_models(s)
-            if not models:
-                return
-            picked = neuron_picker(models)
-            run = s.find_run(picked.model.name, picked.layer)
-            vmax_cached = s.unit_stats(run.run_id, picked.layer, picked.neuron).max if run else None
-    except Exception as exc:
-        show_error(exc)
+    def load(s):
+        models = cached_models(s)
+        if not models:
+            return None
+        picked = neuron_picker(models, sources=s.runs.sources())
+        run = s.runs.find(picked.model.name, picked.layer, source=picked.source)
+        stats = s.records.unit_stats(run.run_id, picked.unit) if run else None
+        return picked, stats.max if stats else None
+
+    data = read(load)
+    if data is None:
         return
+    picked, vmax_cached = data
     st.title("Live text")
     qp = st.query_params
     if "live_text" not in st.session_state:  # first render of the session: from the URL
@@ -62,6 +54,9 @@ def render() -> None:
     if not text.strip():
         st.info("type or paste some text above")
         return
+    if picked.source != MLP:
+        st.info(f"live text runs MLP neurons; {picked.source} features are shown from the cache only")
+        return
     try:
         with st.spinner("running the model…"):
             tokens, acts, cut = live_activations(picked.model.name, text, picked.layer)
@@ -74,13 +69,13 @@ def render() -> None:
     vmax = max([vmax_cached or 0.0, max(col), 1e-9])
     scale = "the neuron's corpus max" if vmax_cached and vmax_cached >= max(col) else "the max on this text"
     st.subheader(f"L{picked.layer}/N{picked.neuron} on this text (max {max(col):.3g}; colour scale: {scale})")
-    st.html(records_html([_Rec(tokens, col)], vmax))
+    st.html(records_html([TokenActivations(tokens, col)], vmax))
     st.subheader(f"Neurons of layer {picked.layer} that fire most on this text")
     top = torch.topk(acts.max(0).values, min(12, acts.shape[1]))
     lines = []
     for v, n in zip(top.values.tolist(), top.indices.tolist()):
         where = int(acts[:, n].argmax())
-        lines.append(f"- {neuron_link(picked.model.name, picked.layer, n)} max {v:.3g} at token {where} "
+        lines.append(f"- {unit_link(picked.model.name, UnitId(MLP, picked.layer, n))} max {v:.3g} at token {where} "
                      f"`{tokens[where].replace('`', 'ʼ')!s}`")
     st.markdown("\n".join(lines))
 

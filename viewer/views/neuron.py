@@ -1,44 +1,54 @@
-"""Neuron page: stats, histogram, top / quantile / random records as heatmaps, related tokens and neurons,
-explanations, its Neuron2Graph graph and its word-pool topics."""
+"""Unit page (an MLP neuron, or a dictionary feature): stats, histogram, top / quantile / random records as
+heatmaps, related tokens and units, explanations, its Neuron2Graph graph and its word-pool topics.
+
+The page reads everything it shows in one short read-only visit per part and hands it to the components;
+"compute now" buttons run jobs (``viewer.resources.run_job``)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+from analysis.types import MLP, UnitId
 from viewer.components.charts import histogram_figure
+from viewer.components.explanations import explanations_panel
 from viewer.components.export import neuron_page_html
 from viewer.components.graph import graph_panel
 from viewer.components.heatmap import records_html
-from viewer.components.picker import neuron_link, neuron_picker
-from viewer.components.topics import topics_panel
-from viewer.resources import cached_models, db_path, live_simulators, run_job, show_error, store, subject
+from viewer.components.picker import neuron_picker, unit_link, unit_title
+from viewer.components.topics import topic_controls, topics_view
+from viewer.resources import (cached_models, db_path, live_simulators, read, run_job, save_explanation,
+                              show_error, subject)
 
 TABS = ["top", "quantiles", "random", "tokens & weights", "explanations", "graph", "topics"]
 
 
 def harvest_button(model: str, layer: int, corpus: str) -> None:
+    from analysis.jobs.harvest import HarvestJob, harvest
+
     st.warning(f"layer {layer} of {model} is not in this cache.")
     tokens = st.select_slider("tokens to harvest", [10_000, 25_000, 50_000, 100_000], value=25_000)
     if st.button(f"harvest layer {layer} now"):
-        run_job(["harvest", "--model", model, "--corpus", corpus, "--layers", str(layer), "--max-tokens", str(tokens)],
-                f"harvesting layer {layer} over {tokens:,} tokens…")
+        run_job(f"harvesting layer {layer} over {tokens:,} tokens…", lambda db, progress: harvest(
+            HarvestJob(model=model, corpus=corpus, layers=str(layer), max_tokens=tokens), db, progress))
     st.caption(f"or from a shell: `python -m analysis harvest --model {model} --corpus {corpus} --layers {layer} "
                f"--db {db_path()}`")
 
 
-def related_section(model_name: str, rec, layer: int, neuron: int) -> None:
+def related_section(model_name: str, rec) -> None:
     st.markdown("**Activation-based**: tokens with the highest mean activation (tokens seen at least 3 times)")
     if rec.top_tokens:
         st.dataframe(pd.DataFrame([{"token": repr(t), "mean act": m, "count": c} for _, t, m, c in rec.top_tokens]),
                      hide_index=True, height=250)
+    if rec.unit.source != MLP:
+        return  # weight-based views read MLP weights
     if not st.toggle("weight-based related tokens and neurons (loads the model)", key="weights_on"):
         return
     from analysis.weights import related_weights
 
     try:
         subj = subject(model_name)
-        rel = related_weights(subj, layer, neuron, k=10)
+        rel = related_weights(subj, rec.unit.layer, rec.unit.index, k=10)
     except Exception as exc:  # the model may be unavailable here (hub model offline)
         show_error(exc)
         return
@@ -56,30 +66,81 @@ def related_section(model_name: str, rec, layer: int, neuron: int) -> None:
     for title, pos, neg in [("upstream neurons", rel.upstream_pos, rel.upstream_neg),
                             ("downstream neurons", rel.downstream_pos, rel.downstream_neg)]:
         st.markdown(f"**{title}** — most positive: " + ", ".join(
-            f"{neuron_link(model_name, l.layer, l.neuron)} ({l.weight:+.3f})" for l in pos))
+            f"{unit_link(model_name, UnitId(MLP, l.layer, l.neuron))} ({l.weight:+.3f})" for l in pos))
         st.markdown("most negative: " + ", ".join(
-            f"{neuron_link(model_name, l.layer, l.neuron)} ({l.weight:+.3f})" for l in neg))
+            f"{unit_link(model_name, UnitId(MLP, l.layer, l.neuron))} ({l.weight:+.3f})" for l in neg))
+
+
+def graph_tab(model, rec, window: int | None) -> None:
+    from analysis.jobs.n2g import N2GJob, n2g
+
+    unit = rec.unit
+
+    def load(s):
+        g = s.graphs.get(rec.run_id, unit)
+        if g is None:
+            return None, {}, {}
+        vocab = s.catalog.vocab(model.tokenizer_id, [t for p, _ in g.patterns for t in p if t >= 0])
+        return g, vocab, s.graphs.layer_patterns(rec.run_id, unit.layer, unit.source)
+
+    data = read(load)
+    if data is None:
+        return
+    g, vocab, others = data
+    if g is None:
+        st.info(f"No Neuron2Graph graph for {unit} yet: fitting one takes a few seconds on CPU, plus loading the "
+                "model.")
+        if st.button("build the graph now"):
+            run_job(f"fitting the graph of {unit}…", lambda db, progress: n2g(
+                N2GJob(layer=unit.layer, neurons=str(unit.index), model=model.name, source=unit.source), db, progress))
+        st.caption(f"or from a shell, a whole layer: `python -m analysis n2g --model {model.name} --layer "
+                   f"{unit.layer} --db {db_path()}`")
+        return
+    graph_panel(model.name, g, vocab, others, rec, window)
+
+
+def topics_tab(model, rec) -> None:
+    from analysis.jobs.topics import TopicsJob, topics
+
+    mode, unit = topic_controls(rec.unit)
+    sets = read(lambda s: s.topics.sets(model.model_id, unit, mode))
+    if sets is None:
+        return
+    what = f"residual dimension {unit.index}" if mode.startswith("lo") else str(unit)
+    if not sets:
+        st.info(f"No topics for {what} ({mode}) yet: about a second once the model is loaded.")
+        if st.button("compute topics now"):
+            run_job(f"topics of {what} ({mode})…", lambda db, progress: topics(
+                TopicsJob(layer=unit.layer, neurons=str(unit.index), model=model.name, modes=(mode,)), db, progress))
+        st.caption(f"or a whole layer from a shell: `python -m analysis topics --model {model.name} --layer "
+                   f"{unit.layer} --db {db_path()}`")
+        return
+    topics_view(sets)
 
 
 def render() -> None:
-    try:
-        with store() as s:
-            models = cached_models(s)
-            if not models:
-                return
-            picked = neuron_picker(models)
-            run = s.find_run(picked.model.name, picked.layer)
-            rec = s.neuron_record(run, picked.layer, picked.neuron) if run else None
-            corpus = s.corpus_arg_for(picked.model.name)
-    except Exception as exc:
-        show_error(exc)
+    def load(s):
+        models = cached_models(s)
+        if not models:
+            return None
+        picked = neuron_picker(models, sources=s.runs.sources())
+        run = s.runs.find(picked.model.name, picked.layer, source=picked.source)
+        rec = s.records.unit_record(run, picked.unit) if run else None
+        corpus = (s.catalog.corpus_arg(r.corpus_id) if (r := s.runs.find(picked.model.name)) else None)
+        return picked, rec, corpus
+
+    data = read(load)
+    if data is None:
         return
-    model, layer, neuron = picked.model, picked.layer, picked.neuron
+    picked, rec, corpus = data
+    model, unit = picked.model, picked.unit
     if picked.problem:
         st.error(picked.problem)
-    st.title(f"{model.name} · L{layer} · N{neuron}")
+    st.title(unit_title(model.name, unit))
     if rec is None:
-        harvest_button(model.name, layer, corpus)
+        from analysis.config import DEFAULT_CORPUS
+
+        harvest_button(model.name, unit.layer, corpus or DEFAULT_CORPUS)
         return
     s = rec.stats
     vmax = max(s.max, 1e-9)
@@ -97,7 +158,9 @@ def render() -> None:
     around = c2.toggle("only ±8 tokens around each max", value=qp.get("around") == "1", key="around_sel")
     qp["around"] = "1" if around else "0"
     c3.download_button("Export HTML", neuron_page_html(rec, model.name),
-                       file_name=f"{model.name}-L{layer}-N{neuron}.html".replace("/", "_"), mime="text/html")
+                       file_name=f"{model.name}-L{unit.layer}-{unit.source}-{unit.index}.html".replace("/", "_")
+                       if unit.source != MLP else f"{model.name}-L{unit.layer}-N{unit.index}.html".replace("/", "_"),
+                       mime="text/html")
     window = 8 if around else None
     if tab == "top":
         st.html(records_html(rec.most_positive_activation_records, vmax, window,
@@ -110,29 +173,17 @@ def render() -> None:
     elif tab == "random":
         st.html(records_html(rec.random_sample, vmax, window))
     elif tab == "explanations":
-        from viewer.components.explanations import explanations_panel
-
-        try:
-            with store() as s_:
-                rows = [(e, s_.simulations(e.explanation_id)) for e in s_.explanations(run.run_id, layer, neuron)]
-        except Exception as exc:
-            show_error(exc)
-            return
-        explanations_panel(rows, run, rec, live_simulators(model.name))
+        rows = read(lambda s_: s_.explanations.with_simulations(rec.run_id, unit))
+        if rows is not None and (to_save := explanations_panel(rows, rec, live_simulators(model.name))):
+            save_explanation(rec, to_save)
     elif tab == "topics":
-        try:
-            topics_panel(model, layer, neuron)
-        except Exception as exc:
-            show_error(exc)
+        topics_tab(model, rec)
     elif tab == "graph":
-        try:
-            graph_panel(model, run, rec, layer, neuron, window)
-        except Exception as exc:
-            show_error(exc)
+        graph_tab(model, rec, window)
     else:
-        related_section(model.name, rec, layer, neuron)
+        related_section(model.name, rec)
     st.caption((f"run {rec.run_id} · corpus {rec.corpus_id} · {rec.stats.n_tokens:,} tokens · "
-                           f"hook {rec.hook_point} · activation {model.act_fn}"))
+                f"hook {rec.hook_point} · activation {model.act_fn}"))
 
 
 render()

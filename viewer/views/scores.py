@@ -5,48 +5,47 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from viewer.components.picker import neuron_link
-from viewer.resources import cached_models, show_error, store
+from viewer.components.picker import unit_link
+from viewer.resources import cached_models, read
 
 
 def render() -> None:
     st.title("Explanation scores")
-    try:
-        with store() as s:
-            models = cached_models(s)
-            if not models:
-                return
-            names = sorted({m.name for m in models})
-            name = st.selectbox("model", names)
-            model = s.model(name)
-            runs = [r for r in s.runs() if r.model_id == model.model_id and r.status == "done"]
-            rows = [row for r in runs for row in s.layer_scores(r.run_id)]
-    except Exception as exc:
-        show_error(exc)
+
+    def load(s):
+        models = cached_models(s)
+        if not models:
+            return None
+        name = st.selectbox("model", sorted({m.name for m in models}))
+        model = s.catalog.model(name)
+        return name, [row for r in s.runs.finished(model.model_id, source=None) for row in s.explanations.scores(r.run_id)]
+
+    data = read(load)
+    if data is None:
         return
+    name, rows = data
     if not rows:
         st.info("no scored explanation yet: `python -m analysis explain --layer L --neurons 0-99` then "
                 "`python -m analysis score --layer L --neurons 0-99 --simulator ...`")
         return
-    scoring_set = st.radio("records", sorted({r[4] for r in rows}), horizontal=True)
-    rows = [r for r in rows if r[4] == scoring_set and r[5] is not None]
-    layers = sorted({r[0] for r in rows})
+    scoring_set = st.radio("records", sorted({r.scoring_set for r in rows}), horizontal=True)
+    rows = [r for r in rows if r.scoring_set == scoring_set and r.score is not None]
+    layers = sorted({r.unit.layer for r in rows})
     fig = go.Figure()
-    for key in sorted({(r[2], r[3]) for r in rows}):
-        pts = [r for r in rows if (r[2], r[3]) == key]
-        fig.add_trace(go.Box(x=[f"L{r[0]}" for r in pts], y=[r[5] for r in pts], name=f"{key[0]} → {key[1]}",
-                             boxpoints="all", jitter=0.4, pointpos=0, hovertext=[f"L{r[0]}/N{r[1]}" for r in pts]))
+    for key in sorted({(r.explainer, r.simulator) for r in rows}):
+        pts = [r for r in rows if (r.explainer, r.simulator) == key]
+        fig.add_trace(go.Box(x=[f"L{r.unit.layer}" for r in pts], y=[r.score for r in pts], name=f"{key[0]} → {key[1]}",
+                             boxpoints="all", jitter=0.4, pointpos=0, hovertext=[str(r.unit) for r in pts]))
     fig.update_layout(boxmode="group", height=420, yaxis_title="correlation score", template="plotly_white",
                       xaxis=dict(categoryorder="array", categoryarray=[f"L{l}" for l in layers]))
     st.plotly_chart(fig)
     st.caption("The token-lookup *simulator* ignores the explanation (it predicts each token's mean activation): "
                "its boxes are the same for every explainer and show how far token identity alone explains a neuron. "
                "n2g → n2g is the neuron's Neuron2Graph graph used as the simulator (`python -m analysis n2g`).")
-    best = sorted((r for r in rows if r[3] != "token-lookup"), key=lambda r: -r[5])[:10]
+    best = sorted((r for r in rows if r.simulator != "token-lookup"), key=lambda r: -r.score)[:10]
     if best:
         st.markdown("**Best explained** (simulators that read the explanation): " + ", ".join(
-            f"{neuron_link(name, r[0], r[1])} {r[5]:.2f} ({r[2]} → {r[3]})" for r in best))
-    st.caption(f"{len(rows)} scored explanations over {len({(r[0], r[1]) for r in rows})} neurons")
-
+            f"{unit_link(name, r.unit)} {r.score:.2f} ({r.explainer} → {r.simulator})" for r in best))
+    st.caption(f"{len(rows)} scored explanations over {len({r.unit for r in rows})} neurons")
 
 render()

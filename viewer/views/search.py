@@ -1,18 +1,44 @@
-"""Search: neurons by token (from the harvest's token table) and by statistics."""
+"""Search: units by token (from the harvest's token table), by graph pattern, by topic word, and by statistics."""
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
-import pandas as pd
-
+from analysis.n2g.evaluate import FIRING_FRACTION
 from analysis.n2g.graph import contains_sequence
-from viewer.components.picker import neuron_link, neuron_url
-from viewer.resources import cached_models, show_error, store
+from viewer.components.picker import unit_link, unit_url
+from viewer.resources import cached_models, read
+
+SORT_LABELS = {"max": "highest max", "kurtosis": "highest kurtosis", "sparsest": "sparsest (lowest fraction > 0)",
+               "densest": "densest", "skewness": "highest skew", "min": "most negative"}
 
 
-def graph_search(s, name: str, model) -> None:
-    """Neurons whose Neuron2Graph graph contains a token or a token sequence (reading order, '|' between)."""
+def token_search(s, name: str, model, runs: list) -> None:
+    st.subheader("Which neurons fire most on a token?")
+    qp = st.query_params
+    if "search_token" not in st.session_state:
+        st.session_state["search_token"] = qp.get("token", " Paris")
+    text = st.text_input("token (exact; a leading space is tried too)", key="search_token")
+    qp["token"] = text
+    rank = st.radio("rank by", ["z", "mean"], horizontal=True, key="search_rank",
+                    format_func={"z": "z-score (vs the neuron's own spread)", "mean": "mean activation"}.get)
+    if not text:
+        return
+    hits = s.catalog.token_ids(model.tokenizer_id, text)
+    if not hits:
+        st.warning(f"{text!r} is not a single token of {name}'s vocabulary")
+    for hit in hits:
+        rows = [row for run in runs for row in s.records.units_for_token(run.run_id, hit.token_id, limit=15, rank=rank)]
+        rows.sort(key=lambda r: -(r.z if rank == "z" and r.z is not None else r.mean))
+        st.markdown(f"**{hit.token!r}** (id {hit.token_id}): " + (", ".join(
+            f"{unit_link(name, r.unit)} mean {r.mean:.3g}, z {r.z:.1f} (n={r.count})" if r.z is not None else
+            f"{unit_link(name, r.unit)} mean {r.mean:.3g} (n={r.count})" for r in rows[:15])
+            or "not in the token table (too rare in the corpus)"))
+
+
+def graph_search(s, name: str, model, runs: list) -> None:
+    """Units whose Neuron2Graph graph contains a token or a token sequence (reading order, '|' between)."""
     st.subheader("Which neurons' graphs contain a token sequence?")
     qp = st.query_params
     if "search_graph" not in st.session_state:
@@ -22,30 +48,29 @@ def graph_search(s, name: str, model) -> None:
     parts = [p for p in text.split("|") if p.strip()]
     if not parts:
         return
-    sequence = [{tid for tid, _t in s.token_ids(model.tokenizer_id, p)} for p in parts]
+    sequence = [{hit.token_id for hit in s.catalog.token_ids(model.tokenizer_id, p)} for p in parts]
     missing = [p for p, ids in zip(parts, sequence) if not ids]
     if missing:
         st.warning(f"not single tokens of {name}'s vocabulary: {', '.join(map(repr, missing))}")
         return
-    runs = [r for r in s.runs() if r.model_id == model.model_id and r.status == "done"]
-    found: dict[tuple[int, int], list] = {}
+    found: dict = {}
     for run in runs:
         for tid in sequence[0]:
-            for key, pats in s.n2g_patterns_with(run.run_id, tid).items():
+            for unit, pats in s.graphs.firing_patterns_with(run.run_id, tid, FIRING_FRACTION).items():
                 hits = [(p, v) for p, v in pats if contains_sequence(p, sequence)]
                 if hits:
-                    found[key] = hits
+                    found[unit] = hits
     if not found:
         st.caption("no graph contains it (graphs exist for: "
-                   + (", ".join(f"L{l} ({n})" for run in runs for l, n, *_ in s.n2g_quality(run.run_id)) or "none yet")
-                   + "; build more with `python -m analysis n2g`)")
+                   + (", ".join(f"L{q.layer} ({q.n_graphs})" for run in runs for q in s.graphs.quality(run.run_id))
+                      or "none yet") + "; build more with `python -m analysis n2g`)")
         return
     ranked = sorted(found.items(), key=lambda kv: -max(v for _p, v in kv[1]))
-    vocab = s.vocab(model.tokenizer_id, [t for _k, hits in ranked[:25] for p, _v in hits for t in p if t >= 0])
+    vocab = s.catalog.vocab(model.tokenizer_id, [t for _k, hits in ranked[:25] for p, _v in hits for t in p if t >= 0])
     rows = []
-    for (layer, unit), hits in ranked[:25]:
+    for unit, hits in ranked[:25]:
         p, v = max(hits, key=lambda h: h[1])
-        rows.append({"layer": layer, "neuron": neuron_url(name, layer, unit, tab="graph"),
+        rows.append({"layer": unit.layer, "neuron": unit_url(name, unit, tab="graph"),
                      "strongest pattern (reading order)": " ".join("…" if t < 0 else repr(vocab.get(t, t))
                                                                    for t in reversed(p)),
                      "activation": v, "patterns with it": len(hits)})
@@ -55,7 +80,9 @@ def graph_search(s, name: str, model) -> None:
 
 
 def topic_search(s, name: str, model) -> None:
-    """Neurons (and residual dimensions) with a word-pool topic containing a word."""
+    """Units (and residual dimensions) with a word-pool topic containing a word."""
+    from analysis.topics.types import RESID
+
     st.subheader("Which neurons have a topic with a word?")
     qp = st.query_params
     if "search_topic" not in st.session_state:
@@ -64,73 +91,59 @@ def topic_search(s, name: str, model) -> None:
     qp["topic"] = word
     if not word:
         return
-    rows = s.units_with_topic_word(model.model_id, word)
-    if not rows:
+    hits = s.topics.with_word(model.model_id, word)
+    if not hits:
         st.caption(f"no stored topic contains {word!r} (topics are computed per neuron on its topics tab, or for a "
                    "layer with `python -m analysis topics`)")
         return
     st.dataframe(pd.DataFrame([
-        {"layer": l, "unit": (neuron_url(name, l, u, tab="topics") if not src.startswith("lo") else f"dim {u}"),
-         "source": src, "polarity": pol, "topic NPMI": sc, "topic": " ".join(words)}
-        for l, u, src, pol, sc, words in rows]), hide_index=True,
-        column_config={"unit": st.column_config.LinkColumn(display_text=r"neuron=(\d+)")})
+        {"layer": h.unit.layer,
+         "unit": unit_url(name, h.unit, tab="topics") if h.unit.source != RESID else f"dim {h.unit.index}",
+         "source": h.mode, "polarity": h.polarity, "topic NPMI": h.score, "topic": " ".join(h.words)}
+        for h in hits]), hide_index=True, column_config={"unit": st.column_config.LinkColumn(display_text=r"neuron=(\d+)")})
+
+
+def stats_search(s, name: str, runs: list):
+    """Units of a layer by one statistic: returns the rows to show (read while the database is open)."""
+    st.subheader("Neurons by statistic")
+    run_layers = sorted({l for r in runs for l in r.layers})
+    if not run_layers:
+        st.info("no finished harvest for this model")
+        return None
+    c1, c2 = st.columns(2)
+    layer = c1.selectbox("layer", run_layers)
+    sort = c2.selectbox("order", list(SORT_LABELS), format_func=SORT_LABELS.get)
+    run = next(r for r in runs if layer in r.layers)
+    return s.records.units_by(run.run_id, layer, sort, limit=25, source=run.source)
 
 
 def render() -> None:
     st.title("Search")
     qp = st.query_params
-    try:
-        with store() as s:
-            models = cached_models(s)
-            if not models:
-                return
-            names = sorted({m.name for m in models})
-            if "search_model" not in st.session_state:
-                st.session_state["search_model"] = qp["model"] if qp.get("model") in names else names[0]
-            name = st.selectbox("model", names, key="search_model")
-            model = s.model(name)
-            qp["model"] = name
-            st.subheader("Which neurons fire most on a token?")
-            if "search_token" not in st.session_state:
-                st.session_state["search_token"] = qp.get("token", " Paris")
-            text = st.text_input("token (exact; a leading space is tried too)", key="search_token")
-            qp["token"] = text
-            rank = st.radio("rank by", ["z", "mean"], horizontal=True, key="search_rank",
-                            format_func={"z": "z-score (vs the neuron's own spread)", "mean": "mean activation"}.get)
-            if text:
-                runs = [r for r in s.runs() if r.model_id == model.model_id and r.status == "done"]
-                hits = s.token_ids(model.tokenizer_id, text)
-                if not hits:
-                    st.warning(f"{text!r} is not a single token of {name}'s vocabulary")
-                for token_id, token in hits:
-                    rows = []
-                    for run in runs:
-                        rows += s.neurons_for_token(run.run_id, token_id, limit=15, rank=rank)
-                    rows.sort(key=lambda r: -(r[4] if rank == "z" and r[4] is not None else r[2]))
-                    st.markdown(f"**{token!r}** (id {token_id}): " + (", ".join(
-                        f"{neuron_link(name, l, u)} mean {m:.3g}, z {z:.1f} (n={c})" if z is not None else
-                        f"{neuron_link(name, l, u)} mean {m:.3g} (n={c})" for l, u, m, c, z in rows[:15])
-                        or "not in the token table (too rare in the corpus)"))
-            graph_search(s, name, model)
-            topic_search(s, name, model)
-            st.subheader("Neurons by statistic")
-            run_layers = sorted({l for r in s.runs() if r.model_id == model.model_id and r.status == "done" for l in r.layers})
-            if not run_layers:
-                st.info("no finished harvest for this model")
-                return
-            c1, c2 = st.columns(2)
-            layer = c1.selectbox("layer", run_layers)
-            labels = {"max": "highest max", "kurtosis": "highest kurtosis", "sparsest": "sparsest (lowest fraction > 0)",
-                      "densest": "densest", "skewness": "highest skew", "min": "most negative"}
-            sort = c2.selectbox("order", list(labels), format_func=labels.get)
-            run = s.find_run(name, layer)
-            rows = s.units_by(run.run_id, layer, sort, limit=25)
-    except Exception as exc:
-        show_error(exc)
+
+    def load(s):
+        models = cached_models(s)
+        if not models:
+            return None
+        names = sorted({m.name for m in models})
+        if "search_model" not in st.session_state:
+            st.session_state["search_model"] = qp["model"] if qp.get("model") in names else names[0]
+        name = st.selectbox("model", names, key="search_model")
+        qp["model"] = name
+        model = s.catalog.model(name)
+        runs = s.runs.finished(model.model_id, source=None)
+        token_search(s, name, model, runs)
+        graph_search(s, name, model, runs)
+        topic_search(s, name, model)
+        return name, stats_search(s, name, runs)
+
+    data = read(load)
+    if data is None or data[1] is None:
         return
+    name, rows = data
     st.markdown("| neuron | max | mean | std | skew | kurtosis | frac > 0 |\n|---|---|---|---|---|---|---|\n" + "\n".join(
-        f"| {neuron_link(name, layer, u)} | {mx:.3g} | {mean:.3g} | {std:.3g} | {sk:.3g} | {ku:.3g} | {fa:.3f} |"
-        for u, mx, mean, std, sk, ku, fa in rows))
+        f"| {unit_link(name, r.unit)} | {r.max:.3g} | {r.mean:.3g} | {r.std:.3g} | {r.skewness:.3g} | "
+        f"{r.kurtosis:.3g} | {r.frac_active:.3f} |" for r in rows))
 
 
 render()

@@ -1,0 +1,127 @@
+"""What the jobs share: unit and layer specs, the cached model and unit records, progress, fan-out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from analysis.progress import Progress  # noqa: F401  (re-exported for the jobs)
+from analysis.types import MLP, ModelInfo, UnitId, UnitRecord, UserError
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    """'all', '5', '0,5,10' or '0-3,7' -> sorted layer list, checked against the model."""
+    if spec.strip().lower() == "all":
+        return list(range(n_layers))
+    try:
+        layers = _parse_ranges(spec)
+    except ValueError:
+        raise UserError(f"--layers {spec!r}: use 'all', a list like 0,5,10 or a range like 0-3") from None
+    if not layers or any(not 0 <= l < n_layers for l in layers):
+        raise UserError(f"--layers {spec!r}: the model has layers 0..{n_layers - 1}")
+    return layers
+
+
+def parse_units(spec: str, n: int, what: str = "neurons", allow_all: bool = False) -> list[int]:
+    """'0-99', '3,5,8', '7' (or 'all' where allowed) -> sorted unit indices in 0..n-1."""
+    if allow_all and spec.strip().lower() == "all":
+        return list(range(n))
+    try:
+        units = _parse_ranges(spec)
+    except ValueError:
+        raise UserError(f"--neurons {spec!r}: use a list like 3,5,8 or a range like 0-99") from None
+    if not units or any(not 0 <= u < n for u in units):
+        raise UserError(f"--neurons {spec!r}: {what} go from 0 to {n - 1}")
+    return units
+
+
+def _parse_ranges(spec: str) -> list[int]:
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-")
+            out.update(range(int(a), int(b) + 1))
+        elif part:
+            out.add(int(part))
+    return sorted(out)
+
+
+def fmt_layers(layers: list[int]) -> str:
+    if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+def cached_model(store, model: str) -> ModelInfo:
+    """The cached model of that name or id, or a UserError naming the models the database holds."""
+    info = store.catalog.model(model)
+    if info is None:
+        known = ", ".join(sorted({m.name for m in store.catalog.models()})) or "none yet"
+        raise UserError(f"model {model!r} is not in {store.path} (cached models: {known})")
+    return info
+
+
+def check_layer(info: ModelInfo, layer: int) -> None:
+    if not 0 <= layer < info.n_layers:
+        raise UserError(f"layer {layer} does not exist: {info.name} has layers 0..{info.n_layers - 1}")
+
+
+def unit_record(store, model: str, unit: UnitId, run_id: str | None = None) -> UnitRecord:
+    """The record of a harvested unit, or a UserError saying what is missing and how to get it."""
+    info = cached_model(store, model)
+    check_layer(info, unit.layer)
+    if unit.source == MLP and not 0 <= unit.index < info.d_mlp:
+        raise UserError(f"neuron {unit.index} does not exist: {info.name} has neurons 0..{info.d_mlp - 1}")
+    run = store.runs.get(run_id) if run_id else store.runs.find(model, unit.layer, source=unit.source)
+    if run is None:
+        raise UserError(f"layer {unit.layer} of {model} has not been harvested into {store.path}; run: "
+                        f"python -m analysis harvest --model {model} --layers {unit.layer} --db {store.path}")
+    rec = store.records.unit_record(run, unit)
+    if rec is None:
+        raise UserError(f"{unit} is not in run {run.run_id} of {store.path}")
+    return rec
+
+
+def unit_records(db: Path, model: str, layer: int, indices: list[int], source: str = MLP) -> dict[int, UnitRecord]:
+    """index -> record of units of one layer, read in one short read-only visit."""
+    from cache.store import open_store
+
+    with open_store(db, read_only=True) as store:
+        return {i: unit_record(store, model, UnitId(source, layer, i)) for i in indices}
+
+
+def load_cached_subject(info: ModelInfo, device: str, dtype: str = "float32", load: Callable | None = None):
+    """The subject model a cache was harvested from, refusing other weights under the same name. ``load``
+    (name, device, dtype) lets the viewer pass its already-loaded models."""
+    import torch
+
+    from analysis.models import load_model
+
+    subject = (load or load_model)(info.name, device=device, dtype=getattr(torch, dtype))
+    if subject.info.model_id != info.model_id:
+        raise UserError(f"{info.name} now loads weights {subject.info.model_id}, but the cache was harvested "
+                        f"from {info.model_id}: harvest again, or restore those weights")
+    return subject
+
+
+def fan_out(fn: Callable, items: Iterable, workers: int) -> Iterator[tuple[object, object, UserError | None]]:
+    """Yield (item, result, UserError or None) as each finishes; at most ``workers`` run at once (API calls).
+    The caller's thread does all writing."""
+    items = list(items)
+    if workers <= 1:
+        for item in items:
+            try:
+                yield item, fn(item), None
+            except UserError as exc:
+                yield item, None, exc
+        return
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(fn, item): item for item in items}
+        for fut in as_completed(futures):
+            exc = fut.exception()
+            if exc is not None and not isinstance(exc, UserError):
+                raise exc
+            yield futures[fut], (None if exc else fut.result()), exc

@@ -1,0 +1,106 @@
+"""Job: explain units from their top train records, and store the explanations (resumable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from analysis.config import DEFAULT_MODEL
+from analysis.explain import ApiConfig
+from analysis.jobs.common import Progress, cached_model, fan_out, parse_units, unit_records
+from analysis.types import MLP, Explanation, UnitId, UserError
+
+EXPLAINERS = ("local", "api", "token-lookup")
+
+
+@dataclass(frozen=True)
+class ExplainJob:
+    layer: int
+    neurons: str
+    """Unit indices, e.g. 0-99 or 3,5,8."""
+    model: str = DEFAULT_MODEL
+    source: str = MLP
+    explainer: str = "token-lookup"
+    explainer_model: str = DEFAULT_MODEL
+    """The local explainer's model."""
+    device: str = "cpu"
+    force: bool = False
+    """Explain again units this explainer already explained."""
+    revise: bool = False
+    """Also store a revised explanation (the paper's revision step; model explainers only)."""
+    api: ApiConfig = field(default_factory=ApiConfig)
+    api_concurrency: int = 4
+    """API requests in flight at once."""
+
+
+@dataclass(frozen=True)
+class ExplainSummary:
+    explained: dict[int, tuple[Explanation, ...]]
+    """unit index -> what was stored for it now (initial, and revised with --revise)."""
+    skipped: int
+    """Units this explainer had already explained."""
+    failed: dict[int, str]
+    """unit index -> why it failed (API errors)."""
+
+
+def make_explainer(job: ExplainJob):
+    from analysis import explain
+
+    if job.explainer == "token-lookup":
+        return explain.TokenLookupExplainer()
+    if job.explainer == "local":
+        from analysis.models import load_model
+
+        return explain.LocalExplainer(load_model(job.explainer_model, device=job.device))
+    if job.explainer == "api":
+        return explain.ApiExplainer(job.api)
+    raise UserError(f"unknown explainer {job.explainer!r}: use one of {', '.join(EXPLAINERS)}")
+
+
+def explain(job: ExplainJob, db: Path, progress: Progress = Progress()) -> ExplainSummary:
+    from analysis.explain import RevisingExplainer
+    from analysis.splits import explainer_train
+    from cache.store import open_store
+
+    with open_store(db, read_only=True) as store:
+        info = cached_model(store, job.model)
+    units = parse_units(job.neurons, info.d_mlp)
+    if job.revise and job.explainer not in ("api", "local"):
+        raise UserError("--revise needs a model explainer (local or api)")
+    recs = unit_records(db, job.model, job.layer, units, job.source)
+    with open_store(db, read_only=True) as store:  # resumable: skip units this explainer already did
+        todo = [u for u in units if job.force or not any(
+            e.explainer == job.explainer for e in store.explanations.of_unit(recs[u].run_id, recs[u].unit))]
+    explainer = make_explainer(job) if todo else None  # loads a model only when there is work
+
+    def work(u: int) -> tuple[Explanation, ...]:
+        rec = recs[u]
+        if job.revise:
+            return RevisingExplainer(explainer).explain_both(explainer_train(rec), rec.stats.max)
+        return (explainer.explain(explainer_train(rec), rec.stats.max),)
+
+    explained, failed = {}, {}
+    bar = progress.bar(len(todo), f"explain L{job.layer} ({job.explainer})", unit="neuron")
+    workers = job.api_concurrency if job.explainer == "api" else 1
+    for u, exps, err in fan_out(work, todo, workers):
+        bar.update(1)
+        if err is not None:
+            failed[u] = str(err)
+            progress.note(f"neuron {u}: {err}")
+            continue
+        with open_store(db) as store:  # this thread does all writing, one short transaction per unit
+            for exp in exps:
+                store.explanations.put(recs[u].run_id, recs[u].unit, exp)
+        explained[u] = exps
+    bar.close()
+    return ExplainSummary(explained, len(units) - len(todo), failed)
+
+
+def save_scored(db: Path, unit: UnitId, run_id: str, exp: Explanation, scored) -> str:
+    """Store one explanation with a scored simulation of it (the viewer's "save"); returns its id."""
+    from cache.store import open_store
+
+    with open_store(db) as store:
+        eid = store.explanations.put(run_id, unit, exp)
+        store.explanations.put_simulation(eid, scored)
+    return eid

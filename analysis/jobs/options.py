@@ -1,0 +1,88 @@
+"""Command-line options generated from config dataclasses, so every default lives in its dataclass.
+
+``Opt`` says how one field is offered (help text, flag name, choices); ``add_options`` adds a dataclass's
+fields that have an ``Opt`` (recursing into fields that are themselves configs), ``from_args`` builds the
+dataclass back from the parsed namespace. A bool field defaulting to False becomes ``--flag``; one defaulting
+to True becomes ``--no-flag``; a ``tuple[str, ...]`` field takes a comma-separated list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import MISSING, dataclass
+
+from analysis.types import UserError
+
+
+@dataclass(frozen=True)
+class Opt:
+    help: str
+    flag: str | None = None
+    """The option's name (default: ``--`` + the field name with dashes)."""
+    choices: tuple[str, ...] | None = None
+    required: bool = False
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _scalar(hint) -> type:
+    """int, float or str from a field's type hint (``int | None`` -> int)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, opts: dict[str, Opt | dict], prefix: str = "") -> None:
+    """Add the fields of dataclass ``cls`` named in ``opts``; a field that is a dataclass takes a nested dict."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        opt = opts.get(f.name)
+        if opt is None:
+            continue
+        dest = prefix + f.name
+        if isinstance(opt, dict):
+            add_options(parser, hints[f.name], opt, prefix=dest + ".")
+            continue
+        default, hint = _default(f), hints[f.name]
+        flag = opt.flag or "--" + f.name.replace("_", "-")
+        if hint is bool:
+            if default:
+                flag = opt.flag or "--no-" + f.name.replace("_", "-")
+            parser.add_argument(flag, dest=dest, action="store_false" if default else "store_true", help=opt.help)
+            continue
+        kind = _comma_list if typing.get_origin(hint) is tuple else _scalar(hint)
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        text = opt.help + ("" if opt.required or default is None else f" (default: {shown})")
+        parser.add_argument(flag, dest=dest, metavar=None if opt.choices else f.name.upper(), type=kind, default=None if opt.required else default,
+                            choices=opt.choices, required=opt.required, help=text)
+
+
+def from_args(cls: type, args: argparse.Namespace, prefix: str = "", **given):
+    """An instance of ``cls`` from the options ``add_options`` added (other fields keep their defaults or take
+    ``given``)."""
+    hints = typing.get_type_hints(cls)
+    values = dict(given)
+    ns = vars(args)
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            continue
+        dest = prefix + f.name
+        if dataclasses.is_dataclass(hints[f.name]) and any(k.startswith(dest + ".") for k in ns):
+            values[f.name] = from_args(hints[f.name], args, prefix=dest + ".")
+        elif dest in ns:
+            values[f.name] = ns[dest]
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a config that checks itself (e.g. TopicConfig's k and tau)
+        raise UserError(str(exc)) from None

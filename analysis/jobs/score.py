@@ -1,0 +1,127 @@
+"""Job: simulate stored (or given) explanations on held-out records and store the scores (resumable)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from analysis.config import DEFAULT_MODEL
+from analysis.explain import ApiConfig
+from analysis.jobs.common import Progress, cached_model, fan_out, parse_units, unit_records
+from analysis.splits import SCORING_SETS
+from analysis.types import MLP, UnitRecord, UserError
+
+SIMULATORS = ("local-all-at-once", "api-json", "token-lookup")
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    layer: int
+    neurons: str
+    """Unit indices, e.g. 0-99 or 3,5,8."""
+    model: str = DEFAULT_MODEL
+    source: str = MLP
+    explanation: str | None = None
+    """Score (and store, as a human explanation) this text instead of the stored explanations."""
+    simulator: str = "token-lookup"
+    simulator_model: str = DEFAULT_MODEL
+    """The local simulator's model."""
+    simulator_dtype: str = "float32"
+    """bfloat16 simulates ~2x faster on CPUs with AVX512-BF16, at bf16 precision."""
+    scoring_set: str = "top-and-random"
+    device: str = "cpu"
+    force: bool = False
+    """Score again explanations already scored by this simulator on this set."""
+    api: ApiConfig = field(default_factory=ApiConfig)
+    api_concurrency: int = 4
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    results: list
+    """analysis.evaluate.ScoredSimulation of every explanation scored now (a failed simulation has .error)."""
+    todo: int
+    """Explanations that needed a score."""
+    failed: dict[int, str]
+    """unit index -> why its scoring could not run (API errors before any simulation)."""
+
+
+def make_simulator(name: str, rec: UnitRecord, model: str = DEFAULT_MODEL, device: str = "cpu",
+                   dtype: str = "float32", api: ApiConfig | None = None, load=None):
+    """A simulator by name, for one unit (token-lookup is fitted to the unit's own records). ``load`` (name)
+    lets the viewer pass its loaded models."""
+    from analysis import simulate
+
+    if name == "token-lookup":
+        from analysis.evaluate import token_lookup_simulator
+
+        return token_lookup_simulator(rec)
+    if name == "local-all-at-once":
+        return simulate.LocalAllAtOnceSimulator(load(model) if load else _simulator_subject(model, device, dtype))
+    if name == "api-json":
+        return simulate.ApiJsonSimulator(api or ApiConfig())
+    raise UserError(f"unknown simulator {name!r}: use one of {', '.join(SIMULATORS)}")
+
+
+@functools.lru_cache(maxsize=1)
+def _simulator_subject(name: str, device: str, dtype: str):
+    """The local simulator's model, loaded once per process (every unit of a run shares it)."""
+    import torch
+
+    from analysis.models import load_model
+
+    return load_model(name, device=device, dtype=getattr(torch, dtype))
+
+
+def score(job: ScoreJob, db: Path, progress: Progress = Progress()) -> ScoreSummary:
+    from analysis.evaluate import score_simulation
+    from analysis.explain import HumanExplainer
+    from analysis.splits import scoring_records
+    from cache.store import open_store
+
+    if job.scoring_set not in SCORING_SETS:
+        raise UserError(f"unknown scoring set {job.scoring_set!r}: use one of {', '.join(SCORING_SETS)}")
+    with open_store(db, read_only=True) as store:
+        info = cached_model(store, job.model)
+    units = parse_units(job.neurons, info.d_mlp)
+    recs = unit_records(db, job.model, job.layer, units, job.source)
+    todo = []  # (unit index, explanation id, text)
+    if job.explanation is not None:
+        exp = HumanExplainer(job.explanation).explain([], 0.0)
+        with open_store(db) as store:
+            todo = [(u, store.explanations.put(recs[u].run_id, recs[u].unit, exp), exp.text) for u in units]
+    else:
+        with open_store(db, read_only=True) as store:
+            for u in units:
+                for e in store.explanations.of_unit(recs[u].run_id, recs[u].unit):
+                    if e.explainer == "n2g":  # a graph summary, not text to simulate: `n2g` scores it
+                        continue
+                    if job.force or not store.explanations.has_simulation(e.explanation_id, job.simulator,
+                                                                          job.scoring_set):
+                        todo.append((u, e.explanation_id, e.text))
+    simulators = {u: make_simulator(job.simulator, recs[u], job.simulator_model, job.device, job.simulator_dtype,
+                                    job.api) for u in {t[0] for t in todo}}
+
+    def work(item):
+        u, _eid, text = item
+        rec = recs[u]
+        return score_simulation(simulators[u], text, scoring_records(rec, job.scoring_set), rec.stats.max,
+                                job.scoring_set)
+
+    results, failed = [], {}
+    bar = progress.bar(len(todo), f"score L{job.layer} ({job.simulator})", unit="explanation")
+    workers = job.api_concurrency if job.simulator == "api-json" else 1
+    for (u, eid, _text), scored, err in fan_out(work, todo, workers):
+        bar.update(1)
+        if err is not None:
+            failed[u] = str(err)
+            progress.note(f"neuron {u}: {err}")
+            continue
+        with open_store(db) as store:
+            store.explanations.put_simulation(eid, scored)
+        results.append(scored)
+        if scored.error:
+            progress.note(f"neuron {u}: simulation failed: {scored.error}")
+    bar.close()
+    return ScoreSummary(results, len(todo), failed)

@@ -1,0 +1,113 @@
+"""Job: word-pool topics (Lim & Lauw) of units of a layer, in every projection mode, stored (resumable)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from analysis.config import DEFAULT_MODEL
+from analysis.jobs.common import (Progress, cached_model, check_layer, load_cached_subject, parse_units,
+                                  unit_records)
+from analysis.topics.types import ACTIVATION_SOURCE, NpmiConfig, ProjectionMode, TopicConfig
+from analysis.types import MLP, UnitId, UserError
+
+MODES = ("hi-c", "hi-i", "lo-c", "lo-i", ACTIVATION_SOURCE)
+
+
+@dataclass(frozen=True)
+class TopicsJob:
+    layer: int
+    neurons: str = "all"
+    """'all', 0-99 or 3,5,8 (residual dimensions for the lo-* modes)."""
+    model: str = DEFAULT_MODEL
+    modes: tuple[str, ...] = MODES
+    chunk: int = 256
+    """Units per batch and per write."""
+    device: str = "cpu"
+    force: bool = False
+    """Recompute units already in the cache."""
+    topic: TopicConfig = field(default_factory=TopicConfig)
+    npmi: NpmiConfig = field(default_factory=NpmiConfig)
+
+
+@dataclass(frozen=True)
+class TopicsSummary:
+    sets: list
+    """cache.topics.StoredTopicSet of every asked unit, mode and polarity (with these statistics)."""
+    stats_id: str
+    stats_corpus: str
+    stats_windows: int
+
+
+def stats_folder(db: Path) -> Path:
+    """Where the reference corpus statistics are kept: beside the database (git-ignored, reused)."""
+    return Path(str(db) + ".topics")
+
+
+def topics(job: TopicsJob, db: Path, progress: Progress = Progress(), load: Callable | None = None) -> TopicsSummary:
+    from analysis.topics import (Polarity, ScoredTopics, activation_ranking, activation_table,
+                                 cached_reference_stats, random_topic_scores, topics_for_units, topics_from_ranking)
+    from cache.store import open_store
+
+    bad = [m for m in job.modes if m not in MODES]
+    if bad or not job.modes:
+        raise UserError(f"--mode {','.join(job.modes)!r}: use 'all' or some of {', '.join(MODES)}")
+    config = job.topic
+    with open_store(db, read_only=True) as store:
+        info = cached_model(store, job.model)
+        run = store.runs.find(job.model, job.layer)
+    check_layer(info, job.layer)
+    stats, stats_id = cached_reference_stats(job.npmi, stats_folder(db), progress=progress.enabled)
+    if stats.n_windows < 100 or len(stats.vocab) < 20:
+        progress.note(f"warning: the reference corpus is tiny ({stats.n_windows} windows, {len(stats.vocab)} words "
+                      f"of >= {job.npmi.min_count} occurrences): NPMI will be noisy")
+    subject = load_cached_subject(info, job.device, "float32", load)
+    d_model = subject.w_out(0).shape[1]
+    params = {"k": config.k, "tau": config.tau, "theta_l": config.theta_l, "theta_u": config.theta_u,
+              "kappa_u": config.kappa_u, "stats": stats_id, "corpus": stats.corpus_id, "window": stats.window,
+              "min_count": stats.min_count}
+    with open_store(db, read_only=True) as store:
+        done = set() if job.force else store.topics.keys(info.model_id, stats_id, job.layer)
+    plan = []  # (mode, unit indices)
+    for mode in job.modes:
+        n, kind = (d_model, "residual dimensions") if mode in ("lo-c", "lo-i") else (info.d_mlp, "neurons")
+        try:
+            units = parse_units(job.neurons, n, kind, allow_all=True)
+        except UserError:
+            raise UserError(f"--neurons {job.neurons!r}: {mode} takes {kind} 0..{n - 1}") from None
+        if mode == ACTIVATION_SOURCE and run is None:
+            raise UserError(f"the activation source needs a harvest of layer {job.layer} in {db}")
+        plan.append((mode, units))
+
+    def source_of(mode: str) -> str:
+        return MLP if mode == ACTIVATION_SOURCE else ProjectionMode(mode).unit_source
+
+    bar = progress.bar(sum(len(u) for _m, u in plan), f"topics L{job.layer}", unit="unit")
+    for mode, units in plan:
+        todo = [u for u in units if any((UnitId(source_of(mode), job.layer, u), mode, p) not in done
+                                        for p in ("pos", "neg"))]
+        bar.update(len(units) - len(todo))
+        for b in range(0, len(todo), job.chunk):
+            chunk = todo[b : b + job.chunk]
+            t0 = time.perf_counter()
+            if mode == ACTIVATION_SOURCE:
+                recs = unit_records(db, job.model, job.layer, chunk)
+                results = [topics_from_ranking(activation_ranking(activation_table(recs[u]), recs[u].unit, pol,
+                                                                  tau=config.tau), subject.tokenizer, stats, config)
+                           for u in chunk for pol in (Polarity.POS, Polarity.NEG)]
+            else:
+                results = topics_for_units(subject, job.layer, chunk, ProjectionMode(mode), stats, config)
+            per = (time.perf_counter() - t0) / max(len(results), 1)
+            scored = [ScoredTopics(r, tuple(random_topic_scores(r.pool.words, stats, config.k, 100,
+                                                                seed=r.unit.index)), per) for r in results]
+            with open_store(db) as store:
+                store.topics.put(info.model_id, stats_id, scored, params)
+            bar.update(len(chunk))
+    bar.close()
+    with open_store(db, read_only=True) as store:
+        sets = [ts for mode, units in plan for u in units
+                for ts in store.topics.sets(info.model_id, UnitId(source_of(mode), job.layer, u), mode, stats_id)]
+    return TopicsSummary(sets, stats_id, stats.corpus_id, stats.n_windows)
+

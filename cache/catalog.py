@@ -1,0 +1,81 @@
+"""Models, their vocabularies and corpora: what every other table refers to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from analysis.types import CorpusInfo, Document, ModelInfo
+from cache.db import Repo
+
+_MODEL_COLS = ("name, model_id, source, architecture, n_layers, d_mlp, hook_point, act_fn, gated, weights_hash, "
+               "tokenizer_id, prepend_bos")
+
+
+@dataclass(frozen=True)
+class VocabEntry:
+    token_id: int
+    token: str
+
+
+class CatalogRepo(Repo):
+    def put_model(self, info: ModelInfo, vocab: list[str]) -> None:
+        """Register a model and (once per tokenizer) its decoded vocabulary, token id = list index."""
+        with self.transaction() as cur:
+            cur.execute(f"INSERT OR REPLACE INTO models ({_MODEL_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [
+                info.name, info.model_id, info.source, info.architecture, info.n_layers, info.d_mlp, info.hook_point,
+                info.act_fn, info.gated, info.weights_hash, info.tokenizer_id, info.prepend_bos])
+            have = cur.execute("SELECT count(*) FROM vocab WHERE tokenizer_id = ?", [info.tokenizer_id]).fetchone()[0]
+            if have != len(vocab):
+                cur.execute("DELETE FROM vocab WHERE tokenizer_id = ?", [info.tokenizer_id])
+                self._insert_arrow(cur, "vocab", pa.table({
+                    "tokenizer_id": [info.tokenizer_id] * len(vocab),
+                    "token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab}))
+
+    def put_corpus(self, info: CorpusInfo, documents: list[Document]) -> None:
+        with self.transaction() as cur:
+            cur.execute("INSERT OR REPLACE INTO corpora (corpus_id, name, source, text_hash, n_docs, n_chars) "
+                        "VALUES (?,?,?,?,?,?)",
+                        [info.corpus_id, info.name, info.source, info.text_hash, info.n_docs, info.n_chars])
+            cur.execute("DELETE FROM documents WHERE corpus_id = ?", [info.corpus_id])
+            self._insert_arrow(cur, "documents", pa.table({
+                "corpus_id": [info.corpus_id] * len(documents),
+                "doc_id": [d.doc_id for d in documents], "title": [d.title for d in documents]}))
+
+    def models(self) -> list[ModelInfo]:
+        rows = self._q(f"SELECT {_MODEL_COLS} FROM models ORDER BY model_id").fetchall()
+        return [ModelInfo(*r) for r in rows]
+
+    def model(self, model: str) -> ModelInfo | None:
+        """A model by id or by the name it was harvested under (lowest id first when a name has several)."""
+        row = self._q(f"SELECT {_MODEL_COLS} FROM models WHERE model_id = ? OR name = ? ORDER BY model_id LIMIT 1",
+                      [model, model]).fetchone()
+        return ModelInfo(*row) if row else None
+
+    def corpora(self) -> list[CorpusInfo]:
+        rows = self._q("SELECT corpus_id, name, source, text_hash, n_docs, n_chars FROM corpora "
+                       "ORDER BY corpus_id").fetchall()
+        return [CorpusInfo(*r) for r in rows]
+
+    def corpus_arg(self, corpus_id: str) -> str | None:
+        """The ``--corpus`` argument that reproduces a cached corpus: its embedded name or its path."""
+        row = self._q("SELECT name, source FROM corpora WHERE corpus_id = ?", [corpus_id]).fetchone()
+        return None if row is None else (row[0] if row[1] == "embedded" else row[1])
+
+    def vocab(self, tokenizer_id: str, token_ids: list[int] | None = None) -> dict[int, str]:
+        """token id -> decoded token string (all of them, or just ``token_ids``)."""
+        if token_ids is None:
+            rows = self._q("SELECT token_id, token FROM vocab WHERE tokenizer_id = ?", [tokenizer_id]).fetchall()
+        else:
+            rows = self._q("SELECT token_id, token FROM vocab WHERE tokenizer_id = ? AND token_id IN "
+                           "(SELECT unnest(?::INTEGER[]))", [tokenizer_id, sorted(set(token_ids))]).fetchall()
+        return dict(rows)
+
+    def token_ids(self, tokenizer_id: str, text: str) -> list[VocabEntry]:
+        """Vocabulary entries equal to ``text``, also with a leading space (' Paris' for 'Paris')."""
+        variants = [text, " " + text.lstrip(" ")] if not text.startswith(" ") else [text, text.lstrip(" ")]
+        rows = self._q("SELECT token_id, token FROM vocab WHERE tokenizer_id = ? AND token IN "
+                       "(SELECT unnest(?::VARCHAR[])) ORDER BY token_id", [tokenizer_id, variants]).fetchall()
+        return [VocabEntry(*r) for r in rows]

@@ -1,0 +1,116 @@
+"""Explanations of units and their scored simulations."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from analysis.types import MLP, Explanation, UnitId
+from cache.db import Repo, content_id
+
+if TYPE_CHECKING:
+    from analysis.evaluate import ScoredSimulation
+
+
+@dataclass(frozen=True)
+class StoredExplanation:
+    explanation_id: str
+    run_id: str
+    unit: UnitId
+    explainer: str
+    params: dict
+    text: str
+    created_at: object
+
+
+@dataclass(frozen=True)
+class StoredSimulation:
+    simulation_id: str
+    explanation_id: str
+    simulator: str
+    params: dict
+    scoring_set: str
+    window_ids: list[int]
+    simulated: list[list[float]] | None
+    """Per record, per token, on the 0–10 scale; None if the simulation failed."""
+    score: float | None
+    rsquared: float | None
+    absolute_dev_explained: float | None
+    error: str | None
+    created_at: object
+
+
+@dataclass(frozen=True)
+class UnitScore:
+    """One successful scored simulation of one explanation of a unit (for score distributions)."""
+
+    unit: UnitId
+    explainer: str
+    simulator: str
+    scoring_set: str
+    score: float
+
+
+_EXP_COLS = "explanation_id, run_id, source, layer, unit, explainer, params, text, created_at"
+_SIM_COLS = ("simulation_id, explanation_id, simulator, params, scoring_set, window_ids, simulated, score, rsquared, "
+             "absolute_dev_explained, error, created_at")
+
+
+def _explanation(r) -> StoredExplanation:
+    return StoredExplanation(r[0], r[1], UnitId(r[2], r[3], r[4]), r[5], json.loads(r[6]), r[7], r[8])
+
+
+class ExplanationRepo(Repo):
+    def put(self, run_id: str, unit: UnitId, exp: Explanation) -> str:
+        """Store an explanation (once: the id is a hash of everything about it); return its id."""
+        # neurons keep the ids they had before units named their source
+        who = (unit.layer, unit.index) if unit.source == MLP else (unit.source, unit.layer, unit.index)
+        eid = content_id(run_id, *who, exp.explainer, exp.params, exp.text)
+        with self.transaction() as cur:
+            cur.execute(f"INSERT OR IGNORE INTO explanations ({_EXP_COLS}) VALUES (?,?,?,?,?,?,?,?, now())",
+                        [eid, run_id, unit.source, unit.layer, unit.index, exp.explainer,
+                         json.dumps(exp.params, sort_keys=True), exp.text])
+        return eid
+
+    def of_unit(self, run_id: str, unit: UnitId) -> list[StoredExplanation]:
+        rows = self._q(f"SELECT {_EXP_COLS} FROM explanations WHERE run_id = ? AND source = ? AND layer = ? "
+                       "AND unit = ? ORDER BY created_at", [run_id, unit.source, unit.layer, unit.index]).fetchall()
+        return [_explanation(r) for r in rows]
+
+    def put_simulation(self, explanation_id: str, sim: ScoredSimulation) -> str:
+        """Store a scored simulation, replacing an earlier one with the same explanation, simulator, params and
+        scoring set."""
+        sid = content_id(explanation_id, sim.simulator, sim.params, sim.scoring_set)
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM simulations WHERE simulation_id = ?", [sid])
+            cur.execute(f"INSERT INTO simulations ({_SIM_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?, now())", [
+                sid, explanation_id, sim.simulator, json.dumps(sim.params, sort_keys=True), sim.scoring_set,
+                sim.window_ids, json.dumps(sim.simulated) if sim.simulated is not None else None,
+                sim.score, sim.rsquared, sim.absolute_dev_explained, sim.error])
+        return sid
+
+    def simulations(self, explanation_id: str) -> list[StoredSimulation]:
+        rows = self._q(f"SELECT {_SIM_COLS} FROM simulations WHERE explanation_id = ? ORDER BY created_at",
+                       [explanation_id]).fetchall()
+        return [StoredSimulation(r[0], r[1], r[2], json.loads(r[3]), r[4], list(r[5]),
+                                 json.loads(r[6]) if r[6] else None, *r[7:]) for r in rows]
+
+    def with_simulations(self, run_id: str, unit: UnitId) -> list[tuple[StoredExplanation, list[StoredSimulation]]]:
+        """Every explanation of a unit with its scored simulations (what the explanations panel shows)."""
+        return [(e, self.simulations(e.explanation_id)) for e in self.of_unit(run_id, unit)]
+
+    def has_simulation(self, explanation_id: str, simulator: str, scoring_set: str) -> bool:
+        """Whether a successful simulation of this simulator and set exists (for resuming)."""
+        return self._q("SELECT 1 FROM simulations WHERE explanation_id = ? AND simulator = ? AND scoring_set = ? "
+                       "AND error IS NULL", [explanation_id, simulator, scoring_set]).fetchone() is not None
+
+    def scores(self, run_id: str, layer: int | None = None) -> list[UnitScore]:
+        """Every successful scored simulation of a run (of one layer)."""
+        sql = ("SELECT e.source, e.layer, e.unit, e.explainer, s.simulator, s.scoring_set, s.score FROM simulations s "
+               "JOIN explanations e USING (explanation_id) WHERE e.run_id = ? AND s.error IS NULL")
+        args: list = [run_id]
+        if layer is not None:
+            sql += " AND e.layer = ?"
+            args.append(layer)
+        return [UnitScore(UnitId(r[0], r[1], r[2]), *r[3:]) for r in self._q(sql, args).fetchall()]

@@ -1,0 +1,200 @@
+"""A harvest's results: per-unit statistics, records (activations per window), sample references and the
+token table; and the searches over them.
+
+Storage layout: activations are stored once per (unit, window) as float16 bytes and referenced by the
+top/random/quantile sample rows; token ids once per window (``windows``), token strings once per tokenizer.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from analysis.histogram import HIST_BIN_EDGES, hist_order
+from analysis.types import MLP, ActivationRecord, UnitId, UnitRecord, UnitStats
+from cache.catalog import CatalogRepo
+from cache.db import Repo
+from cache.runs import RunInfo
+
+if TYPE_CHECKING:
+    from analysis.harvest import LayerSummary
+
+UNIT_KEY = "run_id = ? AND source = ? AND layer = ? AND unit = ?"
+
+
+@dataclass(frozen=True)
+class UnitOnToken:
+    """A unit that fires on a token (from the token table)."""
+
+    unit: UnitId
+    mean: float
+    """Mean activation of the unit on the token."""
+    count: int
+    z: float | None
+    """(mean on the token − unit mean) / unit std; None for a constant unit."""
+
+
+@dataclass(frozen=True)
+class UnitSummary:
+    """A unit's headline statistics (for lists ordered by one of them)."""
+
+    unit: UnitId
+    max: float
+    mean: float
+    std: float
+    skewness: float
+    kurtosis: float
+    frac_active: float
+
+
+SORTS = {"max": "max DESC", "kurtosis": "kurtosis DESC", "skewness": "skewness DESC",
+         "sparsest": "frac_active ASC", "densest": "frac_active DESC", "min": "min ASC"}
+"""The orders of ``RecordRepo.units_by``."""
+
+
+class RecordRepo(Repo):
+    def put_results(self, run_id: str, source: str, summaries: list[LayerSummary],
+                    window_lengths: dict[int, int]) -> None:
+        """Write a finished harvest (one LayerSummary per layer) and mark the run done, in one transaction."""
+        with self.transaction() as cur:
+            for table in ("unit_stats", "records", "samples", "token_means"):
+                cur.execute(f"DELETE FROM {table} WHERE run_id = ? AND source = ?", [run_id, source])
+            for s in summaries:
+                self._write_layer(cur, run_id, source, s, window_lengths)
+            cur.execute("UPDATE runs SET status = 'done', finished_at = now() WHERE run_id = ?", [run_id])
+
+    def _write_layer(self, cur, run_id: str, source: str, s: LayerSummary, window_lengths: dict[int, int]) -> None:
+        """Insert one LayerSummary: stats, deduplicated records, sample references, token means."""
+        N = s.mean.shape[0]
+
+        def keys(n: int) -> dict:
+            return {"run_id": [run_id] * n, "source": [source] * n, "layer": pa.array([s.layer] * n, pa.int16())}
+
+        hist_blobs = [zlib.compress(s.hist[u].astype(np.int32).tobytes(), 1) for u in range(N)]
+        self._insert_arrow(cur, "unit_stats", pa.table({
+            **keys(N), "unit": np.arange(N, dtype=np.int32), "n_tokens": pa.array([s.n_tokens] * N, pa.int64()),
+            "mean": s.mean.astype(np.float64), "std": s.std.astype(np.float64),
+            "skewness": s.skewness.astype(np.float64), "kurtosis": s.kurtosis.astype(np.float64),
+            "min": s.vmin.astype(np.float32), "max": s.vmax.astype(np.float32),
+            "frac_active": s.frac_active.astype(np.float32), "hist": pa.array(hist_blobs, pa.binary()),
+            "quantile_boundaries": pa.array([s.quantile_boundaries[:, u].astype(np.float32).tolist()
+                                             for u in range(N)], pa.list_(pa.float32())),
+        }))
+        rec_unit, rec_wid, rec_acts = [], [], []
+        seen: set[tuple[int, int]] = set()
+        smp: dict[str, list] = {"unit": [], "kind": [], "bin": [], "rank": [], "window_id": [], "max_act": []}
+
+        def add(kind: str, b: int, rank: int, u: int, wid: int, mx: float, acts_row: np.ndarray) -> None:
+            for key, val in zip(smp, (u, kind, b, rank, wid, mx)):
+                smp[key].append(val)
+            if (u, wid) not in seen:
+                seen.add((u, wid))
+                rec_unit.append(u)
+                rec_wid.append(wid)
+                rec_acts.append(acts_row[: window_lengths[wid]].tobytes())
+
+        for rank in range(s.top_wid.shape[0]):
+            for u in np.nonzero(s.top_wid[rank] >= 0)[0]:
+                add("top", 0, rank, int(u), int(s.top_wid[rank, u]), float(s.top_val[rank, u]), s.top_acts[rank, u])
+        for rank in range(s.random_idx.shape[0]):
+            for u in np.nonzero(s.random_idx[rank] >= 0)[0]:
+                p = s.random_idx[rank, u]
+                add("random", 0, rank, int(u), int(s.pool_wid[p, u]), float(s.pool_max[p, u]), s.pool_acts[p, u])
+        for b in range(s.quantile_idx.shape[0]):
+            for rank in range(s.quantile_idx.shape[1]):
+                for u in np.nonzero(s.quantile_idx[b, rank] >= 0)[0]:
+                    p = s.quantile_idx[b, rank, u]
+                    add("quantile", b, rank, int(u), int(s.pool_wid[p, u]), float(s.pool_max[p, u]),
+                        s.pool_acts[p, u])
+        self._insert_arrow(cur, "records", pa.table({
+            **keys(len(rec_unit)), "unit": pa.array(rec_unit, pa.int32()), "window_id": pa.array(rec_wid, pa.int32()),
+            "acts": pa.array(rec_acts, pa.binary())}))
+        n = len(smp["unit"])
+        self._insert_arrow(cur, "samples", pa.table({
+            **keys(n), "unit": pa.array(smp["unit"], pa.int32()), "kind": smp["kind"],
+            "bin": pa.array(smp["bin"], pa.int16()), "rank": pa.array(smp["rank"], pa.int16()),
+            "window_id": pa.array(smp["window_id"], pa.int32()), "max_act": pa.array(smp["max_act"], pa.float32())}))
+        if s.token_means:
+            u, t, m, c = zip(*s.token_means)
+            self._insert_arrow(cur, "token_means", pa.table({
+                **keys(len(u)), "unit": pa.array(u, pa.int32()), "token_id": pa.array(t, pa.int32()),
+                "mean": pa.array(m, pa.float32()), "count": pa.array(c, pa.int32())}))
+
+    # ---- reads ---------------------------------------------------------------------------------------------
+    def unit_stats(self, run_id: str, unit: UnitId) -> UnitStats | None:
+        found = self._stats_and_bounds(run_id, unit)
+        return found[0] if found else None
+
+    def _stats_and_bounds(self, run_id: str, unit: UnitId) -> tuple[UnitStats, list[float]] | None:
+        row = self._q("SELECT n_tokens, mean, std, skewness, kurtosis, min, max, frac_active, hist, "
+                      f"quantile_boundaries FROM unit_stats WHERE {UNIT_KEY}",
+                      [run_id, unit.source, unit.layer, unit.index]).fetchone()
+        if row is None:
+            return None
+        counts = np.frombuffer(zlib.decompress(row[8]), dtype=np.int32)
+        order = hist_order()
+        stats = UnitStats(n_tokens=row[0], mean=row[1], std=row[2], skewness=row[3], kurtosis=row[4], min=row[5],
+                          max=row[6], frac_active=row[7], hist_counts=counts[order].tolist(),
+                          hist_edges=[(float(a), float(b)) for a, b in HIST_BIN_EDGES[order]])
+        return stats, [float(x) for x in (row[9] or [])]
+
+    def unit_record(self, run: RunInfo, unit: UnitId) -> UnitRecord | None:
+        """Everything stored about one unit of a run (None if the run does not hold it)."""
+        found = self._stats_and_bounds(run.run_id, unit)
+        if found is None:
+            return None
+        stats, bounds = found
+        tokenizer_id, hook_point = self._q("SELECT tokenizer_id, hook_point FROM models WHERE model_id = ?",
+                                           [run.model_id]).fetchone()
+        key = [run.run_id, unit.source, unit.layer, unit.index]
+        rows = self._q(
+            "SELECT s.kind, s.bin, s.window_id, r.acts, w.doc_id, w.token_offset, w.token_ids "
+            "FROM samples s JOIN records r USING (run_id, source, layer, unit, window_id) "
+            "JOIN windows w ON w.run_id = s.run_id AND w.window_id = s.window_id "
+            "WHERE s.run_id = ? AND s.source = ? AND s.layer = ? AND s.unit = ? ORDER BY s.kind, s.bin, s.rank",
+            key).fetchall()
+        tok_rows = self._q(f"SELECT token_id, mean, count FROM token_means WHERE {UNIT_KEY} "
+                           "ORDER BY mean DESC LIMIT 20", key).fetchall()
+        vocab = CatalogRepo(self.con).vocab(tokenizer_id, [t for r in rows for t in r[6]] + [r[0] for r in tok_rows])
+        top, rand, by_bin = [], [], {}
+        for kind, b, wid, acts, doc_id, offset, token_ids in rows:
+            rec = ActivationRecord(tokens=[vocab.get(t, f"<{t}>") for t in token_ids], token_ids=list(token_ids),
+                                   activations=np.frombuffer(acts, dtype=np.float16).astype(float).tolist(),
+                                   window_id=wid, doc_id=doc_id, offset=offset)
+            if kind == "top":
+                top.append(rec)
+            elif kind == "random":
+                rand.append(rec)
+            else:
+                by_bin.setdefault(b, []).append(rec)
+        return UnitRecord(
+            model_id=run.model_id, corpus_id=run.corpus_id, run_id=run.run_id, unit=unit,
+            hook_point=hook_point.format(layer=unit.layer), stats=stats,
+            most_positive_activation_records=top, random_sample=rand,
+            random_sample_by_quantile=[by_bin.get(b, []) for b in range(run.params.get("quantile_bins", 0))],
+            quantile_boundaries=bounds,
+            top_tokens=[(t, vocab.get(t, f"<{t}>"), float(m), int(c)) for t, m, c in tok_rows],
+        )
+
+    def units_for_token(self, run_id: str, token_id: int, limit: int = 20, rank: str = "mean") -> list[UnitOnToken]:
+        """The units that fire most on a token. ``rank`` 'mean' orders by the mean activation; 'z' by
+        (mean on token − unit mean) / unit std, which does not favour high-variance layers. Candidates are the
+        stored ones (each token's top units per layer by mean, each unit's top tokens), so 'z' ranks within
+        those."""
+        order = "z DESC" if rank == "z" else "t.mean DESC"
+        rows = self._q(f"SELECT t.source, t.layer, t.unit, t.mean, t.count, (t.mean - u.mean) / nullif(u.std, 0) AS z "
+                       f"FROM token_means t JOIN unit_stats u USING (run_id, source, layer, unit) "
+                       f"WHERE t.run_id = ? AND t.token_id = ? ORDER BY {order} NULLS LAST LIMIT ?",
+                       [run_id, token_id, limit]).fetchall()
+        return [UnitOnToken(UnitId(src, lay, u), m, c, z) for src, lay, u, m, c, z in rows]
+
+    def units_by(self, run_id: str, layer: int, sort: str, limit: int = 25, source: str = MLP) -> list[UnitSummary]:
+        """Units of one layer ordered by ``sort`` (a key of SORTS)."""
+        rows = self._q(f"SELECT unit, max, mean, std, skewness, kurtosis, frac_active FROM unit_stats "
+                       f"WHERE run_id = ? AND source = ? AND layer = ? AND NOT isnan(kurtosis) "
+                       f"ORDER BY {SORTS[sort]} LIMIT ?", [run_id, source, layer, limit]).fetchall()
+        return [UnitSummary(UnitId(source, layer, r[0]), *r[1:]) for r in rows]
