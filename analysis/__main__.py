@@ -99,7 +99,7 @@ def cmd_n2g(args) -> int:
 def topic_set_json(ts) -> dict:
     return {"neuron": ts.unit.index, "layer": ts.unit.layer, "mode": ts.mode, "polarity": ts.polarity,
             "pool": ts.pool, "reason": ts.reason, "random_scores": ts.random_scores,
-            "stars": [{"words": w, "npmi": m.tolist()} for w, m in ts.stars],
+            "stars": [{"words": st.words, "npmi": st.npmi.tolist()} for st in ts.stars],
             "topics": [{"words": t.words, "score": t.score, "star": t.star, "optimal": t.optimal} for t in ts.topics]}
 
 
@@ -122,7 +122,7 @@ def cmd_topics(args) -> int:
 
 def cmd_models(args) -> int:
     from analysis.jobs.common import fmt_layers
-    from analysis.models import embedded_status
+    from analysis.embedded import embedded_status
     from cache.store import open_store
 
     print("embedded models (offline):")

@@ -15,6 +15,9 @@ Per unit (neuron) the state holds:
 - power moments (n, mean, M2, M3, M4 in float64, merged with Pebay's formulas), min, max, count > 0;
 - a histogram on a fixed log grid read from the float16 bits (mergeable: the grid never depends on the data);
 - per-token activation sums for the corpus's frequent tokens (the token table), counts shared by all units.
+
+One module (longer than most) because the state's layout, its fold, merge, checkpoint and summary change
+together.
 """
 
 from __future__ import annotations

@@ -28,6 +28,13 @@ class StoredTopic:
 
 
 @dataclass(frozen=True)
+class StoredStar:
+    words: list[str]
+    npmi: np.ndarray
+    """``[len(words), len(words)]`` pairwise NPMI."""
+
+
+@dataclass(frozen=True)
 class StoredTopicSet:
     unit: UnitId
     mode: str
@@ -38,7 +45,7 @@ class StoredTopicSet:
     n_tokens: int
     reason: str | None
     random_scores: list[float]
-    stars: list[tuple[list[str], np.ndarray]]
+    stars: list[StoredStar]
     topics: list[StoredTopic]
     seconds: float
 
@@ -104,7 +111,7 @@ class TopicRepo(Repo):
             stars = []
             for words, flat in self._q(f"SELECT words, npmi FROM topic_stars WHERE {_KEY} ORDER BY star", key).fetchall():
                 n = len(words)
-                stars.append((list(words), np.asarray(flat, dtype=float).reshape(n, n)))
+                stars.append(StoredStar(list(words), np.asarray(flat, dtype=float).reshape(n, n)))
             topics = [StoredTopic(list(w), sc, st, opt) for w, sc, st, opt in self._q(
                 f"SELECT words, score, star, optimal FROM topics WHERE {_KEY} ORDER BY rank", key).fetchall()]
             out.append(StoredTopicSet(unit, mode, pol, json.loads(params), list(pool), n_tokens, reason, list(rnd),

@@ -108,7 +108,10 @@ def test_right_padding_leaves_real_tokens_unchanged(tiny_folders, kind):
     batched = mlp_activations(subject, ids, mask, [0, 2])
     for row, n in enumerate(lengths):
         for layer in (0, 2):
-            diff = (batched[layer][row, :n] - singles[row][layer][0]).abs().max().item()
+            ref = singles[row][layer][0]
+            # the README's tolerance: 1e-5, relative above magnitude 1 (a masked batch takes another attention
+            # kernel; on AMD EPYC the tiny LLaMA's activations of ~8 differ by 11 float32 steps, 1.05e-5)
+            diff = ((batched[layer][row, :n] - ref).abs() / ref.abs().clamp(min=1.0)).max().item()
             assert diff <= 1e-5, (kind, row, layer, diff)
 
 

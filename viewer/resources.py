@@ -59,6 +59,18 @@ def cached_models(s: Store) -> list:
     return models
 
 
+def pick_unit(s: Store, prefix: str = "", container=None, buttons: bool = True):
+    """The unit pages' preamble: the cached models, the picker (synced with the URL), and the run holding the
+    picked unit's layer: (Picked, RunInfo or None), or None when the database holds no model yet."""
+    from viewer.components.picker import neuron_picker
+
+    models = cached_models(s)
+    if not models:
+        return None
+    picked = neuron_picker(models, prefix=prefix, container=container, buttons=buttons, sources=s.runs.sources())
+    return picked, s.runs.find(picked.model.name, picked.layer, source=picked.source)
+
+
 @st.cache_resource(show_spinner="loading the model (once per server)…", max_entries=2)
 def subject(name: str, device: str = "cpu", dtype: str = "float32") -> SubjectModel:
     import torch

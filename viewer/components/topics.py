@@ -94,8 +94,8 @@ def topics_view(sets: list) -> None:
             if not ts.topics:
                 st.caption(f"no topic: {ts.reason}")
                 continue
-            chips = [topic_html(t.words, t.score, contributions(t.words, *ts.stars[t.star]), t.optimal)
-                     for t in ts.topics]
+            chips = [topic_html(t.words, t.score, contributions(t.words, ts.stars[t.star].words,
+                                                                ts.stars[t.star].npmi), t.optimal) for t in ts.topics]
             st.html(STYLE + "".join(chips[:5]))
             if len(chips) > 5:
                 with st.expander(f"{len(chips) - 5} more topics"):

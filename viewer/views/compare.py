@@ -8,14 +8,13 @@ from analysis.n2g.evaluate import FIRING_FRACTION
 from viewer.components.explanations import own_explanation_form, scored_picker
 from viewer.components.graph import graph_height, graph_html, shown_patterns
 from viewer.components.heatmap import records_html
-from viewer.components.picker import neuron_picker, unit_title
-from viewer.resources import cached_models, live_simulators, read, save_explanation
+from viewer.components.picker import unit_title
+from viewer.resources import cached_models, live_simulators, pick_unit, read, save_explanation
 
 
-def _side(s, models, prefix: str, col):
+def _side(s, prefix: str, col):
     """What one side shows: (picked, record, explanations with simulations, graph, graph vocabulary)."""
-    picked = neuron_picker(models, prefix=prefix, container=col, buttons=False, sources=s.runs.sources())
-    run = s.runs.find(picked.model.name, picked.layer, source=picked.source)
+    picked, run = pick_unit(s, prefix=prefix, container=col, buttons=False)
     if run is None:
         return picked, None, [], None, {}
     rec = s.records.unit_record(run, picked.unit)
@@ -28,10 +27,9 @@ def render() -> None:
     st.title("Compare")
 
     def load(s):
-        models = cached_models(s)
-        if not models:
+        if not cached_models(s):
             return None
-        return [_side(s, models, prefix, col) for prefix, col in zip(("a_", "b_"), st.columns(2))]
+        return [_side(s, prefix, col) for prefix, col in zip(("a_", "b_"), st.columns(2))]
 
     sides = read(load)
     if sides is None:

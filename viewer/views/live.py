@@ -8,8 +8,8 @@ import torch
 from analysis.activations import mlp_activations
 from analysis.types import MLP, TokenActivations, UnitId
 from viewer.components.heatmap import records_html
-from viewer.components.picker import neuron_picker, unit_link
-from viewer.resources import MAX_LIVE_TOKENS, cached_models, read, show_error, subject
+from viewer.components.picker import unit_link
+from viewer.resources import MAX_LIVE_TOKENS, pick_unit, read, show_error, subject
 
 DEFAULT_TEXT = "The Eiffel Tower is in Paris, the capital of France. In 1889 it was the tallest structure in the world."
 
@@ -29,11 +29,9 @@ def live_activations(model_name: str, text: str, layer: int):
 
 def render() -> None:
     def load(s):
-        models = cached_models(s)
-        if not models:
+        if (found := pick_unit(s)) is None:
             return None
-        picked = neuron_picker(models, sources=s.runs.sources())
-        run = s.runs.find(picked.model.name, picked.layer, source=picked.source)
+        picked, run = found
         stats = s.records.unit_stats(run.run_id, picked.unit) if run else None
         return picked, stats.max if stats else None
 

@@ -15,10 +15,10 @@ from viewer.components.explanations import explanations_panel
 from viewer.components.export import neuron_page_html
 from viewer.components.graph import graph_panel
 from viewer.components.heatmap import records_html
-from viewer.components.picker import neuron_picker, unit_link, unit_title
+from viewer.components.picker import unit_link, unit_title
 from viewer.components.topics import topic_controls, topics_view
-from viewer.resources import (cached_models, db_path, live_simulators, read, run_job, save_explanation,
-                              show_error, subject)
+from viewer.resources import (db_path, live_simulators, pick_unit, read, run_job,
+                              save_explanation, show_error, subject)
 
 TABS = ["top", "quantiles", "random", "tokens & weights", "explanations", "graph", "topics"]
 
@@ -120,11 +120,9 @@ def topics_tab(model, rec) -> None:
 
 def render() -> None:
     def load(s):
-        models = cached_models(s)
-        if not models:
+        if (found := pick_unit(s)) is None:
             return None
-        picked = neuron_picker(models, sources=s.runs.sources())
-        run = s.runs.find(picked.model.name, picked.layer, source=picked.source)
+        picked, run = found
         rec = s.records.unit_record(run, picked.unit) if run else None
         corpus = (s.catalog.corpus_arg(r.corpus_id) if (r := s.runs.find(picked.model.name)) else None)
         return picked, rec, corpus
