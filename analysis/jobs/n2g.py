@@ -10,7 +10,7 @@ from analysis.config import DEFAULT_MODEL
 from analysis.jobs.common import Progress, cached_model, load_cached_subject, parse_units, unit_records
 from analysis.n2g import pipeline
 from analysis.n2g.fit import N2GConfig
-from analysis.types import MLP, UnitId
+from analysis.types import MLP, UnitId, UserError
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ def n2g(job: N2GJob, db: Path, progress: Progress = Progress(), with_cached: boo
     from analysis.n2g.fit import ModelProber
     from cache.store import open_store
 
+    if job.source != MLP:  # the prober reads activations at the MLP hook; other sources need their encoder
+        raise UserError(f"n2g probes MLP neurons; units of source {job.source!r} cannot be probed yet")
     with open_store(db, read_only=True) as store:
         info = cached_model(store, job.model)
     units = parse_units(job.neurons, info.d_mlp, allow_all=True)
