@@ -1,4 +1,5 @@
-"""Where the project keeps its data products, and defaults that several stages share.
+"""Where the project keeps its data products, and defaults that several stages share (torch-free: the CLI's
+parser reads them).
 
 Everything the project builds (converted models, cleaned corpora, downloaded wheels, the demo database)
 lives under one data folder: ``$NEURON_VIEWER_HOME`` if set, else the repository's ``cache/`` folder
@@ -8,6 +9,7 @@ lives under one data folder: ``$NEURON_VIEWER_HOME`` if set, else the repository
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -26,3 +28,29 @@ def default_db() -> Path:
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_CORPUS = "enwiki-sample"
 CODE_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    """Parameters of one harvest; stored with the run."""
+
+    layers: tuple[int, ...] = ()
+    """The layers to harvest (a job sets them from its layer spec)."""
+    seq_len: int = 64
+    """Tokens per window (OpenAI's records are 64 tokens)."""
+    top_k: int = 20
+    random_k: int = 20
+    """Size of each unit's uniform random sample (OpenAI's random_sample)."""
+    quantile_bins: int = 5
+    per_bin: int = 5
+    """Random windows kept per quantile bin (OpenAI's random_sample_by_quantile)."""
+    pool: int = 50
+    """Uniform random windows kept per unit, from which random and quantile samples are drawn."""
+    batch_size: int = 32
+    shard_windows: int = 2048
+    """Windows per shard: the unit of checkpointing and resuming (and of parallel work)."""
+    token_table: int = 4096
+    """Most frequent corpus tokens whose per-unit mean activation is tracked."""
+    min_token_count: int = 3
+    """A token needs this many occurrences to get a mean activation."""
+    seed: int = 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
-
 from analysis.prompts import EXPLAIN_SYSTEM, LEAD, clean_explanation, explain_prompt
 from analysis.types import Explanation, UserError
 
@@ -56,9 +54,10 @@ class LocalExplainer:
     def __init__(self, subject, max_new_tokens: int = 32):
         self.subject, self.max_new_tokens = subject, max_new_tokens
 
-    @torch.inference_mode()
     def complete(self, body: str) -> str:
         """The model's continuation of ``body`` + the lead, as a user turn under the explainer instructions."""
+        import torch  # here, not at the top: the CLI's parser imports this module for ApiConfig
+
         tok, model = self.subject.tokenizer, self.subject.model
         body = body.strip()
         if body.endswith(LEAD):
@@ -69,8 +68,9 @@ class LocalExplainer:
         else:
             text = EXPLAIN_SYSTEM + "\n\n" + body + "\n" + LEAD
         ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids.to(self.subject.device)
-        out = model.generate(ids, max_new_tokens=self.max_new_tokens, do_sample=False,
-                             pad_token_id=self.subject.pad_id)
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                 pad_token_id=self.subject.pad_id)
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
     def params(self) -> dict:

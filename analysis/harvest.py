@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from analysis.config import HarvestConfig
 from analysis.histogram import HIST_BINS
 from analysis.progress import Progress
 from analysis.models import Encoded
@@ -58,32 +59,6 @@ def random_keys(seed: int, layer: int, n_units: int, window_ids: torch.Tensor) -
     units = torch.arange(n_units, dtype=torch.int64, device=window_ids.device)
     w = _mix31(window_ids.to(torch.int64) * 0x9E3779B1 + seed * 0x85EBCA6B + layer * 0xC2B2AE35)
     return _mix31(w[:, None] + _mix31(units * 0x27D4EB2F + layer)[None, :] * 0x165667B1)
-
-
-@dataclass(frozen=True)
-class HarvestConfig:
-    """Parameters of one harvest; stored with the run."""
-
-    layers: tuple[int, ...] = ()
-    """The layers to harvest (a job sets them from its layer spec)."""
-    seq_len: int = 64
-    """Tokens per window (OpenAI's records are 64 tokens)."""
-    top_k: int = 20
-    random_k: int = 20
-    """Size of each unit's uniform random sample (OpenAI's random_sample)."""
-    quantile_bins: int = 5
-    per_bin: int = 5
-    """Random windows kept per quantile bin (OpenAI's random_sample_by_quantile)."""
-    pool: int = 50
-    """Uniform random windows kept per unit, from which random and quantile samples are drawn."""
-    batch_size: int = 32
-    shard_windows: int = 2048
-    """Windows per shard: the unit of checkpointing and resuming (and of parallel work)."""
-    token_table: int = 4096
-    """Most frequent corpus tokens whose per-unit mean activation is tracked."""
-    min_token_count: int = 3
-    """A token needs this many occurrences to get a mean activation."""
-    seed: int = 0
 
 
 @dataclass

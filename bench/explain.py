@@ -9,8 +9,6 @@ slot, the prompt cut after each TAB), against the all-at-once pass (one forward 
 
 from __future__ import annotations
 
-from analysis.types import MLP, UnitId
-
 import argparse
 import sys
 import time
@@ -18,6 +16,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from analysis.types import MLP, UnitId  # noqa: E402
 
 
 def main() -> None:

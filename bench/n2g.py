@@ -9,8 +9,6 @@ Prints a markdown table; nothing is written to the cache.
 
 from __future__ import annotations
 
-from analysis.types import MLP, UnitId
-
 import argparse
 import sys
 import time
@@ -24,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis.models import load_model  # noqa: E402
 from analysis.n2g.fit import ModelProber, N2GConfig  # noqa: E402
 from analysis.n2g.pipeline import fit_layer  # noqa: E402
+from analysis.types import MLP, UnitId  # noqa: E402
 from cache.store import open_store  # noqa: E402
 
 

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-from analysis.types import MLP, UnitId
-
 import argparse
 import os
 import random
@@ -23,6 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from analysis.types import MLP, UnitId  # noqa: E402
 
 
 def main() -> None:

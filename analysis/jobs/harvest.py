@@ -10,8 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from analysis.config import CODE_VERSION, DEFAULT_CORPUS, DEFAULT_MODEL
-from analysis.harvest import HarvestConfig
+from analysis.config import CODE_VERSION, DEFAULT_CORPUS, DEFAULT_MODEL, HarvestConfig
 from analysis.jobs.common import Progress, fmt_layers, parse_layers
 from analysis.types import MLP, UserError
 

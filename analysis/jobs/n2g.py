@@ -8,8 +8,7 @@ from typing import Callable
 
 from analysis.config import DEFAULT_MODEL
 from analysis.jobs.common import Progress, cached_model, load_cached_subject, parse_units, unit_records
-from analysis.n2g import pipeline
-from analysis.n2g.fit import N2GConfig
+from analysis.n2g.config import N2GConfig
 from analysis.types import MLP, UnitId, UserError
 
 
@@ -32,8 +31,9 @@ class N2GJob:
 
 @dataclass(frozen=True)
 class N2GSummary:
-    results: dict[int, pipeline.N2GResult]
-    """unit index -> its graph scored on held-out records (built now, or read back when ``with_cached``)."""
+    results: dict
+    """unit index -> its analysis.n2g.pipeline.N2GResult: the graph scored on held-out records (built now, or
+    read back when ``with_cached``)."""
     built: int
     cached: int
 
@@ -42,6 +42,7 @@ def n2g(job: N2GJob, db: Path, progress: Progress = Progress(), with_cached: boo
         load: Callable | None = None) -> N2GSummary:
     """Graphs for the job's units. Each graph is also stored as an explanation (explainer 'n2g', a summary of
     its patterns) with its scored simulation, so it is listed beside the other explanations."""
+    from analysis.n2g import pipeline
     from analysis.n2g.fit import ModelProber
     from cache.store import open_store
 
@@ -55,7 +56,7 @@ def n2g(job: N2GJob, db: Path, progress: Progress = Progress(), with_cached: boo
     with open_store(db, read_only=True) as store:
         done = set() if job.force else store.graphs.units(run_id, job.layer, job.source)
     todo = [u for u in units if u not in done]
-    results: dict[int, pipeline.N2GResult] = {}
+    results: dict = {}
     if todo:
         subject = load_cached_subject(info, job.device, job.dtype, load)
         params = {**job.config.to_json(), "dtype": job.dtype}

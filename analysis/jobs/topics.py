@@ -22,6 +22,8 @@ class TopicsJob:
     neurons: str = "all"
     """'all', 0-99 or 3,5,8 (residual dimensions for the lo-* modes)."""
     model: str = DEFAULT_MODEL
+    source: str = MLP
+    """The units of the activation mode (the projection modes read MLP weights or residual dimensions)."""
     modes: tuple[str, ...] = MODES
     chunk: int = 256
     """Units per batch and per write."""
@@ -82,7 +84,7 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress(), load: Call
         plan.append((mode, units))
 
     def source_of(mode: str) -> str:
-        return MLP if mode == ACTIVATION_SOURCE else ProjectionMode(mode).unit_source
+        return job.source if mode == ACTIVATION_SOURCE else ProjectionMode(mode).unit_source
 
     bar = progress.bar(sum(len(u) for _m, u in plan), f"topics L{job.layer}", unit="unit")
     for mode, units in plan:
@@ -93,7 +95,7 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress(), load: Call
             chunk = todo[b : b + job.chunk]
             t0 = time.perf_counter()
             if mode == ACTIVATION_SOURCE:
-                recs = unit_records(db, job.model, job.layer, chunk)
+                recs = unit_records(db, job.model, job.layer, chunk, job.source)
                 results = [topics_from_ranking(activation_ranking(activation_table(recs[u]), recs[u].unit, pol,
                                                                   tau=config.tau), subject.tokenizer, stats, config)
                            for u in chunk for pol in (Polarity.POS, Polarity.NEG)]

@@ -12,7 +12,6 @@ from analysis.topics.npmi import (CooccurrenceStats, cached_reference_stats, cou
                                   stats_params, words_of)
 from analysis.topics.pipeline import random_topic_scores, topic_score, topics_for_units, topics_from_ranking
 from analysis.topics.pool import STOP_WORDS, activation_ranking, activation_table, build_pool, is_pool_word, normalise_token
-from analysis.topics.projection import project_rankings, projection_logits
 from analysis.topics.stars import StarIndices, find_stars
 from analysis.topics.types import (ACTIVATION_SOURCE, CliqueResult, NpmiConfig, Polarity, ProjectionMode, RESID,
                                    ScoredTopics, SolveStats, Star, Topic, TokenRanking, TopicConfig, UnitTopics, WordPool)
@@ -25,3 +24,12 @@ __all__ = [
     "reference_stats", "save_stats", "solve_bnb", "solve_greedy", "solve_milp", "stats_params", "subset_weight",
     "topic_score", "topics_for_units", "topics_from_ranking", "words_of",
 ]
+
+
+def __getattr__(name: str):
+    """The projections need torch: imported on first use, so importing the configs stays light (CLI parser)."""
+    if name in ("project_rankings", "projection_logits"):
+        from analysis.topics import projection
+
+        return getattr(projection, name)
+    raise AttributeError(f"module 'analysis.topics' has no attribute {name!r}")

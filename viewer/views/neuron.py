@@ -88,10 +88,10 @@ def graph_tab(model, rec, window: int | None) -> None:
         return
     g, vocab, others = data
     if g is None:
-        st.info(f"No Neuron2Graph graph for {unit} yet: fitting one takes a few seconds on CPU, plus loading the "
-                "model.")
+        st.info("No Neuron2Graph graph for this neuron yet: fitting one takes a few seconds on CPU, plus loading "
+                "the model.")
         if st.button("build the graph now"):
-            run_job(f"fitting the graph of {unit}…", lambda db, progress: n2g(
+            run_job(f"fitting the graph of L{unit.layer} N{unit.index}…", lambda db, progress: n2g(
                 N2GJob(layer=unit.layer, neurons=str(unit.index), model=model.name, source=unit.source), db, progress))
         st.caption(f"or from a shell, a whole layer: `python -m analysis n2g --model {model.name} --layer "
                    f"{unit.layer} --db {db_path()}`")
@@ -106,12 +106,14 @@ def topics_tab(model, rec) -> None:
     sets = read(lambda s: s.topics.sets(model.model_id, unit, mode))
     if sets is None:
         return
-    what = f"residual dimension {unit.index}" if mode.startswith("lo") else str(unit)
+    what = f"L{unit.layer} " + (f"residual dimension {unit.index}" if mode.startswith("lo")
+                                else unit_title("", unit).split(" · ")[-1])
     if not sets:
         st.info(f"No topics for {what} ({mode}) yet: about a second once the model is loaded.")
         if st.button("compute topics now"):
             run_job(f"topics of {what} ({mode})…", lambda db, progress: topics(
-                TopicsJob(layer=unit.layer, neurons=str(unit.index), model=model.name, modes=(mode,)), db, progress))
+                TopicsJob(layer=unit.layer, neurons=str(unit.index), model=model.name, source=rec.unit.source,
+                          modes=(mode,)), db, progress))
         st.caption(f"or a whole layer from a shell: `python -m analysis topics --model {model.name} --layer "
                    f"{unit.layer} --db {db_path()}`")
         return

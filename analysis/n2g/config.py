@@ -1,0 +1,31 @@
+"""The parameters of Neuron2Graph fitting (torch-free: the CLI's parser reads their defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class N2GConfig:
+    keep: float = 0.5
+    """Pruning keeps the shortest preceding context whose activation is at least this fraction of the record's."""
+    importance: float = 0.25
+    """A context token is important when masking it drops the activation by at least this fraction."""
+    max_context: int = 12
+    """Look back at most this many tokens from the activating token (24 took 2x the time for no better F1 on
+    the embedded model: bench/RESULTS.md)."""
+    max_important: int = 2
+    """Keep at most this many context tokens (the most important ones); the rest become ANY, so a pattern
+    generalises beyond the exact text it was fitted on."""
+    augment: bool = True
+    """Substitute the activating token and the important tokens with plausible alternatives (from the subject
+    model as a causal LM) and record what the unit does on them."""
+    candidates: int = 4
+    """Next-token candidates per substituted position, before rescoring."""
+    substitutes: int = 3
+    """Candidates kept per position after rescoring by the likelihood of the text that follows."""
+    generalise: bool = True
+    """Cut each firing pattern to the part of it that predicts the train records best (see generalise)."""
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
