@@ -1,7 +1,9 @@
 """The viewer: page config and navigation only.
 
 Run: ``streamlit run viewer/app.py -- --db PATH`` (else $NEURON_VIEWER_DB, else the demo cache).
-A neuron's page is the root URL with ``?model=<name>&layer=<L>&neuron=<N>``.
+A unit's page is the root URL with ``?model=<name>&layer=<L>&neuron=<N>`` (plus ``&source=<dictionary>`` for
+units that are not MLP neurons). Pages are thin: they read through ``viewer/resources.py`` and hand data to
+``viewer/components/``; the viewer writes only through the job functions (``analysis/jobs/``).
 """
 
 from __future__ import annotations

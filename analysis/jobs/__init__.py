@@ -11,5 +11,6 @@ A job is the composition layer: it reads what it needs from the store in short v
 (``analysis.*``), and writes its results through the store's repositories in short transactions, so the viewer
 keeps reading meanwhile; every job skips work already stored (resumable). ``analysis/__main__.py`` is a thin
 parser over these functions; the viewer's "compute now" buttons call the same functions in-process, passing
-their own ``Progress`` and already-loaded models (``load``).
+their own ``Progress`` (a job loads its own copy of a model: it attaches hooks that must not fire in another
+session's forward pass through the viewer's shared copy).
 """

@@ -5,45 +5,37 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from analysis.progress import Progress  # noqa: F401  (re-exported for the jobs)
 from analysis.types import MLP, ModelInfo, UnitId, UnitRecord, UserError
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
     """'all', '5', '0,5,10' or '0-3,7' -> sorted layer list, checked against the model."""
-    if spec.strip().lower() == "all":
-        return list(range(n_layers))
-    try:
-        layers = _parse_ranges(spec)
-    except ValueError:
-        raise UserError(f"--layers {spec!r}: use 'all', a list like 0,5,10 or a range like 0-3") from None
-    if not layers or any(not 0 <= l < n_layers for l in layers):
-        raise UserError(f"--layers {spec!r}: the model has layers 0..{n_layers - 1}")
-    return layers
+    return _parse_spec(spec, n_layers, "--layers", "use 'all', a list like 0,5,10 or a range like 0-3",
+                       f"the model has layers 0..{n_layers - 1}", allow_all=True)
 
 
 def parse_units(spec: str, n: int, what: str = "neurons", allow_all: bool = False) -> list[int]:
     """'0-99', '3,5,8', '7' (or 'all' where allowed) -> sorted unit indices in 0..n-1."""
+    return _parse_spec(spec, n, "--neurons", "use a list like 3,5,8 or a range like 0-99",
+                       f"{what} go from 0 to {n - 1}", allow_all)
+
+
+def _parse_spec(spec: str, n: int, flag: str, usage: str, bounds: str, allow_all: bool) -> list[int]:
     if allow_all and spec.strip().lower() == "all":
         return list(range(n))
-    try:
-        units = _parse_ranges(spec)
-    except ValueError:
-        raise UserError(f"--neurons {spec!r}: use a list like 3,5,8 or a range like 0-99") from None
-    if not units or any(not 0 <= u < n for u in units):
-        raise UserError(f"--neurons {spec!r}: {what} go from 0 to {n - 1}")
-    return units
-
-
-def _parse_ranges(spec: str) -> list[int]:
     out: set[int] = set()
-    for part in spec.split(","):
-        part = part.strip()
-        if "-" in part:
-            a, b = part.split("-")
-            out.update(range(int(a), int(b) + 1))
-        elif part:
-            out.add(int(part))
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = part.split("-")
+                out.update(range(int(a), int(b) + 1))
+            elif part:
+                out.add(int(part))
+    except ValueError:
+        raise UserError(f"{flag} {spec!r}: {usage}") from None
+    if not out or any(not 0 <= i < n for i in out):
+        raise UserError(f"{flag} {spec!r}: {bounds}")
     return sorted(out)
 
 
@@ -91,14 +83,13 @@ def unit_records(db: Path, model: str, layer: int, indices: list[int], source: s
         return {i: unit_record(store, model, UnitId(source, layer, i)) for i in indices}
 
 
-def load_cached_subject(info: ModelInfo, device: str, dtype: str = "float32", load: Callable | None = None):
-    """The subject model a cache was harvested from, refusing other weights under the same name. ``load``
-    (name, device, dtype) lets the viewer pass its already-loaded models."""
+def load_cached_subject(info: ModelInfo, device: str, dtype: str = "float32"):
+    """The subject model a cache was harvested from, refusing other weights under the same name."""
     import torch
 
     from analysis.models import load_model
 
-    subject = (load or load_model)(info.name, device=device, dtype=getattr(torch, dtype))
+    subject = load_model(info.name, device=device, dtype=getattr(torch, dtype))
     if subject.info.model_id != info.model_id:
         raise UserError(f"{info.name} now loads weights {subject.info.model_id}, but the cache was harvested "
                         f"from {info.model_id}: harvest again, or restore those weights")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
 from analysis.explain import ApiConfig
-from analysis.jobs.common import Progress, cached_model, fan_out, parse_units, unit_records
+from analysis.jobs.common import cached_model, fan_out, parse_units, unit_records
+from analysis.progress import Progress
 from analysis.types import MLP, Explanation, UnitId, UserError
 
 EXPLAINERS = ("local", "api", "token-lookup")

@@ -8,10 +8,10 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from analysis.config import CODE_VERSION, DEFAULT_CORPUS, DEFAULT_MODEL, HarvestConfig
-from analysis.jobs.common import Progress, fmt_layers, parse_layers
+from analysis.jobs.common import fmt_layers, parse_layers
+from analysis.progress import Progress
 from analysis.types import MLP, UserError
 
 
@@ -53,7 +53,7 @@ def checkpoint_dir(db: Path) -> Path:
     return db.with_name(db.name + ".harvest")
 
 
-def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), load: Callable | None = None) -> HarvestSummary:
+def harvest(job: HarvestJob, db: Path, progress: Progress = Progress()) -> HarvestSummary:
     """Run (or resume) a harvest into ``db``. Ctrl-C keeps the finished shards; the same job resumes them."""
     from analysis.corpus import EMBEDDED_CORPORA, load_corpus, make_windows, select_windows, windows_hash
     from analysis.harvest import run_harvest, summarise
@@ -75,7 +75,7 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), load: Ca
                                   f"({run.n_tokens:,} tokens, layers {fmt_layers(run.layers)}): nothing to do")
                     return HarvestSummary(run.run_id, "cached", run.layers, run.n_tokens, 0.0)
     t0 = time.time()
-    subject = (load or load_model)(job.model, device=job.device)
+    subject = load_model(job.model, device=job.device)
     layers = parse_layers(job.layers, subject.info.n_layers)
     corpus = load_corpus(job.corpus)
     windows = list(make_windows(corpus.documents, subject.tokenizer, cfg.seq_len))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from analysis.config import DEFAULT_MODEL
-from analysis.jobs.common import Progress, cached_model, load_cached_subject, parse_units, unit_records
+from analysis.jobs.common import cached_model, load_cached_subject, parse_units, unit_records
+from analysis.progress import Progress
 from analysis.n2g.config import N2GConfig
 from analysis.types import MLP, UnitId, UserError
 
@@ -38,8 +38,7 @@ class N2GSummary:
     cached: int
 
 
-def n2g(job: N2GJob, db: Path, progress: Progress = Progress(), with_cached: bool = False,
-        load: Callable | None = None) -> N2GSummary:
+def n2g(job: N2GJob, db: Path, progress: Progress = Progress(), with_cached: bool = False) -> N2GSummary:
     """Graphs for the job's units. Each graph is also stored as an explanation (explainer 'n2g', a summary of
     its patterns) with its scored simulation, so it is listed beside the other explanations."""
     from analysis.n2g import pipeline
@@ -58,7 +57,7 @@ def n2g(job: N2GJob, db: Path, progress: Progress = Progress(), with_cached: boo
     todo = [u for u in units if u not in done]
     results: dict = {}
     if todo:
-        subject = load_cached_subject(info, job.device, job.dtype, load)
+        subject = load_cached_subject(info, job.device, job.dtype)
         params = {**job.config.to_json(), "dtype": job.dtype}
         bar = progress.bar(len(todo), f"n2g L{job.layer}", unit="neuron")
         chunks = pipeline.fit_layer(subject, job.layer, [recs[u] for u in todo], job.config, job.chunk,

@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from analysis.config import DEFAULT_MODEL
-from analysis.jobs.common import (Progress, cached_model, check_layer, load_cached_subject, parse_units,
-                                  unit_records)
+from analysis.jobs.common import cached_model, check_layer, load_cached_subject, parse_units, unit_records
+from analysis.progress import Progress
 from analysis.topics.types import ACTIVATION_SOURCE, NpmiConfig, ProjectionMode, TopicConfig
 from analysis.types import MLP, UnitId, UserError
 
@@ -48,7 +47,7 @@ def stats_folder(db: Path) -> Path:
     return Path(str(db) + ".topics")
 
 
-def topics(job: TopicsJob, db: Path, progress: Progress = Progress(), load: Callable | None = None) -> TopicsSummary:
+def topics(job: TopicsJob, db: Path, progress: Progress = Progress()) -> TopicsSummary:
     from analysis.topics import (Polarity, ScoredTopics, activation_ranking, activation_table,
                                  cached_reference_stats, random_topic_scores, topics_for_units, topics_from_ranking)
     from cache.store import open_store
@@ -65,7 +64,7 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress(), load: Call
     if stats.n_windows < 100 or len(stats.vocab) < 20:
         progress.note(f"warning: the reference corpus is tiny ({stats.n_windows} windows, {len(stats.vocab)} words "
                       f"of >= {job.npmi.min_count} occurrences): NPMI will be noisy")
-    subject = load_cached_subject(info, job.device, "float32", load)
+    subject = load_cached_subject(info, job.device, "float32")
     d_model = subject.w_out(0).shape[1]
     params = {"k": config.k, "tau": config.tau, "theta_l": config.theta_l, "theta_u": config.theta_u,
               "kappa_u": config.kappa_u, "stats": stats_id, "corpus": stats.corpus_id, "window": stats.window,
