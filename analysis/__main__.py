@@ -16,6 +16,7 @@ from analysis.jobs.options import Opt, add_options, from_args
 from analysis.types import UserError
 
 MODEL = Opt("model name as cached")
+SOURCE = Opt("the units' source: mlp (MLP neurons) or a dictionary id")
 DEVICE = Opt("cpu or cuda")
 API = {"base_url": Opt("OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1", flag="--api-base-url"),
        "model": Opt("model name at that endpoint", flag="--api-model"),
@@ -202,21 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = command("export", cmd_export, "print a neuron's record as JSON (OpenAI NeuronRecord fields + extras)",
                 quiet=False)
-    add_options(e, ExportJob, {"model": MODEL, "layer": Opt("layer", required=True),
-                               "neuron": Opt("neuron", required=True), "run": Opt("a run id (default: the newest finished run with this layer)")})
+    add_options(e, ExportJob, {"model": MODEL, "source": SOURCE, "layer": Opt("layer", required=True),
+                               "neuron": Opt("neuron", required=True),
+                               "run": Opt("a run id (default: the newest finished run with this layer)")})
     e.add_argument("--compact", action="store_true", help="one line of JSON")
 
     api_job = {"api": API, "api_concurrency": Opt("requests in flight at once")}
     x = command("explain", cmd_explain, "explain neurons from their top train records (resumable)")
     add_options(x, ExplainJob, {
-        "model": MODEL, "layer": Opt("layer", required=True), "neurons": Opt("e.g. 0-99 or 3,5,8", required=True),
+        "model": MODEL, "source": SOURCE, "layer": Opt("layer", required=True),
+        "neurons": Opt("e.g. 0-99 or 3,5,8", required=True),
         "explainer": Opt("who explains", choices=EXPLAINERS), "explainer_model": Opt("local explainer model"),
         "device": DEVICE, "force": Opt("explain again even if this explainer already did"),
         "revise": Opt("also store a revised explanation (the paper's revision step)"), **api_job})
 
     sc = command("score", cmd_score, "simulate explanations on held-out records and score them (resumable)")
     add_options(sc, ScoreJob, {
-        "model": MODEL, "layer": Opt("layer", required=True), "neurons": Opt("many neurons, e.g. 0-99"),
+        "model": MODEL, "source": SOURCE, "layer": Opt("layer", required=True),
+        "neurons": Opt("many neurons, e.g. 0-99"),
         "explanation": Opt("score (and store) this explanation instead of the stored ones"),
         "simulator": Opt("who simulates", choices=SIMULATORS), "simulator_model": Opt("local simulator model"),
         "simulator_dtype": Opt("bfloat16 simulates ~2x faster on CPUs with AVX512-BF16, at bf16 precision",
@@ -243,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "heuristic; exact max-weight k-cliques.")
     add_options(t, TopicsJob, {
         "model": MODEL, "layer": Opt("layer", required=True),
+        "source": Opt("the activation mode's units: mlp or a dictionary id"),
         "neurons": Opt("'all', 0-99 or 3,5,8 (residual dimensions for lo-*)"),
         "chunk": Opt("units per batch and per write"), "device": DEVICE,
         "force": Opt("recompute units already in the cache"),

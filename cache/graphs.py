@@ -73,7 +73,8 @@ class GraphRepo(Repo):
             for p, v in patterns:
                 for key, val in zip(pats, (run_id, r.unit.source, r.unit.layer, r.unit.index, p, v)):
                     pats[key].append(val)
-        table = pa.table({"run_id": pa.array(pats["run_id"], pa.string()), "source": pa.array(pats["source"], pa.string()),
+        table = pa.table({"run_id": pa.array(pats["run_id"], pa.string()),
+                          "source": pa.array(pats["source"], pa.string()),
                           "layer": pa.array(pats["layer"], pa.int16()), "unit": pa.array(pats["unit"], pa.int32()),
                           "pattern": pa.array(pats["pattern"], pa.list_(pa.int32())),
                           "activation": pa.array(pats["activation"], pa.float32())})

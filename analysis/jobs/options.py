@@ -64,8 +64,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, opts: dict[str, Opt 
         kind = _comma_list if typing.get_origin(hint) is tuple else _scalar(hint)
         shown = ",".join(default) if isinstance(default, tuple) else default
         text = opt.help + ("" if opt.required or default is None else f" (default: {shown})")
-        parser.add_argument(flag, dest=dest, metavar=None if opt.choices else f.name.upper(), type=kind, default=None if opt.required else default,
-                            choices=opt.choices, required=opt.required, help=text)
+        parser.add_argument(flag, dest=dest, metavar=None if opt.choices else f.name.upper(), type=kind,
+                            default=None if opt.required else default, choices=opt.choices, required=opt.required,
+                            help=text)
 
 
 def from_args(cls: type, args: argparse.Namespace, prefix: str = "", **given):
