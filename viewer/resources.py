@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -78,16 +79,37 @@ def subject(name: str, device: str = "cpu", dtype: str = "float32") -> SubjectMo
     return load_model(name, device=device, dtype=getattr(torch, dtype))
 
 
+@st.cache_resource(max_entries=4)
+def hooks_lock(name: str) -> threading.Lock:
+    """Held while hooks are attached to the shared model ``name``: sessions run in threads, and a hook on a
+    shared module fires (and stops the pass) in every thread's forward pass through it."""
+    return threading.Lock()
+
+
 def show_error(exc: Exception) -> None:
     st.error(str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}")
 
 
 def live_simulators(model_name: str) -> dict:
-    """The simulators pages can run live: name -> factory(UnitRecord)."""
+    """The simulators pages can run live: name -> factory(UnitRecord). The local one runs the shared model,
+    under its hooks lock (a live-text hook on it must not fire inside a simulation)."""
     from analysis.jobs.score import make_simulator
 
-    return {name: (lambda rec, name=name: make_simulator(name, rec, model_name, load=subject))
-            for name in ("token-lookup", "local-all-at-once")}
+    def local(rec):
+        return _Locked(make_simulator("local-all-at-once", rec, model_name, load=subject), hooks_lock(model_name))
+
+    return {"token-lookup": lambda rec: make_simulator("token-lookup", rec), "local-all-at-once": local}
+
+
+class _Locked:
+    """A simulator whose runs hold a lock."""
+
+    def __init__(self, inner, lock: threading.Lock):
+        self.inner, self.lock, self.name = inner, lock, inner.name
+
+    def simulate(self, explanation: str, records: list):
+        with self.lock:
+            return self.inner.simulate(explanation, records)
 
 
 class StreamlitProgress(Progress):

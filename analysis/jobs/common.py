@@ -1,4 +1,4 @@
-"""What the jobs share: unit and layer specs, the cached model and unit records, progress, fan-out."""
+"""What the jobs share: unit and layer specs, the cached model, unit records and the subject model, fan-out."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from analysis.activations import mlp_activations
 from analysis.types import MLP, TokenActivations, UnitId
 from viewer.components.heatmap import records_html
 from viewer.components.picker import unit_link
-from viewer.resources import MAX_LIVE_TOKENS, pick_unit, read, show_error, subject
+from viewer.resources import MAX_LIVE_TOKENS, hooks_lock, pick_unit, read, show_error, subject
 
 DEFAULT_TEXT = "The Eiffel Tower is in Paris, the capital of France. In 1889 it was the tallest structure in the world."
 
@@ -22,7 +22,8 @@ def live_activations(model_name: str, text: str, layer: int):
     cut = limit if len(ids) > limit else None
     ids = ids[:limit]
     enc = subj.encode([ids])
-    acts = mlp_activations(subj, enc.input_ids, enc.attention_mask, [layer])[layer][0, enc.n_prefix:]
+    with hooks_lock(model_name):
+        acts = mlp_activations(subj, enc.input_ids, enc.attention_mask, [layer])[layer][0, enc.n_prefix:]
     tokens = subj.tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
     return tokens, acts, cut
 
