@@ -108,7 +108,11 @@ def unit_link(model: str, unit: UnitId, label: str | None = None) -> str:
     return f"[{label or str(unit)}]({unit_url(model, unit)})"
 
 
+def unit_label(unit: UnitId) -> str:
+    """'N345' for a neuron, '<source> #345' for a dictionary feature."""
+    return f"N{unit.index}" if unit.source == MLP else f"{unit.source} #{unit.index}"
+
+
 def unit_title(model_name: str, unit: UnitId) -> str:
-    """'model · L12 · N345' for a neuron, 'model · L12 · <source> #345' for a dictionary feature."""
-    index = f"N{unit.index}" if unit.source == MLP else f"{unit.source} #{unit.index}"
-    return f"{model_name} · L{unit.layer} · {index}"
+    """'model · L12 · N345' (see ``unit_label``)."""
+    return f"{model_name} · L{unit.layer} · {unit_label(unit)}"

@@ -15,7 +15,7 @@ from viewer.components.explanations import explanations_panel
 from viewer.components.export import neuron_page_html
 from viewer.components.graph import graph_panel
 from viewer.components.heatmap import records_html
-from viewer.components.picker import unit_link, unit_title
+from viewer.components.picker import unit_label, unit_link, unit_title
 from viewer.components.topics import topic_controls, topics_view
 from viewer.resources import (db_path, live_simulators, pick_unit, read, run_job,
                               save_explanation, show_error, subject)
@@ -106,8 +106,7 @@ def topics_tab(model, rec) -> None:
     sets = read(lambda s: s.topics.sets(model.model_id, unit, mode))
     if sets is None:
         return
-    what = f"L{unit.layer} " + (f"residual dimension {unit.index}" if mode.startswith("lo")
-                                else unit_title("", unit).split(" · ")[-1])
+    what = f"L{unit.layer} " + (f"residual dimension {unit.index}" if mode.startswith("lo") else unit_label(unit))
     if not sets:
         st.info(f"No topics for {what} ({mode}) yet: about a second once the model is loaded.")
         if st.button("compute topics now"):
