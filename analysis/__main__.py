@@ -191,7 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(h, HarvestJob, {
         "model": Opt("embedded name, HF folder, .gguf file or hub id"),
         "corpus": Opt("embedded name or a text/JSONL/parquet path"),
-        "layers": Opt("'all', '0,5,10' or '0-3'"),
+        "layers": Opt("the neuron layers: 'all', '0,5,10', '0-3' or 'none' (default: all; with --sae the SAEs' "
+                      "layers)"),
+        "sae": Opt("an SAE folder or hub id (SAELens, Gemma Scope, sparsify), optionally DIR#layer=L,site=S; its "
+                   "features are harvested in the same forward pass", repeat=True),
+        "baselines": Opt("baseline directions to harvest at each SAE's site: basis, random (for compare-units)",
+                         choices=None),
         "max_tokens": Opt("harvest a seeded random subset of windows up to this many tokens"),
         "device": DEVICE,
         "skip_if_cached": Opt("do nothing if the db already has a finished run of this model name and corpus with "

@@ -1,45 +1,93 @@
-"""Run a subject model and capture MLP neuron activations.
+"""Run a subject model and capture unit activations at hook sites.
 
-The hooks live in one context manager that always removes them. A forward pass stops right after the last
-requested layer's MLP has been read (the remaining blocks, the final norm and the lm_head never run).
+A site is (layer, kind): ``mlp_in`` (the neurons: the input of the MLP output projection) or one of the
+residual-stream sites of ``analysis/sae.py`` (``resid_pre``, ``resid_post``, ``mlp_out``, ``attn_out``). A
+``Reader`` turns one site's vectors into one source's units: the neurons as they are, a dictionary's features
+by encoding. The hooks live in one context manager that always removes them; a forward pass stops as soon as
+every requested site has been read (the remaining blocks, the final norm and the lm_head never run).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
 from analysis.models import SubjectModel
+from analysis.types import MLP
+
+if TYPE_CHECKING:
+    from analysis.sae import SAE
+
+NEURONS = "mlp_in"
+"""The site of the MLP neurons."""
 
 
 class _StopForward(Exception):
     """Raised by the last hook to end the forward pass early."""
 
 
-@contextmanager
-def neuron_hooks(subject: SubjectModel, layers: list[int], stop_after_last: bool = True) -> Iterator[dict[int, torch.Tensor]]:
-    """Attach pre-hooks on the MLP output projections of ``layers``; yield the dict they fill.
+@dataclass(frozen=True)
+class Reader:
+    """One source's units at one layer: the site they are read from, and the map from site vectors to units."""
 
-    After a forward pass, ``captured[layer]`` is the projection's input, ``[batch, pos, d_mlp]``.
-    """
-    captured: dict[int, torch.Tensor] = {}
-    last = max(layers)
+    source: str
+    layer: int
+    sae: "SAE | None" = None
+    """None for the neurons; else the dictionary that encodes the site."""
+
+    @property
+    def site(self) -> str:
+        return NEURONS if self.sae is None else self.sae.site
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.source, self.layer
+
+    def units(self, site_acts: torch.Tensor) -> torch.Tensor:
+        """``[..., n_units]`` float32 from the site's ``[..., width]``."""
+        return site_acts.float() if self.sae is None else self.sae.encode(site_acts.float())
+
+
+def neuron_reader(layer: int) -> Reader:
+    return Reader(MLP, layer)
+
+
+def sae_reader(sae: "SAE") -> Reader:
+    return Reader(sae.source, sae.layer, sae)
+
+
+@contextmanager
+def site_hooks(subject: SubjectModel, sites: list[tuple[int, str]], stop_when_done: bool = True
+               ) -> Iterator[dict[tuple[int, str], torch.Tensor]]:
+    """Attach hooks that fill ``captured[(layer, site)]`` with ``[batch, pos, width]`` during a forward pass; with
+    ``stop_when_done`` the pass ends (``_StopForward``) once all of them are read."""
+    wanted = sorted(set(sites))
+    captured: dict[tuple[int, str], torch.Tensor] = {}
     handles = []
 
-    def make_hook(layer: int):
-        def hook(_module, args):
-            captured[layer] = args[0].detach()
-            if stop_after_last and layer == last:
-                raise _StopForward
+    def keep(key, tensor):
+        captured[key] = (tensor[0] if isinstance(tensor, tuple) else tensor).detach()
+        if stop_when_done and len(captured) == len(wanted):
+            raise _StopForward
 
+    def pre_hook(key):
+        def hook(_module, args, kwargs):
+            keep(key, args[0] if args else kwargs["hidden_states"])
+        return hook
+
+    def post_hook(key):
+        def hook(_module, _args, output):
+            keep(key, output)
         return hook
 
     try:
-        for layer in sorted(set(layers)):
-            subject.check_layer(layer)
-            handles.append(subject.out_proj(layer).register_forward_pre_hook(make_hook(layer)))
+        for layer, site in wanted:
+            module, is_pre = subject.site_module(layer, site)
+            handles.append(module.register_forward_pre_hook(pre_hook((layer, site)), with_kwargs=True) if is_pre
+                           else module.register_forward_hook(post_hook((layer, site))))
         yield captured
     finally:
         for handle in handles:
@@ -47,27 +95,35 @@ def neuron_hooks(subject: SubjectModel, layers: list[int], stop_after_last: bool
 
 
 @torch.inference_mode()
-def mlp_activations(
-    subject: SubjectModel,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    layers: list[int],
-) -> dict[int, torch.Tensor]:
-    """Neuron activations ``{layer: [batch, pos, d_mlp] float32}`` for a right-padded batch.
-
-    Runs the decoder only up to ``max(layers)``; never computes the lm_head. Positions where
-    ``attention_mask`` is 0 hold garbage (possibly NaN): callers mask them.
-    """
+def site_activations(subject: SubjectModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     sites: list[tuple[int, str]]) -> dict[tuple[int, str], torch.Tensor]:
+    """``{(layer, site): [batch, pos, width]}`` (model dtype) for a right-padded batch; runs the decoder only as
+    far as the last site. Positions where ``attention_mask`` is 0 hold garbage (possibly NaN): callers mask them."""
     device = subject.device
     input_ids = input_ids.to(device)
     if attention_mask is not None:
         attention_mask = attention_mask.to(device)
-    with neuron_hooks(subject, layers) as captured:
+    with site_hooks(subject, sites) as captured:
         try:
             subject.base()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         except _StopForward:
             pass
-    missing = [layer for layer in layers if layer not in captured]
+    missing = [s for s in sites if s not in captured]
     if missing:
-        raise RuntimeError(f"hooks for layers {missing} did not fire")
-    return {layer: captured[layer].float() for layer in layers}
+        raise RuntimeError(f"hooks for sites {missing} did not fire")
+    return captured
+
+
+def unit_activations(subject: SubjectModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     readers: list[Reader]) -> dict[tuple[str, int], torch.Tensor]:
+    """``{(source, layer): [batch, pos, n_units] float32}``: every reader's units from one forward pass."""
+    acts = site_activations(subject, input_ids, attention_mask, [(r.layer, r.site) for r in readers])
+    with torch.inference_mode():
+        return {r.key: r.units(acts[(r.layer, r.site)]) for r in readers}
+
+
+def mlp_activations(subject: SubjectModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                    layers: list[int]) -> dict[int, torch.Tensor]:
+    """Neuron activations ``{layer: [batch, pos, d_mlp] float32}`` for a right-padded batch."""
+    acts = unit_activations(subject, input_ids, attention_mask, [neuron_reader(layer) for layer in layers])
+    return {layer: acts[(MLP, layer)] for layer in layers}

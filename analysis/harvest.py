@@ -1,5 +1,6 @@
-"""The harvest: one streaming pass over token windows that keeps, for every neuron of every requested layer,
-what the viewer and every method need, in memory that does not grow with the corpus.
+"""The harvest: one streaming pass over token windows that keeps, for every unit of every requested slot (a
+layer's neurons, or a dictionary's features at its layer), what the viewer and every method need, in memory that
+does not grow with the corpus.
 
 Shape: map + merge. ``LayerState.add_batch`` folds one batch of activations into a state (the map step, in
 place); ``LayerState.merge`` combines the states of two disjoint window sets (associative up to float
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from analysis.config import HarvestConfig
 from analysis.histogram import HIST_BINS
 from analysis.progress import Progress
 from analysis.models import Encoded
+from analysis.types import MLP
 
 
 def hist_bin_index(acts16: torch.Tensor) -> torch.Tensor:
@@ -231,31 +233,43 @@ def _merge_ranked(key_a, extra_a, acts_a, key_b, extra_b, acts_b, k: int, larges
     return key_a, extra_a, acts_a
 
 
+SlotKey = tuple  # (source, layer)
+
+
 @dataclass
 class HarvestState:
-    """The running state of a harvest: one LayerState per layer, plus what is shared by all layers."""
+    """The running state of a harvest: one LayerState per (source, layer) slot, plus what all slots share."""
 
     config: HarvestConfig
-    layers: dict[int, LayerState]
+    layers: dict[SlotKey, LayerState]
+    """(source, layer) -> state: 'mlp' for the layer's neurons, a dictionary's source id for its features."""
     tok_count: torch.Tensor  # [F + 1] int64 occurrences of each table token
     shards_done: int = 0
     windows_done: int = 0
+    salts: dict[str, int] = field(default_factory=dict)
+    """source -> seed offset of its random samples (0 for the neurons, so their samples never change)."""
 
     @staticmethod
-    def empty(config: HarvestConfig, n_units: int, table_rows: int, device="cpu") -> "HarvestState":
+    def empty(config: HarvestConfig, n_units: int | dict[SlotKey, int], table_rows: int, device="cpu",
+              salts: dict[str, int] | None = None) -> "HarvestState":
+        """``n_units``: units per slot, or one count for the neurons of ``config.layers``."""
+        slots = n_units if isinstance(n_units, dict) else {(MLP, layer): n_units for layer in config.layers}
         return HarvestState(
             config=config,
-            layers={layer: LayerState.empty(layer, n_units, config.seq_len, config.top_k, config.pool, table_rows, device)
-                    for layer in config.layers},
+            layers={key: LayerState.empty(key[1], n, config.seq_len, config.top_k, config.pool, table_rows, device)
+                    for key, n in slots.items()},
             tok_count=torch.zeros(table_rows + 1, dtype=torch.int64, device=device),
+            salts=dict(salts or {}),
         )
 
-    def update(self, acts: dict[int, torch.Tensor], mask: torch.Tensor, window_ids: torch.Tensor, token_rows: torch.Tensor) -> None:
-        """Merge one batch into the running state."""
+    def update(self, acts: dict[SlotKey, torch.Tensor], mask: torch.Tensor, window_ids: torch.Tensor,
+               token_rows: torch.Tensor) -> None:
+        """Merge one batch into the running state (``acts``: slot -> ``[B, T, N]``)."""
         cfg = self.config
         table_rows = self.tok_count.shape[0] - 1
-        for layer, a in acts.items():
-            self.layers[layer].add_batch(a, mask, window_ids, token_rows, cfg.top_k, cfg.pool, cfg.seed)
+        for key, a in acts.items():
+            seed = cfg.seed + self.salts.get(key[0], 0)
+            self.layers[key].add_batch(a, mask, window_ids, token_rows, cfg.top_k, cfg.pool, seed)
         self.tok_count += torch.bincount(token_rows[mask].to(self.tok_count.device), minlength=table_rows + 1)
         self.windows_done += int(window_ids.shape[0])
 
@@ -263,10 +277,11 @@ class HarvestState:
         cfg = self.config
         return HarvestState(
             config=cfg,
-            layers={l: self.layers[l].merge(other.layers[l], cfg.top_k, cfg.pool) for l in self.layers},
+            layers={k: self.layers[k].merge(other.layers[k], cfg.top_k, cfg.pool) for k in self.layers},
             tok_count=self.tok_count + other.tok_count,
             shards_done=self.shards_done + other.shards_done,
             windows_done=self.windows_done + other.windows_done,
+            salts=self.salts,
         )
 
 
@@ -310,6 +325,7 @@ class LayerSummary:
     pool_acts: np.ndarray  # [R, N, T] float16
     token_means: list[tuple[int, int, int, float, int]] = field(default_factory=list)
     """(neuron, token id, rank kind, mean, count) rows of the token table worth storing."""
+    source: str = MLP
 
 
 def summarise(state: HarvestState, table_ids: torch.Tensor, tokens_per_unit: int = 20, units_per_token: int = 10) -> list[LayerSummary]:
@@ -317,8 +333,7 @@ def summarise(state: HarvestState, table_ids: torch.Tensor, tokens_per_unit: int
     out = []
     counts = state.tok_count[:-1].cpu()
     valid = counts >= cfg.min_token_count
-    for layer in cfg.layers:
-        st = state.layers[layer]
+    for (source, layer), st in state.layers.items():
         n = max(st.n, 1)
         # state lists are unsorted slots: order top by value (descending) and the pool by key (ascending)
         cols = torch.arange(st.top_val.shape[1], device=st.top_val.device)[None, :]
@@ -364,7 +379,7 @@ def summarise(state: HarvestState, table_ids: torch.Tensor, tokens_per_unit: int
             top_val=top_val.cpu().numpy(), top_wid=top_wid.cpu().numpy(), top_acts=top_acts.cpu().numpy(),
             random_idx=random_idx.numpy(), quantile_idx=quantile_idx, quantile_boundaries=boundaries,
             pool_wid=pool_wid.cpu().numpy(), pool_max=pool_max.numpy(), pool_acts=pool_acts.cpu().numpy(),
-            token_means=rows,
+            token_means=rows, source=source,
         ))
     return out
 
@@ -402,7 +417,7 @@ def pad_batch(subject, windows: list, seq_len: int) -> tuple[Encoded, torch.Tens
 def save_checkpoint(state: HarvestState, path: Path, run_id: str) -> None:
     tmp = path.with_suffix(".tmp")
     payload = {"run_id": run_id, "shards_done": state.shards_done, "windows_done": state.windows_done,
-               "tok_count": state.tok_count.cpu(),
+               "tok_count": state.tok_count.cpu(), "salts": state.salts,
                "layers": {l: {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in vars(st).items()}
                           for l, st in state.layers.items()}}
     torch.save(payload, tmp)
@@ -415,29 +430,36 @@ def load_checkpoint(path: Path, run_id: str, config: HarvestConfig, device) -> H
     payload = torch.load(path, map_location=device, weights_only=False)
     if payload.get("run_id") != run_id:
         return None
-    layers = {int(l): LayerState(**d) for l, d in payload["layers"].items()}
+    layers = {tuple(k): LayerState(**d) for k, d in payload["layers"].items()}
     return HarvestState(config=config, layers=layers, tok_count=payload["tok_count"].to(device),
-                        shards_done=payload["shards_done"], windows_done=payload["windows_done"])
+                        shards_done=payload["shards_done"], windows_done=payload["windows_done"],
+                        salts=payload.get("salts", {}))
 
 
 def run_harvest(subject, windows: list, config: HarvestConfig, checkpoint: Path | None = None,
-                run_id: str = "", device: str = "cpu", progress: Progress | bool = True):
+                run_id: str = "", device: str = "cpu", progress: Progress | bool = True, readers: list | None = None):
     """Stream ``windows`` through the model; return (final HarvestState, token table ids).
 
+    ``readers`` (analysis.activations.Reader) say which units to harvest: by default the neurons of
+    ``config.layers``; a dictionary's reader adds its features, read in the same forward pass.
     With ``checkpoint``, the state is saved after every shard and a matching checkpoint is resumed from.
     Interrupting (Ctrl-C, a crash) loses at most the shard in progress.
     """
-    from analysis.activations import mlp_activations
+    from analysis.activations import neuron_reader, unit_activations
 
     info = subject.info
+    readers = readers if readers is not None else [neuron_reader(layer) for layer in config.layers]
+    readers = [r if r.sae is None else replace(r, sae=r.sae.to(device)) for r in readers]
     vocab_size = max(len(subject.tokenizer), max((max(w.token_ids) for w in windows), default=0) + 1)
     table_ids, row_of = token_table([w.token_ids for w in windows], config.token_table, config.min_token_count, vocab_size)
     row_of = row_of.to(device)
     state = load_checkpoint(checkpoint, run_id, config, device) if checkpoint else None
     if state is None:
-        state = HarvestState.empty(config, info.d_mlp, len(table_ids), device)
+        slots = {r.key: (info.d_mlp if r.sae is None else r.sae.d_sae) for r in readers}
+        salts = {r.source: r.sae.salt for r in readers if r.sae is not None}
+        state = HarvestState.empty(config, slots, len(table_ids), device, salts)
     shards = [windows[i : i + config.shard_windows] for i in range(0, len(windows), config.shard_windows)]
-    layers = list(config.layers)
+    layers = sorted({r.layer for r in readers})
     done_tokens = sum(len(w.token_ids) for sh in shards[: state.shards_done] for w in sh)
     total = sum(len(w.token_ids) for w in windows)
     bars = progress if isinstance(progress, Progress) else Progress(enabled=progress)
@@ -450,8 +472,8 @@ def run_harvest(subject, windows: list, config: HarvestConfig, checkpoint: Path 
                 batch = shard[b : b + config.batch_size]
                 enc, wids = pad_batch(subject, batch, config.seq_len)
                 n = enc.n_prefix  # the BOS column is run but not recorded
-                acts = mlp_activations(subject, enc.input_ids, enc.attention_mask, layers)
-                acts = {l: a[:, n:] for l, a in acts.items()}
+                acts = unit_activations(subject, enc.input_ids, enc.attention_mask, readers)
+                acts = {key: a[:, n:] for key, a in acts.items()}
                 real = enc.real.to(device)
                 tok_rows = row_of[enc.input_ids[:, n:]].to(device)
                 state.update(acts, real, wids.to(device), tok_rows)

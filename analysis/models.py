@@ -179,6 +179,39 @@ class SubjectModel:
     def final_norm_gain(self) -> torch.Tensor:
         return self._norm_gain(self.final_norm())
 
+    # ---- hook sites (analysis/sae.py SITES) ----
+    def site_module(self, layer: int, site: str) -> tuple[torch.nn.Module, bool]:
+        """(module, is_pre) whose output (or, for ``is_pre``, first input) is ``site`` of ``layer``: the block's
+        input (``resid_pre``) or output (``resid_post``); what the MLP / attention adds to the residual stream
+        (``mlp_out`` / ``attn_out``: after the post-norm where the block has one, as Gemma 2/3)."""
+        self.check_layer(layer)
+        block = self.blocks()[layer]
+        post_norms = hasattr(block, "pre_feedforward_layernorm")  # Gemma 2/3: sublayer outputs are normed
+        if site == "resid_pre":
+            return block, True
+        if site == "resid_post":
+            return block, False
+        if site == "mlp_out":
+            return (block.post_feedforward_layernorm if post_norms else block.mlp), False
+        if site == "attn_out":
+            if post_norms:
+                return block.post_attention_layernorm, False
+            for name in ("self_attn", "attn", "attention"):
+                if hasattr(block, name):
+                    return getattr(block, name), False
+            raise RuntimeError(f"no attention module found in {type(block).__name__}")
+        if site == "mlp_in":  # the neurons
+            return self.out_proj(layer), True
+        raise UserError(f"unknown hook site {site!r}")
+
+    @property
+    def d_model(self) -> int:
+        return int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") else self.model.config.n_embd)
+
+    def site_width(self, site: str) -> int:
+        """Width of a site's vectors: d_mlp for the neurons, d_model for the others."""
+        return self.info.d_mlp if site == "mlp_in" else self.d_model
+
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.info.n_layers:
             raise UserError(f"layer {layer} does not exist: {self.info.name} has layers 0..{self.info.n_layers - 1}")

@@ -46,6 +46,35 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class DictionaryInfo:
+    """A dictionary (an SAE, or a baseline set of directions) as the cache knows it: its features are the units
+    of source ``source`` at ``layer``."""
+
+    source: str
+    """``sae:<name>@<digest prefix>``."""
+    model_id: str
+    name: str
+    format: str
+    """saelens, gemma-scope, gemma-scope-2, sparsify or baseline."""
+    architecture: str
+    """relu, jumprelu, topk or linear."""
+    layer: int
+    site: str
+    d_in: int
+    d_sae: int
+    k: int | None
+    path: str
+    """Its folder ('' for a baseline, rebuilt from ``meta``)."""
+    meta: dict
+    """Quality numbers (fvu, l0, dead fraction, loss recovered), training settings, a baseline's kind and seed."""
+
+    @property
+    def kind(self) -> str:
+        """'sae', or the baseline's kind ('basis', 'random')."""
+        return self.meta.get("baseline", "sae")
+
+
+@dataclass(frozen=True)
 class CorpusInfo:
     corpus_id: str
     """Stable id: the embedded name, or ``<file name>@<text hash prefix>``."""

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from analysis.types import CorpusInfo, Document, ModelInfo
+from analysis.types import CorpusInfo, DictionaryInfo, Document, ModelInfo
 from cache.db import Repo
 
+_DICT_COLS = "source, model_id, name, format, architecture, layer, site, d_in, d_sae, k, path, meta"
 _MODEL_COLS = ("name, model_id, source, architecture, n_layers, d_mlp, hook_point, act_fn, gated, weights_hash, "
                "tokenizer_id, prepend_bos")
 
@@ -53,6 +55,22 @@ class CatalogRepo(Repo):
         row = self._q(f"SELECT {_MODEL_COLS} FROM models WHERE model_id = ? OR name = ? ORDER BY model_id LIMIT 1",
                       [model, model]).fetchone()
         return ModelInfo(*row) if row else None
+
+    def put_dictionary(self, d: DictionaryInfo) -> None:
+        with self.transaction() as cur:
+            cur.execute(f"INSERT OR REPLACE INTO dictionaries ({_DICT_COLS}, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?, "
+                        "now())", [d.source, d.model_id, d.name, d.format, d.architecture, d.layer, d.site, d.d_in,
+                                   d.d_sae, d.k, d.path, json.dumps(d.meta, sort_keys=True)])
+
+    def dictionaries(self, model_id: str | None = None) -> list[DictionaryInfo]:
+        """Every dictionary (of one model), by layer then name."""
+        rows = self._q(f"SELECT {_DICT_COLS} FROM dictionaries" + (" WHERE model_id = ?" if model_id else "")
+                       + " ORDER BY layer, name", [model_id] if model_id else []).fetchall()
+        return [DictionaryInfo(*r[:-1], json.loads(r[-1] or "{}")) for r in rows]
+
+    def dictionary(self, source: str) -> DictionaryInfo | None:
+        row = self._q(f"SELECT {_DICT_COLS} FROM dictionaries WHERE source = ?", [source]).fetchone()
+        return DictionaryInfo(*row[:-1], json.loads(row[-1] or "{}")) if row else None
 
     def corpora(self) -> list[CorpusInfo]:
         rows = self._q("SELECT corpus_id, name, source, text_hash, n_docs, n_chars FROM corpora "

@@ -103,6 +103,18 @@ MIGRATIONS: list[tuple[str, str]] = [
         UPDATE topics SET unit_source = 'resid' WHERE mode IN ('lo-c', 'lo-i');
         """,
     ),
+    (
+        "006_dictionaries",
+        # the dictionaries (SAEs, baseline directions) whose features are unit sources: where their weights are,
+        # what they read, and their quality numbers
+        """
+        CREATE TABLE dictionaries (
+            source VARCHAR PRIMARY KEY, model_id VARCHAR, name VARCHAR, format VARCHAR, architecture VARCHAR,
+            layer SMALLINT, site VARCHAR, d_in INTEGER, d_sae INTEGER, k INTEGER, path VARCHAR, meta VARCHAR,
+            created_at TIMESTAMP
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

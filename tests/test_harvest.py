@@ -13,7 +13,7 @@ from analysis.activations import mlp_activations
 from analysis.harvest import HarvestConfig, LayerState, random_keys, run_harvest, summarise
 from analysis.histogram import HIST_BIN_EDGES
 from analysis.models import load_model
-from analysis.types import Window
+from analysis.types import MLP, Window
 
 LAYERS = (0, 2)
 
@@ -180,5 +180,5 @@ def test_state_checkpoint_round_trip(tmp_path, subject, windows):
     save_checkpoint(state, path, "run1")
     back = load_checkpoint(path, "run1", CFG, "cpu")
     assert back is not None and back.shards_done == state.shards_done
-    assert torch.equal(back.layers[2].top_acts, state.layers[2].top_acts)
+    assert torch.equal(back.layers[(MLP, 2)].top_acts, state.layers[(MLP, 2)].top_acts)
     assert load_checkpoint(path, "other-run", CFG, "cpu") is None

@@ -59,16 +59,34 @@ def check_layer(info: ModelInfo, layer: int) -> None:
         raise UserError(f"layer {layer} does not exist: {info.name} has layers 0..{info.n_layers - 1}")
 
 
+def n_units(store, info: ModelInfo, source: str, layer: int) -> int:
+    """How many units ``source`` has at ``layer``: d_mlp neurons, or a dictionary's width (UserError if the cache
+    knows no such dictionary at that layer)."""
+    check_layer(info, layer)
+    if source == MLP:
+        return info.d_mlp
+    d = store.catalog.dictionary(source)
+    if d is None or d.model_id != info.model_id:
+        known = ", ".join(x.source for x in store.catalog.dictionaries(info.model_id)) or "none"
+        raise UserError(f"source {source!r} is not a dictionary of {info.name} in {store.path} (known: {known})")
+    if d.layer != layer:
+        raise UserError(f"{source} reads layer {d.layer}, not layer {layer}")
+    return d.d_sae
+
+
 def unit_record(store, model: str, unit: UnitId, run_id: str | None = None) -> UnitRecord:
     """The record of a harvested unit, or a UserError saying what is missing and how to get it."""
     info = cached_model(store, model)
-    check_layer(info, unit.layer)
-    if unit.source == MLP and not 0 <= unit.index < info.d_mlp:
-        raise UserError(f"neuron {unit.index} does not exist: {info.name} has neurons 0..{info.d_mlp - 1}")
+    n = n_units(store, info, unit.source, unit.layer)
+    if not 0 <= unit.index < n:
+        what = "neuron" if unit.source == MLP else "feature"
+        raise UserError(f"{what} {unit.index} does not exist: {unit.source} has {what}s 0..{n - 1} at layer "
+                        f"{unit.layer}")
     run = store.runs.get(run_id) if run_id else store.runs.find(model, unit.layer, source=unit.source)
     if run is None:
-        raise UserError(f"layer {unit.layer} of {model} has not been harvested into {store.path}; run: "
-                        f"python -m analysis harvest --model {model} --layers {unit.layer} --db {store.path}")
+        how = f"--layers {unit.layer}" if unit.source == MLP else "--sae <its folder>"
+        raise UserError(f"layer {unit.layer} of {model} ({unit.source}) has not been harvested into {store.path}; "
+                        f"run: python -m analysis harvest --model {model} {how} --db {store.path}")
     rec = store.records.unit_record(run, unit)
     if rec is None:
         raise UserError(f"{unit} is not in run {run.run_id} of {store.path}")

@@ -19,14 +19,20 @@ from analysis.types import MLP, UserError
 class HarvestJob:
     model: str = DEFAULT_MODEL
     corpus: str = DEFAULT_CORPUS
-    layers: str = "all"
-    """'all', '0,5,10' or '0-3'."""
+    layers: str | None = None
+    """The layers whose neurons to harvest: 'all', '0,5,10', '0-3' or 'none'. Default: all, or with ``sae`` the
+    SAEs' layers."""
+    sae: tuple[str, ...] = ()
+    """SAE folders or hub ids (``DIR[#layer=L,site=S]``): their features are harvested in the same forward pass."""
+    baselines: tuple[str, ...] = ()
+    """Baseline dictionaries ('basis', 'random') to harvest at every SAE's site (or at resid_post of the neuron
+    layers): the residual stream's own dimensions, seeded random directions."""
     max_tokens: int | None = None
     """Harvest a seeded random subset of windows up to this many tokens (None: the whole corpus)."""
     device: str = "cpu"
     skip_if_cached: bool = False
     """Do nothing if the database has a finished run of this model name and corpus covering the layers (checked
-    without loading the model)."""
+    without loading the model; neurons only)."""
     config: HarvestConfig = field(default_factory=HarvestConfig)
     """Window length, top-k, batch and shard sizes, seed; its layers come from ``layers``."""
 
@@ -34,11 +40,14 @@ class HarvestJob:
 @dataclass(frozen=True)
 class HarvestSummary:
     run_id: str
+    """The neurons' run (else the first dictionary's)."""
     status: str
     """'done' (harvested now), 'cached' (an equivalent run was already there)."""
     layers: list[int]
     n_tokens: int
     seconds: float
+    runs: dict = field(default_factory=dict)
+    """source -> run id of every source the job covers."""
 
 
 def run_id_of(model_id: str, corpus_id: str, windows_hash: str, params: dict) -> str:
@@ -53,11 +62,32 @@ def checkpoint_dir(db: Path) -> Path:
     return db.with_name(db.name + ".harvest")
 
 
+def _dictionaries(job: HarvestJob, subject, neuron_layers: list[int]) -> list:
+    """The job's SAEs (checked against the model) and baseline dictionaries."""
+    from analysis.sae import baseline_dictionary, load_sae
+
+    saes = []
+    for spec in job.sae:
+        sae = load_sae(spec)
+        subject.check_layer(sae.layer)
+        width = subject.site_width(sae.site)
+        if sae.d_in != width:
+            raise UserError(f"SAE {sae.name} reads {sae.d_in}-dimensional vectors, but {sae.site} of "
+                            f"{subject.info.name} layer {sae.layer} is {width}-dimensional: not an SAE of this model")
+        saes.append(sae)
+    sites = sorted({(s.layer, s.site) for s in saes}) or [(layer, "resid_post") for layer in neuron_layers]
+    baselines = [baseline_dictionary(kind, subject.site_width(site), layer, site, seed=job.config.seed)
+                 for kind in job.baselines for layer, site in sites]
+    return saes + baselines
+
+
 def harvest(job: HarvestJob, db: Path, progress: Progress = Progress()) -> HarvestSummary:
     """Run (or resume) a harvest into ``db``. Ctrl-C keeps the finished shards; the same job resumes them."""
+    from analysis.activations import neuron_reader, sae_reader
     from analysis.corpus import EMBEDDED_CORPORA, load_corpus, make_windows, select_windows, windows_hash
     from analysis.harvest import run_harvest, summarise
     from analysis.models import load_model
+    from analysis.sae import dictionary_info
     from cache.store import open_store
 
     cfg = job.config
@@ -65,63 +95,89 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress()) -> Harve
         raise UserError("--max-tokens must be a positive number of tokens")
     if cfg.top_k < 1 or cfg.batch_size < 1 or cfg.seq_len < 1:
         raise UserError("--top-k, --batch-size and --seq-len must be at least 1")
+    layer_spec = job.layers or ("none" if job.sae else "all")
     db = Path(db)
     with open_store(db) as store:  # fail fast on a bad path, a corrupt file or another schema version
-        if job.skip_if_cached and (info := store.catalog.model(job.model)) is not None:
+        if (job.skip_if_cached and not job.sae and not job.baselines and layer_spec != "none"
+                and (info := store.catalog.model(job.model)) is not None):
             corpus = job.corpus if job.corpus in EMBEDDED_CORPORA else None
-            for run in store.runs.finished(job.model, parse_layers(job.layers, info.n_layers), corpus):
+            for run in store.runs.finished(job.model, parse_layers(layer_spec, info.n_layers), corpus):
                 if run.params.get("max_tokens") == job.max_tokens:
                     progress.note(f"{db} already holds run {run.run_id} of {job.model} on {run.corpus_id} "
                                   f"({run.n_tokens:,} tokens, layers {fmt_layers(run.layers)}): nothing to do")
-                    return HarvestSummary(run.run_id, "cached", run.layers, run.n_tokens, 0.0)
+                    return HarvestSummary(run.run_id, "cached", run.layers, run.n_tokens, 0.0, {MLP: run.run_id})
     t0 = time.time()
     subject = load_model(job.model, device=job.device)
-    layers = parse_layers(job.layers, subject.info.n_layers)
+    info = subject.info
+    neuron_layers = [] if layer_spec == "none" else parse_layers(layer_spec, info.n_layers)
+    dictionaries = _dictionaries(job, subject, neuron_layers)
+    if job.sae and job.layers is None:  # the SAEs' layers' neurons come along in the same pass
+        neuron_layers = sorted({d.layer for d in dictionaries})
+    if not neuron_layers and not dictionaries:
+        raise UserError("nothing to harvest: --layers none and no --sae")
     corpus = load_corpus(job.corpus)
     windows = list(make_windows(corpus.documents, subject.tokenizer, cfg.seq_len))
     windows = select_windows(windows, job.max_tokens, seed=cfg.seed)
     if not windows:
         raise UserError(f"corpus {job.corpus!r} gives no windows of at least {max(1, cfg.seq_len // 4)} tokens")
-    cfg = replace(cfg, layers=tuple(layers))
+    cfg = replace(cfg, layers=tuple(neuron_layers))
     params = {k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "shard_windows")}
     params["max_tokens"] = job.max_tokens
     w_hash = windows_hash(windows)
-    run_id = run_id_of(subject.info.model_id, corpus.info.corpus_id, w_hash, params)
+    # one run per source: the neurons' id is what it always was; a dictionary's adds its source and layer
+    planned = []  # (source, layers, run_id, reader list, dictionary or None)
+    if neuron_layers:
+        planned.append((MLP, neuron_layers, run_id_of(info.model_id, corpus.info.corpus_id, w_hash, params),
+                        [neuron_reader(layer) for layer in neuron_layers], None))
+    for d in dictionaries:
+        d_params = {**params, "layers": [d.layer], "source": d.source}
+        planned.append((d.source, [d.layer], run_id_of(info.model_id, corpus.info.corpus_id, w_hash, d_params),
+                        [sae_reader(d)], d))
+    n_tokens = sum(len(w.token_ids) for w in windows)
     with open_store(db) as store:
-        existing = store.runs.get(run_id)
-        if existing is not None and existing.status == "done":
-            progress.note(f"already harvested: run {run_id} ({existing.n_tokens:,} tokens, layers "
-                          f"{fmt_layers(existing.layers)}) in {db}")
-            return HarvestSummary(run_id, "cached", existing.layers, existing.n_tokens, 0.0)
+        runs = {source: run_id for source, _l, run_id, _r, _d in planned}
+        todo = [p for p in planned if (r := store.runs.get(p[2])) is None or r.status != "done"]
+        if not todo:
+            progress.note(f"already harvested: {', '.join(f'{s} ({r})' for s, r in runs.items())} in {db}")
+            return HarvestSummary(planned[0][2], "cached", sorted({l for p in planned for l in p[1]}), n_tokens, 0.0,
+                                  runs)
         vocab = subject.tokenizer.batch_decode([[i] for i in range(len(subject.tokenizer))],
                                                clean_up_tokenization_spaces=False)
-        store.catalog.put_model(subject.info, vocab)
+        store.catalog.put_model(info, vocab)
         store.catalog.put_corpus(corpus.info, corpus.documents)
-        store.runs.begin(run_id, subject.info.model_id, corpus.info.corpus_id, layers, params, CODE_VERSION,
-                         w_hash, windows, source=MLP)
+        for source, layers, run_id, _r, d in todo:
+            if d is not None:
+                store.catalog.put_dictionary(dictionary_info(d, info.model_id))
+            store.runs.begin(run_id, info.model_id, corpus.info.corpus_id, layers,
+                             params if d is None else {**params, "layers": layers, "source": source}, CODE_VERSION,
+                             w_hash, windows, source=source)
+    readers = [r for p in todo for r in p[3]]
+    ckpt_id = run_id_of(info.model_id, corpus.info.corpus_id, w_hash, sorted(p[2] for p in todo))
     ckpt_dir = checkpoint_dir(db)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = ckpt_dir / f"{run_id}.pt"
-    n_tokens = sum(len(w.token_ids) for w in windows)
-    progress.note(f"run {run_id}: {subject.info.name}, layers {fmt_layers(layers)}, {len(windows):,} windows / "
-                  f"{n_tokens:,} tokens of {corpus.info.corpus_id}" + (" (resuming)" if ckpt.exists() else ""))
+    ckpt = ckpt_dir / f"{ckpt_id}.pt"
+    what = ", ".join(f"{p[0]} L{fmt_layers(p[1])}" for p in todo)
+    progress.note(f"harvest {info.name}: {what}; {len(windows):,} windows / {n_tokens:,} tokens of "
+                  f"{corpus.info.corpus_id}" + (" (resuming)" if ckpt.exists() else ""))
     t1 = time.time()
     try:
-        state, table_ids = run_harvest(subject, windows, cfg, checkpoint=ckpt, run_id=run_id, device=job.device,
-                                       progress=progress)
+        state, table_ids = run_harvest(subject, windows, cfg, checkpoint=ckpt, run_id=ckpt_id, device=job.device,
+                                       progress=progress, readers=readers)
     except KeyboardInterrupt:
         progress.note(f"\ninterrupted: finished shards are checkpointed in {ckpt}; run the same command again to "
                       "resume")
         raise
     t2 = time.time()
     summaries = summarise(state, table_ids)
+    lengths = {w.window_id: len(w.token_ids) for w in windows}
     with open_store(db) as store:
-        store.records.put_results(run_id, MLP, summaries, {w.window_id: len(w.token_ids) for w in windows})
+        for source, _layers, run_id, _r, _d in todo:
+            store.records.put_results(run_id, source, [s for s in summaries if s.source == source], lengths)
     ckpt.unlink(missing_ok=True)
     if not any(ckpt_dir.iterdir()):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     t3 = time.time()
-    progress.note(f"done: {n_tokens:,} tokens x {len(layers)} layers x {subject.info.d_mlp} neurons in {t3 - t0:.0f} s "
-                  f"(load {t1 - t0:.0f} s, harvest {t2 - t1:.0f} s = {n_tokens / max(t2 - t1, 1e-9):.0f} tok/s, "
-                  f"write {t3 - t2:.0f} s) -> {db}")
-    return HarvestSummary(run_id, "done", layers, n_tokens, t3 - t0)
+    n_units = sum(st.mean.shape[0] for st in state.layers.values())
+    progress.note(f"done: {n_tokens:,} tokens x {n_units:,} units in {t3 - t0:.0f} s (load {t1 - t0:.0f} s, harvest "
+                  f"{t2 - t1:.0f} s = {n_tokens / max(t2 - t1, 1e-9):.0f} tok/s, write {t3 - t2:.0f} s) -> {db}")
+    return HarvestSummary(planned[0][2], "done", sorted({l for p in planned for l in p[1]}), n_tokens, t3 - t0, runs)

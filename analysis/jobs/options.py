@@ -3,7 +3,8 @@
 ``Opt`` says how one field is offered (help text, flag name, choices); ``add_options`` adds a dataclass's
 fields that have an ``Opt`` (recursing into fields that are themselves configs), ``from_args`` builds the
 dataclass back from the parsed namespace. A bool field defaulting to False becomes ``--flag``; one defaulting
-to True becomes ``--no-flag``; a ``tuple[str, ...]`` field takes a comma-separated list.
+to True becomes ``--no-flag``; a ``tuple[str, ...]`` field takes a comma-separated list (or, with
+``Opt(repeat=True)``, one value per repeated option).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class Opt:
     """The option's name (default: ``--`` + the field name with dashes)."""
     choices: tuple[str, ...] | None = None
     required: bool = False
+    repeat: bool = False
+    """A ``tuple[str, ...]`` field given by repeating the option (for values that may hold commas)."""
 
 
 def _comma_list(text: str) -> tuple[str, ...]:
@@ -61,9 +64,13 @@ def add_options(parser: argparse.ArgumentParser, cls: type, opts: dict[str, Opt 
                 flag = opt.flag or "--no-" + f.name.replace("_", "-")
             parser.add_argument(flag, dest=dest, action="store_false" if default else "store_true", help=opt.help)
             continue
+        if opt.repeat:
+            parser.add_argument(flag, dest=dest, metavar=f.name.upper(), action="append", default=None,
+                                help=opt.help + " (repeat for several)")
+            continue
         kind = _comma_list if typing.get_origin(hint) is tuple else _scalar(hint)
         shown = ",".join(default) if isinstance(default, tuple) else default
-        text = opt.help + ("" if opt.required or default is None else f" (default: {shown})")
+        text = opt.help + ("" if opt.required or default in (None, ()) else f" (default: {shown})")
         parser.add_argument(flag, dest=dest, metavar=None if opt.choices else f.name.upper(), type=kind,
                             default=None if opt.required else default, choices=opt.choices, required=opt.required,
                             help=text)
@@ -82,7 +89,8 @@ def from_args(cls: type, args: argparse.Namespace, prefix: str = "", **given):
         if dataclasses.is_dataclass(hints[f.name]) and any(k.startswith(dest + ".") for k in ns):
             values[f.name] = from_args(hints[f.name], args, prefix=dest + ".")
         elif dest in ns:
-            values[f.name] = ns[dest]
+            values[f.name] = tuple(ns[dest] or ()) if isinstance(ns[dest], list) or (
+                ns[dest] is None and typing.get_origin(hints[f.name]) is tuple) else ns[dest]
     try:
         return cls(**values)
     except ValueError as exc:  # a config that checks itself (e.g. TopicConfig's k and tau)

@@ -202,11 +202,15 @@ def token_lookup_predict(records: list[tuple[list[int], list[float]]]) -> Callab
 
 class ModelProber:
     """Answers probes with the subject model: sequences sorted by length, right-padded, batched by a token budget.
-    Plain probes stop the forward pass at ``layer``; ``lm`` probes run the whole model for log-probabilities."""
+    Plain probes stop the forward pass at the reader's site; ``lm`` probes run the whole model for
+    log-probabilities. The reader says which units are read (a layer's neurons by default, or a dictionary's)."""
 
-    def __init__(self, subject, layer: int, token_budget: int = 4096, lm_token_budget: int = 1024):
+    def __init__(self, subject, layer: int, token_budget: int = 4096, lm_token_budget: int = 1024, reader=None):
+        from analysis.activations import neuron_reader
+
         subject.check_layer(layer)
         self.subject, self.layer = subject, layer
+        self.reader = reader or neuron_reader(layer)
         self.budgets = {False: token_budget, True: lm_token_budget}
         self.n_prefix = len(subject.bos_prefix)
         self.n_tokens = {False: 0, True: 0}
@@ -229,13 +233,14 @@ class ModelProber:
 
     @torch.inference_mode()
     def _run(self, chunk: list[Probe], lm: bool) -> list[Answer]:
-        from analysis.activations import _StopForward, neuron_hooks
+        from analysis.activations import _StopForward, site_hooks
 
         enc = self.subject.encode([list(p.seq) for p in chunk])
         self.n_tokens[lm] += int(enc.attention_mask.sum())
         dev = self.subject.device
         ids, mask = enc.input_ids.to(dev), enc.attention_mask.to(dev)
-        with neuron_hooks(self.subject, [self.layer], stop_after_last=not lm) as captured:
+        site = (self.reader.layer, self.reader.site)
+        with site_hooks(self.subject, [site], stop_when_done=not lm) as captured:
             logits = None
             try:
                 if lm:
@@ -246,7 +251,7 @@ class ModelProber:
                 pass
         nb = enc.n_prefix
         last = torch.tensor([nb + len(p.seq) - 1 for p in chunk], device=dev)
-        acts = captured[self.layer][torch.arange(len(chunk), device=dev), last].float().cpu().numpy()
+        acts = self.reader.units(captured[site][torch.arange(len(chunk), device=dev), last]).cpu().numpy()
         if not lm:
             return [Answer(a) for a in acts]
         answers = []
