@@ -239,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "Prune, saliency, augmentation with the model's own substitutes, trie; scored on held-out top records "
                 "(firing P/R/F1 vs token-lookup) and as the 'n2g' simulator.")
     add_options(n, N2GJob, {
-        "model": MODEL, "layer": Opt("layer", required=True), "neurons": Opt("'all', e.g. 0-99 or 3,5,8"),
-        "chunk": Opt("neurons fitted together, stored together"), "device": DEVICE,
+        "model": MODEL, "source": SOURCE, "layer": Opt("layer", required=True),
+        "neurons": Opt("'all', e.g. 0-99 or 3,5,8"),
+        "chunk": Opt("units fitted together, stored together"), "device": DEVICE,
         "dtype": Opt("bfloat16 is ~2x faster on CPUs with AVX512-BF16, at bf16 precision", choices=DTYPE),
         "force": Opt("rebuild graphs already in the cache"),
         "config": {"augment": Opt("skip augmentation (faster, less general graphs)")}})
@@ -252,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "heuristic; exact max-weight k-cliques.")
     add_options(t, TopicsJob, {
         "model": MODEL, "layer": Opt("layer", required=True),
-        "source": Opt("the activation mode's units: mlp or a dictionary id"),
+        "source": SOURCE,
         "neurons": Opt("'all', 0-99 or 3,5,8 (residual dimensions for lo-*)"),
         "chunk": Opt("units per batch and per write"), "device": DEVICE,
         "force": Opt("recompute units already in the cache"),

@@ -93,3 +93,62 @@ def related_weights(subject: SubjectModel, layer: int, neuron: int, k: int = 10)
         downstream_pos=neurons(down_scores, down_ids, True), downstream_neg=neurons(down_scores, down_ids, False),
         note=note,
     )
+
+
+@dataclass(frozen=True)
+class FeatureWeights:
+    """Weight-based connections of one dictionary feature (``analysis/sae.py``)."""
+
+    output_tokens_pos: list[WeightLink]
+    """Tokens its decoder direction promotes: ``W_dec[f] . diag(g_final) . W_U[:, t]`` (direct path)."""
+    output_tokens_neg: list[WeightLink]
+    input_tokens_pos: list[WeightLink]
+    """Tokens whose embedding its encoder reads most: ``wte[t] . W_enc[:, f]`` (direct path, residual sites)."""
+    input_tokens_neg: list[WeightLink]
+    nearest: list[WeightLink]
+    """Features with the most similar decoder direction (cosine; ``neuron`` holds the feature index)."""
+    neurons: list[WeightLink]
+    """MLP neurons (of layers up to the site) whose output direction its encoder reads most (cosine)."""
+    note: str
+
+
+@torch.no_grad()
+def feature_weights(subject: SubjectModel, sae, index: int, k: int = 10) -> FeatureWeights:
+    """Connections of feature ``index`` of ``sae`` through the model's weights (norm gains in, as above)."""
+    if not 0 <= index < sae.d_sae:
+        raise ValueError(f"feature {index} does not exist: {sae.name} has features 0..{sae.d_sae - 1}")
+    f = lambda t: t.detach().float().cpu()  # noqa: E731
+    W_dec, W_enc = f(sae.W_dec), f(sae.W_enc)
+    dec, enc = W_dec[index], W_enc[:, index]
+    emb = f(subject.model.get_input_embeddings().weight)
+    unemb = f(subject.model.get_output_embeddings().weight)
+    tok_out = unemb @ (dec * f(subject.final_norm_gain()))
+    tok_in = emb @ enc
+
+    def tokens(scores, largest):
+        vals, idx = _top(scores, k, largest)
+        return [WeightLink(weight=v, token_id=i) for v, i in zip(vals, idx)]
+
+    unit = lambda m: m / m.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # noqa: E731
+    cos = unit(W_dec) @ unit(dec)
+    cos[index] = -2.0
+    vals, idx = _top(cos, k, True)
+    nearest = [WeightLink(weight=v, layer=sae.layer, neuron=i) for v, i in zip(vals, idx)]
+    # neurons that write into the stream the encoder reads: layers before the site's layer, and the site's own
+    # layer when the site comes after that layer's MLP
+    last = sae.layer if sae.site in ("resid_post", "mlp_out") else sae.layer - 1
+    scores, layer_ids = [], []
+    for layer in range(0, last + 1):
+        scores.append(unit(f(subject.w_out(layer))) @ unit(enc))
+        layer_ids.append(layer)
+    neurons = []
+    if scores:
+        flat = torch.cat(scores)
+        d = scores[0].numel()
+        vals, idx = _top(flat, k, True)
+        neurons = [WeightLink(weight=v, layer=layer_ids[i // d], neuron=i % d) for v, i in zip(vals, idx)]
+    note = ("direct paths only: output tokens through the final norm gain and the unembedding; input tokens by the "
+            "embedding; the rest of the model (attention, later MLPs) is ignored")
+    return FeatureWeights(output_tokens_pos=tokens(tok_out, True), output_tokens_neg=tokens(tok_out, False),
+                          input_tokens_pos=tokens(tok_in, True), input_tokens_neg=tokens(tok_in, False),
+                          nearest=nearest, neurons=neurons, note=note)

@@ -68,7 +68,8 @@ def pick_unit(s: Store, prefix: str = "", container=None, buttons: bool = True):
     models = cached_models(s)
     if not models:
         return None
-    picked = neuron_picker(models, prefix=prefix, container=container, buttons=buttons, sources=s.runs.sources())
+    picked = neuron_picker(models, prefix=prefix, container=container, buttons=buttons, sources=s.runs.sources(),
+                           dictionaries={d.source: d for d in s.catalog.dictionaries()})
     return picked, s.runs.find(picked.model.name, picked.layer, source=picked.source)
 
 
@@ -77,6 +78,15 @@ def subject(name: str, device: str = "cpu", dtype: str = "float32") -> SubjectMo
     import torch
 
     return load_model(name, device=device, dtype=getattr(torch, dtype))
+
+
+@st.cache_resource(show_spinner="loading the dictionary…", max_entries=4)
+def dictionary(source: str, path: str):
+    """A dictionary's SAE (``path`` in the key: a moved or rewritten folder is loaded again)."""
+    from analysis.jobs.common import load_dictionary_of
+
+    with store() as s:
+        return load_dictionary_of(s, source)
 
 
 @st.cache_resource(max_entries=4)

@@ -74,6 +74,18 @@ def n_units(store, info: ModelInfo, source: str, layer: int) -> int:
     return d.d_sae
 
 
+def load_dictionary_of(store, source: str):
+    """The dictionary (analysis.sae.SAE) behind a source, or None for the MLP neurons."""
+    if source == MLP:
+        return None
+    from analysis.sae import load_dictionary
+
+    d = store.catalog.dictionary(source)
+    if d is None:
+        raise UserError(f"source {source!r} is not a dictionary in {store.path}")
+    return load_dictionary(d)
+
+
 def unit_record(store, model: str, unit: UnitId, run_id: str | None = None) -> UnitRecord:
     """The record of a harvested unit, or a UserError saying what is missing and how to get it."""
     info = cached_model(store, model)

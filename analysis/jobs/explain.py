@@ -7,7 +7,7 @@ from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
 from analysis.explain import ApiConfig
-from analysis.jobs.common import cached_model, fan_out, parse_units, unit_records
+from analysis.jobs.common import cached_model, fan_out, n_units, parse_units, unit_records
 from analysis.progress import Progress
 from analysis.types import MLP, Explanation, UnitId, UserError
 
@@ -65,7 +65,8 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress()) -> Expla
 
     with open_store(db, read_only=True) as store:
         info = cached_model(store, job.model)
-    units = parse_units(job.neurons, info.d_mlp)
+        n = n_units(store, info, job.source, job.layer)
+    units = parse_units(job.neurons, n, "neurons" if job.source == MLP else "features")
     if job.revise and job.explainer not in ("api", "local"):
         raise UserError("--revise needs a model explainer (local or api)")
     recs = unit_records(db, job.model, job.layer, units, job.source)

@@ -135,6 +135,12 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress()) -> Harve
                         [sae_reader(d)], d))
     n_tokens = sum(len(w.token_ids) for w in windows)
     with open_store(db) as store:
+        if neuron_layers:  # a finished neuron run of other layers that covers these (same windows and settings)
+            same = {k: v for k, v in params.items() if k != "layers"}
+            for r in store.runs.finished(info.model_id, neuron_layers, corpus.info.corpus_id):
+                if {k: v for k, v in r.params.items() if k != "layers"} == same:
+                    planned[0] = (MLP, r.layers, r.run_id, [], None)
+                    break
         runs = {source: run_id for source, _l, run_id, _r, _d in planned}
         todo = [p for p in planned if (r := store.runs.get(p[2])) is None or r.status != "done"]
         if not todo:

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
-from analysis.jobs.common import cached_model, load_cached_subject, parse_units, unit_records
+from analysis.jobs.common import (cached_model, load_cached_subject, load_dictionary_of, n_units, parse_units,
+                                 unit_records)
 from analysis.progress import Progress
 from analysis.n2g.config import N2GConfig
 from analysis.types import MLP, UnitId, UserError
@@ -45,11 +46,13 @@ def n2g(job: N2GJob, db: Path, progress: Progress = Progress(), with_cached: boo
     from analysis.n2g.fit import ModelProber
     from cache.store import open_store
 
-    if job.source != MLP:  # the prober reads activations at the MLP hook; other sources need their encoder
-        raise UserError(f"n2g probes MLP neurons; units of source {job.source!r} cannot be probed yet")
+    from analysis.activations import neuron_reader, sae_reader
+
     with open_store(db, read_only=True) as store:
         info = cached_model(store, job.model)
-    units = parse_units(job.neurons, info.d_mlp, allow_all=True)
+        n = n_units(store, info, job.source, job.layer)
+        sae = load_dictionary_of(store, job.source)
+    units = parse_units(job.neurons, n, "neurons" if sae is None else "features", allow_all=True)
     recs = unit_records(db, job.model, job.layer, units, job.source)
     run_id = recs[units[0]].run_id
     with open_store(db, read_only=True) as store:
@@ -59,9 +62,10 @@ def n2g(job: N2GJob, db: Path, progress: Progress = Progress(), with_cached: boo
     if todo:
         subject = load_cached_subject(info, job.device, job.dtype)
         params = {**job.config.to_json(), "dtype": job.dtype}
-        bar = progress.bar(len(todo), f"n2g L{job.layer}", unit="neuron")
+        bar = progress.bar(len(todo), f"n2g L{job.layer}", unit="unit")
+        reader = neuron_reader(job.layer) if sae is None else sae_reader(sae.to(subject.device))
         chunks = pipeline.fit_layer(subject, job.layer, [recs[u] for u in todo], job.config, job.chunk,
-                                    ModelProber(subject, job.layer), params=params)
+                                    ModelProber(subject, job.layer, reader=reader), params=params)
         for chunk in chunks:
             with open_store(db) as store:  # one short write per chunk: an interrupt loses at most a chunk
                 store.graphs.put(run_id, chunk)

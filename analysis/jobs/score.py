@@ -8,7 +8,7 @@ from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
 from analysis.explain import ApiConfig
-from analysis.jobs.common import cached_model, fan_out, parse_units, unit_records
+from analysis.jobs.common import cached_model, fan_out, n_units, parse_units, unit_records
 from analysis.progress import Progress
 from analysis.splits import SCORING_SETS
 from analysis.types import MLP, UnitRecord, UserError
@@ -85,7 +85,8 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress()) -> ScoreSumm
         raise UserError(f"unknown scoring set {job.scoring_set!r}: use one of {', '.join(SCORING_SETS)}")
     with open_store(db, read_only=True) as store:
         info = cached_model(store, job.model)
-    units = parse_units(job.neurons, info.d_mlp)
+        n = n_units(store, info, job.source, job.layer)
+    units = parse_units(job.neurons, n, "neurons" if job.source == MLP else "features")
     recs = unit_records(db, job.model, job.layer, units, job.source)
     todo = []  # (unit index, explanation id, text)
     if job.explanation is not None:

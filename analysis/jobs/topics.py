@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
-from analysis.jobs.common import cached_model, check_layer, load_cached_subject, parse_units, unit_records
+from analysis.jobs.common import (cached_model, check_layer, load_cached_subject, load_dictionary_of, n_units,
+                                 parse_units, unit_records)
 from analysis.progress import Progress
 from analysis.topics.types import ACTIVATION_SOURCE, NpmiConfig, ProjectionMode, TopicConfig
 from analysis.types import MLP, UnitId, UserError
@@ -22,7 +23,8 @@ class TopicsJob:
     """'all', 0-99 or 3,5,8 (residual dimensions for the lo-* modes)."""
     model: str = DEFAULT_MODEL
     source: str = MLP
-    """The units of the activation mode (the projection modes read MLP weights or residual dimensions)."""
+    """The units: MLP neurons, or a dictionary's features (hi-* from their decoder rows, and the activation
+    mode); the lo-* modes' units are residual dimensions whatever the source."""
     modes: tuple[str, ...] = MODES
     chunk: int = 256
     """Units per batch and per write."""
@@ -56,10 +58,16 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress()) -> TopicsS
     if bad or not job.modes:
         raise UserError(f"--mode {','.join(job.modes)!r}: use 'all' or some of {', '.join(MODES)}")
     config = job.topic
+    modes = tuple(m for m in job.modes if job.source == MLP or m not in ("lo-c", "lo-i"))
+    if not modes:
+        raise UserError("the lo-* modes' units are residual dimensions, not dictionary features: use hi-c, hi-i "
+                        "or activation")
     with open_store(db, read_only=True) as store:
         info = cached_model(store, job.model)
-        run = store.runs.find(job.model, job.layer)
-    check_layer(info, job.layer)
+        run = store.runs.find(job.model, job.layer, source=job.source)
+        check_layer(info, job.layer)
+        n_source = n_units(store, info, job.source, job.layer)
+        sae = load_dictionary_of(store, job.source)
     stats, stats_id = cached_reference_stats(job.npmi, stats_folder(db), progress=progress.enabled)
     if stats.n_windows < 100 or len(stats.vocab) < 20:
         progress.note(f"warning: the reference corpus is tiny ({stats.n_windows} windows, {len(stats.vocab)} words "
@@ -72,8 +80,9 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress()) -> TopicsS
     with open_store(db, read_only=True) as store:
         done = set() if job.force else store.topics.keys(info.model_id, stats_id, job.layer)
     plan = []  # (mode, unit indices)
-    for mode in job.modes:
-        n, kind = (d_model, "residual dimensions") if mode in ("lo-c", "lo-i") else (info.d_mlp, "neurons")
+    for mode in modes:
+        n, kind = ((d_model, "residual dimensions") if mode in ("lo-c", "lo-i") else
+                   (n_source, "neurons" if job.source == MLP else "features"))
         try:
             units = parse_units(job.neurons, n, kind, allow_all=True)
         except UserError:
@@ -83,7 +92,7 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress()) -> TopicsS
         plan.append((mode, units))
 
     def source_of(mode: str) -> str:
-        return job.source if mode == ACTIVATION_SOURCE else ProjectionMode(mode).unit_source
+        return job.source if mode == ACTIVATION_SOURCE or sae is not None else ProjectionMode(mode).unit_source
 
     bar = progress.bar(sum(len(u) for _m, u in plan), f"topics L{job.layer}", unit="unit")
     for mode, units in plan:
@@ -99,7 +108,7 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress()) -> TopicsS
                                                                   tau=config.tau), subject.tokenizer, stats, config)
                            for u in chunk for pol in (Polarity.POS, Polarity.NEG)]
             else:
-                results = topics_for_units(subject, job.layer, chunk, ProjectionMode(mode), stats, config)
+                results = topics_for_units(subject, job.layer, chunk, ProjectionMode(mode), stats, config, sae=sae)
             per = (time.perf_counter() - t0) / max(len(results), 1)
             scored = [ScoredTopics(r, tuple(random_topic_scores(r.pool.words, stats, config.k, 100,
                                                                 seed=r.unit.index)), per) for r in results]

@@ -55,17 +55,18 @@ def topics_from_ranking(ranking: TokenRanking, tokenizer, stats: CooccurrenceSta
 def topics_for_units(subject, layer: int, units: Sequence[int] | None, mode: ProjectionMode | str,
                      stats: CooccurrenceStats, config: TopicConfig = TopicConfig(),
                      polarities: Sequence[Polarity | str] = (Polarity.POS, Polarity.NEG), batch_size: int = 256,
-                     progress: bool = False) -> list[UnitTopics]:
+                     progress: bool = False, sae=None) -> list[UnitTopics]:
     """Project ``units`` of ``layer`` in ``mode`` and find each one's topics, per polarity.
 
-    Order: unit by unit, polarities in the order given. ``units=None`` means every unit of the layer.
+    Order: unit by unit, polarities in the order given. ``units=None`` means every unit of the layer; ``sae``: the
+    units are its features (hi-* modes).
     """
     from tqdm import tqdm
 
     from analysis.topics.projection import project_rankings
 
     rankings = project_rankings(subject, layer, mode, units, tau=config.tau, batch_size=batch_size,
-                                polarities=[Polarity(p) for p in polarities])
+                                polarities=[Polarity(p) for p in polarities], sae=sae)
     return [topics_from_ranking(r, subject.tokenizer, stats, config)
             for r in tqdm(rankings, desc=f"topics L{layer} {ProjectionMode(mode).value}", disable=not progress)]
 

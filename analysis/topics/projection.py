@@ -2,6 +2,9 @@
 
 Each unit becomes one single-position "sequence" whose residual stream is the unit's vector alone:
 
+A dictionary feature (``sae=``) is projected like a neuron in the hi-* modes, with its decoder row as the vector
+it writes at its site (hi-c runs the blocks after the site).
+
 - hi-i: the neuron's one-hot through the MLP output projection *module* (its w_out row plus the projection's
   bias, if the model has one: GPT-2, NeoX), then final norm + unembedding. One matrix product per batch.
 - hi-c: the same vector as the residual stream after block L, then blocks L+1.. end, final norm, unembedding.
@@ -83,9 +86,12 @@ def _run_blocks(subject: SubjectModel, h: torch.Tensor, first: int, last: int, c
     return h
 
 
-def _unit_vectors(subject: SubjectModel, layer: int, mode: ProjectionMode, units: torch.Tensor) -> torch.Tensor:
-    """``[len(units), d_model]``: what each unit writes into the residual stream."""
+def _unit_vectors(subject: SubjectModel, layer: int, mode: ProjectionMode, units: torch.Tensor, sae=None
+                  ) -> torch.Tensor:
+    """``[len(units), d_model]``: what each unit writes into the residual stream (a feature: its decoder row)."""
     dtype = next(subject.model.parameters()).dtype
+    if sae is not None:
+        return sae.W_dec[units.cpu()].to(device=subject.device, dtype=dtype)
     if mode.unit_kind == "neuron":
         onehot = torch.zeros((len(units), subject.info.d_mlp), dtype=dtype, device=subject.device)
         onehot[torch.arange(len(units)), units] = 1.0
@@ -95,9 +101,13 @@ def _unit_vectors(subject: SubjectModel, layer: int, mode: ProjectionMode, units
     return onehot
 
 
-def _check_units(subject: SubjectModel, layer: int, mode: ProjectionMode, units: Sequence[int] | None) -> list[int]:
+def _check_units(subject: SubjectModel, layer: int, mode: ProjectionMode, units: Sequence[int] | None,
+                 sae=None) -> list[int]:
     subject.check_layer(layer)
-    total = n_units(subject, mode)
+    if sae is not None and (mode.unit_kind != "neuron" or sae.layer != layer):
+        raise UserError(f"dictionary features project in the hi-* modes at their own layer ({sae.layer}), not "
+                        f"{mode.value} at layer {layer}")
+    total = n_units(subject, mode) if sae is None else sae.d_sae
     if units is None:
         return list(range(total))
     units = [int(u) for u in units]
@@ -108,43 +118,47 @@ def _check_units(subject: SubjectModel, layer: int, mode: ProjectionMode, units:
     return units
 
 
-def _logits_batches(subject: SubjectModel, layer: int, mode: ProjectionMode, units: list[int], batch_size: int):
+def _logits_batches(subject: SubjectModel, layer: int, mode: ProjectionMode, units: list[int], batch_size: int,
+                    sae=None):
     n_layers = subject.info.n_layers
     call_args = _block_call_args(subject) if mode != ProjectionMode.HI_I else None
-    span = {ProjectionMode.HI_I: (0, 0), ProjectionMode.HI_C: (layer + 1, n_layers),
+    after = layer if sae is not None and sae.site == "resid_pre" else layer + 1  # first block after the write
+    span = {ProjectionMode.HI_I: (0, 0), ProjectionMode.HI_C: (after, n_layers),
             ProjectionMode.LO_C: (layer, n_layers), ProjectionMode.LO_I: (layer, layer + 1)}[mode]
     norm = subject.final_norm()
     head = subject.model.get_output_embeddings()
     with torch.inference_mode():
         for b in range(0, len(units), batch_size):
             chunk = torch.tensor(units[b : b + batch_size], device=subject.device)
-            h = _unit_vectors(subject, layer, mode, chunk)[:, None, :]
+            h = _unit_vectors(subject, layer, mode, chunk, sae)[:, None, :]
             if span[1] > span[0]:
                 h = _run_blocks(subject, h, span[0], span[1], call_args)
             yield chunk, head(norm(h))[:, 0, :].float()
 
 
 def projection_logits(subject: SubjectModel, layer: int, mode: ProjectionMode | str,
-                      units: Sequence[int] | None = None, batch_size: int = 256) -> torch.Tensor:
-    """``[len(units), vocab]`` float32 logits of each unit's projection (all units of the layer if None)."""
+                      units: Sequence[int] | None = None, batch_size: int = 256, sae=None) -> torch.Tensor:
+    """``[len(units), vocab]`` float32 logits of each unit's projection (all units of the layer if None); with
+    ``sae``, its features' decoder rows in the hi-* modes."""
     mode = ProjectionMode(mode)
-    units = _check_units(subject, layer, mode, units)
-    parts = [logits.cpu() for _, logits in _logits_batches(subject, layer, mode, units, batch_size)]
+    units = _check_units(subject, layer, mode, units, sae)
+    parts = [logits.cpu() for _, logits in _logits_batches(subject, layer, mode, units, batch_size, sae)]
     return torch.cat(parts) if parts else torch.zeros((0, subject.model.get_output_embeddings().weight.shape[0]))
 
 
 def project_rankings(subject: SubjectModel, layer: int, mode: ProjectionMode | str,
                      units: Sequence[int] | None = None, tau: int = 900, batch_size: int = 256,
-                     polarities: Sequence[Polarity] = (Polarity.POS, Polarity.NEG)) -> list[TokenRanking]:
+                     polarities: Sequence[Polarity] = (Polarity.POS, Polarity.NEG), sae=None) -> list[TokenRanking]:
     """Each unit's top-tau (pos) and bottom-tau (neg) tokens by projected logit, most extreme first.
 
     Memory stays at one batch of logits (``batch_size x vocab``). Output order: unit by unit, polarities in
     the order given.
     """
     mode = ProjectionMode(mode)
-    units = _check_units(subject, layer, mode, units)
+    units = _check_units(subject, layer, mode, units, sae)
+    source = mode.unit_source if sae is None else sae.source
     out: list[TokenRanking] = []
-    for chunk, logits in _logits_batches(subject, layer, mode, units, batch_size):
+    for chunk, logits in _logits_batches(subject, layer, mode, units, batch_size, sae):
         t = min(tau, logits.shape[1])
         ends = {}
         for pol in polarities:
@@ -152,6 +166,6 @@ def project_rankings(subject: SubjectModel, layer: int, mode: ProjectionMode | s
             ends[Polarity(pol)] = (ids.cpu().tolist(), vals.cpu().tolist())
         for row, unit in enumerate(chunk.tolist()):
             for pol, (ids, vals) in ends.items():
-                out.append(TokenRanking(mode=mode.value, unit=UnitId(mode.unit_source, layer, int(unit)), polarity=pol,
+                out.append(TokenRanking(mode=mode.value, unit=UnitId(source, layer, int(unit)), polarity=pol,
                                         token_ids=tuple(ids[row]), scores=tuple(vals[row])))
     return out

@@ -35,13 +35,29 @@ def _int(value, default: int) -> int | None:
         return None
 
 
+def source_label(source: str, dictionaries: dict | None = None) -> str:
+    """'neurons' for the MLP neurons, else the dictionary's name and width."""
+    if source == MLP:
+        return "MLP neurons"
+    d = (dictionaries or {}).get(source)
+    return f"{d.name} ({d.kind}, {d.d_sae:,} features, L{d.layer} {d.site})" if d else source
+
+
 def neuron_picker(models: list[ModelInfo], prefix: str = "", container=None, buttons: bool = True,
-                  sources: dict[str, list[str]] | None = None) -> Picked:
-    """``sources``: model id -> the unit sources harvested for it (default: MLP neurons only)."""
+                  sources: dict[str, list[str]] | None = None, dictionaries: dict | None = None) -> Picked:
+    """``sources``: model id -> the unit sources harvested for it (default: MLP neurons only); ``dictionaries``:
+    source -> DictionaryInfo (a dictionary's features live at its one layer)."""
     box = container if container is not None else st.sidebar
+    dictionaries = dictionaries or {}
     qp = st.query_params
     names = sorted({m.name for m in models})
     k_m, k_l, k_n, k_s = f"{prefix}model", f"{prefix}layer", f"{prefix}neuron", f"{prefix}source"
+
+    def bounds(model: ModelInfo, source: str) -> tuple[int | None, int, str]:
+        """(the source's only layer or None, units per layer, unit noun)."""
+        d = dictionaries.get(source)
+        return (None, model.d_mlp, "neuron") if d is None else (d.layer, d.d_sae, "feature")
+
     problem = None
     if k_m not in st.session_state:  # first render of this session: take the view from the URL
         want = qp.get(k_m)
@@ -49,44 +65,53 @@ def neuron_picker(models: list[ModelInfo], prefix: str = "", container=None, but
             problem = f"model {want!r} is not in this cache (cached: {', '.join(names)}); showing {names[0]}"
         st.session_state[k_m] = want if want in names else names[0]
         model = next(m for m in models if m.name == st.session_state[k_m])
-        layer, neuron = _int(qp.get(k_l), 0), _int(qp.get(k_n), 0)
-        if layer is None or not 0 <= layer < model.n_layers:
-            problem = f"layer {qp.get(k_l)!r} does not exist: {model.name} has layers 0..{model.n_layers - 1}"
-            layer = 0
-        if neuron is None or not 0 <= neuron < model.d_mlp:
-            problem = f"neuron {qp.get(k_n)!r} does not exist: {model.name} has neurons 0..{model.d_mlp - 1} per layer"
-            neuron = 0
-        st.session_state[k_l], st.session_state[k_n] = layer, neuron
         have = (sources or {}).get(model.model_id, [MLP])
         want_source = qp.get(k_s, MLP)
         if want_source not in have:
             problem = f"source {want_source!r} is not in this cache for {model.name} (cached: {', '.join(have)})"
-        st.session_state[k_s] = want_source if want_source in have else have[0]
+        source = want_source if want_source in have else have[0]
+        fixed, n, noun = bounds(model, source)
+        layer, neuron = _int(qp.get(k_l), fixed or 0), _int(qp.get(k_n), 0)
+        if layer is None or not 0 <= layer < model.n_layers or (fixed is not None and layer != fixed):
+            problem = (f"layer {qp.get(k_l)!r} does not exist: {model.name} has layers 0..{model.n_layers - 1}"
+                       if fixed is None else f"{source} reads layer {fixed} only, not {qp.get(k_l)!r}")
+            layer = fixed or 0
+        if neuron is None or not 0 <= neuron < n:
+            problem = f"{noun} {qp.get(k_n)!r} does not exist: {source_label(source, dictionaries)} has {noun}s 0..{n - 1}"
+            neuron = 0
+        st.session_state[k_l], st.session_state[k_n], st.session_state[k_s] = layer, neuron, source
     box.selectbox("model", names, key=k_m)
     model = next(m for m in models if m.name == st.session_state[k_m])
     have = (sources or {}).get(model.model_id, [MLP])
     if st.session_state.get(k_s) not in have:
         st.session_state[k_s] = have[0]
     if len(have) > 1:
-        box.selectbox("source", have, key=k_s, help="mlp: MLP neurons; others: dictionary (SAE) features")
+        box.selectbox("units", have, key=k_s, format_func=lambda s: source_label(s, dictionaries),
+                      help="MLP neurons, or the features of a dictionary (an SAE, or a baseline set of directions)")
+    source = st.session_state[k_s]
+    fixed, n, noun = bounds(model, source)
+    if fixed is not None:
+        st.session_state[k_l] = fixed
     st.session_state[k_l] = min(max(int(st.session_state[k_l]), 0), model.n_layers - 1)
-    st.session_state[k_n] = min(max(int(st.session_state[k_n]), 0), model.d_mlp - 1)
-    box.number_input(f"layer (0–{model.n_layers - 1})", 0, model.n_layers - 1, key=k_l)
-    box.number_input(f"neuron (0–{model.d_mlp - 1})", 0, model.d_mlp - 1, key=k_n)
+    st.session_state[k_n] = min(max(int(st.session_state[k_n]), 0), n - 1)
+    box.number_input(f"layer (0–{model.n_layers - 1})", 0, model.n_layers - 1, key=k_l, disabled=fixed is not None,
+                     help=None if fixed is None else "a dictionary reads one layer")
+    box.number_input(f"{noun} (0–{n - 1})", 0, n - 1, key=k_n)
     if buttons:
         def step(delta: int) -> None:
-            st.session_state[k_n] = (int(st.session_state[k_n]) + delta) % model.d_mlp
+            st.session_state[k_n] = (int(st.session_state[k_n]) + delta) % n
 
         def pick_random() -> None:
-            st.session_state[k_l] = random.randrange(model.n_layers)
-            st.session_state[k_n] = random.randrange(model.d_mlp)
+            if fixed is None:
+                st.session_state[k_l] = random.randrange(model.n_layers)
+            st.session_state[k_n] = random.randrange(n)
 
         c1, c2, c3 = box.columns(3)
-        c1.button("◀", key=f"{prefix}prev", on_click=step, args=(-1,), help="previous neuron", use_container_width=True)
-        c2.button("▶", key=f"{prefix}next", on_click=step, args=(1,), help="next neuron", use_container_width=True)
-        c3.button(":material/casino:", key=f"{prefix}rand", on_click=pick_random, help="random neuron",
+        c1.button("◀", key=f"{prefix}prev", on_click=step, args=(-1,), help=f"previous {noun}", use_container_width=True)
+        c2.button("▶", key=f"{prefix}next", on_click=step, args=(1,), help=f"next {noun}", use_container_width=True)
+        c3.button(":material/casino:", key=f"{prefix}rand", on_click=pick_random, help=f"random {noun}",
                   use_container_width=True)
-    picked = Picked(model, int(st.session_state[k_l]), int(st.session_state[k_n]), problem, st.session_state[k_s])
+    picked = Picked(model, int(st.session_state[k_l]), int(st.session_state[k_n]), problem, source)
     qp[k_m], qp[k_l], qp[k_n] = model.name, str(picked.layer), str(picked.neuron)
     if picked.source != MLP:
         qp[k_s] = picked.source
@@ -109,8 +134,11 @@ def unit_link(model: str, unit: UnitId, label: str | None = None) -> str:
 
 
 def unit_label(unit: UnitId) -> str:
-    """'N345' for a neuron, '<source> #345' for a dictionary feature."""
-    return f"N{unit.index}" if unit.source == MLP else f"{unit.source} #{unit.index}"
+    """'N345' for a neuron, 'F345 (<dictionary name>)' for a dictionary feature."""
+    if unit.source == MLP:
+        return f"N{unit.index}"
+    name = unit.source.removeprefix("sae:").rsplit("@", 1)[0]
+    return f"F{unit.index} ({name})"
 
 
 def unit_title(model_name: str, unit: UnitId) -> str:

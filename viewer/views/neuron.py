@@ -23,9 +23,16 @@ from viewer.resources import (db_path, live_simulators, pick_unit, read, run_job
 TABS = ["top", "quantiles", "random", "tokens & weights", "explanations", "graph", "topics"]
 
 
-def harvest_button(model: str, layer: int, corpus: str) -> None:
+def harvest_button(model: str, layer: int, corpus: str, source: str = MLP) -> None:
     from analysis.jobs.harvest import HarvestJob, harvest
 
+    if source != MLP:
+        d = read(lambda s: s.catalog.dictionary(source))
+        st.warning(f"the features of {source} are not harvested in this cache.")
+        if d is not None and d.path:
+            st.caption(f"harvest them from a shell: `python -m analysis harvest --model {model} --corpus {corpus} "
+                       f"--sae {d.path} --db {db_path()}`")
+        return
     st.warning(f"layer {layer} of {model} is not in this cache.")
     tokens = st.select_slider("tokens to harvest", [10_000, 25_000, 50_000, 100_000], value=25_000)
     if st.button(f"harvest layer {layer} now"):
@@ -40,9 +47,10 @@ def related_section(model_name: str, rec) -> None:
     if rec.top_tokens:
         st.dataframe(pd.DataFrame([{"token": repr(t), "mean act": m, "count": c} for _, t, m, c in rec.top_tokens]),
                      hide_index=True, height=250)
+    if not st.toggle("weight-based related tokens and units (loads the model)", key="weights_on"):
+        return
     if rec.unit.source != MLP:
-        return  # weight-based views read MLP weights
-    if not st.toggle("weight-based related tokens and neurons (loads the model)", key="weights_on"):
+        feature_weights_section(model_name, rec)
         return
     from analysis.weights import related_weights
 
@@ -71,6 +79,39 @@ def related_section(model_name: str, rec) -> None:
             f"{unit_link(model_name, UnitId(MLP, l.layer, l.neuron))} ({l.weight:+.3f})" for l in neg))
 
 
+def feature_weights_section(model_name: str, rec) -> None:
+    from analysis.weights import feature_weights
+    from viewer.resources import dictionary
+
+    unit = rec.unit
+    try:
+        d = read(lambda s: s.catalog.dictionary(unit.source))
+        subj, sae = subject(model_name), dictionary(unit.source, d.path if d else "")
+        rel = feature_weights(subj, sae, unit.index, k=10)
+    except Exception as exc:  # the model or the SAE folder may be unavailable here
+        show_error(exc)
+        return
+    tok = subj.tokenizer
+    st.caption(rel.note)
+
+    def tok_table(links):
+        return pd.DataFrame([{"token": repr(tok.decode([l.token_id])), "weight": l.weight} for l in links])
+
+    c1, c2 = st.columns(2)
+    for col, title, links in [(c1, "output tokens (+): decoder direction → unembedding", rel.output_tokens_pos),
+                              (c1, "output tokens (−)", rel.output_tokens_neg),
+                              (c2, "input tokens (+): embedding → encoder", rel.input_tokens_pos),
+                              (c2, "input tokens (−)", rel.input_tokens_neg)]:
+        col.markdown(title)
+        col.dataframe(tok_table(links), hide_index=True)
+    st.markdown("**nearest features** (decoder cosine): " + ", ".join(
+        f"{unit_link(model_name, UnitId(unit.source, l.layer, l.neuron), f'F{l.neuron}')} ({l.weight:.2f})"
+        for l in rel.nearest))
+    if rel.neurons:
+        st.markdown("**neurons it reads most** (cosine of the encoder with their output directions): " + ", ".join(
+            f"{unit_link(model_name, UnitId(MLP, l.layer, l.neuron))} ({l.weight:+.2f})" for l in rel.neurons))
+
+
 def graph_tab(model, rec, window: int | None) -> None:
     from analysis.jobs.n2g import N2GJob, n2g
 
@@ -88,10 +129,10 @@ def graph_tab(model, rec, window: int | None) -> None:
         return
     g, vocab, others = data
     if g is None:
-        st.info("No Neuron2Graph graph for this neuron yet: fitting one takes a few seconds on CPU, plus loading "
-                "the model.")
+        st.info(f"No Neuron2Graph graph for this {'neuron' if unit.source == MLP else 'feature'} yet: fitting one "
+                "takes a few seconds on CPU, plus loading the model.")
         if st.button("build the graph now"):
-            run_job(f"fitting the graph of L{unit.layer} N{unit.index}…", lambda db, progress: n2g(
+            run_job(f"fitting the graph of L{unit.layer} {unit_label(unit)}…", lambda db, progress: n2g(
                 N2GJob(layer=unit.layer, neurons=str(unit.index), model=model.name, source=unit.source), db, progress))
         st.caption(f"or from a shell, a whole layer: `python -m analysis n2g --model {model.name} --layer "
                    f"{unit.layer} --db {db_path()}`")
@@ -139,7 +180,7 @@ def render() -> None:
     if rec is None:
         from analysis.config import DEFAULT_CORPUS
 
-        harvest_button(model.name, unit.layer, corpus or DEFAULT_CORPUS)
+        harvest_button(model.name, unit.layer, corpus or DEFAULT_CORPUS, unit.source)
         return
     s = rec.stats
     vmax = max(s.max, 1e-9)
@@ -182,7 +223,7 @@ def render() -> None:
     else:
         related_section(model.name, rec)
     st.caption((f"run {rec.run_id} · corpus {rec.corpus_id} · {rec.stats.n_tokens:,} tokens · "
-                f"hook {rec.hook_point} · activation {model.act_fn}"))
+                f"hook {rec.hook_point}" + (f" · activation {model.act_fn}" if unit.source == MLP else "")))
 
 
 render()

@@ -1,0 +1,155 @@
+"""Dictionary features end to end on a tiny model: harvest beside the neurons, every lens, the viewer's pages."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from analysis.types import MLP, UnitId, UserError
+
+
+def _store(db, read_only=True):
+    from cache.store import open_store
+
+    return open_store(db, read_only=read_only)
+
+
+def test_harvest_with_an_sae_registers_its_features(sae_db, viewer_db):
+    from analysis.sae import load_sae
+
+    db, model, folder = sae_db
+    sae = load_sae(str(folder))
+    with _store(db) as s:
+        (d,) = s.catalog.dictionaries()
+        assert (d.source, d.layer, d.site, d.d_sae, d.k, d.architecture) == (sae.source, 1, "resid_post", 64, 4, "topk")
+        assert s.runs.sources()[s.catalog.model(model).model_id] == [MLP, sae.source]
+        run = s.runs.find(model, 1, source=sae.source)
+        assert run.layers == [1]
+        rec = s.records.unit_record(run, UnitId(sae.source, 1, 7))
+        neuron_runs = [r.run_id for r in s.runs.list() if r.source == MLP]
+    with _store(viewer_db[0]) as plain:
+        # the neurons of layer 1 were already in a finished run (layers 0, 1): the SAE harvest reused it
+        assert neuron_runs == [r.run_id for r in plain.runs.list()]
+    # a TopK feature is 0 or positive; at most k = 4 of the 64 features fire on a token
+    assert rec.stats.min >= 0
+    with _store(db) as s:
+        total = sum(s.records.unit_record(run, UnitId(sae.source, 1, u)).stats.frac_active for u in range(64))
+    assert 0 < total <= 4 + 1e-6
+    assert len(rec.most_positive_activation_records) > 0 or rec.stats.max == 0
+
+
+def test_second_harvest_with_the_same_sae_is_cached(sae_db, viewer_db):
+    from analysis.config import HarvestConfig
+    from analysis.jobs.harvest import HarvestJob, harvest
+
+    db, model, folder = sae_db
+    corpus = str(viewer_db[0].parent / "docs.jsonl")
+    out = harvest(HarvestJob(model=model, corpus=corpus, sae=(str(folder),), config=HarvestConfig(seq_len=24)), db)
+    assert out.status == "cached" and len(out.runs) == 2
+
+
+def test_feature_units_are_bounded_by_the_dictionary(sae_db):
+    from analysis.jobs.common import unit_record
+
+    db, model, folder = sae_db
+    with _store(db) as s:
+        source = s.catalog.dictionaries()[0].source
+        with pytest.raises(UserError, match="feature 64 does not exist"):
+            unit_record(s, model, UnitId(source, 1, 64))
+        with pytest.raises(UserError, match="reads layer 1"):
+            unit_record(s, model, UnitId(source, 0, 3))
+        with pytest.raises(UserError, match="not a dictionary"):
+            unit_record(s, model, UnitId("sae:nope@0", 1, 3))
+
+
+def test_lenses_run_on_features(sae_db, tmp_path):
+    """explain + score (token lookup), Neuron2Graph with the SAE as the prober's reader, topics (hi-i from the
+    decoder rows, and the activation mode), all stored under the feature's unit id."""
+    from analysis.__main__ import main
+
+    db0, model, folder = sae_db
+    db = tmp_path / "lenses.duckdb"
+    shutil.copy(db0, db)
+    with _store(db) as s:
+        source = s.catalog.dictionaries()[0].source
+    units = "0-63"
+    with _store(db) as s:
+        run = s.runs.find(model, 1, source=source)
+        firing = [u for u in range(64) if s.records.unit_record(run, UnitId(source, 1, u)).stats.max > 0][:3]
+    spec = ",".join(map(str, firing))
+    common = ["--db", str(db), "--model", model, "--layer", "1", "--source", source, "--neurons", spec, "--quiet"]
+    assert main(["explain", *common, "--explainer", "token-lookup"]) == 0
+    assert main(["score", *common, "--simulator", "token-lookup"]) == 0
+    assert main(["n2g", *common]) == 0
+    assert main(["topics", *common, "--mode", "hi-i,activation"]) == 0
+    with _store(db) as s:
+        for u in firing:
+            unit = UnitId(source, 1, u)
+            assert s.explanations.with_simulations(run.run_id, unit)
+            assert s.graphs.get(run.run_id, unit) is not None
+            assert {t.mode for t in s.topics.sets(s.catalog.model(model).model_id, unit, "hi-i")} == {"hi-i"}
+    del units
+
+
+def test_n2g_prober_reads_features_as_the_sae_encodes_them(sae_db, tiny_folders):
+    """The prober's activation at the last position equals encoding that position's resid_post by hand."""
+    from analysis.activations import sae_reader
+    from analysis.models import load_model
+    from analysis.n2g.fit import ModelProber, Probe
+    from analysis.sae import load_sae
+
+    db, model, folder = sae_db
+    subject = load_model(model)
+    sae = load_sae(str(folder))
+    prober = ModelProber(subject, 1, reader=sae_reader(sae))
+    seq = (5, 17, 42, 9)
+    (answer,) = prober([Probe(seq=seq, lm=False)])
+    ids = torch.tensor([subject.bos_prefix + list(seq)])
+    with torch.no_grad():
+        h = subject.model(input_ids=ids, output_hidden_states=True).hidden_states[2][0, -1]
+    x = h.double().numpy() - sae.b_dec.double().numpy()
+    pre = x @ sae.W_enc.double().numpy() + sae.b_enc.double().numpy()
+    keep = pre.argsort()[::-1][:4]
+    expect = torch.zeros(64, dtype=torch.float64)
+    expect[keep.copy()] = torch.tensor(pre[keep]).clamp(min=0)
+    assert torch.allclose(torch.tensor(answer.acts, dtype=torch.float64), expect, atol=1e-4)
+
+
+def _page(name, db, monkeypatch, **params):
+    from streamlit.testing.v1 import AppTest
+
+    from test_viewer import PAGES
+
+    monkeypatch.setenv("NEURON_VIEWER_DB", str(db))
+    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=60)
+    for k, v in params.items():
+        at.query_params[k] = str(v)
+    return at.run()
+
+
+def test_feature_page_and_weights(sae_db, monkeypatch):
+    db, model, folder = sae_db
+    with _store(db) as s:
+        source = s.catalog.dictionaries()[0].source
+    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=5, source=source, tab="tokens & weights")
+    assert not at.exception
+    assert at.title[0].value.endswith("L1 · F5 (tiny-sae)")
+    assert at.query_params["source"] == source
+    at.toggle(key="weights_on").set_value(True).run()
+    assert not at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "nearest features" in text and "neurons it reads most" in text
+    # a feature index beyond the dictionary, and a layer the dictionary does not read
+    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=64, source=source)
+    assert not at.exception and "feature '64' does not exist" in at.error[0].value
+    at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=3, source=source)
+    assert not at.exception and "reads layer 1 only" in at.error[0].value
+
+
+def test_cache_page_lists_the_dictionary(sae_db, monkeypatch):
+    db, model, folder = sae_db
+    at = _page("home", db, monkeypatch)
+    assert not at.exception
+    assert any("Dictionaries" in h.value for h in at.subheader)
