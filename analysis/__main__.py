@@ -121,6 +121,42 @@ def cmd_topics(args) -> int:
     return 0
 
 
+def cmd_compare_units(args) -> int:
+    from dataclasses import asdict
+
+    from analysis.jobs.compare import CompareJob, compare_units
+
+    table = compare_units(from_args(CompareJob, args), Path(args.db), _progress(args))
+    if args.json:
+        _print_json([{"kind": k.kind, "source": k.source, "n_units": k.n_units, "n_live": k.n_live,
+                      "units": [{**asdict(m), "unit": str(m.unit), "n2g_margin": m.n2g_margin} for m in k.metrics]}
+                     for k in table])
+        return 0
+    cols = [("token_lookup", "token-lookup r"), ("n2g_f1", "N2G F1"), ("n2g_margin", "N2G − lookup F1"),
+            ("topic_npmi", "topic NPMI"), ("random_npmi", "random NPMI"), ("density", "density")]
+    print(f"{'kind':<8} {'units':>7} {'live':>7} {'sampled':>7} " + " ".join(f"{c[1]:>16}" for c in cols))
+    for k in table:
+        cells = []
+        for name, _title in cols:
+            v = k.med(name)
+            cells.append(f"{'-' if v is None else f'{v:.3f}':>10} ({k.count(name):>3})")
+        print(f"{k.kind:<8} {k.n_units:>7} {k.n_live:>7} {len(k.metrics):>7} " + " ".join(cells))
+    print("medians over the sampled units (in brackets: how many have the number)")
+    return 0
+
+
+def cmd_sae_train(args) -> int:
+    from analysis.jobs.sae import SaeTrainJob, train_sae
+
+    s = train_sae(from_args(SaeTrainJob, args), _progress(args))
+    q = s.quality
+    print(f"{s.out}: FVU {q.fvu:.3f}, L0 {q.l0:.1f}, dead {q.dead_fraction:.1%} on {q.eval_tokens:,} held-out tokens; "
+          f"next-token loss clean {q.loss_clean:.3f} / spliced {q.loss_spliced:.3f} / zeroed {q.loss_zero:.3f} nats "
+          f"(loss recovered {q.loss_recovered:.1%})" + (f"; {s.train_tokens:,} training tokens, {s.seconds:.0f} s"
+                                                        if s.status == "done" else ""))
+    return 0
+
+
 def cmd_models(args) -> int:
     from analysis.jobs.common import fmt_layers
     from analysis.embedded import embedded_status
@@ -168,10 +204,13 @@ def cmd_migrate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from analysis.jobs.explain import EXPLAINERS, ExplainJob
     from analysis.jobs.export import ExportJob
+    from analysis.jobs.compare import LENSES, CompareJob
     from analysis.jobs.harvest import HarvestJob
     from analysis.jobs.n2g import N2GJob
     from analysis.jobs.score import SIMULATORS, ScoreJob
+    from analysis.jobs.sae import SaeTrainJob
     from analysis.jobs.topics import MODES, TopicsJob
+    from analysis.sae import SITES
     from analysis.splits import SCORING_SETS
 
     parser = argparse.ArgumentParser(prog="python -m analysis", description="Neuron viewer: harvest and inspect units.")
@@ -264,6 +303,50 @@ def build_parser() -> argparse.ArgumentParser:
                  "min_count": Opt("fewest corpus occurrences of a word")}})
     t.add_argument("--mode", default="all", help=f"'all' or a list of {', '.join(MODES)} (default: all)")
     t.add_argument("--json", action="store_true", help="print pools, stars (full NPMI matrices) and topics as JSON")
+
+    cu = command("compare-units", cmd_compare_units, "which kind of unit is more interpretable: neurons vs SAE features "
+                 "vs residual basis vs random directions at one layer",
+                 "Harvests what is missing (the SAE's features, the residual basis and seeded random directions at its "
+                 "site), runs token-lookup scoring, activation-mode topics and (for a subset) Neuron2Graph on a seeded "
+                 "random sample of each kind, and prints per-kind medians (resumable: finished lenses are skipped).")
+    add_options(cu, CompareJob, {
+        "model": MODEL, "layer": Opt("layer", required=True),
+        "sae": Opt("the SAE folder or hub id (DIR[#layer=L,site=S])", required=True),
+        "corpus": Opt("embedded name or a text/JSONL/parquet path"),
+        "units": Opt("units sampled per kind"), "n2g_units": Opt("of those, units that get a Neuron2Graph graph"),
+        "lenses": Opt(f"some of {', '.join(LENSES)}"),
+        "max_tokens": Opt("the harvest's token budget (as harvest --max-tokens; the demo cache's: 204800)"),
+        "seed": Opt("seed of the samples (and of the random directions)"), "device": DEVICE,
+        "config": {"seq_len": Opt("tokens per window")}})
+    cu.add_argument("--json", action="store_true", help="print every sampled unit's numbers as JSON")
+
+    sae = sub.add_parser("sae", help="sparse autoencoders of a model's sites", description="Sparse autoencoders.")
+    sae_sub = sae.add_subparsers(dest="sae_command", required=True)
+    st = sae_sub.add_parser("train", help="train a TopK SAE on one site over corpus windows (resumable)",
+                            description="TopK SAE (Gao et al. 2024) on the site's vectors at a seeded subset of the "
+                            "corpus windows, measured on disjoint held-out windows (FVU, L0, dead features, next-token "
+                            "loss with the SAE spliced in) and saved as a SAELens folder. Checkpointed: Ctrl-C, then "
+                            "run again to resume; a folder already holding this training is left alone.")
+    st.add_argument("--quiet", action="store_true", help="no progress bar")
+    st.set_defaults(func=cmd_sae_train)
+    add_options(st, SaeTrainJob, {
+        "model": Opt("embedded name, HF folder, .gguf file or hub id"),
+        "layer": Opt("layer", required=True),
+        "site": Opt("hook site", choices=SITES),
+        "out": Opt("output folder (SAELens layout)", required=True),
+        "corpus": Opt("embedded name or a text/JSONL/parquet path"),
+        "tokens": Opt("training tokens (a seeded random subset of the windows)"),
+        "eval_tokens": Opt("held-out tokens for the quality numbers"),
+        "seq_len": Opt("tokens per window"), "batch_size": Opt("windows per forward pass"), "device": DEVICE,
+        "checkpoint_every": Opt("training steps between checkpoints"),
+        "train": {"width": Opt("features (d_sae)", required=True), "k": Opt("active features per token", required=True),
+                  "epochs": Opt("passes over the training activations"),
+                  "batch_tokens": Opt("tokens per Adam step"),
+                  "lr": Opt("learning rate (default: 2e-4 / sqrt(width / 2^14))"),
+                  "aux_k": Opt("dead latents in the AuxK loss (default: d_in / 2)"),
+                  "aux_coef": Opt("weight of the AuxK loss"),
+                  "dead_tokens": Opt("training tokens without firing after which a latent counts as dead"),
+                  "seed": Opt("seed for the windows, the initial weights and the shuffles")}})
 
     command("models", cmd_models, "list embedded and cached models", quiet=False)
     command("corpora", cmd_corpora, "list embedded and cached corpora", quiet=False)

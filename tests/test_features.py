@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -153,3 +154,53 @@ def test_cache_page_lists_the_dictionary(sae_db, monkeypatch):
     at = _page("home", db, monkeypatch)
     assert not at.exception
     assert any("Dictionaries" in h.value for h in at.subheader)
+
+
+def test_compare_units_on_a_tiny_model(sae_db, viewer_db, tmp_path, capsys):
+    """Every kind gets its seeded sample and every lens a number; the sample is the same on a second run (which
+    computes nothing new) and differs between kinds' streams."""
+    from analysis.__main__ import main
+    from analysis.jobs.compare import sample_units
+
+    db0, model, folder = sae_db
+    db = tmp_path / "cmp.duckdb"
+    shutil.copy(db0, db)
+    corpus = str(viewer_db[0].parent / "docs.jsonl")
+    args = ["compare-units", "--db", str(db), "--model", model, "--layer", "1", "--sae", str(folder), "--corpus",
+            corpus, "--seq-len", "24", "--units", "6", "--n2g-units", "2", "--quiet", "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert [k["kind"] for k in first] == ["neurons", "sae", "basis", "random"]
+    for k in first:
+        assert len(k["units"]) == min(6, k["n_live"])
+        assert all(u["token_lookup"] is not None for u in k["units"])
+        assert sum(u["n2g_f1"] is not None for u in k["units"]) == min(2, len(k["units"]))
+    with _store(db) as s:  # topic sets stored for every sampled unit (the tiny vocabulary may give no topic)
+        model_id = s.catalog.model(model).model_id
+        for k in first:
+            for u in k["units"]:
+                layer, index = 1, int(u["unit"].rsplit("#", 1)[-1].rsplit("N", 1)[-1])
+                assert s.topics.sets(model_id, UnitId(k["source"], layer, index), "activation")
+    basis = next(k for k in first if k["kind"] == "basis")
+    assert basis["n_units"] == 32  # the tiny model's d_model
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out) == first
+    assert sample_units(list(range(100)), 5, 0, "sae") != sample_units(list(range(100)), 5, 0, "basis")
+    assert sample_units(list(range(100)), 5, 0, "sae") == sample_units(list(range(100)), 5, 0, "sae")
+
+
+def test_interpretability_page(sae_db, viewer_db, tmp_path, monkeypatch):
+    from analysis.__main__ import main
+
+    db0, model, folder = sae_db
+    db = tmp_path / "view.duckdb"
+    shutil.copy(db0, db)
+    at = _page("interpretability", db, monkeypatch)
+    assert not at.exception and "No comparison yet" in at.info[0].value
+    assert main(["compare-units", "--db", str(db), "--model", model, "--layer", "1", "--sae", str(folder),
+                 "--corpus", str(viewer_db[0].parent / "docs.jsonl"), "--seq-len", "24", "--units", "3",
+                 "--n2g-units", "0", "--lenses", "token-lookup", "--quiet"]) == 0
+    at = _page("interpretability", db, monkeypatch)
+    assert not at.exception
+    assert len(at.get("plotly_chart")) >= 2  # token-lookup score and density
+    assert any("Do features beat" in m.value for m in at.markdown)

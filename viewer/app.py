@@ -24,6 +24,8 @@ nav = st.navigation([
     st.Page(HERE / "views" / "search.py", title="Search", icon=":material/search:", url_path="search"),
     st.Page(HERE / "views" / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     st.Page(HERE / "views" / "scores.py", title="Scores", icon=":material/insights:", url_path="scores"),
+    st.Page(HERE / "views" / "interpretability.py", title="Interpretability", icon=":material/balance:",
+            url_path="interpretability"),
     st.Page(HERE / "views" / "home.py", title="Cache", icon=":material/storage:", url_path="cache"),
 ])
 nav.run()
