@@ -204,3 +204,33 @@ def test_interpretability_page(sae_db, viewer_db, tmp_path, monkeypatch):
     assert not at.exception
     assert len(at.get("plotly_chart")) >= 2  # token-lookup score and density
     assert any("Do features beat" in m.value for m in at.markdown)
+
+
+def test_live_text_search_and_scores_on_features(sae_db, monkeypatch, tmp_path):
+    """Live text shows the feature and the layer's strongest features; the search page lists features by
+    statistic; the scores page shows feature scores under their own kind."""
+    from analysis.__main__ import main
+
+    db0, model, folder = sae_db
+    db = tmp_path / "pages.duckdb"
+    shutil.copy(db0, db)
+    with _store(db) as s:
+        source = s.catalog.dictionaries()[0].source
+        run = s.runs.find(model, 1, source=source)
+        rec = s.records.unit_record(run, UnitId(source, 1, 5))
+    at = _page("live", db, monkeypatch, model=model, layer=1, neuron=5, source=source,
+               text="the cat sat on the mat")
+    assert not at.exception
+    assert any("F5 (tiny-sae) on this text" in h.value for h in at.subheader)
+    assert any("Features of layer 1" in h.value for h in at.subheader)
+    at = _page("search", db, monkeypatch, model=model)
+    assert not at.exception
+    assert main(["explain", "--db", str(db), "--model", model, "--layer", "1", "--source", source, "--neurons", "0-7",
+                 "--quiet"]) == 0
+    assert main(["score", "--db", str(db), "--model", model, "--layer", "1", "--source", source, "--neurons", "0-7",
+                 "--quiet"]) == 0
+    at = _page("scores", db, monkeypatch)
+    assert not at.exception
+    assert "tiny-sae features" in at.radio[1].options
+    assert any("over 8 tiny-sae features" in c.value for c in at.caption)
+    del rec

@@ -1,29 +1,32 @@
-"""Live text: type or paste text, see the chosen neuron fire on it, and which neurons of the layer fire most."""
+"""Live text: type or paste text, see the chosen unit (neuron or dictionary feature) fire on it, and which units of
+the same kind and layer fire most."""
 
 from __future__ import annotations
 
 import streamlit as st
 import torch
 
-from analysis.activations import mlp_activations
+from analysis.activations import neuron_reader, sae_reader, unit_activations
 from analysis.types import MLP, TokenActivations, UnitId
 from viewer.components.heatmap import records_html
-from viewer.components.picker import unit_link
-from viewer.resources import MAX_LIVE_TOKENS, hooks_lock, pick_unit, read, show_error, subject
+from viewer.components.picker import unit_label, unit_link
+from viewer.resources import MAX_LIVE_TOKENS, dictionary, hooks_lock, pick_unit, read, show_error, subject
 
 DEFAULT_TEXT = "The Eiffel Tower is in Paris, the capital of France. In 1889 it was the tallest structure in the world."
 
 
-def live_activations(model_name: str, text: str, layer: int):
-    """(token strings, activations [T, d_mlp], token limit if the text was cut else None) for ``text``."""
+def live_activations(model_name: str, text: str, layer: int, source: str = MLP, sae_path: str = ""):
+    """(token strings, activations [T, units], token limit if the text was cut else None) for ``text``: the
+    layer's neurons, or the features of dictionary ``source``."""
     subj = subject(model_name)
+    reader = neuron_reader(layer) if source == MLP else sae_reader(dictionary(source, sae_path))
     limit = min(MAX_LIVE_TOKENS, (subj.context_length or MAX_LIVE_TOKENS) - len(subj.bos_prefix))
     ids = subj.tokenize(text)
     cut = limit if len(ids) > limit else None
     ids = ids[:limit]
     enc = subj.encode([ids])
     with hooks_lock(model_name):
-        acts = mlp_activations(subj, enc.input_ids, enc.attention_mask, [layer])[layer][0, enc.n_prefix:]
+        acts = unit_activations(subj, enc.input_ids, enc.attention_mask, [reader])[reader.key][0, enc.n_prefix:]
     tokens = subj.tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
     return tokens, acts, cut
 
@@ -34,12 +37,13 @@ def render() -> None:
             return None
         picked, run = found
         stats = s.records.unit_stats(run.run_id, picked.unit) if run else None
-        return picked, stats.max if stats else None
+        d = s.catalog.dictionary(picked.source) if picked.source != MLP else None
+        return picked, stats.max if stats else None, d.path if d else ""
 
     data = read(load)
     if data is None:
         return
-    picked, vmax_cached = data
+    picked, vmax_cached, sae_path = data
     st.title("Live text")
     qp = st.query_params
     if "live_text" not in st.session_state:  # first render of the session: from the URL
@@ -53,12 +57,9 @@ def render() -> None:
     if not text.strip():
         st.info("type or paste some text above")
         return
-    if picked.source != MLP:
-        st.info(f"live text runs MLP neurons; {picked.source} features are shown from the cache only")
-        return
     try:
         with st.spinner("running the model…"):
-            tokens, acts, cut = live_activations(picked.model.name, text, picked.layer)
+            tokens, acts, cut = live_activations(picked.model.name, text, picked.layer, picked.source, sae_path)
     except Exception as exc:
         show_error(exc)
         return
@@ -66,15 +67,17 @@ def render() -> None:
         st.warning(f"the text is longer than {cut} tokens (the live limit, or the model's context): only the first {cut} are used")
     col = acts[:, picked.neuron].tolist()
     vmax = max([vmax_cached or 0.0, max(col), 1e-9])
-    scale = "the neuron's corpus max" if vmax_cached and vmax_cached >= max(col) else "the max on this text"
-    st.subheader(f"L{picked.layer}/N{picked.neuron} on this text (max {max(col):.3g}; colour scale: {scale})")
+    scale = "the unit's corpus max" if vmax_cached and vmax_cached >= max(col) else "the max on this text"
+    st.subheader(f"L{picked.layer} {unit_label(picked.unit)} on this text (max {max(col):.3g}; colour scale: {scale})")
     st.html(records_html([TokenActivations(tokens, col)], vmax))
-    st.subheader(f"Neurons of layer {picked.layer} that fire most on this text")
+    noun = "Neurons" if picked.source == MLP else "Features"
+    st.subheader(f"{noun} of layer {picked.layer} that fire most on this text")
     top = torch.topk(acts.max(0).values, min(12, acts.shape[1]))
     lines = []
     for v, n in zip(top.values.tolist(), top.indices.tolist()):
         where = int(acts[:, n].argmax())
-        lines.append(f"- {unit_link(picked.model.name, UnitId(MLP, picked.layer, n))} max {v:.3g} at token {where} "
+        unit = UnitId(picked.source, picked.layer, n)
+        lines.append(f"- {unit_link(picked.model.name, unit, unit_label(unit))} max {v:.3g} at token {where} "
                      f"`{tokens[where].replace('`', 'ʼ')!s}`")
     st.markdown("\n".join(lines))
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from viewer.components.picker import unit_link
+from analysis.types import MLP
+from viewer.components.picker import unit_label, unit_link
+
+
+def unit_kind(source: str) -> str:
+    return "neurons" if source == MLP else source.removeprefix("sae:").rsplit("@", 1)[0] + " features"
 from viewer.resources import cached_models, read
 
 
@@ -28,8 +33,12 @@ def render() -> None:
         st.info("no scored explanation yet: `python -m analysis explain --layer L --neurons 0-99` then "
                 "`python -m analysis score --layer L --neurons 0-99 --simulator ...`")
         return
-    scoring_set = st.radio("records", sorted({r.scoring_set for r in rows}), horizontal=True)
-    rows = [r for r in rows if r.scoring_set == scoring_set and r.score is not None]
+    c1, c2 = st.columns(2)
+    scoring_set = c1.radio("records", sorted({r.scoring_set for r in rows}), horizontal=True)
+    sources = list(dict.fromkeys(sorted({r.unit.source for r in rows}, key=lambda x: (x != MLP, x))))
+    source = c2.radio("units", sources, horizontal=True, format_func=lambda x: unit_kind(x),
+                      help="explanation scores of neurons and of each dictionary's features, apart")
+    rows = [r for r in rows if r.scoring_set == scoring_set and r.score is not None and r.unit.source == source]
     layers = sorted({r.unit.layer for r in rows})
     fig = go.Figure()
     for key in sorted({(r.explainer, r.simulator) for r in rows}):
@@ -45,7 +54,7 @@ def render() -> None:
     best = sorted((r for r in rows if r.simulator != "token-lookup"), key=lambda r: -r.score)[:10]
     if best:
         st.markdown("**Best explained** (simulators that read the explanation): " + ", ".join(
-            f"{unit_link(name, r.unit)} {r.score:.2f} ({r.explainer} → {r.simulator})" for r in best))
-    st.caption(f"{len(rows)} scored explanations over {len({r.unit for r in rows})} neurons")
+            f"{unit_link(name, r.unit, unit_label(r.unit))} {r.score:.2f} ({r.explainer} → {r.simulator})" for r in best))
+    st.caption(f"{len(rows)} scored explanations over {len({r.unit for r in rows})} {unit_kind(source)}")
 
 render()

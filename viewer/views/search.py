@@ -7,7 +7,7 @@ import streamlit as st
 
 from analysis.n2g.evaluate import FIRING_FRACTION
 from analysis.n2g.graph import contains_sequence
-from viewer.components.picker import unit_link, unit_url
+from viewer.components.picker import source_label, unit_label, unit_link, unit_url
 from viewer.resources import cached_models, read
 
 SORT_LABELS = {"max": "highest max", "kurtosis": "highest kurtosis", "sparsest": "sparsest (lowest fraction > 0)",
@@ -103,17 +103,24 @@ def topic_search(s, name: str, model) -> None:
         for h in hits]), hide_index=True, column_config={"unit": st.column_config.LinkColumn(display_text=r"neuron=(\d+)")})
 
 
+def dictionaries(s) -> dict:
+    return {d.source: d for d in s.catalog.dictionaries()}
+
+
 def stats_search(s, name: str, runs: list):
     """Units of a layer by one statistic: returns the rows to show (read while the database is open)."""
-    st.subheader("Neurons by statistic")
+    st.subheader("Units by statistic")
     run_layers = sorted({l for r in runs for l in r.layers})
     if not run_layers:
         st.info("no finished harvest for this model")
         return None
-    c1, c2 = st.columns(2)
+    c1, c2, c3 = st.columns(3)
     layer = c1.selectbox("layer", run_layers)
-    sort = c2.selectbox("order", list(SORT_LABELS), format_func=SORT_LABELS.get)
-    run = next(r for r in runs if layer in r.layers)
+    at_layer = [r for r in runs if layer in r.layers]
+    sources = list(dict.fromkeys(r.source for r in at_layer))
+    source = c2.selectbox("units", sources, format_func=lambda x: source_label(x, dictionaries(s)))
+    sort = c3.selectbox("order", list(SORT_LABELS), format_func=SORT_LABELS.get)
+    run = next(r for r in at_layer if r.source == source)
     return s.records.units_by(run.run_id, layer, sort, limit=25, source=run.source)
 
 
@@ -141,8 +148,8 @@ def render() -> None:
     if data is None or data[1] is None:
         return
     name, rows = data
-    st.markdown("| neuron | max | mean | std | skew | kurtosis | frac > 0 |\n|---|---|---|---|---|---|---|\n" + "\n".join(
-        f"| {unit_link(name, r.unit)} | {r.max:.3g} | {r.mean:.3g} | {r.std:.3g} | {r.skewness:.3g} | "
+    st.markdown("| unit | max | mean | std | skew | kurtosis | frac > 0 |\n|---|---|---|---|---|---|---|\n" + "\n".join(
+        f"| {unit_link(name, r.unit, unit_label(r.unit))} | {r.max:.3g} | {r.mean:.3g} | {r.std:.3g} | {r.skewness:.3g} | "
         f"{r.kurtosis:.3g} | {r.frac_active:.3f} |" for r in rows))
 
 
