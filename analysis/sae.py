@@ -175,16 +175,26 @@ def hook_name(layer: int, site: str) -> str:
     return f"blocks.{layer}.hook_{site}"
 
 
+_SITE_FOLDER = re.compile(r"(resid_pre|resid_post|mlp_out|attn_out)(?:_\w+)?")  # Gemma Scope 2: resid_post[_all]
+_SCOPE_REPO = re.compile(r"gemma-scope-.+?-(res|mlp|att)(?:-[a-z0-9]+)*$")  # Gemma Scope 1: gemma-scope-2b-pt-res
+_SCOPE_SITES = {"res": "resid_post", "mlp": "mlp_out", "att": "attn_out"}
+
+
 def _site_from_path(path: Path) -> tuple[int | None, str | None]:
-    """Layer and site from a Gemma Scope style path: ``…-res/layer_12/…``, ``resid_post/layer_12_width_16k…``."""
-    text = "/".join(path.parts[-4:]).lower()
-    m = re.search(r"layer_(\d+)", text)
-    layer = int(m.group(1)) if m else None
-    site = None
-    for pattern, s in ((r"resid_pre", "resid_pre"), (r"resid_post|-res\b|-res/|res_", "resid_post"),
-                       (r"mlp_out|-mlp\b|-mlp/|mlp_", "mlp_out"), (r"attn_out|-att\b|-att/|att_", "attn_out")):
-        if re.search(pattern, text):
-            site = s
+    """Layer and site from the folders above a Gemma Scope file, nearest first, each folder name read whole:
+    ``gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_71/`` (also as the hub cache names the repo:
+    ``models--google--gemma-scope-2b-pt-res/snapshots/<hash>/layer_12/…``), ``resid_post/layer_12_width_16k…/``.
+    Words inside unrelated folder names (``features_``, ``scores_``) say nothing."""
+    layer = site = None
+    for part in reversed([p.lower() for p in path.parts[:-1]]):
+        if layer is None and (m := re.fullmatch(r"layer_(\d+)(?:_\w+)?", part)):
+            layer = int(m.group(1))
+        if site is None:
+            if m := _SITE_FOLDER.fullmatch(part):
+                site = m.group(1)
+            elif m := _SCOPE_REPO.search(part):
+                site = _SCOPE_SITES[m.group(1)]
+        if layer is not None and site is not None:
             break
     return layer, site
 
@@ -331,6 +341,9 @@ def _load_sparsify(folder: Path, layer: int | None, site: str | None) -> SAE:
     cfg = json.loads((folder / "cfg.json").read_text())
     t = _tensors_of(folder / "sae.safetensors")
     enc_w, enc_b, W_dec, b_dec = _need(t, ("encoder.weight", "encoder.bias", "W_dec", "b_dec"), folder / "sae.safetensors")
+    if "W_skip" in t or cfg.get("skip_connection") or cfg.get("transcode"):
+        raise UserError(f"{folder}: a sparsify transcoder (skip connection or transcode=true) reads one site and "
+                        "writes another; only autoencoders of one site are supported")
     n = enc_w.shape[0]
     if cfg.get("num_latents") and int(cfg["num_latents"]) != n:
         raise UserError(f"{folder}: cfg.json says num_latents={cfg['num_latents']} but encoder.weight has {n} rows")
