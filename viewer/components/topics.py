@@ -59,15 +59,16 @@ def scores_figure(sets: list) -> go.Figure:
 
 
 TOPIC_MODES = {"hi-c": "Hi-C", "hi-i": "Hi-I", ACTIVATION_SOURCE: "activation", "lo-c": "Lo-C", "lo-i": "Lo-I"}
-TOPIC_HELP = ("Hi-C: the neuron's output vector through the later blocks, final norm and unembedding. Hi-I: straight "
-              "to final norm + unembedding. activation: the tokens it fires on most in the harvest. Lo-C / Lo-I: a "
-              "residual-stream dimension through the later blocks / through its own block only.")
+TOPIC_HELP = ("Hi-C: the unit's output vector (a neuron's output weights, a feature's decoder direction) through the "
+              "later blocks, final norm and unembedding. Hi-I: straight to final norm + unembedding. activation: the "
+              "tokens it fires on most in the harvest. Lo-C / Lo-I: a residual-stream dimension through the later "
+              "blocks / through its own block only.")
 
 
 def topic_controls(unit: UnitId) -> tuple[str, UnitId]:
     """The mode picker: (mode, the unit it describes). Lo-C / Lo-I describe a residual-stream dimension, not the
-    page's unit; Hi-C / Hi-I read MLP weights, so other sources offer only the activation mode."""
-    modes = list(TOPIC_MODES) if unit.source == MLP else [ACTIVATION_SOURCE]
+    page's unit, so a dictionary feature's page offers Hi-C, Hi-I (from its decoder direction) and activation."""
+    modes = list(TOPIC_MODES) if unit.source == MLP else ["hi-c", "hi-i", ACTIVATION_SOURCE]
     c1, c2 = st.columns([3, 1])
     mode = c1.segmented_control("source", modes, default=modes[0], format_func=TOPIC_MODES.get,
                                 key="topic_source", help=TOPIC_HELP) or modes[0]
