@@ -139,10 +139,11 @@ def topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
     indices (deterministic, unlike ``torch.topk``'s choice among equal values)."""
     k = min(int(k), pre.shape[-1])
     kth = torch.topk(pre, k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
-    above = pre > kth
-    tie = pre == kth
-    need = k - above.sum(-1, keepdim=True)
-    keep = above | (tie & (tie.cumsum(-1) <= need))
+    keep = pre >= kth
+    extra = keep.sum(-1, keepdim=True) - k  # entries equal to the k-th value beyond the k allowed
+    if bool((extra > 0).any()):  # rare: break the ties towards the lower indices
+        tie = pre == kth
+        keep = (pre > kth) | (tie & (tie.cumsum(-1) <= tie.sum(-1, keepdim=True) - extra))
     return torch.where(keep, torch.relu(pre), torch.zeros((), dtype=pre.dtype, device=pre.device))
 
 
