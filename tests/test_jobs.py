@@ -16,6 +16,7 @@ COMMANDS = {  # command: (module, config class, its required fields)
     "n2g": ("analysis.jobs.n2g", "N2GJob", {"layer": 1}),
     "topics": ("analysis.jobs.topics", "TopicsJob", {"layer": 1}),
     "export": ("analysis.jobs.export", "ExportJob", {"layer": 1, "neuron": 0}),
+    "compare-units": ("analysis.jobs.compare", "CompareJob", {"layer": 1, "sae": "some/folder"}),
 }
 
 
@@ -38,7 +39,7 @@ def test_parser_defaults_are_the_config_defaults(command):
     assert parsed == cls(**required), command
     # every option the parser generated from the dataclass shows the dataclass's default in its help
     for action in _subparser(command)._actions:
-        if action.dest.split(".")[0] in fields and action.default not in (None, False, True) and not action.required:
+        if action.dest.split(".")[0] in fields and action.default not in (None, False, True, ()) and not action.required:
             shown = ",".join(action.default) if isinstance(action.default, tuple) else str(action.default)
             assert f"(default: {shown})" in action.help, (command, action.dest)
 
