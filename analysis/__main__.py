@@ -150,10 +150,11 @@ def cmd_sae_train(args) -> int:
 
     s = train_sae(from_args(SaeTrainJob, args), _progress(args))
     q = s.quality
-    print(f"{s.out}: FVU {q.fvu:.3f}, L0 {q.l0:.1f}, dead {q.dead_fraction:.1%} on {q.eval_tokens:,} held-out tokens; "
-          f"next-token loss clean {q.loss_clean:.3f} / spliced {q.loss_spliced:.3f} / zeroed {q.loss_zero:.3f} nats "
-          f"(loss recovered {q.loss_recovered:.1%})" + (f"; {s.train_tokens:,} training tokens, {s.seconds:.0f} s"
-                                                        if s.status == "done" else ""))
+    left_out = f" ({q.massive_left_out} massive activations left out)" if q.massive_left_out else ""
+    trained = f"; {s.train_tokens:,} training tokens, {s.seconds:.0f} s" if s.status == "done" else ""
+    print(f"{s.out}: FVU {q.fvu:.3f}, L0 {q.l0:.1f}, dead {q.dead_fraction:.1%} on {q.eval_tokens:,} held-out "
+          f"tokens{left_out}; next-token loss clean {q.loss_clean:.3f} / spliced {q.loss_spliced:.3f} / zeroed "
+          f"{q.loss_zero:.3f} nats (loss recovered {q.loss_recovered:.1%}){trained}")
     return 0
 
 
@@ -342,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train": {"width": Opt("features (d_sae)", required=True), "k": Opt("active features per token", required=True),
                   "epochs": Opt("passes over the training activations"),
                   "batch_tokens": Opt("tokens per Adam step"),
-                  "lr": Opt("learning rate (default: 2e-4 / sqrt(width / 2^14))"),
+                  "lr": Opt("Adam's learning rate (default: 1.1e-3 / sqrt(width / 2^14), 2e-3 at width 4608)"),
                   "aux_k": Opt("dead latents in the AuxK loss (default: d_in / 2)"),
                   "aux_coef": Opt("weight of the AuxK loss"),
                   "dead_tokens": Opt("training tokens without firing after which a latent counts as dead"),
