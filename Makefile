@@ -58,11 +58,11 @@ demo-topics: demo-cache
 	  $(PY) -m analysis topics --db $(DB) --layer $$L --neurons $(DEMO_TOPIC_NEURONS) --quiet || exit 1; done
 
 # the demo SAE: a TopK SAE on SmolLM2's residual stream after layer 15, trained once (seeded, ~5 min here; a
-# second run finds it trained), then its features harvested over the demo windows with the residual basis and
+# second run finds it trained; 100k tokens x 5 epochs), then its features harvested over the demo windows with the residual basis and
 # random directions at the same site (the neurons of layer 15 are already in the demo harvest: reused)
 DEMO_SAE_LAYER ?= 15
 DEMO_SAE ?= cache/saes/smollm2-135m-L$(DEMO_SAE_LAYER)-resid_post-topk
-DEMO_SAE_TRAIN ?= --width 4608 --k 32 --tokens 150000 --epochs 3
+DEMO_SAE_TRAIN ?= --width 4608 --k 32
 demo-sae: demo-cache
 	$(PY) -m analysis sae train --model smollm2-135m --layer $(DEMO_SAE_LAYER) --site resid_post $(DEMO_SAE_TRAIN) \
 	  --out $(DEMO_SAE) --quiet

@@ -50,6 +50,15 @@ class Reader:
         """``[..., n_units]`` float32 from the site's ``[..., width]``."""
         return site_acts.float() if self.sae is None else self.sae.encode(site_acts.float())
 
+    def positions(self, site_acts: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Where this source's units are defined (``[B, T]`` bool): every real token for the neurons; for a
+        dictionary, the real tokens that are not massive activations (``analysis.sae.typical_positions``)."""
+        if self.sae is None:
+            return real
+        from analysis.sae import typical_positions
+
+        return typical_positions(site_acts, real)
+
 
 def neuron_reader(layer: int) -> Reader:
     return Reader(MLP, layer)

@@ -263,13 +263,15 @@ class HarvestState:
         )
 
     def update(self, acts: dict[SlotKey, torch.Tensor], mask: torch.Tensor, window_ids: torch.Tensor,
-               token_rows: torch.Tensor) -> None:
-        """Merge one batch into the running state (``acts``: slot -> ``[B, T, N]``)."""
+               token_rows: torch.Tensor, masks: dict[SlotKey, torch.Tensor] | None = None) -> None:
+        """Merge one batch into the running state (``acts``: slot -> ``[B, T, N]``; ``mask``: the real tokens;
+        ``masks``: a slot's own positions where they are fewer, e.g. a dictionary's without massive activations)."""
         cfg = self.config
         table_rows = self.tok_count.shape[0] - 1
         for key, a in acts.items():
             seed = cfg.seed + self.salts.get(key[0], 0)
-            self.layers[key].add_batch(a, mask, window_ids, token_rows, cfg.top_k, cfg.pool, seed)
+            self.layers[key].add_batch(a, (masks or {}).get(key, mask), window_ids, token_rows, cfg.top_k, cfg.pool,
+                                       seed)
         self.tok_count += torch.bincount(token_rows[mask].to(self.tok_count.device), minlength=table_rows + 1)
         self.windows_done += int(window_ids.shape[0])
 
@@ -445,7 +447,7 @@ def run_harvest(subject, windows: list, config: HarvestConfig, checkpoint: Path 
     With ``checkpoint``, the state is saved after every shard and a matching checkpoint is resumed from.
     Interrupting (Ctrl-C, a crash) loses at most the shard in progress.
     """
-    from analysis.activations import neuron_reader, unit_activations
+    from analysis.activations import neuron_reader, site_activations
 
     info = subject.info
     readers = readers if readers is not None else [neuron_reader(layer) for layer in config.layers]
@@ -460,6 +462,7 @@ def run_harvest(subject, windows: list, config: HarvestConfig, checkpoint: Path 
         state = HarvestState.empty(config, slots, len(table_ids), device, salts)
     shards = [windows[i : i + config.shard_windows] for i in range(0, len(windows), config.shard_windows)]
     layers = sorted({r.layer for r in readers})
+    sites = sorted({(r.layer, r.site) for r in readers})
     done_tokens = sum(len(w.token_ids) for sh in shards[: state.shards_done] for w in sh)
     total = sum(len(w.token_ids) for w in windows)
     bars = progress if isinstance(progress, Progress) else Progress(enabled=progress)
@@ -472,11 +475,18 @@ def run_harvest(subject, windows: list, config: HarvestConfig, checkpoint: Path 
                 batch = shard[b : b + config.batch_size]
                 enc, wids = pad_batch(subject, batch, config.seq_len)
                 n = enc.n_prefix  # the BOS column is run but not recorded
-                acts = unit_activations(subject, enc.input_ids, enc.attention_mask, readers)
-                acts = {key: a[:, n:] for key, a in acts.items()}
+                site_acts = site_activations(subject, enc.input_ids, enc.attention_mask, sites)
+                site_acts = {key: a[:, n:] for key, a in site_acts.items()}
                 real = enc.real.to(device)
+                acts, masks = {}, {}
+                with torch.inference_mode():
+                    for r in readers:
+                        x = site_acts[(r.layer, r.site)]
+                        acts[r.key] = r.units(x)
+                        if r.sae is not None:
+                            masks[r.key] = r.positions(x, real)
                 tok_rows = row_of[enc.input_ids[:, n:]].to(device)
-                state.update(acts, real, wids.to(device), tok_rows)
+                state.update(acts, real, wids.to(device), tok_rows, masks)
                 bar.update(int(real.sum()))
             state.shards_done = si + 1
             if checkpoint is not None and si + 1 < len(shards):

@@ -45,6 +45,10 @@ import torch
 from analysis.types import DictionaryInfo, UserError
 
 SITES = ("resid_pre", "resid_post", "mlp_out", "attn_out")
+MASSIVE = 10.0
+"""Site vectors longer than this multiple of their batch's median norm are massive activations (Sun et al. 2024:
+attention sinks, e.g. the first token of every window of a model without BOS); dictionaries are neither trained
+nor read there."""
 ARCHITECTURES = ("relu", "jumprelu", "topk", "linear")
 SAE_PREFIX = "sae:"
 _SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -132,6 +136,16 @@ class SAE:
         arch = f"TopK k={self.k}" if self.architecture == "topk" else {"jumprelu": "JumpReLU", "relu": "ReLU"}.get(
             self.architecture, self.architecture)
         return f"{self.name}: {arch}, {self.d_sae:,} features over {self.site} of layer {self.layer} ({self.format})"
+
+
+def typical_positions(site_acts: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """``real`` (``[B, T]`` bool) without the positions whose site vector (``[B, T, width]``) is longer than
+    ``MASSIVE`` times the median norm of the batch's real positions."""
+    real = real.to(site_acts.device)
+    if not bool(real.any()):
+        return real
+    norms = site_acts.float().norm(dim=-1)
+    return real & (norms <= MASSIVE * norms[real].median())
 
 
 def topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:

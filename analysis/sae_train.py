@@ -42,11 +42,9 @@ import torch.nn.functional as F
 from analysis.activations import site_activations, site_hooks
 from analysis.models import Encoded, SubjectModel
 from analysis.progress import Progress
-from analysis.sae import SAE
+from analysis.sae import SAE, typical_positions
 from analysis.types import UserError, Window
 
-MASSIVE = 10.0
-"""Site vectors longer than this multiple of their batch's median norm are left out (massive activations)."""
 ADAM_EPS = 6.25e-10
 DECAY_FRACTION = 0.2
 """The learning rate falls linearly to 0 over this last fraction of the steps."""
@@ -115,12 +113,10 @@ def _batches(subject: SubjectModel, windows: list[Window], batch_size: int) -> I
 
 def used_positions(acts: torch.Tensor, enc: Encoded) -> torch.Tensor:
     """``[B, P]`` bool: the positions of a batch an SAE is trained and measured on -- real tokens (not the BOS
-    column, not padding) whose site vector (``acts`` ``[B, P, width]``) is at most ``MASSIVE`` times the median
-    norm of the batch's real tokens."""
+    column, not padding) that are not massive activations (``analysis.sae.typical_positions``)."""
     real = enc.attention_mask.bool().to(acts.device)
     real[:, : enc.n_prefix] = False
-    norms = acts.float().norm(dim=-1)
-    return real & (norms <= MASSIVE * norms[real].median())
+    return typical_positions(acts, real)
 
 
 def collect_activations(subject: SubjectModel, windows: list[Window], layer: int, site: str, batch_size: int = 16,

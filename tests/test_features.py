@@ -260,3 +260,35 @@ def test_feature_projection_is_its_decoder_row_through_the_unembedding(tiny_fold
                               projection_logits(subject, last, "hi-i", [3], sae=pre), atol=1e-3)
     with pytest.raises(UserError, match="hi-\\* modes"):
         projection_logits(subject, last, "lo-c", [3], sae=sae)
+
+
+def test_dictionaries_are_not_read_at_massive_activations(tiny_folders):
+    """A token whose residual vector is 1000x the others' (an attention sink) is left out of a dictionary's
+    statistics and shows 0 in its records; the neurons still see it."""
+    from analysis.activations import neuron_reader, sae_reader
+    from analysis.config import HarvestConfig
+    from analysis.harvest import run_harvest, summarise
+    from analysis.models import load_model
+    from analysis.sae import baseline_dictionary
+    from analysis.types import Window
+
+    subject = load_model(str(tiny_folders["llama"]))
+    sink = 7
+    with torch.no_grad():
+        subject.model.model.embed_tokens.weight[sink] *= 1000.0
+    g = torch.Generator().manual_seed(0)
+    windows = []
+    for i in range(8):
+        ids = torch.randint(10, 200, (12,), generator=g)
+        ids[3] = sink
+        windows.append(Window(i, i, 0, tuple(int(t) for t in ids)))
+    basis = baseline_dictionary("basis", 32, 0, "resid_pre")
+    cfg = HarvestConfig(layers=(0,), seq_len=12, top_k=4, pool=8, random_k=4, per_bin=1, min_token_count=1)
+    state, table = run_harvest(subject, windows, cfg, progress=False, readers=[neuron_reader(0), sae_reader(basis)])
+    by = {s.source: s for s in summarise(state, table)}
+    feats = by[basis.source]
+    assert feats.n_tokens == 8 * 11  # the sink position of every window is left out
+    assert by[MLP].n_tokens == 8 * 12
+    assert float(abs(feats.top_acts[:, :, 3]).max()) == 0.0  # shown as 0 in the records
+    emb = subject.model.model.embed_tokens.weight
+    assert float(feats.vmax.max()) < float(emb[sink].abs().max()) / 10

@@ -17,8 +17,8 @@ from analysis.activations import site_activations
 from analysis.corpus import load_corpus, make_windows, select_windows
 from analysis.models import load_model
 from analysis.progress import Progress
-from analysis.sae import SAE, baseline_dictionary, load_sae, save_sae
-from analysis.sae_train import (MASSIVE, TrainConfig, collect_activations, evaluate_sae, fit_topk, replaced_site,
+from analysis.sae import MASSIVE, SAE, baseline_dictionary, load_sae, save_sae
+from analysis.sae_train import (TrainConfig, collect_activations, evaluate_sae, fit_topk, replaced_site,
                                 train_topk_sae, used_positions)
 
 LAYER, SITE, SEQ_LEN = 1, "resid_post", 24
