@@ -126,6 +126,13 @@ class GraphRepo(Repo):
             out.setdefault(unit, []).append((list(pattern), act))
         return out
 
+    def firing_f1(self, run_id: str, layer: int, source: str = MLP) -> dict[int, tuple[float, float]]:
+        """unit -> (held-out firing F1 of its graph, token-lookup's) for the graphs of a source and layer."""
+        m = "CAST(json_extract(metrics, '$.{}.f1') AS DOUBLE)"
+        rows = self._q(f"SELECT unit, {m.format('firing')}, {m.format('baseline_firing')} FROM n2g_graphs WHERE "
+                       "run_id = ? AND layer = ? AND source = ?", [run_id, layer, source]).fetchall()
+        return {int(u): (f1, base) for u, f1, base in rows}
+
     def quality(self, run_id: str) -> list[GraphQuality]:
         """Per layer of a run: mean firing P/R/F1 of its graphs and of token-lookup, mean seconds per unit."""
         m = "CAST(json_extract(metrics, '$.{}.{}') AS DOUBLE)"

@@ -118,6 +118,20 @@ class TopicRepo(Repo):
                                       stars, topics, seconds))
         return out
 
+    def best_scores(self, model_id: str, source: str, layer: int, mode: str, polarity: str = "pos"
+                    ) -> dict[int, tuple[float | None, float | None]]:
+        """unit -> (its best topic's NPMI or None when it has no topic, the median NPMI of its random word sets)
+        for every unit of a source and layer with topics in ``mode`` (of each unit's newest statistics)."""
+        rows = self._q(
+            "WITH s AS (SELECT unit, stats_id, random_scores, row_number() OVER (PARTITION BY unit ORDER BY created_at "
+            "DESC) AS r FROM topic_sets WHERE model_id = $m AND unit_source = $s AND layer = $l AND mode = $mode AND "
+            "polarity = $p) "
+            "SELECT s.unit, max(t.score), list_median(s.random_scores) FROM s LEFT JOIN topics t ON t.model_id = $m "
+            "AND t.stats_id = s.stats_id AND t.unit_source = $s AND t.layer = $l AND t.unit = s.unit AND t.mode = $mode "
+            "AND t.polarity = $p WHERE s.r = 1 GROUP BY s.unit, s.random_scores",
+            {"m": model_id, "s": source, "l": layer, "mode": mode, "p": polarity}).fetchall()
+        return {int(u): (best, rnd) for u, best, rnd in rows}
+
     def with_word(self, model_id: str, word: str, limit: int = 50) -> list[TopicHit]:
         """Stored topics that contain ``word``, best score first."""
         rows = self._q("SELECT unit_source, layer, unit, mode, polarity, score, words FROM topics WHERE model_id = ? "

@@ -16,9 +16,9 @@ plots it.
 from __future__ import annotations
 
 import zlib
+from statistics import median
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import median
 
 import numpy as np
 
@@ -123,19 +123,15 @@ def kind_table(store, model: str, layer: int, sae_source: str, units: int, seed:
             if (sc.unit.source == source and sc.explainer == TOKEN_LOOKUP and sc.simulator == TOKEN_LOOKUP
                     and sc.scoring_set == "top-and-random"):
                 scores[sc.unit.index] = sc.score
+        graphs = store.graphs.firing_f1(run.run_id, layer, source)
+        topics = store.topics.best_scores(info.model_id, source, layer, TOPIC_MODE)
         metrics = []
         for i in picked:
-            unit = UnitId(source, layer, i)
-            g = store.graphs.get(run.run_id, unit)
-            best = rnd = None
-            sets = [t for t in store.topics.sets(info.model_id, unit, TOPIC_MODE) if t.polarity == "pos"]
-            if sets:
-                best = max((t.score for t in sets[0].topics), default=None)
-                rnd = median(sets[0].random_scores) if sets[0].random_scores else None
-            metrics.append(UnitMetrics(
-                kind=kind, unit=unit, density=summaries[i].frac_active, token_lookup=scores.get(i),
-                n2g_f1=g.metrics["firing"]["f1"] if g else None,
-                n2g_baseline_f1=g.metrics["baseline_firing"]["f1"] if g else None, topic_npmi=best, random_npmi=rnd))
+            f1, base = graphs.get(i, (None, None))
+            best, rnd = topics.get(i, (None, None))
+            metrics.append(UnitMetrics(kind=kind, unit=UnitId(source, layer, i), density=summaries[i].frac_active,
+                                       token_lookup=scores.get(i), n2g_f1=f1, n2g_baseline_f1=base, topic_npmi=best,
+                                       random_npmi=rnd))
         out.append(KindSummary(kind, source, len(summaries), len(live), metrics))
     return out
 

@@ -46,14 +46,14 @@ def render() -> None:
         return
     st.caption(f"Layer {d.layer}, {d.site}: for each kind a seeded random sample of units that fire at all; every "
                "number is read from the cache (the unit pages show the same explanations, graphs and topics).")
+    st.markdown("  ·  ".join(f"**{LABELS.get(k.kind, k.kind)}**: {len(k.metrics)} sampled of {k.n_live:,} that fire "
+                             f"(of {k.n_units:,})" for k in table))
     rows = []
-    for k in table:
-        row = {"kind": LABELS.get(k.kind, k.kind), "units": k.n_units, "fire at all": k.n_live,
-               "sampled": len(k.metrics)}
-        for key, title, _ in METRICS:
+    for key, title, note in METRICS:
+        row = {"median of": title}
+        for k in table:
             v = k.med(key)
-            row[f"median {title}"] = None if v is None else round(v, 3)
-            row[f"n ({key})"] = k.count(key)
+            row[LABELS.get(k.kind, k.kind)] = "–" if v is None else f"{v:.3f}  (n={k.count(key)})"
         rows.append(row)
     st.dataframe(rows, hide_index=True)
     by_kind = {k.kind: k for k in table}
