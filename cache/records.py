@@ -150,6 +150,9 @@ class RecordRepo(Repo):
         stats, bounds = found
         tokenizer_id, hook_point = self._q("SELECT tokenizer_id, hook_point FROM models WHERE model_id = ?",
                                            [run.model_id]).fetchone()
+        if unit.source != MLP:  # a dictionary's features: its site, in SAELens' naming, and the dictionary
+            site = self._q("SELECT site FROM dictionaries WHERE source = ?", [unit.source]).fetchone()
+            hook_point = f"blocks.{{layer}}.hook_{site[0] if site else '?'} -> {unit.source}"
         key = [run.run_id, unit.source, unit.layer, unit.index]
         rows = self._q(
             "SELECT s.kind, s.bin, s.window_id, r.acts, w.doc_id, w.token_offset, w.token_ids "
