@@ -221,7 +221,7 @@ def test_live_text_search_and_scores_on_features(sae_db, monkeypatch, tmp_path):
     at = _page("live", db, monkeypatch, model=model, layer=1, neuron=5, source=source,
                text="the cat sat on the mat")
     assert not at.exception
-    assert any("F5 (tiny-sae) on this text" in h.value for h in at.subheader)
+    assert any("L1/F5 on this text" in h.value for h in at.subheader)
     assert any("Features of layer 1" in h.value for h in at.subheader)
     at = _page("search", db, monkeypatch, model=model)
     assert not at.exception

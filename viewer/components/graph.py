@@ -20,7 +20,7 @@ from analysis.n2g.pipeline import graph_of
 from analysis.splits import n2g_train_test
 from analysis.types import TokenActivations, UnitId
 from viewer.components.heatmap import records_html
-from viewer.components.picker import unit_url
+from viewer.components.picker import unit_name, unit_url
 
 ACTIVATING = "#e8590c"
 IMPORTANT = "#fab005"
@@ -124,7 +124,7 @@ def graph_panel(model_name: str, g, vocab: dict[int, str], others: dict[int, lis
     others = {u: p for u, p in others.items() if u != unit.index}
     near = similar(g.patterns, others, n=10)
     st.markdown(f"**Similar graphs in layer {unit.layer}** (Jaccard over trie paths, of {len(others)} other graphs): "
-                + (", ".join(f"[{UnitId(unit.source, unit.layer, u)}]"
+                + (", ".join(f"[{unit_name(UnitId(unit.source, unit.layer, u))}]"
                              f"({unit_url(model_name, UnitId(unit.source, unit.layer, u), tab='graph')}) {j:.2f}"
                              for u, j in near) or "none overlaps"))
     _train, test = n2g_train_test(rec)

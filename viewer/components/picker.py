@@ -129,8 +129,14 @@ def unit_url(model: str, unit: UnitId, tab: str | None = None) -> str:
 
 
 def unit_link(model: str, unit: UnitId, label: str | None = None) -> str:
-    """Markdown link to a unit's page."""
-    return f"[{label or str(unit)}]({unit_url(model, unit)})"
+    """Markdown link to a unit's page (labelled ``unit_name`` by default)."""
+    return f"[{label or unit_name(unit)}]({unit_url(model, unit)})"
+
+
+def unit_name(unit: UnitId) -> str:
+    """A unit's short name in lists: 'L12/N345' for a neuron (as before units had sources), 'L12/F345' for a
+    dictionary feature."""
+    return str(unit) if unit.source == MLP else f"L{unit.layer}/F{unit.index}"
 
 
 def unit_label(unit: UnitId) -> str:

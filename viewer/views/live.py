@@ -9,7 +9,7 @@ import torch
 from analysis.activations import neuron_reader, sae_reader, unit_activations
 from analysis.types import MLP, TokenActivations, UnitId
 from viewer.components.heatmap import records_html
-from viewer.components.picker import unit_label, unit_link
+from viewer.components.picker import unit_link, unit_name
 from viewer.resources import MAX_LIVE_TOKENS, dictionary, hooks_lock, pick_unit, read, show_error, subject
 
 DEFAULT_TEXT = "The Eiffel Tower is in Paris, the capital of France. In 1889 it was the tallest structure in the world."
@@ -68,7 +68,7 @@ def render() -> None:
     col = acts[:, picked.neuron].tolist()
     vmax = max([vmax_cached or 0.0, max(col), 1e-9])
     scale = "the unit's corpus max" if vmax_cached and vmax_cached >= max(col) else "the max on this text"
-    st.subheader(f"L{picked.layer} {unit_label(picked.unit)} on this text (max {max(col):.3g}; colour scale: {scale})")
+    st.subheader(f"{unit_name(picked.unit)} on this text (max {max(col):.3g}; colour scale: {scale})")
     st.html(records_html([TokenActivations(tokens, col)], vmax))
     noun = "Neurons" if picked.source == MLP else "Features"
     st.subheader(f"{noun} of layer {picked.layer} that fire most on this text")
@@ -77,7 +77,7 @@ def render() -> None:
     for v, n in zip(top.values.tolist(), top.indices.tolist()):
         where = int(acts[:, n].argmax())
         unit = UnitId(picked.source, picked.layer, n)
-        lines.append(f"- {unit_link(picked.model.name, unit, unit_label(unit))} max {v:.3g} at token {where} "
+        lines.append(f"- {unit_link(picked.model.name, unit)} max {v:.3g} at token {where} "
                      f"`{tokens[where].replace('`', 'ʼ')!s}`")
     st.markdown("\n".join(lines))
 

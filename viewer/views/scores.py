@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.types import MLP
-from viewer.components.picker import unit_label, unit_link
+from viewer.components.picker import unit_link
 
 
 def unit_kind(source: str) -> str:
@@ -54,7 +54,7 @@ def render() -> None:
     best = sorted((r for r in rows if r.simulator != "token-lookup"), key=lambda r: -r.score)[:10]
     if best:
         st.markdown("**Best explained** (simulators that read the explanation): " + ", ".join(
-            f"{unit_link(name, r.unit, unit_label(r.unit))} {r.score:.2f} ({r.explainer} → {r.simulator})" for r in best))
+            f"{unit_link(name, r.unit)} {r.score:.2f} ({r.explainer} → {r.simulator})" for r in best))
     st.caption(f"{len(rows)} scored explanations over {len({r.unit for r in rows})} {unit_kind(source)}")
 
 render()

@@ -7,7 +7,8 @@ import streamlit as st
 
 from analysis.n2g.evaluate import FIRING_FRACTION
 from analysis.n2g.graph import contains_sequence
-from viewer.components.picker import source_label, unit_label, unit_link, unit_url
+from analysis.types import MLP
+from viewer.components.picker import source_label, unit_link, unit_url
 from viewer.resources import cached_models, read
 
 SORT_LABELS = {"max": "highest max", "kurtosis": "highest kurtosis", "sparsest": "sparsest (lowest fraction > 0)",
@@ -148,8 +149,9 @@ def render() -> None:
     if data is None or data[1] is None:
         return
     name, rows = data
-    st.markdown("| unit | max | mean | std | skew | kurtosis | frac > 0 |\n|---|---|---|---|---|---|---|\n" + "\n".join(
-        f"| {unit_link(name, r.unit, unit_label(r.unit))} | {r.max:.3g} | {r.mean:.3g} | {r.std:.3g} | {r.skewness:.3g} | "
+    noun = "neuron" if not rows or rows[0].unit.source == MLP else "feature"
+    st.markdown(f"| {noun} | max | mean | std | skew | kurtosis | frac > 0 |\n|---|---|---|---|---|---|---|\n" + "\n".join(
+        f"| {unit_link(name, r.unit)} | {r.max:.3g} | {r.mean:.3g} | {r.std:.3g} | {r.skewness:.3g} | "
         f"{r.kurtosis:.3g} | {r.frac_active:.3f} |" for r in rows))
 
 
