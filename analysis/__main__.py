@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
         "units": Opt("units sampled per kind"), "n2g_units": Opt("of those, units that get a Neuron2Graph graph"),
         "lenses": Opt(f"some of {', '.join(LENSES)}"),
         "max_tokens": Opt("the harvest's token budget (as harvest --max-tokens; the demo cache's: 204800)"),
-        "seed": Opt("seed of the samples (and of the random directions)"), "device": DEVICE,
+        "seed": Opt("seed of the samples of units (the random directions are seeded by the harvest seed)"),
+        "device": DEVICE,
         "config": {"seq_len": Opt("tokens per window")}})
     cu.add_argument("--json", action="store_true", help="print every sampled unit's numbers as JSON")
 
