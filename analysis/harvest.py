@@ -432,7 +432,9 @@ def load_checkpoint(path: Path, run_id: str, config: HarvestConfig, device) -> H
     payload = torch.load(path, map_location=device, weights_only=False)
     if payload.get("run_id") != run_id:
         return None
-    layers = {tuple(k): LayerState(**d) for k, d in payload["layers"].items()}
+    # slots are (source, layer); checkpoints written before units had sources are keyed by the layer alone
+    layers = {(tuple(k) if isinstance(k, tuple) else (MLP, int(k))): LayerState(**d)
+              for k, d in payload["layers"].items()}
     return HarvestState(config=config, layers=layers, tok_count=payload["tok_count"].to(device),
                         shards_done=payload["shards_done"], windows_done=payload["windows_done"],
                         salts=payload.get("salts", {}))

@@ -158,7 +158,8 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress()) -> Harve
                              params if d is None else {**params, "layers": layers, "source": source}, CODE_VERSION,
                              w_hash, windows, source=source)
     readers = [r for p in todo for r in p[3]]
-    ckpt_id = run_id_of(info.model_id, corpus.info.corpus_id, w_hash, sorted(p[2] for p in todo))
+    ckpt_id = todo[0][2] if len(todo) == 1 else run_id_of(info.model_id, corpus.info.corpus_id, w_hash,
+                                                         sorted(p[2] for p in todo))
     ckpt_dir = checkpoint_dir(db)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_dir / f"{ckpt_id}.pt"
