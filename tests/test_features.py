@@ -292,5 +292,5 @@ def test_dictionaries_are_not_read_at_massive_activations(tiny_folders):
     assert feats.n_tokens == 8 * 11  # the sink position of every window is left out
     assert by[MLP].n_tokens == 8 * 12
     assert float(abs(feats.top_acts[:, :, 3]).max()) == 0.0  # shown as 0 in the records
-    emb = subject.model.model.embed_tokens.weight
+    emb = subject.model.model.embed_tokens.weight.detach()
     assert float(feats.vmax.max()) < float(emb[sink].abs().max()) / 10
