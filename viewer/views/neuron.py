@@ -42,6 +42,15 @@ def harvest_button(model: str, layer: int, corpus: str, source: str = MLP) -> No
                f"--db {db_path()}`")
 
 
+def token_tables(tokenizer, columns: list[list[tuple[str, list]]]) -> None:
+    """Weight-linked tokens as tables, side by side: one list of (title, WeightLinks) per column."""
+    for col, tables in zip(st.columns(len(columns)), columns):
+        for title, links in tables:
+            col.markdown(title)
+            col.dataframe(pd.DataFrame([{"token": repr(tokenizer.decode([l.token_id])), "weight": l.weight}
+                                        for l in links]), hide_index=True)
+
+
 def related_section(model_name: str, rec) -> None:
     st.markdown("**Activation-based**: tokens with the highest mean activation (tokens seen at least 3 times)")
     if rec.top_tokens:
@@ -60,17 +69,11 @@ def related_section(model_name: str, rec) -> None:
     except Exception as exc:  # the model may be unavailable here (hub model offline)
         show_error(exc)
         return
-    tok = subj.tokenizer
     st.caption(rel.note)
-
-    def tok_table(links):
-        return pd.DataFrame([{"token": repr(tok.decode([l.token_id])), "weight": l.weight} for l in links])
-
-    c1, c2 = st.columns(2)
-    c1.markdown("input tokens (+)"), c1.dataframe(tok_table(rel.input_tokens_pos), hide_index=True)
-    c1.markdown("input tokens (−)"), c1.dataframe(tok_table(rel.input_tokens_neg), hide_index=True)
-    c2.markdown("output tokens (+)"), c2.dataframe(tok_table(rel.output_tokens_pos), hide_index=True)
-    c2.markdown("output tokens (−)"), c2.dataframe(tok_table(rel.output_tokens_neg), hide_index=True)
+    token_tables(subj.tokenizer, [[("input tokens (+)", rel.input_tokens_pos),
+                                   ("input tokens (−)", rel.input_tokens_neg)],
+                                  [("output tokens (+)", rel.output_tokens_pos),
+                                   ("output tokens (−)", rel.output_tokens_neg)]])
     for title, pos, neg in [("upstream neurons", rel.upstream_pos, rel.upstream_neg),
                             ("downstream neurons", rel.downstream_pos, rel.downstream_neg)]:
         st.markdown(f"**{title}** — most positive: " + ", ".join(
@@ -91,19 +94,11 @@ def feature_weights_section(model_name: str, rec) -> None:
     except Exception as exc:  # the model or the SAE folder may be unavailable here
         show_error(exc)
         return
-    tok = subj.tokenizer
     st.caption(rel.note)
-
-    def tok_table(links):
-        return pd.DataFrame([{"token": repr(tok.decode([l.token_id])), "weight": l.weight} for l in links])
-
-    c1, c2 = st.columns(2)
-    for col, title, links in [(c1, "output tokens (+): decoder direction → unembedding", rel.output_tokens_pos),
-                              (c1, "output tokens (−)", rel.output_tokens_neg),
-                              (c2, "input tokens (+): embedding → encoder", rel.input_tokens_pos),
-                              (c2, "input tokens (−)", rel.input_tokens_neg)]:
-        col.markdown(title)
-        col.dataframe(tok_table(links), hide_index=True)
+    token_tables(subj.tokenizer, [[("output tokens (+): decoder direction → unembedding", rel.output_tokens_pos),
+                                   ("output tokens (−)", rel.output_tokens_neg)],
+                                  [("input tokens (+): embedding → encoder", rel.input_tokens_pos),
+                                   ("input tokens (−)", rel.input_tokens_neg)]])
     st.markdown("**nearest features** (decoder cosine): " + ", ".join(
         f"{unit_link(model_name, UnitId(unit.source, l.layer, l.neuron), f'F{l.neuron}')} ({l.weight:.2f})"
         for l in rel.nearest))
