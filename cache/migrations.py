@@ -115,6 +115,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "007_pool_dropped",
+        # why a topic pool left tokens out ({reason: tokens}, JSON); NULL for pools stored before
+        """
+        ALTER TABLE topic_sets ADD COLUMN pool_dropped VARCHAR;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

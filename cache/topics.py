@@ -48,6 +48,8 @@ class StoredTopicSet:
     stars: list[StoredStar]
     topics: list[StoredTopic]
     seconds: float
+    dropped: dict[str, int] | None = None
+    """Tokens the pool left out, by reason; None for pools stored before this was kept."""
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,10 @@ class TopicRepo(Repo):
                 for table in ("topic_sets", "topic_stars", "topics"):
                     cur.execute(f"DELETE FROM {table} WHERE {_KEY}", key)
                 cur.execute(f"INSERT INTO topic_sets ({_KEY_COLS}, params, pool, n_tokens, reason, random_scores, "
-                            "seconds, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?, now())",
+                            "seconds, pool_dropped, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, now())",
                             key + [json.dumps(params, sort_keys=True), list(t.pool.words), t.pool.n_tokens,
-                                   t.reason, [float(x) for x in res.random_scores], res.seconds])
+                                   t.reason, [float(x) for x in res.random_scores], res.seconds,
+                                   json.dumps(dict(t.pool.dropped))])
                 stars = [key + [i, list(s.words), s.center, float(s.mean_edge), [float(x) for x in s.npmi.ravel()]]
                          for i, s in enumerate(t.stars)]
                 topics = [key + [r, list(tp.words), float(tp.score), tp.star_index, bool(tp.optimal)]
@@ -101,12 +104,12 @@ class TopicRepo(Repo):
             if row is None:
                 return []
             stats_id = row[0]
-        rows = self._q("SELECT polarity, params, pool, n_tokens, reason, random_scores, seconds FROM topic_sets "
+        rows = self._q("SELECT polarity, params, pool, n_tokens, reason, random_scores, seconds, pool_dropped FROM topic_sets "
                        "WHERE model_id = ? AND stats_id = ? AND unit_source = ? AND layer = ? AND unit = ? AND "
                        "mode = ? ORDER BY polarity DESC",
                        [model_id, stats_id, unit.source, unit.layer, unit.index, mode]).fetchall()
         out = []
-        for pol, params, pool, n_tokens, reason, rnd, seconds in rows:
+        for pol, params, pool, n_tokens, reason, rnd, seconds, dropped in rows:
             key = [model_id, stats_id, unit.source, unit.layer, unit.index, mode, pol]
             stars = []
             for words, flat in self._q(f"SELECT words, npmi FROM topic_stars WHERE {_KEY} ORDER BY star", key).fetchall():
@@ -115,7 +118,7 @@ class TopicRepo(Repo):
             topics = [StoredTopic(list(w), sc, st, opt) for w, sc, st, opt in self._q(
                 f"SELECT words, score, star, optimal FROM topics WHERE {_KEY} ORDER BY rank", key).fetchall()]
             out.append(StoredTopicSet(unit, mode, pol, json.loads(params), list(pool), n_tokens, reason, list(rnd),
-                                      stars, topics, seconds))
+                                      stars, topics, seconds, None if dropped is None else json.loads(dropped)))
         return out
 
     def best_scores(self, model_id: str, source: str, layer: int, mode: str, polarity: str = "pos"

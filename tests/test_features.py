@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from analysis.types import MLP, UnitId, UserError
+from helpers import TINY_TEXT
 
 
 def _store(db, read_only=True):
@@ -84,7 +85,9 @@ def test_lenses_run_on_features(sae_db, tmp_path):
     assert main(["explain", *common, "--explainer", "token-lookup"]) == 0
     assert main(["score", *common, "--simulator", "token-lookup"]) == 0
     assert main(["n2g", *common]) == 0
-    assert main(["topics", *common, "--mode", "hi-i,activation"]) == 0
+    ref = tmp_path / "ref.txt"  # a small NPMI reference that is not the harvest's text
+    ref.write_text("\n\n".join(TINY_TEXT * 20))
+    assert main(["topics", *common, "--mode", "hi-i,activation", "--corpus", str(ref), "--min-count", "2"]) == 0
     with _store(db) as s:
         for u in firing:
             unit = UnitId(source, 1, u)
@@ -166,8 +169,11 @@ def test_compare_units_on_a_tiny_model(sae_db, viewer_db, tmp_path, capsys):
     db = tmp_path / "cmp.duckdb"
     shutil.copy(db0, db)
     corpus = str(viewer_db[0].parent / "docs.jsonl")
+    ref = tmp_path / "ref.txt"
+    ref.write_text("\n\n".join(TINY_TEXT * 20))
+    ref = str(ref)
     args = ["compare-units", "--db", str(db), "--model", model, "--layer", "1", "--sae", str(folder), "--corpus",
-            corpus, "--seq-len", "24", "--units", "4", "--n2g-units", "1", "--quiet", "--json"]
+            corpus, "--seq-len", "24", "--units", "4", "--n2g-units", "1", "--quiet", "--json", "--npmi-corpus", ref]
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)
     assert [k["kind"] for k in first] == ["neurons", "sae", "basis", "random"]

@@ -284,6 +284,49 @@ def test_pool_keeps_rank_order_and_corpus_words():
     assert build_pool(ranking, FakeTokenizer(tokens), stats, min_word_count=4).words == ("guitar", "band", "paris")
 
 
+def test_pool_says_what_it_left_out_and_why():
+    stats = count_cooccurrences(["music guitar band paris seven"] * 3, "c", window=4, min_count=2, progress=False)
+    tokens = [" Guitar", "Ġguitar", " the", "ox", " 1905", "▁Band", " zebra", " music", ",", " Paris", " seven",
+              " Seven", "ĠBand"]
+    ranking = TokenRanking("hi-i", UnitId(MLP, 0, 0), Polarity.POS, tuple(range(len(tokens))), tuple(range(len(tokens))))
+    pool = build_pool(ranking, FakeTokenizer(tokens), stats)
+    assert pool.words == ("guitar", "band", "music", "paris")
+    assert dict(pool.dropped) == {"not a word": 2, "under 3 letters": 1, "stop word": 1, "number word": 2,
+                                  "not in the reference corpus": 1, "repeated": 2}
+    assert sum(n for _, n in pool.dropped) + len(pool.words) == len(tokens)
+
+
+def test_content_vocabulary_keeps_every_count_of_its_words():
+    """Counting only pool words changes no count of a pool word (windows still run over every word)."""
+    texts = ["the guitar and the band played in paris", "a band of seven played music in the hall", "music"]
+    full = count_cooccurrences(texts, "c", window=4, min_count=1, progress=False)
+    content = count_cooccurrences(texts, "c", window=4, min_count=1, progress=False, keep=is_pool_word,
+                                  vocabulary="content")
+    assert set(content.vocab) == {"guitar", "band", "played", "paris", "music", "hall"}
+    assert content.n_windows == full.n_windows and content.vocabulary == "content"
+    words = list(content.vocab)
+    np.testing.assert_array_equal(content.npmi_matrix(words), full.npmi_matrix(words))
+    for a, b in itertools.combinations(words, 2):
+        assert content.pair_count(a, b) == full.pair_count(a, b)
+
+
+def test_smoothed_npmi_by_hand():
+    """The reference code's smoothing: eps added to every p(a, b); a pair never seen then scores
+    log(eps / (p(a) p(b))) / -log(eps) instead of -1."""
+    texts = ["apple banana cherry apple date", "banana date", "cherry"]
+    stats = count_cooccurrences(texts, "tiny", window=3, min_count=1, progress=False)
+    eps = 1e-3
+    m = stats.npmi_matrix(["apple", "banana", "date", "cherry"], eps=eps)
+    n = 5  # windows, as in test_counts_and_npmi_by_hand
+    p_ab, p_a, p_b = 2 / n + eps, 3 / n, 3 / n
+    assert m[0, 1] == pytest.approx(math.log(p_ab / (p_a * p_b)) / -math.log(p_ab))
+    # cherry and date share one window ({cherry apple date}); with min_pair_count 2 they count as never seen
+    p_c, p_d = 4 / n, 2 / n
+    unseen = stats.npmi_matrix(["cherry", "date"], min_pair_count=2, eps=eps)[0, 1]
+    assert unseen == pytest.approx(math.log(eps / (p_c * p_d)) / -math.log(eps))
+    assert stats.npmi_matrix(["cherry", "date"], min_pair_count=2)[0, 1] == -1.0  # eps 0: the limit, -1
+
+
 def test_activation_ranking_orders_by_mean():
     table = [(5, 0.1), (7, 2.5), (9, -1.0), (11, 0.9), (13, -3.0)]
     pos = activation_ranking(table, UnitId(MLP, 2, 8), polarity="pos", tau=3)
@@ -498,7 +541,7 @@ def test_embedded_model_topics(embedded_smollm2):
         assert len(r.pool.words) > 10 and all(is_pool_word(w) for w in r.pool.words)
         for t in r.topics:
             assert len(t.words) == 10 and t.optimal and -1 <= t.score <= 1
-            assert t.score == pytest.approx(topic_score(t.words, stats))
+            assert t.score == pytest.approx(topic_score(t.words, stats, eps=TopicConfig().eps))
 
 
 def test_cli_topics_json_is_checkable_resumes_and_shows(tmp_path, monkeypatch, capsys):
@@ -541,6 +584,12 @@ def test_cli_topics_json_is_checkable_resumes_and_shows(tmp_path, monkeypatch, c
     assert solved > 0
     assert main(args) == 0
     assert "topics: 48 unit-polarities" in capsys.readouterr().err
+    assert all(sum(r["dropped"].values()) + len(r["pool"]) == r["n_tokens"] for r in out)
+    assert {r["params"]["corpus"] for r in out} == {f"ref.txt@{out[0]['params']['corpus'].split('@')[1]}"}
+    # an activation pool is never scored by NPMI over the text the activations came from
+    assert main(["topics", "--db", str(db), "--model", model, "--layer", "1", "--neurons", "0-5", "--corpus",
+                 str(docs), "--mode", "activation", "--quiet"]) == 2
+    assert "holds the same text" in capsys.readouterr().err
     assert main(["topics", "--db", str(db), "--model", model, "--layer", "9"]) == 2  # no such layer
     assert "does not exist" in capsys.readouterr().err
     # the viewer
@@ -558,6 +607,8 @@ def test_cli_topics_json_is_checkable_resumes_and_shows(tmp_path, monkeypatch, c
     word = next(r for r in out if r["mode"] == "hi-c" and r["neuron"] == unit and r["topics"])["topics"][0]["words"][0]
     assert 'class="chip"' in body and f">{word}</span>" in body
     assert len(at.get("plotly_chart")) == 2  # the histogram and topics vs random sets
+    assert any("vs random sets" in m.value for m in at.markdown)
+    assert any("ref.txt" in c.value and "words" in c.value for c in at.caption)
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "viewer" / "views" / "search.py"),
                            default_timeout=60)
     at.query_params["model"] = model

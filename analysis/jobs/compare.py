@@ -24,6 +24,7 @@ import numpy as np
 
 from analysis.config import DEFAULT_CORPUS, DEFAULT_MODEL, HarvestConfig
 from analysis.progress import Progress
+from analysis.topics.types import NpmiConfig
 from analysis.types import MLP, UnitId, UserError
 
 KINDS = ("neurons", "sae", "basis", "random")
@@ -50,6 +51,8 @@ class CompareJob:
     seed: int = 0
     device: str = "cpu"
     config: HarvestConfig = field(default_factory=HarvestConfig)
+    npmi: NpmiConfig = field(default_factory=NpmiConfig)
+    """The topics lens' NPMI reference (never the harvest's corpus: the activation pool comes from it)."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,7 @@ def compare_units(job: CompareJob, db: Path, progress: Progress = Progress()) ->
                   db, progress)
         if "topics" in job.lenses:
             topics(TopicsJob(layer=job.layer, neurons=spec, model=job.model, source=source, modes=(TOPIC_MODE,),
-                             device=job.device), db, progress)
+                             device=job.device, npmi=job.npmi), db, progress)
         if "n2g" in job.lenses and job.n2g_units > 0:
             some = ",".join(map(str, sample_units(picked, job.n2g_units, job.seed, kind + "/n2g")))
             n2g(N2GJob(layer=job.layer, neurons=some, model=job.model, source=source, device=job.device), db, progress)

@@ -49,6 +49,16 @@ def stats_folder(db: Path) -> Path:
     return Path(str(db) + ".topics")
 
 
+def check_not_circular(harvest_corpus: str, stats_corpus: str) -> None:
+    """The activation mode's pool comes from the harvest's text: NPMI over that same text would make the words of
+    the documents a unit fires on look coherent because they share documents. Refuse it."""
+    if harvest_corpus in stats_corpus.split("+"):
+        raise UserError(f"the activation topics' pool comes from the harvest of {harvest_corpus}, and the NPMI "
+                        f"reference ({stats_corpus}) holds the same text: words of the same documents would look "
+                        "coherent for that reason alone. Use a reference corpus without it (the default "
+                        "reference-en, or --corpus PATH)")
+
+
 def topics(job: TopicsJob, db: Path, progress: Progress = Progress()) -> TopicsSummary:
     from analysis.topics import (Polarity, ScoredTopics, activation_ranking, activation_table,
                                  cached_reference_stats, random_topic_scores, topics_for_units, topics_from_ranking)
@@ -76,7 +86,8 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress()) -> TopicsS
     d_model = subject.w_out(0).shape[1]
     params = {"k": config.k, "tau": config.tau, "theta_l": config.theta_l, "theta_u": config.theta_u,
               "kappa_u": config.kappa_u, "stats": stats_id, "corpus": stats.corpus_id, "window": stats.window,
-              "min_count": stats.min_count}
+              "min_count": stats.min_count, "eps": config.eps, "corpus_words": stats.n_words,
+              "corpus_windows": stats.n_windows}
     with open_store(db, read_only=True) as store:
         done = set() if job.force else store.topics.keys(info.model_id, stats_id, job.layer)
     plan = []  # (mode, unit indices)
@@ -89,6 +100,8 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress()) -> TopicsS
             raise UserError(f"--neurons {job.neurons!r}: {mode} takes {kind} 0..{n - 1}") from None
         if mode == ACTIVATION_SOURCE and run is None:
             raise UserError(f"the activation source needs a harvest of layer {job.layer} in {db}")
+        if mode == ACTIVATION_SOURCE:
+            check_not_circular(run.corpus_id, stats.corpus_id)
         plan.append((mode, units))
 
     def source_of(mode: str) -> str:
@@ -110,8 +123,9 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress()) -> TopicsS
             else:
                 results = topics_for_units(subject, job.layer, chunk, ProjectionMode(mode), stats, config, sae=sae)
             per = (time.perf_counter() - t0) / max(len(results), 1)
-            scored = [ScoredTopics(r, tuple(random_topic_scores(r.pool.words, stats, config.k, 100,
-                                                                seed=r.unit.index)), per) for r in results]
+            scored = [ScoredTopics(r, tuple(random_topic_scores(r.pool.words, stats, config.k, 100, seed=r.unit.index,
+                                                                min_pair_count=config.min_pair_count, eps=config.eps)),
+                                   per) for r in results]
             with open_store(db) as store:
                 store.topics.put(info.model_id, stats_id, scored, params)
             bar.update(len(chunk))

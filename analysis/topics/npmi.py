@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +66,8 @@ class CooccurrenceStats:
     n_documents: int
     n_words: int
     """All words of the corpus (vocabulary or not)."""
+    vocabulary: str = "all"
+    """'all' words of at least ``min_count`` occurrences, or only the 'content' words among them (pool words)."""
 
     def __post_init__(self):
         object.__setattr__(self, "_index", {w: i for i, w in enumerate(self.vocab)})
@@ -89,7 +91,7 @@ class CooccurrenceStats:
         i, j = min(i, j), max(i, j)
         return int(self.pair_counts[i, j])
 
-    def npmi_matrix(self, words, min_pair_count: int = 1) -> np.ndarray:
+    def npmi_matrix(self, words, min_pair_count: int = 1, eps: float = 0.0) -> np.ndarray:
         """``[n, n]`` float64 NPMI among ``words`` (all in the vocabulary), diagonal 0.
 
         Pairs seen together in fewer than ``min_pair_count`` windows get -1, as pairs never seen together.
@@ -106,12 +108,14 @@ class CooccurrenceStats:
             return np.zeros((0, 0))
         sub = self.pair_counts[idx][:, idx].toarray()
         both = (sub + sub.T).astype(np.float64)  # the stored triangle may sit on either side after reordering
-        p_ab = both / self.n_windows
+        both = np.where(both >= max(1, min_pair_count), both, 0.0)
+        p_ab = both / self.n_windows + eps
         p = self.window_counts[idx].astype(np.float64) / self.n_windows
         with np.errstate(divide="ignore", invalid="ignore"):
             pmi = np.log(p_ab) - np.log(p)[:, None] - np.log(p)[None, :]
             out = pmi / -np.log(p_ab)
-        out = np.where(both >= max(1, min_pair_count), out, -1.0)
+        if eps == 0:
+            out = np.where(both > 0, out, -1.0)
         out = np.where(p_ab >= 1.0, 1.0, out)  # together in every window: -log p(a,b) = 0
         out = np.clip(out, -1.0, 1.0)
         np.fill_diagonal(out, 0.0)
@@ -157,11 +161,13 @@ def _chunk_pairs(doc_ids: list[np.ndarray], n_words: list[int], window: int, n_v
 
 
 def count_cooccurrences(texts: Iterable[str], corpus_id: str, window: int = 10, min_count: int = 5,
-                        chunk_words: int = 500_000, progress: bool = True) -> CooccurrenceStats:
+                        chunk_words: int = 500_000, progress: bool = True,
+                        keep: Callable[[str], bool] | None = None, vocabulary: str = "all") -> CooccurrenceStats:
     """Sliding-window counts over ``texts`` (iterated twice: pass a list or another re-iterable).
 
     Two streaming passes: word occurrences (for the vocabulary), then window memberships in chunks of about
-    ``chunk_words`` words, so memory follows the vocabulary and the chunk, not the corpus.
+    ``chunk_words`` words, so memory follows the vocabulary and the chunk, not the corpus. ``keep`` limits the
+    vocabulary further (windows still run over every word); ``vocabulary`` names that choice in the result.
     """
     from tqdm import tqdm
 
@@ -170,7 +176,7 @@ def count_cooccurrences(texts: Iterable[str], corpus_id: str, window: int = 10, 
     if window < 1 or min_count < 1:
         raise ValueError("window and min_count must be at least 1")
     counts, n_docs, n_words = _vocabulary(texts, progress)
-    vocab = tuple(sorted(w for w, c in counts.items() if c >= min_count))
+    vocab = tuple(sorted(w for w, c in counts.items() if c >= min_count and (keep is None or keep(w))))
     index = {w: i for i, w in enumerate(vocab)}
     V = len(vocab)
     pairs = sp.csr_matrix((V, V), dtype=np.int64)
@@ -202,7 +208,8 @@ def count_cooccurrences(texts: Iterable[str], corpus_id: str, window: int = 10, 
     word_freq = np.array([counts[w] for w in vocab], dtype=np.int64)
     return CooccurrenceStats(vocab=vocab, word_freq=word_freq, window_counts=window_counts,
                              pair_counts=pairs.tocsr(), n_windows=int(n_windows), window=window,
-                             min_count=min_count, corpus_id=corpus_id, n_documents=n_docs, n_words=n_words)
+                             min_count=min_count, corpus_id=corpus_id, n_documents=n_docs, n_words=n_words,
+                             vocabulary=vocabulary)
 
 
 def save_stats(stats: CooccurrenceStats, path: str | Path) -> Path:
@@ -211,7 +218,7 @@ def save_stats(stats: CooccurrenceStats, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT_VERSION, "n_windows": stats.n_windows, "window": stats.window,
             "min_count": stats.min_count, "corpus_id": stats.corpus_id, "n_documents": stats.n_documents,
-            "n_words": stats.n_words}
+            "n_words": stats.n_words, "vocabulary": stats.vocabulary}
     pc = stats.pair_counts.tocsr()
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, vocab=np.array(stats.vocab, dtype=np.str_), word_freq=stats.word_freq,
@@ -235,13 +242,16 @@ def load_stats(path: str | Path) -> CooccurrenceStats:
                                  window_counts=z["window_counts"].astype(np.int64), pair_counts=pairs,
                                  n_windows=int(meta["n_windows"]), window=int(meta["window"]),
                                  min_count=int(meta["min_count"]), corpus_id=str(meta["corpus_id"]),
-                                 n_documents=int(meta["n_documents"]), n_words=int(meta["n_words"]))
+                                 n_documents=int(meta["n_documents"]), n_words=int(meta["n_words"]),
+                                 vocabulary=str(meta.get("vocabulary", "all")))
 
 
 def reference_stats(config: NpmiConfig = NpmiConfig(), progress: bool = True) -> CooccurrenceStats:
     """Counts over the documents of ``config.corpora`` (``analysis.corpus.load_corpus`` names or paths), in
-    order; the corpus id joins theirs with '+'."""
+    order; the corpus id joins theirs with '+'. With ``config.content_words`` the vocabulary holds only words a
+    pool can hold (``pool.is_pool_word``): the NPMI of those is unchanged, the counts are far smaller."""
     from analysis.corpus import load_corpus
+    from analysis.topics.pool import is_pool_word
 
     texts: list[str] = []
     ids = []
@@ -250,13 +260,15 @@ def reference_stats(config: NpmiConfig = NpmiConfig(), progress: bool = True) ->
         texts.extend(d.text for d in corpus.documents)
         ids.append(corpus.info.corpus_id)
     return count_cooccurrences(texts, corpus_id="+".join(ids), window=config.window, min_count=config.min_count,
-                               progress=progress)
+                               progress=progress, keep=is_pool_word if config.content_words else None,
+                               vocabulary="content" if config.content_words else "all")
 
 
 def stats_params(stats: CooccurrenceStats) -> dict:
     """The parameters that identify a statistics file (for a cache's runs table)."""
     return {"corpus_id": stats.corpus_id, "window": stats.window, "min_count": stats.min_count,
-            "n_windows": stats.n_windows, "vocab_size": len(stats.vocab), "format": FORMAT_VERSION}
+            "n_windows": stats.n_windows, "vocab_size": len(stats.vocab), "format": FORMAT_VERSION,
+            **({} if stats.vocabulary == "all" else {"vocabulary": stats.vocabulary})}
 
 
 
@@ -265,7 +277,12 @@ def cached_reference_stats(config: NpmiConfig, folder: Path, progress: bool = Tr
     what was counted (it keys the stored topics)."""
     import hashlib
 
-    digest = hashlib.sha256(json.dumps([config.corpora, config.window, config.min_count]).encode()).hexdigest()[:12]
+    key = [config.corpora, config.window, config.min_count]
+    if config.content_words:  # the word filter's lists are part of what was counted
+        from analysis.topics.pool import NUMBER_WORDS, STOP_WORDS
+
+        key.append("content:" + hashlib.sha256(" ".join(sorted(STOP_WORDS | NUMBER_WORDS)).encode()).hexdigest()[:8])
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
     path = Path(folder) / f"npmi-{digest}.npz"
     if path.exists():
         stats = load_stats(path)

@@ -30,7 +30,7 @@ def topics_from_ranking(ranking: TokenRanking, tokenizer, stats: CooccurrenceSta
     if len(pool.words) < k:
         return result(reason=f"the pool has {len(pool.words)} corpus words among the {pool.n_tokens} tokens, "
                              f"fewer than k = {k}")
-    npmi = stats.npmi_matrix(pool.words, config.min_pair_count)
+    npmi = stats.npmi_matrix(pool.words, config.min_pair_count, config.eps)
     found = find_stars(npmi, k=k, theta_l=config.theta_l, theta_u=config.theta_u, kappa_l=config.kappa_l,
                        kappa_u=config.kappa_u)
     if not found:
@@ -71,21 +71,21 @@ def topics_for_units(subject, layer: int, units: Sequence[int] | None, mode: Pro
             for r in tqdm(rankings, desc=f"topics L{layer} {ProjectionMode(mode).value}", disable=not progress)]
 
 
-def topic_score(words: Sequence[str], stats: CooccurrenceStats, min_pair_count: int = 1) -> float:
+def topic_score(words: Sequence[str], stats: CooccurrenceStats, min_pair_count: int = 1, eps: float = 0.0) -> float:
     """Mean NPMI over the pairs of ``words`` (all in the statistics' vocabulary)."""
-    m = stats.npmi_matrix(list(words), min_pair_count)
+    m = stats.npmi_matrix(list(words), min_pair_count, eps)
     n = len(words)
     return float(np.triu(m, 1).sum() / (n * (n - 1) / 2)) if n >= 2 else float("nan")
 
 
 def random_topic_scores(words: Sequence[str], stats: CooccurrenceStats, k: int = 10, n_draws: int = 100,
-                        seed: int = 0, min_pair_count: int = 1) -> np.ndarray:
+                        seed: int = 0, min_pair_count: int = 1, eps: float = 0.0) -> np.ndarray:
     """``[n_draws]`` mean NPMI of random k-word sets drawn (without replacement) from ``words``: the baseline
     a topic from the same pool is compared with. Empty if the pool has fewer than k words."""
     words = list(words)
     if len(words) < k:
         return np.zeros(0)
-    m = stats.npmi_matrix(words, min_pair_count)
+    m = stats.npmi_matrix(words, min_pair_count, eps)
     rng = np.random.default_rng(seed)
     pairs = k * (k - 1) / 2
     out = np.empty(n_draws)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 from analysis.topics.npmi import CooccurrenceStats
@@ -32,6 +33,19 @@ whoever whole whom whose why will with within without won would wouldn yet you y
 yourselves ll ve re
 """.split())
 
+NUMBER_WORDS: frozenset[str] = frozenset("""
+zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen
+eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred hundreds thousand thousands
+million millions billion billions trillion first second third fourth fifth sixth seventh eighth ninth tenth
+twice thrice half dozen
+""".split())
+"""Number words: as uninformative for a topic as the digits the word pattern already leaves out."""
+
+DROP_REASONS = ("not a word", "under 3 letters", "stop word", "number word", "not in the reference corpus",
+                "repeated")
+"""Why a token gives no pool word: digits, punctuation, non-ASCII or whitespace; too short; a function word;
+a number word; absent from (or too rare in) the reference corpus; a word an earlier token already gave."""
+
 _MARKERS = ("Ġ", "▁", "Ċ", "ĉ")
 """Leading-space (and newline/tab) markers of byte-level BPE and SentencePiece vocabularies."""
 
@@ -44,33 +58,64 @@ def normalise_token(text: str) -> str:
     return s.lower().strip()
 
 
+def drop_reason(word: str) -> str | None:
+    """Why a normalised token text is not a pool word (one of ``DROP_REASONS``), or None if it is one."""
+    if not (word.isascii() and word.isalpha()):
+        return "not a word"
+    if len(word) < MIN_WORD_LETTERS:
+        return "under 3 letters"
+    if word in STOP_WORDS:
+        return "stop word"
+    if word in NUMBER_WORDS:
+        return "number word"
+    return None
+
+
 def is_pool_word(word: str) -> bool:
-    """Alphabetic (ASCII letters: the corpus words are ``[a-z]+``), at least 3 letters, not a stop word."""
-    return len(word) >= MIN_WORD_LETTERS and word.isascii() and word.isalpha() and word not in STOP_WORDS
+    """Alphabetic (ASCII letters: the corpus words are ``[a-z]+``), at least 3 letters, not a stop or number word."""
+    return drop_reason(word) is None
+
+
+_WORDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def token_word(tokenizer, token_id: int) -> str:
-    """The normalised word of one token id (decoded alone)."""
-    return normalise_token(tokenizer.decode([int(token_id)]))
+    """The normalised word of one token id (decoded alone; remembered per tokenizer: pools decode the same
+    tokens over and over)."""
+    try:
+        cache = _WORDS.setdefault(tokenizer, {})
+    except TypeError:  # not weak-referenceable: decode every time
+        cache = {}
+    word = cache.get(int(token_id))
+    if word is None:
+        word = cache[int(token_id)] = normalise_token(tokenizer.decode([int(token_id)]))
+    return word
 
 
 def build_pool(ranking: TokenRanking, tokenizer, stats: CooccurrenceStats, min_word_count: int = 0) -> WordPool:
     """Pool words of a ranking, in ranking order, deduplicated.
 
     A token is kept when its normalised text is a pool word (``is_pool_word``), is in the statistics'
-    vocabulary (so it occurs at least ``stats.min_count`` times), and occurs at least ``min_word_count`` times.
+    vocabulary (so it occurs at least ``stats.min_count`` times), and occurs at least ``min_word_count`` times;
+    the others are counted by reason in ``WordPool.dropped``.
     """
     words: list[str] = []
     ids: list[int] = []
     seen: set[str] = set()
+    dropped = dict.fromkeys(DROP_REASONS, 0)
     for tid in ranking.token_ids:
         w = token_word(tokenizer, tid)
-        if w in seen or not is_pool_word(w) or w not in stats or stats.freq(w) < min_word_count:
+        why = drop_reason(w) or ("repeated" if w in seen else None)
+        if why is None and (w not in stats or stats.freq(w) < min_word_count):
+            why = "not in the reference corpus"
+        if why is not None:
+            dropped[why] += 1
             continue
         seen.add(w)
         words.append(w)
         ids.append(int(tid))
-    return WordPool(words=tuple(words), token_ids=tuple(ids), n_tokens=len(ranking.token_ids))
+    return WordPool(words=tuple(words), token_ids=tuple(ids), n_tokens=len(ranking.token_ids),
+                    dropped=tuple((r, n) for r, n in dropped.items() if n))
 
 
 def activation_ranking(token_means: Sequence[tuple[int, float]], unit: UnitId, polarity: Polarity,

@@ -73,6 +73,11 @@ class TopicConfig:
     """Extra cut on the pool: corpus occurrences a word needs beyond the statistics' own ``min_count``."""
     min_pair_count: int = 1
     """Pairs seen together in fewer windows than this get NPMI -1 (1: only pairs never seen together)."""
+    eps: float = 1e-12
+    """Added to every p(a, b) before NPMI, as the reference code does (its ``npmi(smooth=True)``): a pair never
+    seen together then scores log(eps / (p(a) p(b))) / -log(eps), about -0.1 for rare words to -0.4 for common
+    ones over reference-en, instead of the limit -1 (``eps = 0``), which would count a pair as opposed whenever a
+    finite corpus happens not to hold it."""
     max_topics: int | None = None
     """Solve at most this many stars (best-ranked first); None solves every star."""
     time_limit_s: float = 10.0
@@ -97,12 +102,15 @@ class TopicConfig:
 class NpmiConfig:
     """How the reference corpus statistics are counted (``npmi.reference_stats``)."""
 
-    corpora: tuple[str, ...] = ("enwiki-sample", "lee-background")
-    """Corpus names or paths (``analysis.corpus.load_corpus``), concatenated in order."""
+    corpora: tuple[str, ...] = ("reference-en",)
+    """Corpus names or paths (``analysis.corpus.load_corpus``), concatenated in order. The default is the ~14 M
+    words of ``reference-en`` (``analysis.reference_corpus``); the old small one is "enwiki-sample,lee-background"."""
     window: int = 10
     """Sliding-window length in words."""
     min_count: int = 5
     """Fewest corpus occurrences of a vocabulary word."""
+    content_words: bool = True
+    """Count only words a pool can hold (``pool.is_pool_word``): same NPMI for those, far smaller counts."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,8 @@ class WordPool:
     """The first (most extreme) token that gave each word."""
     n_tokens: int
     """Tokens looked at (the ranking's length)."""
+    dropped: tuple[tuple[str, int], ...] = ()
+    """Tokens left out, by reason (``pool.DROP_REASONS``), in that order; reasons with none are omitted."""
 
 
 @dataclass(frozen=True, eq=False)

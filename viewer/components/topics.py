@@ -79,19 +79,45 @@ def topic_controls(unit: UnitId) -> tuple[str, UnitId]:
     return mode, unit
 
 
+def corpus_caption(p: dict) -> str:
+    """Which reference corpus scored the topics, how big it is, and how unseen pairs count."""
+    size = f" ({p['corpus_words'] / 1e6:.1f} M words)" if p.get("corpus_words") else ""
+    unseen = ("a pair never seen together scores −1" if not p.get("eps") else
+              f"p(a, b) + {p['eps']:g} as in the reference code, so a pair never seen together scores about −0.1 "
+              "(rare words) to −0.4 (common ones)")
+    small = (" — a small corpus: most word pairs never meet there, so absolute values are low; compare each topic "
+             "with random word sets from the same pool (the default reference-en has 14.7 M words)"
+             if p["corpus"] == "enwiki-sample+lee-background" else "")
+    return (f"k = {p['k']} words per topic from the top/bottom τ = {p['tau']} tokens · NPMI over {p['window']}-word "
+            f"windows of {p['corpus']}{size}; {unseen}{small}")
+
+
+def random_line(ts) -> str:
+    """The best topic against the median random k-word set from the same pool."""
+    if not ts.topics or not ts.random_scores:
+        return ""
+    med = float(np.median(ts.random_scores))
+    return f" · best {ts.topics[0].score:+.3f} vs random sets {med:+.3f} (median)"
+
+
+def dropped_help(ts) -> str | None:
+    """Which tokens the pool left out, and why."""
+    if not ts.dropped:
+        return None
+    parts = ", ".join(f"{n} {why}" for why, n in ts.dropped.items())
+    return f"Of the {ts.n_tokens} tokens, left out: {parts}; the pool keeps the rest."
+
+
 def topics_view(sets: list) -> None:
     """Both polarities of one unit and mode (``cache.topics.StoredTopicSet``), against random word sets."""
     p = sets[0].params
-    small = ("a small corpus (~0.56M words): most word pairs never meet there and score −1, so absolute values "
-             "are low; compare each topic with random word sets from the same pool. A bigger reference corpus: "
-             "`--corpus PATH`." if p["corpus"] == "enwiki-sample+lee-background" else "")
-    st.caption(f"k = {p['k']} words per topic from the top/bottom τ = {p['tau']} tokens · NPMI over {p['window']}-word "
-               f"windows of {p['corpus']}" + (f" — {small}" if small else ""))
+    st.caption(corpus_caption(p))
     cols = st.columns(2)
     for col, ts in zip(cols, sorted(sets, key=lambda t: t.polarity != "pos")):
         with col:
             st.markdown(f"**{'positive' if ts.polarity == 'pos' else 'negative'}** · pool {len(ts.pool)} words "
-                        f"from {ts.n_tokens} tokens · {len(ts.stars)} stars")
+                        f"from {ts.n_tokens} tokens · {len(ts.stars)} stars" + random_line(ts),
+                        help=dropped_help(ts))
             if not ts.topics:
                 st.caption(f"no topic: {ts.reason}")
                 continue
