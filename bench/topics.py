@@ -44,17 +44,44 @@ def python_loop_counts(texts, window, vocab):
     return single, pair, n_windows
 
 
-def part_npmi(tmp: Path):
+OLD = ("old: enwiki-sample+lee-background, eps 0", ("enwiki-sample", "lee-background"), False, 0.0)
+OLD_EPS = ("old corpus, eps 1e-12", ("enwiki-sample", "lee-background"), False, 1e-12)
+NEW = ("new: reference-en (defaults)", None, True, None)
+
+
+def npmi_config(corpora, content, window):
+    from analysis.topics import NpmiConfig
+
+    base = NpmiConfig()
+    return NpmiConfig(corpora=corpora or base.corpora, content_words=content,
+                      window=window if corpora is None else 10, min_count=base.min_count)
+
+
+def part_npmi(tmp: Path, window: int):
+    import resource
+
     from analysis.corpus import load_corpus
     from analysis.topics import count_cooccurrences, load_stats, reference_stats, save_stats
 
-    t0 = time.perf_counter()
-    stats = reference_stats(progress=False)
-    t_ours = time.perf_counter() - t0
-    path = save_stats(stats, tmp / "npmi.npz")
-    t0 = time.perf_counter()
-    load_stats(path)
-    t_load = time.perf_counter() - t0
+    print(f"\n### NPMI counts (min_count 5)\n")
+    print("| corpus | window | vocabulary kept | words | windows | vocabulary | pairs stored | count s | peak RSS after | "
+          "file | load s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    out = {}
+    for name, corpora, content, _eps in (OLD, NEW):
+        config = npmi_config(corpora, content, window)
+        t0 = time.perf_counter()
+        stats = reference_stats(config, progress=False)
+        t_count = time.perf_counter() - t0
+        path = save_stats(stats, tmp / f"npmi-{len(out)}.npz")
+        t0 = time.perf_counter()
+        load_stats(path)
+        t_load = time.perf_counter() - t0
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"| {stats.corpus_id} | {stats.window} | {stats.vocabulary} | {stats.n_words:,} | {stats.n_windows:,} | "
+              f"{len(stats.vocab):,} | {stats.pair_counts.nnz:,} | {t_count:.1f} | {rss:.2f} GiB | "
+              f"{path.stat().st_size / 2**20:.1f} MiB | {t_load:.2f} |")
+        out[corpora is None] = stats
     lee = [d.text for d in load_corpus("lee-background").documents]
     t0 = time.perf_counter()
     lee_stats = count_cooccurrences(lee, "lee", progress=False)
@@ -63,14 +90,9 @@ def part_npmi(tmp: Path):
     single, pair, n_windows = python_loop_counts(lee, 10, set(lee_stats.vocab))
     t_loop = time.perf_counter() - t0
     assert n_windows == lee_stats.n_windows and sum(pair.values()) == int(lee_stats.pair_counts.sum())
-    print("\n### NPMI counts (window 10, min_count 5)\n")
-    print("| corpus | words | windows | vocabulary | pairs stored | ours | pure-Python loop | file | load |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {stats.corpus_id} | {stats.n_words:,} | {stats.n_windows:,} | {len(stats.vocab):,} | "
-          f"{stats.pair_counts.nnz:,} | {t_ours:.2f} s | — | {path.stat().st_size / 2**20:.1f} MiB | {t_load:.2f} s |")
-    print(f"| lee-background | {lee_stats.n_words:,} | {lee_stats.n_windows:,} | {len(lee_stats.vocab):,} | "
-          f"{lee_stats.pair_counts.nnz:,} | {t_lee:.2f} s | {t_loop:.2f} s ({t_loop / t_lee:.0f}x) | | |")
-    return stats
+    print(f"\nCounting baseline on lee-background ({lee_stats.n_words:,} words): ours {t_lee:.2f} s, a pure-Python "
+          f"window-set loop {t_loop:.2f} s ({t_loop / t_lee:.0f}x).")
+    return out[False], out[True]
 
 
 def part_projection(subject):
@@ -88,55 +110,74 @@ def part_projection(subject):
         print(f"| {mode} | {layer} | {blocks} | {dt:.1f} | {subject.info.d_mlp / dt:,.0f} |")
 
 
-def part_topics(subject, stats, layers, n_neurons):
-    from analysis.topics import TopicConfig, project_rankings, random_topic_scores, topics_from_ranking
+def part_topics(subject, configs, layers, n_neurons):
+    """Every config on the same rankings. configs: (name, stats, TopicConfig)."""
+    from analysis.topics import project_rankings, random_topic_scores, topics_from_ranking
 
     rng = np.random.default_rng(0)
-    config = TopicConfig()
-    stars, pools = [], []
-    print(f"\n### Topics, {n_neurons} random neurons per layer, both polarities (k = 10, tau = 900, "
-          f"theta = [0.1, 1], kappa_u = 32)\n")
-    print("| layer | mode | neuron-polarities | with a topic (pos / neg) | pool words (mean) | stars (mean) | "
-          "best topic NPMI (mean) | random 10-sets NPMI (mean) | best > random p95 | all optimal | "
-          "projection s (all) | topic stage s per neuron-polarity (mean / max) | solve s (max star) |")
+    print(f"\n### Topics, {n_neurons} neurons per layer, both polarities (k = 10, tau = 900, theta = [0.1, 1], "
+          f"kappa_u = 32)\n")
+    print("| NPMI reference | layer | mode | neuron-polarities | with a topic: pos / neg | pool words (mean) | "
+          "stars (mean) | best topic NPMI (mean) | random 10-sets NPMI (mean) | best - random | best > random p95 | "
+          "all optimal | topic stage s per neuron-polarity (mean / max) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    examples = []
+    summary = {name: [] for name, _s, _c in configs}
+    examples = {}
+    stars, pools = [], []
     for layer in layers:
         neurons = sorted(rng.choice(subject.info.d_mlp, size=n_neurons, replace=False).tolist())
+        shown = set(np.random.default_rng(100 + layer).permutation(neurons)[:5].tolist())  # seeded, not picked
         for mode in ("hi-i", "hi-c"):
-            t0 = time.perf_counter()
-            rankings = project_rankings(subject, layer, mode, neurons, tau=config.tau)
-            t_proj = time.perf_counter() - t0
-            results, per = [], []  # per: pool + NPMI + stars + solving, per neuron-polarity
-            for rk in rankings:
-                t1 = time.perf_counter()
-                results.append(topics_from_ranking(rk, subject.tokenizer, stats, config))
-                per.append(time.perf_counter() - t1)
-            best, rand_mean, beats = [], [], []
-            solve_max = 0.0
-            for r in results:
-                stars.extend(s.npmi for s in r.stars)
-                pools.append(r.pool.words)
-                solve_max = max([solve_max] + [t.stats.seconds for t in r.topics])
-                if r.topics:
-                    rnd = random_topic_scores(r.pool.words, stats, k=10, n_draws=200, seed=1)
-                    best.append(r.topics[0].score)
-                    rand_mean.append(rnd.mean())
-                    beats.append(r.topics[0].score > np.percentile(rnd, 95))
-                    if len(examples) < 6 and r.topics[0].score > -0.2:
-                        examples.append((layer, mode, r.unit.index, r.polarity.value, r.topics[0], rnd))
-            n = len(results)
-            with_topic = "{} / {}".format(*(sum(1 for r in results if r.topics and r.polarity.value == p)
-                                            for p in ("pos", "neg")))
-            print(f"| {layer} | {mode} | {n} | {with_topic} | {np.mean([len(r.pool.words) for r in results]):.0f} | "
-                  f"{np.mean([len(r.stars) for r in results]):.1f} | "
-                  f"{np.mean(best) if best else np.nan:.3f} | {np.mean(rand_mean) if rand_mean else np.nan:.3f} | "
-                  f"{sum(beats)}/{len(beats)} | {all(t.optimal for r in results for t in r.topics)} | "
-                  f"{t_proj:.2f} | {np.mean(per):.3f} / {max(per):.3f} | {solve_max:.3f} |")
-    print("\nExamples (best topic of a neuron-polarity, its NPMI, and the random draws' mean / max):\n")
-    for layer, mode, unit, pol, topic, rnd in examples:
-        print(f"- L{layer} N{unit} {mode} {pol}: {' '.join(topic.words)} — {topic.score:.3f} "
-              f"(random {rnd.mean():.3f} / {rnd.max():.3f})")
+            rankings = project_rankings(subject, layer, mode, neurons, tau=900)
+            for name, stats, config in configs:
+                rows, per, optimal = [], [], True
+                for rk in rankings:
+                    t1 = time.perf_counter()
+                    r = topics_from_ranking(rk, subject.tokenizer, stats, config)
+                    per.append(time.perf_counter() - t1)
+                    optimal &= all(t.optimal for t in r.topics)
+                    rnd = random_topic_scores(r.pool.words, stats, 10, 100, seed=rk.unit.index,
+                                              min_pair_count=config.min_pair_count, eps=config.eps)
+                    best = r.topics[0].score if r.topics else None
+                    rows.append((rk.polarity.value, best, float(rnd.mean()) if len(rnd) else None,
+                                 float(np.percentile(rnd, 95)) if len(rnd) else None, len(r.pool.words), len(r.stars)))
+                    summary[name].append((mode, rk.polarity.value, best, rows[-1][2]))
+                    if config is configs[-1][2]:
+                        stars.extend(s.npmi for s in r.stars)
+                        pools.append(r.pool.words)
+                    if mode == "hi-c" and rk.polarity.value == "pos" and rk.unit.index in shown:
+                        examples.setdefault((layer, rk.unit.index), {})[name] = r
+                n = len(rows)
+                got = [r for r in rows if r[1] is not None]
+                share = " / ".join(f"{np.mean([r[1] is not None for r in rows if r[0] == p]):.0%}" for p in ("pos", "neg"))
+                best = np.mean([r[1] for r in got]) if got else np.nan
+                rnd = np.mean([r[2] for r in got if r[2] is not None]) if got else np.nan
+                beats = sum(r[1] > r[3] for r in got if r[3] is not None)
+                print(f"| {name} | {layer} | {mode} | {n} | {share} | {np.mean([r[4] for r in rows]):.0f} | "
+                      f"{np.mean([r[5] for r in rows]):.1f} | {best:.3f} | {rnd:.3f} | {best - rnd:.3f} | "
+                      f"{beats}/{len(got)} | {optimal} | {np.mean(per):.3f} / {max(per):.3f} |", flush=True)
+    print("\n### Over all layers\n")
+    print("| NPMI reference | share with a topic: hi-i pos / hi-c pos / all | best topic NPMI (mean) | "
+          "best - random (mean) |")
+    print("|---|---|---|---|")
+    for name, rows in summary.items():
+        def share(mode=None):
+            sel = [r for r in rows if (mode is None or (r[0] == mode and r[1] == "pos"))]
+            return np.mean([r[2] is not None for r in sel])
+
+        got = [r for r in rows if r[2] is not None]
+        print(f"| {name} | {share('hi-i'):.0%} / {share('hi-c'):.0%} / {share():.0%} | "
+              f"{np.mean([r[2] for r in got]):.3f} | {np.mean([r[2] - r[3] for r in got if r[3] is not None]):.3f} |")
+    print("\n### Example topics (Hi-C, positive end; neurons drawn by a seed, not picked): best topic and NPMI\n")
+    print("| neuron | " + " | ".join(name for name, _s, _c in configs) + " |")
+    print("|---|" + "---|" * len(configs))
+    for (layer, unit), by in sorted(examples.items()):
+        cells = []
+        for name, _s, _c in configs:
+            r = by.get(name)
+            cells.append(f"{' '.join(r.topics[0].words)} ({r.topics[0].score:+.2f})" if r and r.topics else
+                         "(no topic)")
+        print(f"| L{layer}/N{unit} | " + " | ".join(cells) + " |")
     return stars, pools
 
 
@@ -215,7 +256,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on a shared 2-core machine a second thread mostly waits)")
     ap.add_argument("--milp-limit", type=float, default=30.0)
+    ap.add_argument("--window", type=int, default=None, help="reference-en's window (default: NpmiConfig's)")
     args = ap.parse_args()
+    if args.window is None:
+        from analysis.topics import NpmiConfig
+
+        args.window = NpmiConfig().window
     torch.set_num_threads(args.threads)
     import tempfile
 
@@ -225,10 +271,14 @@ def main() -> int:
           f"at start, {os.cpu_count()} CPUs")
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        stats = part_npmi(Path(tmp))
+        old, new = part_npmi(Path(tmp), args.window)
+    from analysis.topics import TopicConfig
+
     subject = load_model("smollm2-135m")
     part_projection(subject)
-    stars, pools = part_topics(subject, stats, [int(x) for x in args.layers.split(",")], args.neurons)
+    configs = [(OLD[0], old, TopicConfig(eps=0.0)), (OLD_EPS[0], old, TopicConfig(eps=1e-12)), (NEW[0], new, TopicConfig())]
+    stars, pools = part_topics(subject, configs, [int(x) for x in args.layers.split(",")], args.neurons)
+    stats = new
     part_sweep(stars, pools, stats, args.milp_limit)
     print(f"\nTotal {time.perf_counter() - t_all:.0f} s, load average {os.getloadavg()[0]:.2f} at the end.")
     return 0

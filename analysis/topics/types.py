@@ -105,8 +105,10 @@ class NpmiConfig:
     corpora: tuple[str, ...] = ("reference-en",)
     """Corpus names or paths (``analysis.corpus.load_corpus``), concatenated in order. The default is the ~14 M
     words of ``reference-en`` (``analysis.reference_corpus``); the old small one is "enwiki-sample,lee-background"."""
-    window: int = 10
-    """Sliding-window length in words."""
+    window: int = 50
+    """Sliding-window length in words. 50, chosen on a tuning sample (layers 7 and 22, 100 seeded neurons each,
+    never the reported layers): over reference-en's 14.7 M words a 10-word window leaves 20 % of the best topics'
+    word pairs unseen (best topic NPMI 0.044 on average), 30 words 14 % (0.087), 50 words 13 % (0.099)."""
     min_count: int = 5
     """Fewest corpus occurrences of a vocabulary word."""
     content_words: bool = True

@@ -144,7 +144,14 @@ def topics_tab(model, rec) -> None:
         return
     what = f"L{unit.layer} " + (f"residual dimension {unit.index}" if mode.startswith("lo") else unit_label(unit))
     if not sets:
-        st.info(f"No topics for {what} ({mode}) yet: about a second once the model is loaded.")
+        from analysis.jobs.topics import stats_folder
+        from analysis.topics.npmi import stats_path
+        from analysis.topics.types import NpmiConfig
+
+        counted = stats_path(NpmiConfig(), stats_folder(db_path())).exists()
+        st.info(f"No topics for {what} ({mode}) yet: about a second once the model is loaded" +
+                ("." if counted else f", after counting NPMI over {', '.join(NpmiConfig().corpora)} once (a few "
+                 "minutes; `make demo` does it)."))
         if st.button("compute topics now"):
             run_job(f"topics of {what} ({mode})…", lambda db, progress: topics(
                 TopicsJob(layer=unit.layer, neurons=str(unit.index), model=model.name, source=rec.unit.source,
