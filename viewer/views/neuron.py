@@ -150,8 +150,8 @@ def topics_tab(model, rec) -> None:
 
         counted = stats_path(NpmiConfig(), stats_folder(db_path())).exists()
         st.info(f"No topics for {what} ({mode}) yet: about a second once the model is loaded" +
-                ("." if counted else f", after counting NPMI over {', '.join(NpmiConfig().corpora)} once (a few "
-                 "minutes; `make demo` does it)."))
+                ("." if counted else f", after counting NPMI over {', '.join(NpmiConfig().corpora)} once (about 90 s "
+                 "here; `make demo` does it)."))
         if st.button("compute topics now"):
             run_job(f"topics of {what} ({mode})…", lambda db, progress: topics(
                 TopicsJob(layer=unit.layer, neurons=str(unit.index), model=model.name, source=rec.unit.source,
