@@ -15,7 +15,6 @@ demo harvests: topics from activations must not be scored by NPMI over the text 
 
 from __future__ import annotations
 
-import base64
 import csv
 import gzip
 import io
