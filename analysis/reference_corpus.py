@@ -71,7 +71,7 @@ def dictd_entries(index: str, data: bytes) -> Iterator[tuple[str, str]]:
     spans = {}
     for line in index.splitlines():
         parts = line.split("\t")
-        if len(parts) < 3 or parts[0].startswith("00-database") or parts[0].startswith("00-"):
+        if len(parts) < 3 or parts[0].startswith("00-"):
             continue
         span = (_b64_number(parts[1]), _b64_number(parts[2]))
         spans.setdefault(span, parts[0])
@@ -79,7 +79,7 @@ def dictd_entries(index: str, data: bytes) -> Iterator[tuple[str, str]]:
         yield head, data[offset : offset + length].decode("utf-8", errors="replace")
 
 
-_GCIDE_NOISE = [
+_DICTD_NOISE = [
     re.compile(r"\[[^\[\]]{0,300}\]"),  # [1913 Webster], [Obs.], etymologies [F. abus, L. abusus ...]
     re.compile(r"\\[^\\\n]{0,80}\\"),  # pronunciations \A*buse"\
     re.compile(r"--\s?[A-Z][\w.' ]{0,40}\."),  # quotation sources --Macaulay.
@@ -88,7 +88,7 @@ _GCIDE_NOISE = [
 
 
 def clean_dictd(text: str, extra: list[re.Pattern] = ()) -> str:
-    for rx in list(_GCIDE_NOISE) + list(extra):
+    for rx in list(_DICTD_NOISE) + list(extra):
         text = rx.sub(" ", text)
     text = text.replace("{", "").replace("}", "")
     return re.sub(r"\s+", " ", text).strip()
@@ -408,7 +408,12 @@ def build(force: bool = False, progress: bool = True, sources: tuple[Source, ...
     for src in sources:
         archive, versions[src.name] = _fetch_one(src, dl)
         unpacked = dl / src.name
-        _unpack(src, archive, unpacked)
+        try:
+            _unpack(src, archive, unpacked)
+        except (UserError, zipfile.BadZipFile, tarfile.TarError, EOFError):
+            archive.unlink()  # a download cut short by an interruption: fetch it again, once
+            archive, versions[src.name] = _fetch_one(src, dl)
+            _unpack(src, archive, unpacked)
         docs[src.name] = src.clean(unpacked)
     counts = assemble(docs, corpus_path(), versions, progress)
     for src in sources:

@@ -278,6 +278,10 @@ def stats_path(config: NpmiConfig, folder: Path) -> Path:
     import hashlib
 
     key = [config.corpora, config.window, config.min_count]
+    from analysis import reference_corpus
+
+    if reference_corpus.NAME in config.corpora and reference_corpus.FORMAT > 1:  # its cleaning changed: count again
+        key.append(f"{reference_corpus.NAME}:{reference_corpus.FORMAT}")
     if config.content_words:  # the word filter's lists are part of what was counted
         from analysis.topics.pool import NUMBER_WORDS, STOP_WORDS
 
