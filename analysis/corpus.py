@@ -183,6 +183,16 @@ def _read_files(path: Path) -> list[Document]:
     return [Document(0, path.name, text)]
 
 
+def embedded_version(name: str) -> str | None:
+    """What changes when an embedded corpus' cleaned text would change (None for a path or a fixed corpus): keys
+    derived data such as NPMI statistics, so a new cleaning is counted again."""
+    if name == "reference-en":
+        from analysis import reference_corpus
+
+        return f"format {reference_corpus.FORMAT}"
+    return None
+
+
 def load_corpus(name: str) -> Corpus:
     """A corpus by embedded name or path. Raises UserError for unknown names and corpora without text."""
     if name in EMBEDDED_CORPORA:

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from analysis.config import data_dir
+from analysis.topics.npmi import words_of
 from analysis.types import Document, UserError
 
 NAME = "reference-en"
@@ -366,8 +367,6 @@ class SourceCount:
 
 
 def count_words(text: str) -> int:
-    from analysis.topics.npmi import words_of
-
     return len(words_of(text))
 
 

@@ -44,9 +44,8 @@ def python_loop_counts(texts, window, vocab):
     return single, pair, n_windows
 
 
-OLD = ("old: enwiki-sample+lee-background, eps 0", ("enwiki-sample", "lee-background"), False, 0.0)
-OLD_EPS = ("old corpus, eps 1e-12", ("enwiki-sample", "lee-background"), False, 1e-12)
-NEW = ("new: reference-en (defaults)", None, True, None)
+OLD_CORPORA = ("enwiki-sample", "lee-background")
+"""The reference before issue 12 (all words, 10-word windows); None below means NpmiConfig's defaults."""
 
 
 def npmi_config(corpora, content, window):
@@ -68,7 +67,7 @@ def part_npmi(tmp: Path, window: int):
           "file | load s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     out = {}
-    for name, corpora, content, _eps in (OLD, NEW):
+    for corpora, content in ((OLD_CORPORA, False), (None, True)):
         config = npmi_config(corpora, content, window)
         t0 = time.perf_counter()
         stats = reference_stats(config, progress=False)
@@ -276,7 +275,9 @@ def main() -> int:
 
     subject = load_model("smollm2-135m")
     part_projection(subject)
-    configs = [(OLD[0], old, TopicConfig(eps=0.0)), (OLD_EPS[0], old, TopicConfig(eps=1e-12)), (NEW[0], new, TopicConfig())]
+    configs = [("old: enwiki-sample+lee-background, eps 0", old, TopicConfig(eps=0.0)),
+               ("old corpus, eps 1e-12", old, TopicConfig(eps=1e-12)),
+               ("new: reference-en (defaults)", new, TopicConfig())]
     stars, pools = part_topics(subject, configs, [int(x) for x in args.layers.split(",")], args.neurons)
     stats = new
     part_sweep(stars, pools, stats, args.milp_limit)

@@ -217,3 +217,15 @@ def test_built_reference_corpus():
     assert len(intros) > 9000 and not intros & harvested  # the demo harvest's articles are not in the reference
     words = [w for t in head for w in words_of(t)]
     assert words.count("webster") < len(head) // 100  # "[1913 Webster]" after every sense is gone
+
+
+def test_a_new_cleaning_is_counted_again(tmp_path, monkeypatch):
+    """NPMI statistics of reference-en are keyed by its cleaning format; a user path's by its name as before."""
+    from analysis.topics.npmi import stats_path
+    from analysis.topics.types import NpmiConfig
+
+    before = stats_path(NpmiConfig(), tmp_path)
+    other = stats_path(NpmiConfig(corpora=("some.txt",)), tmp_path)
+    monkeypatch.setattr(rc, "FORMAT", rc.FORMAT + 1)
+    assert stats_path(NpmiConfig(), tmp_path) != before
+    assert stats_path(NpmiConfig(corpora=("some.txt",)), tmp_path) == other

@@ -95,7 +95,8 @@ class CooccurrenceStats:
     def npmi_matrix(self, words, min_pair_count: int = 1, eps: float = 0.0) -> np.ndarray:
         """``[n, n]`` float64 NPMI among ``words`` (all in the vocabulary), diagonal 0.
 
-        Pairs seen together in fewer than ``min_pair_count`` windows get -1, as pairs never seen together.
+        Pairs seen together in fewer than ``min_pair_count`` windows count as never seen together: with ``eps``
+        0 they get -1, else log(eps / (p(a) p(b))) / -log(eps) (see the module doc).
         """
         idx = []
         for w in words:
@@ -277,11 +278,10 @@ def stats_path(config: NpmiConfig, folder: Path) -> Path:
     """Where ``cached_reference_stats`` keeps the statistics of ``config`` (whether or not they exist yet)."""
     import hashlib
 
-    key = [config.corpora, config.window, config.min_count]
-    from analysis import reference_corpus
+    from analysis.corpus import embedded_version
 
-    if reference_corpus.NAME in config.corpora and reference_corpus.FORMAT > 1:  # its cleaning changed: count again
-        key.append(f"{reference_corpus.NAME}:{reference_corpus.FORMAT}")
+    key = [config.corpora, config.window, config.min_count]
+    key += [f"{name}: {v}" for name in config.corpora if (v := embedded_version(name)) is not None]
     if config.content_words:  # the word filter's lists are part of what was counted
         from analysis.topics.pool import NUMBER_WORDS, STOP_WORDS
 
