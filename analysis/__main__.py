@@ -65,7 +65,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from analysis.jobs.score import ScoreJob, score
+    from analysis.jobs.score import BASELINES, ScoreJob, score
 
     if args.neuron is None and not args.neurons:
         raise UserError("give --neuron N or --neurons SPEC")
@@ -75,10 +75,12 @@ def cmd_score(args) -> int:
     elif not args.quiet:
         for r in s.results:
             print(f"{r.score if r.score is not None else float('nan'):+.3f}  {r.simulator:18s} {r.scoring_set:15s} "
-                  f"{r.explanation}")
+                  f"{r.explanation or '(the unit baseline: ignores any explanation)'}")
     if not s.results and not s.todo:
-        print("nothing to score: no explanation without a score for this simulator and set "
-              "(explain first, pass --explanation, or --force)", file=sys.stderr)
+        print("nothing to score: " + ("every unit has this baseline on this set (--force scores again)"
+                                      if args.simulator in BASELINES else
+                                      "no explanation without a score for this simulator and set "
+                                      "(explain first, pass --explanation, or --force)"), file=sys.stderr)
     return 1 if any(r.error for r in s.results) or len(s.results) < s.todo else 0
 
 
@@ -227,7 +229,7 @@ def cmd_migrate(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from analysis.jobs.explain import EXPLAINERS, ExplainJob
-    from analysis.jobs.export import ExportJob
+    from analysis.jobs.export import FORMATS, ExportJob
     from analysis.jobs.compare import LENSES, CompareJob
     from analysis.jobs.harvest import HarvestJob
     from analysis.jobs.n2g import N2GJob
@@ -269,11 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "shard_windows": Opt("windows per checkpointed shard"),
                    "seed": Opt("seed for window selection and random samples")}})
 
-    e = command("export", cmd_export, "print a neuron's record as JSON (OpenAI NeuronRecord fields + extras)",
-                quiet=False)
+    e = command("export", cmd_export, "print a neuron's record as JSON (OpenAI NeuronRecord fields + extras, or "
+                "strictly OpenAI's format)", quiet=False)
     add_options(e, ExportJob, {"model": MODEL, "source": SOURCE, "layer": Opt("layer", required=True),
                                "neuron": Opt("neuron", required=True),
-                               "run": Opt("a run id (default: the newest finished run with this layer)")})
+                               "run": Opt("a run id (default: the newest finished run with this layer)"),
+                               "format": Opt("ours: OpenAI's NeuronRecord fields plus our extras; openai: exactly "
+                                             "their dataclasses' fields, for neuron_explainer.fast_dataclasses.loads",
+                                             choices=FORMATS)})
     e.add_argument("--compact", action="store_true", help="one line of JSON")
 
     api_job = {"api": API, "api_concurrency": Opt("requests in flight at once")}

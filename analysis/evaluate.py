@@ -24,11 +24,15 @@ class ScoredSimulation:
     score: float | None
     rsquared: float | None
     absolute_dev_explained: float | None
+    max_activation: float
+    """The unit's max activation, which maps simulated values to neuron units for R² and absolute deviation."""
     error: str | None = None
 
     def to_json(self) -> dict:
+        """Every number the scores are computed from (see analysis/scoring.py), so they recompute from it alone."""
         return {"explanation": self.explanation, "simulator": self.simulator, "set": self.scoring_set,
                 "score": self.score, "rsquared": self.rsquared, "absolute_dev_explained": self.absolute_dev_explained,
+                "max_activation": self.max_activation, "simulated_to_neuron_units": "simulated / 10 * max_activation",
                 "error": self.error, "simulator_params": self.params,
                 "records": [{"window_id": w, "tokens": t, "real": r, "simulated": s}
                             for w, t, r, s in zip(self.window_ids, self.tokens, self.real,
@@ -40,7 +44,8 @@ def score_simulation(simulator, explanation: str, records: list, max_activation:
     result = simulator.simulate(explanation, records)
     real = [list(r.activations) for r in records]
     base = dict(explanation=explanation, simulator=result.simulator, params=result.params, scoring_set=scoring_set,
-                window_ids=[r.window_id for r in records], tokens=[list(r.tokens) for r in records], real=real)
+                window_ids=[r.window_id for r in records], tokens=[list(r.tokens) for r in records], real=real,
+                max_activation=max_activation)
     if result.simulated is None:
         return ScoredSimulation(**base, simulated=None, score=None, rsquared=None, absolute_dev_explained=None,
                                 error=result.error)

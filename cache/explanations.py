@@ -42,6 +42,27 @@ class StoredSimulation:
 
 
 @dataclass(frozen=True)
+class StoredBaseline:
+    """An explanation-blind predictor's score of a unit (token-lookup: each token's mean activation): what any
+    explanation must beat, stored once per unit and record set."""
+
+    unit: UnitId
+    predictor: str
+    params: dict
+    scoring_set: str
+    window_ids: list[int]
+    predicted: list[list[float]] | None
+    """Per record, per token, on the 0–10 scale; None if the prediction failed."""
+    score: float | None
+    rsquared: float | None
+    absolute_dev_explained: float | None
+    max_activation: float | None
+    """The max that maps the 0–10 scale to activations (None for baselines stored before it was kept)."""
+    error: str | None
+    created_at: object
+
+
+@dataclass(frozen=True)
 class UnitScore:
     """One successful scored simulation of one explanation of a unit (for score distributions)."""
 
@@ -52,6 +73,8 @@ class UnitScore:
     score: float
 
 
+_BASE_COLS = ("source, layer, unit, predictor, params, scoring_set, window_ids, predicted, score, rsquared, "
+              "absolute_dev_explained, max_activation, error, created_at")
 _EXP_COLS = "explanation_id, run_id, source, layer, unit, explainer, params, text, created_at"
 _SIM_COLS = ("simulation_id, explanation_id, simulator, params, scoring_set, window_ids, simulated, score, rsquared, "
              "absolute_dev_explained, error, created_at")
@@ -104,6 +127,52 @@ class ExplanationRepo(Repo):
         """Whether a successful simulation of this simulator and set exists (for resuming)."""
         return self._q("SELECT 1 FROM simulations WHERE explanation_id = ? AND simulator = ? AND scoring_set = ? "
                        "AND error IS NULL", [explanation_id, simulator, scoring_set]).fetchone() is not None
+
+    def best(self, run_id: str, unit: UnitId, scoring_set: str | None = None
+             ) -> tuple[StoredExplanation, StoredSimulation] | None:
+        """A unit's best-scored text explanation (by any stored simulator: all of them read the explanation; the
+        Neuron2Graph summary is the graph's, not text) and its simulation, on ``scoring_set`` (default: any)."""
+        row = self._q("SELECT s.simulation_id FROM simulations s JOIN explanations e USING (explanation_id) "
+                      "WHERE e.run_id = ? AND e.source = ? AND e.layer = ? AND e.unit = ? AND s.error IS NULL "
+                      "AND e.explainer <> 'n2g' "
+                      "AND s.score IS NOT NULL AND (? IS NULL OR s.scoring_set = ?) ORDER BY s.score DESC LIMIT 1",
+                      [run_id, unit.source, unit.layer, unit.index, scoring_set, scoring_set]).fetchone()
+        if row is None:
+            return None
+        for e, sims in self.with_simulations(run_id, unit):
+            for sim in sims:
+                if sim.simulation_id == row[0]:
+                    return e, sim
+        return None
+
+    def put_baseline(self, run_id: str, unit: UnitId, sim: ScoredSimulation, max_activation: float) -> None:
+        """Store an explanation-blind prediction's score of a unit, replacing the one of the same predictor and
+        record set."""
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM baselines WHERE run_id = ? AND source = ? AND layer = ? AND unit = ? AND "
+                        "predictor = ? AND scoring_set = ?",
+                        [run_id, unit.source, unit.layer, unit.index, sim.simulator, sim.scoring_set])
+            cur.execute(f"INSERT INTO baselines (run_id, {_BASE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, now())", [
+                run_id, unit.source, unit.layer, unit.index, sim.simulator, json.dumps(sim.params, sort_keys=True),
+                sim.scoring_set, sim.window_ids, json.dumps(sim.simulated) if sim.simulated is not None else None,
+                sim.score, sim.rsquared, sim.absolute_dev_explained, max_activation, sim.error])
+
+    def baselines(self, run_id: str, unit: UnitId | None = None) -> list[StoredBaseline]:
+        """The baselines of one unit of a run (every unit's when ``unit`` is None), by unit then predictor and
+        record set."""
+        sql = f"SELECT {_BASE_COLS} FROM baselines WHERE run_id = ?"
+        args: list = [run_id]
+        if unit is not None:
+            sql += " AND source = ? AND layer = ? AND unit = ?"
+            args += [unit.source, unit.layer, unit.index]
+        rows = self._q(sql + " ORDER BY source, layer, unit, predictor, scoring_set", args).fetchall()
+        return [StoredBaseline(UnitId(r[0], r[1], r[2]), r[3], json.loads(r[4]), r[5], list(r[6]),
+                               json.loads(r[7]) if r[7] else None, *r[8:]) for r in rows]
+
+    def has_baseline(self, run_id: str, unit: UnitId, predictor: str, scoring_set: str) -> bool:
+        return self._q("SELECT 1 FROM baselines WHERE run_id = ? AND source = ? AND layer = ? AND unit = ? AND "
+                       "predictor = ? AND scoring_set = ? AND error IS NULL",
+                       [run_id, unit.source, unit.layer, unit.index, predictor, scoring_set]).fetchone() is not None
 
     def scores(self, run_id: str, layer: int | None = None) -> list[UnitScore]:
         """Every successful scored simulation of a run (of one layer)."""

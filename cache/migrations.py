@@ -122,6 +122,33 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE topic_sets ADD COLUMN pool_dropped VARCHAR;
         """,
     ),
+    (
+        "008_baselines_lists_search",
+        # explanation-blind predictors (token-lookup) score a unit, not an explanation: their simulations move to
+        # one baseline row per unit and record set (the newest); token bytes (to show byte-split characters
+        # whole); named lists of units; explanation embeddings for semantic search
+        """
+        CREATE TABLE baselines (
+            run_id VARCHAR, source VARCHAR, layer SMALLINT, unit INTEGER, predictor VARCHAR, params VARCHAR,
+            scoring_set VARCHAR, window_ids INTEGER[], predicted VARCHAR, score DOUBLE, rsquared DOUBLE,
+            absolute_dev_explained DOUBLE, max_activation REAL, error VARCHAR, created_at TIMESTAMP);
+        INSERT INTO baselines
+            SELECT e.run_id, e.source, e.layer, e.unit, s.simulator, s.params, s.scoring_set, s.window_ids,
+                   s.simulated, s.score, s.rsquared, s.absolute_dev_explained, NULL, s.error, s.created_at
+            FROM simulations s JOIN explanations e USING (explanation_id) WHERE s.simulator = 'token-lookup'
+            QUALIFY row_number() OVER (PARTITION BY e.run_id, e.source, e.layer, e.unit, s.scoring_set
+                                       ORDER BY s.error IS NOT NULL, s.created_at DESC) = 1;
+        DELETE FROM simulations WHERE simulator = 'token-lookup';
+        ALTER TABLE vocab ADD COLUMN bytes BLOB;
+        CREATE TABLE unit_lists (name VARCHAR PRIMARY KEY, description VARCHAR, created_at TIMESTAMP,
+                                 updated_at TIMESTAMP);
+        CREATE TABLE unit_list_items (
+            list_name VARCHAR, model_id VARCHAR, source VARCHAR, layer SMALLINT, unit INTEGER, note VARCHAR,
+            added_at TIMESTAMP);
+        CREATE TABLE explanation_vectors (explanation_id VARCHAR, encoder VARCHAR, vector FLOAT[],
+                                          PRIMARY KEY (explanation_id, encoder));
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -63,6 +63,17 @@ class TopicHit:
     words: list[str]
 
 
+@dataclass(frozen=True)
+class BestTopic:
+    """A unit's best topic over its modes (positive end, each mode's newest statistics)."""
+
+    mode: str
+    words: list[str]
+    score: float
+    random_median: float | None
+    """Median NPMI of random word sets from the same pool."""
+
+
 class TopicRepo(Repo):
     def put(self, model_id: str, stats_id: str, results: list[ScoredTopics], params: dict) -> None:
         """Store topic results, replacing earlier ones with the same key, in one transaction."""
@@ -140,3 +151,17 @@ class TopicRepo(Repo):
         rows = self._q("SELECT unit_source, layer, unit, mode, polarity, score, words FROM topics WHERE model_id = ? "
                        "AND list_contains(words, ?) ORDER BY score DESC LIMIT ?", [model_id, word, limit]).fetchall()
         return [TopicHit(UnitId(s, l, u), m, p, sc, list(w)) for s, l, u, m, p, sc, w in rows]
+
+    def best_of(self, model_id: str, unit: UnitId) -> tuple[int, BestTopic | None]:
+        """(how many topic sets the unit has, its best positive-end topic or None)."""
+        args = {"m": model_id, "s": unit.source, "l": unit.layer, "u": unit.index}
+        n = self._q("SELECT count(*) FROM topic_sets WHERE model_id = $m AND unit_source = $s AND layer = $l AND "
+                    "unit = $u", args).fetchone()[0]
+        row = self._q(
+            "WITH s AS (SELECT stats_id, mode, random_scores, row_number() OVER (PARTITION BY mode ORDER BY "
+            "created_at DESC) AS r FROM topic_sets WHERE model_id = $m AND unit_source = $s AND layer = $l AND "
+            "unit = $u AND polarity = 'pos') "
+            "SELECT s.mode, t.words, t.score, list_median(s.random_scores) FROM s JOIN topics t ON t.model_id = $m "
+            "AND t.stats_id = s.stats_id AND t.unit_source = $s AND t.layer = $l AND t.unit = $u AND t.mode = s.mode "
+            "AND t.polarity = 'pos' WHERE s.r = 1 ORDER BY t.score DESC LIMIT 1", args).fetchone()
+        return n, (BestTopic(row[0], list(row[1]), row[2], row[3]) if row else None)

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
+from test_api import server  # noqa: F401  (the local OpenAI-compatible server: a fast simulator that reads)
 
 PAGES = Path(__file__).resolve().parents[1] / "viewer" / "views"
 
@@ -139,7 +140,11 @@ def test_export_is_self_contained(viewer_db):
         len(b) for b in rec.random_sample_by_quantile)
 
 
-def test_explanations_tab_scores_and_saves_your_own(viewer_db, monkeypatch):
+def _api(url: str) -> list[str]:
+    return ["--simulator", "api-json", "--api-base-url", url, "--api-model", "good", "--api-retries", "0", "--quiet"]
+
+
+def test_explanations_tab_scores_and_saves_your_own(viewer_db, monkeypatch, server):
     from analysis.__main__ import main
     from cache.store import open_store
 
@@ -147,12 +152,17 @@ def test_explanations_tab_scores_and_saves_your_own(viewer_db, monkeypatch):
     args = ["--db", str(db), "--model", model, "--layer", "1"]
     assert main(["explain", *args, "--neurons", "6", "--explainer", "token-lookup", "--quiet"]) == 0
     assert main(["score", *args, "--neuron", "6", "--simulator", "token-lookup", "--quiet"]) == 0
+    assert main(["score", *args, "--neuron", "6", *_api(server)]) == 0
     at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=6, tab="explanations")
     assert not at.exception
-    assert at.dataframe and "token-lookup" in str(at.dataframe[0].value)
+    table = at.dataframe[0].value
+    # the explanation-blind token-lookup is the unit's baseline line, never a score of an explanation
+    assert "token-lookup" not in set(table["simulator"]) and any(m.value.startswith("**Baseline**")
+                                                                 for m in at.markdown)
+    assert table["vs baseline"].notna().all()
     assert at.get("plotly_chart") and 'sim</span>' in _all_html(at)  # scatter + paired real/simulated heatmaps
+    assert at.selectbox(key="own_sim").options == ["local-all-at-once"]
     at.text_input(key="own_text").set_value("the tokens Paris and France")
-    at.selectbox(key="own_sim").set_value("token-lookup")
     at.button[[b.label for b in at.button].index("simulate and score")].click().run()
     assert not at.exception and any(m.label == "correlation score" for m in at.metric)
     next(b for b in at.button if b.label.startswith("save this explanation")).click().run()
@@ -160,18 +170,79 @@ def test_explanations_tab_scores_and_saves_your_own(viewer_db, monkeypatch):
     with open_store(db, read_only=True) as s:
         texts = [e.text for e in s.explanations.of_unit(s.runs.find(model, 1).run_id, UnitId(MLP, 1, 6))]
     assert "the tokens Paris and France" in texts
+    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=6, tab="explanations")
+    assert "local-all-at-once (tiny offline)" in set(at.dataframe[0].value["simulator"])
+    assert any("tiny offline model" in c.value for c in at.caption)  # with the hint to use a capable model
 
 
-def test_scores_overview_and_explanations_in_compare(viewer_db, monkeypatch):
+def test_baseline_is_stored_once_per_unit(viewer_db, capsys, server):
+    """token-lookup scores the unit: one baseline row per unit and set, whatever its explanations; an
+    explanation given with it is refused."""
+    from analysis.__main__ import main
+    from cache.store import open_store
+
+    db, model = viewer_db
+    args = ["--db", str(db), "--model", model, "--layer", "0"]
+    assert main(["explain", *args, "--neurons", "7", "--explainer", "token-lookup", "--quiet"]) == 0
+    assert main(["score", *args, "--neuron", "7", "--explanation", "commas", *_api(server)]) == 0
+    for _ in range(2):
+        assert main(["score", *args, "--neurons", "7", "--simulator", "token-lookup", "--quiet"]) == 0
+    with open_store(db, read_only=True) as s:
+        run = s.runs.find(model, 0)
+        unit = UnitId(MLP, 0, 7)
+        assert len(s.explanations.of_unit(run.run_id, unit)) == 2
+        [b] = s.explanations.baselines(run.run_id, unit)
+        assert b.predictor == "token-lookup" and b.max_activation > 0 and b.score is not None
+        assert all(sim.simulator != "token-lookup" for e in s.explanations.of_unit(run.run_id, unit)
+                   for sim in s.explanations.simulations(e.explanation_id))
+    capsys.readouterr()
+    assert main(["score", *args, "--neurons", "7", "--simulator", "token-lookup", "--explanation", "x"]) == 2
+    assert "ignores the explanation" in capsys.readouterr().err
+
+
+def test_glance_header_with_and_without_lenses(viewer_db, monkeypatch, server):
+    """The top of the page says what the unit does from every lens it has; a missing one says how to get it
+    and the cheap ones compute on a click."""
+    from analysis.__main__ import main
+
+    db, model = viewer_db
+    at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=9)
+    assert not at.exception
+    labels = [b.label for b in at.button]
+    assert {"compute (instant)", "build now", "compute now"} <= set(labels)  # baseline, graph, topics missing
+    assert any("none scored yet" in m.value for m in at.markdown)
+    assert any(m.value.startswith("`") and "density" in m.value for m in at.markdown)  # top tokens + density
+    at.button[labels.index("compute (instant)")].click().run()  # the baseline, computed from the page
+    assert not at.exception
+    args = ["--db", str(db), "--model", model, "--layer", "0", "--neurons", "9", "--quiet"]
+    assert main(["explain", *args, "--explainer", "token-lookup"]) == 0
+    assert main(["score", *args, *_api(server)]) == 0
+    assert main(["n2g", *args]) == 0
+    at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=9)
+    assert not at.exception
+    labels = [b.label for b in at.button]
+    assert {"explanation", "baseline", "graph", "fires on"} <= set(labels)
+    assert "compute (instant)" not in labels and "build now" not in labels
+    md = " ".join(m.value for m in at.markdown)
+    assert "token-lookup  \nr = " in md and "N2G F1 **" in md and "token-lookup → api-json" in md
+    at.button[labels.index("graph")].click().run()  # a card opens its tab
+    assert not at.exception and at.query_params["tab"] == "graph"
+
+
+def test_scores_overview_and_explanations_in_compare(viewer_db, monkeypatch, server):
     from analysis.__main__ import main
 
     db, model = viewer_db
     args = ["--db", str(db), "--model", model, "--layer", "0"]
     assert main(["explain", *args, "--neurons", "0-5", "--explainer", "token-lookup", "--quiet"]) == 0
     assert main(["score", *args, "--neurons", "0-5", "--simulator", "token-lookup", "--quiet"]) == 0
+    assert main(["score", *args, "--neurons", "0-5", *_api(server)]) == 0
     at = _page("scores", db, monkeypatch)
     assert not at.exception and at.get("plotly_chart")
-    assert any("ignores the explanation" in c.value for c in at.caption)
+    names = [t["name"] for t in __import__("json").loads(at.get("plotly_chart")[0].proto.spec)["data"]]
+    assert "baseline: token-lookup" in names and not any("→ token-lookup" in n for n in names)
+    assert any("ignores any explanation" in c.value for c in at.caption)
+    assert any("beats their token-lookup" in m.value for m in at.markdown)
     at = _page("compare", db, monkeypatch, a_model=model, a_layer=0, a_neuron=1, b_model=model, b_layer=0, b_neuron=2)
     assert not at.exception and len([m for m in at.metric if m.label == "correlation score"]) == 2
 

@@ -100,15 +100,17 @@ def show_error(exc: Exception) -> None:
     st.error(str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}")
 
 
-def live_simulators(model_name: str) -> dict:
-    """The simulators pages can run live: name -> factory(UnitRecord). The local one runs the shared model,
-    under its hooks lock (a live-text hook on it must not fire inside a simulation)."""
+def live_simulators() -> dict:
+    """The simulators that read an explanation pages can run live: name -> factory(UnitRecord). The local one
+    runs the embedded model (the CLI's default simulator model, whatever the page's model), shared, under its
+    hooks lock (a live-text hook on it must not fire inside a simulation)."""
+    from analysis.config import DEFAULT_MODEL
     from analysis.jobs.score import make_simulator
 
     def local(rec):
-        return _Locked(make_simulator("local-all-at-once", rec, model_name, load=subject), hooks_lock(model_name))
+        return _Locked(make_simulator("local-all-at-once", rec, DEFAULT_MODEL, load=subject), hooks_lock(DEFAULT_MODEL))
 
-    return {"token-lookup": lambda rec: make_simulator("token-lookup", rec), "local-all-at-once": local}
+    return {"local-all-at-once": local}
 
 
 class _Locked:

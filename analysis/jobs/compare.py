@@ -4,8 +4,8 @@ vs random residual directions, at one layer over one corpus (after Cunningham et
 For a seeded random sample of equal size per kind (among units that fire at all: a dead feature has nothing to
 explain, and is counted in the dictionary's dead fraction instead), the job runs the lenses every kind can take
 and stores their results like any other (so the unit pages show them):
-- token-lookup correlation score: the token-lookup explainer and simulator on the held-out scoring set
-  (how far token identity alone predicts the unit);
+- token-lookup correlation score: the unit's token-lookup baseline on the held-out scoring set (how far token
+  identity alone predicts the unit);
 - Neuron2Graph held-out firing F1, and its margin over token-lookup's F1 (optional: the costly lens);
 - the best word-pool topic's NPMI (activation mode, positive end) against random word sets from the same pool;
 - activation density (fraction of tokens with activation > 0).
@@ -121,11 +121,9 @@ def kind_table(store, model: str, layer: int, sae_source: str, units: int, seed:
                                                                     source=source)}
         live = [i for i, s in summaries.items() if s.max > 0]
         picked = sample_units(live, units, seed, kind)
-        scores = {}
-        for sc in store.explanations.scores(run.run_id, layer):
-            if (sc.unit.source == source and sc.explainer == TOKEN_LOOKUP and sc.simulator == TOKEN_LOOKUP
-                    and sc.scoring_set == "top-and-random"):
-                scores[sc.unit.index] = sc.score
+        scores = {b.unit.index: b.score for b in store.explanations.baselines(run.run_id)
+                  if b.unit.source == source and b.unit.layer == layer and b.predictor == TOKEN_LOOKUP
+                  and b.scoring_set == "top-and-random" and b.error is None}
         graphs = store.graphs.firing_f1(run.run_id, layer, source)
         topics = store.topics.best_scores(info.model_id, source, layer, TOPIC_MODE)
         metrics = []
@@ -142,7 +140,6 @@ def kind_table(store, model: str, layer: int, sae_source: str, units: int, seed:
 def compare_units(job: CompareJob, db: Path, progress: Progress = Progress()) -> list[KindSummary]:
     """Harvest what is missing (the SAE's features and the two baselines, with the layer's neurons), run the
     lenses on each kind's sample (resumable: every lens skips what it has), return ``kind_table``."""
-    from analysis.jobs.explain import ExplainJob, explain
     from analysis.jobs.harvest import HarvestJob, harvest
     from analysis.jobs.n2g import N2GJob, n2g
     from analysis.jobs.score import ScoreJob, score
@@ -171,8 +168,6 @@ def compare_units(job: CompareJob, db: Path, progress: Progress = Progress()) ->
         spec = ",".join(map(str, picked))
         progress.note(f"{kind} ({source}): {len(picked)} units")
         if TOKEN_LOOKUP in job.lenses:
-            explain(ExplainJob(layer=job.layer, neurons=spec, model=job.model, source=source,
-                               explainer=TOKEN_LOOKUP), db, progress)
             score(ScoreJob(layer=job.layer, neurons=spec, model=job.model, source=source, simulator=TOKEN_LOOKUP),
                   db, progress)
         if "topics" in job.lenses:

@@ -1,4 +1,4 @@
-"""Job: one unit's record as JSON, with OpenAI's NeuronRecord field names plus our extras."""
+"""Job: one unit's record as JSON: OpenAI's NeuronRecord field names plus our extras, or strictly their format."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
 from analysis.jobs.common import unit_record
-from analysis.types import MLP, UnitId, UnitRecord
+from analysis.types import MLP, UnitId, UnitRecord, UserError
+
+FORMATS = ("ours", "openai")
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,9 @@ class ExportJob:
     source: str = MLP
     run: str | None = None
     """A run id (default: the newest finished run with this layer)."""
+    format: str = "ours"
+    """ours: OpenAI's field names plus our extras (record_json); openai: exactly their dataclasses' fields
+    (openai_record_json)."""
 
 
 def record_json(rec: UnitRecord) -> dict:
@@ -44,8 +49,32 @@ def record_json(rec: UnitRecord) -> dict:
     }
 
 
+def openai_record_json(rec: UnitRecord) -> dict:
+    """Exactly the fields of OpenAI's neuron_explainer NeuronRecord, ActivationRecord and NeuronId, each object
+    tagged with its ``dataclass_name``, so ``neuron_explainer.fast_dataclasses.loads`` builds their dataclasses
+    (a feature's source has no field there: only its layer and index are kept)."""
+
+    def ar(r):
+        return {"dataclass_name": "ActivationRecord", "tokens": r.tokens,
+                "activations": [round(a, 5) for a in r.activations]}
+
+    st = rec.stats
+    return {
+        "dataclass_name": "NeuronRecord",
+        "neuron_id": {"dataclass_name": "NeuronId", "layer_index": rec.unit.layer, "neuron_index": rec.unit.index},
+        "random_sample": [ar(r) for r in rec.random_sample],
+        "random_sample_by_quantile": [[ar(r) for r in b] for b in rec.random_sample_by_quantile],
+        "quantile_boundaries": rec.quantile_boundaries,
+        "mean": st.mean, "variance": st.std ** 2, "skewness": st.skewness, "kurtosis": st.kurtosis,
+        "most_positive_activation_records": [ar(r) for r in rec.most_positive_activation_records],
+    }
+
+
 def export(job: ExportJob, db: Path) -> dict:
     from cache.store import open_store
 
+    if job.format not in FORMATS:
+        raise UserError(f"unknown export format {job.format!r}: use one of {', '.join(FORMATS)}")
     with open_store(db, read_only=True) as store:
-        return record_json(unit_record(store, job.model, UnitId(job.source, job.layer, job.neuron), job.run))
+        rec = unit_record(store, job.model, UnitId(job.source, job.layer, job.neuron), job.run)
+    return (openai_record_json if job.format == "openai" else record_json)(rec)

@@ -1,4 +1,7 @@
-"""Job: simulate stored (or given) explanations on held-out records and store the scores (resumable)."""
+"""Job: simulate stored (or given) explanations on held-out records and store the scores (resumable).
+
+An explanation-blind predictor (token-lookup, ``BASELINES``) scores the unit, not an explanation: it is stored
+once per unit and record set as the unit's baseline, the number every explanation has to beat."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from analysis.splits import SCORING_SETS
 from analysis.types import MLP, UnitRecord, UserError
 
 SIMULATORS = ("local-all-at-once", "api-json", "token-lookup")
+BASELINES = ("token-lookup",)
+"""Predictors that ignore the explanation."""
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,10 @@ class ScoreJob:
 @dataclass(frozen=True)
 class ScoreSummary:
     results: list
-    """analysis.evaluate.ScoredSimulation of every explanation scored now (a failed simulation has .error)."""
+    """analysis.evaluate.ScoredSimulation of every explanation (or, for a baseline, unit) scored now (a failed
+    simulation has .error)."""
     todo: int
-    """Explanations that needed a score."""
+    """Explanations (units, for a baseline) that needed a score."""
     failed: dict[int, str]
     """unit index -> why its scoring could not run (API errors before any simulation)."""
 
@@ -88,8 +94,17 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress()) -> ScoreSumm
         n = n_units(store, info, job.source, job.layer)
     units = parse_units(job.neurons, n, "neurons" if job.source == MLP else "features")
     recs = unit_records(db, job.model, job.layer, units, job.source)
-    todo = []  # (unit index, explanation id, text)
-    if job.explanation is not None:
+    baseline = job.simulator in BASELINES
+    todo = []  # (unit index, explanation id or None for a baseline, text)
+    if baseline:
+        if job.explanation is not None:
+            raise UserError(f"{job.simulator} ignores the explanation: it scores the unit (a baseline for every "
+                            "explanation of it); drop --explanation, or pick a simulator that reads it "
+                            f"({', '.join(x for x in SIMULATORS if x not in BASELINES)})")
+        with open_store(db, read_only=True) as store:
+            todo = [(u, None, "") for u in units if job.force or not store.explanations.has_baseline(
+                recs[u].run_id, recs[u].unit, job.simulator, job.scoring_set)]
+    elif job.explanation is not None:
         exp = HumanExplainer(job.explanation).explain([], 0.0)
         with open_store(db) as store:
             todo = [(u, store.explanations.put(recs[u].run_id, recs[u].unit, exp), exp.text) for u in units]
@@ -112,7 +127,7 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress()) -> ScoreSumm
                                 job.scoring_set)
 
     results, failed = [], {}
-    bar = progress.bar(len(todo), f"score L{job.layer} ({job.simulator})", unit="explanation")
+    bar = progress.bar(len(todo), f"score L{job.layer} ({job.simulator})", unit="unit" if baseline else "explanation")
     workers = job.api_concurrency if job.simulator == "api-json" else 1
     for (u, eid, _text), scored, err in fan_out(work, todo, workers):
         bar.update(1)
@@ -121,7 +136,10 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress()) -> ScoreSumm
             progress.note(f"neuron {u}: {err}")
             continue
         with open_store(db) as store:
-            store.explanations.put_simulation(eid, scored)
+            if baseline:
+                store.explanations.put_baseline(recs[u].run_id, recs[u].unit, scored, recs[u].stats.max)
+            else:
+                store.explanations.put_simulation(eid, scored)
         results.append(scored)
         if scored.error:
             progress.note(f"neuron {u}: simulation failed: {scored.error}")

@@ -1,5 +1,6 @@
-"""Explanations panel: every explanation of a neuron with its scores, a simulated-vs-real scatter, paired heatmaps,
-and a box to write, simulate, score and save your own explanation."""
+"""Explanations panel: the unit's baseline (an explanation-blind predictor), every explanation with its scores
+against that baseline, a simulated-vs-real scatter, paired heatmaps, and a box to write, simulate, score and save
+your own explanation."""
 
 from __future__ import annotations
 
@@ -11,6 +12,30 @@ from analysis.scoring import to_neuron_units
 from analysis.splits import SCORING_SETS, scoring_records
 from analysis.types import TokenActivations
 from viewer.components.heatmap import records_html
+
+TINY = {"explainer": "local", "simulator": "local-all-at-once"}
+"""Names of the tiny offline model (SmolLM2-135M) as explainer and simulator."""
+TINY_HINT = ("`local` and `local-all-at-once` are the tiny offline model (SmolLM2-135M): it mostly copies a "
+             "few-shot explanation and simulates near chance. For real explanations use a capable model: "
+             "`--explainer api` and `--simulator api-json` (README, Explanations).")
+BASELINE_HELP = ("token-lookup predicts each token's mean activation and ignores any explanation: it is a score "
+                 "of the unit, the number an explanation has to beat, not a score of an explanation")
+
+
+def baseline_line(baselines: list) -> bool:
+    """The unit's baselines, one line; True when the user asks to compute the missing token-lookup one."""
+    ok = [b for b in baselines if b.error is None and b.score is not None]
+    if ok:
+        st.markdown("**Baseline** (no explanation): " + " · ".join(
+            f"{b.predictor} r = {b.score:+.3f} on {b.scoring_set}" for b in ok), help=BASELINE_HELP)
+        return False
+    c1, c2 = st.columns([3, 2])
+    c1.caption("no baseline yet: token-lookup (each token's mean activation) is the score an explanation must beat")
+    return c2.button("compute the token-lookup baseline (instant)", key="baseline_now")
+
+
+def _tiny(name: str, role: str) -> str:
+    return f"{name} (tiny offline)" if TINY[role] == name else name
 
 
 def scatter_figure(real: list[list[float]], simulated_units: list[list[float]]) -> go.Figure:
@@ -44,21 +69,31 @@ def show_scored(sim, records_by_window: dict, vmax: float, max_activation: float
     c2.html(paired_heatmaps([r.tokens for r in recs], real, units, vmax))
 
 
-def explanations_panel(rows: list, rec, simulators: dict):
-    """``rows``: (stored explanation, its stored simulations); ``simulators``: name -> factory(rec) for the
-    simulators this viewer offers live. Returns the user's scored explanation when they ask to save it."""
+def explanations_panel(rows: list, baselines: list, rec, simulators: dict):
+    """``rows``: (stored explanation, its stored simulations); ``baselines``: the unit's stored baselines;
+    ``simulators``: name -> factory(rec) for the simulators that read explanations this viewer offers live.
+    Returns the user's scored explanation when they ask to save it."""
     if not rows:
         st.info("no explanation yet: write one below, or run `python -m analysis explain ... --neurons "
                 f"{rec.unit.index}` and `python -m analysis score ...`")
+    base = {b.scoring_set: b.score for b in baselines if b.error is None and b.score is not None}
     table = []
     for e, sims in rows:
         for s in sims or [None]:
-            table.append({"explanation": e.text, "explainer": e.explainer, "simulator": s.simulator if s else "—",
+            table.append({"explanation": e.text, "explainer": _tiny(e.explainer, "explainer"),
+                          "simulator": _tiny(s.simulator, "simulator") if s else "—",
                           "set": s.scoring_set if s else "—", "score": None if s is None else s.score,
+                          "vs baseline": None if s is None or s.score is None or s.scoring_set not in base
+                          else s.score - base[s.scoring_set],
                           "R²": None if s is None else s.rsquared, "error": (s.error or "") if s else "not scored"})
     if table:
-        st.dataframe(table, hide_index=True, column_config={"score": st.column_config.NumberColumn(format="%.3f"),
-                                                            "R²": st.column_config.NumberColumn(format="%.3f")})
+        fmt = st.column_config.NumberColumn(format="%.3f")
+        st.dataframe(table, hide_index=True, column_config={
+            "score": fmt, "R²": fmt, "vs baseline": st.column_config.NumberColumn(
+                format="%+.3f", help="score − the unit's token-lookup baseline on the same records")})
+        if any(e.explainer == TINY["explainer"] or any(s.simulator == TINY["simulator"] for s in sims)
+               for e, sims in rows):
+            st.caption(TINY_HINT)
         scored_picker(rows, rec, key="stored")
     return own_explanation_form(rec, simulators)
 

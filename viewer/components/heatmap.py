@@ -9,6 +9,7 @@ break), tabs as ``⇥``; spaces keep their width.
 from __future__ import annotations
 
 import html
+import re
 
 from analysis.types import TokenActivations
 
@@ -22,6 +23,19 @@ def _bg(a: float, vmax: float) -> str:
     alpha = min(1.0, abs(a) / vmax)
     r, g, b = POS_RGB if a >= 0 else NEG_RGB
     return f"rgba({r},{g},{b},{alpha:.3f})"
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$&:])")
+
+
+def md_escape(text: str) -> str:
+    """Text for st.markdown that shows as itself: markdown, LaTeX ($) and HTML characters backslash-escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", text).replace("\n", " ")
+
+
+def md_token(token: str) -> str:
+    """A token as a markdown code span (its repr, so whitespace shows; a backtick inside becomes ˋ)."""
+    return "`" + repr(token)[1:-1].replace("`", "ˋ") + "`"
 
 
 def token_span(token: str, act: float, vmax: float, is_max: bool = False) -> str:

@@ -64,7 +64,7 @@ def render() -> None:
     if rec is not None:
         st.markdown("---")
         st.caption(f"score your own explanation of {picked.model.name} {picked.unit} (left)")
-        if (to_save := own_explanation_form(rec, live_simulators(picked.model.name), key="cmp_own")) is not None:
+        if (to_save := own_explanation_form(rec, live_simulators(), key="cmp_own")) is not None:
             save_explanation(rec, to_save)
 
 

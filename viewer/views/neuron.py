@@ -11,8 +11,9 @@ import streamlit as st
 
 from analysis.types import MLP, UnitId
 from viewer.components.charts import histogram_figure
-from viewer.components.explanations import explanations_panel
+from viewer.components.explanations import baseline_line, explanations_panel
 from viewer.components.export import neuron_page_html
+from viewer.components.glance import Glance, glance_header
 from viewer.components.graph import graph_panel
 from viewer.components.heatmap import records_html
 from viewer.components.picker import unit_label, unit_link, unit_title
@@ -162,6 +163,37 @@ def topics_tab(model, rec) -> None:
     topics_view(sets)
 
 
+def glance_of(s, model, rec) -> Glance:
+    unit = rec.unit
+    graph = s.graphs.get(rec.run_id, unit)
+    n_sets, topic = s.topics.best_of(model.model_id, unit)
+    return Glance(best=s.explanations.best(rec.run_id, unit), n_explanations=len(s.explanations.of_unit(
+        rec.run_id, unit)), baselines=s.explanations.baselines(rec.run_id, unit),
+        graph=graph.metrics if graph else None, n_topic_sets=n_sets, topic=topic,
+        top_tokens=[t for _i, t, _m, _c in rec.top_tokens], density=rec.stats.frac_active, neuron=unit.source == MLP)
+
+
+def compute_now(lens: str, model, rec) -> None:
+    """Run the cheap lens the glance header asked for."""
+    from analysis.jobs.n2g import N2GJob, n2g
+    from analysis.jobs.score import ScoreJob, score
+    from analysis.jobs.topics import TopicsJob, topics
+
+    u, what = rec.unit, f"L{rec.unit.layer} {unit_label(rec.unit)}"
+    if lens == "baseline":
+        run_job(f"token-lookup baseline of {what}…", lambda db, progress: score(ScoreJob(
+            layer=u.layer, neurons=str(u.index), model=model.name, source=u.source, simulator="token-lookup"),
+            db, progress))
+    elif lens == "graph":
+        run_job(f"fitting the graph of {what}…", lambda db, progress: n2g(
+            N2GJob(layer=u.layer, neurons=str(u.index), model=model.name, source=u.source), db, progress))
+    elif lens == "topics":
+        run_job(f"topics of {what}…", lambda db, progress: topics(
+            TopicsJob(layer=u.layer, neurons=str(u.index), model=model.name, source=u.source,
+                      modes=("hi-c", "activation")),
+            db, progress))
+
+
 def render() -> None:
     def load(s):
         if (found := pick_unit(s)) is None:
@@ -169,12 +201,12 @@ def render() -> None:
         picked, run = found
         rec = s.records.unit_record(run, picked.unit) if run else None
         corpus = (s.catalog.corpus_arg(r.corpus_id) if (r := s.runs.find(picked.model.name)) else None)
-        return picked, rec, corpus
+        return picked, rec, corpus, (glance_of(s, picked.model, rec) if rec else None)
 
     data = read(load)
     if data is None:
         return
-    picked, rec, corpus = data
+    picked, rec, corpus, glance = data
     model, unit = picked.model, picked.unit
     if picked.problem:
         st.error(picked.problem)
@@ -184,6 +216,8 @@ def render() -> None:
 
         harvest_button(model.name, unit.layer, corpus or DEFAULT_CORPUS, unit.source)
         return
+    if (lens := glance_header(glance)) is not None:
+        compute_now(lens, model, rec)
     s = rec.stats
     vmax = max(s.max, 1e-9)
     cols = st.columns(7)
@@ -215,9 +249,14 @@ def render() -> None:
     elif tab == "random":
         st.html(records_html(rec.random_sample, vmax, window))
     elif tab == "explanations":
-        rows = read(lambda s_: s_.explanations.with_simulations(rec.run_id, unit))
-        if rows is not None and (to_save := explanations_panel(rows, rec, live_simulators(model.name))):
-            save_explanation(rec, to_save)
+        found = read(lambda s_: (s_.explanations.with_simulations(rec.run_id, unit),
+                                 s_.explanations.baselines(rec.run_id, unit)))
+        if found is not None:
+            rows, baselines = found
+            if baseline_line(baselines):
+                compute_now("baseline", model, rec)
+            if to_save := explanations_panel(rows, baselines, rec, live_simulators()):
+                save_explanation(rec, to_save)
     elif tab == "topics":
         topics_tab(model, rec)
     elif tab == "graph":
