@@ -224,7 +224,33 @@ def cmd_migrate(args) -> int:
 
     old, new = migrate_file(args.db)
     print(f"{args.db}: schema version {old} -> {new}" if old != new else f"{args.db}: already at schema version {new}")
+    backfill_vocab_bytes(args.db)
     return 0
+
+
+def backfill_vocab_bytes(db) -> None:
+    """Tokens' bytes for vocabularies stored before they were kept (to show split characters whole): from each
+    model's tokenizer where it loads here; a model that does not load keeps its tokens as they were."""
+    from transformers import AutoTokenizer
+
+    from analysis.models import resolve_source
+    from analysis.tokens import vocab_bytes
+    from cache.store import open_store
+
+    with open_store(db, read_only=True) as store:
+        todo = [(m, store.catalog.vocab(m.tokenizer_id)) for m in store.catalog.missing_bytes()]
+    for info, vocab in todo:
+        try:
+            _kind, where, gguf = resolve_source(info.name)
+            tokenizer = AutoTokenizer.from_pretrained(str(where), **({"gguf_file": gguf} if gguf else {}))
+            if len(tokenizer) != len(vocab):
+                raise UserError(f"its tokenizer now has {len(tokenizer)} tokens, the cache {len(vocab)}")
+        except Exception as exc:  # a hub model offline, a moved or changed folder
+            print(f"{info.name}: tokens' bytes not added ({exc}); split characters show as �", file=sys.stderr)
+            continue
+        with open_store(db) as store:
+            store.catalog.put_model(info, [vocab[i] for i in range(len(vocab))], vocab_bytes(tokenizer))
+        print(f"{info.name}: tokens' bytes added", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

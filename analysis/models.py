@@ -11,6 +11,7 @@ gated ones.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -87,6 +88,13 @@ class SubjectModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @functools.cached_property
+    def vocab_bytes(self) -> list[bytes]:
+        """Every token's bytes (``analysis.tokens.vocab_bytes``), computed once."""
+        from analysis.tokens import vocab_bytes
+
+        return vocab_bytes(self.tokenizer)
 
     @property
     def bos_prefix(self) -> list[int]:

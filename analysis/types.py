@@ -138,6 +138,9 @@ class TokenActivations:
 
     tokens: list[str]
     activations: list[float]
+    runs: tuple[tuple[int, int, str], ...] = field(default=(), kw_only=True)
+    """Tokens shown as one readable span, ``(start, end, text)`` covering every token (``analysis.tokens``), when
+    some character is split over tokens; () when every token reads alone."""
 
 
 @dataclass(frozen=True)

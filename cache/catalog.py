@@ -23,18 +23,34 @@ class VocabEntry:
 
 
 class CatalogRepo(Repo):
-    def put_model(self, info: ModelInfo, vocab: list[str]) -> None:
-        """Register a model and (once per tokenizer) its decoded vocabulary, token id = list index."""
+    def put_model(self, info: ModelInfo, vocab: list[str], vocab_bytes: list[bytes] | None = None) -> None:
+        """Register a model and (once per tokenizer) its decoded vocabulary and its tokens' bytes, token id = list
+        index."""
         with self.transaction() as cur:
             cur.execute(f"INSERT OR REPLACE INTO models ({_MODEL_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [
                 info.name, info.model_id, info.source, info.architecture, info.n_layers, info.d_mlp, info.hook_point,
                 info.act_fn, info.gated, info.weights_hash, info.tokenizer_id, info.prepend_bos])
             have = cur.execute("SELECT count(*) FROM vocab WHERE tokenizer_id = ?", [info.tokenizer_id]).fetchone()[0]
-            if have != len(vocab):
+            missing = cur.execute("SELECT count(*) FROM vocab WHERE tokenizer_id = ? AND bytes IS NULL",
+                                  [info.tokenizer_id]).fetchone()[0]
+            if have != len(vocab) or (missing and vocab_bytes is not None):
                 cur.execute("DELETE FROM vocab WHERE tokenizer_id = ?", [info.tokenizer_id])
                 self._insert_arrow(cur, "vocab", pa.table({
                     "tokenizer_id": [info.tokenizer_id] * len(vocab),
-                    "token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab}))
+                    "token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab,
+                    "bytes": pa.array(vocab_bytes or [None] * len(vocab), type=pa.binary())}))
+
+    def missing_bytes(self) -> list[ModelInfo]:
+        """Models whose vocabulary was stored without its tokens' bytes (caches from before they were kept)."""
+        rows = self._q(f"SELECT {_MODEL_COLS} FROM models WHERE tokenizer_id IN (SELECT DISTINCT tokenizer_id FROM "
+                       "vocab WHERE bytes IS NULL) ORDER BY model_id").fetchall()
+        return [ModelInfo(*r) for r in rows]
+
+    def vocab_bytes(self, tokenizer_id: str, token_ids: list[int]) -> dict[int, bytes]:
+        """token id -> its bytes, for the tokens that have them."""
+        rows = self._q("SELECT token_id, bytes FROM vocab WHERE tokenizer_id = ? AND bytes IS NOT NULL AND token_id "
+                       "IN (SELECT unnest(?::INTEGER[]))", [tokenizer_id, sorted(set(token_ids))]).fetchall()
+        return {t: bytes(b) for t, b in rows}
 
     def put_corpus(self, info: CorpusInfo, documents: list[Document]) -> None:
         with self.transaction() as cur:
@@ -83,13 +99,16 @@ class CatalogRepo(Repo):
         return None if row is None else (row[0] if row[1] == "embedded" else row[1])
 
     def vocab(self, tokenizer_id: str, token_ids: list[int] | None = None) -> dict[int, str]:
-        """token id -> decoded token string (all of them, or just ``token_ids``)."""
+        """token id -> decoded token string (all of them, or just ``token_ids``). A token holding part of a
+        character reads as its bytes (``\\xd8``), not as U+FFFD, where its bytes are stored."""
+        sql = ("SELECT token_id, CASE WHEN bytes IS NOT NULL AND contains(token, '\ufffd') THEN bytes END, token "
+               "FROM vocab WHERE tokenizer_id = ?")
         if token_ids is None:
-            rows = self._q("SELECT token_id, token FROM vocab WHERE tokenizer_id = ?", [tokenizer_id]).fetchall()
+            rows = self._q(sql, [tokenizer_id]).fetchall()
         else:
-            rows = self._q("SELECT token_id, token FROM vocab WHERE tokenizer_id = ? AND token_id IN "
-                           "(SELECT unnest(?::INTEGER[]))", [tokenizer_id, sorted(set(token_ids))]).fetchall()
-        return dict(rows)
+            rows = self._q(sql + " AND token_id IN (SELECT unnest(?::INTEGER[]))",
+                           [tokenizer_id, sorted(set(token_ids))]).fetchall()
+        return {t: raw.decode("utf-8", errors="backslashreplace") if raw is not None else tok for t, raw, tok in rows}
 
     def token_ids(self, tokenizer_id: str, text: str) -> list[VocabEntry]:
         """Vocabulary entries equal to ``text``, also with a leading space (' Paris' for 'Paris')."""

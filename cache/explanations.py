@@ -145,7 +145,7 @@ class ExplanationRepo(Repo):
                     return e, sim
         return None
 
-    def put_baseline(self, run_id: str, unit: UnitId, sim: ScoredSimulation, max_activation: float) -> None:
+    def put_baseline(self, run_id: str, unit: UnitId, sim: ScoredSimulation) -> None:
         """Store an explanation-blind prediction's score of a unit, replacing the one of the same predictor and
         record set."""
         with self.transaction() as cur:
@@ -155,7 +155,7 @@ class ExplanationRepo(Repo):
             cur.execute(f"INSERT INTO baselines (run_id, {_BASE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, now())", [
                 run_id, unit.source, unit.layer, unit.index, sim.simulator, json.dumps(sim.params, sort_keys=True),
                 sim.scoring_set, sim.window_ids, json.dumps(sim.simulated) if sim.simulated is not None else None,
-                sim.score, sim.rsquared, sim.absolute_dev_explained, max_activation, sim.error])
+                sim.score, sim.rsquared, sim.absolute_dev_explained, sim.max_activation, sim.error])
 
     def baselines(self, run_id: str, unit: UnitId | None = None) -> list[StoredBaseline]:
         """The baselines of one unit of a run (every unit's when ``unit`` is None), by unit then predictor and

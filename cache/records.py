@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from analysis.histogram import HIST_BIN_EDGES, hist_order
+from analysis.tokens import joined_runs
 from analysis.types import MLP, ActivationRecord, UnitId, UnitRecord, UnitStats
 from cache.catalog import CatalogRepo
 from cache.db import Repo
@@ -162,10 +163,15 @@ class RecordRepo(Repo):
             key).fetchall()
         tok_rows = self._q(f"SELECT token_id, mean, count FROM token_means WHERE {UNIT_KEY} "
                            "ORDER BY mean DESC LIMIT 20", key).fetchall()
-        vocab = CatalogRepo(self.con).vocab(tokenizer_id, [t for r in rows for t in r[6]] + [r[0] for r in tok_rows])
+        catalog = CatalogRepo(self.con)
+        ids = [t for r in rows for t in r[6]]
+        vocab = catalog.vocab(tokenizer_id, ids + [r[0] for r in tok_rows])
+        raw = catalog.vocab_bytes(tokenizer_id, ids)
         top, rand, by_bin = [], [], {}
         for kind, b, wid, acts, doc_id, offset, token_ids in rows:
+            runs = joined_runs([raw[t] for t in token_ids]) if all(t in raw for t in token_ids) else ()
             rec = ActivationRecord(tokens=[vocab.get(t, f"<{t}>") for t in token_ids], token_ids=list(token_ids),
+                                   runs=runs,
                                    activations=np.frombuffer(acts, dtype=np.float16).astype(float).tolist(),
                                    window_id=wid, doc_id=doc_id, offset=offset)
             if kind == "top":

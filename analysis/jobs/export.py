@@ -30,7 +30,8 @@ def record_json(rec: UnitRecord) -> dict:
 
     def ar(r):
         return {"tokens": r.tokens, "activations": [round(a, 5) for a in r.activations], "token_ids": r.token_ids,
-                "window_id": r.window_id, "doc_id": r.doc_id, "offset": r.offset}
+                "window_id": r.window_id, "doc_id": r.doc_id, "offset": r.offset,
+                **({"runs": [list(x) for x in r.runs]} if r.runs else {})}
 
     st = rec.stats
     return {

@@ -149,7 +149,7 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress()) -> Harve
                                   runs)
         vocab = subject.tokenizer.batch_decode([[i] for i in range(len(subject.tokenizer))],
                                                clean_up_tokenization_spaces=False)
-        store.catalog.put_model(info, vocab)
+        store.catalog.put_model(info, vocab, subject.vocab_bytes)
         store.catalog.put_corpus(corpus.info, corpus.documents)
         for source, layers, run_id, _r, d in todo:
             if d is not None:

@@ -137,7 +137,7 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress()) -> ScoreSumm
             continue
         with open_store(db) as store:
             if baseline:
-                store.explanations.put_baseline(recs[u].run_id, recs[u].unit, scored, recs[u].stats.max)
+                store.explanations.put_baseline(recs[u].run_id, recs[u].unit, scored)
             else:
                 store.explanations.put_simulation(eid, scored)
         results.append(scored)

@@ -49,10 +49,10 @@ def scatter_figure(real: list[list[float]], simulated_units: list[list[float]]) 
     return fig
 
 
-def paired_heatmaps(tokens: list[list[str]], real: list[list[float]], simulated_units: list[list[float]], vmax: float) -> str:
+def paired_heatmaps(recs: list[TokenActivations], simulated_units: list[list[float]], vmax: float) -> str:
     rows, labels = [], []
-    for i, (t, r, s) in enumerate(zip(tokens, real, simulated_units)):
-        rows += [TokenActivations(t, r), TokenActivations(t, s)]
+    for i, (rec, s) in enumerate(zip(recs, simulated_units)):
+        rows += [rec, TokenActivations(rec.tokens, s, runs=rec.runs)]
         labels += [f"#{i + 1} real", f"#{i + 1} sim"]
     return records_html(rows, vmax, labels=labels)
 
@@ -66,7 +66,7 @@ def show_scored(sim, records_by_window: dict, vmax: float, max_activation: float
     units = to_neuron_units(sim.simulated[: len(recs)], max_activation)
     c1, c2 = st.columns([2, 3])
     c1.plotly_chart(scatter_figure(real, units), key=f"sc_{key}", config={"displayModeBar": False})
-    c2.html(paired_heatmaps([r.tokens for r in recs], real, units, vmax))
+    c2.html(paired_heatmaps(recs, units, vmax))
 
 
 def explanations_panel(rows: list, baselines: list, rec, simulators: dict):

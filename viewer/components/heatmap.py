@@ -38,26 +38,44 @@ def md_token(token: str) -> str:
     return "`" + repr(token)[1:-1].replace("`", "ˋ") + "`"
 
 
-def token_span(token: str, act: float, vmax: float, is_max: bool = False) -> str:
+def _shown(token: str) -> str:
     shown = html.escape(token).replace("\t", "⇥").replace("\r", "")
-    shown = shown.replace("\n", '<span class="nl">⏎</span><br>')
+    return shown.replace("\n", '<span class="nl">⏎</span><br>')
+
+
+def token_span(token: str, act: float, vmax: float, is_max: bool = False) -> str:
     tip = html.escape(f"{token!r}  {act:+.4f}", quote=True)
     cls = "tok max" if is_max else "tok"
-    return f'<span class="{cls}" title="{tip}" style="background:{_bg(act, vmax)}">{shown}</span>'
+    return f'<span class="{cls}" title="{tip}" style="background:{_bg(act, vmax)}">{_shown(token)}</span>'
 
 
-def record_html(tokens: list[str], acts: list[float], vmax: float, around_max: int | None = None, label: str = "") -> str:
-    """One record as a line of coloured tokens. ``around_max``: show only that many tokens either side of the max."""
+def run_span(text: str, acts: list[float], vmax: float, is_max: bool = False) -> str:
+    """Tokens that only decode together, as one cell: coloured by the value of largest magnitude, every
+    token's own value on hover."""
+    strongest = max(acts, key=abs)
+    tip = html.escape(f"{text!r}  {len(acts)} tokens: " + ", ".join(f"{a:+.4f}" for a in acts), quote=True)
+    cls = "tok max" if is_max else "tok"
+    return (f'<span class="{cls} joined" title="{tip}" style="background:{_bg(strongest, vmax)}">'
+            f"{_shown(text)}</span>")
+
+
+def record_html(tokens: list[str], acts: list[float], vmax: float, around_max: int | None = None, label: str = "",
+                runs: tuple = ()) -> str:
+    """One record as a line of coloured tokens (``runs``: tokens shown together, see TokenActivations).
+    ``around_max``: show only that many tokens either side of the max."""
     if not tokens:
         return ""
     imax = max(range(len(acts)), key=lambda i: acts[i])
+    runs = runs or tuple((i, i + 1, t) for i, t in enumerate(tokens))
     lo, hi = 0, len(tokens)
     if around_max is not None:
         lo, hi = max(0, imax - around_max), min(len(tokens), imax + around_max + 1)
-    spans = "".join(token_span(tokens[i], acts[i], vmax, i == imax and acts[i] > 0) for i in range(lo, hi))
+    shown = [(a, b, t) for a, b, t in runs if b > lo and a < hi]
+    spans = "".join(token_span(t, acts[a], vmax, a == imax and acts[a] > 0) if b - a == 1 else
+                    run_span(t, acts[a:b], vmax, a <= imax < b and acts[imax] > 0) for a, b, t in shown)
     prefix = f'<span class="lbl">{html.escape(label)}</span>' if label else ""
-    ell_l = '<span class="ell">…</span>' if lo > 0 else ""
-    ell_r = '<span class="ell">…</span>' if hi < len(tokens) else ""
+    ell_l = '<span class="ell">…</span>' if shown and shown[0][0] > 0 else ""
+    ell_r = '<span class="ell">…</span>' if shown and shown[-1][1] < len(tokens) else ""
     return f'<div class="rec">{prefix}{ell_l}{spans}{ell_r}</div>'
 
 
@@ -65,6 +83,7 @@ STYLE = """<style>
 .hm {font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13.5px; line-height: 1.9;}
 .hm .rec {padding: 4px 6px; border-bottom: 1px solid #eee; white-space: pre-wrap; word-break: break-word;}
 .hm .tok {border-radius: 3px; padding: 1px 0;}
+.hm .tok.joined {text-decoration: underline dotted #bbb;}
 .hm .tok.max {outline: 2px solid #b03000; outline-offset: -1px;}
 .hm .nl {color: #999;}
 .hm .ell {color: #999; padding: 0 4px;}
@@ -84,6 +103,6 @@ def legend_html(vmax: float) -> str:
 def records_html(records: list[TokenActivations], vmax: float, around_max: int | None = None,
                  labels: list[str] | None = None) -> str:
     """Many records (real, simulated or predicted activations) with a shared scale and a legend."""
-    body = "".join(record_html(r.tokens, r.activations, vmax, around_max, labels[i] if labels else "")
+    body = "".join(record_html(r.tokens, r.activations, vmax, around_max, labels[i] if labels else "", r.runs)
                    for i, r in enumerate(records))
     return STYLE + legend_html(vmax) + f'<div class="hm">{body}</div>'

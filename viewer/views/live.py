@@ -7,6 +7,7 @@ import streamlit as st
 import torch
 
 from analysis.activations import neuron_reader, sae_reader, unit_activations
+from analysis.tokens import joined_runs
 from analysis.types import MLP, TokenActivations, UnitId
 from viewer.components.heatmap import records_html
 from viewer.components.picker import unit_link, unit_name
@@ -16,7 +17,8 @@ DEFAULT_TEXT = "The Eiffel Tower is in Paris, the capital of France. In 1889 it 
 
 
 def live_activations(model_name: str, text: str, layer: int, source: str = MLP, sae_path: str = ""):
-    """(token strings, activations [T, units], token limit if the text was cut else None) for ``text``: the
+    """(token strings, their readable runs, activations [T, units], token limit if the text was cut else None)
+    for ``text``: the
     layer's neurons, or the features of dictionary ``source``."""
     subj = subject(model_name)
     reader = neuron_reader(layer) if source == MLP else sae_reader(dictionary(source, sae_path))
@@ -28,7 +30,7 @@ def live_activations(model_name: str, text: str, layer: int, source: str = MLP, 
     with hooks_lock(model_name):
         acts = unit_activations(subj, enc.input_ids, enc.attention_mask, [reader])[reader.key][0, enc.n_prefix:]
     tokens = subj.tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
-    return tokens, acts, cut
+    return tokens, joined_runs([subj.vocab_bytes[i] for i in ids]), acts, cut
 
 
 def render() -> None:
@@ -59,7 +61,7 @@ def render() -> None:
         return
     try:
         with st.spinner("running the model…"):
-            tokens, acts, cut = live_activations(picked.model.name, text, picked.layer, picked.source, sae_path)
+            tokens, runs, acts, cut = live_activations(picked.model.name, text, picked.layer, picked.source, sae_path)
     except Exception as exc:
         show_error(exc)
         return
@@ -69,7 +71,7 @@ def render() -> None:
     vmax = max([vmax_cached or 0.0, max(col), 1e-9])
     scale = "the unit's corpus max" if vmax_cached and vmax_cached >= max(col) else "the max on this text"
     st.subheader(f"{unit_name(picked.unit)} on this text (max {max(col):.3g}; colour scale: {scale})")
-    st.html(records_html([TokenActivations(tokens, col)], vmax))
+    st.html(records_html([TokenActivations(tokens, col, runs=runs)], vmax))
     noun = "Neurons" if picked.source == MLP else "Features"
     st.subheader(f"{noun} of layer {picked.layer} that fire most on this text")
     top = torch.topk(acts.max(0).values, min(12, acts.shape[1]))
