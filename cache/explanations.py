@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+
 from analysis.types import MLP, Explanation, UnitId
 from cache.db import Repo, content_id
 
@@ -71,6 +73,17 @@ class UnitScore:
     simulator: str
     scoring_set: str
     score: float
+
+
+@dataclass(frozen=True)
+class ExplanationHit:
+    """An explanation found by a search: its unit, text and how well it matched (BM25 score or cosine)."""
+
+    explanation_id: str
+    unit: UnitId
+    explainer: str
+    text: str
+    match: float
 
 
 _BASE_COLS = ("source, layer, unit, predictor, params, scoring_set, window_ids, predicted, score, rsquared, "
@@ -183,3 +196,48 @@ class ExplanationRepo(Repo):
             sql += " AND e.layer = ?"
             args.append(layer)
         return [UnitScore(UnitId(r[0], r[1], r[2]), *r[3:]) for r in self._q(sql, args).fetchall()]
+
+    # ---- search: explanation texts of a model, their sentence vectors ----
+
+    _TEXTS = ("SELECT e.explanation_id, e.source, e.layer, e.unit, e.explainer, e.text FROM explanations e JOIN runs r "
+              "USING (run_id) WHERE r.model_id = ? AND e.explainer <> 'n2g'")
+
+    def texts(self, model_id: str) -> list[ExplanationHit]:
+        """Every text explanation of a model's units (Neuron2Graph summaries left out), match 0."""
+        rows = self._q(self._TEXTS + " ORDER BY e.explanation_id", [model_id]).fetchall()
+        return [ExplanationHit(r[0], UnitId(r[1], r[2], r[3]), r[4], r[5], 0.0) for r in rows]
+
+    def missing_vectors(self, encoder: str, model_id: str | None = None) -> list[ExplanationHit]:
+        """Text explanations without a vector of ``encoder`` (of one model, or of all)."""
+        sql = ("SELECT e.explanation_id, e.source, e.layer, e.unit, e.explainer, e.text FROM explanations e JOIN runs r "
+               "USING (run_id) WHERE e.explainer <> 'n2g' AND (? IS NULL OR r.model_id = ?) AND e.explanation_id NOT IN "
+               "(SELECT explanation_id FROM explanation_vectors WHERE encoder = ?) ORDER BY e.explanation_id")
+        rows = self._q(sql, [model_id, model_id, encoder]).fetchall()
+        return [ExplanationHit(r[0], UnitId(r[1], r[2], r[3]), r[4], r[5], 0.0) for r in rows]
+
+    def put_vectors(self, encoder: str, ids: list[str], vectors) -> None:
+        with self.transaction() as cur:
+            self._insert_arrow(cur, "explanation_vectors", pa.table({
+                "explanation_id": ids, "encoder": [encoder] * len(ids),
+                "vector": pa.array([list(map(float, v)) for v in vectors], type=pa.list_(pa.float32()))}))
+
+    def vector(self, encoder: str, explanation_id: str) -> list[float] | None:
+        row = self._q("SELECT vector FROM explanation_vectors WHERE encoder = ? AND explanation_id = ?",
+                      [encoder, explanation_id]).fetchone()
+        return list(row[0]) if row else None
+
+    def similar(self, encoder: str, vector: list[float], model_id: str, limit: int = 20,
+                not_unit: UnitId | None = None) -> list[ExplanationHit]:
+        """A model's explanations nearest to ``vector`` by cosine similarity (one per unit, its nearest), not of
+        ``not_unit``."""
+        dim = len(vector)
+        skip = not_unit or UnitId("", -1, -1)
+        rows = self._q(
+            f"WITH hits AS (SELECT e.explanation_id, e.source, e.layer, e.unit, e.explainer, e.text, "
+            f"array_cosine_similarity(v.vector::FLOAT[{dim}], ?::FLOAT[{dim}]) AS sim FROM explanations e "
+            f"JOIN runs r USING (run_id) JOIN explanation_vectors v USING (explanation_id) WHERE v.encoder = ? AND "
+            f"r.model_id = ? AND e.explainer <> 'n2g' AND NOT (e.source = ? AND e.layer = ? AND e.unit = ?)) "
+            f"SELECT * EXCLUDE (r) FROM (SELECT *, row_number() OVER (PARTITION BY source, layer, unit ORDER BY sim "
+            f"DESC) AS r FROM hits) WHERE r = 1 ORDER BY sim DESC LIMIT ?",
+            [vector, encoder, model_id, skip.source, skip.layer, skip.index, limit]).fetchall()
+        return [ExplanationHit(r[0], UnitId(r[1], r[2], r[3]), r[4], r[5], float(r[6])) for r in rows]

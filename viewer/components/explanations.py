@@ -144,3 +144,20 @@ def own_explanation_form(rec, simulators: dict, key: str = "own"):
             del st.session_state[f"{key}_scored"]
             return scored
     return None
+
+
+def similar_line(model_name: str, similar) -> None:
+    """Units with explanations like this unit's (``similar``: (text, hits or None) or None)."""
+    from viewer.components.heatmap import md_escape
+    from viewer.components.picker import unit_link
+
+    if similar is None:
+        return
+    text, hits = similar
+    if hits is None:
+        st.caption("units with similar explanations: this explanation has no sentence vector yet "
+                   "(`python -m analysis embed`, or the Search page)")
+    elif hits:
+        st.markdown(f"**Units with explanations like** *{md_escape(text)}*: " + " · ".join(
+            f"{unit_link(model_name, h.unit, tab='explanations')} {h.match:.2f} {md_escape(h.text[:60])}"
+            for h in hits))

@@ -128,9 +128,9 @@ def unit_url(model: str, unit: UnitId, tab: str | None = None) -> str:
                               **({"source": unit.source} if unit.source != MLP else {}), **({"tab": tab} if tab else {})})
 
 
-def unit_link(model: str, unit: UnitId, label: str | None = None) -> str:
-    """Markdown link to a unit's page (labelled ``unit_name`` by default)."""
-    return f"[{label or unit_name(unit)}]({unit_url(model, unit)})"
+def unit_link(model: str, unit: UnitId, label: str | None = None, tab: str | None = None) -> str:
+    """Markdown link to a unit's page (labelled ``unit_name`` by default; opening ``tab``)."""
+    return f"[{label or unit_name(unit)}]({unit_url(model, unit, tab)})"
 
 
 def unit_name(unit: UnitId) -> str:

@@ -11,7 +11,7 @@ import streamlit as st
 
 from analysis.types import MLP, UnitId
 from viewer.components.charts import histogram_figure
-from viewer.components.explanations import baseline_line, explanations_panel
+from viewer.components.explanations import baseline_line, explanations_panel, similar_line
 from viewer.components.export import neuron_page_html
 from viewer.components.glance import Glance, glance_header
 from viewer.components.graph import graph_panel
@@ -173,6 +173,20 @@ def glance_of(s, model, rec) -> Glance:
         top_tokens=[t for _i, t, _m, _c in rec.top_tokens], density=rec.stats.frac_active, neuron=unit.source == MLP)
 
 
+def similar_units(s, model, rec):
+    """Units whose explanations are nearest to this unit's best (else newest) explanation by sentence vector:
+    (its text, hits), or None when it has no explanation; hits None when its vector is not computed yet."""
+    from analysis.search import ENCODER
+
+    best = s.explanations.best(rec.run_id, rec.unit)
+    texts = [e for e in s.explanations.of_unit(rec.run_id, rec.unit) if e.explainer != "n2g"]
+    e = best[0] if best else (texts[-1] if texts else None)
+    if e is None:
+        return None
+    vec = s.explanations.vector(ENCODER, e.explanation_id)
+    return e.text, (s.explanations.similar(ENCODER, vec, model.model_id, 8, not_unit=rec.unit) if vec else None)
+
+
 def compute_now(lens: str, model, rec) -> None:
     """Run the cheap lens the glance header asked for."""
     from analysis.jobs.n2g import N2GJob, n2g
@@ -250,13 +264,14 @@ def render() -> None:
         st.html(records_html(rec.random_sample, vmax, window))
     elif tab == "explanations":
         found = read(lambda s_: (s_.explanations.with_simulations(rec.run_id, unit),
-                                 s_.explanations.baselines(rec.run_id, unit)))
+                                 s_.explanations.baselines(rec.run_id, unit), similar_units(s_, model, rec)))
         if found is not None:
-            rows, baselines = found
+            rows, baselines, similar = found
             if baseline_line(baselines):
                 compute_now("baseline", model, rec)
             if to_save := explanations_panel(rows, baselines, rec, live_simulators()):
                 save_explanation(rec, to_save)
+            similar_line(model.name, similar)
     elif tab == "topics":
         topics_tab(model, rec)
     elif tab == "graph":

@@ -1,4 +1,5 @@
-"""Search: units by token (from the harvest's token table), by graph pattern, by topic word, and by statistics."""
+"""Search: units by what their explanations say (keyword or meaning), by token (from the harvest's token table), by
+graph pattern, by topic word, and by statistics."""
 
 from __future__ import annotations
 
@@ -8,11 +9,50 @@ import streamlit as st
 from analysis.n2g.evaluate import FIRING_FRACTION
 from analysis.n2g.graph import contains_sequence
 from analysis.types import MLP
+from viewer.components.heatmap import md_escape
 from viewer.components.picker import source_label, unit_link, unit_url
-from viewer.resources import cached_models, read
+from viewer.resources import cached_models, read, run_job
 
 SORT_LABELS = {"max": "highest max", "kurtosis": "highest kurtosis", "sparsest": "sparsest (lowest fraction > 0)",
                "densest": "densest", "skewness": "highest skew", "min": "most negative"}
+
+
+EMBED_IN_PAGE = 500
+"""At most this many missing explanation vectors are computed from the page (about 5 s); more: the CLI."""
+
+
+def explanation_search(s, name: str, model) -> bool:
+    """Units by what their explanations say: BM25 over the words, or sentence-vector similarity. True when the
+    user asks to embed the missing explanations now."""
+    from analysis.jobs.embed import search_explanations
+    from analysis.search import ENCODER
+
+    st.subheader("Which units do their explanations describe?")
+    qp = st.query_params
+    if "search_q" not in st.session_state:
+        st.session_state["search_q"] = qp.get("q", "")
+    c1, c2 = st.columns([3, 1])
+    query = c1.text_input("words or a description", key="search_q", placeholder="e.g. rivers and lakes")
+    how = c2.radio("match", ["keyword", "meaning"], horizontal=True, key="search_how",
+                   help="keyword: BM25 over the explanation words; meaning: cosine similarity of all-MiniLM-L6-v2 "
+                        "sentence vectors (finds 'lakes and streams' for 'water')")
+    qp["q"] = query
+    missing = len(s.explanations.missing_vectors(ENCODER, model.model_id)) if how == "meaning" else 0
+    ask = False
+    if missing:
+        if missing <= EMBED_IN_PAGE:
+            ask = st.button(f"embed the {missing} explanation(s) without a vector now")
+        st.caption(f"{missing} explanation(s) have no sentence vector yet and cannot be found by meaning: "
+                   f"`python -m analysis embed --db {s.path}`")
+    if not query.strip():
+        return ask
+    hits = search_explanations(s, name, query, how, limit=20)
+    if not hits:
+        st.caption("no explanation matches" + (" those words (stop words are ignored)" if how == "keyword" else ""))
+    for h in hits:
+        st.markdown(f"- {unit_link(name, h.unit, tab='explanations')} · {h.match:.3f} · {md_escape(h.text)} "
+                    f"({h.explainer})")
+    return ask
 
 
 def token_search(s, name: str, model, runs: list) -> None:
@@ -140,6 +180,8 @@ def render() -> None:
         qp["model"] = name
         model = s.catalog.model(name)
         runs = s.runs.finished(model.model_id, source=None)
+        if explanation_search(s, name, model):
+            return name, "embed"
         token_search(s, name, model, runs)
         graph_search(s, name, model, runs)
         topic_search(s, name, model)
@@ -149,6 +191,12 @@ def render() -> None:
     if data is None or data[1] is None:
         return
     name, rows = data
+    if rows == "embed":
+        from analysis.jobs.embed import EmbedJob, embed_explanations
+
+        run_job("embedding explanations…", lambda db, progress: embed_explanations(EmbedJob(model=name), db,
+                                                                                    progress))
+        return
     noun = "neuron" if not rows or rows[0].unit.source == MLP else "feature"
     st.markdown(f"| {noun} | max | mean | std | skew | kurtosis | frac > 0 |\n|---|---|---|---|---|---|---|\n" + "\n".join(
         f"| {unit_link(name, r.unit)} | {r.max:.3g} | {r.mean:.3g} | {r.std:.3g} | {r.skewness:.3g} | "

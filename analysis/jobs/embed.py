@@ -1,0 +1,63 @@
+"""Job: sentence vectors of the explanations that have none yet (for search by meaning; resumable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from analysis.progress import Progress
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    model: str | None = None
+    """Only this model's explanations (default: every model's)."""
+    chunk: int = 256
+    """Explanations per write."""
+
+
+def embed_explanations(job: EmbedJob, db: Path, progress: Progress = Progress()) -> int:
+    """Embed what is missing with ``analysis.search.ENCODER``; returns how many were embedded."""
+    from analysis.jobs.common import cached_model
+    from analysis.search import ENCODER, embed
+    from cache.store import open_store
+
+    with open_store(db, read_only=True) as store:
+        model_id = cached_model(store, job.model).model_id if job.model else None
+        todo = store.explanations.missing_vectors(ENCODER, model_id)
+    bar = progress.bar(len(todo), f"embed explanations ({ENCODER})", unit="explanation")
+    for i in range(0, len(todo), job.chunk):
+        part = todo[i:i + job.chunk]
+        vectors = embed([h.text for h in part])
+        with open_store(db) as store:
+            store.explanations.put_vectors(ENCODER, [h.explanation_id for h in part], vectors)
+        bar.update(len(part))
+    bar.close()
+    return len(todo)
+
+
+def search_explanations(store, model: str, query: str, how: str = "keyword", limit: int = 20) -> list:
+    """Units whose explanations match ``query`` (cache.explanations.ExplanationHit), best first, one hit per unit
+    (its best-matching explanation): ``how`` 'keyword' ranks by BM25 over the words, 'meaning' by cosine
+    similarity of sentence vectors (the query is embedded here; explanations without a vector are not found:
+    run ``embed``). ``store``: an open store (read-only is enough)."""
+    from dataclasses import replace
+
+    from analysis.jobs.common import cached_model
+    from analysis.search import ENCODER, bm25_rank, embed
+    from analysis.types import UserError
+
+    if not query.strip():
+        raise UserError("give some words to search for")
+    model_id = cached_model(store, model).model_id
+    if how == "meaning":
+        return store.explanations.similar(ENCODER, embed([query])[0].tolist(), model_id, limit)
+    if how != "keyword":
+        raise UserError(f"unknown search {how!r}: keyword or meaning")
+    texts = store.explanations.texts(model_id)
+    hits, seen = [], set()
+    for r in bm25_rank([t.text for t in texts], query, k=len(texts)):
+        if texts[r.index].unit not in seen:
+            seen.add(texts[r.index].unit)
+            hits.append(replace(texts[r.index], match=r.score))
+    return hits[:limit]

