@@ -9,6 +9,7 @@ share its connection, one per table family:
     store.explanations  explanations and scored simulations         (cache/explanations.py)
     store.graphs        Neuron2Graph graphs                         (cache/graphs.py)
     store.topics        word-pool topics                            (cache/topics.py)
+    store.lists         named lists of units with notes             (cache/lists.py)
 
 Schema: ``cache/migrations.py`` (append-only); connecting, versions and the concurrency rules: ``cache/db.py``.
 Nothing here imports torch: reading a record needs no model.
@@ -18,21 +19,45 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import duckdb
 
+from analysis.types import MLP, UnitRecord
+
 from cache.catalog import CatalogRepo
 from cache.db import StoreError, connect, migrate, schema_version
 from cache.explanations import ExplanationRepo
 from cache.graphs import GraphRepo
+from cache.lists import ListRepo
 from cache.migrations import SCHEMA_VERSION
 from cache.records import RecordRepo
 from cache.runs import RunRepo
 from cache.topics import TopicRepo
 
-__all__ = ["Store", "StoreError", "open_store", "migrate", "migrate_file"]
+__all__ = ["Store", "StoreError", "UnitGlance", "open_store", "migrate", "migrate_file"]
+
+
+@dataclass(frozen=True)
+class UnitGlance:
+    """What every lens in the cache says about one unit, in one read (the unit page's header, a static page)."""
+
+    best: tuple | None
+    """(StoredExplanation, StoredSimulation) of the best-scored text explanation, or None."""
+    n_explanations: int
+    baselines: list
+    """The unit's StoredBaselines."""
+    graph: dict | None
+    """The stored graph's metrics (firing / baseline_firing P/R/F1), or None."""
+    n_topic_sets: int
+    topic: object | None
+    """cache.topics.BestTopic, or None."""
+    top_tokens: list[str]
+    density: float
+    neuron: bool
+    """An MLP neuron (the graph lens probes neurons only)."""
 
 
 class Store:
@@ -46,6 +71,18 @@ class Store:
         self.explanations = ExplanationRepo(con)
         self.graphs = GraphRepo(con)
         self.topics = TopicRepo(con)
+        self.lists = ListRepo(con)
+
+    def glance(self, model_id: str, rec: UnitRecord) -> UnitGlance:
+        unit = rec.unit
+        graph = self.graphs.get(rec.run_id, unit)
+        n_sets, topic = self.topics.best_of(model_id, unit)
+        return UnitGlance(best=self.explanations.best(rec.run_id, unit),
+                          n_explanations=len(self.explanations.of_unit(rec.run_id, unit)),
+                          baselines=self.explanations.baselines(rec.run_id, unit),
+                          graph=graph.metrics if graph else None, n_topic_sets=n_sets, topic=topic,
+                          top_tokens=[t for _i, t, _m, _c in rec.top_tokens], density=rec.stats.frac_active,
+                          neuron=unit.source == MLP)
 
 
 @contextmanager

@@ -129,3 +129,67 @@ def test_graph_tab_draws_in_chromium(server):
         assert page.locator(".hm .rec").count() == 20  # held-out records, real and predicted
         browser.close()
     assert dialogs == []
+
+
+def test_glance_header_and_a_list_page_in_chromium(server):
+    """The top of a unit page says what it does; a list opens from its shared URL with its notes and links."""
+    from playwright.sync_api import sync_playwright
+
+    from analysis.__main__ import main
+
+    url, db, model = server
+    for n, note in ((2, "fires after <b>tags</b>"), (5, "a second one")):
+        assert main(["list", "add", "browser picks", "--db", str(db), "--model", model, "--layer", "1",
+                     "--neuron", str(n), "--note", note]) == 0
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(f"{url}/?model={urllib.request.quote(model, safe='')}&layer=1&neuron=2")
+        page.wait_for_selector(".hm .rec", timeout=60_000)
+        main_text = page.locator("section.main, [data-testid='stMain']").first.inner_text()
+        assert "N2G F1" in main_text and "fires on" in main_text and "density" in main_text
+        page.get_by_role("button", name="graph").first.click()  # a card opens its tab
+        page.wait_for_selector("iframe", timeout=60_000)
+        assert "tab=graph" in page.url
+        page.goto(f"{url}/lists?list={urllib.request.quote('browser picks')}")
+        page.get_by_text("fires after <b>tags</b>").wait_for(timeout=60_000)  # the note, as text
+        assert page.locator("[data-testid='stMain'] b:text('tags')").count() == 0
+        links = page.locator("a[href*='neuron=']")
+        assert links.count() >= 2
+        page.goto(f"{url}/" + links.first.get_attribute("href").removeprefix("./"))  # (links open a new tab)
+        page.wait_for_selector(".hm .rec", timeout=60_000)
+        assert page.locator("h1").first.inner_text().strip().endswith("L1 · N2")
+        browser.close()
+
+
+def test_static_site_opens_offline_in_chromium(server, tmp_path):
+    """A list exported as a static site opens from the folder with no network request at all."""
+    import zipfile
+
+    from playwright.sync_api import sync_playwright
+
+    from analysis.__main__ import main
+
+    _url, db, model = server
+    assert main(["list", "add", "offline", "--db", str(db), "--model", model, "--layer", "1", "--neuron", "3",
+                 "--note", "see the <script> records"]) == 0
+    assert main(["list", "add", "offline", "--db", str(db), "--model", model, "--layer", "0", "--neuron", "1"]) == 0
+    assert main(["site", "--list", "offline", "--db", str(db), "--out", str(tmp_path / "offline.zip"), "--quiet"]) == 0
+    with zipfile.ZipFile(tmp_path / "offline.zip") as z:
+        z.extractall(tmp_path / "unzipped")
+    index = tmp_path / "unzipped" / "offline" / "index.html"
+    requests = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(index.as_uri())
+        assert page.locator("a[href^='units/']").count() == 2
+        page.locator("a[href^='units/']").first.click()
+        page.wait_for_selector(".hm .rec")
+        assert page.locator(".hm .rec").count() >= 20 and page.locator("svg rect").count() > 3
+        assert "see the <script> records" in page.inner_text("body") and page.locator("body script").count() == 0
+        page.get_by_text("all units").click()
+        page.wait_for_selector("a[href^='units/']")
+        browser.close()
+    assert requests and all(u.startswith("file://") for u in requests), [u for u in requests if "file:" not in u]

@@ -23,6 +23,7 @@ nav = st.navigation([
     st.Page(HERE / "views" / "live.py", title="Live text", icon=":material/keyboard:", url_path="live"),
     st.Page(HERE / "views" / "search.py", title="Search", icon=":material/search:", url_path="search"),
     st.Page(HERE / "views" / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page(HERE / "views" / "lists.py", title="Lists", icon=":material/list:", url_path="lists"),
     st.Page(HERE / "views" / "scores.py", title="Scores", icon=":material/insights:", url_path="scores"),
     st.Page(HERE / "views" / "interpretability.py", title="Interpretability", icon=":material/balance:",
             url_path="interpretability"),

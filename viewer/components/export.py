@@ -1,34 +1,66 @@
-"""A neuron page as one self-contained HTML file (opens without the server: plotly.js is inlined)."""
+"""A unit's page as one self-contained HTML file: opens from a folder or a zip, with no server, script or network
+request (the histogram is an inline SVG)."""
 
 from __future__ import annotations
 
 import html
 
 from analysis.types import UnitRecord
-from viewer.components.charts import histogram_figure
+from viewer.components.charts import histogram_svg
 from viewer.components.heatmap import records_html
 
 
-def neuron_page_html(rec: UnitRecord, model_name: str) -> str:
+def glance_rows(g) -> list[tuple[str, str]]:
+    """A cache.store.UnitGlance as (label, text) rows."""
+    rows = []
+    if g.best:
+        e, s = g.best
+        rows.append(("best explanation", f"{e.text} (r = {s.score:+.3f}, {e.explainer} → {s.simulator})"))
+    base = [b for b in g.baselines if b.error is None and b.score is not None]
+    if base:
+        rows.append(("baseline", "; ".join(f"{b.predictor} r = {b.score:+.3f} on {b.scoring_set} (ignores any "
+                                           "explanation)" for b in base)))
+    if g.graph:
+        f, b = g.graph.get("firing", {}), g.graph.get("baseline_firing", {})
+        rows.append(("Neuron2Graph", f"firing F1 {f.get('f1', float('nan')):.2f} (token-lookup "
+                                     f"{b.get('f1', float('nan')):.2f})"))
+    if g.topic:
+        rnd = f" vs random sets {g.topic.random_median:+.3f}" if g.topic.random_median is not None else ""
+        rows.append(("topic", f"{' '.join(g.topic.words)} (NPMI {g.topic.score:+.3f}{rnd}, {g.topic.mode})"))
+    rows.append(("fires on", " ".join(repr(t) for t in g.top_tokens[:8]) or "—"))
+    rows.append(("density", f"{g.density:.2%} of tokens > 0"))
+    return rows
+
+
+def neuron_page_html(rec: UnitRecord, model_name: str, glance=None, note: str = "", back: str | None = None) -> str:
+    """The page; ``glance`` (cache.store.UnitGlance) adds what the other lenses say, ``note`` a list's note,
+    ``back`` a link to the index it belongs to."""
     s = rec.stats
     vmax = max(s.max, 1e-9)
-    stats_rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in [
+    table = lambda rows: "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    stats_rows = table([
         ("max", f"{s.max:.4g}"), ("min", f"{s.min:.4g}"), ("mean", f"{s.mean:.4g}"), ("std", f"{s.std:.4g}"),
         ("skewness", f"{s.skewness:.4g}"), ("kurtosis", f"{s.kurtosis:.4g}"), ("fraction > 0", f"{s.frac_active:.4f}"),
         ("tokens", f"{s.n_tokens:,}")])
-    hist = histogram_figure(s).to_html(full_html=False, include_plotlyjs=True)
     bins = ""
     for i, recs in enumerate(rec.random_sample_by_quantile):
         if recs:
             bins += f"<h3>quantile bin {i + 1}</h3>" + records_html(recs, vmax)
-    title = html.escape(f"{model_name} · layer {rec.layer} · neuron {rec.unit.index}")
+    unit = f"neuron {rec.unit.index}" if rec.unit.source == "mlp" else f"{rec.unit.source} feature {rec.unit.index}"
+    title = html.escape(f"{model_name} · layer {rec.layer} · {unit}")
+    head = f'<p><a href="{html.escape(back, quote=True)}">← all units</a></p>' if back else ""
+    if note:
+        head += f'<p class="note">{html.escape(note)}</p>'
+    summary = f"<table>{table(glance_rows(glance))}</table>" if glance else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:20px auto;color:#222}} table{{border-collapse:collapse}}
-th,td{{padding:2px 10px;text-align:left;border-bottom:1px solid #eee}}</style></head><body>
-<h1>{title}</h1>
+th,td{{padding:2px 10px;text-align:left;border-bottom:1px solid #eee;vertical-align:top}}
+.note{{background:#fff6e0;padding:6px 10px;border-left:3px solid #ff7a00}}</style></head><body>
+{head}<h1>{title}</h1>
+{summary}
 <p>{html.escape(f"run {rec.run_id} · corpus {rec.corpus_id} · model {rec.model_id} · hook {rec.hook_point}")}</p>
 <table>{stats_rows}</table>
-{hist}
+{histogram_svg(s)}
 <h2>Top-activating windows</h2>{records_html(rec.most_positive_activation_records, vmax)}
 <h2>Random windows</h2>{records_html(rec.random_sample, vmax)}
 <h2>Quantile samples</h2>{bins}

@@ -7,32 +7,12 @@ where computing it is cheap (the page runs the job: this module only returns wha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import streamlit as st
+
+from cache.store import UnitGlance
 
 from viewer.components.explanations import BASELINE_HELP, TINY
 from viewer.components.heatmap import md_escape, md_token
-
-
-@dataclass(frozen=True)
-class Glance:
-    """What the header shows about one unit (read by the page in one visit)."""
-
-    best: tuple | None
-    """(StoredExplanation, StoredSimulation) of the best-scored explanation, or None."""
-    n_explanations: int
-    baselines: list
-    """The unit's StoredBaselines."""
-    graph: dict | None
-    """The stored graph's metrics (firing / baseline_firing P/R/F1), or None."""
-    n_topic_sets: int
-    topic: object | None
-    """cache.topics.BestTopic, or None."""
-    top_tokens: list[str]
-    density: float
-    neuron: bool
-    """An MLP neuron (the graph lens probes neurons only)."""
 
 
 def _open_tab(tab: str) -> None:
@@ -47,7 +27,7 @@ def _card(col, title: str, tab: str, body: str, help: str | None = None) -> None
         st.markdown(body)
 
 
-def glance_header(g: Glance) -> str | None:
+def glance_header(g: UnitGlance) -> str | None:
     """Draw the header; return the lens the user asked to compute now ('baseline', 'graph', 'topics') or None."""
     ask = None
     c = st.columns([3, 1.3, 1.5, 2.2, 2])

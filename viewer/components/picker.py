@@ -128,6 +128,13 @@ def unit_url(model: str, unit: UnitId, tab: str | None = None) -> str:
                               **({"source": unit.source} if unit.source != MLP else {}), **({"tab": tab} if tab else {})})
 
 
+def list_url(name: str) -> str:
+    """Relative URL of a list's page."""
+    from urllib.parse import urlencode
+
+    return "./lists?" + urlencode({"list": name})
+
+
 def unit_link(model: str, unit: UnitId, label: str | None = None, tab: str | None = None) -> str:
     """Markdown link to a unit's page (labelled ``unit_name`` by default; opening ``tab``)."""
     return f"[{label or unit_name(unit)}]({unit_url(model, unit, tab)})"

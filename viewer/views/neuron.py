@@ -13,10 +13,10 @@ from analysis.types import MLP, UnitId
 from viewer.components.charts import histogram_figure
 from viewer.components.explanations import baseline_line, explanations_panel, similar_line
 from viewer.components.export import neuron_page_html
-from viewer.components.glance import Glance, glance_header
+from viewer.components.glance import glance_header
 from viewer.components.graph import graph_panel
-from viewer.components.heatmap import records_html
-from viewer.components.picker import unit_label, unit_link, unit_title
+from viewer.components.heatmap import md_escape, records_html
+from viewer.components.picker import list_url, unit_label, unit_link, unit_title
 from viewer.components.topics import topic_controls, topics_view
 from viewer.resources import (db_path, live_simulators, pick_unit, read, run_job,
                               save_explanation, show_error, subject)
@@ -163,16 +163,6 @@ def topics_tab(model, rec) -> None:
     topics_view(sets)
 
 
-def glance_of(s, model, rec) -> Glance:
-    unit = rec.unit
-    graph = s.graphs.get(rec.run_id, unit)
-    n_sets, topic = s.topics.best_of(model.model_id, unit)
-    return Glance(best=s.explanations.best(rec.run_id, unit), n_explanations=len(s.explanations.of_unit(
-        rec.run_id, unit)), baselines=s.explanations.baselines(rec.run_id, unit),
-        graph=graph.metrics if graph else None, n_topic_sets=n_sets, topic=topic,
-        top_tokens=[t for _i, t, _m, _c in rec.top_tokens], density=rec.stats.frac_active, neuron=unit.source == MLP)
-
-
 def similar_units(s, model, rec):
     """Units whose explanations are nearest to this unit's best (else newest) explanation by sentence vector:
     (its text, hits), or None when it has no explanation; hits None when its vector is not computed yet."""
@@ -208,6 +198,27 @@ def compute_now(lens: str, model, rec) -> None:
             db, progress))
 
 
+def add_to_list_form(model, unit: UnitId, lists: tuple[list[str], list[str]]) -> None:
+    """Put this unit on a list (an existing one, or a new one by name) with a note."""
+    from analysis.jobs.lists import add_to_list
+
+    names, on = lists
+    if on:
+        st.markdown("on " + ", ".join(f"[{md_escape(n)}]({list_url(n)})" for n in on))
+    with st.form("add_to_list"):
+        pick = st.selectbox("list", names, key="list_pick") if names else None
+        new = st.text_input("or a new list", key="list_new", placeholder="its name")
+        note = st.text_input("note", key="list_note", placeholder="why this unit")
+        if st.form_submit_button("add"):
+            name = (new or pick or "").strip()
+            try:
+                add_to_list(db_path(), name, model.name, unit, note)
+            except Exception as exc:
+                show_error(exc)
+                return
+            st.success(f"added to {name}")
+
+
 def render() -> None:
     def load(s):
         if (found := pick_unit(s)) is None:
@@ -215,12 +226,13 @@ def render() -> None:
         picked, run = found
         rec = s.records.unit_record(run, picked.unit) if run else None
         corpus = (s.catalog.corpus_arg(r.corpus_id) if (r := s.runs.find(picked.model.name)) else None)
-        return picked, rec, corpus, (glance_of(s, picked.model, rec) if rec else None)
+        lists = ([l.name for l in s.lists.all()], s.lists.containing(picked.model.model_id, picked.unit))
+        return picked, rec, corpus, (s.glance(picked.model.model_id, rec) if rec else None), lists
 
     data = read(load)
     if data is None:
         return
-    picked, rec, corpus, glance = data
+    picked, rec, corpus, glance, lists = data
     model, unit = picked.model, picked.unit
     if picked.problem:
         st.error(picked.problem)
@@ -242,15 +254,17 @@ def render() -> None:
     st.plotly_chart(histogram_figure(s, log_y), config={"displayModeBar": False})
     qp = st.query_params
     tab = qp.get("tab", "top") if qp.get("tab") in TABS else "top"
-    c1, c2, c3 = st.columns([6, 2, 1])
+    c1, c2, c3, c4 = st.columns([6, 2, 1, 1])
     tab = c1.segmented_control("records", TABS, default=tab, key="tab_sel", label_visibility="collapsed") or "top"
     qp["tab"] = tab
     around = c2.toggle("only ±8 tokens around each max", value=qp.get("around") == "1", key="around_sel")
     qp["around"] = "1" if around else "0"
-    c3.download_button("Export HTML", neuron_page_html(rec, model.name),
+    c3.download_button("Export HTML", neuron_page_html(rec, model.name, glance),
                        file_name=f"{model.name}-L{unit.layer}-{unit.source}-{unit.index}.html".replace("/", "_")
                        if unit.source != MLP else f"{model.name}-L{unit.layer}-N{unit.index}.html".replace("/", "_"),
                        mime="text/html")
+    with c4.popover("add to list"):
+        add_to_list_form(model, unit, lists)
     window = 8 if around else None
     if tab == "top":
         st.html(records_html(rec.most_positive_activation_records, vmax, window,
