@@ -18,6 +18,7 @@ from viewer.components.graph import graph_panel
 from viewer.components.heatmap import md_escape, records_html
 from viewer.components.picker import list_url, unit_label, unit_link, unit_title
 from viewer.components.topics import topic_controls, topics_view
+from viewer.site import page_name
 from viewer.resources import (db_path, live_simulators, pick_unit, read, run_job,
                               save_explanation, show_error, subject)
 
@@ -236,12 +237,18 @@ def render() -> None:
     model, unit = picked.model, picked.unit
     if picked.problem:
         st.error(picked.problem)
-    st.title(unit_title(model.name, unit))
+    t1, t2, t3 = st.columns([8, 1.3, 1.3], vertical_alignment="center")
+    t1.title(unit_title(model.name, unit))
     if rec is None:
         from analysis.config import DEFAULT_CORPUS
 
         harvest_button(model.name, unit.layer, corpus or DEFAULT_CORPUS, unit.source)
         return
+    t2.download_button("Export HTML", lambda: neuron_page_html(rec, model.name, glance),
+                       file_name=f"{model.name}-{page_name(unit)}".replace("/", "_"), mime="text/html",
+                       help="this page as one HTML file that opens offline (records, statistics, what each lens says)")
+    with t3.popover("add to list"):
+        add_to_list_form(model, unit, lists)
     if (lens := glance_header(glance)) is not None:
         compute_now(lens, model, rec)
     s = rec.stats
@@ -254,17 +261,11 @@ def render() -> None:
     st.plotly_chart(histogram_figure(s, log_y), config={"displayModeBar": False})
     qp = st.query_params
     tab = qp.get("tab", "top") if qp.get("tab") in TABS else "top"
-    c1, c2, c3, c4 = st.columns([6, 2, 1, 1])
+    c1, c2 = st.columns([6, 2])
     tab = c1.segmented_control("records", TABS, default=tab, key="tab_sel", label_visibility="collapsed") or "top"
     qp["tab"] = tab
     around = c2.toggle("only ±8 tokens around each max", value=qp.get("around") == "1", key="around_sel")
     qp["around"] = "1" if around else "0"
-    c3.download_button("Export HTML", neuron_page_html(rec, model.name, glance),
-                       file_name=f"{model.name}-L{unit.layer}-{unit.source}-{unit.index}.html".replace("/", "_")
-                       if unit.source != MLP else f"{model.name}-L{unit.layer}-N{unit.index}.html".replace("/", "_"),
-                       mime="text/html")
-    with c4.popover("add to list"):
-        add_to_list_form(model, unit, lists)
     window = 8 if around else None
     if tab == "top":
         st.html(records_html(rec.most_positive_activation_records, vmax, window,

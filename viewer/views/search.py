@@ -17,8 +17,7 @@ SORT_LABELS = {"max": "highest max", "kurtosis": "highest kurtosis", "sparsest":
                "densest": "densest", "skewness": "highest skew", "min": "most negative"}
 
 
-EMBED_IN_PAGE = 500
-"""At most this many missing explanation vectors are computed from the page (about 5 s); more: the CLI."""
+EMBED_IN_PAGE = 500  # at most this many missing explanation vectors are computed from the page (~5 s); more: CLI
 
 
 def explanation_search(s, name: str, model) -> bool:
