@@ -46,10 +46,12 @@ class CatalogRepo(Repo):
                        "vocab WHERE bytes IS NULL) ORDER BY model_id").fetchall()
         return [ModelInfo(*r) for r in rows]
 
-    def vocab_bytes(self, tokenizer_id: str, token_ids: list[int]) -> dict[int, bytes]:
-        """token id -> its bytes, for the tokens that have them."""
-        rows = self._q("SELECT token_id, bytes FROM vocab WHERE tokenizer_id = ? AND bytes IS NOT NULL AND token_id "
-                       "IN (SELECT unnest(?::INTEGER[]))", [tokenizer_id, sorted(set(token_ids))]).fetchall()
+    def partial_bytes(self, tokenizer_id: str, token_ids: list[int]) -> dict[int, bytes]:
+        """token id -> its bytes, for the tokens among ``token_ids`` that hold part of a character (their text
+        has U+FFFD; any other token's bytes are its text in UTF-8) and whose bytes are stored."""
+        rows = self._q("SELECT token_id, bytes FROM vocab WHERE tokenizer_id = ? AND bytes IS NOT NULL AND "
+                       "contains(token, '\ufffd') AND token_id IN (SELECT unnest(?::INTEGER[]))",
+                       [tokenizer_id, sorted(set(token_ids))]).fetchall()
         return {t: bytes(b) for t, b in rows}
 
     def put_corpus(self, info: CorpusInfo, documents: list[Document]) -> None:

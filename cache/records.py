@@ -166,10 +166,11 @@ class RecordRepo(Repo):
         catalog = CatalogRepo(self.con)
         ids = [t for r in rows for t in r[6]]
         vocab = catalog.vocab(tokenizer_id, ids + [r[0] for r in tok_rows])
-        raw = catalog.vocab_bytes(tokenizer_id, ids)
+        partial = catalog.partial_bytes(tokenizer_id, ids)
         top, rand, by_bin = [], [], {}
         for kind, b, wid, acts, doc_id, offset, token_ids in rows:
-            runs = joined_runs([raw[t] for t in token_ids]) if all(t in raw for t in token_ids) else ()
+            runs = (joined_runs([partial.get(t) or vocab[t].encode("utf-8") for t in token_ids])
+                    if any(t in partial for t in token_ids) else ())
             rec = ActivationRecord(tokens=[vocab.get(t, f"<{t}>") for t in token_ids], token_ids=list(token_ids),
                                    runs=runs,
                                    activations=np.frombuffer(acts, dtype=np.float16).astype(float).tolist(),

@@ -187,7 +187,7 @@ def test_static_site_opens_offline_in_chromium(server, tmp_path):
         assert page.locator("a[href^='units/']").count() == 2
         page.locator("a[href^='units/']").first.click()
         page.wait_for_selector(".hm .rec")
-        assert page.locator(".hm .rec").count() >= 20 and page.locator("svg rect").count() > 3
+        assert page.locator(".hm .rec").count() >= 20 and page.locator(".hist .bar").count() > 3
         assert "see the <script> records" in page.inner_text("body") and page.locator("body script").count() == 0
         page.get_by_text("all units").click()
         page.wait_for_selector("a[href^='units/']")

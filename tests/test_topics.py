@@ -606,7 +606,7 @@ def test_cli_topics_json_is_checkable_resumes_and_shows(tmp_path, monkeypatch, c
     body = "".join(h.proto.body for h in at.html)
     word = next(r for r in out if r["mode"] == "hi-c" and r["neuron"] == unit and r["topics"])["topics"][0]["words"][0]
     assert 'class="chip"' in body and f">{word}</span>" in body
-    assert len(at.get("plotly_chart")) == 2  # the histogram and topics vs random sets
+    assert len(at.get("plotly_chart")) == 1 and 'class="hist"' in body  # topics vs random sets; the histogram
     assert any("vs random sets" in m.value for m in at.markdown)
     assert any("ref.txt" in c.value and "words" in c.value for c in at.caption)
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "viewer" / "views" / "search.py"),

@@ -1,10 +1,8 @@
-"""Plotly figures."""
+"""The activation histogram as a static SVG: drawn the same on the page and in exported pages (no script)."""
 
 from __future__ import annotations
 
 import math
-
-import plotly.graph_objects as go
 
 from analysis.types import UnitStats
 
@@ -19,37 +17,43 @@ def _bars(stats: UnitStats) -> list[tuple[float, float, int]]:
     return out
 
 
-def histogram_figure(stats: UnitStats, log_y: bool = True) -> go.Figure:
-    """Bars on the harvest's log-scale bins (4 per octave), drawn at their true widths on a linear axis."""
-    bars = _bars(stats)
-    xs, ws, ys = [(lo + hi) / 2 for lo, hi, _c in bars], [hi - lo for lo, hi, _c in bars], [c for *_e, c in bars]
-    tips = [f"[{lo:.4g}, {hi:.4g}): {c:,} tokens" for lo, hi, c in bars]
-    fig = go.Figure(go.Bar(x=xs, y=ys, width=ws, hovertext=tips, hoverinfo="text", marker_color="#ff7a00",
-                           marker_line_width=0))
-    fig.update_layout(height=230, margin=dict(l=10, r=10, t=10, b=30), xaxis_title="activation",
-                      yaxis_title="tokens", yaxis_type="log" if log_y else "linear", bargap=0, template="plotly_white")
-    return fig
+def _ticks(lo: float, hi: float, n: int = 6) -> list[float]:
+    """About ``n`` round values in [lo, hi]."""
+    raw = (hi - lo) / max(n, 1)
+    step = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    step *= next(m for m in (1, 2, 5, 10) if step * m >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
-def histogram_svg(stats: UnitStats, width: int = 900, height: int = 200) -> str:
-    """The same bars as a static SVG (log-scale counts), for pages that open without a server or scripts."""
+def histogram_html(stats: UnitStats, log_y: bool = True, height: int = 190) -> str:
+    """Bars on the harvest's log-scale bins (4 per octave) at their true widths on a linear activation axis;
+    token counts on a log (or linear) axis; hovering a bar shows its bin and count. Plain HTML and CSS (no SVG,
+    which st.html's sanitiser drops; no script), so it draws the same on the page and in exported files."""
     bars = _bars(stats)
     if not bars:
         return "<p>no tokens</p>"
     x0, x1 = min(lo for lo, _h, _c in bars), max(hi for _l, hi, _c in bars)
-    top = math.log10(max(c for *_e, c in bars) + 1)
-    sx = (width - 60) / max(x1 - x0, 1e-12)
-    rects = []
+    peak = max(c for *_e, c in bars)
+    f = (lambda c: math.log10(c)) if log_y else float
+    y_top = math.log10(peak) * 1.05 if log_y else peak * 1.05
+    X = lambda v: 100 * (v - x0) / max(x1 - x0, 1e-12)
+    Y = lambda c: 100 * max(f(c), 0) / max(y_top, 1e-12)
+    parts = []
+    yticks = [10 ** k for k in range(0, int(math.log10(peak)) + 1)] if log_y else _ticks(0, peak, 4)
+    for t in yticks:
+        parts.append(f'<div class="yt" style="bottom:{Y(t) if t > 0 else 0:.2f}%"><span>{t:,.0f}</span></div>')
     for lo, hi, c in bars:
-        h = (height - 30) * math.log10(c + 1) / top
-        rects.append(f'<rect x="{50 + (lo - x0) * sx:.2f}" y="{height - 20 - h:.2f}" width="{max((hi - lo) * sx, 0.6):.2f}" '
-                     f'height="{h:.2f}" fill="#ff7a00"><title>[{lo:.4g}, {hi:.4g}): {c:,} tokens</title></rect>')
-    zero = 50 + (0 - x0) * sx if x0 <= 0 <= x1 else None
-    axis = (f'<line x1="{zero:.2f}" x2="{zero:.2f}" y1="0" y2="{height - 20}" stroke="#999" stroke-dasharray="3"/>'
-            if zero is not None else "")
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-            f'font-size="11">{"".join(rects)}{axis}<line x1="50" x2="{width - 10}" y1="{height - 20}" '
-            f'y2="{height - 20}" stroke="#555"/><text x="50" y="{height - 5}">{x0:.3g}</text>'
-            f'<text x="{width - 10}" y="{height - 5}" text-anchor="end">{x1:.3g}</text>'
-            f'<text x="{width / 2}" y="{height - 5}" text-anchor="middle">activation (tokens per bin, log scale)</text>'
-            "</svg>")
+        h = Y(c) if not log_y or c > 1 else 0.8
+        parts.append(f'<div class="bar" title="[{lo:.4g}, {hi:.4g}): {c:,} tokens" style="left:{X(lo):.3f}%;'
+                     f'width:max({X(hi) - X(lo):.3f}%, 1px);height:{h:.2f}%"></div>')
+    xt = "".join(f'<span style="left:{X(t):.2f}%">{t:g}</span>' for t in _ticks(x0, x1))
+    return f"""<style>.hist{{font-family:sans-serif;font-size:11px;color:#444;margin:4px 0 12px 0}}
+.hist .plot{{position:relative;height:{height}px;margin-left:58px;border-bottom:1px solid #555}}
+.hist .bar{{position:absolute;bottom:0;background:#ff7a00}} .hist .bar:hover{{background:#b03000}}
+.hist .yt{{position:absolute;left:0;right:0;border-top:1px solid #eee}}
+.hist .yt span{{position:absolute;right:100%;margin-right:6px;transform:translateY(-50%)}}
+.hist .xt{{position:relative;height:16px;margin-left:58px}} .hist .xt span{{position:absolute;transform:translateX(-50%)}}
+.hist .lab{{text-align:center;color:#666}}</style>
+<div class="hist"><div class="plot">{"".join(parts)}</div><div class="xt">{xt}</div>
+<div class="lab">activation · tokens per bin{" (log scale)" if log_y else ""} · hover a bar for its count</div></div>"""

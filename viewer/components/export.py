@@ -1,12 +1,12 @@
 """A unit's page as one self-contained HTML file: opens from a folder or a zip, with no server, script or network
-request (the histogram is an inline SVG)."""
+request (the histogram is plain HTML and CSS)."""
 
 from __future__ import annotations
 
 import html
 
 from analysis.types import UnitRecord
-from viewer.components.charts import histogram_svg
+from viewer.components.charts import histogram_html
 from viewer.components.heatmap import records_html
 
 
@@ -60,7 +60,7 @@ th,td{{padding:2px 10px;text-align:left;border-bottom:1px solid #eee;vertical-al
 {summary}
 <p>{html.escape(f"run {rec.run_id} · corpus {rec.corpus_id} · model {rec.model_id} · hook {rec.hook_point}")}</p>
 <table>{stats_rows}</table>
-{histogram_svg(s)}
+{histogram_html(s)}
 <h2>Top-activating windows</h2>{records_html(rec.most_positive_activation_records, vmax)}
 <h2>Random windows</h2>{records_html(rec.random_sample, vmax)}
 <h2>Quantile samples</h2>{bins}

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.types import MLP, UnitId
-from viewer.components.charts import histogram_figure
+from viewer.components.charts import histogram_html
 from viewer.components.explanations import baseline_line, explanations_panel, similar_line
 from viewer.components.export import neuron_page_html
 from viewer.components.glance import glance_header
@@ -258,7 +258,7 @@ def render() -> None:
                                         ("kurtosis", s.kurtosis), ("frac > 0", s.frac_active), ("min", s.min)]):
         col.metric(label, f"{val:.3g}")
     log_y = st.toggle("log y", value=True, key="log_y")
-    st.plotly_chart(histogram_figure(s, log_y), config={"displayModeBar": False})
+    st.html(histogram_html(s, log_y))
     qp = st.query_params
     tab = qp.get("tab", "top") if qp.get("tab") in TABS else "top"
     c1, c2 = st.columns([6, 2])
