@@ -33,6 +33,11 @@ def planted(viewer_db, tmp_path_factory):
     src, model = viewer_db
     db = tmp_path_factory.mktemp("search") / "search.duckdb"
     shutil.copy(src, db)
+    import duckdb
+
+    con = duckdb.connect(str(db))  # only the planted explanations (other tests add theirs to viewer_db)
+    con.execute("DELETE FROM simulations; DELETE FROM explanations; DELETE FROM explanation_vectors")
+    con.close()
     with open_store(db) as s:
         run = s.runs.find(model, 1)
         for u, text in PLANTED.items():

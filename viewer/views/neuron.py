@@ -18,9 +18,9 @@ from viewer.components.graph import graph_panel
 from viewer.components.heatmap import md_escape, records_html
 from viewer.components.picker import list_url, unit_label, unit_link, unit_title
 from viewer.components.topics import topic_controls, topics_view
+from viewer.resources import (db_path, live_simulators, pick_unit, read, run_job, save_explanation, show_error,
+                              subject, unit_record)
 from viewer.site import page_name
-from viewer.resources import (db_path, live_simulators, pick_unit, read, run_job,
-                              save_explanation, show_error, subject)
 
 TABS = ["top", "quantiles", "random", "tokens & weights", "explanations", "graph", "topics"]
 
@@ -225,7 +225,7 @@ def render() -> None:
         if (found := pick_unit(s)) is None:
             return None
         picked, run = found
-        rec = s.records.unit_record(run, picked.unit) if run else None
+        rec = unit_record(s, run, picked.unit) if run else None
         corpus = (s.catalog.corpus_arg(r.corpus_id) if (r := s.runs.find(picked.model.name)) else None)
         lists = ([l.name for l in s.lists.all()], s.lists.containing(picked.model.model_id, picked.unit))
         return picked, rec, corpus, (s.glance(picked.model.model_id, rec) if rec else None), lists
@@ -252,13 +252,25 @@ def render() -> None:
     if (lens := glance_header(glance)) is not None:
         compute_now(lens, model, rec)
     s = rec.stats
-    vmax = max(s.max, 1e-9)
     cols = st.columns(7)
     for col, (label, val) in zip(cols, [("max", s.max), ("mean", s.mean), ("std", s.std), ("skew", s.skewness),
                                         ("kurtosis", s.kurtosis), ("frac > 0", s.frac_active), ("min", s.min)]):
         col.metric(label, f"{val:.3g}")
+    histogram_section(s)
+    records_section(model, rec)
+
+
+@st.fragment
+def histogram_section(stats) -> None:
+    """The histogram with its log toggle (a toggle reruns only this part)."""
     log_y = st.toggle("log y", value=True, key="log_y")
-    st.html(histogram_html(s, log_y))
+    st.html(histogram_html(stats, log_y))
+
+
+@st.fragment
+def records_section(model, rec) -> None:
+    """The tab picker and the picked tab (a tab switch reruns only this part; the URL follows it)."""
+    unit, vmax = rec.unit, max(rec.stats.max, 1e-9)
     qp = st.query_params
     tab = qp.get("tab", "top") if qp.get("tab") in TABS else "top"
     c1, c2 = st.columns([6, 2])
