@@ -43,7 +43,8 @@ demo-cache: setup
 	test ! -f $(DB) || $(PY) -m analysis migrate --db $(DB)
 	$(PY) -m analysis harvest --db $(DB) --max-tokens $(DEMO_TOKENS) --skip-if-cached
 
-# explanations for a few demo neurons (resumable: a second run finds them done)
+# explanations (with the units' token-lookup baselines and sentence vectors for search) for a few demo neurons
+# (resumable: a second run finds them done)
 DEMO_EXPLAIN_LAYERS ?= 0 15 29
 DEMO_EXPLAIN_NEURONS ?= 0-3
 demo-explanations: demo-cache
@@ -53,6 +54,7 @@ demo-explanations: demo-cache
 	  $(PY) -m analysis score --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --simulator token-lookup --quiet && \
 	  $(PY) -m analysis score --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --simulator local-all-at-once --quiet \
 	  || exit 1; done
+	$(PY) -m analysis embed --db $(DB) --quiet
 
 # Neuron2Graph graphs and word-pool topics for the same demo neurons (resumable; the viewer builds others on demand)
 DEMO_TOPIC_NEURONS ?= 0-15

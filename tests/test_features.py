@@ -240,7 +240,7 @@ def test_live_text_search_and_scores_on_features(sae_db, monkeypatch, tmp_path):
     assert "tiny-sae features" in at.radio[1].options
     at.radio[1].set_value(source).run()  # the neurons may have scores too (from other tests' writes)
     assert not at.exception
-    assert any("over 8 tiny-sae features" in c.value for c in at.caption)
+    assert any("tiny-sae features; 8 baselines" in c.value for c in at.caption)  # token-lookup: the units' baselines
     del rec
 
 
