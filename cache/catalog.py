@@ -46,14 +46,6 @@ class CatalogRepo(Repo):
                        "vocab WHERE bytes IS NULL) ORDER BY model_id").fetchall()
         return [ModelInfo(*r) for r in rows]
 
-    def partial_bytes(self, tokenizer_id: str, token_ids: list[int]) -> dict[int, bytes]:
-        """token id -> its bytes, for the tokens among ``token_ids`` that hold part of a character (their text
-        has U+FFFD; any other token's bytes are its text in UTF-8) and whose bytes are stored."""
-        rows = self._q("SELECT token_id, bytes FROM vocab WHERE tokenizer_id = ? AND bytes IS NOT NULL AND "
-                       "contains(token, '\ufffd') AND token_id IN (SELECT unnest(?::INTEGER[]))",
-                       [tokenizer_id, sorted(set(token_ids))]).fetchall()
-        return {t: bytes(b) for t, b in rows}
-
     def put_corpus(self, info: CorpusInfo, documents: list[Document]) -> None:
         with self.transaction() as cur:
             cur.execute("INSERT OR REPLACE INTO corpora (corpus_id, name, source, text_hash, n_docs, n_chars) "
@@ -103,14 +95,21 @@ class CatalogRepo(Repo):
     def vocab(self, tokenizer_id: str, token_ids: list[int] | None = None) -> dict[int, str]:
         """token id -> decoded token string (all of them, or just ``token_ids``). A token holding part of a
         character reads as its bytes (``\\xd8``), not as U+FFFD, where its bytes are stored."""
+        return self.tokens(tokenizer_id, token_ids)[0]
+
+    def tokens(self, tokenizer_id: str, token_ids: list[int] | None = None
+               ) -> tuple[dict[int, str], dict[int, bytes]]:
+        """(token id -> its text as ``vocab`` gives it, token id -> bytes of the tokens holding part of a
+        character, where stored), in one query."""
         sql = ("SELECT token_id, CASE WHEN bytes IS NOT NULL AND contains(token, '\ufffd') THEN bytes END, token "
                "FROM vocab WHERE tokenizer_id = ?")
         if token_ids is None:
             rows = self._q(sql, [tokenizer_id]).fetchall()
         else:
-            rows = self._q(sql + " AND token_id IN (SELECT unnest(?::INTEGER[]))",
+            rows = self._q(sql + " AND list_contains(?::INTEGER[], token_id)",
                            [tokenizer_id, sorted(set(token_ids))]).fetchall()
-        return {t: raw.decode("utf-8", errors="backslashreplace") if raw is not None else tok for t, raw, tok in rows}
+        text = {t: raw.decode("utf-8", errors="backslashreplace") if raw is not None else tok for t, raw, tok in rows}
+        return text, {t: bytes(raw) for t, raw, _tok in rows if raw is not None}
 
     def token_ids(self, tokenizer_id: str, text: str) -> list[VocabEntry]:
         """Vocabulary entries equal to ``text``, also with a leading space (' Paris' for 'Paris')."""

@@ -4,15 +4,21 @@ repository.
 Concurrency (DuckDB allows one read-write process, or any number of read-only ones, never both at once):
 every user of the store holds a connection only for as long as one short piece of work. A harvest computes in
 memory (checkpointing to files beside the database, not into it) and opens the file read-write only to
-register its run and, at the end, to write its results in one transaction. The viewer opens the file
-read-only per page and, if a writer holds it at that moment, retries for a few seconds before saying so.
-A connection is not thread-safe: every query takes its own cursor.
+register its run and, at the end, to write its results in one transaction. The viewer's reads share one read-only connection per file
+(``SharedReader``: no reopening per page, DuckDB's buffers stay warm), which it drops whenever the file changes
+(a read-only connection does not see another process's writes) and whenever a writer announces itself: a writer
+first writes its process id into ``<db>.writer`` (``writer_intent``), readers then finish, close and wait, the
+writer gets the lock, writes, and removes the file. A reader that waits longer than a few seconds says the
+database is busy. A connection is not thread-safe: every query takes its own cursor.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
+import os
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +39,8 @@ def connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnec
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            # a reader's queries are small: one thread (no per-connection pool of worker threads to start)
+            return duckdb.connect(str(path), read_only=read_only, config={"threads": 1} if read_only else {})
         except duckdb.IOException as exc:
             msg = str(exc)
             if "lock" in msg.lower() and time.monotonic() < deadline:
@@ -46,6 +53,149 @@ def connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnec
                              "Move it away and rebuild it (e.g. `make demo` for the demo cache).") from None
         except duckdb.Error as exc:
             raise StoreError(f"cannot open {path}: {str(exc).splitlines()[0]}") from None
+
+
+def intent_path(path: Path) -> Path:
+    return path.with_name(path.name + ".writer")
+
+
+def writer_waiting(path: Path) -> bool:
+    """Whether a live process (this one included) has announced that it wants to write the file."""
+    try:
+        pid = int(intent_path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:  # a writer that died: its announcement does not count
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+@contextmanager
+def writer_intent(path: Path) -> Iterator[None]:
+    """Announce a writer for as long as the block runs (readers sharing a connection let go of the file)."""
+    mark = intent_path(path)
+    try:
+        mark.write_text(str(os.getpid()))
+    except OSError:  # a read-only folder: the write itself will say so
+        pass
+    pool = _SHARED.get(path)
+    try:
+        if pool is not None:
+            pool.let_go()
+        yield
+    finally:
+        try:
+            if mark.read_text() == str(os.getpid()):
+                mark.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def _file_key(path: Path) -> tuple:
+    """Changes whenever another process writes the file (or its write-ahead log)."""
+    keys = []
+    for p in (path, path.with_name(path.name + ".wal")):
+        try:
+            st = p.stat()
+            keys.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            keys.append(None)
+    return tuple(keys)
+
+
+class SharedReader:
+    """One read-only connection to a file, shared by a process's threads (the viewer's sessions; each query takes
+    its own cursor), reopened after the file changed and closed while a writer waits (module doc)."""
+
+    IDLE_S = 2.0
+    """An unused connection is closed after this long (nobody is reading: the file is left alone)."""
+
+    def __init__(self, path: Path):
+        self.path, self.con, self.key, self.users, self.last_used = path, None, None, 0, 0.0
+        self.checked = False
+        """Whether the open connection's schema version was checked."""
+        self.cond = threading.Condition()
+
+    def _watch(self, con) -> None:
+        """While ``con`` is open: close it when unused and a writer waits, or after IDLE_S unused."""
+        while True:
+            time.sleep(0.25)
+            with self.cond:
+                if self.con is not con:
+                    return
+                if self.users == 0 and (writer_waiting(self.path) or time.monotonic() - self.last_used > self.IDLE_S):
+                    self._close_if_unused()
+                    return
+
+    def _close_if_unused(self) -> None:
+        if self.con is not None and self.users == 0:
+            self.con.close()
+            self.con = None
+
+    @contextmanager
+    def connection(self, wait_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + wait_s
+        with self.cond:
+            while True:
+                key, waiting = _file_key(self.path), writer_waiting(self.path)
+                if waiting or (self.con is not None and key != self.key):
+                    self._close_if_unused()
+                    if self.con is None and not waiting:
+                        continue
+                    if time.monotonic() > deadline:
+                        raise StoreError(f"{self.path} is in use by another process (a harvest writing its "
+                                         "results?); try again in a moment")
+                    self.cond.wait(0.1)
+                    continue
+                if self.con is None:
+                    self.con, self.key = connect(self.path, True, max(0.0, deadline - time.monotonic())), key
+                    self.checked = False
+                    threading.Thread(target=self._watch, args=(self.con,), name="shared-reader-watch",
+                                     daemon=True).start()
+                self.users += 1
+                con = self.con
+                break
+        try:
+            yield con
+        finally:
+            with self.cond:
+                self.users -= 1
+                self.last_used = time.monotonic()
+                if writer_waiting(self.path):
+                    self._close_if_unused()
+                self.cond.notify_all()
+
+    def let_go(self, wait_s: float = 30.0) -> None:
+        """Close the connection as soon as its readers finish (a writer in this process is about to connect)."""
+        deadline = time.monotonic() + wait_s
+        with self.cond:
+            while self.con is not None and self.users and time.monotonic() < deadline:
+                self.cond.wait(0.1)
+            self._close_if_unused()
+
+
+_SHARED: dict[Path, SharedReader] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_shared() -> None:
+    for pool in list(_SHARED.values()):
+        with pool.cond:
+            if pool.con is not None:
+                pool.con.close()
+                pool.con = None
+
+
+def shared_reader(path: Path) -> SharedReader:
+    with _SHARED_LOCK:
+        return _SHARED.setdefault(path, SharedReader(path))
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
@@ -61,6 +211,12 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     """The number of migrations applied (0 for an empty file); refuses a file made by something else."""
+    try:  # the common case, without a look at the catalog
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row:
+            return int(row[0])
+    except duckdb.CatalogException:
+        pass
     has_meta = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchone()[0]
     if not has_meta:

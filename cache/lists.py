@@ -73,8 +73,11 @@ class ListRepo(Repo):
 
     def all(self) -> list[UnitList]:
         """Every list, most recently changed first."""
-        names = [r[0] for r in self._q("SELECT name FROM unit_lists ORDER BY updated_at DESC, name").fetchall()]
-        return [self.get(n) for n in names]
+        return [self.get(n) for n in self.names()]
+
+    def names(self) -> list[str]:
+        """Every list's name, most recently changed first."""
+        return [r[0] for r in self._q("SELECT name FROM unit_lists ORDER BY updated_at DESC, name").fetchall()]
 
     def containing(self, model_id: str, unit: UnitId) -> list[str]:
         """Names of the lists a unit is on."""

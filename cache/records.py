@@ -165,8 +165,7 @@ class RecordRepo(Repo):
                            "ORDER BY mean DESC LIMIT 20", key).fetchall()
         catalog = CatalogRepo(self.con)
         ids = [t for r in rows for t in r[6]]
-        vocab = catalog.vocab(tokenizer_id, ids + [r[0] for r in tok_rows])
-        partial = catalog.partial_bytes(tokenizer_id, ids)
+        vocab, partial = catalog.tokens(tokenizer_id, ids + [r[0] for r in tok_rows])
         top, rand, by_bin = [], [], {}
         for kind, b, wid, acts, doc_id, offset, token_ids in rows:
             runs = (joined_runs([partial.get(t) or vocab[t].encode("utf-8") for t in token_ids])

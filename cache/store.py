@@ -18,7 +18,7 @@ Nothing here imports torch: reading a record needs no model.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -28,7 +28,7 @@ import duckdb
 from analysis.types import MLP, UnitRecord
 
 from cache.catalog import CatalogRepo
-from cache.db import StoreError, connect, migrate, schema_version
+from cache.db import StoreError, connect, migrate, schema_version, shared_reader, writer_intent
 from cache.explanations import ExplanationRepo
 from cache.graphs import GraphRepo
 from cache.lists import ListRepo
@@ -63,8 +63,11 @@ class UnitGlance:
 class Store:
     """One open connection to the database and its repositories. Use ``open_store`` to get one; close it soon."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool):
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool, version: tuple | None = None):
         self.con, self.path, self.read_only = con, path, read_only
+        self.version = version
+        """For a shared read: the file's state its connection sees (what it reads cannot change while this
+        holds; a reader may key caches on it); None otherwise."""
         self.catalog = CatalogRepo(con)
         self.runs = RunRepo(con)
         self.records = RecordRepo(con)
@@ -86,11 +89,14 @@ class Store:
 
 
 @contextmanager
-def open_store(path: str | Path, read_only: bool = False, wait_s: float = 10.0) -> Iterator[Store]:
+def open_store(path: str | Path, read_only: bool = False, wait_s: float = 10.0, shared: bool = False
+               ) -> Iterator[Store]:
     """Open the database for one short piece of work.
 
     Read-write: creates the file (and schema) if missing; refuses a file of another schema version (run
-    ``python -m analysis migrate --db PATH`` for an older one). Read-only: the file must exist.
+    ``python -m analysis migrate --db PATH`` for an older one); announces itself to shared readers first.
+    Read-only: the file must exist; ``shared`` reads through the process's one shared connection to it (the
+    viewer: see cache/db.py).
     """
     path = Path(path).expanduser().resolve()
     if read_only and not path.exists():
@@ -104,18 +110,31 @@ def open_store(path: str | Path, read_only: bool = False, wait_s: float = 10.0) 
                 raise StoreError(f"cannot create folder {folder} for the database: {exc.strerror}") from None
         if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
             raise StoreError(f"cannot write the database at {path}: the folder or file is read-only")
-    con = connect(path, read_only, wait_s)
-    try:
-        version = schema_version(con)
-        if version == 0 and not read_only:
-            version = migrate(con)
-        if version != SCHEMA_VERSION:
-            hint = (f"run `python -m analysis migrate --db {path}`" if version < SCHEMA_VERSION
-                    else "it was written by a newer version of this project: update the code")
-            raise StoreError(f"{path} has schema version {version}, this code reads version {SCHEMA_VERSION}: {hint}")
-        yield Store(con, path, read_only)
-    finally:
-        con.close()
+    if read_only and shared:
+        pool = shared_reader(path)
+        with pool.connection(wait_s) as con:
+            if not pool.checked:  # once per opening (shared: every query on its own cursor)
+                _check_version(con.cursor(), path, read_only)
+                pool.checked = True
+            yield Store(con, path, read_only, version=pool.key)
+        return
+    with (writer_intent(path) if not read_only else nullcontext()):
+        con = connect(path, read_only, wait_s)
+        try:
+            _check_version(con, path, read_only)
+            yield Store(con, path, read_only)
+        finally:
+            con.close()
+
+
+def _check_version(con, path: Path, read_only: bool) -> None:
+    version = schema_version(con)
+    if version == 0 and not read_only:
+        version = migrate(con)
+    if version != SCHEMA_VERSION:
+        hint = (f"run `python -m analysis migrate --db {path}`" if version < SCHEMA_VERSION
+                else "it was written by a newer version of this project: update the code")
+        raise StoreError(f"{path} has schema version {version}, this code reads version {SCHEMA_VERSION}: {hint}")
 
 
 def migrate_file(path: str | Path) -> tuple[int, int]:
@@ -123,11 +142,12 @@ def migrate_file(path: str | Path) -> tuple[int, int]:
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise StoreError(f"no database at {path}")
-    con = connect(path, False, 10.0)
-    try:
-        old = schema_version(con)
-        if old > SCHEMA_VERSION:
-            raise StoreError(f"{path} has schema version {old}, newer than this code ({SCHEMA_VERSION})")
-        return old, migrate(con)
-    finally:
-        con.close()
+    with writer_intent(path):
+        con = connect(path, False, 10.0)
+        try:
+            old = schema_version(con)
+            if old > SCHEMA_VERSION:
+                raise StoreError(f"{path} has schema version {old}, newer than this code ({SCHEMA_VERSION})")
+            return old, migrate(con)
+        finally:
+            con.close()

@@ -201,8 +201,13 @@ def test_interpretability_page(sae_db, viewer_db, tmp_path, monkeypatch):
     db0, model, folder = sae_db
     db = tmp_path / "view.duckdb"
     shutil.copy(db0, db)
+    import duckdb
+
+    con = duckdb.connect(str(db))  # what other tests scored in the shared harvest is not a comparison
+    con.execute("DELETE FROM baselines; DELETE FROM simulations; DELETE FROM n2g_graphs; DELETE FROM topic_sets")
+    con.close()
     at = _page("interpretability", db, monkeypatch)
-    assert not at.exception and "No comparison yet" in at.info[0].value
+    assert not at.exception and "No comparison yet" in at.info[0].value, (at.error, at.info)
     assert main(["compare-units", "--db", str(db), "--model", model, "--layer", "1", "--sae", str(folder),
                  "--corpus", str(viewer_db[0].parent / "docs.jsonl"), "--seq-len", "24", "--units", "3",
                  "--n2g-units", "0", "--lenses", "token-lookup", "--quiet"]) == 0

@@ -12,6 +12,8 @@ import pytest
 from cache.migrations import SCHEMA_VERSION
 from cache.store import StoreError, migrate, open_store
 
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
 
 def test_migrations_build_the_schema_in_memory():
     con = duckdb.connect()
@@ -81,3 +83,56 @@ def test_reader_waits_for_a_writer_then_reads(tmp_path):
         assert store.runs.list() == []
     assert time.monotonic() - t0 > 0.3
     holder.wait(timeout=10)
+
+
+def test_shared_readers_let_a_writer_in_and_then_see_its_writes(tmp_path):
+    """The viewer's shared read-only connection: threads read through it at once; a writer in another process
+    announces itself, gets the file within a moment although readers keep coming, and the next read sees what
+    it wrote (a read-only connection never sees another process's writes: it is reopened)."""
+    import threading
+
+    from analysis.types import MLP, UnitId
+    from cache.db import intent_path
+
+    db = tmp_path / "shared.duckdb"
+    with open_store(db) as s:
+        s.lists.save("before")
+    stop, seen, errors = threading.Event(), set(), []
+
+    def reader():
+        while not stop.is_set():
+            try:
+                with open_store(db, read_only=True, shared=True, wait_s=20) as s:
+                    seen.update(s.lists.names())
+                    time.sleep(0.02)
+            except Exception as exc:  # pragma: no cover - the assertion below reports it
+                errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    writer = subprocess.run([sys.executable, "-c", (
+        "import sys; sys.path.insert(0, sys.argv[2]); from cache.store import open_store\n"
+        "with open_store(sys.argv[1], wait_s=10) as s: s.lists.save('written')"), str(db), str(REPO)],
+        capture_output=True, text=True, timeout=60)
+    waited = time.monotonic() - t0
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert writer.returncode == 0, writer.stderr
+    assert waited < 8 and not errors, (waited, errors)
+    assert {"before", "written"} <= seen and not intent_path(db).exists()
+    # a writer in this process (the viewer's "compute now" jobs) also gets the file from the shared readers
+    with open_store(db, read_only=True, shared=True) as s:
+        assert "written" in s.lists.names()
+    with open_store(db) as s:
+        s.lists.add("in-process", "m", UnitId(MLP, 0, 1))
+    with open_store(db, read_only=True, shared=True) as s:
+        assert "in-process" in s.lists.names()
+    # a writer that died leaves its announcement behind: readers do not wait for it
+    intent_path(db).write_text("999999999")
+    with open_store(db, read_only=True, shared=True, wait_s=0.5) as s:
+        assert s.lists.names()

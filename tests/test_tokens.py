@@ -90,9 +90,12 @@ def test_records_and_pages_show_split_characters_whole(tiny_folders, tmp_path, m
     # a cache from before tokens' bytes were kept gets them from `migrate` (the model's tokenizer still loads)
     import duckdb
 
-    con = duckdb.connect(str(db))
-    con.execute("UPDATE vocab SET bytes = NULL")
-    con.close()
+    from cache.db import writer_intent
+
+    with writer_intent(db.resolve()):  # the page's shared read-only connection lets go of the file first
+        con = duckdb.connect(str(db))
+        con.execute("UPDATE vocab SET bytes = NULL")
+        con.close()
     with open_store(db, read_only=True) as s:
         assert not any(r.runs for r in s.records.unit_record(s.runs.find(model, 0), UnitId(MLP, 0, 0)).random_sample)
     assert main(["migrate", "--db", str(db)]) == 0

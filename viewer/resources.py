@@ -35,8 +35,9 @@ def db_path() -> Path:
 
 @contextmanager
 def store() -> Iterator[Store]:
-    """The database, read-only, for the duration of one read (a writer may hold it in between)."""
-    with open_store(db_path(), read_only=True, wait_s=8.0) as s:
+    """The database, read-only, for the duration of one read, through the server's one shared connection (which
+    lets go of the file whenever a writer announces itself: cache/db.py)."""
+    with open_store(db_path(), read_only=True, wait_s=8.0, shared=True) as s:
         yield s
 
 
@@ -51,9 +52,38 @@ def read(fn: Callable[[Store], T]) -> T | None:
         return None
 
 
+def catalog(s: Store) -> tuple[list, dict, dict]:
+    """(models, sources per model, dictionaries by source) as of the data ``s`` reads, kept until the file
+    changes (what every page asks first)."""
+    if s.version is None:
+        return _catalog(s)
+    return _catalog_of(s, str(s.path), s.version)
+
+
+def _catalog(s: Store) -> tuple[list, dict, dict]:
+    return s.catalog.models(), s.runs.sources(), {d.source: d for d in s.catalog.dictionaries()}
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _catalog_of(_s: Store, path: str, version: tuple):
+    return _catalog(_s)
+
+
+def find_run(s: Store, model: str, layer: int, source: str = "mlp"):
+    """``s.runs.find`` kept until the file changes."""
+    if s.version is None:
+        return s.runs.find(model, layer, source=source)
+    return _find_run(s, str(s.path), s.version, model, layer, source)
+
+
+@st.cache_resource(max_entries=2048, show_spinner=False)
+def _find_run(_s: Store, path: str, version: tuple, model: str, layer: int, source: str):
+    return _s.runs.find(model, layer, source=source)
+
+
 def cached_models(s: Store) -> list:
     """The cached models; when there are none, says how to build a cache (callers then stop)."""
-    models = s.catalog.models()
+    models = catalog(s)[0]
     if not models:
         st.info(f"{db_path()} holds no harvest yet. Build the demo cache with `make demo`, or run "
                 f"`python -m analysis harvest --db {db_path()}`.")
@@ -68,9 +98,10 @@ def pick_unit(s: Store, prefix: str = "", container=None, buttons: bool = True):
     models = cached_models(s)
     if not models:
         return None
-    picked = neuron_picker(models, prefix=prefix, container=container, buttons=buttons, sources=s.runs.sources(),
-                           dictionaries={d.source: d for d in s.catalog.dictionaries()})
-    return picked, s.runs.find(picked.model.name, picked.layer, source=picked.source)
+    _models, sources, dictionaries = catalog(s)
+    picked = neuron_picker(models, prefix=prefix, container=container, buttons=buttons, sources=sources,
+                           dictionaries=dictionaries)
+    return picked, find_run(s, picked.model.name, picked.layer, picked.source)
 
 
 def unit_record(s: Store, run, unit):

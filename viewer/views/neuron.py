@@ -226,8 +226,9 @@ def render() -> None:
             return None
         picked, run = found
         rec = unit_record(s, run, picked.unit) if run else None
-        corpus = (s.catalog.corpus_arg(r.corpus_id) if (r := s.runs.find(picked.model.name)) else None)
-        lists = ([l.name for l in s.lists.all()], s.lists.containing(picked.model.model_id, picked.unit))
+        corpus = (s.catalog.corpus_arg(r.corpus_id) if rec is None and (r := s.runs.find(picked.model.name))
+                  else None)
+        lists = (s.lists.names(), s.lists.containing(picked.model.model_id, picked.unit))
         return picked, rec, corpus, (s.glance(picked.model.model_id, rec) if rec else None), lists
 
     data = read(load)
