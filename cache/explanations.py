@@ -141,22 +141,15 @@ class ExplanationRepo(Repo):
         return self._q("SELECT 1 FROM simulations WHERE explanation_id = ? AND simulator = ? AND scoring_set = ? "
                        "AND error IS NULL", [explanation_id, simulator, scoring_set]).fetchone() is not None
 
-    def best(self, run_id: str, unit: UnitId, scoring_set: str | None = None
+    def best(self, run_id: str, unit: UnitId, rows: list | None = None
              ) -> tuple[StoredExplanation, StoredSimulation] | None:
         """A unit's best-scored text explanation (by any stored simulator: all of them read the explanation; the
-        Neuron2Graph summary is the graph's, not text) and its simulation, on ``scoring_set`` (default: any)."""
-        row = self._q("SELECT s.simulation_id FROM simulations s JOIN explanations e USING (explanation_id) "
-                      "WHERE e.run_id = ? AND e.source = ? AND e.layer = ? AND e.unit = ? AND s.error IS NULL "
-                      "AND e.explainer <> 'n2g' "
-                      "AND s.score IS NOT NULL AND (? IS NULL OR s.scoring_set = ?) ORDER BY s.score DESC LIMIT 1",
-                      [run_id, unit.source, unit.layer, unit.index, scoring_set, scoring_set]).fetchone()
-        if row is None:
-            return None
-        for e, sims in self.with_simulations(run_id, unit):
-            for sim in sims:
-                if sim.simulation_id == row[0]:
-                    return e, sim
-        return None
+        Neuron2Graph summary is the graph's, not text) and its simulation; ``rows``: its ``with_simulations``
+        when the caller has them."""
+        rows = self.with_simulations(run_id, unit) if rows is None else rows
+        scored = [(e, s) for e, sims in rows if e.explainer != "n2g" for s in sims
+                  if s.error is None and s.score is not None]
+        return max(scored, key=lambda es: es[1].score, default=None)
 
     def put_baseline(self, run_id: str, unit: UnitId, sim: ScoredSimulation) -> None:
         """Store an explanation-blind prediction's score of a unit, replacing the one of the same predictor and

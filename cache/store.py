@@ -80,8 +80,8 @@ class Store:
         unit = rec.unit
         graph = self.graphs.get(rec.run_id, unit)
         n_sets, topic = self.topics.best_of(model_id, unit)
-        return UnitGlance(best=self.explanations.best(rec.run_id, unit),
-                          n_explanations=len(self.explanations.of_unit(rec.run_id, unit)),
+        rows = self.explanations.with_simulations(rec.run_id, unit)
+        return UnitGlance(best=self.explanations.best(rec.run_id, unit, rows), n_explanations=len(rows),
                           baselines=self.explanations.baselines(rec.run_id, unit),
                           graph=graph.metrics if graph else None, n_topic_sets=n_sets, topic=topic,
                           top_tokens=[t for _i, t, _m, _c in rec.top_tokens], density=rec.stats.frac_active,

@@ -107,12 +107,12 @@ def pick_unit(s: Store, prefix: str = "", container=None, buttons: bool = True):
 def unit_record(s: Store, run, unit):
     """A unit's record (``Store.records.unit_record``), kept per server: a finished run's records never change,
     so a tab switch, a rerun or another session's visit does not read them again."""
-    return _unit_record(s, str(s.path), run.run_id, unit)
+    return _unit_record(s, run, str(s.path), run.run_id, unit)
 
 
 @st.cache_resource(max_entries=512, show_spinner=False)
-def _unit_record(_s: Store, path: str, run_id: str, unit):
-    return _s.records.unit_record(_s.runs.get(run_id), unit)
+def _unit_record(_s: Store, _run, path: str, run_id: str, unit):
+    return _s.records.unit_record(_run, unit)
 
 
 @st.cache_resource(show_spinner="loading the model (once per server)…", max_entries=2)
