@@ -51,6 +51,13 @@ def connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnec
                                  f"try again in a moment") from None
             raise StoreError(f"{path} is not a readable DuckDB database ({msg.splitlines()[0]}). "
                              "Move it away and rebuild it (e.g. `make demo` for the demo cache).") from None
+        except duckdb.ConnectionException as exc:
+            # this process still has the file open the other way (a reader while a job in another session
+            # writes, or the reverse): wait for that connection to close, as for another process's lock
+            if "different configuration" in str(exc) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            raise StoreError(f"cannot open {path}: {str(exc).splitlines()[0]}") from None
         except duckdb.Error as exc:
             raise StoreError(f"cannot open {path}: {str(exc).splitlines()[0]}") from None
 

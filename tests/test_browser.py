@@ -146,9 +146,9 @@ def test_glance_header_and_a_list_page_in_chromium(server):
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.goto(f"{url}/?model={urllib.request.quote(model, safe='')}&layer=1&neuron=2")
         page.wait_for_selector(".hm .rec", timeout=60_000)
-        main_text = page.locator("section.main, [data-testid='stMain']").first.inner_text()
-        assert "N2G F1" in main_text and "fires on" in main_text and "density" in main_text
-        page.get_by_role("button", name="graph").first.click()  # a card opens its tab
+        glance = page.locator(".glance").first.inner_text()
+        assert "N2G F1" in glance and "FIRES ON" in glance.upper() and "density" in glance
+        page.locator(".glance a", has_text="graph").first.click()  # a card opens its tab
         page.wait_for_selector("iframe", timeout=60_000)
         assert "tab=graph" in page.url
         page.goto(f"{url}/lists?list={urllib.request.quote('browser picks')}")

@@ -15,6 +15,7 @@ import pytest
 
 from analysis.__main__ import main
 from cache.migrations import SCHEMA_VERSION
+from cache.db import connect
 from cache.store import StoreError, migrate_file, open_store
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -44,7 +45,7 @@ def migrated(tmp_path_factory) -> Path:
 
 
 def test_every_unit_row_of_an_old_cache_becomes_an_mlp_neuron(migrated):
-    con = duckdb.connect(str(migrated), read_only=True)
+    con = connect(migrated, True, 5.0)  # (as the store reads: the viewer's shared connection may be open)
     for table in ("runs", "unit_stats", "records", "samples", "token_means", "explanations", "n2g_graphs",
                   "n2g_patterns"):
         assert con.execute(f"SELECT DISTINCT source FROM {table}").fetchall() == [("mlp",)], table
@@ -88,7 +89,7 @@ def _drawn_as_before(parts: dict) -> dict:
     return {"title": parts["title"], "error": parts["error"], "info": parts["info"],
             "metric": [m for m in parts["metric"] if m[0] != "correlation score"],
             "html": [re.sub(r"<style>.*?</style>", "", h, flags=re.S) for h in parts["html"]
-                     if 'class="hist"' not in h and " sim</span>" not in h],
+                     if 'class="hist"' not in h and 'class="glance"' not in h and " sim</span>" not in h],
             "dataframe": [d for d in parts["dataframe"] if not (d and len(d[0]) >= 6)]}
 
 
@@ -113,7 +114,7 @@ def test_token_lookup_simulations_become_one_baseline_per_unit(migrated, tmp_pat
         "explanations e USING (explanation_id) WHERE s.simulator = 'token-lookup' AND s.error IS NULL "
         "GROUP BY ALL").fetchall())
     old.close()
-    con = duckdb.connect(str(migrated), read_only=True)
+    con = connect(migrated, True, 5.0)  # (as the store reads: the viewer's shared connection may be open)
     assert want and con.execute("SELECT count(*) FROM simulations WHERE simulator = 'token-lookup'").fetchone() == (0,)
     got = {(r, l, u, st): sc for r, l, u, st, sc in con.execute(
         "SELECT run_id, layer, unit, scoring_set, score FROM baselines WHERE predictor = 'token-lookup'").fetchall()}

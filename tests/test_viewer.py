@@ -37,7 +37,7 @@ def test_neuron_page_from_a_permalink(viewer_db, monkeypatch):
     body = _all_html(at)
     assert body.count('class="rec"') == 20  # the top-20 windows
     # the corpus holds '<script>alert(1)</script>' and '<img src=x onerror=...>': they show as text
-    assert _tags(body) <= {"style", "div", "span", "br"}
+    assert _tags(body) <= {"style", "div", "span", "br", "a", "code"}  # (a, code: the glance header)
     assert "&lt;" in body and "script" in body
     assert 'class="tok max"' in body
     assert at.query_params["model"] == model and at.query_params["neuron"] == "3"
@@ -206,13 +206,18 @@ def test_glance_header_with_and_without_lenses(viewer_db, monkeypatch, server):
     from analysis.__main__ import main
 
     db, model = viewer_db
+
+    def glance(at):
+        return next(h.proto.body for h in at.html if 'class="glance"' in h.proto.body)
+
     at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=9)
     assert not at.exception
     labels = [b.label for b in at.button]
-    assert {"compute (instant)", "build now", "compute now"} <= set(labels)  # baseline, graph, topics missing
-    assert any("none scored yet" in m.value for m in at.markdown)
-    assert any(m.value.startswith("`") and "density" in m.value for m in at.markdown)  # top tokens + density
-    at.button[labels.index("compute (instant)")].click().run()  # the baseline, computed from the page
+    assert {"compute the baseline (instant)", "build the graph (seconds)", "compute topics (about a second)"} <= set(labels)
+    body = glance(at)
+    assert "none scored yet" in body and body.count("none yet") == 3 and "density" in body and "<code>" in body
+    assert _tags(re.sub(r"<style>.*?</style>", "", body, flags=re.S)) <= {"div", "a", "code"}
+    at.button[labels.index("compute the baseline (instant)")].click().run()  # computed from the page
     assert not at.exception
     args = ["--db", str(db), "--model", model, "--layer", "0", "--neurons", "9", "--quiet"]
     assert main(["explain", *args, "--explainer", "token-lookup"]) == 0
@@ -221,12 +226,11 @@ def test_glance_header_with_and_without_lenses(viewer_db, monkeypatch, server):
     at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=9)
     assert not at.exception
     labels = [b.label for b in at.button]
-    assert {"explanation", "baseline", "graph", "fires on"} <= set(labels)
-    assert "compute (instant)" not in labels and "build now" not in labels
-    md = " ".join(m.value for m in at.markdown)
-    assert "token-lookup  \nr = " in md and "N2G F1 **" in md and "token-lookup → api-json" in md
-    at.button[labels.index("graph")].click().run()  # a card opens its tab
-    assert not at.exception and at.query_params["tab"] == "graph"
+    assert not any(l.startswith(("compute the baseline", "build the graph")) for l in labels)
+    body = glance(at)
+    assert "token-lookup → api-json" in body and "N2G F1 " in body and re.search(r"r = [+-]\d\.\d{3}</div><div "
+                                                                             r'class="sub">token-lookup', body)
+    assert "tab=graph" in body and 'target="_self"' in body  # a card opens its tab
 
 
 def test_scores_overview_and_explanations_in_compare(viewer_db, monkeypatch, server):
@@ -266,7 +270,7 @@ def test_graph_tab_search_and_compare(n2g_db, monkeypatch):
     assert any("Similar graphs in layer 1" in m.value for m in at.markdown)
     body = _all_html(at)
     assert body.count('class="rec"') == 20 and body.count("predicted") == 10  # 10 held-out records, real + predicted
-    assert _tags(body) <= {"style", "div", "span", "br"}
+    assert _tags(body) <= {"style", "div", "span", "br", "a", "code"}  # (a, code: the glance header)
     [frame] = [e for e in at.main if getattr(e, "type", "") == "iframe"]
     assert "vis.DataSet" in frame.proto.srcdoc and "<img" not in frame.proto.srcdoc
     at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=0, tab="graph")  # no graph yet

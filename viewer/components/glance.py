@@ -1,79 +1,96 @@
 """A unit at a glance: the top of every unit page says what the unit does, from every lens the cache holds.
 
-One row of cards: the best explanation (by a simulator that reads explanations), the token-lookup baseline,
-the Neuron2Graph graph's firing F1 beside token-lookup's, the best topic's NPMI beside random word sets, and the
-tokens it fires on with its density. Each card opens its tab; a missing lens says how to get it, with a button
-where computing it is cheap (the page runs the job: this module only returns what was asked for)."""
+One row of cards, drawn as one HTML block: the best explanation (by a simulator that reads explanations), the
+token-lookup baseline, the Neuron2Graph graph's firing F1 beside token-lookup's, the best topic's NPMI beside
+random word sets, and the tokens it fires on with its density. Each card's title opens its tab; a missing lens
+says how to get it, with a button where computing it is cheap (the page runs the job: this module only returns
+what was asked for)."""
 
 from __future__ import annotations
+
+import html
 
 import streamlit as st
 
 from cache.store import UnitGlance
-
 from viewer.components.explanations import BASELINE_HELP, TINY
-from viewer.components.heatmap import md_escape, md_token
+from viewer.components.heatmap import token_code_html
+
+STYLE = """<style>
+.glance {display: flex; gap: 10px; margin: 2px 0 10px 0; font-family: sans-serif; font-size: 14px;}
+.glance .card {border: 1px solid #e3e3e3; border-radius: 8px; padding: 8px 12px; flex: 1 1 0; min-width: 0;}
+.glance .card.wide {flex: 2.2 1 0;}
+.glance .card a {color: #555; font-size: 12.5px; text-decoration: none; text-transform: uppercase;
+  letter-spacing: .04em;}
+.glance .card a:hover {color: #b03000;}
+.glance .big {font-weight: 600; margin: 3px 0;}
+.glance .sub {color: #666; font-size: 12.5px;}
+.glance .none {color: #999;}
+.glance code {background: #f3f3f3; border-radius: 3px; padding: 0 3px; margin-right: 3px; font-size: 12.5px;}
+</style>"""
 
 
-def _open_tab(tab: str) -> None:
-    st.query_params["tab"] = tab
-    st.session_state.pop("tab_sel", None)  # the tab picker takes its default from the URL again
+def _card(url: str, title: str, body: str, tip: str = "", wide: bool = False) -> str:
+    return (f'<div class="card{" wide" if wide else ""}" title="{html.escape(tip, quote=True)}">'
+            f'<a href="{html.escape(url, quote=True)}" target="_self">{html.escape(title)} ↗</a>{body}</div>')
 
 
-def _card(col, title: str, tab: str, body: str, help: str | None = None) -> None:
-    with col.container(border=True):
-        st.button(title, key=f"glance_{title}", on_click=_open_tab, args=(tab,), type="tertiary", help=help,
-                  icon=":material/arrow_outward:")
-        st.markdown(body)
-
-
-def glance_header(g: UnitGlance) -> str | None:
-    """Draw the header; return the lens the user asked to compute now ('baseline', 'graph', 'topics') or None."""
-    ask = None
-    c = st.columns([3, 1.3, 1.5, 2.2, 2])
+def glance_html(g: UnitGlance, tab_url) -> str:
+    """The cards; ``tab_url(tab)`` is the URL of this unit's page on a tab. Every text is escaped here."""
+    cards = []
     if g.best:
         e, s = g.best
         tiny = " (tiny offline model)" if TINY["simulator"] == s.simulator or TINY["explainer"] == e.explainer else ""
-        _card(c[0], "explanation", "explanations",
-              f"**{md_escape(e.text)}**  \nr = {s.score:+.3f} · {e.explainer} → {s.simulator}{tiny}",
-              help="the best-scored of the unit's explanations by a simulator that reads them")
+        cards.append(_card(tab_url("explanations"), "explanation",
+                           f'<div class="big">{html.escape(e.text)}</div><div class="sub">r = {s.score:+.3f} · '
+                           f"{html.escape(e.explainer)} → {html.escape(s.simulator)}{tiny}</div>",
+                           "the best-scored of the unit's explanations by a simulator that reads them", wide=True))
     else:
-        _card(c[0], "explanation", "explanations",
-              "none scored yet" + (f" ({g.n_explanations} unscored)" if g.n_explanations else "")
-              + "  \n`python -m analysis explain` then `score`, or write one on the explanations tab")
+        unscored = f" ({g.n_explanations} unscored)" if g.n_explanations else ""
+        cards.append(_card(tab_url("explanations"), "explanation",
+                           f'<div class="none">none scored yet{unscored}</div><div class="sub"><code>python -m '
+                           "analysis explain</code> then <code>score</code>, or write one on the explanations tab"
+                           "</div>", wide=True))
     base = next((b for b in g.baselines if b.error is None and b.score is not None), None)
-    if base:
-        _card(c[1], "baseline", "explanations", f"token-lookup  \nr = {base.score:+.3f}", help=BASELINE_HELP)
-    else:
-        with c[1].container(border=True):
-            st.caption("baseline: none yet")
-            if st.button("compute (instant)", key="glance_baseline_now"):
-                ask = "baseline"
+    cards.append(_card(tab_url("explanations"), "baseline",
+                       f'<div class="big">r = {base.score:+.3f}</div><div class="sub">token-lookup</div>' if base else
+                       '<div class="none">none yet</div>', BASELINE_HELP))
     if g.graph:
         f, b = g.graph.get("firing", {}), g.graph.get("baseline_firing", {})
-        _card(c[2], "graph", "graph", f"N2G F1 **{f.get('f1', float('nan')):.2f}**  \ntoken-lookup "
-              f"{b.get('f1', float('nan')):.2f}", help="held-out firing F1 of the Neuron2Graph graph and of "
-              "token-lookup on the same records")
-    elif g.neuron:
-        with c[2].container(border=True):
-            st.caption("graph: none yet (a few seconds)")
-            if st.button("build now", key="glance_graph_now"):
-                ask = "graph"
+        cards.append(_card(tab_url("graph"), "graph", f'<div class="big">N2G F1 {f.get("f1", float("nan")):.2f}'
+                           f'</div><div class="sub">token-lookup {b.get("f1", float("nan")):.2f}</div>',
+                           "held-out firing F1 of the Neuron2Graph graph and of token-lookup on the same records"))
     else:
-        _card(c[2], "graph", "graph", "graphs probe MLP neurons only")
+        cards.append(_card(tab_url("graph"), "graph", '<div class="none">' + (
+            "none yet" if g.neuron else "graphs probe MLP neurons only") + "</div>"))
     if g.topic:
         t = g.topic
         rnd = f" vs random {t.random_median:+.2f}" if t.random_median is not None else ""
-        _card(c[3], "topic", "topics", f"{md_escape(' '.join(t.words[:8]))}  \nNPMI {t.score:+.3f}{rnd} ({t.mode})",
-              help="the best positive-end topic over the unit's topic modes, beside the median of random word sets "
-                   "from the same pool")
-    elif g.n_topic_sets:
-        _card(c[3], "topic", "topics", "no coherent topic in its pools")
+        cards.append(_card(tab_url("topics"), "topic", f'<div class="big">{html.escape(" ".join(t.words[:8]))}</div>'
+                           f'<div class="sub">NPMI {t.score:+.3f}{rnd} ({html.escape(t.mode)})</div>',
+                           "the best positive-end topic over the unit's topic modes, beside the median of random "
+                           "word sets from the same pool", wide=True))
     else:
-        with c[3].container(border=True):
-            st.caption("topics: none yet (about a second)")
-            if st.button("compute now", key="glance_topics_now"):
-                ask = "topics"
-    toks = " ".join(md_token(t) for t in g.top_tokens[:5]) or "—"
-    _card(c[4], "fires on", "tokens & weights", f"{toks}  \ndensity {g.density:.2%} of tokens > 0")
+        cards.append(_card(tab_url("topics"), "topic", '<div class="none">' + (
+            "no coherent topic in its pools" if g.n_topic_sets else "none yet") + "</div>"))
+    toks = "".join(token_code_html(t) for t in g.top_tokens[:5]) or "—"
+    cards.append(_card(tab_url("tokens & weights"), "fires on",
+                       f'<div>{toks}</div><div class="sub">density {g.density:.2%} of tokens &gt; 0</div>',
+                       wide=True))
+    return STYLE + '<div class="glance">' + "".join(cards) + "</div>"
+
+
+def glance_header(g: UnitGlance, tab_url) -> str | None:
+    """Draw the header; return the lens the user asked to compute now ('baseline', 'graph', 'topics') or None."""
+    st.html(glance_html(g, tab_url))
+    missing = [(lens, label) for lens, label, gone in (
+        ("baseline", "compute the baseline (instant)", not any(b.error is None for b in g.baselines)),
+        ("graph", "build the graph (seconds)", g.neuron and not g.graph),
+        ("topics", "compute topics (about a second)", not g.n_topic_sets)) if gone]
+    if not missing:
+        return None
+    ask = None
+    for col, (lens, label) in zip(st.columns(len(missing) + 2)[:len(missing)], missing):
+        if col.button(label, key=f"glance_{lens}_now", type="tertiary", icon=":material/play_arrow:"):
+            ask = lens
     return ask

@@ -33,6 +33,11 @@ def md_escape(text: str) -> str:
     return _MD_SPECIAL.sub(r"\\\1", text).replace("\n", " ")
 
 
+def token_code_html(token: str) -> str:
+    """A token as an HTML code chip (its repr, so whitespace shows), escaped."""
+    return f"<code>{html.escape(repr(token)[1:-1])}</code>"
+
+
 def md_token(token: str) -> str:
     """A token as a markdown code span (its repr, so whitespace shows; a backtick inside becomes ˋ)."""
     return "`" + repr(token)[1:-1].replace("`", "ˋ") + "`"

@@ -16,7 +16,7 @@ from viewer.components.export import neuron_page_html
 from viewer.components.glance import glance_header
 from viewer.components.graph import graph_panel
 from viewer.components.heatmap import md_escape, records_html
-from viewer.components.picker import list_url, unit_label, unit_link, unit_title
+from viewer.components.picker import list_url, unit_label, unit_link, unit_title, unit_url
 from viewer.components.topics import topic_controls, topics_view
 from viewer.resources import (db_path, live_simulators, pick_unit, read, run_job, save_explanation, show_error,
                               subject, unit_record)
@@ -250,7 +250,7 @@ def render() -> None:
                        help="this page as one HTML file that opens offline (records, statistics, what each lens says)")
     with t3.popover("add to list"):
         add_to_list_form(model, unit, lists)
-    if (lens := glance_header(glance)) is not None:
+    if (lens := glance_header(glance, lambda tab: unit_url(model.name, unit, tab))) is not None:
         compute_now(lens, model, rec)
     s = rec.stats
     cols = st.columns(7)
