@@ -125,8 +125,7 @@ class SharedReader:
 
     def __init__(self, path: Path):
         self.path, self.con, self.key, self.users, self.last_used = path, None, None, 0, 0.0
-        self.checked = False
-        """Whether the open connection's schema version was checked."""
+        self.checked = False  # whether the open connection's schema version was checked
         self.cond = threading.Condition()
 
     def _watch(self, con) -> None:

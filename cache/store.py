@@ -65,9 +65,9 @@ class Store:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool, version: tuple | None = None):
         self.con, self.path, self.read_only = con, path, read_only
+        # for a shared read, the file's state its connection sees (what it reads cannot change while this store
+        # is open: a reader may key caches on it); None otherwise
         self.version = version
-        """For a shared read: the file's state its connection sees (what it reads cannot change while this
-        holds; a reader may key caches on it); None otherwise."""
         self.catalog = CatalogRepo(con)
         self.runs = RunRepo(con)
         self.records = RecordRepo(con)

@@ -114,4 +114,7 @@ def test_real_tokens_of_an_encoded_batch_equal_each_sequence_run_alone(subjects,
             got = batched[layer][i, enc.n_prefix :][enc.real[i]]
             want = alone[layer][0, len(bos) :]
             assert got.shape == want.shape == (len(s), subject.info.d_mlp)
-            assert (got - want).abs().max().item() <= 1e-5, (kind, i, layer)
+            # the README's tolerance: 1e-5, relative above magnitude 1 (a padded batch takes another attention
+            # kernel; on some CPUs the tiny LLaMA's activations of ~6 differ by 1.5e-5 absolute)
+            diff = ((got - want).abs() / want.abs().clamp(min=1.0)).max().item()
+            assert diff <= 1e-5, (kind, i, layer, diff)
