@@ -9,7 +9,7 @@ import torch
 from analysis.activations import neuron_reader, sae_reader, unit_activations
 from analysis.tokens import joined_runs
 from analysis.types import MLP, TokenActivations, UnitId
-from viewer.components.heatmap import records_html
+from viewer.components.heatmap import md_token, records_html
 from viewer.components.picker import unit_link, unit_name
 from viewer.resources import MAX_LIVE_TOKENS, dictionary, hooks_lock, pick_unit, read, show_error, subject
 
@@ -75,12 +75,13 @@ def render() -> None:
     noun = "Neurons" if picked.source == MLP else "Features"
     st.subheader(f"{noun} of layer {picked.layer} that fire most on this text")
     top = torch.topk(acts.max(0).values, min(12, acts.shape[1]))
+    readable = {i: t for a, b, t in runs for i in range(a, b)}  # a split character's token shows it whole
     lines = []
     for v, n in zip(top.values.tolist(), top.indices.tolist()):
         where = int(acts[:, n].argmax())
         unit = UnitId(picked.source, picked.layer, n)
         lines.append(f"- {unit_link(picked.model.name, unit)} max {v:.3g} at token {where} "
-                     f"`{tokens[where].replace('`', 'ʼ')!s}`")
+                     f"{md_token(readable.get(where, tokens[where]))}")
     st.markdown("\n".join(lines))
 
 
