@@ -126,14 +126,16 @@ class SharedReader:
     def __init__(self, path: Path):
         self.path, self.con, self.key, self.users, self.last_used = path, None, None, 0, 0.0
         self.checked = False  # whether the open connection's schema version was checked
+        self.openings = 0
         self.cond = threading.Condition()
 
-    def _watch(self, con) -> None:
-        """While ``con`` is open: close it when unused and a writer waits, or after IDLE_S unused."""
+    def _watch(self, opening: int) -> None:
+        """While the connection of this ``opening`` is open: close it when unused and a writer waits, or after
+        IDLE_S unused. (It holds no reference to the connection: at exit nothing keeps one alive.)"""
         while True:
             time.sleep(0.25)
             with self.cond:
-                if self.con is not con:
+                if self.con is None or self.openings != opening:
                     return
                 if self.users == 0 and (writer_waiting(self.path) or time.monotonic() - self.last_used > self.IDLE_S):
                     self._close_if_unused()
@@ -161,8 +163,8 @@ class SharedReader:
                     continue
                 if self.con is None:
                     self.con, self.key = connect(self.path, True, max(0.0, deadline - time.monotonic())), key
-                    self.checked = False
-                    threading.Thread(target=self._watch, args=(self.con,), name="shared-reader-watch",
+                    self.checked, self.openings = False, self.openings + 1
+                    threading.Thread(target=self._watch, args=(self.openings,), name="shared-reader-watch",
                                      daemon=True).start()
                 self.users += 1
                 con = self.con
