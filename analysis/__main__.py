@@ -242,6 +242,39 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    from analysis.jobs.causal import AblateJob, ablate_text
+
+    a = ablate_text(from_args(AblateJob, args), Path(args.db))
+    if args.json:
+        _print_json(a.to_json(_tokenizer(args.model)))
+        return 0
+    for t, act, d in zip(a.tokens[:-1], a.activations, a.delta):
+        print(f"{act:+8.3f}  Δlogp(next) {d:+.4f}  {t!r}")
+    return 0
+
+
+def _tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    from analysis.models import resolve_source
+
+    _kind, where, gguf = resolve_source(model)
+    return AutoTokenizer.from_pretrained(str(where), **({"gguf_file": gguf} if gguf else {}))
+
+
+def cmd_steer(args) -> int:
+    from analysis.jobs.causal import SteerJob, steer_prompt
+
+    s = steer_prompt(from_args(SteerJob, args), Path(args.db))
+    out = s.to_json(_tokenizer(args.model))
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"plain:   {out['prompt']}{out['plain']}\nsteered: {out['prompt']}{out['steered']}")
+    return 0
+
+
 def cmd_list(args) -> int:
     from analysis.jobs.lists import add_to_list, delete_list, remove_from_list
     from analysis.types import MLP, UnitId
@@ -338,6 +371,8 @@ def backfill_vocab_bytes(db) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from analysis.causal import MODES as ABLATIONS
+    from analysis.jobs.causal import AblateJob, SteerJob
     from analysis.jobs.embed import EmbedJob
     from analysis.jobs.explain import EXPLAINERS, ExplainJob
     from analysis.jobs.export import FORMATS, ExportJob
@@ -503,6 +538,28 @@ def build_parser() -> argparse.ArgumentParser:
                     help="BM25 over the words, or cosine similarity of sentence vectors (run `embed` first)")
     se.add_argument("--limit", type=int, default=20)
     se.add_argument("--json", action="store_true", help="print the hits as JSON")
+    ab = command("ablate", cmd_ablate, "a unit ablated on text: the change in log p of each next token",
+                 "Runs the text clean and with the unit set to 0, its harvest mean or a value (neurons at the MLP "
+                 "output projection's input; features through their decoder direction, the SAE's error kept), "
+                 "and prints per token the unit's activation and the change in log-probability of the next token.",
+                 quiet=False)
+    add_options(ab, AblateJob, {"model": MODEL, "source": SOURCE, "layer": Opt("layer", required=True),
+                                "neuron": Opt("the unit's index", required=True),
+                                "text": Opt("the text", required=True),
+                                "mode": Opt("zero, mean (the unit's harvest mean) or value", choices=ABLATIONS),
+                                "value": Opt("the value for --mode value"), "device": DEVICE})
+    ab.add_argument("--json", action="store_true", help="print everything, with the top changed predictions")
+    sr = command("steer", cmd_steer, "a prompt's continuation plain and with a unit clamped or scaled",
+                 quiet=False)
+    add_options(sr, SteerJob, {"model": MODEL, "source": SOURCE, "layer": Opt("layer", required=True),
+                               "neuron": Opt("the unit's index", required=True),
+                               "prompt": Opt("the prompt", required=True),
+                               "clamp": Opt("set the unit to K x its max (a feature: add K x max along its decoder "
+                                            "direction)"),
+                               "scale": Opt("or multiply its activation by S"),
+                               "max_new_tokens": Opt("tokens to generate"),
+                               "temperature": Opt("0: greedy"), "seed": Opt("sampling seed"), "device": DEVICE})
+    sr.add_argument("--json", action="store_true", help="print prompt, both continuations (text and ids), settings")
     ls = command("list", cmd_list, "keep named lists of units with notes (add, remove, show, delete)", quiet=False)
     ls.add_argument("list_command", choices=("add", "remove", "show", "delete"))
     ls.add_argument("name", help="the list's name")
