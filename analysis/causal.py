@@ -7,8 +7,9 @@ removed on the way out, also on an exception):
   (the SAE's encoding of ``h``) and ``d`` its decoded direction: the reconstruction error stays in ``h``, so an
   edit that keeps ``a`` reproduces the clean model exactly.
 
-``ablate``: one batch of two copies of the text (clean, edited) through the whole model: per position the change
-in log-probability of the actual next token, and the next-token predictions that moved most. ``steer``: the
+``ablate``: the text once through the blocks before the unit's layer, then as two rows (clean, edited) through
+the rest (``fork_at``): per position the change in log-probability of the actual next token, and the next-token
+predictions that moved most. ``steer``: the
 same prompt generated twice, plain and with the unit set to ``k`` × its max (neuron) or with ``k`` × its decoder
 direction added (feature), seeded. ``effects``: the mean change in next-token loss over a unit's records when it
 is ablated, and the tokens whose log-probabilities it raises / lowers most in those contexts.
@@ -104,6 +105,28 @@ def unit_edit(subject: SubjectModel, unit: UnitId, edit: Edit, sae: "SAE | None"
         handle.remove()
 
 
+@contextmanager
+def fork_at(subject: SubjectModel, layer: int, n: int = 2) -> Iterator[None]:
+    """Inside the block, a forward pass of one row continues as ``n`` identical rows from block ``layer`` on: the
+    blocks before it (the same for a clean and an edited copy) run once. The hook runs before any other on that
+    block and is always removed."""
+    block = subject.blocks()[layer]
+
+    def fork(h: torch.Tensor) -> torch.Tensor:
+        return h.expand(n, *h.shape[1:]).contiguous() if h.shape[0] == 1 else h
+
+    def pre_hook(_module, args, kwargs):
+        if args:
+            return (fork(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": fork(kwargs["hidden_states"])}
+
+    handle = block.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def ablation_edit(mode: str, mean: float | None = None, value: float | None = None) -> Edit:
     """The edit of an ablation ``mode`` (``MODES``)."""
     if mode == "zero":
@@ -172,21 +195,21 @@ def _reader_of(unit: UnitId, sae: "SAE | None"):
 @torch.inference_mode()
 def ablate(subject: SubjectModel, token_ids: list[int], unit: UnitId, edit: Edit, sae: "SAE | None" = None,
            top: int = 8) -> Ablation:
-    """``token_ids`` (no special tokens; the model's BOS is put first) clean and with ``unit`` edited, as one batch
-    of two rows through the model."""
+    """``token_ids`` (no special tokens; the model's BOS is put first) clean and with ``unit`` edited: one row
+    through the blocks before the unit's layer, two from there on."""
     if len(token_ids) < 2:
         raise UserError("the text needs at least two tokens (the first predicts the second)")
     limit = subject.context_length
     prefix = subject.bos_prefix
     if limit is not None and len(prefix) + len(token_ids) > limit:
         raise UserError(f"the text has {len(token_ids)} tokens, more than the model's context ({limit - len(prefix)})")
-    ids = torch.tensor([prefix + token_ids] * 2, device=subject.device)
+    ids = torch.tensor([prefix + token_ids], device=subject.device)
     reader = _reader_of(unit, sae)
     from analysis.activations import site_hooks
 
     rows = torch.tensor([False, True])
     with site_hooks(subject, [(unit.layer, reader.site)], stop_when_done=False) as captured:
-        with unit_edit(subject, unit, edit, sae, rows=rows):
+        with fork_at(subject, unit.layer), unit_edit(subject, unit, edit, sae, rows=rows):
             logits = subject.model(input_ids=ids, use_cache=False).logits.float()
     acts = reader.units(captured[(unit.layer, reader.site)][:1])[0, len(prefix):, unit.index].tolist()
     logp = torch.log_softmax(logits[:, len(prefix):], dim=-1)  # [2, T, V]

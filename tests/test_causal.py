@@ -185,3 +185,21 @@ def test_cli_ablate_and_steer_json(viewer_db, capsys):
     assert "empty" in capsys.readouterr().err
     assert main(["ablate", *base, "--text", "x y", "--mode", "value"]) == 2
     assert "--value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_shared_prefix_changes_nothing(subjects, kind):
+    """Running the blocks before the unit's layer once (then two rows) gives what two full rows give."""
+    subject = subjects[kind]
+    ids, unit = _ids(subject), UnitId(MLP, 2, 4)
+    got = ablate(subject, ids, unit, Edit(0.0, 3.0))
+    x = torch.tensor([subject.bos_prefix + ids] * 2)
+    with torch.inference_mode(), unit_edit(subject, unit, Edit(0.0, 3.0), rows=torch.tensor([False, True])):
+        full = torch.log_softmax(subject.model(input_ids=x, use_cache=False).logits.float(), -1)
+    nxt = torch.tensor(ids[1:])
+    start = len(subject.bos_prefix)
+    for row, mine in ((0, got.clean_logprob), (1, got.ablated_logprob)):
+        want = full[row, start:-1].gather(-1, nxt[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(mine), want, atol=1e-5), (kind, row)
+    assert torch.allclose(torch.tensor(got.clean_logprob), torch.log_softmax(_logits(subject, ids).float(), -1)[
+        0, start:-1].gather(-1, nxt[:, None])[:, 0], atol=1e-5)
