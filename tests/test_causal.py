@@ -203,3 +203,26 @@ def test_the_shared_prefix_changes_nothing(subjects, kind):
         assert torch.allclose(torch.tensor(mine), want, atol=1e-5), (kind, row)
     assert torch.allclose(torch.tensor(got.clean_logprob), torch.log_softmax(_logits(subject, ids).float(), -1)[
         0, start:-1].gather(-1, nxt[:, None])[:, 0], atol=1e-5)
+
+
+def test_live_ablation_and_steering_pages(viewer_db, monkeypatch):
+    from test_viewer import _all_html, _page
+
+    db, model = viewer_db
+    at = _page("live", db, monkeypatch, model=model, layer=1, neuron=3, text="Paris is the capital of France.",
+               ablate="mean")
+    assert not at.exception and not at.error
+    assert any("What L1/N3 does to the predictions" in h.value for h in at.subheader)
+    assert any("ablated − clean" in c.value for c in at.caption)
+    table = at.dataframe[-1].value
+    assert list(table.columns) == ["token", "p clean", "p ablated", "Δp"] and len(table) == 8
+    assert _all_html(at).count('class="rec"') == 2  # the activations and the Δ log p heatmaps
+    at = _page("steer", db, monkeypatch, model=model, layer=1, neuron=3, prompt="The capital of <b>France</b>",
+               how="clamp", k="30", new="8", go="1")
+    assert not at.exception and not at.error
+    body = _all_html(at)
+    assert body.count("&lt;b&gt;France&lt;/b&gt;") == 2 and "<b>France</b>" not in body  # escaped, both sides
+    assert any("generated tokens the same" in c.value for c in at.caption)
+    assert at.query_params["k"] == "30" and at.query_params["go"] == "1"  # the URL carries the settings
+    at = _page("steer", db, monkeypatch, model=model, layer=1, neuron=3, prompt="x", how="scale", k="nan", go="1")
+    assert not at.exception and "usable number" in at.error[0].value

@@ -21,6 +21,7 @@ st.set_page_config(page_title="Neuron viewer", page_icon=":material/neurology:",
 nav = st.navigation([
     st.Page(HERE / "views" / "neuron.py", title="Neuron", icon=":material/neurology:", default=True),
     st.Page(HERE / "views" / "live.py", title="Live text", icon=":material/keyboard:", url_path="live"),
+    st.Page(HERE / "views" / "steer.py", title="Steering", icon=":material/tune:", url_path="steer"),
     st.Page(HERE / "views" / "search.py", title="Search", icon=":material/search:", url_path="search"),
     st.Page(HERE / "views" / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     st.Page(HERE / "views" / "lists.py", title="Lists", icon=":material/list:", url_path="lists"),

@@ -1,5 +1,5 @@
-"""Live text: type or paste text, see the chosen unit (neuron or dictionary feature) fire on it, and which units of
-the same kind and layer fire most."""
+"""Live text: type or paste text, see the chosen unit (neuron or dictionary feature) fire on it, which units of
+the same kind and layer fire most, and what ablating the unit does to the next-token predictions."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from analysis.activations import neuron_reader, sae_reader, unit_activations
 from analysis.tokens import joined_runs
 from analysis.types import MLP, TokenActivations, UnitId
+from viewer.components.causal import ablation_view
 from viewer.components.heatmap import md_token, records_html
 from viewer.components.picker import unit_link, unit_name
 from viewer.resources import MAX_LIVE_TOKENS, dictionary, hooks_lock, pick_unit, read, show_error, subject
@@ -40,12 +41,13 @@ def render() -> None:
         picked, run = found
         stats = s.records.unit_stats(run.run_id, picked.unit) if run else None
         d = s.catalog.dictionary(picked.source) if picked.source != MLP else None
-        return picked, stats.max if stats else None, d.path if d else ""
+        return picked, stats, d.path if d else ""
 
     data = read(load)
     if data is None:
         return
-    picked, vmax_cached, sae_path = data
+    picked, stats, sae_path = data
+    vmax_cached = stats.max if stats else None
     st.title("Live text")
     qp = st.query_params
     if "live_text" not in st.session_state:  # first render of the session: from the URL
@@ -83,6 +85,36 @@ def render() -> None:
         lines.append(f"- {unit_link(picked.model.name, unit)} max {v:.3g} at token {where} "
                      f"{md_token(readable.get(where, tokens[where]))}")
     st.markdown("\n".join(lines))
+    ablation_section(picked, text, len(tokens), stats, sae_path, runs)
+
+
+def ablation_section(picked, text: str, n_tokens: int, stats, sae_path: str, runs: tuple) -> None:
+    """The unit ablated on this text: which next-token predictions it supports."""
+    from analysis.causal import MODES, ablate, ablation_edit
+
+    st.subheader(f"What {unit_name(picked.unit)} does to the predictions (ablation)")
+    qp = st.query_params
+    c1, c2 = st.columns([2, 1])
+    mode = c1.radio("set the unit to", MODES, horizontal=True, key="abl_mode",
+                    index=MODES.index(qp.get("ablate")) if qp.get("ablate") in MODES else 0,
+                    format_func={"zero": "0", "mean": "its harvest mean", "value": "a value"}.get)
+    value = c2.number_input("value", value=0.0, key="abl_value", disabled=mode != "value")
+    if not st.toggle("ablate", value="ablate" in qp, key="abl_on",
+                     help="one more forward pass from the unit's layer on (about the cost of the live pass)"):
+        qp.pop("ablate", None)
+        return
+    qp["ablate"] = mode
+    try:
+        edit = ablation_edit(mode, mean=stats.mean if stats else None, value=value)
+        subj = subject(picked.model.name)
+        sae = dictionary(picked.source, sae_path) if picked.source != MLP else None
+        ids = subj.tokenize(text)[:n_tokens]  # as the live pass cut it
+        with st.spinner("ablating…"), hooks_lock(picked.model.name):
+            a = ablate(subj, ids, picked.unit, edit, sae)
+    except Exception as exc:
+        show_error(exc)
+        return
+    ablation_view(a, runs, subj.tokenizer)
 
 
 render()
