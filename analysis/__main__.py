@@ -275,6 +275,16 @@ def cmd_steer(args) -> int:
     return 0
 
 
+def cmd_effects(args) -> int:
+    from analysis.jobs.causal import EffectsJob, effects_of
+
+    done = effects_of(from_args(EffectsJob, args), Path(args.db), _progress(args))
+    for e in done:
+        print(f"{str(e.unit):14s} Δloss {e.mean_loss_change:+.5f} nats/token (top records {e.mean_loss_change_top:+.5f})"
+              f" over {e.n_positions} positions", file=sys.stderr)
+    return 0
+
+
 def cmd_list(args) -> int:
     from analysis.jobs.lists import add_to_list, delete_list, remove_from_list
     from analysis.types import MLP, UnitId
@@ -372,7 +382,7 @@ def backfill_vocab_bytes(db) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from analysis.causal import MODES as ABLATIONS
-    from analysis.jobs.causal import AblateJob, SteerJob
+    from analysis.jobs.causal import AblateJob, EffectsJob, SteerJob
     from analysis.jobs.embed import EmbedJob
     from analysis.jobs.explain import EXPLAINERS, ExplainJob
     from analysis.jobs.export import FORMATS, ExportJob
@@ -560,6 +570,15 @@ def build_parser() -> argparse.ArgumentParser:
                                "max_new_tokens": Opt("tokens to generate"),
                                "temperature": Opt("0: greedy"), "seed": Opt("sampling seed"), "device": DEVICE})
     sr.add_argument("--json", action="store_true", help="print prompt, both continuations (text and ids), settings")
+    ef = command("effects", cmd_effects, "ablation effects over each unit's records, stored (resumable)",
+                 "Ablates each unit on its top and random records and stores the mean change in next-token loss and "
+                 "the tokens whose log-probabilities it raises / lowers most there (shown on the unit's page).")
+    add_options(ef, EffectsJob, {"model": MODEL, "source": SOURCE, "layer": Opt("layer", required=True),
+                                 "neurons": Opt("units, e.g. 0-99 or 3,5,8", required=True),
+                                 "mode": Opt("zero or mean", choices=("zero", "mean")),
+                                 "top": Opt("top-activating records per unit"),
+                                 "random": Opt("random records per unit"), "device": DEVICE,
+                                 "force": Opt("measure again")})
     ls = command("list", cmd_list, "keep named lists of units with notes (add, remove, show, delete)", quiet=False)
     ls.add_argument("list_command", choices=("add", "remove", "show", "delete"))
     ls.add_argument("name", help="the list's name")

@@ -149,6 +149,17 @@ MIGRATIONS: list[tuple[str, str]] = [
                                           PRIMARY KEY (explanation_id, encoder));
         """,
     ),
+    (
+        "009_unit_effects",
+        # the causal lens: a unit's ablation effect over its records (loss change, tokens promoted / suppressed)
+        """
+        CREATE TABLE unit_effects (
+            run_id VARCHAR, source VARCHAR, layer SMALLINT, unit INTEGER, mode VARCHAR, params VARCHAR,
+            n_records INTEGER, n_positions INTEGER, mean_loss_change DOUBLE, mean_loss_change_top DOUBLE,
+            promoted INTEGER[], promoted_values DOUBLE[], suppressed INTEGER[], suppressed_values DOUBLE[],
+            seconds REAL, created_at TIMESTAMP);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

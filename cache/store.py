@@ -10,6 +10,7 @@ share its connection, one per table family:
     store.graphs        Neuron2Graph graphs                         (cache/graphs.py)
     store.topics        word-pool topics                            (cache/topics.py)
     store.lists         named lists of units with notes             (cache/lists.py)
+    store.effects       the causal lens' ablation summaries         (cache/effects.py)
 
 Schema: ``cache/migrations.py`` (append-only); connecting, versions and the concurrency rules: ``cache/db.py``.
 Nothing here imports torch: reading a record needs no model.
@@ -30,6 +31,7 @@ from analysis.types import MLP, UnitRecord
 from cache.catalog import CatalogRepo
 from cache.db import StoreError, connect, migrate, schema_version, shared_reader, writer_intent
 from cache.explanations import ExplanationRepo
+from cache.effects import EffectRepo
 from cache.graphs import GraphRepo
 from cache.lists import ListRepo
 from cache.migrations import SCHEMA_VERSION
@@ -54,6 +56,10 @@ class UnitGlance:
     n_topic_sets: int
     topic: object | None
     """cache.topics.BestTopic, or None."""
+    effects: object | None
+    """cache.effects.StoredEffects (the ablation summary), or None."""
+    effect_tokens: dict
+    """Token id -> text of the tokens its effects name."""
     top_tokens: list[str]
     density: float
     neuron: bool
@@ -75,15 +81,22 @@ class Store:
         self.graphs = GraphRepo(con)
         self.topics = TopicRepo(con)
         self.lists = ListRepo(con)
+        self.effects = EffectRepo(con)
 
     def glance(self, model_id: str, rec: UnitRecord) -> UnitGlance:
         unit = rec.unit
         graph = self.graphs.get(rec.run_id, unit)
         n_sets, topic = self.topics.best_of(model_id, unit)
         rows = self.explanations.with_simulations(rec.run_id, unit)
+        effects = self.effects.get(rec.run_id, unit)
+        names = {}
+        if effects is not None:
+            names = self.catalog.vocab(self.catalog.model(model_id).tokenizer_id,
+                                       [t for t, _v in effects.promoted + effects.suppressed])
         return UnitGlance(best=self.explanations.best(rec.run_id, unit, rows), n_explanations=len(rows),
                           baselines=self.explanations.baselines(rec.run_id, unit),
                           graph=graph.metrics if graph else None, n_topic_sets=n_sets, topic=topic,
+                          effects=effects, effect_tokens=names,
                           top_tokens=[t for _i, t, _m, _c in rec.top_tokens], density=rec.stats.frac_active,
                           neuron=unit.source == MLP)
 

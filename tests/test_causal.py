@@ -226,3 +226,30 @@ def test_live_ablation_and_steering_pages(viewer_db, monkeypatch):
     assert at.query_params["k"] == "30" and at.query_params["go"] == "1"  # the URL carries the settings
     at = _page("steer", db, monkeypatch, model=model, layer=1, neuron=3, prompt="x", how="scale", k="nan", go="1")
     assert not at.exception and "usable number" in at.error[0].value
+
+
+def test_effects_are_stored_and_shown(viewer_db, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from analysis.__main__ import main
+    from cache.store import open_store
+    from test_viewer import _all_html, _page
+
+    src, model = viewer_db
+    db = tmp_path / "effects.duckdb"
+    shutil.copy(src, db)
+    args = ["--db", str(db), "--model", model, "--layer", "1", "--neurons", "2,3", "--top", "3", "--random", "2"]
+    assert main(["effects", *args]) == 0
+    assert main(["effects", *args]) == 0
+    assert "all 2 unit(s) done" in capsys.readouterr().err  # resumable
+    with open_store(db, read_only=True) as s:
+        run = s.runs.find(model, 1)
+        e = s.effects.get(run.run_id, UnitId(MLP, 1, 3))
+    assert e.mode == "zero" and e.n_records == 5 and len(e.promoted) == 10 and e.params == {"top": 3, "random": 2}
+    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=3, tab="ablation")
+    assert not at.exception and not at.error
+    assert "Δloss " in _all_html(at) and any("Ablated (zero)" in m.value for m in at.markdown)
+    at.toggle(key="abl_rec_on").set_value(True).run()
+    assert not at.exception and list(at.dataframe[-1].value.columns)[0] == "token"
+    with pytest.raises(SystemExit):  # argparse: zero or mean only
+        main(["effects", *args[:-4], "--mode", "value"])

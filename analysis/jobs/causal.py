@@ -78,3 +78,61 @@ def steer_prompt(job: SteerJob, db: Path, subject=None, sae=None, rec=None):
         rec, subject, sae = _unit_and_model(db, job.model, unit, job.device)
     edit = steering_edit(unit, rec.stats.max, clamp=job.clamp, scale=job.scale)
     return steer(subject, subject.tokenize(job.prompt), unit, edit, sae, job.max_new_tokens, job.temperature, job.seed)
+
+
+@dataclass(frozen=True)
+class EffectsJob:
+    layer: int
+    neurons: str
+    """Unit indices, e.g. 0-99 or 3,5,8."""
+    model: str = DEFAULT_MODEL
+    source: str = MLP
+    mode: str = "zero"
+    """zero or mean."""
+    top: int = 10
+    """Top-activating records per unit."""
+    random: int = 10
+    """Random records per unit."""
+    device: str = "cpu"
+    force: bool = False
+    """Measure again units that have effects of this mode."""
+
+
+def effects_of(job: EffectsJob, db: Path, progress=None) -> list:
+    """Measure and store the ablation effect of each unit over its records (resumable); the new
+    analysis.causal.Effects."""
+    import time
+
+    from analysis.causal import MODES, ablation_edit, effects
+    from analysis.jobs.common import cached_model, n_units, parse_units, unit_records
+    from analysis.progress import Progress
+    from cache.store import open_store
+
+    progress = progress or Progress()
+    if job.mode not in MODES or job.mode == "value":
+        raise UserError("effects ablate to zero or to the unit's mean: --mode zero|mean")
+    with open_store(db, read_only=True) as store:
+        info = cached_model(store, job.model)
+        units = parse_units(job.neurons, n_units(store, info, job.source, job.layer),
+                            "neurons" if job.source == MLP else "features")
+        run = store.runs.find(job.model, job.layer, source=job.source)
+        done = set() if job.force or run is None else store.effects.units(run.run_id, job.layer, job.mode, job.source)
+    todo = [u for u in units if u not in done]
+    if not todo:
+        progress.note(f"effects: all {len(units)} unit(s) done")
+        return []
+    recs = unit_records(db, job.model, job.layer, todo, job.source)
+    rec0 = recs[todo[0]]
+    _rec, subject, sae = _unit_and_model(db, job.model, rec0.unit, job.device)
+    out = []
+    bar = progress.bar(len(todo), f"effects L{job.layer} ({job.mode} ablation)", unit="unit")
+    for u in todo:
+        rec, t0 = recs[u], time.time()
+        e = effects(subject, rec.unit, ablation_edit(job.mode, mean=rec.stats.mean), job.mode,
+                    rec.most_positive_activation_records[:job.top], rec.random_sample[:job.random], sae)
+        with open_store(db) as store:
+            store.effects.put(rec.run_id, e, {"top": job.top, "random": job.random}, time.time() - t0)
+        out.append(e)
+        bar.update(1)
+    bar.close()
+    return out

@@ -45,3 +45,20 @@ def steering_view(s, tokenizer) -> None:
     st.caption(f"{same} of {len(s.plain)} generated tokens the same; seed {s.seed}, temperature {s.temperature:g}"
                f" ({'greedy' if s.temperature == 0 else 'sampled'}); edit: activation × {s.edit.scale:g} + "
                f"{s.edit.shift:.4g}")
+
+
+def effects_view(e, names: dict) -> None:
+    """A stored ablation summary (cache.effects.StoredEffects, or None: how to get one)."""
+    from viewer.components.heatmap import md_token
+
+    if e is None:
+        st.info("No ablation effect measured yet: the button at the top of the page measures it (seconds), or a "
+                "layer from a shell: `python -m analysis effects --layer L --neurons 0-99`")
+        return
+    st.markdown(f"**Ablated ({e.mode}) on {e.n_records} of its records**: next-token loss changes by "
+                f"**{e.mean_loss_change:+.5f}** nats per token ({e.mean_loss_change_top:+.5f} on its top records; "
+                f"> 0: the unit helps the model there), over {e.n_positions:,} positions.")
+    c1, c2 = st.columns(2)
+    for col, title, pairs in ((c1, "promotes (mean Δ log p, clean − ablated)", e.promoted),
+                              (c2, "suppresses", e.suppressed)):
+        col.markdown(f"**{title}**: " + " ".join(f"{md_token(names.get(t, str(t)))} {v:+.3f}" for t, v in pairs))

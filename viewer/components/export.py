@@ -27,6 +27,12 @@ def glance_rows(g) -> list[tuple[str, str]]:
     if g.topic:
         rnd = f" vs random sets {g.topic.random_median:+.3f}" if g.topic.random_median is not None else ""
         rows.append(("topic", f"{' '.join(g.topic.words)} (NPMI {g.topic.score:+.3f}{rnd}, {g.topic.mode})"))
+    if g.effects:
+        e = g.effects
+        name = lambda t: repr(g.effect_tokens.get(t, str(t)))  # noqa: E731
+        rows.append(("ablation effect", f"next-token loss {e.mean_loss_change:+.4f} nats/token ({e.mode} ablation, "
+                     f"{e.n_records} records); promotes {' '.join(name(t) for t, _v in e.promoted[:6])}; "
+                     f"suppresses {' '.join(name(t) for t, _v in e.suppressed[:6])}"))
     rows.append(("fires on", " ".join(repr(t) for t in g.top_tokens[:8]) or "—"))
     rows.append(("density", f"{g.density:.2%} of tokens > 0"))
     return rows

@@ -2,7 +2,8 @@
 
 One row of cards, drawn as one HTML block: the best explanation (by a simulator that reads explanations), the
 token-lookup baseline, the Neuron2Graph graph's firing F1 beside token-lookup's, the best topic's NPMI beside
-random word sets, and the tokens it fires on with its density. Each card's title opens its tab; a missing lens
+random word sets, the ablation effect (loss change, tokens it promotes), and the tokens it fires on with its
+density. Each card's title opens its tab; a missing lens
 says how to get it, with a button where computing it is cheap (the page runs the job: this module only returns
 what was asked for)."""
 
@@ -73,6 +74,16 @@ def glance_html(g: UnitGlance, tab_url) -> str:
     else:
         cards.append(_card(tab_url("topics"), "topic", '<div class="none">' + (
             "no coherent topic in its pools" if g.n_topic_sets else "none yet") + "</div>"))
+    if g.effects:
+        e = g.effects
+        promoted = "".join(token_code_html(g.effect_tokens.get(t, str(t))) for t, _v in e.promoted[:4])
+        cards.append(_card(tab_url("ablation"), "effect", f'<div class="big">Δloss {e.mean_loss_change:+.4f}</div>'
+                           f'<div class="sub">nats/token when ablated ({html.escape(e.mode)}); promotes</div>'
+                           f"<div>{promoted}</div>",
+                           "ablating the unit on its records: the mean change in next-token loss (> 0: it helps) "
+                           "and the tokens whose log-probability it raises most there", wide=True))
+    else:
+        cards.append(_card(tab_url("ablation"), "effect", '<div class="none">not measured yet</div>'))
     toks = "".join(token_code_html(t) for t in g.top_tokens[:5]) or "—"
     cards.append(_card(tab_url("tokens & weights"), "fires on",
                        f'<div>{toks}</div><div class="sub">density {g.density:.2%} of tokens &gt; 0</div>',
@@ -81,12 +92,14 @@ def glance_html(g: UnitGlance, tab_url) -> str:
 
 
 def glance_header(g: UnitGlance, tab_url) -> str | None:
-    """Draw the header; return the lens the user asked to compute now ('baseline', 'graph', 'topics') or None."""
+    """Draw the header; return the lens the user asked to compute now ('baseline', 'graph', 'topics', 'effects')
+    or None."""
     st.html(glance_html(g, tab_url))
     missing = [(lens, label) for lens, label, gone in (
         ("baseline", "compute the baseline (instant)", not any(b.error is None for b in g.baselines)),
         ("graph", "build the graph (seconds)", g.neuron and not g.graph),
-        ("topics", "compute topics (about a second)", not g.n_topic_sets)) if gone]
+        ("topics", "compute topics (about a second)", not g.n_topic_sets),
+        ("effects", "measure the ablation effect (seconds)", not g.effects)) if gone]
     if not missing:
         return None
     ask = None

@@ -22,7 +22,7 @@ from viewer.resources import (db_path, live_simulators, pick_unit, read, run_job
                               subject, unit_record)
 from viewer.site import page_name
 
-TABS = ["top", "quantiles", "random", "tokens & weights", "explanations", "graph", "topics"]
+TABS = ["top", "quantiles", "random", "tokens & weights", "explanations", "graph", "topics", "ablation"]
 
 
 def harvest_button(model: str, layer: int, corpus: str, source: str = MLP) -> None:
@@ -164,6 +164,38 @@ def topics_tab(model, rec) -> None:
     topics_view(sets)
 
 
+def ablation_tab(model, rec) -> None:
+    """The unit's stored ablation effect, and a live ablation on one of its top records."""
+    from analysis.causal import ablate, ablation_edit
+    from viewer.components.causal import ablation_view, effects_view
+    from viewer.resources import dictionary, hooks_lock
+
+    found = read(lambda s: (s.effects.get(rec.run_id, rec.unit), s.glance(model.model_id, rec).effect_tokens,
+                            (d.path if (d := s.catalog.dictionary(rec.unit.source)) else "")))
+    if found is None:
+        return
+    stored, names, sae_path = found
+    effects_view(stored, names)
+    recs = rec.most_positive_activation_records
+    if not recs:
+        return
+    c1, c2 = st.columns([1, 2])
+    i = c1.selectbox("top record", range(len(recs)), format_func=lambda i: f"#{i + 1}", key="abl_rec")
+    mode = c2.radio("set the unit to", ["zero", "mean"], horizontal=True, key="abl_rec_mode",
+                    format_func={"zero": "0", "mean": "its harvest mean"}.get)
+    if not st.toggle("ablate it on this record (loads the model)", key="abl_rec_on"):
+        return
+    try:
+        subj = subject(model.name)
+        sae = dictionary(rec.unit.source, sae_path) if rec.unit.source != MLP else None
+        with st.spinner("ablating…"), hooks_lock(model.name):
+            a = ablate(subj, list(recs[i].token_ids), rec.unit, ablation_edit(mode, mean=rec.stats.mean), sae)
+    except Exception as exc:
+        show_error(exc)
+        return
+    ablation_view(a, recs[i].runs, subj.tokenizer, key="abl_rec")
+
+
 def similar_units(s, model, rec):
     """Units whose explanations are nearest to this unit's best (else newest) explanation by sentence vector:
     (its text, hits), or None when it has no explanation; hits None when its vector is not computed yet."""
@@ -192,6 +224,11 @@ def compute_now(lens: str, model, rec) -> None:
     elif lens == "graph":
         run_job(f"fitting the graph of {what}…", lambda db, progress: n2g(
             N2GJob(layer=u.layer, neurons=str(u.index), model=model.name, source=u.source), db, progress))
+    elif lens == "effects":
+        from analysis.jobs.causal import EffectsJob, effects_of
+
+        run_job(f"ablation effect of {what}…", lambda db, progress: effects_of(EffectsJob(
+            layer=u.layer, neurons=str(u.index), model=model.name, source=u.source), db, progress))
     elif lens == "topics":
         run_job(f"topics of {what}…", lambda db, progress: topics(
             TopicsJob(layer=u.layer, neurons=str(u.index), model=model.name, source=u.source,
@@ -304,6 +341,8 @@ def records_section(model, rec) -> None:
         topics_tab(model, rec)
     elif tab == "graph":
         graph_tab(model, rec, window)
+    elif tab == "ablation":
+        ablation_tab(model, rec)
     else:
         related_section(model.name, rec)
     st.caption((f"run {rec.run_id} · corpus {rec.corpus_id} · {rec.stats.n_tokens:,} tokens · "
