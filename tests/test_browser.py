@@ -193,3 +193,27 @@ def test_static_site_opens_offline_in_chromium(server, tmp_path):
         page.wait_for_selector("a[href^='units/']")
         browser.close()
     assert requests and all(u.startswith("file://") for u in requests), [u for u in requests if "file:" not in u]
+
+
+def test_live_ablation_and_steering_in_chromium(server):
+    """The ablation heatmap and the side-by-side steered generation draw in a real browser, escaped."""
+    from playwright.sync_api import sync_playwright
+
+    url, _db, model = server
+    q = urllib.request.quote(model, safe="")
+    dialogs = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(f"{url}/live?model={q}&layer=1&neuron=3&ablate=zero&text="
+                  + urllib.request.quote("Paris <script>alert(1)</script> is in France."))
+        page.get_by_text("predictions after token").wait_for(timeout=60_000)
+        assert page.locator(".hm .rec").count() == 2 and page.locator(".hm script").count() == 0
+        page.goto(f"{url}/steer?model={q}&layer=1&neuron=3&how=clamp&k=30&new=8&go=1&prompt="
+                  + urllib.request.quote("The <img src=x onerror=alert(3)> capital"))
+        page.get_by_text("generated tokens the same").wait_for(timeout=60_000)
+        main = page.locator("[data-testid='stMain']").first
+        assert main.inner_text().count("<img src=x onerror=alert(3)>") >= 2 and main.locator("img").count() == 0
+        browser.close()
+    assert dialogs == []
