@@ -56,11 +56,13 @@ demo-explanations: demo-cache
 	  || exit 1; done
 	$(PY) -m analysis embed --db $(DB) --quiet
 
-# Neuron2Graph graphs and word-pool topics for the same demo neurons (resumable; the viewer builds others on demand)
+# Neuron2Graph graphs, ablation effects and word-pool topics for the same demo neurons (resumable; the viewer
+# builds others on demand)
 DEMO_TOPIC_NEURONS ?= 0-15
 demo-graphs: demo-cache
 	@for L in $(DEMO_EXPLAIN_LAYERS); do \
-	  $(PY) -m analysis n2g --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --quiet || exit 1; done
+	  $(PY) -m analysis n2g --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --quiet && \
+	  $(PY) -m analysis effects --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --quiet || exit 1; done
 
 demo-topics: demo-cache
 	@for L in $(DEMO_EXPLAIN_LAYERS); do \
