@@ -21,7 +21,10 @@ def ablation_view(a, runs: tuple, tokenizer, key: str = "abl") -> None:
     st.caption(f"Δ log p(token | the tokens before it), ablated − clean, on one scale (±{vmax:.3g}); mean "
                f"{sum(a.delta) / max(len(a.delta), 1):+.4f} nats per token (negative: the unit helps predict "
                "this text)")
-    st.html(records_html([TokenActivations(a.tokens, delta, runs=runs)], vmax))
+    st.html(records_html([TokenActivations(a.tokens, delta, runs=runs)], vmax,
+                         legend="Δ log p of each token given the ones before it, ablated − clean: blue, the ablation "
+                                "makes it less likely (the unit supports it); orange, more likely; the largest "
+                                "increase is outlined; hover a token for its value"))
     worst = min(range(len(a.delta)), key=lambda i: a.delta[i]) if a.delta else 0
     pos = st.selectbox("predictions after token", range(len(a.delta)), index=worst, key=f"{key}_pos",
                        format_func=lambda i: f"#{i} {a.tokens[i]!r} (next {a.tokens[i + 1]!r}: Δ {a.delta[i]:+.3f})")

@@ -91,14 +91,15 @@ def glance_html(g: UnitGlance, tab_url) -> str:
     return STYLE + '<div class="glance">' + "".join(cards) + "</div>"
 
 
-def glance_header(g: UnitGlance, tab_url) -> str | None:
+def glance_header(g: UnitGlance, tab_url, npmi_counted: bool = True) -> str | None:
     """Draw the header; return the lens the user asked to compute now ('baseline', 'graph', 'topics', 'effects')
-    or None."""
+    or None. ``npmi_counted``: whether topics can start at once (else the button says they count NPMI first)."""
     st.html(glance_html(g, tab_url))
     missing = [(lens, label) for lens, label, gone in (
         ("baseline", "compute the baseline (instant)", not any(b.error is None for b in g.baselines)),
         ("graph", "build the graph (seconds)", g.neuron and not g.graph),
-        ("topics", "compute topics (about a second)", not g.n_topic_sets),
+        ("topics", "compute topics (about a second)" if npmi_counted else
+         "compute topics (counts NPMI over the reference corpus first: ~90 s once)", not g.n_topic_sets),
         ("effects", "measure the ablation effect (seconds)", not g.effects)) if gone]
     if not missing:
         return None

@@ -99,15 +99,19 @@ STYLE = """<style>
 </style>"""
 
 
-def legend_html(vmax: float) -> str:
+RECORDS_LEGEND = ("one scale for every record on this page (the neuron's max); the max token of each record is "
+                  "outlined; hover a token for its value")
+
+
+def legend_html(vmax: float, text: str = RECORDS_LEGEND) -> str:
     return (f'<div class="hm-legend">{-vmax:.3g} <span class="bar"></span> {vmax:.3g} &nbsp; '
-            "one scale for every record on this page (the neuron's max); the max token of each record is outlined; "
-            "hover a token for its value</div>")
+            f"{html.escape(text)}</div>")
 
 
 def records_html(records: list[TokenActivations], vmax: float, around_max: int | None = None,
-                 labels: list[str] | None = None) -> str:
-    """Many records (real, simulated or predicted activations) with a shared scale and a legend."""
+                 labels: list[str] | None = None, legend: str = RECORDS_LEGEND) -> str:
+    """Many records (real, simulated or predicted activations, or any per-token value) with a shared scale and a
+    legend (``legend``: what the values are)."""
     body = "".join(record_html(r.tokens, r.activations, vmax, around_max, labels[i] if labels else "", r.runs)
                    for i, r in enumerate(records))
-    return STYLE + legend_html(vmax) + f'<div class="hm">{body}</div>'
+    return STYLE + legend_html(vmax, legend) + f'<div class="hm">{body}</div>'

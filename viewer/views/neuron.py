@@ -146,11 +146,9 @@ def topics_tab(model, rec) -> None:
         return
     what = f"L{unit.layer} " + (f"residual dimension {unit.index}" if mode.startswith("lo") else unit_label(unit))
     if not sets:
-        from analysis.jobs.topics import stats_folder
-        from analysis.topics.npmi import stats_path
         from analysis.topics.types import NpmiConfig
 
-        counted = stats_path(NpmiConfig(), stats_folder(db_path())).exists()
+        counted = npmi_counted()
         st.info(f"No topics for {what} ({mode}) yet: about a second once the model is loaded" +
                 ("." if counted else f", after counting NPMI over {', '.join(NpmiConfig().corpora)} once (about 90 s "
                  "here; `make demo` does it)."))
@@ -194,6 +192,15 @@ def ablation_tab(model, rec) -> None:
         show_error(exc)
         return
     ablation_view(a, recs[i].runs, subj.tokenizer, key="abl_rec")
+
+
+def npmi_counted() -> bool:
+    """Whether the default NPMI statistics exist for this database (topics then take about a second)."""
+    from analysis.jobs.topics import stats_folder
+    from analysis.topics.npmi import stats_path
+    from analysis.topics.types import NpmiConfig
+
+    return stats_path(NpmiConfig(), stats_folder(db_path())).exists()
 
 
 def similar_units(s, model, rec):
@@ -287,7 +294,7 @@ def render() -> None:
                        help="this page as one HTML file that opens offline (records, statistics, what each lens says)")
     with t3.popover("add to list"):
         add_to_list_form(model, unit, lists)
-    if (lens := glance_header(glance, lambda tab: unit_url(model.name, unit, tab))) is not None:
+    if (lens := glance_header(glance, lambda tab: unit_url(model.name, unit, tab), npmi_counted())) is not None:
         compute_now(lens, model, rec)
     s = rec.stats
     cols = st.columns(7)
