@@ -94,3 +94,32 @@ def clean_explanation(text: str) -> str:
         if stop in text:
             text = text.split(stop)[0]
     return text.rstrip(".").strip()
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+PROMPT_PHRASES = ("neuron", "neural network", "activation", "explanation of", "behavior", "<start>", "<end>",
+                  "looks for some particular thing", "main thing this", "same activations")
+"""Words of the prompt's own scaffolding: an explanation made only of these restates the prompt."""
+
+
+def degenerate_reason(text: str) -> str | None:
+    """Why an explanation says nothing about its unit, or None: empty; a copy of a few-shot explanation (the same
+    content words, or 80 % of them); or only the prompt's own words restated. Any explainer's text can be."""
+    words = _words(text)
+    if not words:
+        return "empty"
+    mine = set(words)
+    for ex in FEW_SHOT:
+        theirs = set(_words(ex.explanation))
+        if mine == theirs or len(mine & theirs) >= 0.8 * max(len(mine), len(theirs)):
+            return f"copies a few-shot explanation ({ex.explanation!r})"
+    low = text.lower()
+    scaffold = set(_words(EXPLAIN_SYSTEM + " " + LEAD + " explanation of neuron behavior activations same filtered"))
+    if any(p in low for p in PROMPT_PHRASES) and mine <= scaffold | {str(i) for i in range(10)}:
+        return "restates the prompt"
+    return None

@@ -25,6 +25,13 @@ class StoredExplanation:
     text: str
     created_at: object
 
+    @property
+    def degenerate(self) -> str | None:
+        """Why the text says nothing about the unit (``analysis.prompts.degenerate_reason``), or None."""
+        from analysis.prompts import degenerate_reason
+
+        return None if self.explainer == "n2g" else degenerate_reason(self.text)
+
 
 @dataclass(frozen=True)
 class StoredSimulation:
@@ -144,12 +151,13 @@ class ExplanationRepo(Repo):
     def best(self, run_id: str, unit: UnitId, rows: list | None = None
              ) -> tuple[StoredExplanation, StoredSimulation] | None:
         """A unit's best-scored text explanation (by any stored simulator: all of them read the explanation; the
-        Neuron2Graph summary is the graph's, not text) and its simulation; ``rows``: its ``with_simulations``
-        when the caller has them."""
+        Neuron2Graph summary is the graph's, not text) and its simulation, a degenerate one (empty, a copied
+        few-shot explanation) only when there is no other; ``rows``: its ``with_simulations`` when the caller has
+        them."""
         rows = self.with_simulations(run_id, unit) if rows is None else rows
         scored = [(e, s) for e, sims in rows if e.explainer != "n2g" for s in sims
                   if s.error is None and s.score is not None]
-        return max(scored, key=lambda es: es[1].score, default=None)
+        return max(scored, key=lambda es: (es[0].degenerate is None, es[1].score), default=None)
 
     def put_baseline(self, run_id: str, unit: UnitId, sim: ScoredSimulation) -> None:
         """Store an explanation-blind prediction's score of a unit, replacing the one of the same predictor and

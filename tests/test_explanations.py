@@ -122,3 +122,48 @@ def test_cli_explain_and_score_json_recomputes(viewer_db, capsys):
     seen = {r.window_id for r in explainer_train(rec)}
     assert not seen & {r["window_id"] for r in out["records"]}
     assert {r.window_id for r in scoring_records(rec, "random-only")}.isdisjoint(seen)
+
+
+def test_degenerate_explanations_are_flagged():
+    from analysis.prompts import FEW_SHOT, degenerate_reason
+
+    assert degenerate_reason("") == degenerate_reason("  .  ") == "empty"
+    for ex in FEW_SHOT:  # verbatim, reordered, re-cased, with a word dropped
+        words = ex.explanation.replace("'", "").split()
+        for text in (ex.explanation, " ".join(reversed(words)).upper() + ".", " ".join(words[:-1] + words[-1:])):
+            assert degenerate_reason(text).startswith("copies a few-shot explanation"), text
+    for text in ("the main thing this neuron does is find", "neurons in a neural network",
+                 "Explanation of neuron 3 behavior"):
+        assert degenerate_reason(text) == "restates the prompt", text
+    for text in ("years and dates", "water", "the tokens ' Paris' and ' France'", "rivers in Africa and their deltas",
+                 "closing brackets after a neuron name"):
+        assert degenerate_reason(text) is None, text
+
+
+def test_flagged_explanations_are_shown_not_chosen(viewer_db, tmp_path, monkeypatch):
+    """A copied few-shot explanation stays in the table with its flag, but the glance's best is another one."""
+    import shutil
+
+    from analysis.evaluate import ScoredSimulation
+    from analysis.explain import HumanExplainer
+    from cache.store import open_store
+    from test_viewer import _page
+
+    src, model = viewer_db
+    db = tmp_path / "flags.duckdb"
+    shutil.copy(src, db)
+    with open_store(db) as s:
+        rec = s.records.unit_record(s.runs.find(model, 1), UnitId(MLP, 1, 10))
+        r = rec.random_sample[0]
+        for text, score in (("words about water and rivers", 0.9), ("tokens near brackets", 0.2)):
+            eid = s.explanations.put(rec.run_id, rec.unit, HumanExplainer(text).explain([], 0.0))
+            s.explanations.put_simulation(eid, ScoredSimulation(  # a stored scored simulation, as a job writes it
+                text, "api-json", {}, "top-and-random", [r.window_id], [r.tokens], [r.activations],
+                [[0.0] * len(r.tokens)], score, 0.0, 0.0, rec.stats.max))
+        best = s.explanations.best(rec.run_id, rec.unit)
+    assert best[0].text == "tokens near brackets"  # the higher-scored copy of a few-shot explanation is not chosen
+    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=10, tab="explanations")
+    assert not at.exception
+    table = at.dataframe[0].value
+    flags = dict(zip(table["explanation"], table["flag"]))
+    assert flags["words about water and rivers"].startswith("copies a few-shot") and flags["tokens near brackets"] == ""

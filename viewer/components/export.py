@@ -15,7 +15,8 @@ def glance_rows(g) -> list[tuple[str, str]]:
     rows = []
     if g.best:
         e, s = g.best
-        rows.append(("best explanation", f"{e.text} (r = {s.score:+.3f}, {e.explainer} → {s.simulator})"))
+        flag = f"; flagged: {e.degenerate}" if e.degenerate else ""
+        rows.append(("best explanation", f"{e.text} (r = {s.score:+.3f}, {e.explainer} → {s.simulator}{flag})"))
     base = [b for b in g.baselines if b.error is None and b.score is not None]
     if base:
         rows.append(("baseline", "; ".join(f"{b.predictor} r = {b.score:+.3f} on {b.scoring_set} (ignores any "

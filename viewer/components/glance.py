@@ -42,8 +42,9 @@ def glance_html(g: UnitGlance, tab_url) -> str:
     if g.best:
         e, s = g.best
         tiny = " (tiny offline model)" if TINY["simulator"] == s.simulator or TINY["explainer"] == e.explainer else ""
+        flag = f'<div class="none">flagged: {html.escape(e.degenerate)}</div>' if e.degenerate else ""
         cards.append(_card(tab_url("explanations"), "explanation",
-                           f'<div class="big">{html.escape(e.text)}</div><div class="sub">r = {s.score:+.3f} · '
+                           f'<div class="big">{html.escape(e.text)}</div>{flag}<div class="sub">r = {s.score:+.3f} · '
                            f"{html.escape(e.explainer)} → {html.escape(s.simulator)}{tiny}</div>",
                            "the best-scored of the unit's explanations by a simulator that reads them", wide=True))
     else:
