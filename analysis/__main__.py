@@ -455,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
         "simulator_dtype": Opt("bfloat16 simulates ~2x faster on CPUs with AVX512-BF16, at bf16 precision",
                                choices=DTYPE),
         "scoring_set": Opt("held-out records to score on", flag="--set", choices=SCORING_SETS),
+        "calibrate": Opt("skip the calibrated simulator (a least-squares line fitted on the calibration records; "
+                         "one simulation fewer per explanation)", flag="--no-calibration"),
         "device": DEVICE, "force": Opt("score again even if already scored"), **api_job})
     sc.add_argument("--neuron", type=int, default=None, help="one neuron")
     sc.add_argument("--json", action="store_true", help="print the scored simulation(s) as JSON")

@@ -27,20 +27,47 @@ class ScoredSimulation:
     max_activation: float
     """The unit's max activation, which maps simulated values to neuron units for R² and absolute deviation."""
     error: str | None = None
+    calibration: dict | None = None
+    """The calibrated simulator (the paper's): ``slope``, ``intercept`` of the least-squares line real ≈ slope ·
+    simulated + intercept over the calibration records (``window_ids``, disjoint from the explainer's and the
+    scored ones), and R² / absolute deviation explained of the scored records through it; None when not fitted."""
 
     def to_json(self) -> dict:
         """Every number the scores are computed from (see analysis/scoring.py), so they recompute from it alone."""
         return {"explanation": self.explanation, "simulator": self.simulator, "set": self.scoring_set,
                 "score": self.score, "rsquared": self.rsquared, "absolute_dev_explained": self.absolute_dev_explained,
                 "max_activation": self.max_activation, "simulated_to_neuron_units": "simulated / 10 * max_activation",
-                "error": self.error, "simulator_params": self.params,
+                "error": self.error, "simulator_params": self.params, "calibration": self.calibration,
                 "records": [{"window_id": w, "tokens": t, "real": r, "simulated": s}
                             for w, t, r, s in zip(self.window_ids, self.tokens, self.real,
                                                   self.simulated or [None] * len(self.real))]}
 
 
+def calibrate(simulator, explanation: str, records: list, real: list[list[float]], simulated: list[list[float]]
+              ) -> dict | None:
+    """Fit real ≈ slope · simulated + intercept on ``records`` (simulated now) and score ``simulated`` (of the scored
+    records, ``real``) through it; None if the calibration simulation fails or is constant."""
+    import numpy as np
+
+    result = simulator.simulate(explanation, records)
+    if result.simulated is None:
+        return None
+    x = np.asarray([v for r in result.simulated for v in r], dtype=np.float64)
+    y = np.asarray([v for r in records for v in r.activations], dtype=np.float64)
+    if x.size < 2 or np.std(x) == 0:
+        return None
+    slope, intercept = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1), y, rcond=None)[0]
+    fitted = [[float(slope * v + intercept) for v in r] for r in simulated]
+    return {"slope": float(slope), "intercept": float(intercept), "n_tokens": int(x.size),
+            "rsquared": rsquared_score(real, fitted), "absolute_dev_explained": absolute_dev_explained(real, fitted),
+            "records": [{"window_id": r.window_id, "real": list(r.activations), "simulated": sim}
+                        for r, sim in zip(records, result.simulated)]}
+
+
 def score_simulation(simulator, explanation: str, records: list, max_activation: float,
-                     scoring_set: str) -> ScoredSimulation:
+                     scoring_set: str, calibration_records: list | None = None) -> ScoredSimulation:
+    """Simulate and score on ``records``; with ``calibration_records``, also the calibrated R² and absolute
+    deviation (``calibrate``)."""
     result = simulator.simulate(explanation, records)
     real = [list(r.activations) for r in records]
     base = dict(explanation=explanation, simulator=result.simulator, params=result.params, scoring_set=scoring_set,
@@ -50,9 +77,11 @@ def score_simulation(simulator, explanation: str, records: list, max_activation:
         return ScoredSimulation(**base, simulated=None, score=None, rsquared=None, absolute_dev_explained=None,
                                 error=result.error)
     in_units = to_neuron_units(result.simulated, max_activation)
+    fit = (calibrate(simulator, explanation, calibration_records, real, result.simulated)
+           if calibration_records else None)
     return ScoredSimulation(**base, simulated=result.simulated, score=correlation_score(real, result.simulated),
                             rsquared=rsquared_score(real, in_units),
-                            absolute_dev_explained=absolute_dev_explained(real, in_units))
+                            absolute_dev_explained=absolute_dev_explained(real, in_units), calibration=fit)
 
 
 def token_lookup_simulator(rec):

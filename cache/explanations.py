@@ -48,6 +48,8 @@ class StoredSimulation:
     absolute_dev_explained: float | None
     error: str | None
     created_at: object
+    calibration: dict | None = None
+    """The calibrated simulator's fit and scores (``analysis.evaluate.calibrate``), or None."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class StoredBaseline:
     """The max that maps the 0–10 scale to activations (None for baselines stored before it was kept)."""
     error: str | None
     created_at: object
+    calibration: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,14 @@ class ExplanationHit:
 
 
 _BASE_COLS = ("source, layer, unit, predictor, params, scoring_set, window_ids, predicted, score, rsquared, "
-              "absolute_dev_explained, max_activation, error, created_at")
+              "absolute_dev_explained, max_activation, error, created_at, calibration")
 _EXP_COLS = "explanation_id, run_id, source, layer, unit, explainer, params, text, created_at"
 _SIM_COLS = ("simulation_id, explanation_id, simulator, params, scoring_set, window_ids, simulated, score, rsquared, "
-             "absolute_dev_explained, error, created_at")
+             "absolute_dev_explained, error, created_at, calibration")
+
+
+def _json_or_none(d: dict | None) -> str | None:
+    return None if d is None else json.dumps(d, sort_keys=True)
 
 
 def _explanation(r) -> StoredExplanation:
@@ -127,17 +134,18 @@ class ExplanationRepo(Repo):
         sid = content_id(explanation_id, sim.simulator, sim.params, sim.scoring_set)
         with self.transaction() as cur:
             cur.execute("DELETE FROM simulations WHERE simulation_id = ?", [sid])
-            cur.execute(f"INSERT INTO simulations ({_SIM_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?, now())", [
+            cur.execute(f"INSERT INTO simulations ({_SIM_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?, now(), ?)", [
                 sid, explanation_id, sim.simulator, json.dumps(sim.params, sort_keys=True), sim.scoring_set,
                 sim.window_ids, json.dumps(sim.simulated) if sim.simulated is not None else None,
-                sim.score, sim.rsquared, sim.absolute_dev_explained, sim.error])
+                sim.score, sim.rsquared, sim.absolute_dev_explained, sim.error, _json_or_none(sim.calibration)])
         return sid
 
     def simulations(self, explanation_id: str) -> list[StoredSimulation]:
         rows = self._q(f"SELECT {_SIM_COLS} FROM simulations WHERE explanation_id = ? ORDER BY created_at",
                        [explanation_id]).fetchall()
         return [StoredSimulation(r[0], r[1], r[2], json.loads(r[3]), r[4], list(r[5]),
-                                 json.loads(r[6]) if r[6] else None, *r[7:]) for r in rows]
+                                 json.loads(r[6]) if r[6] else None, *r[7:12], json.loads(r[12]) if r[12] else None)
+                for r in rows]
 
     def with_simulations(self, run_id: str, unit: UnitId) -> list[tuple[StoredExplanation, list[StoredSimulation]]]:
         """Every explanation of a unit with its scored simulations (what the explanations panel shows)."""
@@ -166,10 +174,11 @@ class ExplanationRepo(Repo):
             cur.execute("DELETE FROM baselines WHERE run_id = ? AND source = ? AND layer = ? AND unit = ? AND "
                         "predictor = ? AND scoring_set = ?",
                         [run_id, unit.source, unit.layer, unit.index, sim.simulator, sim.scoring_set])
-            cur.execute(f"INSERT INTO baselines (run_id, {_BASE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, now())", [
-                run_id, unit.source, unit.layer, unit.index, sim.simulator, json.dumps(sim.params, sort_keys=True),
-                sim.scoring_set, sim.window_ids, json.dumps(sim.simulated) if sim.simulated is not None else None,
-                sim.score, sim.rsquared, sim.absolute_dev_explained, sim.max_activation, sim.error])
+            cur.execute(f"INSERT INTO baselines (run_id, {_BASE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, now(), ?)",
+                        [run_id, unit.source, unit.layer, unit.index, sim.simulator,
+                         json.dumps(sim.params, sort_keys=True), sim.scoring_set, sim.window_ids,
+                         json.dumps(sim.simulated) if sim.simulated is not None else None, sim.score, sim.rsquared,
+                         sim.absolute_dev_explained, sim.max_activation, sim.error, _json_or_none(sim.calibration)])
 
     def baselines(self, run_id: str, unit: UnitId | None = None) -> list[StoredBaseline]:
         """The baselines of one unit of a run (every unit's when ``unit`` is None), by unit then predictor and
@@ -181,7 +190,8 @@ class ExplanationRepo(Repo):
             args += [unit.source, unit.layer, unit.index]
         rows = self._q(sql + " ORDER BY source, layer, unit, predictor, scoring_set", args).fetchall()
         return [StoredBaseline(UnitId(r[0], r[1], r[2]), r[3], json.loads(r[4]), r[5], list(r[6]),
-                               json.loads(r[7]) if r[7] else None, *r[8:]) for r in rows]
+                               json.loads(r[7]) if r[7] else None, *r[8:14], json.loads(r[14]) if r[14] else None)
+                for r in rows]
 
     def has_baseline(self, run_id: str, unit: UnitId, predictor: str, scoring_set: str) -> bool:
         return self._q("SELECT 1 FROM baselines WHERE run_id = ? AND source = ? AND layer = ? AND unit = ? AND "

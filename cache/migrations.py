@@ -160,6 +160,14 @@ MIGRATIONS: list[tuple[str, str]] = [
             seconds REAL, created_at TIMESTAMP);
         """,
     ),
+    (
+        "010_calibration",
+        # the calibrated simulator's fit and scores (JSON), per simulation and baseline; NULL where not fitted
+        """
+        ALTER TABLE simulations ADD COLUMN calibration VARCHAR;
+        ALTER TABLE baselines ADD COLUMN calibration VARCHAR;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -167,3 +167,36 @@ def test_flagged_explanations_are_shown_not_chosen(viewer_db, tmp_path, monkeypa
     table = at.dataframe[0].value
     flags = dict(zip(table["explanation"], table["flag"]))
     assert flags["words about water and rivers"].startswith("copies a few-shot") and flags["tokens near brackets"] == ""
+
+
+def test_calibrated_scores_match_an_independent_least_squares_fit(viewer_db, tmp_path, capsys):
+    """The calibrated simulator: a least-squares line on the calibration records (disjoint from the scored ones),
+    recomputed with numpy from the JSON alone (token-lookup here: its predictions vary from token to token)."""
+    import shutil
+
+    import numpy as np
+
+    from analysis.__main__ import main
+
+    src, model = viewer_db
+    db = tmp_path / "cal.duckdb"
+    shutil.copy(src, db)
+    args = ["--db", str(db), "--model", model, "--layer", "1", "--neuron", "4", "--simulator", "token-lookup",
+            "--json", "--force"]
+    assert main(["score", *args]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert main(["score", *args, "--no-calibration"]) == 0
+    assert json.loads(capsys.readouterr().out)["calibration"] is None
+    cal = out["calibration"]
+    x = np.array([v for r in cal["records"] for v in r["simulated"]])
+    y = np.array([v for r in cal["records"] for v in r["real"]])
+    slope, intercept = np.polyfit(x, y, 1)
+    assert cal["slope"] == pytest.approx(slope, abs=1e-9) and cal["intercept"] == pytest.approx(intercept, abs=1e-9)
+    real = np.array([v for r in out["records"] for v in r["real"]])
+    fitted = slope * np.array([v for r in out["records"] for v in r["simulated"]]) + intercept
+    assert cal["rsquared"] == pytest.approx(1 - np.mean((real - fitted) ** 2) / np.mean(real ** 2), abs=1e-9)
+    assert cal["absolute_dev_explained"] == pytest.approx(1 - np.mean(np.abs(real - fitted)) / np.mean(np.abs(real)),
+                                                          abs=1e-9)
+    scored = {r["window_id"] for r in out["records"]}
+    assert scored.isdisjoint(r["window_id"] for r in cal["records"])  # calibration records are not scored ones
+    assert cal["n_tokens"] == x.size > 0

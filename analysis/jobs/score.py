@@ -39,6 +39,9 @@ class ScoreJob:
     device: str = "cpu"
     force: bool = False
     """Score again explanations already scored by this simulator on this set."""
+    calibrate: bool = True
+    """Also simulate the calibration records and report calibrated R² / absolute deviation (the paper's
+    calibrated simulator; one more simulation per explanation)."""
     api: ApiConfig = field(default_factory=ApiConfig)
     api_concurrency: int = 4
 
@@ -84,7 +87,7 @@ def _simulator_subject(name: str, device: str, dtype: str):
 def score(job: ScoreJob, db: Path, progress: Progress = Progress()) -> ScoreSummary:
     from analysis.evaluate import score_simulation
     from analysis.explain import HumanExplainer
-    from analysis.splits import scoring_records
+    from analysis.splits import calibration, scoring_records
     from cache.store import open_store
 
     if job.scoring_set not in SCORING_SETS:
@@ -124,7 +127,7 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress()) -> ScoreSumm
         u, _eid, text = item
         rec = recs[u]
         return score_simulation(simulators[u], text, scoring_records(rec, job.scoring_set), rec.stats.max,
-                                job.scoring_set)
+                                job.scoring_set, calibration(rec) if job.calibrate else None)
 
     results, failed = [], {}
     bar = progress.bar(len(todo), f"score L{job.layer} ({job.simulator})", unit="unit" if baseline else "explanation")

@@ -85,12 +85,17 @@ def explanations_panel(rows: list, baselines: list, rec, simulators: dict):
                           "set": s.scoring_set if s else "—", "score": None if s is None else s.score,
                           "vs baseline": None if s is None or s.score is None or s.scoring_set not in base
                           else s.score - base[s.scoring_set],
-                          "R²": None if s is None else s.rsquared, "error": (s.error or "") if s else "not scored",
+                          "R²": None if s is None else s.rsquared,
+                          "R² calibrated": (s.calibration or {}).get("rsquared") if s else None,
+                          "error": (s.error or "") if s else "not scored",
                           "flag": e.degenerate or ""})
     if table:
         fmt = st.column_config.NumberColumn(format="%.3f")
         st.dataframe(table, hide_index=True, column_config={
-            "score": fmt, "R²": fmt, "vs baseline": st.column_config.NumberColumn(
+            "score": fmt, "R²": fmt, "R² calibrated": st.column_config.NumberColumn(
+                format="%.3f", help="R² through a least-squares line real ≈ a · simulated + b fitted on the "
+                                    "calibration records (disjoint from the explainer's and the scored ones)"),
+            "vs baseline": st.column_config.NumberColumn(
                 format="%+.3f", help="score − the unit's token-lookup baseline on the same records"),
             "flag": st.column_config.TextColumn(help="a degenerate explanation: empty, a copy of a few-shot "
                                                      "explanation, or the prompt restated (shown, not hidden)")})

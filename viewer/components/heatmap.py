@@ -105,7 +105,7 @@ RECORDS_LEGEND = ("one scale for every record on this page (the neuron's max); t
 
 def legend_html(vmax: float, text: str = RECORDS_LEGEND) -> str:
     return (f'<div class="hm-legend">{-vmax:.3g} <span class="bar"></span> {vmax:.3g} &nbsp; '
-            f"{html.escape(text)}</div>")
+            f"{html.escape(text, quote=False)}</div>")
 
 
 def records_html(records: list[TokenActivations], vmax: float, around_max: int | None = None,
