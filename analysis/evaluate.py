@@ -29,8 +29,9 @@ class ScoredSimulation:
     error: str | None = None
     calibration: dict | None = None
     """The calibrated simulator (the paper's): ``slope``, ``intercept`` of the least-squares line real ≈ slope ·
-    simulated + intercept over the calibration records (``window_ids``, disjoint from the explainer's and the
-    scored ones), and R² / absolute deviation explained of the scored records through it; None when not fitted."""
+    simulated + intercept over the calibration records (``records``: their window ids, real and simulated values;
+    disjoint from the explainer's and the scored ones), ``n_tokens``, and R² / absolute deviation explained of the
+    scored records through that line; None when not fitted."""
 
     def to_json(self) -> dict:
         """Every number the scores are computed from (see analysis/scoring.py), so they recompute from it alone."""
