@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
@@ -101,6 +101,29 @@ def site_hooks(subject: SubjectModel, sites: list[tuple[int, str]], stop_when_do
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def edited_site(subject: SubjectModel, layer: int, site: str, edit: Callable[[torch.Tensor], torch.Tensor],
+                first: bool = False) -> Iterator[None]:
+    """Inside the ``with`` block, forward passes see the site's vectors (``[batch, pos, width]``) replaced by
+    ``edit`` of them; ``first``: before any other hook on that module. The hook is always removed."""
+    module, is_pre = subject.site_module(layer, site)
+
+    def pre_hook(_module, args, kwargs):
+        if args:
+            return (edit(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"])}
+
+    def post_hook(_module, _args, output):
+        return (edit(output[0]), *output[1:]) if isinstance(output, tuple) else edit(output)
+
+    handle = (module.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=first) if is_pre
+              else module.register_forward_hook(post_hook, prepend=first))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @torch.inference_mode()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
+from analysis.activations import edited_site
 from analysis.models import SubjectModel
 from analysis.types import MLP, UnitId, UserError
 
@@ -69,7 +70,6 @@ def unit_edit(subject: SubjectModel, unit: UnitId, edit: Edit, sae: "SAE | None"
             raise UserError(f"feature {unit.index} does not exist: {sae.name} has {sae.d_sae} (0 .. {sae.d_sae - 1})")
         site = sae.site
     subject.check_layer(unit.layer)
-    module, is_pre = subject.site_module(unit.layer, site)
 
     def apply(h: torch.Tensor) -> torch.Tensor:
         picked = h if rows is None else h[rows.to(h.device)]
@@ -89,42 +89,16 @@ def unit_edit(subject: SubjectModel, unit: UnitId, edit: Edit, sae: "SAE | None"
         out[rows.to(h.device)] = picked
         return out
 
-    def pre_hook(_module, args, kwargs):
-        if args:
-            return (apply(args[0]), *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": apply(kwargs["hidden_states"])}
-
-    def post_hook(_module, _args, output):
-        return (apply(output[0]), *output[1:]) if isinstance(output, tuple) else apply(output)
-
-    handle = (module.register_forward_pre_hook(pre_hook, with_kwargs=True) if is_pre
-              else module.register_forward_hook(post_hook))
-    try:
+    with edited_site(subject, unit.layer, site, apply):
         yield
-    finally:
-        handle.remove()
 
 
-@contextmanager
-def fork_at(subject: SubjectModel, layer: int, n: int = 2) -> Iterator[None]:
-    """Inside the block, a forward pass of one row continues as ``n`` identical rows from block ``layer`` on: the
-    blocks before it (the same for a clean and an edited copy) run once. The hook runs before any other on that
-    block and is always removed."""
-    block = subject.blocks()[layer]
-
-    def fork(h: torch.Tensor) -> torch.Tensor:
-        return h.expand(n, *h.shape[1:]).contiguous() if h.shape[0] == 1 else h
-
-    def pre_hook(_module, args, kwargs):
-        if args:
-            return (fork(args[0]), *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": fork(kwargs["hidden_states"])}
-
-    handle = block.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
-    try:
-        yield
-    finally:
-        handle.remove()
+def fork_at(subject: SubjectModel, layer: int, n: int = 2):
+    """Inside the ``with`` block, a forward pass of one row continues as ``n`` identical rows from block ``layer``
+    on: the blocks before it (the same for a clean and an edited copy) run once. The hook runs before any other on
+    that block and is always removed."""
+    return edited_site(subject, layer, "resid_pre",
+                       lambda h: h.expand(n, *h.shape[1:]).contiguous() if h.shape[0] == 1 else h, first=True)
 
 
 def ablation_edit(mode: str, mean: float | None = None, value: float | None = None) -> Edit:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from analysis.activations import site_activations, site_hooks
+from analysis.activations import edited_site, site_activations, site_hooks
 from analysis.models import Encoded, SubjectModel
 from analysis.progress import Progress
 from analysis.sae import SAE, typical_positions
@@ -295,32 +294,16 @@ class SAEQuality:
         return {**asdict(self), "loss_recovered": self.loss_recovered}
 
 
-@contextmanager
 def replaced_site(subject: SubjectModel, layer: int, site: str, where: torch.Tensor,
-                  fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+                  fn: Callable[[torch.Tensor], torch.Tensor]):
     """Inside the ``with`` block, forward passes see the site's vectors at positions ``where`` (``[B, P]`` bool)
     replaced by ``fn`` of them (``[n, width]`` -> ``[n, width]``). The hook is always removed."""
-    module, is_pre = subject.site_module(layer, site)
-
     def swap(h: torch.Tensor) -> torch.Tensor:
         h = h.clone()
         h[where] = fn(h[where]).to(h.dtype)
         return h
 
-    def pre_hook(_module, args, kwargs):
-        if args:
-            return (swap(args[0]), *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": swap(kwargs["hidden_states"])}
-
-    def post_hook(_module, _args, output):
-        return (swap(output[0]), *output[1:]) if isinstance(output, tuple) else swap(output)
-
-    handle = (module.register_forward_pre_hook(pre_hook, with_kwargs=True) if is_pre
-              else module.register_forward_hook(post_hook))
-    try:
-        yield
-    finally:
-        handle.remove()
+    return edited_site(subject, layer, site, swap)
 
 
 def _nll_sum(logits: torch.Tensor, input_ids: torch.Tensor, predicted: torch.Tensor) -> float:

@@ -209,10 +209,12 @@ def test_live_ablation_and_steering_in_chromium(server):
         page.goto(f"{url}/live?model={q}&layer=1&neuron=3&ablate=zero&text="
                   + urllib.request.quote("Paris <script>alert(1)</script> is in France."))
         page.get_by_text("predictions after token").wait_for(timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('.hm .rec').length >= 2", timeout=30_000)  # (drawn async)
         assert page.locator(".hm .rec").count() == 2 and page.locator(".hm script").count() == 0
         page.goto(f"{url}/steer?model={q}&layer=1&neuron=3&how=clamp&k=30&new=8&go=1&prompt="
                   + urllib.request.quote("The <img src=x onerror=alert(3)> capital"))
         page.get_by_text("generated tokens the same").wait_for(timeout=60_000)
+        page.wait_for_function("document.body.innerText.split('onerror=alert(3)').length >= 3", timeout=30_000)
         main = page.locator("[data-testid='stMain']").first
         assert main.inner_text().count("<img src=x onerror=alert(3)>") >= 2 and main.locator("img").count() == 0
         browser.close()

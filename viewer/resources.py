@@ -16,7 +16,7 @@ import streamlit as st
 from analysis.config import default_db
 from analysis.models import SubjectModel, load_model
 from analysis.progress import Progress
-from analysis.types import UserError
+from analysis.types import MLP, UserError
 from cache.store import Store, open_store
 
 MAX_LIVE_TOKENS = 1024
@@ -102,6 +102,17 @@ def pick_unit(s: Store, prefix: str = "", container=None, buttons: bool = True):
     picked = neuron_picker(models, prefix=prefix, container=container, buttons=buttons, sources=sources,
                            dictionaries=dictionaries)
     return picked, find_run(s, picked.model.name, picked.layer, picked.source)
+
+
+def pick_unit_stats(s: Store):
+    """``pick_unit``, then the picked unit's statistics (None when not harvested) and its dictionary's folder
+    ('' for neurons): (Picked, UnitStats or None, folder), or None when the database holds no model yet."""
+    if (found := pick_unit(s)) is None:
+        return None
+    picked, run = found
+    stats = s.records.unit_stats(run.run_id, picked.unit) if run else None
+    d = s.catalog.dictionary(picked.source) if picked.source != MLP else None
+    return picked, stats, d.path if d else ""
 
 
 def unit_record(s: Store, run, unit):

@@ -12,7 +12,7 @@ from analysis.types import MLP, TokenActivations, UnitId
 from viewer.components.causal import ablation_view
 from viewer.components.heatmap import md_token, records_html
 from viewer.components.picker import unit_link, unit_name
-from viewer.resources import MAX_LIVE_TOKENS, dictionary, hooks_lock, pick_unit, read, show_error, subject
+from viewer.resources import MAX_LIVE_TOKENS, dictionary, hooks_lock, pick_unit_stats, read, show_error, subject
 
 DEFAULT_TEXT = "The Eiffel Tower is in Paris, the capital of France. In 1889 it was the tallest structure in the world."
 
@@ -35,15 +35,7 @@ def live_activations(model_name: str, text: str, layer: int, source: str = MLP, 
 
 
 def render() -> None:
-    def load(s):
-        if (found := pick_unit(s)) is None:
-            return None
-        picked, run = found
-        stats = s.records.unit_stats(run.run_id, picked.unit) if run else None
-        d = s.catalog.dictionary(picked.source) if picked.source != MLP else None
-        return picked, stats, d.path if d else ""
-
-    data = read(load)
+    data = read(pick_unit_stats)
     if data is None:
         return
     picked, stats, sae_path = data

@@ -168,8 +168,13 @@ def ablation_tab(model, rec) -> None:
     from viewer.components.causal import ablation_view, effects_view
     from viewer.resources import dictionary, hooks_lock
 
-    found = read(lambda s: (s.effects.get(rec.run_id, rec.unit), s.glance(model.model_id, rec).effect_tokens,
-                            (d.path if (d := s.catalog.dictionary(rec.unit.source)) else "")))
+    def load(s):
+        stored = s.effects.get(rec.run_id, rec.unit)
+        names = s.catalog.vocab(model.tokenizer_id, [t for t, _v in stored.promoted + stored.suppressed]) if stored \
+            else {}
+        return stored, names, (d.path if (d := s.catalog.dictionary(rec.unit.source)) else "")
+
+    found = read(load)
     if found is None:
         return
     stored, names, sae_path = found

@@ -8,7 +8,7 @@ import streamlit as st
 from analysis.types import MLP
 from viewer.components.causal import steering_view
 from viewer.components.picker import unit_name
-from viewer.resources import dictionary, hooks_lock, pick_unit, read, show_error, subject
+from viewer.resources import dictionary, hooks_lock, pick_unit_stats, read, show_error, subject
 
 DEFAULT_PROMPT = "The capital of France is"
 
@@ -21,15 +21,7 @@ def _number(qp, key: str, default: float) -> float:
 
 
 def render() -> None:
-    def load(s):
-        if (found := pick_unit(s)) is None:
-            return None
-        picked, run = found
-        stats = s.records.unit_stats(run.run_id, picked.unit) if run else None
-        d = s.catalog.dictionary(picked.source) if picked.source != MLP else None
-        return picked, stats, d.path if d else ""
-
-    data = read(load)
+    data = read(pick_unit_stats)
     if data is None:
         return
     picked, stats, sae_path = data
