@@ -22,7 +22,24 @@ API = {"base_url": Opt("OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v
        "model": Opt("model name at that endpoint", flag="--api-model"),
        "key_env": Opt("environment variable holding the key", flag="--api-key-env"),
        "timeout_s": Opt("seconds per request", flag="--api-timeout"),
-       "max_retries": Opt("retries with backoff on 429/5xx/timeouts", flag="--api-retries")}
+       "max_retries": Opt("retries with backoff on 429/5xx/timeouts", flag="--api-retries"),
+       "max_requests": Opt("stop cleanly after this many requests sent (cached replies are free); rerun to go on",
+                           flag="--api-max-requests"),
+       "max_tokens_total": Opt("stop cleanly once sent requests used this many prompt + completion tokens",
+                               flag="--api-max-tokens-total"),
+       "logprobs": Opt("top log-probabilities per prompt token asked of the completions endpoint (api-all-at-once)",
+                       flag="--api-logprobs"),
+       "reply_cache": Opt("send every request, even one whose reply is in <db>.replies/", flag="--no-api-cache")}
+BUDGET_STOP = 3
+"""Exit status of a run stopped by its API budget (what is done is stored; rerun to go on)."""
+
+
+def _api_end(s, args) -> None:
+    """The run's API usage and why it stopped early, if it did (explain and score)."""
+    if s.usage is not None and not args.quiet:
+        print(f"API: {s.usage.text()}", file=sys.stderr)
+    if s.stopped:
+        print(f"{s.stopped}: stopped with {s.left} left; what is done is stored, rerun to go on", file=sys.stderr)
 DTYPE = ("float32", "bfloat16")
 
 
@@ -61,7 +78,8 @@ def cmd_explain(args) -> int:
         print("\n".join(e.text for exps in s.explained.values() for e in exps))
     print(f"explained {len(s.explained)} neuron(s) with {args.explainer}"
           + (f", {len(s.failed)} failed" if s.failed else ""), file=sys.stderr)
-    return 1 if s.failed else 0
+    _api_end(s, args)
+    return 1 if s.failed else BUDGET_STOP if s.stopped else 0
 
 
 def cmd_score(args) -> int:
@@ -81,7 +99,10 @@ def cmd_score(args) -> int:
                                       if args.simulator in BASELINES else
                                       "no explanation without a score for this simulator and set "
                                       "(explain first, pass --explanation, or --force)"), file=sys.stderr)
-    return 1 if any(r.error for r in s.results) or len(s.results) < s.todo else 0
+    _api_end(s, args)
+    if any(r.error for r in s.results) or s.failed:
+        return 1
+    return BUDGET_STOP if s.stopped else 1 if len(s.results) < s.todo else 0
 
 
 def cmd_n2g(args) -> int:

@@ -32,6 +32,9 @@ class ScoredSimulation:
     simulated + intercept over the calibration records (``records``: their window ids, real and simulated values;
     disjoint from the explainer's and the scored ones), ``n_tokens``, and R² / absolute deviation explained of the
     scored records through that line; None when not fitted."""
+    usage: dict | None = None
+    """What the simulator's API calls cost, calibration records included (``analysis.api.Usage.to_json``); None
+    for a local simulator."""
 
     def to_json(self) -> dict:
         """Every number the scores are computed from (see analysis/scoring.py), so they recompute from it alone."""
@@ -39,6 +42,7 @@ class ScoredSimulation:
                 "score": self.score, "rsquared": self.rsquared, "absolute_dev_explained": self.absolute_dev_explained,
                 "max_activation": self.max_activation, "simulated_to_neuron_units": "simulated / 10 * max_activation",
                 "error": self.error, "simulator_params": self.params, "calibration": self.calibration,
+                "usage": self.usage,
                 "records": [{"window_id": w, "tokens": t, "real": r, "simulated": s}
                             for w, t, r, s in zip(self.window_ids, self.tokens, self.real,
                                                   self.simulated or [None] * len(self.real))]}
@@ -53,13 +57,14 @@ def calibrate(simulator, explanation: str, records: list, real: list[list[float]
     result = simulator.simulate(explanation, records)
     if result.simulated is None:
         return None
+    usage = {"usage": result.usage} if result.usage is not None else {}
     x = np.asarray([v for r in result.simulated for v in r], dtype=np.float64)
     y = np.asarray([v for r in records for v in r.activations], dtype=np.float64)
     if x.size < 2 or np.std(x) == 0:
-        return None
+        return None  # (its API usage is lost with it: counted in the client's total only)
     slope, intercept = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1), y, rcond=None)[0]
     fitted = [[float(slope * v + intercept) for v in r] for r in simulated]
-    return {"slope": float(slope), "intercept": float(intercept), "n_tokens": int(x.size),
+    return {**usage, "slope": float(slope), "intercept": float(intercept), "n_tokens": int(x.size),
             "rsquared": rsquared_score(real, fitted), "absolute_dev_explained": absolute_dev_explained(real, fitted),
             "records": [{"window_id": r.window_id, "real": list(r.activations), "simulated": sim}
                         for r, sim in zip(records, result.simulated)]}
@@ -76,13 +81,19 @@ def score_simulation(simulator, explanation: str, records: list, max_activation:
                 max_activation=max_activation)
     if result.simulated is None:
         return ScoredSimulation(**base, simulated=None, score=None, rsquared=None, absolute_dev_explained=None,
-                                error=result.error)
+                                error=result.error, usage=result.usage)
     in_units = to_neuron_units(result.simulated, max_activation)
     fit = (calibrate(simulator, explanation, calibration_records, real, result.simulated)
            if calibration_records else None)
+    usage = result.usage
+    if fit and fit.get("usage") and usage is not None:
+        from analysis.api import Usage
+
+        usage = (Usage(**usage) + Usage(**fit["usage"])).to_json()
     return ScoredSimulation(**base, simulated=result.simulated, score=correlation_score(real, result.simulated),
                             rsquared=rsquared_score(real, in_units),
-                            absolute_dev_explained=absolute_dev_explained(real, in_units), calibration=fit)
+                            absolute_dev_explained=absolute_dev_explained(real, in_units), calibration=fit,
+                            usage=usage)
 
 
 def token_lookup_simulator(rec):

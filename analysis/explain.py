@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 from analysis.prompts import EXPLAIN_SYSTEM, LEAD, clean_explanation, explain_prompt
 from analysis.types import Explanation, UserError
 
@@ -54,8 +51,9 @@ class LocalExplainer:
     def __init__(self, subject, max_new_tokens: int = 32):
         self.subject, self.max_new_tokens = subject, max_new_tokens
 
-    def complete(self, body: str) -> str:
-        """The model's continuation of ``body`` + the lead, as a user turn under the explainer instructions."""
+    def complete(self, body: str) -> tuple[str, None]:
+        """The model's continuation of ``body`` + the lead, as a user turn under the explainer instructions (and
+        no API usage)."""
         import torch  # here, not at the top: the CLI's parser imports this module for ApiConfig
 
         tok, model = self.subject.tokenizer, self.subject.model
@@ -71,81 +69,35 @@ class LocalExplainer:
         with torch.inference_mode():
             out = model.generate(ids, max_new_tokens=self.max_new_tokens, do_sample=False,
                                  pad_token_id=self.subject.pad_id)
-        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True), None
 
     def params(self) -> dict:
         return {"model": self.subject.info.model_id, "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
 
     def explain(self, records: list, max_activation: float) -> Explanation:
-        body = explain_prompt(records, max_activation)[len(EXPLAIN_SYSTEM):]
-        return Explanation(clean_explanation(self.complete(body)) or "(empty)", self.name, self.params())
-
-
-@dataclass(frozen=True)
-class ApiConfig:
-    """An OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama, llama.cpp server...)."""
-
-    base_url: str | None = None
-    """e.g. http://127.0.0.1:8000/v1 (needed by the api explainer and simulators)."""
-    model: str | None = None
-    """The model name at that endpoint."""
-    key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = 60.0
-    max_retries: int = 4
-    """Retries with exponential backoff on connection errors, 408/409/429 and 5xx (the openai client's own)."""
-
-    def check(self) -> "ApiConfig":
-        """Itself, if it names an endpoint and a model; else a UserError saying which options are missing."""
-        if not self.base_url or not self.model:
-            raise UserError("the api explainer/simulator needs --api-base-url and --api-model (key from $"
-                            + self.key_env + ")")
-        return self
-
-    def client(self):
-        import openai
-
-        self.check()
-
-        key = os.environ.get(self.key_env)
-        if not key and "api.openai.com" in self.base_url:
-            raise UserError(f"no API key: set ${self.key_env}")
-        return openai.OpenAI(base_url=self.base_url, api_key=key or "not-needed", timeout=self.timeout_s,
-                             max_retries=self.max_retries)
-
-
-def chat(config: ApiConfig, messages: list[dict], max_tokens: int) -> str:
-    """One chat completion; API failures become UserError with the reason."""
-    import openai
-
-    try:
-        reply = config.client().chat.completions.create(model=config.model, messages=messages,
-                                                        max_tokens=max_tokens, temperature=0)
-    except openai.APIConnectionError as exc:
-        raise UserError(f"cannot reach the API at {config.base_url}: {exc}") from None
-    except openai.APIStatusError as exc:
-        raise UserError(f"the API at {config.base_url} answered {exc.status_code}: {str(exc)[:200]}") from None
-    content = reply.choices[0].message.content if reply.choices else None
-    if not content:
-        raise UserError(f"the API at {config.base_url} returned no text")
-    return content
+        text, _ = self.complete(explain_prompt(records, max_activation)[len(EXPLAIN_SYSTEM):])
+        return Explanation(clean_explanation(text) or "(empty)", self.name, self.params())
 
 
 class ApiExplainer:
+    """A chat model at an OpenAI-compatible endpoint (``analysis.api.ApiClient``: budget, reply cache, usage)."""
+
     name = "api"
 
-    def __init__(self, config: ApiConfig):
-        self.config = config.check()
+    def __init__(self, client):
+        self.client = client
 
-    def complete(self, body: str) -> str:
-        return chat(self.config, [{"role": "system", "content": EXPLAIN_SYSTEM},
+    def complete(self, body: str) -> tuple[str, dict]:
+        reply = self.client.chat([{"role": "system", "content": EXPLAIN_SYSTEM},
                                   {"role": "user", "content": body.strip() + " ..."}], max_tokens=60)
+        return reply.text, reply.usage.to_json()
 
     def params(self) -> dict:
-        return {"base_url": self.config.base_url, "model": self.config.model}
+        return {"base_url": self.client.config.base_url, "model": self.client.config.model}
 
     def explain(self, records: list, max_activation: float) -> Explanation:
-        body = explain_prompt(records, max_activation)[len(EXPLAIN_SYSTEM):]
-        return Explanation(clean_explanation(self.complete(body)), self.name, self.params())
+        text, usage = self.complete(explain_prompt(records, max_activation)[len(EXPLAIN_SYSTEM):])
+        return Explanation(clean_explanation(text), self.name, self.params(), usage=usage)
 
 
 class RevisingExplainer:
@@ -164,7 +116,9 @@ class RevisingExplainer:
                  f"{initial.text}.\nCheck it against the activations above: which high activations does it "
                  f"miss, and where does it predict activity that is not there? Then write a better explanation.\n"
                  f"Revised explanation: {LEAD}")
-        revised = clean_explanation(self.inner.complete(body)) or initial.text
+        text, usage = self.inner.complete(body)
+        revised = clean_explanation(text) or initial.text
         params = dict(self.inner.params(), revision="revised", initial=initial.text)
-        return (Explanation(initial.text, initial.explainer, dict(initial.params, revision="initial")),
-                Explanation(revised, self.name, params))
+        return (Explanation(initial.text, initial.explainer, dict(initial.params, revision="initial"),
+                            usage=initial.usage),
+                Explanation(revised, self.name, params, usage=usage))

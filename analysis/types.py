@@ -112,6 +112,9 @@ class Explanation:
     text: str
     explainer: str
     params: dict = field(default_factory=dict)
+    usage: dict | None = None
+    """What the API calls that wrote it cost (``analysis.api.Usage.to_json``); None for other explainers. Not
+    part of its identity: a rerun answered from the reply cache stores the same explanation."""
 
 
 MLP = "mlp"

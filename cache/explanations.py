@@ -24,6 +24,8 @@ class StoredExplanation:
     params: dict
     text: str
     created_at: object
+    usage: dict | None = None
+    """What the API calls that wrote it cost (requests, cached, prompt_tokens, completion_tokens), or None."""
 
     @property
     def degenerate(self) -> str | None:
@@ -50,6 +52,8 @@ class StoredSimulation:
     created_at: object
     calibration: dict | None = None
     """The calibrated simulator's fit and scores (``analysis.evaluate.calibrate``), or None."""
+    usage: dict | None = None
+    """What its API calls cost (requests, cached, prompt_tokens, completion_tokens), or None."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +102,9 @@ class ExplanationHit:
 
 _BASE_COLS = ("source, layer, unit, predictor, params, scoring_set, window_ids, predicted, score, rsquared, "
               "absolute_dev_explained, max_activation, error, created_at, calibration")
-_EXP_COLS = "explanation_id, run_id, source, layer, unit, explainer, params, text, created_at"
+_EXP_COLS = "explanation_id, run_id, source, layer, unit, explainer, params, text, created_at, usage"
 _SIM_COLS = ("simulation_id, explanation_id, simulator, params, scoring_set, window_ids, simulated, score, rsquared, "
-             "absolute_dev_explained, error, created_at, calibration")
+             "absolute_dev_explained, error, created_at, calibration, usage")
 
 
 def _json_or_none(d: dict | None) -> str | None:
@@ -108,7 +112,8 @@ def _json_or_none(d: dict | None) -> str | None:
 
 
 def _explanation(r) -> StoredExplanation:
-    return StoredExplanation(r[0], r[1], UnitId(r[2], r[3], r[4]), r[5], json.loads(r[6]), r[7], r[8])
+    return StoredExplanation(r[0], r[1], UnitId(r[2], r[3], r[4]), r[5], json.loads(r[6]), r[7], r[8],
+                             json.loads(r[9]) if r[9] else None)
 
 
 class ExplanationRepo(Repo):
@@ -118,9 +123,9 @@ class ExplanationRepo(Repo):
         who = (unit.layer, unit.index) if unit.source == MLP else (unit.source, unit.layer, unit.index)
         eid = content_id(run_id, *who, exp.explainer, exp.params, exp.text)
         with self.transaction() as cur:
-            cur.execute(f"INSERT OR IGNORE INTO explanations ({_EXP_COLS}) VALUES (?,?,?,?,?,?,?,?, now())",
+            cur.execute(f"INSERT OR IGNORE INTO explanations ({_EXP_COLS}) VALUES (?,?,?,?,?,?,?,?, now(), ?)",
                         [eid, run_id, unit.source, unit.layer, unit.index, exp.explainer,
-                         json.dumps(exp.params, sort_keys=True), exp.text])
+                         json.dumps(exp.params, sort_keys=True), exp.text, _json_or_none(exp.usage)])
         return eid
 
     def of_unit(self, run_id: str, unit: UnitId) -> list[StoredExplanation]:
@@ -134,17 +139,19 @@ class ExplanationRepo(Repo):
         sid = content_id(explanation_id, sim.simulator, sim.params, sim.scoring_set)
         with self.transaction() as cur:
             cur.execute("DELETE FROM simulations WHERE simulation_id = ?", [sid])
-            cur.execute(f"INSERT INTO simulations ({_SIM_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?, now(), ?)", [
+            cur.execute(f"INSERT INTO simulations ({_SIM_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?, now(), ?, ?)", [
                 sid, explanation_id, sim.simulator, json.dumps(sim.params, sort_keys=True), sim.scoring_set,
                 sim.window_ids, json.dumps(sim.simulated) if sim.simulated is not None else None,
-                sim.score, sim.rsquared, sim.absolute_dev_explained, sim.error, _json_or_none(sim.calibration)])
+                sim.score, sim.rsquared, sim.absolute_dev_explained, sim.error, _json_or_none(sim.calibration),
+                _json_or_none(sim.usage)])
         return sid
 
     def simulations(self, explanation_id: str) -> list[StoredSimulation]:
         rows = self._q(f"SELECT {_SIM_COLS} FROM simulations WHERE explanation_id = ? ORDER BY created_at",
                        [explanation_id]).fetchall()
         return [StoredSimulation(r[0], r[1], r[2], json.loads(r[3]), r[4], list(r[5]),
-                                 json.loads(r[6]) if r[6] else None, *r[7:12], json.loads(r[12]) if r[12] else None)
+                                 json.loads(r[6]) if r[6] else None, *r[7:12], json.loads(r[12]) if r[12] else None,
+                                 json.loads(r[13]) if r[13] else None)
                 for r in rows]
 
     def with_simulations(self, run_id: str, unit: UnitId) -> list[tuple[StoredExplanation, list[StoredSimulation]]]:

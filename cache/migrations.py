@@ -168,6 +168,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE baselines ADD COLUMN calibration VARCHAR;
         """,
     ),
+    (
+        "011_api_usage",
+        # what the API calls behind an explanation or simulation cost (JSON: requests, cached, tokens); NULL else
+        """
+        ALTER TABLE explanations ADD COLUMN usage VARCHAR;
+        ALTER TABLE simulations ADD COLUMN usage VARCHAR;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

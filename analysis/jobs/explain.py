@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
-from analysis.explain import ApiConfig
+from analysis.api import ApiConfig
 from analysis.jobs.common import cached_model, fan_out, n_units, parse_units, unit_records
 from analysis.progress import Progress
 from analysis.types import MLP, Explanation, UnitId, UserError
@@ -42,9 +42,15 @@ class ExplainSummary:
     """Units this explainer had already explained."""
     failed: dict[int, str]
     """unit index -> why it failed (API errors)."""
+    stopped: str | None = None
+    """Why the run stopped before every unit was done (the API budget), or None; a rerun goes on from there."""
+    left: int = 0
+    """Units not explained because of the stop."""
+    usage: object = None
+    """analysis.api.Usage of the run's API calls (None without an API explainer)."""
 
 
-def make_explainer(job: ExplainJob):
+def make_explainer(job: ExplainJob, db: Path):
     from analysis import explain
 
     if job.explainer == "token-lookup":
@@ -54,7 +60,10 @@ def make_explainer(job: ExplainJob):
 
         return explain.LocalExplainer(load_model(job.explainer_model, device=job.device))
     if job.explainer == "api":
-        return explain.ApiExplainer(job.api)
+        from analysis.api import ApiClient
+        from cache.replies import ReplyCache
+
+        return explain.ApiExplainer(ApiClient(job.api, ReplyCache.beside(db)))
     raise UserError(f"unknown explainer {job.explainer!r}: use one of {', '.join(EXPLAINERS)}")
 
 
@@ -73,7 +82,14 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress()) -> Expla
     with open_store(db, read_only=True) as store:  # resumable: skip units this explainer already did
         todo = [u for u in units if job.force or not any(
             e.explainer == job.explainer for e in store.explanations.of_unit(recs[u].run_id, recs[u].unit))]
-    explainer = make_explainer(job) if todo else None  # loads a model only when there is work
+    if job.explainer == "api" and todo:
+        job.api.check()
+        from analysis.api import plan_line
+        from analysis.prompts import explain_prompt
+
+        calls = [(len(explain_prompt(explainer_train(recs[u]), recs[u].stats.max)), 60) for u in todo]
+        progress.note(plan_line(len(todo), "neuron", calls * (2 if job.revise else 1), job.api))
+    explainer = make_explainer(job, db) if todo else None  # loads a model only when there is work
 
     def work(u: int) -> tuple[Explanation, ...]:
         rec = recs[u]
@@ -81,11 +97,16 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress()) -> Expla
             return RevisingExplainer(explainer).explain_both(explainer_train(rec), rec.stats.max)
         return (explainer.explain(explainer_train(rec), rec.stats.max),)
 
-    explained, failed = {}, {}
+    from analysis.api import BudgetReached
+
+    explained, failed, stopped, left = {}, {}, None, 0
     bar = progress.bar(len(todo), f"explain L{job.layer} ({job.explainer})", unit="neuron")
     workers = job.api_concurrency if job.explainer == "api" else 1
     for u, exps, err in fan_out(work, todo, workers):
         bar.update(1)
+        if isinstance(err, BudgetReached):
+            stopped, left = str(err), left + 1
+            continue
         if err is not None:
             failed[u] = str(err)
             progress.note(f"neuron {u}: {err}")
@@ -95,7 +116,8 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress()) -> Expla
                 store.explanations.put(recs[u].run_id, recs[u].unit, exp)
         explained[u] = exps
     bar.close()
-    return ExplainSummary(explained, len(units) - len(todo), failed)
+    usage = explainer.client.spent if job.explainer == "api" and explainer is not None else None
+    return ExplainSummary(explained, len(units) - len(todo), failed, stopped, left, usage)
 
 
 def save_scored(db: Path, unit: UnitId, run_id: str, exp: Explanation, scored) -> str:

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
-from analysis.explain import ApiConfig
+from analysis.api import ApiConfig
 from analysis.jobs.common import cached_model, fan_out, n_units, parse_units, unit_records
 from analysis.progress import Progress
 from analysis.splits import SCORING_SETS
 from analysis.types import MLP, UnitRecord, UserError
 
-SIMULATORS = ("local-all-at-once", "api-json", "token-lookup")
+SIMULATORS = ("local-all-at-once", "api-all-at-once", "api-json", "token-lookup")
+API_SIMULATORS = ("api-all-at-once", "api-json")
 BASELINES = ("token-lookup",)
 """Predictors that ignore the explanation."""
 
@@ -55,12 +56,18 @@ class ScoreSummary:
     """Explanations (units, for a baseline) that needed a score."""
     failed: dict[int, str]
     """unit index -> why its scoring could not run (API errors before any simulation)."""
+    stopped: str | None = None
+    """Why the run stopped before everything was scored (the API budget), or None; a rerun goes on from there."""
+    left: int = 0
+    """Explanations (units) not scored because of the stop."""
+    usage: object = None
+    """analysis.api.Usage of the run's API calls (None without an API simulator)."""
 
 
 def make_simulator(name: str, rec: UnitRecord, model: str = DEFAULT_MODEL, device: str = "cpu",
-                   dtype: str = "float32", api: ApiConfig | None = None, load=None):
-    """A simulator by name, for one unit (token-lookup is fitted to the unit's own records). ``load`` (name)
-    lets the viewer pass its loaded models."""
+                   dtype: str = "float32", client=None, load=None):
+    """A simulator by name, for one unit (token-lookup is fitted to the unit's own records); ``client``: the
+    analysis.api.ApiClient of the api simulators. ``load`` (name) lets the viewer pass its loaded models."""
     from analysis import simulate
 
     if name == "token-lookup":
@@ -68,9 +75,14 @@ def make_simulator(name: str, rec: UnitRecord, model: str = DEFAULT_MODEL, devic
 
         return token_lookup_simulator(rec)
     if name == "local-all-at-once":
-        return simulate.LocalAllAtOnceSimulator(load(model) if load else _simulator_subject(model, device, dtype))
-    if name == "api-json":
-        return simulate.ApiJsonSimulator(api or ApiConfig())
+        return simulate.LocalAllAtOnceSimulator(load(model) if load else _simulator_subject(model, device, dtype),
+                                                record_model=rec.model_id)
+    if name in API_SIMULATORS:
+        if client is None:
+            from analysis.api import ApiClient
+
+            client = ApiClient(ApiConfig())  # says which options are missing
+        return (simulate.ApiJsonSimulator if name == "api-json" else simulate.ApiAllAtOnceSimulator)(client)
     raise UserError(f"unknown simulator {name!r}: use one of {', '.join(SIMULATORS)}")
 
 
@@ -120,8 +132,20 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress()) -> ScoreSumm
                     if job.force or not store.explanations.has_simulation(e.explanation_id, job.simulator,
                                                                           job.scoring_set):
                         todo.append((u, e.explanation_id, e.text))
+    client = None
+    if job.simulator in API_SIMULATORS and todo:
+        from analysis.api import ApiClient
+        from cache.replies import ReplyCache
+
+        client = ApiClient(job.api, ReplyCache.beside(db))
     simulators = {u: make_simulator(job.simulator, recs[u], job.simulator_model, job.device, job.simulator_dtype,
-                                    job.api) for u in {t[0] for t in todo}}
+                                    client) for u in {t[0] for t in todo}}
+    if client is not None:
+        from analysis.api import plan_line
+
+        calls = [simulators[u].cost(text, r) for u, _eid, text in todo for r in
+                 scoring_records(recs[u], job.scoring_set) + (calibration(recs[u]) if job.calibrate else [])]
+        progress.note(plan_line(len(todo), "explanation", calls, job.api))
 
     def work(item):
         u, _eid, text = item
@@ -129,11 +153,16 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress()) -> ScoreSumm
         return score_simulation(simulators[u], text, scoring_records(rec, job.scoring_set), rec.stats.max,
                                 job.scoring_set, calibration(rec) if job.calibrate else None)
 
-    results, failed = [], {}
+    from analysis.api import BudgetReached
+
+    results, failed, stopped, left = [], {}, None, 0
     bar = progress.bar(len(todo), f"score L{job.layer} ({job.simulator})", unit="unit" if baseline else "explanation")
-    workers = job.api_concurrency if job.simulator == "api-json" else 1
+    workers = job.api_concurrency if client is not None else 1
     for (u, eid, _text), scored, err in fan_out(work, todo, workers):
         bar.update(1)
+        if isinstance(err, BudgetReached):
+            stopped, left = str(err), left + 1
+            continue
         if err is not None:
             failed[u] = str(err)
             progress.note(f"neuron {u}: {err}")
@@ -147,4 +176,4 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress()) -> ScoreSumm
         if scored.error:
             progress.note(f"neuron {u}: simulation failed: {scored.error}")
     bar.close()
-    return ScoreSummary(results, len(todo), failed)
+    return ScoreSummary(results, len(todo), failed, stopped, left, client.spent if client is not None else None)

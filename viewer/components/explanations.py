@@ -38,6 +38,22 @@ def _tiny(name: str, role: str) -> str:
     return f"{name} (tiny offline)" if TINY[role] == name else name
 
 
+def endpoint(params: dict) -> str:
+    """Who ran an explainer or simulator: ``model @ host`` for an API endpoint, the local model's name, or ""."""
+    if params.get("base_url"):
+        from urllib.parse import urlparse
+
+        url = urlparse(params["base_url"])
+        return f"{params.get('model', '?')} @ {url.netloc or params['base_url']}"
+    return str(params.get("model", ""))
+
+
+def api_tokens(*usages: dict | None) -> int | None:
+    """Prompt + completion tokens the API calls behind a row cost (None when no API call was made)."""
+    used = [u for u in usages if u]
+    return sum(u.get("prompt_tokens", 0) + u.get("completion_tokens", 0) for u in used) if used else None
+
+
 def scatter_figure(real: list[list[float]], simulated_units: list[list[float]]) -> go.Figure:
     xs = [v for r in real for v in r]
     ys = [v for r in simulated_units for v in r]
@@ -81,12 +97,15 @@ def explanations_panel(rows: list, baselines: list, rec, simulators: dict):
     for e, sims in rows:
         for s in sims or [None]:
             table.append({"explanation": e.text, "explainer": _tiny(e.explainer, "explainer"),
+                          "explainer model": endpoint(e.params),
                           "simulator": _tiny(s.simulator, "simulator") if s else "—",
+                          "simulator model": endpoint(s.params) if s else "",
                           "set": s.scoring_set if s else "—", "score": None if s is None else s.score,
                           "vs baseline": None if s is None or s.score is None or s.scoring_set not in base
                           else s.score - base[s.scoring_set],
                           "R²": None if s is None else s.rsquared,
                           "R² calibrated": (s.calibration or {}).get("rsquared") if s else None,
+                          "API tokens": api_tokens(e.usage, s.usage if s else None),
                           "error": (s.error or "") if s else "not scored",
                           "flag": e.degenerate or ""})
     if table:
@@ -97,6 +116,10 @@ def explanations_panel(rows: list, baselines: list, rec, simulators: dict):
                                     "calibration records (disjoint from the explainer's and the scored ones)"),
             "vs baseline": st.column_config.NumberColumn(
                 format="%+.3f", help="score − the unit's token-lookup baseline on the same records"),
+            "API tokens": st.column_config.NumberColumn(
+                format="%d", help="prompt + completion tokens of the API calls behind the explanation and this "
+                                  "simulation (0 when every reply came from the reply cache)"),
+            "explainer model": st.column_config.TextColumn(help="the model (and endpoint) that wrote it"),
             "flag": st.column_config.TextColumn(help="a degenerate explanation: empty, a copy of a few-shot "
                                                      "explanation, or the prompt restated (shown, not hidden)")})
         if any(e.explainer == TINY["explainer"] or any(s.simulator == TINY["simulator"] for s in sims)
