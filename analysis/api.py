@@ -100,9 +100,10 @@ class BudgetReached(UserError):
 
 
 class ApiError(UserError):
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, cached: bool = False):
         super().__init__(message)
-        self.status = status
+        self.status, self.cached = status, cached
+        """The HTTP status (None: no answer) and whether this refusal came from the reply cache."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ class ApiClient:
             with self._lock:
                 self.spent.cached += 1
             if "rejected" in hit:
-                raise ApiError(hit["message"], hit["rejected"])
+                raise ApiError(hit["message"], hit["rejected"], cached=True)
             return hit, Usage(cached=1)
         self._reserve()
         where = self.config.base_url
@@ -218,7 +219,7 @@ class ApiClient:
                 if exc.status not in REJECTED:
                     raise
                 self._schema_ok = False
-                spent = Usage(requests=1)  # the refused request (or its cached refusal)
+                spent = Usage(cached=1) if exc.cached else Usage(requests=1)  # the refused request
         text, usage = self._chat(request)
         return ChatReply(text, spent + usage, "text")
 
