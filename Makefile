@@ -104,6 +104,7 @@ bench: setup
 	$(PY) bench/harvest.py
 	$(PY) bench/viewer_page.py
 	$(PY) bench/explain.py
+	$(PY) bench/api.py
 	$(PY) bench/n2g.py
 	$(PY) bench/topics.py
 	$(PY) bench/harvest_sae.py

@@ -64,7 +64,7 @@ def main() -> None:
           f"(max |bf16 - fp32| of the 0-10 predictions: {diff:.2f})")
     # baseline: one forward pass per activation slot for one record
     one = records[0]
-    ids, slots = sim._prompt("words about science and chemistry", one.token_ids)
+    ids, slots = sim._prompt("words about science and chemistry", one)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for s_ in slots:

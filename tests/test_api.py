@@ -122,6 +122,10 @@ def test_api_all_at_once_equals_local_all_at_once(embedded_smollm2):
         "sea in winter, when the ice closed the harbour and the town waited for spring."])
     assert len(recs[3].tokens) > 30 and any(ord(c) > 127 for t in recs[2].tokens for c in t)
     local = LocalAllAtOnceSimulator(embedded_smollm2, batch_size=3).simulate("animals on a farm", recs)
+    # records of another model: written by their token strings (here they retokenize to the same ids)
+    foreign = [Rec(r.tokens, [0] * len(r.tokens), r.activations) for r in recs]
+    other = LocalAllAtOnceSimulator(embedded_smollm2, record_model="another/model").simulate("animals on a farm", foreign)
+    assert other.simulated == pytest.approx(local.simulated, abs=1e-5)
     with serve(embedded_smollm2) as url:
         client = ApiClient(ApiConfig(base_url=url, model="smollm2", logprobs=300))
         res = ApiAllAtOnceSimulator(client).simulate("animals on a farm", recs)

@@ -38,7 +38,7 @@ def test_local_simulator_equals_plain_forward_expectation(tiny_folders):
     got = sim.simulate("some explanation", recs).simulated
     values = np.array(sim.values) * sim.scale
     for r, g in zip(recs, got):
-        ids, slots = sim._prompt("some explanation", r.token_ids)
+        ids, slots = sim._prompt("some explanation", r)
         for k, s in enumerate(slots):  # the slot is the TAB right after the record's token, before 'unknown'
             assert ids[s - 1] == r.token_ids[k] and ids[s + 1: s + 1 + len(sim.unknown)] == sim.unknown
         with torch.no_grad():

@@ -17,7 +17,7 @@ TINY = {"explainer": "local", "simulator": "local-all-at-once"}
 """Names of the tiny offline model (SmolLM2-135M) as explainer and simulator."""
 TINY_HINT = ("`local` and `local-all-at-once` are the tiny offline model (SmolLM2-135M): it mostly copies a "
              "few-shot explanation and simulates near chance. For real explanations use a capable model: "
-             "`--explainer api` and `--simulator api-json` (README, Explanations).")
+             "`--explainer api` and `--simulator api-all-at-once` or `api-json` (README, Explanations).")
 BASELINE_HELP = ("token-lookup predicts each token's mean activation and ignores any explanation: it is a score "
                  "of the unit, the number an explanation has to beat, not a score of an explanation")
 
@@ -97,17 +97,17 @@ def explanations_panel(rows: list, baselines: list, rec, simulators: dict):
     for e, sims in rows:
         for s in sims or [None]:
             table.append({"explanation": e.text, "explainer": _tiny(e.explainer, "explainer"),
-                          "explainer model": endpoint(e.params),
                           "simulator": _tiny(s.simulator, "simulator") if s else "—",
-                          "simulator model": endpoint(s.params) if s else "",
                           "set": s.scoring_set if s else "—", "score": None if s is None else s.score,
                           "vs baseline": None if s is None or s.score is None or s.scoring_set not in base
                           else s.score - base[s.scoring_set],
                           "R²": None if s is None else s.rsquared,
                           "R² calibrated": (s.calibration or {}).get("rsquared") if s else None,
-                          "API tokens": api_tokens(e.usage, s.usage if s else None),
                           "error": (s.error or "") if s else "not scored",
-                          "flag": e.degenerate or ""})
+                          "flag": e.degenerate or "",
+                          "explainer model": endpoint(e.params),
+                          "simulator model": endpoint(s.params) if s else "",
+                          "API tokens": api_tokens(e.usage, s.usage if s else None)})
     if table:
         fmt = st.column_config.NumberColumn(format="%.3f")
         st.dataframe(table, hide_index=True, column_config={
