@@ -125,7 +125,8 @@ def test_api_all_at_once_equals_local_all_at_once(embedded_smollm2):
     # records of another model: written by their token strings (here they retokenize to the same ids)
     foreign = [Rec(r.tokens, [0] * len(r.tokens), r.activations) for r in recs]
     other = LocalAllAtOnceSimulator(embedded_smollm2, record_model="another/model").simulate("animals on a farm", foreign)
-    assert other.simulated == pytest.approx(local.simulated, abs=1e-5)
+    assert [len(x) for x in other.simulated] == [len(x) for x in local.simulated]
+    assert max(abs(a - b) for x, y in zip(other.simulated, local.simulated) for a, b in zip(x, y)) <= 1e-5
     with serve(embedded_smollm2) as url:
         client = ApiClient(ApiConfig(base_url=url, model="smollm2", logprobs=300))
         res = ApiAllAtOnceSimulator(client).simulate("animals on a farm", recs)
