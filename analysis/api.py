@@ -126,8 +126,8 @@ class EchoReply:
     usage: Usage
 
 
-REJECTED = (400, 404, 422, 501)
-"""Statuses by which a server refuses a request it does not support (e.g. a JSON-schema response format)."""
+REJECTED = (400, 422, 501)
+"""Statuses by which a server refuses a request it does not support (a JSON-schema response format)."""
 
 
 class ApiClient:
@@ -166,8 +166,9 @@ class ApiClient:
                                     f"(--api-max-tokens-total {c.max_tokens_total:,})")
             self.spent.requests += 1
 
-    def _request(self, kind: str, request: dict, send) -> tuple[dict, Usage]:
-        """The reply to ``request`` (from the cache, or ``send()``'s, then cached) and what it cost."""
+    def _request(self, kind: str, request: dict, send, keep_refusal: bool = False) -> tuple[dict, Usage]:
+        """The reply to ``request`` (from the cache, or ``send()``'s, then cached) and what it cost; with
+        ``keep_refusal``, a refusal (``REJECTED``) is cached too, so it is not asked again."""
         import openai
 
         from cache.replies import ReplyCache
@@ -188,7 +189,7 @@ class ApiClient:
             raise ApiError(f"cannot reach the API at {where}: {exc}") from None
         except openai.APIStatusError as exc:
             message = f"the API at {where} answered {exc.status_code}: {str(exc)[:200]}"
-            if exc.status_code in REJECTED and self.cache is not None:
+            if keep_refusal and exc.status_code in REJECTED and self.cache is not None:
                 self.cache.put(key, {"rejected": exc.status_code, "message": message})
             raise ApiError(message, exc.status_code) from None
         usage = Usage(requests=1, prompt_tokens=reply["usage"][0], completion_tokens=reply["usage"][1])
@@ -214,7 +215,7 @@ class ApiClient:
             structured = dict(request, response_format={
                 "type": "json_schema", "json_schema": {"name": "reply", "schema": schema, "strict": True}})
             try:
-                text, usage = self._chat(structured)
+                text, usage = self._chat(structured, keep_refusal=True)
                 return ChatReply(text, usage, "json_schema")
             except ApiError as exc:
                 if exc.status not in REJECTED:
@@ -224,13 +225,13 @@ class ApiClient:
         text, usage = self._chat(request)
         return ChatReply(text, spent + usage, "text")
 
-    def _chat(self, request: dict) -> tuple[str, Usage]:
+    def _chat(self, request: dict, keep_refusal: bool = False) -> tuple[str, Usage]:
         def send(client):
             reply = client.chat.completions.create(**request)
             text = reply.choices[0].message.content if reply.choices else None
             return {"text": text, "usage": self._tokens(reply)}
 
-        reply, usage = self._request("chat", request, send)
+        reply, usage = self._request("chat", request, send, keep_refusal)
         if not reply["text"]:
             raise ApiError(f"the API at {self.config.base_url} returned no text")
         return reply["text"], usage
