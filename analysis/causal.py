@@ -26,7 +26,7 @@ import torch
 
 from analysis.activations import edited_site
 from analysis.models import SubjectModel
-from analysis.types import MLP, UnitId, UserError
+from analysis.types import MLP, Effects, UnitId, UserError
 
 if TYPE_CHECKING:
     from analysis.sae import SAE
@@ -248,23 +248,6 @@ def steer(subject: SubjectModel, prompt_ids: list[int], unit: UnitId, edit: Edit
     with unit_edit(subject, unit, edit, sae):
         steered = generate(subject, prompt_ids, max_new_tokens, temperature, seed)
     return Steering(list(prompt_ids), plain, steered, edit, seed, temperature, max_new_tokens)
-
-
-@dataclass
-class Effects:
-    """A unit's effect over records of its harvest when ablated."""
-
-    unit: UnitId
-    mode: str
-    n_records: int
-    n_positions: int
-    mean_loss_change: float
-    """Mean over positions of (ablated − clean) next-token cross-entropy, nats: > 0 when the unit helps."""
-    mean_loss_change_top: float
-    """The same over the top-activating records only."""
-    promoted: list[tuple[int, float]]
-    """(token id, mean log-probability clean − ablated): the tokens the unit raises most where it fires."""
-    suppressed: list[tuple[int, float]]
 
 
 @torch.inference_mode()

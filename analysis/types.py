@@ -201,3 +201,20 @@ class UnitRecord:
     @property
     def layer(self) -> int:
         return self.unit.layer
+
+
+@dataclass(frozen=True)
+class Effects:
+    """A unit's effect over records of its harvest when ablated."""
+
+    unit: UnitId
+    mode: str
+    n_records: int
+    n_positions: int
+    mean_loss_change: float
+    """Mean over positions of (ablated − clean) next-token cross-entropy, nats: > 0 when the unit helps."""
+    mean_loss_change_top: float
+    """The same over the top-activating records only."""
+    promoted: list[tuple[int, float]]
+    """(token id, mean log-probability clean − ablated): the tokens the unit raises most where it fires."""
+    suppressed: list[tuple[int, float]]

@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
-from analysis.types import MLP, UnitId
+from analysis.types import MLP, Effects, UnitId
 from cache.db import Repo
-
-if TYPE_CHECKING:
-    from analysis.causal import Effects
 
 _KEY = "run_id = ? AND source = ? AND layer = ? AND unit = ?"
 
 
 @dataclass(frozen=True)
-class StoredEffects:
-    unit: UnitId
-    mode: str
-    params: dict
-    n_records: int
-    n_positions: int
-    mean_loss_change: float
-    """Nats per token, ablated − clean: > 0 when the unit helps the model predict its records."""
-    mean_loss_change_top: float
-    promoted: list[tuple[int, float]]
-    suppressed: list[tuple[int, float]]
-    seconds: float
+class StoredEffects(Effects):
+    """A unit's effects as stored: the measurement, how it was asked for and how long it took."""
+
+    params: dict = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 class EffectRepo(Repo):
@@ -49,8 +38,8 @@ class EffectRepo(Repo):
                       [run_id, unit.source, unit.layer, unit.index, mode, mode]).fetchone()
         if row is None:
             return None
-        return StoredEffects(unit, row[0], json.loads(row[1]), row[2], row[3], row[4], row[5],
-                             list(zip(row[6], row[7])), list(zip(row[8], row[9])), row[10])
+        return StoredEffects(unit, row[0], row[2], row[3], row[4], row[5], list(zip(row[6], row[7])),
+                             list(zip(row[8], row[9])), params=json.loads(row[1]), seconds=row[10])
 
     def units(self, run_id: str, layer: int, mode: str, source: str = MLP) -> set[int]:
         """Units of a layer with effects of ``mode`` (for resuming)."""

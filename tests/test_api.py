@@ -111,7 +111,7 @@ def _records(tok, texts):
     return out
 
 
-def test_api_all_at_once_equals_local_all_at_once(embedded_smollm2):
+def test_api_all_at_once_equals_local_all_at_once(embedded_smollm2, tmp_path):
     """Through HTTP (text prompt, server-side tokenization, echoed top log-probabilities) == in-process (token ids,
     shared prefix cache, batches with padding, value rows of the unembedding only)."""
     from analysis.simulate import ApiAllAtOnceSimulator, LocalAllAtOnceSimulator, record_prompt
@@ -128,7 +128,9 @@ def test_api_all_at_once_equals_local_all_at_once(embedded_smollm2):
     assert [len(x) for x in other.simulated] == [len(x) for x in local.simulated]
     assert max(abs(a - b) for x, y in zip(other.simulated, local.simulated) for a, b in zip(x, y)) <= 1e-5
     with serve(embedded_smollm2) as url:
-        client = ApiClient(ApiConfig(base_url=url, model="smollm2", logprobs=300))
+        from cache.replies import ReplyCache
+
+        client = ApiClient(ApiConfig(base_url=url, model="smollm2", logprobs=300), ReplyCache(tmp_path / "replies"))
         res = ApiAllAtOnceSimulator(client).simulate("animals on a farm", recs)
         assert res.error is None and res.usage["requests"] == 4 and res.usage["prompt_tokens"] > 4 * 300
         # only the top 300 come back: at a slot where some value is not among them, the paper's method counts it
@@ -137,7 +139,7 @@ def test_api_all_at_once_equals_local_all_at_once(embedded_smollm2):
         complete = []
         for r, a, b in zip(recs, local.simulated, res.simulated):
             text, offsets = record_prompt("animals on a farm", r.tokens)
-            reply = client.echo(text)
+            reply = client.echo(text)  # the simulator's own reply, from the cache
             at = {o: i for i, o in enumerate(reply.offsets) if reply.tokens[i]}
             assert len(a) == len(b) == len(offsets)
             for x, y, o in zip(a, b, offsets):
@@ -146,6 +148,7 @@ def test_api_all_at_once_equals_local_all_at_once(embedded_smollm2):
                     assert abs(x - y) <= 1e-4, (r.tokens, x, y)
         assert sum(complete) >= 0.85 * len(complete) and len(complete) - sum(complete) == res.params.get(
             "incomplete_slots", 0)
+        assert client.spent.requests == 4 and client.spent.cached == 4
         # a small top leaves values out (probability 0 there, as in the paper): counted, not hidden
         few = ApiAllAtOnceSimulator(ApiClient(ApiConfig(base_url=url, model="smollm2", logprobs=5)))
         res = few.simulate("animals on a farm", recs[:1])

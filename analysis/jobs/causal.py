@@ -100,7 +100,7 @@ class EffectsJob:
 
 def effects_of(job: EffectsJob, db: Path, progress=None) -> list:
     """Measure and store the ablation effect of each unit over its records (resumable); the new
-    analysis.causal.Effects."""
+    analysis.types.Effects."""
     import time
 
     from analysis.causal import MODES, ablation_edit, effects

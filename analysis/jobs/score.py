@@ -79,9 +79,7 @@ def make_simulator(name: str, rec: UnitRecord, model: str = DEFAULT_MODEL, devic
                                                 record_model=rec.model_id)
     if name in API_SIMULATORS:
         if client is None:
-            from analysis.api import ApiClient
-
-            client = ApiClient(ApiConfig())  # says which options are missing
+            ApiConfig().check()  # says which options are missing
         return (simulate.ApiJsonSimulator if name == "api-json" else simulate.ApiAllAtOnceSimulator)(client)
     raise UserError(f"unknown simulator {name!r}: use one of {', '.join(SIMULATORS)}")
 
