@@ -24,7 +24,7 @@ from cache.runs import RunInfo
 if TYPE_CHECKING:
     from analysis.harvest import LayerSummary
 
-UNIT_KEY = "run_id = ? AND source = ? AND layer = ? AND unit = ?"
+UNITS_KEY = "run_id = ? AND source = ? AND layer = ? AND list_contains(?::INTEGER[], unit)"
 
 
 @dataclass(frozen=True)
@@ -127,67 +127,80 @@ class RecordRepo(Repo):
 
     # ---- reads ---------------------------------------------------------------------------------------------
     def unit_stats(self, run_id: str, unit: UnitId) -> UnitStats | None:
-        found = self._stats_and_bounds(run_id, unit)
+        found = self._stats_and_bounds(run_id, unit.source, unit.layer, [unit.index]).get(unit.index)
         return found[0] if found else None
 
-    def _stats_and_bounds(self, run_id: str, unit: UnitId) -> tuple[UnitStats, list[float]] | None:
-        row = self._q("SELECT n_tokens, mean, std, skewness, kurtosis, min, max, frac_active, hist, "
-                      f"quantile_boundaries FROM unit_stats WHERE {UNIT_KEY}",
-                      [run_id, unit.source, unit.layer, unit.index]).fetchone()
-        if row is None:
-            return None
-        counts = np.frombuffer(zlib.decompress(row[8]), dtype=np.int32)
+    def _stats_and_bounds(self, run_id: str, source: str, layer: int, indices: list[int]
+                          ) -> dict[int, tuple[UnitStats, list[float]]]:
+        rows = self._q("SELECT unit, n_tokens, mean, std, skewness, kurtosis, min, max, frac_active, hist, "
+                       f"quantile_boundaries FROM unit_stats WHERE {UNITS_KEY}",
+                       [run_id, source, layer, indices]).fetchall()
         order = hist_order()
-        stats = UnitStats(n_tokens=row[0], mean=row[1], std=row[2], skewness=row[3], kurtosis=row[4], min=row[5],
-                          max=row[6], frac_active=row[7], hist_counts=counts[order].tolist(),
-                          hist_edges=[(float(a), float(b)) for a, b in HIST_BIN_EDGES[order]])
-        return stats, [float(x) for x in (row[9] or [])]
+        edges = [(float(a), float(b)) for a, b in HIST_BIN_EDGES[order]]
+        out = {}
+        for row in rows:
+            counts = np.frombuffer(zlib.decompress(row[9]), dtype=np.int32)
+            stats = UnitStats(n_tokens=row[1], mean=row[2], std=row[3], skewness=row[4], kurtosis=row[5],
+                              min=row[6], max=row[7], frac_active=row[8], hist_counts=counts[order].tolist(),
+                              hist_edges=list(edges))
+            out[row[0]] = stats, [float(x) for x in (row[10] or [])]
+        return out
 
     def unit_record(self, run: RunInfo, unit: UnitId) -> UnitRecord | None:
         """Everything stored about one unit of a run (None if the run does not hold it)."""
-        found = self._stats_and_bounds(run.run_id, unit)
-        if found is None:
-            return None
-        stats, bounds = found
+        return self.unit_records(run, unit.source, unit.layer, [unit.index]).get(unit.index)
+
+    def unit_records(self, run: RunInfo, source: str, layer: int, indices: list[int]) -> dict[int, UnitRecord]:
+        """``unit_record`` of many units of one source and layer in a handful of queries: index -> record, for
+        the indices the run holds."""
+        indices = sorted(set(indices))
+        found = self._stats_and_bounds(run.run_id, source, layer, indices)
+        if not found:
+            return {}
         tokenizer_id, hook_point = self._q("SELECT tokenizer_id, hook_point FROM models WHERE model_id = ?",
                                            [run.model_id]).fetchone()
-        if unit.source != MLP:  # a dictionary's features: its site, in SAELens' naming, and the dictionary
-            site = self._q("SELECT site FROM dictionaries WHERE source = ?", [unit.source]).fetchone()
-            hook_point = f"blocks.{{layer}}.hook_{site[0] if site else '?'} -> {unit.source}"
-        key = [run.run_id, unit.source, unit.layer, unit.index]
+        if source != MLP:  # a dictionary's features: its site, in SAELens' naming, and the dictionary
+            site = self._q("SELECT site FROM dictionaries WHERE source = ?", [source]).fetchone()
+            hook_point = f"blocks.{{layer}}.hook_{site[0] if site else '?'} -> {source}"
+        key = [run.run_id, source, layer, sorted(found)]
         rows = self._q(
-            "SELECT s.kind, s.bin, s.window_id, r.acts, w.doc_id, w.token_offset, w.token_ids "
+            "SELECT s.unit, s.kind, s.bin, s.window_id, r.acts, w.doc_id, w.token_offset, w.token_ids "
             "FROM samples s JOIN records r USING (run_id, source, layer, unit, window_id) "
             "JOIN windows w ON w.run_id = s.run_id AND w.window_id = s.window_id "
-            "WHERE s.run_id = ? AND s.source = ? AND s.layer = ? AND s.unit = ? ORDER BY s.kind, s.bin, s.rank",
-            key).fetchall()
-        tok_rows = self._q(f"SELECT token_id, mean, count FROM token_means WHERE {UNIT_KEY} "
-                           "ORDER BY mean DESC LIMIT 20", key).fetchall()
-        catalog = CatalogRepo(self.con)
-        ids = [t for r in rows for t in r[6]]
-        vocab, partial = catalog.tokens(tokenizer_id, ids + [r[0] for r in tok_rows])
-        top, rand, by_bin = [], [], {}
-        for kind, b, wid, acts, doc_id, offset, token_ids in rows:
+            "WHERE s.run_id = ? AND s.source = ? AND s.layer = ? AND list_contains(?::INTEGER[], s.unit) "
+            "ORDER BY s.unit, s.kind, s.bin, s.rank", key).fetchall()
+        tok_rows = self._q(
+            "SELECT unit, token_id, mean, count FROM (SELECT unit, token_id, mean, count, row_number() OVER "
+            f"(PARTITION BY unit ORDER BY mean DESC, token_id) AS n FROM token_means WHERE {UNITS_KEY}) "
+            "WHERE n <= 20 ORDER BY unit, mean DESC, token_id", key).fetchall()
+        vocab, partial = CatalogRepo(self.con).tokens(
+            tokenizer_id, [t for r in rows for t in r[7]] + [r[1] for r in tok_rows])
+        samples: dict[int, tuple[list, list, dict]] = {u: ([], [], {}) for u in found}
+        for u, kind, b, wid, acts, doc_id, offset, token_ids in rows:
             runs = (joined_runs([partial.get(t) or vocab[t].encode("utf-8") for t in token_ids])
                     if any(t in partial for t in token_ids) else ())
             rec = ActivationRecord(tokens=[vocab.get(t, f"<{t}>") for t in token_ids], token_ids=list(token_ids),
                                    runs=runs,
                                    activations=np.frombuffer(acts, dtype=np.float16).astype(float).tolist(),
                                    window_id=wid, doc_id=doc_id, offset=offset)
+            top, rand, by_bin = samples[u]
             if kind == "top":
                 top.append(rec)
             elif kind == "random":
                 rand.append(rec)
             else:
                 by_bin.setdefault(b, []).append(rec)
-        return UnitRecord(
-            model_id=run.model_id, corpus_id=run.corpus_id, run_id=run.run_id, unit=unit,
-            hook_point=hook_point.format(layer=unit.layer), stats=stats,
-            most_positive_activation_records=top, random_sample=rand,
-            random_sample_by_quantile=[by_bin.get(b, []) for b in range(run.params.get("quantile_bins", 0))],
-            quantile_boundaries=bounds,
-            top_tokens=[(t, vocab.get(t, f"<{t}>"), float(m), int(c)) for t, m, c in tok_rows],
-        )
+        top_tokens: dict[int, list] = {u: [] for u in found}
+        for u, t, m, c in tok_rows:
+            top_tokens[u].append((t, vocab.get(t, f"<{t}>"), float(m), int(c)))
+        n_bins = run.params.get("quantile_bins", 0)
+        return {u: UnitRecord(
+            model_id=run.model_id, corpus_id=run.corpus_id, run_id=run.run_id, unit=UnitId(source, layer, u),
+            hook_point=hook_point.format(layer=layer), stats=stats,
+            most_positive_activation_records=samples[u][0], random_sample=samples[u][1],
+            random_sample_by_quantile=[samples[u][2].get(b, []) for b in range(n_bins)],
+            quantile_boundaries=bounds, top_tokens=top_tokens[u],
+        ) for u, (stats, bounds) in found.items()}
 
     def units_for_token(self, run_id: str, token_id: int, limit: int = 20, rank: str = "mean") -> list[UnitOnToken]:
         """The units that fire most on a token. ``rank`` 'mean' orders by the mean activation; 'z' by

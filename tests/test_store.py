@@ -136,3 +136,28 @@ def test_shared_readers_let_a_writer_in_and_then_see_its_writes(tmp_path):
     intent_path(db).write_text("999999999")
     with open_store(db, read_only=True, shared=True, wait_s=0.5) as s:
         assert s.lists.names()
+
+
+def test_bulk_record_reads_equal_one_unit_reads(viewer_db, sae_db):
+    """unit_records reads a chunk of units in a few queries: each record equals its own one-unit read (which the
+    harvest tests check against plain forward passes), for neurons and for a dictionary's features."""
+    from analysis.jobs.common import unit_records
+    from analysis.types import MLP, UnitId, UserError
+    from cache.store import open_store
+
+    with open_store(sae_db[0], read_only=True) as s:
+        feature_source = s.catalog.dictionaries(s.catalog.model(sae_db[1]).model_id)[0].source
+    for db, model, source, layer in [(*viewer_db, MLP, 1), (sae_db[0], sae_db[1], feature_source, 1)]:
+        with open_store(db, read_only=True) as s:
+            run = s.runs.find(model, layer, source=source)
+            bulk = s.records.unit_records(run, source, layer, [7, 0, 3, 7, 30])
+            assert sorted(bulk) == [0, 3, 7, 30]
+            for i, rec in bulk.items():
+                one = s.records.unit_record(run, UnitId(source, layer, i))
+                assert rec == one and rec.unit == UnitId(source, layer, i)
+                assert rec.most_positive_activation_records and len(rec.top_tokens) <= 20
+        chunked = unit_records(db, model, layer, list(range(0, 128 if source == MLP else 40)), source)
+        assert chunked[30] == bulk[30]
+    db, model = viewer_db
+    with pytest.raises(UserError, match="neuron 100000 does not exist"):
+        unit_records(db, model, 1, [0, 100000])

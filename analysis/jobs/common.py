@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -86,8 +88,8 @@ def load_dictionary_of(store, source: str):
     return load_dictionary(d)
 
 
-def unit_record(store, model: str, unit: UnitId, run_id: str | None = None) -> UnitRecord:
-    """The record of a harvested unit, or a UserError saying what is missing and how to get it."""
+def _run_of(store, model: str, unit: UnitId, run_id: str | None = None):
+    """The run that holds a unit, or a UserError saying what is missing and how to get it."""
     info = cached_model(store, model)
     n = n_units(store, info, unit.source, unit.layer)
     if not 0 <= unit.index < n:
@@ -99,18 +101,40 @@ def unit_record(store, model: str, unit: UnitId, run_id: str | None = None) -> U
         how = f"--layers {unit.layer}" if unit.source == MLP else "--sae <its folder>"
         raise UserError(f"layer {unit.layer} of {model} ({unit.source}) has not been harvested into {store.path}; "
                         f"run: python -m analysis harvest --model {model} {how} --db {store.path}")
-    rec = store.records.unit_record(run, unit)
-    if rec is None:
-        raise UserError(f"{unit} is not in run {run.run_id} of {store.path}")
-    return rec
+    return run
+
+
+def unit_record(store, model: str, unit: UnitId, run_id: str | None = None) -> UnitRecord:
+    """The record of a harvested unit, or a UserError saying what is missing and how to get it."""
+    return _unit_records(store, model, unit.layer, [unit.index], unit.source, run_id)[unit.index]
+
+
+def _unit_records(store, model: str, layer: int, indices: list[int], source: str = MLP,
+                  run_id: str | None = None) -> dict[int, UnitRecord]:
+    if not indices:
+        return {}
+    for i in (min(indices), max(indices)):  # both ends checked: every index lies between
+        run = _run_of(store, model, UnitId(source, layer, i), run_id)
+    recs = {}
+    for start in range(0, len(indices), READ_CHUNK):
+        recs.update(store.records.unit_records(run, source, layer, indices[start : start + READ_CHUNK]))
+    missing = [i for i in indices if i not in recs]
+    if missing:
+        raise UserError(f"{UnitId(source, layer, missing[0])} is not in run {run.run_id} of {store.path}")
+    return recs
+
+
+READ_CHUNK = 64
+"""Units whose records are read in one query."""
 
 
 def unit_records(db: Path, model: str, layer: int, indices: list[int], source: str = MLP) -> dict[int, UnitRecord]:
-    """index -> record of units of one layer, read in one short read-only visit."""
+    """index -> record of units of one layer, read in one short read-only visit (a few queries per chunk of
+    units)."""
     from cache.store import open_store
 
     with open_store(db, read_only=True) as store:
-        return {i: unit_record(store, model, UnitId(source, layer, i)) for i in indices}
+        return _unit_records(store, model, layer, sorted(set(indices)), source)
 
 
 def load_cached_subject(info: ModelInfo, device: str, dtype: str = "float32"):
@@ -146,3 +170,37 @@ def fan_out(fn: Callable, items: Iterable, workers: int) -> Iterator[tuple[objec
             if exc is not None and not isinstance(exc, UserError):
                 raise exc
             yield futures[fut], (None if exc else fut.result()), exc
+
+
+WRITE_CHUNK = 64
+WRITE_SECONDS = 5.0
+
+
+@contextmanager
+def batched_writes(db: Path, every: int = WRITE_CHUNK, seconds: float = WRITE_SECONDS):
+    """``write(fn)`` queues ``fn(store)``; the queue is written in one read-write visit every ``every`` items or
+    ``seconds`` (and when the block ends, also on Ctrl-C), so a job over thousands of units opens the store tens
+    of times, not thousands. A killed process loses at most the queue, which a resumed job redoes."""
+    from cache.store import open_store
+
+    pending: list[Callable] = []
+    last = [time.monotonic()]
+
+    def flush() -> None:
+        if pending:
+            with open_store(db) as store:
+                for fn in pending:
+                    fn(store)
+            pending.clear()
+        last[0] = time.monotonic()
+
+    def write(fn: Callable) -> None:
+        pending.append(fn)
+        if len(pending) >= every or time.monotonic() - last[0] >= seconds:
+            flush()
+
+    try:
+        yield write
+    finally:
+        flush()
+

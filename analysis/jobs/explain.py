@@ -7,7 +7,7 @@ from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
 from analysis.api import ApiConfig
-from analysis.jobs.common import cached_model, fan_out, n_units, parse_units, unit_records
+from analysis.jobs.common import batched_writes, cached_model, fan_out, n_units, parse_units, unit_records
 from analysis.progress import Progress
 from analysis.types import MLP, Explanation, UnitId, UserError
 
@@ -102,19 +102,19 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress()) -> Expla
     explained, failed, stopped, left = {}, {}, None, 0
     bar = progress.bar(len(todo), f"explain L{job.layer} ({job.explainer})", unit="neuron")
     workers = job.api_concurrency if job.explainer == "api" else 1
-    for u, exps, err in fan_out(work, todo, workers):
-        bar.update(1)
-        if isinstance(err, BudgetReached):
-            stopped, left = str(err), left + 1
-            continue
-        if err is not None:
-            failed[u] = str(err)
-            progress.note(f"neuron {u}: {err}")
-            continue
-        with open_store(db) as store:  # this thread does all writing, one short transaction per unit
+    with batched_writes(db) as write:  # this thread does all writing, in short visits
+        for u, exps, err in fan_out(work, todo, workers):
+            bar.update(1)
+            if isinstance(err, BudgetReached):
+                stopped, left = str(err), left + 1
+                continue
+            if err is not None:
+                failed[u] = str(err)
+                progress.note(f"neuron {u}: {err}")
+                continue
             for exp in exps:
-                store.explanations.put(recs[u].run_id, recs[u].unit, exp)
-        explained[u] = exps
+                write(lambda store, rec=recs[u], exp=exp: store.explanations.put(rec.run_id, rec.unit, exp))
+            explained[u] = exps
     bar.close()
     usage = explainer.client.spent if job.explainer == "api" and explainer is not None else None
     return ExplainSummary(explained, len(units) - len(todo), failed, stopped, left, usage)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
 from analysis.api import ApiConfig
-from analysis.jobs.common import cached_model, fan_out, n_units, parse_units, unit_records
+from analysis.jobs.common import batched_writes, cached_model, fan_out, n_units, parse_units, unit_records
 from analysis.progress import Progress
 from analysis.splits import SCORING_SETS
 from analysis.types import MLP, UnitRecord, UserError
@@ -156,22 +156,23 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress()) -> ScoreSumm
     results, failed, stopped, left = [], {}, None, 0
     bar = progress.bar(len(todo), f"score L{job.layer} ({job.simulator})", unit="unit" if baseline else "explanation")
     workers = job.api_concurrency if client is not None else 1
-    for (u, eid, _text), scored, err in fan_out(work, todo, workers):
-        bar.update(1)
-        if isinstance(err, BudgetReached):
-            stopped, left = str(err), left + 1
-            continue
-        if err is not None:
-            failed[u] = str(err)
-            progress.note(f"neuron {u}: {err}")
-            continue
-        with open_store(db) as store:
+    with batched_writes(db) as write:
+        for (u, eid, _text), scored, err in fan_out(work, todo, workers):
+            bar.update(1)
+            if isinstance(err, BudgetReached):
+                stopped, left = str(err), left + 1
+                continue
+            if err is not None:
+                failed[u] = str(err)
+                progress.note(f"neuron {u}: {err}")
+                continue
             if baseline:
-                store.explanations.put_baseline(recs[u].run_id, recs[u].unit, scored)
+                write(lambda store, rec=recs[u], scored=scored: store.explanations.put_baseline(
+                    rec.run_id, rec.unit, scored))
             else:
-                store.explanations.put_simulation(eid, scored)
-        results.append(scored)
-        if scored.error:
-            progress.note(f"neuron {u}: simulation failed: {scored.error}")
+                write(lambda store, eid=eid, scored=scored: store.explanations.put_simulation(eid, scored))
+            results.append(scored)
+            if scored.error:
+                progress.note(f"neuron {u}: simulation failed: {scored.error}")
     bar.close()
     return ScoreSummary(results, len(todo), failed, stopped, left, client.spent if client is not None else None)
