@@ -61,6 +61,19 @@ def cmd_harvest(args) -> int:
     return 0
 
 
+def cmd_build(args) -> int:
+    from analysis.jobs.build import BuildJob, build
+    from analysis.jobs.common import fmt_layers
+
+    s = build(from_args(BuildJob, args), Path(args.db), _progress(args))
+    for lens, seconds in s.seconds.items():
+        print(f"{lens}: {seconds:.0f} s", file=sys.stderr)
+    for lens, left in s.dropped.items():
+        print(f"left out by the budget: {lens} of layers {fmt_layers(left)} (a larger --budget builds them; what "
+              "is built is kept)", file=sys.stderr)
+    return 0
+
+
 def cmd_export(args) -> int:
     from analysis.jobs.export import ExportJob, export
 
@@ -426,6 +439,22 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.set_defaults(func=func)
         return p
+
+    from analysis.jobs.build import BuildJob, LENSES as BUILD_LENSES
+
+    b = command("build", cmd_build, "build a model's lenses in one resumable command, with a plan first",
+                "Plans every stage (units, estimated time from this machine's earlier builds or the project VM's "
+                "numbers), then runs them in dependency order; each stage skips finished work, so a killed build "
+                "resumes. --budget keeps the cheap lenses (harvest, baselines, topics) for every layer and gives "
+                "the others as many layers as fit.")
+    add_options(b, BuildJob, {
+        "model": Opt("embedded name, HF folder, .gguf file or hub id"), "corpus": Opt("the harvest's corpus"),
+        "layers": Opt("'all', '0,5,10' or '0-3'"),
+        "lenses": Opt(f"comma-separated, some of {', '.join(BUILD_LENSES)}"),
+        "budget": Opt("wall time the build may take, e.g. 2h, 90m, 600s"),
+        "plan_only": Opt("print the plan and stop"), "device": DEVICE,
+        "explainer": Opt("explainer of the explain lens"), "simulator": Opt("simulator of the score lens"),
+        "max_tokens": Opt("harvest a seeded subset of the corpus up to this many tokens"), "api": API})
 
     h = command("harvest", cmd_harvest, "stream a corpus through a model; store top/random/quantile records and stats",
                 "One streaming pass: per-neuron top-k windows, random and quantile samples, moments, histogram and "

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 
 from analysis.types import UnitId
 from cache.db import Repo
@@ -76,28 +77,51 @@ class BestTopic:
 
 class TopicRepo(Repo):
     def put(self, model_id: str, stats_id: str, results: list[ScoredTopics], params: dict) -> None:
-        """Store topic results, replacing earlier ones with the same key, in one transaction."""
+        """Store topic results, replacing earlier ones with the same key, in one transaction (one delete and one
+        insert per table for the whole batch)."""
+        if not results:
+            return
+        keys = {"unit_source": [], "layer": [], "unit": [], "mode": [], "polarity": []}
+        sets = {"pool": [], "n_tokens": [], "reason": [], "random_scores": [], "seconds": [], "pool_dropped": []}
+        stars = {c: [] for c in (*keys, "star", "words", "center", "mean_edge", "npmi")}
+        tops = {c: [] for c in (*keys, "rank", "words", "score", "star", "optimal")}
+        for res in results:
+            t = res.topics
+            key = (t.unit.source, t.unit.layer, t.unit.index, t.mode, t.polarity.value)
+            for c, v in zip(keys, key):
+                keys[c].append(v)
+            for c, v in zip(sets, (list(t.pool.words), t.pool.n_tokens, t.reason,
+                                   [float(x) for x in res.random_scores], res.seconds, json.dumps(dict(t.pool.dropped)))):
+                sets[c].append(v)
+            for i, st in enumerate(t.stars):
+                for c, v in zip(stars, (*key, i, list(st.words), st.center, float(st.mean_edge),
+                                        [float(x) for x in st.npmi.ravel()])):
+                    stars[c].append(v)
+            for r, tp in enumerate(t.topics):
+                for c, v in zip(tops, (*key, r, list(tp.words), float(tp.score), tp.star_index, bool(tp.optimal))):
+                    tops[c].append(v)
+        types = {"layer": pa.int16(), "unit": pa.int32(), "n_tokens": pa.int32(), "seconds": pa.float32(),
+                 "star": pa.int32(), "rank": pa.int32()}
+
+        def table(cols: dict) -> pa.Table:
+            return pa.table({c: pa.array(v, types.get(c)) for c, v in cols.items()})
+
+        match = " AND ".join(f"t.{c} = k.{c}" for c in keys)
         with self.transaction() as cur:
-            for res in results:
-                t = res.topics
-                key = [model_id, stats_id, t.unit.source, t.unit.layer, t.unit.index, t.mode, t.polarity.value]
-                for table in ("topic_sets", "topic_stars", "topics"):
-                    cur.execute(f"DELETE FROM {table} WHERE {_KEY}", key)
-                cur.execute(f"INSERT INTO topic_sets ({_KEY_COLS}, params, pool, n_tokens, reason, random_scores, "
-                            "seconds, pool_dropped, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, now())",
-                            key + [json.dumps(params, sort_keys=True), list(t.pool.words), t.pool.n_tokens,
-                                   t.reason, [float(x) for x in res.random_scores], res.seconds,
-                                   json.dumps(dict(t.pool.dropped))])
-                stars = [key + [i, list(s.words), s.center, float(s.mean_edge), [float(x) for x in s.npmi.ravel()]]
-                         for i, s in enumerate(t.stars)]
-                topics = [key + [r, list(tp.words), float(tp.score), tp.star_index, bool(tp.optimal)]
-                          for r, tp in enumerate(t.topics)]
-                if stars:  # (executemany refuses an empty list)
-                    cur.executemany(f"INSERT INTO topic_stars ({_KEY_COLS}, star, words, center, mean_edge, npmi) "
-                                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", stars)
-                if topics:
-                    cur.executemany(f"INSERT INTO topics ({_KEY_COLS}, rank, words, score, star, optimal) "
-                                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", topics)
+            cur.register("_keys", table(keys))
+            for name in ("topic_sets", "topic_stars", "topics"):
+                cur.execute(f"DELETE FROM {name} t USING _keys k WHERE t.model_id = ? AND t.stats_id = ? AND {match}",
+                            [model_id, stats_id])
+            cur.unregister("_keys")
+            for name, cols, extra in (("topic_sets", {**keys, **sets}, ", ? AS params, now() AS created_at"),
+                                      ("topic_stars", stars, ""), ("topics", tops, "")):
+                if not cols["unit"]:
+                    continue
+                cur.register("_rows", table(cols))
+                args = [model_id, stats_id] + ([json.dumps(params, sort_keys=True)] if extra else [])
+                cur.execute(f"INSERT INTO {name} BY NAME SELECT *, ? AS model_id, ? AS stats_id{extra} FROM _rows",
+                            args)
+                cur.unregister("_rows")
 
     def keys(self, model_id: str, stats_id: str, layer: int) -> set[tuple[UnitId, str, str]]:
         """(unit, mode, polarity) already computed in a layer with these statistics (for resuming)."""

@@ -81,10 +81,23 @@ def _dictionaries(job: HarvestJob, subject, neuron_layers: list[int]) -> list:
     return saes + baselines
 
 
+def cached_run(store, job: HarvestJob):
+    """A finished neuron run that ``skip_if_cached`` takes for this job (same model name, corpus, layers covered,
+    same token limit), or None; checked without loading the model."""
+    from analysis.corpus import EMBEDDED_CORPORA
+
+    layer_spec = job.layers or ("none" if job.sae else "all")
+    if job.sae or job.baselines or layer_spec == "none" or (info := store.catalog.model(job.model)) is None:
+        return None
+    corpus = job.corpus if job.corpus in EMBEDDED_CORPORA else None
+    return next((run for run in store.runs.finished(job.model, parse_layers(layer_spec, info.n_layers), corpus)
+                 if run.params.get("max_tokens") == job.max_tokens), None)
+
+
 def harvest(job: HarvestJob, db: Path, progress: Progress = Progress()) -> HarvestSummary:
     """Run (or resume) a harvest into ``db``. Ctrl-C keeps the finished shards; the same job resumes them."""
     from analysis.activations import neuron_reader, sae_reader
-    from analysis.corpus import EMBEDDED_CORPORA, load_corpus, make_windows, select_windows, windows_hash
+    from analysis.corpus import load_corpus, make_windows, select_windows, windows_hash
     from analysis.harvest import run_harvest, summarise
     from analysis.models import load_model
     from analysis.sae import dictionary_info
@@ -98,14 +111,10 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress()) -> Harve
     layer_spec = job.layers or ("none" if job.sae else "all")
     db = Path(db)
     with open_store(db) as store:  # fail fast on a bad path, a corrupt file or another schema version
-        if (job.skip_if_cached and not job.sae and not job.baselines and layer_spec != "none"
-                and (info := store.catalog.model(job.model)) is not None):
-            corpus = job.corpus if job.corpus in EMBEDDED_CORPORA else None
-            for run in store.runs.finished(job.model, parse_layers(layer_spec, info.n_layers), corpus):
-                if run.params.get("max_tokens") == job.max_tokens:
-                    progress.note(f"{db} already holds run {run.run_id} of {job.model} on {run.corpus_id} "
-                                  f"({run.n_tokens:,} tokens, layers {fmt_layers(run.layers)}): nothing to do")
-                    return HarvestSummary(run.run_id, "cached", run.layers, run.n_tokens, 0.0, {MLP: run.run_id})
+        if job.skip_if_cached and (run := cached_run(store, job)) is not None:
+            progress.note(f"{db} already holds run {run.run_id} of {job.model} on {run.corpus_id} "
+                          f"({run.n_tokens:,} tokens, layers {fmt_layers(run.layers)}): nothing to do")
+            return HarvestSummary(run.run_id, "cached", run.layers, run.n_tokens, 0.0, {MLP: run.run_id})
     t0 = time.time()
     subject = load_model(job.model, device=job.device)
     info = subject.info

@@ -42,6 +42,8 @@ class TopicsSummary:
     stats_id: str
     stats_corpus: str
     stats_windows: int
+    computed: int = 0
+    """(mode, unit) pairs computed now (the rest were in the cache)."""
 
 
 def stats_folder(db: Path) -> Path:
@@ -108,10 +110,12 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress()) -> TopicsS
         return job.source if mode == ACTIVATION_SOURCE or sae is not None else ProjectionMode(mode).unit_source
 
     bar = progress.bar(sum(len(u) for _m, u in plan), f"topics L{job.layer}", unit="unit")
+    computed = 0
     for mode, units in plan:
         todo = [u for u in units if any((UnitId(source_of(mode), job.layer, u), mode, p) not in done
                                         for p in ("pos", "neg"))]
         bar.update(len(units) - len(todo))
+        computed += len(todo)
         for b in range(0, len(todo), job.chunk):
             chunk = todo[b : b + job.chunk]
             t0 = time.perf_counter()
@@ -133,5 +137,5 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress()) -> TopicsS
     with open_store(db, read_only=True) as store:
         sets = [ts for mode, units in plan for u in units
                 for ts in store.topics.sets(info.model_id, UnitId(source_of(mode), job.layer, u), mode, stats_id)]
-    return TopicsSummary(sets, stats_id, stats.corpus_id, stats.n_windows)
+    return TopicsSummary(sets, stats_id, stats.corpus_id, stats.n_windows, computed)
 
