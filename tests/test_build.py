@@ -75,3 +75,58 @@ def test_build_a_tiny_model_then_resume(tiny_folders, viewer_db, tmp_path, capsy
     with open_store(db, read_only=True) as s:
         assert s.con.execute("SELECT count(*) FROM explanations").fetchone()[0] == n_exp
         assert s.con.execute("SELECT count(*) FROM baselines").fetchone()[0] == n_base
+
+
+def _contents(db) -> dict:
+    """What a build stored, without timings and timestamps."""
+    from cache.store import open_store
+
+    queries = {
+        "runs": "SELECT model_id, corpus_id, layers, n_windows, n_tokens, status FROM runs ORDER BY ALL",
+        "stats": "SELECT layer, unit, n_tokens, mean, std, max, hist FROM unit_stats ORDER BY ALL",
+        "samples": "SELECT layer, unit, kind, bin, rank, window_id FROM samples ORDER BY ALL",
+        "explanations": "SELECT explanation_id, layer, unit, explainer, text FROM explanations ORDER BY ALL",
+        "baselines": "SELECT layer, unit, predictor, scoring_set, window_ids, predicted, score FROM baselines "
+                     "ORDER BY ALL",
+        "graphs": "SELECT layer, unit, params, metrics, firing_f1, test_window_ids, n_patterns FROM n2g_graphs "
+                  "ORDER BY ALL",
+        "patterns": "SELECT * EXCLUDE (run_id) FROM n2g_patterns ORDER BY ALL",
+    }
+    with open_store(db, read_only=True) as s:
+        return {k: s.con.execute(q).fetchall() for k, q in queries.items()}
+
+
+def test_a_killed_build_resumes_to_the_same_results(tiny_folders, viewer_db, tmp_path):
+    """SIGKILL in the middle of the build, rerun: every table as an uninterrupted build leaves it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    corpus = viewer_db[0].parent / "docs.jsonl"
+    model = str(tiny_folders["neox"])
+    repo = Path(__file__).resolve().parents[1]
+
+    def args(db):
+        return [sys.executable, "-m", "analysis", "build", "--db", str(db), "--model", model, "--corpus", str(corpus),
+                "--layers", "all", "--lenses", "harvest,baselines,n2g", "--quiet"]
+
+    whole = tmp_path / "whole.duckdb"
+    assert subprocess.run(args(whole), cwd=repo, capture_output=True).returncode == 0
+    killed = tmp_path / "killed.duckdb"
+    proc = subprocess.Popen(args(killed), cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    costs = Path(str(killed) + ".costs.json")
+    deadline = time.monotonic() + 120
+    while not (costs.exists() and "baselines" in costs.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the next layer's baselines or the graphs
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert subprocess.run(args(killed), cwd=repo, capture_output=True).returncode == 0
+    a, b = _contents(whole), _contents(killed)
+    assert all(a[k] for k in a) and a.keys() == b.keys()
+    for k in a:
+        assert a[k] == b[k], k
