@@ -111,7 +111,7 @@ def part_projection(subject):
 
 def part_topics(subject, configs, layers, n_neurons):
     """Every config on the same rankings. configs: (name, stats, TopicConfig)."""
-    from analysis.topics import project_rankings, random_topic_scores, topics_from_ranking
+    from analysis.topics import project_rankings, topics_from_ranking
 
     rng = np.random.default_rng(0)
     print(f"\n### Topics, {n_neurons} neurons per layer, both polarities (k = 10, tau = 900, theta = [0.1, 1], "
@@ -135,8 +135,7 @@ def part_topics(subject, configs, layers, n_neurons):
                     r = topics_from_ranking(rk, subject.tokenizer, stats, config)
                     per.append(time.perf_counter() - t1)
                     optimal &= all(t.optimal for t in r.topics)
-                    rnd = random_topic_scores(r.pool.words, stats, 10, 100, seed=rk.unit.index,
-                                              min_pair_count=config.min_pair_count, eps=config.eps)
+                    rnd = np.asarray(r.random_scores)
                     best = r.topics[0].score if r.topics else None
                     rows.append((rk.polarity.value, best, float(rnd.mean()) if len(rnd) else None,
                                  float(np.percentile(rnd, 95)) if len(rnd) else None, len(r.pool.words), len(r.stars)))

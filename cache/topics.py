@@ -91,7 +91,7 @@ class TopicRepo(Repo):
             for c, v in zip(keys, key):
                 keys[c].append(v)
             for c, v in zip(sets, (list(t.pool.words), t.pool.n_tokens, t.reason,
-                                   [float(x) for x in res.random_scores], res.seconds, json.dumps(dict(t.pool.dropped)))):
+                                   [float(x) for x in t.random_scores], res.seconds, json.dumps(dict(t.pool.dropped)))):
                 sets[c].append(v)
             for i, st in enumerate(t.stars):
                 for c, v in zip(stars, (*key, i, list(st.words), st.center, float(st.mean_edge),

@@ -63,7 +63,7 @@ def check_not_circular(harvest_corpus: str, stats_corpus: str) -> None:
 
 def topics(job: TopicsJob, db: Path, progress: Progress = Progress()) -> TopicsSummary:
     from analysis.topics import (Polarity, ScoredTopics, activation_ranking, activation_table,
-                                 cached_reference_stats, random_topic_scores, topics_for_units, topics_from_ranking)
+                                 cached_reference_stats, topics_for_units, topics_from_ranking)
     from cache.store import open_store
 
     bad = [m for m in job.modes if m not in MODES]
@@ -127,9 +127,7 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress()) -> TopicsS
             else:
                 results = topics_for_units(subject, job.layer, chunk, ProjectionMode(mode), stats, config, sae=sae)
             per = (time.perf_counter() - t0) / max(len(results), 1)
-            scored = [ScoredTopics(r, tuple(random_topic_scores(r.pool.words, stats, config.k, 100, seed=r.unit.index,
-                                                                min_pair_count=config.min_pair_count, eps=config.eps)),
-                                   per) for r in results]
+            scored = [ScoredTopics(r, per) for r in results]
             with open_store(db) as store:
                 store.topics.put(info.model_id, stats_id, scored, params)
             bar.update(len(chunk))

@@ -23,14 +23,18 @@ def topics_from_ranking(ranking: TokenRanking, tokenizer, stats: CooccurrenceSta
     k = config.k
     pool = build_pool(ranking, tokenizer, stats, config.min_word_count)
 
+    rnd: tuple[float, ...] = ()
+
     def result(stars=(), topics=(), reason=None):
         return UnitTopics(unit=ranking.unit, mode=ranking.mode, polarity=ranking.polarity, pool=pool, stars=tuple(stars), topics=tuple(topics),
-                            reason=reason, params=config)
+                            reason=reason, params=config, random_scores=rnd)
 
     if len(pool.words) < k:
         return result(reason=f"the pool has {len(pool.words)} corpus words among the {pool.n_tokens} tokens, "
                              f"fewer than k = {k}")
     npmi = stats.npmi_matrix(pool.words, config.min_pair_count, config.eps)
+    rnd = tuple(random_topic_scores(pool.words, stats, k, config.random_draws, seed=ranking.unit.index,
+                                    npmi=npmi).tolist())
     found = find_stars(npmi, k=k, theta_l=config.theta_l, theta_u=config.theta_u, kappa_l=config.kappa_l,
                        kappa_u=config.kappa_u)
     if not found:
@@ -79,13 +83,15 @@ def topic_score(words: Sequence[str], stats: CooccurrenceStats, min_pair_count: 
 
 
 def random_topic_scores(words: Sequence[str], stats: CooccurrenceStats, k: int = 10, n_draws: int = 100,
-                        seed: int = 0, min_pair_count: int = 1, eps: float = 0.0) -> np.ndarray:
+                        seed: int = 0, min_pair_count: int = 1, eps: float = 0.0,
+                        npmi: np.ndarray | None = None) -> np.ndarray:
     """``[n_draws]`` mean NPMI of random k-word sets drawn (without replacement) from ``words``: the baseline
-    a topic from the same pool is compared with. Empty if the pool has fewer than k words."""
+    a topic from the same pool is compared with. Empty if the pool has fewer than k words. ``npmi``: the words'
+    NPMI matrix when the caller has it (else computed with ``min_pair_count`` and ``eps``)."""
     words = list(words)
     if len(words) < k:
         return np.zeros(0)
-    m = stats.npmi_matrix(words, min_pair_count, eps)
+    m = stats.npmi_matrix(words, min_pair_count, eps) if npmi is None else npmi
     rng = np.random.default_rng(seed)
     pairs = k * (k - 1) / 2
     out = np.empty(n_draws)

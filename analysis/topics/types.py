@@ -78,6 +78,8 @@ class TopicConfig:
     seen together then scores log(eps / (p(a) p(b))) / -log(eps), about -0.1 for rare words to -0.4 for common
     ones over reference-en, instead of the limit -1 (``eps = 0``), which would count a pair as opposed whenever a
     finite corpus happens not to hold it."""
+    random_draws: int = 100
+    """Random k-word sets from each pool (seeded by the unit index) whose mean NPMI is the topics' baseline."""
     max_topics: int | None = None
     """Solve at most this many stars (best-ranked first); None solves every star."""
     time_limit_s: float = 10.0
@@ -211,14 +213,16 @@ class UnitTopics:
     reason: str | None = None
     """Why ``topics`` is empty (pool too small, no star with enough neighbours); None otherwise."""
     params: TopicConfig = field(default_factory=TopicConfig)
+    random_scores: tuple[float, ...] = ()
+    """``random_draws`` mean NPMI of random k-word sets from the pool (``pipeline.random_topic_scores``): the
+    baseline its topics are compared with; () when the pool has fewer than k words."""
 
 
 @dataclass(frozen=True)
 class ScoredTopics:
-    """A unit's topics with the baseline they are compared with: what the store keeps."""
+    """A unit's topics (with their random-set baseline, ``topics.random_scores``) and their cost: what the store
+    keeps."""
 
     topics: UnitTopics
-    random_scores: tuple[float, ...]
-    """Mean NPMI of random k-word sets from the same pool."""
     seconds: float
     """This result's share of the wall time of its batch."""
