@@ -97,7 +97,12 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing and this is not root: install it (apt-get install chromium) for the browser test"; fi; }
 
-test: setup chromium
+# Ray for the executor tests only (the default install and `make demo` do without it)
+$(VENV)/.ray: $(VENV)/.installed requirements-ray.txt
+	$(PIP) install -q -r requirements-ray.txt
+	touch $@
+
+test: setup chromium $(VENV)/.ray
 	$(PY) -m pytest -q tests
 
 bench: setup

@@ -454,7 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
         "budget": Opt("wall time the build may take, e.g. 2h, 90m, 600s"),
         "plan_only": Opt("print the plan and stop"), "device": DEVICE,
         "explainer": Opt("explainer of the explain lens"), "simulator": Opt("simulator of the score lens"),
-        "max_tokens": Opt("harvest a seeded subset of the corpus up to this many tokens"), "api": API})
+        "max_tokens": Opt("harvest a seeded subset of the corpus up to this many tokens"), "api": API,
+        "executor": Opt("where the work runs: local (this process) or ray (tasks on a Ray cluster; needs "
+                        "pip install -r requirements-ray.txt)", choices=("local", "ray")),
+        "ray_address": Opt("with --executor ray: a running cluster, 'auto' (started on this machine with ray start "
+                           "--head) or HOST:PORT (default: a local cluster for this build)"),
+        "ray_cpus": Opt("with --executor ray and no --ray-address: CPUs of the local cluster (default: all)")})
 
     h = command("harvest", cmd_harvest, "stream a corpus through a model; store top/random/quantile records and stats",
                 "One streaming pass: per-neuron top-k windows, random and quantile samples, moments, histogram and "

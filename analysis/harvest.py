@@ -440,59 +440,114 @@ def load_checkpoint(path: Path, run_id: str, config: HarvestConfig, device) -> H
                         salts=payload.get("salts", {}))
 
 
+@dataclass
+class ShardTask:
+    """Harvest one shard of windows from an empty state (an executor task: the shards' states are merged in order
+    by the driver, so the result is the same on one process or many)."""
+
+    model: object
+    """analysis.executor.ModelHandle"""
+    config: HarvestConfig
+    readers: list
+    row_of: torch.Tensor
+    """token id -> row of the token table."""
+    table_rows: int
+    slots: dict
+    salts: dict
+    device: str = "cpu"
+    to_cpu: bool = False
+    """Return the state on the CPU (a worker's result travels to the driver)."""
+    on_tokens: object = None
+    """Called with each batch's real token count (in-process progress; never pickled)."""
+
+    def __getstate__(self):
+        return {**vars(self), "on_tokens": None}
+
+    def __call__(self, shard: list) -> HarvestState:
+        from analysis.activations import site_activations
+
+        subject, config, device = self.model.get(), self.config, self.device
+        readers = [r if r.sae is None else replace(r, sae=r.sae.to(device)) for r in self.readers]
+        sites = sorted({(r.layer, r.site) for r in readers})
+        row_of = self.row_of.to(device)
+        state = HarvestState.empty(config, self.slots, self.table_rows, device, self.salts)
+        for b in range(0, len(shard), config.batch_size):
+            batch = shard[b : b + config.batch_size]
+            enc, wids = pad_batch(subject, batch, config.seq_len)
+            n = enc.n_prefix  # the BOS column is run but not recorded
+            site_acts = site_activations(subject, enc.input_ids, enc.attention_mask, sites)
+            site_acts = {key: a[:, n:] for key, a in site_acts.items()}
+            real = enc.real.to(device)
+            acts, masks = {}, {}
+            with torch.inference_mode():
+                for r in readers:
+                    x = site_acts[(r.layer, r.site)]
+                    acts[r.key] = r.units(x)
+                    if r.sae is not None:
+                        masks[r.key] = r.positions(x, real)
+            tok_rows = row_of[enc.input_ids[:, n:]].to(device)
+            state.update(acts, real, wids.to(device), tok_rows, masks)
+            if self.on_tokens is not None:
+                self.on_tokens(int(real.sum()))
+        state.shards_done = 1
+        return _to(state, "cpu") if self.to_cpu else state
+
+
 def run_harvest(subject, windows: list, config: HarvestConfig, checkpoint: Path | None = None,
-                run_id: str = "", device: str = "cpu", progress: Progress | bool = True, readers: list | None = None):
+                run_id: str = "", device: str = "cpu", progress: Progress | bool = True, readers: list | None = None,
+                executor=None):
     """Stream ``windows`` through the model; return (final HarvestState, token table ids).
 
     ``readers`` (analysis.activations.Reader) say which units to harvest: by default the neurons of
     ``config.layers``; a dictionary's reader adds its features, read in the same forward pass.
+    Each shard of ``config.shard_windows`` windows is harvested by a ``ShardTask`` (on ``executor``: this process
+    by default, or Ray workers) and merged into the running state in shard order.
     With ``checkpoint``, the state is saved after every shard and a matching checkpoint is resumed from.
-    Interrupting (Ctrl-C, a crash) loses at most the shard in progress.
+    Interrupting (Ctrl-C, a crash) loses at most the shards in progress.
     """
-    from analysis.activations import neuron_reader, site_activations
+    from analysis.activations import neuron_reader
+    from analysis.executor import LOCAL, ModelHandle
 
+    executor = executor or LOCAL
     info = subject.info
     readers = readers if readers is not None else [neuron_reader(layer) for layer in config.layers]
-    readers = [r if r.sae is None else replace(r, sae=r.sae.to(device)) for r in readers]
     vocab_size = max(len(subject.tokenizer), max((max(w.token_ids) for w in windows), default=0) + 1)
     table_ids, row_of = token_table([w.token_ids for w in windows], config.token_table, config.min_token_count, vocab_size)
-    row_of = row_of.to(device)
+    slots = {r.key: (info.d_mlp if r.sae is None else r.sae.d_sae) for r in readers}
+    salts = {r.source: r.sae.salt for r in readers if r.sae is not None}
     state = load_checkpoint(checkpoint, run_id, config, device) if checkpoint else None
     if state is None:
-        slots = {r.key: (info.d_mlp if r.sae is None else r.sae.d_sae) for r in readers}
-        salts = {r.source: r.sae.salt for r in readers if r.sae is not None}
         state = HarvestState.empty(config, slots, len(table_ids), device, salts)
     shards = [windows[i : i + config.shard_windows] for i in range(0, len(windows), config.shard_windows)]
     layers = sorted({r.layer for r in readers})
-    sites = sorted({(r.layer, r.site) for r in readers})
     done_tokens = sum(len(w.token_ids) for sh in shards[: state.shards_done] for w in sh)
     total = sum(len(w.token_ids) for w in windows)
     bars = progress if isinstance(progress, Progress) else Progress(enabled=progress)
     bar = bars.bar(total, f"harvest {info.name} L{layers[0]}-{layers[-1]}" if len(layers) > 1 else
                    f"harvest {info.name} L{layers[0]}", unit="tok", initial=done_tokens, unit_scale=True, smoothing=0.05)
+    task = ShardTask(ModelHandle(info.name, info.model_id, device, loaded=subject if executor.local else None),
+                     config, readers, row_of, len(table_ids), slots, salts, device, not executor.local,
+                     on_tokens=bar.update if executor.local else None)
     try:
-        for si in range(state.shards_done, len(shards)):
-            shard = shards[si]
-            for b in range(0, len(shard), config.batch_size):
-                batch = shard[b : b + config.batch_size]
-                enc, wids = pad_batch(subject, batch, config.seq_len)
-                n = enc.n_prefix  # the BOS column is run but not recorded
-                site_acts = site_activations(subject, enc.input_ids, enc.attention_mask, sites)
-                site_acts = {key: a[:, n:] for key, a in site_acts.items()}
-                real = enc.real.to(device)
-                acts, masks = {}, {}
-                with torch.inference_mode():
-                    for r in readers:
-                        x = site_acts[(r.layer, r.site)]
-                        acts[r.key] = r.units(x)
-                        if r.sae is not None:
-                            masks[r.key] = r.positions(x, real)
-                tok_rows = row_of[enc.input_ids[:, n:]].to(device)
-                state.update(acts, real, wids.to(device), tok_rows, masks)
-                bar.update(int(real.sum()))
-            state.shards_done = si + 1
-            if checkpoint is not None and si + 1 < len(shards):
+        todo = shards[state.shards_done:]
+        for shard, shard_state in zip(todo, executor.map(task, todo)):
+            state = state.merge(_to(shard_state, device))
+            if not executor.local:
+                bar.update(sum(len(w.token_ids) for w in shard))
+            if checkpoint is not None and state.shards_done < len(shards):
                 save_checkpoint(state, checkpoint, run_id)
     finally:
         bar.close()
     return state, table_ids
+
+
+def _to(state: HarvestState, device) -> HarvestState:
+    """A state from a worker on the driver's device."""
+    if state.tok_count.device == torch.device(device):
+        return state
+    for st in state.layers.values():
+        for k, v in vars(st).items():
+            if torch.is_tensor(v):
+                setattr(st, k, v.to(device))
+    state.tok_count = state.tok_count.to(device)
+    return state

@@ -244,7 +244,7 @@ def test_describe_reads_patterns_in_text_order():
 
 
 def test_cli_n2g_interrupted_then_resumed(viewer_db, tmp_path, monkeypatch, capsys):
-    """Ctrl-C after the first chunk keeps that chunk; the next run builds only the rest."""
+    """Ctrl-C during the second chunk keeps the first; the next run builds only the rest."""
     import shutil
 
     import analysis.n2g.pipeline as pipeline
@@ -256,10 +256,13 @@ def test_cli_n2g_interrupted_then_resumed(viewer_db, tmp_path, monkeypatch, caps
     model = viewer_db[1]
     real_fit_layer = pipeline.fit_layer
 
-    def interrupted(*args, **kwargs):
-        gen = real_fit_layer(*args, **kwargs)
-        yield next(gen)
-        raise KeyboardInterrupt
+    calls = []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while the second chunk is being fitted
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        yield from real_fit_layer(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "fit_layer", interrupted)
     args = ["n2g", "--db", str(db), "--model", model, "--layer", "0", "--neurons", "0-5", "--chunk", "2", "--quiet"]

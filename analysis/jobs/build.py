@@ -17,6 +17,7 @@ from pathlib import Path
 
 from analysis.api import ApiConfig
 from analysis.config import DEFAULT_CORPUS, DEFAULT_MODEL
+from analysis.executor import ExecutorConfig, make_executor
 from analysis.progress import Progress
 from analysis.types import UserError
 
@@ -53,6 +54,12 @@ class BuildJob:
     api: ApiConfig = field(default_factory=ApiConfig)
     max_tokens: int | None = None
     """Harvest a seeded subset of the corpus up to this many tokens (None: all of it)."""
+    executor: str = "local"
+    """local (this process) or ray (tasks on a Ray cluster; results written here, by this process only)."""
+    ray_address: str | None = None
+    """With ray: None starts a local cluster for the build; 'auto' or HOST:PORT joins a running one."""
+    ray_cpus: int | None = None
+    """CPUs of the local Ray cluster (None: all of this machine's)."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +232,8 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
     from analysis.jobs.common import fmt_layers
 
     budget_s = parse_budget(job.budget)
+    check_device(job.device)
+    config = ExecutorConfig(job.executor, job.ray_address, job.ray_cpus)  # checks itself
     info, n_tokens, harvested = _subject_shape(job, db)
     units = {lens: info.d_mlp for lens in LENSES}  # topics: per neuron, all modes
     costs = measured_costs(db, info.model_id, job.device)
@@ -234,37 +243,52 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
     if job.plan_only:
         return BuildSummary(stages, dropped)
     spent: dict[str, float] = {}
-    bar = progress.bar(sum(len(s.layers) for s in stages), "build", unit="stage-layer")
-    for stage in stages:
-        layers = stage.layers if stage.lens != "harvest" else [None]
-        for layer in layers:
-            bar.set_description(f"build: {stage.lens}" + (f" L{layer}" if layer is not None else ""))
-            t0 = time.monotonic()
-            new = _run_stage(job, db, stage.lens, layer, fmt_layers(stage.layers), info, progress)
-            took = time.monotonic() - t0
-            spent[stage.lens] = spent.get(stage.lens, 0.0) + took
-            if new >= 8:  # enough new work to be a measurement
-                record_cost(db, info.model_id, job.device, stage.lens, took / new)
-            bar.update(len(stage.layers) if layer is None else 1)
-    bar.close()
+    executor = make_executor(config, job.device)
+    where = "" if executor.local else f" on Ray ({executor.workers} workers)"
+    bar = progress.bar(sum(len(s.layers) for s in stages), "build" + where, unit="stage-layer")
+    try:
+        for stage in stages:
+            layers = stage.layers if stage.lens != "harvest" else [None]
+            for layer in layers:
+                bar.set_description(f"build{where}: {stage.lens}" + (f" L{layer}" if layer is not None else ""))
+                t0 = time.monotonic()
+                new = _run_stage(job, db, stage.lens, layer, fmt_layers(stage.layers), info, progress, executor)
+                took = time.monotonic() - t0
+                spent[stage.lens] = spent.get(stage.lens, 0.0) + took
+                if new >= 8 and executor.local:  # enough new work to be a measurement of this machine
+                    record_cost(db, info.model_id, job.device, stage.lens, took / new)
+                bar.update(len(stage.layers) if layer is None else 1)
+    finally:
+        bar.close()
+        executor.close()
     return BuildSummary(stages, dropped, spent)
 
 
-def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: str, info, progress) -> int:
+def check_device(device: str) -> None:
+    """A clear message, before any work, when a GPU is asked for and there is none here."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu")
+
+
+def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: str, info, progress,
+               executor) -> int:
     """Run one lens on one layer (the harvest: on all its layers at once); return the units done now."""
     quiet = Progress(enabled=False) if not progress.enabled else progress
     everything = f"0-{info.d_mlp - 1}"
     if lens == "harvest":
         from analysis.jobs.harvest import harvest
 
-        s = harvest(_harvest_job(job, layers), db, quiet)
+        s = harvest(_harvest_job(job, layers), db, quiet, executor)
         return s.n_tokens if s.status == "done" else 0
     if lens in ("baselines", "explain"):
         from analysis.jobs.explain import ExplainJob, explain
 
         who = "token-lookup" if lens == "baselines" else job.explainer
         s = explain(ExplainJob(layer=layer, neurons=everything, model=job.model, explainer=who, device=job.device,
-                               api=job.api), db, quiet)
+                               api=job.api), db, quiet, executor)
         new = len(s.explained)
         if lens == "explain":
             return new
@@ -273,20 +297,20 @@ def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: st
 
         who = "token-lookup" if lens == "baselines" else job.simulator
         s = score(ScoreJob(layer=layer, neurons=everything, model=job.model, simulator=who, device=job.device,
-                           api=job.api), db, quiet)
+                           api=job.api), db, quiet, executor)
         return max(len(s.results), new if lens == "baselines" else 0)
     if lens == "topics":
         from analysis.jobs.topics import TopicsJob, topics
 
-        s = topics(TopicsJob(layer=layer, model=job.model, device=job.device), db, quiet)
+        s = topics(TopicsJob(layer=layer, model=job.model, device=job.device), db, quiet, executor)
         return round(info.d_mlp * s.computed / max(len(s.sets) / 2, 1))  # in neurons' worth of (mode, unit) pairs
     if lens == "n2g":
         from analysis.jobs.n2g import N2GJob, n2g
 
-        return n2g(N2GJob(layer=layer, model=job.model, device=job.device), db, quiet).built
+        return n2g(N2GJob(layer=layer, model=job.model, device=job.device), db, quiet, executor=executor).built
     if lens == "effects":
         from analysis.jobs.causal import EffectsJob, effects_of
 
         return len(effects_of(EffectsJob(layer=layer, neurons=everything, model=job.model, device=job.device), db,
-                              quiet))
+                              quiet, executor))
     raise UserError(f"unknown lens {lens!r}")

@@ -98,17 +98,50 @@ class EffectsJob:
     """Measure again units that have effects of this mode."""
 
 
-def effects_of(job: EffectsJob, db: Path, progress=None) -> list:
-    """Measure and store the ablation effect of each unit over its records (resumable); the new
-    analysis.types.Effects."""
-    import time
+@dataclass
+class EffectsTask:
+    """Ablation effects of a chunk of units over their records (an executor task)."""
 
-    from analysis.causal import MODES, ablation_edit, effects
-    from analysis.jobs.common import cached_model, n_units, parse_units, unit_records
+    model: object
+    """analysis.executor.ModelHandle"""
+    sae: object
+    mode: str
+    top: int
+    random: int
+
+    def __call__(self, recs: list) -> list:
+        """[(analysis.types.Effects, seconds)] in the records' order."""
+        import time
+
+        from analysis.causal import ablation_edit, effects
+
+        subject = self.model.get()
+        sae = self.sae.to(subject.device) if self.sae is not None else None
+        out = []
+        for rec in recs:
+            t0 = time.time()
+            e = effects(subject, rec.unit, ablation_edit(self.mode, mean=rec.stats.mean), self.mode,
+                        rec.most_positive_activation_records[:self.top], rec.random_sample[:self.random], sae)
+            out.append((e, time.time() - t0))
+        return out
+
+
+EFFECTS_CHUNK = 4
+"""Units per effects task and per write (~30 s of work here)."""
+
+
+def effects_of(job: EffectsJob, db: Path, progress=None, executor=None) -> list:
+    """Measure and store the ablation effect of each unit over its records (resumable), a few units per task on
+    ``executor`` (default this process); the new analysis.types.Effects."""
+    from analysis.causal import MODES
+    from analysis.executor import LOCAL, ModelHandle
+    from analysis.jobs.common import (cached_model, load_cached_subject, load_dictionary_of, n_units, parse_units,
+                                      unit_records)
     from analysis.progress import Progress
     from cache.store import open_store
 
     progress = progress or Progress()
+    executor = executor or LOCAL
     if job.mode not in MODES or job.mode == "value":
         raise UserError("effects ablate to zero or to the unit's mean: --mode zero|mean")
     with open_store(db, read_only=True) as store:
@@ -117,22 +150,24 @@ def effects_of(job: EffectsJob, db: Path, progress=None) -> list:
                             "neurons" if job.source == MLP else "features")
         run = store.runs.find(job.model, job.layer, source=job.source)
         done = set() if job.force or run is None else store.effects.units(run.run_id, job.layer, job.mode, job.source)
+        sae = load_dictionary_of(store, job.source)
     todo = [u for u in units if u not in done]
     if not todo:
         progress.note(f"effects: all {len(units)} unit(s) done")
         return []
     recs = unit_records(db, job.model, job.layer, todo, job.source)
-    rec0 = recs[todo[0]]
-    _rec, subject, sae = _unit_and_model(db, job.model, rec0.unit, job.device)
+    handle = ModelHandle(info.name, info.model_id, job.device)
+    if executor.local:
+        handle.loaded = load_cached_subject(info, job.device)
+    task = EffectsTask(handle, sae, job.mode, job.top, job.random)
+    chunks = [[recs[u] for u in todo[b : b + EFFECTS_CHUNK]] for b in range(0, len(todo), EFFECTS_CHUNK)]
     out = []
     bar = progress.bar(len(todo), f"effects L{job.layer} ({job.mode} ablation)", unit="unit")
-    for u in todo:
-        rec, t0 = recs[u], time.time()
-        e = effects(subject, rec.unit, ablation_edit(job.mode, mean=rec.stats.mean), job.mode,
-                    rec.most_positive_activation_records[:job.top], rec.random_sample[:job.random], sae)
+    for chunk, measured in zip(chunks, executor.map(task, chunks)):
         with open_store(db) as store:
-            store.effects.put(rec.run_id, e, {"top": job.top, "random": job.random}, time.time() - t0)
-        out.append(e)
-        bar.update(1)
+            for rec, (e, seconds) in zip(chunk, measured):
+                store.effects.put(rec.run_id, e, {"top": job.top, "random": job.random}, seconds)
+        out += [e for e, _s in measured]
+        bar.update(len(chunk))
     bar.close()
     return out

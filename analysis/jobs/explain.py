@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,25 +51,67 @@ class ExplainSummary:
     """analysis.api.Usage of the run's API calls (None without an API explainer)."""
 
 
-def make_explainer(job: ExplainJob, db: Path):
+def api_explainer(job: ExplainJob, db: Path):
+    from analysis import explain
+    from analysis.api import ApiClient
+    from cache.replies import ReplyCache
+
+    return explain.ApiExplainer(ApiClient(job.api, ReplyCache.beside(db)))
+
+
+@functools.lru_cache(maxsize=1)
+def _local_explainer(name: str, model: str, device: str):
+    """A model-free or local-model explainer, made once per process."""
     from analysis import explain
 
-    if job.explainer == "token-lookup":
+    if name == "token-lookup":
         return explain.TokenLookupExplainer()
-    if job.explainer == "local":
+    if name == "local":
         from analysis.models import load_model
 
-        return explain.LocalExplainer(load_model(job.explainer_model, device=job.device))
-    if job.explainer == "api":
-        from analysis.api import ApiClient
-        from cache.replies import ReplyCache
-
-        return explain.ApiExplainer(ApiClient(job.api, ReplyCache.beside(db)))
-    raise UserError(f"unknown explainer {job.explainer!r}: use one of {', '.join(EXPLAINERS)}")
+        return explain.LocalExplainer(load_model(model, device=device))
+    raise UserError(f"unknown explainer {name!r}: use one of {', '.join(EXPLAINERS)}")
 
 
-def explain(job: ExplainJob, db: Path, progress: Progress = Progress()) -> ExplainSummary:
+CHUNK = {"token-lookup": 64}
+"""Units per executor task by explainer (model explainers: 4, a progress step of ~20 s here)."""
+
+
+def _explain(explainer, rec, revise: bool) -> tuple[Explanation, ...]:
     from analysis.explain import RevisingExplainer
+    from analysis.splits import explainer_train
+
+    if revise:
+        return RevisingExplainer(explainer).explain_both(explainer_train(rec), rec.stats.max)
+    return (explainer.explain(explainer_train(rec), rec.stats.max),)
+
+
+@dataclass(frozen=True)
+class ExplainTask:
+    """Explain a chunk of units' records with a local explainer (an executor task; one explainer model per
+    process)."""
+
+    explainer: str
+    explainer_model: str
+    device: str
+    revise: bool
+
+    def __call__(self, recs: list) -> list:
+        """[(explanations, None) or (None, why it failed)] in the records' order."""
+        explainer = _local_explainer(self.explainer, self.explainer_model, self.device)
+        out = []
+        for rec in recs:
+            try:
+                out.append((_explain(explainer, rec, self.revise), None))
+            except UserError as exc:
+                out.append((None, str(exc)))
+        return out
+
+
+def explain(job: ExplainJob, db: Path, progress: Progress = Progress(), executor=None) -> ExplainSummary:
+    """Explain the job's units: an API explainer from threads of this process, the others a chunk of units per
+    task on ``executor`` (default this process)."""
+    from analysis.executor import LOCAL
     from analysis.splits import explainer_train
     from cache.store import open_store
 
@@ -89,21 +132,30 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress()) -> Expla
 
         calls = [(len(explain_prompt(explainer_train(recs[u]), recs[u].stats.max)), 60) for u in todo]
         progress.note(plan_line(len(todo), "neuron", calls * (2 if job.revise else 1), job.api))
-    explainer = make_explainer(job, db) if todo else None  # loads a model only when there is work
+    if job.explainer not in EXPLAINERS:
+        raise UserError(f"unknown explainer {job.explainer!r}: use one of {', '.join(EXPLAINERS)}")
+    explainer = api_explainer(job, db) if todo and job.explainer == "api" else None
 
-    def work(u: int) -> tuple[Explanation, ...]:
-        rec = recs[u]
-        if job.revise:
-            return RevisingExplainer(explainer).explain_both(explainer_train(rec), rec.stats.max)
-        return (explainer.explain(explainer_train(rec), rec.stats.max),)
+    def work(u: int) -> tuple[Explanation, ...]:  # an API explainer's: requests from threads of this process
+        return _explain(explainer, recs[u], job.revise)
+
+    def outcomes():  # (unit, explanations, error)
+        if explainer is not None:
+            yield from fan_out(work, todo, job.api_concurrency)
+            return
+        size = CHUNK.get(job.explainer, 4)
+        chunks = [todo[b : b + size] for b in range(0, len(todo), size)]
+        task = ExplainTask(job.explainer, job.explainer_model, job.device, job.revise)
+        for chunk, outs in zip(chunks, (executor or LOCAL).map(task, ([recs[u] for u in c] for c in chunks))):
+            for u, (exps, err) in zip(chunk, outs):
+                yield u, exps, None if err is None else UserError(err)
 
     from analysis.api import BudgetReached
 
     explained, failed, stopped, left = {}, {}, None, 0
     bar = progress.bar(len(todo), f"explain L{job.layer} ({job.explainer})", unit="neuron")
-    workers = job.api_concurrency if job.explainer == "api" else 1
     with batched_writes(db) as write:  # this thread does all writing, in short visits
-        for u, exps, err in fan_out(work, todo, workers):
+        for u, exps, err in outcomes():
             bar.update(1)
             if isinstance(err, BudgetReached):
                 stopped, left = str(err), left + 1
@@ -116,7 +168,7 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress()) -> Expla
                 write(lambda store, rec=recs[u], exp=exp: store.explanations.put(rec.run_id, rec.unit, exp))
             explained[u] = exps
     bar.close()
-    usage = explainer.client.spent if job.explainer == "api" and explainer is not None else None
+    usage = explainer.client.spent if explainer is not None else None
     return ExplainSummary(explained, len(units) - len(todo), failed, stopped, left, usage)
 
 

@@ -94,8 +94,9 @@ def cached_run(store, job: HarvestJob):
                  if run.params.get("max_tokens") == job.max_tokens), None)
 
 
-def harvest(job: HarvestJob, db: Path, progress: Progress = Progress()) -> HarvestSummary:
-    """Run (or resume) a harvest into ``db``. Ctrl-C keeps the finished shards; the same job resumes them."""
+def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor=None) -> HarvestSummary:
+    """Run (or resume) a harvest into ``db``, its shards on ``executor`` (analysis.executor; default this process).
+    Ctrl-C keeps the finished shards; the same job resumes them."""
     from analysis.activations import neuron_reader, sae_reader
     from analysis.corpus import load_corpus, make_windows, select_windows, windows_hash
     from analysis.harvest import run_harvest, summarise
@@ -178,7 +179,7 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress()) -> Harve
     t1 = time.time()
     try:
         state, table_ids = run_harvest(subject, windows, cfg, checkpoint=ckpt, run_id=ckpt_id, device=job.device,
-                                       progress=progress, readers=readers)
+                                       progress=progress, readers=readers, executor=executor)
     except KeyboardInterrupt:
         progress.note(f"\ninterrupted: finished shards are checkpointed in {ckpt}; run the same command again to "
                       "resume")

@@ -10,7 +10,7 @@ from analysis.jobs.common import (cached_model, load_cached_subject, load_dictio
                                  unit_records)
 from analysis.progress import Progress
 from analysis.n2g.config import N2GConfig
-from analysis.types import MLP, UnitId, UserError
+from analysis.types import MLP, UnitId
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,40 @@ class N2GSummary:
     cached: int
 
 
-def n2g(job: N2GJob, db: Path, progress: Progress = Progress(), with_cached: bool = False) -> N2GSummary:
-    """Graphs for the job's units. Each graph is also stored as an explanation (explainer 'n2g', a summary of
-    its patterns) with its scored simulation, so it is listed beside the other explanations."""
+@dataclass
+class GraphTask:
+    """Fit, score and describe the graphs of a chunk of units' records (an executor task)."""
+
+    model: object
+    """analysis.executor.ModelHandle"""
+    layer: int
+    sae: object
+    config: N2GConfig
+    params: dict
+
+    def __call__(self, recs: list) -> list:
+        """[(N2GResult, its Explanation, its ScoredSimulation)] in the records' order."""
+        from analysis.activations import neuron_reader, sae_reader
+        from analysis.n2g import pipeline
+        from analysis.n2g.fit import ModelProber
+
+        subject = self.model.get()
+        reader = neuron_reader(self.layer) if self.sae is None else sae_reader(self.sae.to(subject.device))
+        prober = ModelProber(subject, self.layer, reader=reader)
+        (results,) = pipeline.fit_layer(subject, self.layer, recs, self.config, len(recs), prober, self.params)
+        return [(r, *pipeline.graph_explanation(r, rec, subject.tokenizer)) for r, rec in zip(results, recs)]
+
+
+def n2g(job: N2GJob, db: Path, progress: Progress = Progress(), with_cached: bool = False,
+        executor=None) -> N2GSummary:
+    """Graphs for the job's units, fitted ``job.chunk`` units per task on ``executor`` (default this process).
+    Each graph is also stored as an explanation (explainer 'n2g', a summary of its patterns) with its scored
+    simulation, so it is listed beside the other explanations."""
+    from analysis.executor import LOCAL, ModelHandle
     from analysis.n2g import pipeline
-    from analysis.n2g.fit import ModelProber
     from cache.store import open_store
 
-    from analysis.activations import neuron_reader, sae_reader
-
+    executor = executor or LOCAL
     with open_store(db, read_only=True) as store:
         info = cached_model(store, job.model)
         n = n_units(store, info, job.source, job.layer)
@@ -60,20 +85,19 @@ def n2g(job: N2GJob, db: Path, progress: Progress = Progress(), with_cached: boo
     todo = [u for u in units if u not in done]
     results: dict = {}
     if todo:
-        subject = load_cached_subject(info, job.device, job.dtype)
-        params = {**job.config.to_json(), "dtype": job.dtype}
+        handle = ModelHandle(info.name, info.model_id, job.device, job.dtype)
+        if executor.local:  # the name's weights are the cache's, checked once here
+            handle.loaded = load_cached_subject(info, job.device, job.dtype)
+        task = GraphTask(handle, job.layer, sae, job.config, {**job.config.to_json(), "dtype": job.dtype})
         bar = progress.bar(len(todo), f"n2g L{job.layer}", unit="unit")
-        reader = neuron_reader(job.layer) if sae is None else sae_reader(sae.to(subject.device))
-        chunks = pipeline.fit_layer(subject, job.layer, [recs[u] for u in todo], job.config, job.chunk,
-                                    ModelProber(subject, job.layer, reader=reader), params=params)
-        for chunk in chunks:
+        chunks = [[recs[u] for u in todo[b : b + job.chunk]] for b in range(0, len(todo), job.chunk)]
+        for fitted in executor.map(task, chunks):
             with open_store(db) as store:  # one short write per chunk: an interrupt loses at most a chunk
-                store.graphs.put(run_id, chunk)
-                for r in chunk:
-                    exp, scored = pipeline.graph_explanation(r, recs[r.unit.index], subject.tokenizer)
+                store.graphs.put(run_id, [r for r, _e, _s in fitted])
+                for r, exp, scored in fitted:
                     store.explanations.put_simulation(store.explanations.put(run_id, r.unit, exp), scored)
-            results.update((r.unit.index, r) for r in chunk)
-            bar.update(len(chunk))
+            results.update((r.unit.index, r) for r, _e, _s in fitted)
+            bar.update(len(fitted))
         bar.close()
     if with_cached:
         with open_store(db, read_only=True) as store:

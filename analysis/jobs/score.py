@@ -94,8 +94,45 @@ def _simulator_subject(name: str, device: str, dtype: str):
     return load_model(name, device=device, dtype=getattr(torch, dtype))
 
 
-def score(job: ScoreJob, db: Path, progress: Progress = Progress()) -> ScoreSummary:
-    from analysis.evaluate import score_simulation
+CHUNK = {"token-lookup": 64}
+"""Explanations (baselines: units) per executor task by simulator (model simulators: 4)."""
+
+
+@dataclass(frozen=True)
+class ScoreTask:
+    """Simulate and score a chunk of (record, explanation text) with a model-free or local simulator (an executor
+    task; the local simulator's model is loaded once per process)."""
+
+    simulator: str
+    simulator_model: str
+    device: str
+    dtype: str
+    scoring_set: str
+    calibrate: bool
+
+    def simulate(self, simulator, rec: UnitRecord, text: str):
+        from analysis.evaluate import score_simulation
+        from analysis.splits import calibration, scoring_records
+
+        return score_simulation(simulator, text, scoring_records(rec, self.scoring_set), rec.stats.max,
+                                self.scoring_set, calibration(rec) if self.calibrate else None)
+
+    def __call__(self, items: list) -> list:
+        """[(ScoredSimulation, None) or (None, why it could not run)] in the items' order."""
+        out = []
+        for rec, text in items:
+            try:
+                sim = make_simulator(self.simulator, rec, self.simulator_model, self.device, self.dtype)
+                out.append((self.simulate(sim, rec, text), None))
+            except UserError as exc:
+                out.append((None, str(exc)))
+        return out
+
+
+def score(job: ScoreJob, db: Path, progress: Progress = Progress(), executor=None) -> ScoreSummary:
+    """Score the job's explanations (or baselines): an API simulator from threads of this process, the others a
+    chunk per task on ``executor`` (default this process)."""
+    from analysis.executor import LOCAL
     from analysis.explain import HumanExplainer
     from analysis.splits import calibration, scoring_records
     from cache.store import open_store
@@ -132,32 +169,40 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress()) -> ScoreSumm
                         todo.append((u, e.explanation_id, e.text))
     client = None
     if job.simulator in API_SIMULATORS and todo:
-        from analysis.api import ApiClient
+        from analysis.api import ApiClient, plan_line
         from cache.replies import ReplyCache
 
         client = ApiClient(job.api, ReplyCache.beside(db))
-    simulators = {u: make_simulator(job.simulator, recs[u], job.simulator_model, job.device, job.simulator_dtype,
-                                    client) for u in {t[0] for t in todo}}
-    if client is not None:
-        from analysis.api import plan_line
-
+        simulators = {u: make_simulator(job.simulator, recs[u], client=client) for u in {t[0] for t in todo}}
         calls = [simulators[u].cost(text, r) for u, _eid, text in todo for r in
                  scoring_records(recs[u], job.scoring_set) + (calibration(recs[u]) if job.calibrate else [])]
         progress.note(plan_line(len(todo), "explanation", calls, job.api))
+    elif job.simulator not in SIMULATORS:
+        raise UserError(f"unknown simulator {job.simulator!r}: use one of {', '.join(SIMULATORS)}")
+    task = ScoreTask(job.simulator, job.simulator_model, job.device, job.simulator_dtype, job.scoring_set,
+                     job.calibrate)
 
-    def work(item):
+    def work(item):  # an API simulator's: requests from threads of this process
         u, _eid, text = item
-        rec = recs[u]
-        return score_simulation(simulators[u], text, scoring_records(rec, job.scoring_set), rec.stats.max,
-                                job.scoring_set, calibration(rec) if job.calibrate else None)
+        return task.simulate(simulators[u], recs[u], text)
+
+    def outcomes():  # (todo item, ScoredSimulation, error)
+        if client is not None:
+            yield from fan_out(work, todo, job.api_concurrency)
+            return
+        size = CHUNK.get(job.simulator, 4)
+        chunks = [todo[b : b + size] for b in range(0, len(todo), size)]
+        inputs = ([(recs[u], text) for u, _eid, text in c] for c in chunks)
+        for chunk, outs in zip(chunks, (executor or LOCAL).map(task, inputs)):
+            for item, (scored, err) in zip(chunk, outs):
+                yield item, scored, None if err is None else UserError(err)
 
     from analysis.api import BudgetReached
 
     results, failed, stopped, left = [], {}, None, 0
     bar = progress.bar(len(todo), f"score L{job.layer} ({job.simulator})", unit="unit" if baseline else "explanation")
-    workers = job.api_concurrency if client is not None else 1
     with batched_writes(db) as write:
-        for (u, eid, _text), scored, err in fan_out(work, todo, workers):
+        for (u, eid, _text), scored, err in outcomes():
             bar.update(1)
             if isinstance(err, BudgetReached):
                 stopped, left = str(err), left + 1

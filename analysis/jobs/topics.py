@@ -61,10 +61,45 @@ def check_not_circular(harvest_corpus: str, stats_corpus: str) -> None:
                         "reference-en, or --corpus PATH)")
 
 
-def topics(job: TopicsJob, db: Path, progress: Progress = Progress()) -> TopicsSummary:
-    from analysis.topics import (Polarity, ScoredTopics, activation_ranking, activation_table,
-                                 cached_reference_stats, topics_for_units, topics_from_ranking)
+@dataclass
+class TopicsTask:
+    """Topics of a chunk of units in one mode, both polarities (an executor task)."""
+
+    model: object
+    """analysis.executor.ModelHandle"""
+    layer: int
+    sae: object
+    stats: object
+    """analysis.topics.CooccurrenceStats of the reference corpus."""
+    config: TopicConfig
+
+    def __call__(self, item) -> list:
+        """item: (mode, unit indices, their records for the activation mode else None) -> [ScoredTopics]."""
+        from analysis.topics import (Polarity, ScoredTopics, activation_ranking, activation_table,
+                                     topics_for_units, topics_from_ranking)
+
+        mode, chunk, recs = item
+        subject, config = self.model.get(), self.config
+        t0 = time.perf_counter()
+        if mode == ACTIVATION_SOURCE:
+            results = [topics_from_ranking(activation_ranking(activation_table(recs[u]), recs[u].unit, pol,
+                                                              tau=config.tau), subject.tokenizer, self.stats, config)
+                       for u in chunk for pol in (Polarity.POS, Polarity.NEG)]
+        else:
+            results = topics_for_units(subject, self.layer, chunk, ProjectionMode(mode), self.stats, config,
+                                       sae=self.sae)
+        per = (time.perf_counter() - t0) / max(len(results), 1)
+        return [ScoredTopics(r, per) for r in results]
+
+
+def topics(job: TopicsJob, db: Path, progress: Progress = Progress(), executor=None) -> TopicsSummary:
+    """Topics of the job's units, ``job.chunk`` units of one mode per task on ``executor`` (default this
+    process)."""
+    from analysis.executor import LOCAL, ModelHandle
+    from analysis.topics import cached_reference_stats
     from cache.store import open_store
+
+    executor = executor or LOCAL
 
     bad = [m for m in job.modes if m not in MODES]
     if bad or not job.modes:
@@ -110,27 +145,25 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress()) -> TopicsS
         return job.source if mode == ACTIVATION_SOURCE or sae is not None else ProjectionMode(mode).unit_source
 
     bar = progress.bar(sum(len(u) for _m, u in plan), f"topics L{job.layer}", unit="unit")
-    computed = 0
+    work = []  # (mode, chunk of unit indices)
     for mode, units in plan:
         todo = [u for u in units if any((UnitId(source_of(mode), job.layer, u), mode, p) not in done
                                         for p in ("pos", "neg"))]
         bar.update(len(units) - len(todo))
-        computed += len(todo)
-        for b in range(0, len(todo), job.chunk):
-            chunk = todo[b : b + job.chunk]
-            t0 = time.perf_counter()
-            if mode == ACTIVATION_SOURCE:
-                recs = unit_records(db, job.model, job.layer, chunk, job.source)
-                results = [topics_from_ranking(activation_ranking(activation_table(recs[u]), recs[u].unit, pol,
-                                                                  tau=config.tau), subject.tokenizer, stats, config)
-                           for u in chunk for pol in (Polarity.POS, Polarity.NEG)]
-            else:
-                results = topics_for_units(subject, job.layer, chunk, ProjectionMode(mode), stats, config, sae=sae)
-            per = (time.perf_counter() - t0) / max(len(results), 1)
-            scored = [ScoredTopics(r, per) for r in results]
-            with open_store(db) as store:
-                store.topics.put(info.model_id, stats_id, scored, params)
-            bar.update(len(chunk))
+        work += [(mode, todo[b : b + job.chunk]) for b in range(0, len(todo), job.chunk)]
+
+    def items():  # an activation chunk's records are read when it is handed out
+        for mode, chunk in work:
+            yield mode, chunk, (unit_records(db, job.model, job.layer, chunk, job.source)
+                                if mode == ACTIVATION_SOURCE else None)
+
+    handle = ModelHandle(info.name, info.model_id, job.device, loaded=subject if executor.local else None)
+    task = TopicsTask(handle, job.layer, sae, stats, config)
+    for (_mode, chunk), scored in zip(work, executor.map(task, items())):
+        with open_store(db) as store:
+            store.topics.put(info.model_id, stats_id, scored, params)
+        bar.update(len(chunk))
+    computed = sum(len(chunk) for _m, chunk in work)
     bar.close()
     with open_store(db, read_only=True) as store:
         sets = [ts for mode, units in plan for u in units
