@@ -63,15 +63,9 @@ class ModelHandle:
 
 @functools.lru_cache(maxsize=2)
 def _load(name: str, model_id: str, device: str, dtype: str):
-    import torch
+    from analysis.jobs.common import load_subject
 
-    from analysis.models import load_model
-
-    subject = load_model(name, device=device, dtype=getattr(torch, dtype))
-    if subject.info.model_id != model_id:
-        raise UserError(f"{name} now loads weights {subject.info.model_id}, but the cache was harvested from "
-                        f"{model_id}: harvest again, or restore those weights")
-    return subject
+    return load_subject(name, model_id, device, dtype)
 
 
 class LocalExecutor:
