@@ -445,11 +445,15 @@ def build_parser() -> argparse.ArgumentParser:
     b = command("build", cmd_build, "build a model's lenses in one resumable command, with a plan first",
                 "Plans every stage (units, estimated time from this machine's earlier builds or the project VM's "
                 "numbers), then runs them in dependency order; each stage skips finished work, so a killed build "
-                "resumes. --budget keeps the cheap lenses (harvest, baselines, topics) for every layer and gives "
-                "the others as many layers as fit.")
+                "resumes. --budget keeps the cheap lenses (harvest, baselines) for every unit and gives the "
+                "expensive ones as many layers as fit.")
     add_options(b, BuildJob, {
         "model": Opt("embedded name, HF folder, .gguf file or hub id"), "corpus": Opt("the harvest's corpus"),
         "layers": Opt("'all', '0,5,10' or '0-3'"),
+        "expensive_layers": Opt("the layers of the expensive lenses (topics, n2g, effects, explain, score), some "
+                                "of --layers (default: all of them)"),
+        "expensive_neurons": Opt("the units of each layer the expensive lenses build: 'all', '0-15' or '3,7' (the "
+                                 "harvest and baselines cover every unit)"),
         "lenses": Opt(f"comma-separated, some of {', '.join(BUILD_LENSES)}"),
         "budget": Opt("wall time the build may take, e.g. 2h, 90m, 600s"),
         "plan_only": Opt("print the plan and stop"), "device": DEVICE,

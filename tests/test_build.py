@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 
 from analysis.__main__ import main
-from analysis.jobs.build import PROJECT_VM, BuildJob, parse_budget, plan, spread
+from analysis.jobs.build import PROJECT_VM, BuildJob, parse_budget, plan, read_status, spread
 from analysis.types import MLP, UnitId, UserError
 
 
@@ -27,17 +28,69 @@ def test_plan_keeps_the_cheap_lenses_and_spreads_the_rest():
     job = BuildJob(layers="all", lenses=("harvest", "baselines", "topics", "n2g"), budget="1h")
     stages, dropped = plan(job, 30, units, 10_000, costs, 3600)
     by = {s.lens: s for s in stages}
-    cheap = 30 * 1000 * (0.01 + 0.1)  # 3,300 s: 300 s left = 0 full n2g layers of 1,000 s
+    # cheap: 30 x 1,000 x 0.01 = 300 s; topics 100 s a layer: all 30 fit (3,000 s); 300 s left: no n2g layer
     assert by["baselines"].layers == by["topics"].layers == list(range(30))
-    assert by["n2g"].layers == [] and dropped["n2g"] == list(range(30)) and sum(s.seconds for s in stages) == cheap
-    stages, dropped = plan(job, 30, units, 10_000, costs, cheap + 3 * 1000)
+    assert by["n2g"].layers == [] and dropped["n2g"] == list(range(30)) and sum(s.seconds for s in stages) == 3300
+    stages, dropped = plan(job, 30, units, 10_000, costs, 3300 + 3 * 1000)
     assert {s.lens: s for s in stages}["n2g"].layers == [0, 14, 29] and len(dropped["n2g"]) == 27
+    stages, dropped = plan(job, 30, units, 10_000, costs, 1000)
+    assert {s.lens: s for s in stages}["topics"].layers == spread(list(range(30)), 7) and "n2g" in dropped
     stages, dropped = plan(job, 30, units, 10_000, costs, None)
     assert not dropped and all(s.basis == "measured" for s in stages)
     with pytest.raises(UserError, match="cheap lenses .* alone need"):
         plan(job, 30, units, 10_000, costs, 60)
     with pytest.raises(UserError, match="--lenses"):
         plan(BuildJob(lenses=("harvest", "colour")), 30, units, 10_000, costs, None)
+
+
+def test_plan_of_the_expensive_lenses_on_some_layers_and_units():
+    units = {"harvest": 1000, "baselines": 1000, "topics": 16, "n2g": 16}
+    job = BuildJob(layers="all", expensive_layers="0,15,29", lenses=("harvest", "baselines", "topics", "n2g"))
+    by = {s.lens: s for s in plan(job, 30, units, 10_000, {}, None)[0]}
+    assert by["baselines"].layers == list(range(30)) and by["baselines"].units == 30_000
+    assert by["n2g"].layers == by["topics"].layers == [0, 15, 29] and by["n2g"].units == 48
+    assert by["n2g"].seconds == pytest.approx(48 * PROJECT_VM["n2g"])
+    with pytest.raises(UserError, match="--expensive-layers"):
+        plan(BuildJob(layers="0-9", expensive_layers="20"), 30, units, 10_000, {}, None)
+
+
+def test_build_status_of_a_running_and_a_dead_build(tmp_path):
+    import subprocess
+    import sys
+
+    from analysis.jobs.build import BuildStatus, Stage, StatusProgress, read_status, status_file
+    from analysis.progress import Progress
+
+    db = tmp_path / "x.duckdb"
+    assert read_status(db) is None
+    stages = [Stage("harvest", [0, 1], 500, 0.0, "done"), Stage("baselines", [0, 1], 64, 100.0, "VM"),
+              Stage("n2g", [1], 4, 300.0, "VM")]
+    status = BuildStatus.start(stages, "python -m analysis build --db x.duckdb", [0, 1, 2, 3])
+    assert status.stages[0].done == [0, 1] and status.running and status.fraction == 0.0
+    status.stages[1].done.append(0)
+    status.current, status.step = (1, 1), ("token-lookup L1", 8, 32)
+    shown = StatusProgress(Progress(enabled=False), status, status_file(db))
+    shown.save()
+    back = read_status(db)
+    assert back == status and back.where() == "baselines L1 (token-lookup L1: 8/32)"
+    assert back.fraction == pytest.approx((50 + 50 * 8 / 32) / 400)
+    assert back.pending("baselines", 1, 900) and not back.pending("baselines", 0, 0)  # cheap: every unit
+    assert back.pending("n2g", 1, 3) and not back.pending("n2g", 1, 4) and not back.pending("n2g", 0, 3)
+    # a stage's bar reports its count into the status file (here: its first report, then the throttled ones)
+    bar = shown.bar(10, "graphs L1")
+    bar.update(3)
+    assert read_status(db).step == ("graphs L1", 0, 10)
+    shown.saved = 0.0
+    bar.update(1)
+    assert read_status(db).step == ("graphs L1", 4, 10)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    status.pid = dead.pid
+    shown.save()
+    gone = read_status(db)
+    assert not gone.running and not gone.pending("n2g", 1, 3)
+    status_file(db).write_text("{not json")
+    assert read_status(db) is None
 
 
 def test_build_a_tiny_model_then_resume(tiny_folders, viewer_db, tmp_path, capsys):
@@ -68,8 +121,14 @@ def test_build_a_tiny_model_then_resume(tiny_folders, viewer_db, tmp_path, capsy
         n_base = s.con.execute("SELECT count(*) FROM baselines").fetchone()[0]
     costs = json.loads((tmp_path / "build.duckdb.costs.json").read_text())[f"{info.model_id}|cpu"]
     assert set(costs) == {"harvest", "baselines", "n2g"} and all(v > 0 for v in costs.values())
-    # the second plan uses this machine's costs, and the rerun does nothing twice
-    assert main(args[:-1]) == 0
+    status = read_status(db)
+    assert status.finished and not status.running and status.error is None and status.current is None
+    assert [(s.lens, sorted(s.done)) for s in status.stages] == [("harvest", [0, 1]), ("baselines", [0, 1]),
+                                                                 ("n2g", [0, 1])]
+    # the second plan uses this machine's costs, and the rerun (the status's command) does nothing twice
+    again = shlex.split(status.command)
+    assert again[:4] == ["python", "-m", "analysis", "build"] and "--lenses" in again and "--plan-only" not in again
+    assert main(again[3:]) == 0
     err = capsys.readouterr().err
     assert "(measured)" in err and "(VM)" not in err
     with open_store(db, read_only=True) as s:

@@ -287,3 +287,57 @@ def test_graph_tab_search_and_compare(n2g_db, monkeypatch):
     assert not at.exception
     assert any("graph:" in c.value and "patterns" in c.value for c in at.caption)
     assert any("no graph yet" in c.value for c in at.caption)
+
+
+def test_pages_say_what_a_running_build_has_still_to_write(viewer_db, monkeypatch, tmp_path):
+    """A build in the background (its status file, this process standing in for it): the unit page's tabs say
+    their lens is coming, the Cache page shows its progress; once its process is gone, how to resume."""
+    import shutil
+    import subprocess
+    import sys
+
+    from analysis.jobs.build import BuildStatus, Stage, StatusProgress, status_file
+    from analysis.progress import Progress
+
+    db, model = viewer_db
+    copy = tmp_path / "building.duckdb"
+    shutil.copy(db, copy)
+    stages = [Stage("harvest", [0, 1], 480, 0.0, "done"), Stage("baselines", [0, 1], 64, 2.0, "VM"),
+              Stage("n2g", [1], 4, 10.0, "VM"), Stage("topics", [1], 4, 3.0, "VM")]
+    status = BuildStatus.start(stages, f"python -m analysis build --db {copy} --expensive-neurons 0-3", [0, 1, 2, 3])
+    status.stages[1].done.append(0)
+    status.current, status.step = (1, 1), ("token-lookup L1", 5, 32)
+    writer = StatusProgress(Progress(enabled=False), status, status_file(copy))
+    writer.save()
+
+    def infos(at):
+        return " ".join(i.value for i in at.info)
+
+    at = _page("neuron", copy, monkeypatch, model=model, layer=1, neuron=2, tab="graph")
+    assert not at.exception and "graphs of layer 1 are still being built" in infos(at)
+    assert "baselines L1 (token-lookup L1: 5/32)" in infos(at) and any("build the graph now" in b.label
+                                                                       for b in at.button)
+    at = _page("neuron", copy, monkeypatch, model=model, layer=1, neuron=9, tab="graph")  # not among its units
+    assert "still being built" not in infos(at) and "No Neuron2Graph graph" in infos(at)
+    at = _page("neuron", copy, monkeypatch, model=model, layer=0, neuron=2, tab="graph")  # not among its layers
+    assert "still being built" not in infos(at)
+    at = _page("neuron", copy, monkeypatch, model=model, layer=1, neuron=9, tab="explanations")
+    assert "token-lookup baselines of layer 1 are still being built" in infos(at)
+    at = _page("neuron", copy, monkeypatch, model=model, layer=1, neuron=2, tab="topics")
+    assert "topics of layer 1 are still being built" in infos(at)
+    at = _page("home", copy, monkeypatch)
+    assert not at.exception
+    [bar] = at.get("progress")
+    assert "running (process" in bar.proto.text and "baselines L1" in bar.proto.text
+    assert at.dataframe[0].value["layers done"].tolist() == ["2 of 2", "1 of 2", "0 of 1", "0 of 1"]
+    at = _page("scores", copy, monkeypatch)
+    assert any("still to write: token-lookup baselines of 1 layer" in c.value for c in at.caption)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    status.pid = dead.pid
+    writer.save()
+    at = _page("neuron", copy, monkeypatch, model=model, layer=1, neuron=2, tab="graph")
+    assert "still being built" not in infos(at)
+    at = _page("home", copy, monkeypatch)
+    assert any("stopped before the end" in w.value for w in at.warning)
+    assert any("--expensive-neurons 0-3" in c.value for c in at.code)

@@ -10,9 +10,10 @@ already done (so a killed build resumes), and the seconds per unit it took are r
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from analysis.api import ApiConfig
@@ -24,8 +25,9 @@ from analysis.types import UserError
 LENSES = ("harvest", "baselines", "topics", "n2g", "effects", "explain", "score")
 """In dependency order: everything reads the harvest; score reads the explanations."""
 DEFAULT_LENSES = ("harvest", "baselines", "topics", "n2g")
-CHEAP = ("harvest", "baselines", "topics")
-"""Built for every asked layer whatever the budget."""
+CHEAP = ("harvest", "baselines")
+"""Built for every unit of every asked layer whatever the budget; the others ("expensive") for
+``expensive_layers`` x ``expensive_neurons``, under a budget for as many of those layers as fit."""
 
 PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.027, "topics": 0.70, "n2g": 2.5, "effects": 7.0,
               "explain": 5.4, "score": 10.0}
@@ -42,6 +44,11 @@ class BuildJob:
     """The harvest's corpus (embedded name or a path)."""
     layers: str = "all"
     """The layers to build: 'all', '0,5,10' or '0-3'."""
+    expensive_layers: str | None = None
+    """The layers of the expensive lenses (topics, n2g, effects, explain, score), some of ``layers`` (None: all of
+    them)."""
+    expensive_neurons: str = "all"
+    """The units of each layer the expensive lenses build: 'all', '0-15' or '3,7'."""
     lenses: tuple[str, ...] = DEFAULT_LENSES
     budget: str | None = None
     """Wall time the build may take, e.g. 2h, 90m, 600s: the cheap lenses for every layer, the others for as many
@@ -137,6 +144,10 @@ def plan(job: BuildJob, n_layers: int, units_per_layer: dict[str, int], n_tokens
     if bad or not job.lenses:
         raise UserError(f"--lenses {','.join(job.lenses)!r}: use some of {', '.join(LENSES)}")
     layers = parse_layers(job.layers, n_layers)
+    deep = parse_layers(job.expensive_layers, n_layers) if job.expensive_layers is not None else layers
+    if not set(deep) <= set(layers):
+        raise UserError(f"--expensive-layers {job.expensive_layers!r}: use some of --layers {job.layers!r} (the "
+                        "harvest covers those)")
 
     def cost(lens: str, ls: list[int]) -> Stage:
         per = 0.0 if lens in done else costs.get(lens, PROJECT_VM[lens])
@@ -148,14 +159,15 @@ def plan(job: BuildJob, n_layers: int, units_per_layer: dict[str, int], n_tokens
             seconds = per * units
         return Stage(lens, ls, units, seconds, "done" if lens in done else "measured" if lens in costs else "VM")
 
-    stages = [cost(lens, layers) for lens in LENSES if lens in job.lenses]
+    stages = [cost(lens, layers if lens in CHEAP else deep) for lens in LENSES if lens in job.lenses]
     dropped: dict[str, list[int]] = {}
     if budget_s is None:
         return stages, dropped
     cheap = sum(s.seconds for s in stages if s.lens in CHEAP)
     if cheap > budget_s:
-        raise UserError(f"--budget {job.budget}: the cheap lenses ({', '.join(s.lens for s in stages if s.lens in CHEAP)}"
-                        f") alone need ≈ {fmt_seconds(cheap)}; give more time, fewer --layers or fewer --lenses")
+        raise UserError(f"--budget {job.budget}: the cheap lenses ("
+                        f"{', '.join(s.lens for s in stages if s.lens in CHEAP)}) alone need ≈ {fmt_seconds(cheap)}; "
+                        "give more time, fewer --layers or fewer --lenses")
     left = budget_s - cheap
     out = []
     for s in stages:
@@ -228,14 +240,16 @@ def _subject_shape(job: BuildJob, db: Path):
 
 
 def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSummary:
-    """Plan, then run every stage (resumable: each stage's job skips what is done)."""
-    from analysis.jobs.common import fmt_layers
+    """Plan, then run every stage (resumable: each stage's job skips what is done). While it runs, the build's
+    status is in ``<db>.build.json`` (``read_status``: the viewer's Cache page shows it)."""
+    from analysis.jobs.common import fmt_layers, parse_units
 
     budget_s = parse_budget(job.budget)
     check_device(job.device)
     config = ExecutorConfig(job.executor, job.ray_address, job.ray_cpus)  # checks itself
     info, n_tokens, harvested = _subject_shape(job, db)
-    units = {lens: info.d_mlp for lens in LENSES}  # topics: per neuron, all modes
+    asked = parse_units(job.expensive_neurons, info.d_mlp, allow_all=True)
+    units = {lens: info.d_mlp if lens in CHEAP else len(asked) for lens in LENSES}  # topics: per neuron, all modes
     costs = measured_costs(db, info.model_id, job.device)
     stages, dropped = plan(job, info.n_layers, units, n_tokens, costs, budget_s, ("harvest",) if harvested else ())
     for line in plan_lines(stages, dropped, budget_s):
@@ -243,25 +257,206 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
     if job.plan_only:
         return BuildSummary(stages, dropped)
     spent: dict[str, float] = {}
+    status = BuildStatus.start(stages, resume_command(job, db), None if len(asked) == info.d_mlp else asked)
+    watched = StatusProgress(progress, status, status_file(db))
+    watched.save()
     executor = make_executor(config, job.device)
     where = "" if executor.local else f" on Ray ({executor.workers} workers)"
     bar = progress.bar(sum(len(s.layers) for s in stages), "build" + where, unit="stage-layer")
     try:
-        for stage in stages:
+        for i, stage in enumerate(stages):
             layers = stage.layers if stage.lens != "harvest" else [None]
             for layer in layers:
                 bar.set_description(f"build{where}: {stage.lens}" + (f" L{layer}" if layer is not None else ""))
+                status.current = (i, layer)
+                watched.save()
                 t0 = time.monotonic()
-                new = _run_stage(job, db, stage.lens, layer, fmt_layers(stage.layers), info, progress, executor)
+                new = _run_stage(job, db, stage.lens, layer, fmt_layers(stage.layers), info, watched, executor)
                 took = time.monotonic() - t0
                 spent[stage.lens] = spent.get(stage.lens, 0.0) + took
                 if new >= 8 and executor.local:  # enough new work to be a measurement of this machine
                     record_cost(db, info.model_id, job.device, stage.lens, took / new)
+                status.stages[i].done.extend(stage.layers if layer is None else [layer])
+                status.stages[i].spent_s += took
                 bar.update(len(stage.layers) if layer is None else 1)
+        status.finished = time.time()
+    except BaseException as exc:
+        status.error = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[:500]
+        raise
     finally:
+        status.current, status.step = None, None
+        watched.save()
         bar.close()
         executor.close()
     return BuildSummary(stages, dropped, spent)
+
+
+@dataclass
+class StageStatus:
+    lens: str
+    layers: list[int]
+    seconds: float
+    """The plan's estimate for the whole stage."""
+    done: list[int] = field(default_factory=list)
+    spent_s: float = 0.0
+
+
+@dataclass
+class BuildStatus:
+    """What a build is doing, written beside the database as it goes (``<db>.build.json``)."""
+
+    pid: int
+    started: float
+    command: str
+    """The command that resumes this build (or reruns it: finished work is skipped)."""
+    stages: list[StageStatus]
+    current: tuple[int, int | None] | None = None
+    """(index into ``stages``, layer; None for the harvest, which does all its layers at once) while it runs."""
+    step: tuple[str, int, int] | None = None
+    """The running stage's own progress: (what, done, total)."""
+    units: list[int] | None = None
+    """The units of each layer the expensive lenses build (None: all)."""
+    finished: float | None = None
+    error: str | None = None
+    updated: float = 0.0
+
+    @classmethod
+    def start(cls, stages: list[Stage], command: str, units: list[int] | None) -> "BuildStatus":
+        return cls(os.getpid(), time.time(), command,
+                   [StageStatus(s.lens, list(s.layers), s.seconds, list(s.layers) if s.basis == "done" else [])
+                    for s in stages], units=units)
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+    @property
+    def running(self) -> bool:
+        return self.finished is None and self.error is None and self.alive()
+
+    def pending(self, lens: str, layer: int, index: int) -> bool:
+        """Whether this running build is still to write ``lens`` for unit ``index`` of ``layer``."""
+        return self.running and (lens in CHEAP or self.units is None or index in self.units) and any(s.lens == lens and layer in s.layers and layer not in s.done
+                                    for s in self.stages)
+
+    @property
+    def fraction(self) -> float:
+        """Share of the planned seconds done (a running stage-layer counts by its own progress)."""
+        total = sum(s.seconds for s in self.stages) or 1.0
+        done = sum(s.seconds * len(set(s.done)) / max(len(s.layers), 1) for s in self.stages)
+        if self.current is not None and self.step is not None and self.step[2] > 0:
+            s = self.stages[self.current[0]]
+            share = 1.0 if self.current[1] is None else 1 / max(len(s.layers), 1)
+            done += s.seconds * share * min(self.step[1] / self.step[2], 1.0)
+        return min(done / total, 1.0)
+
+    def left_s(self, now: float | None = None) -> float | None:
+        """Seconds left, from the plan's estimates scaled by how this build has gone so far (None before any
+        measurable progress)."""
+        now = time.time() if now is None else now
+        f = self.fraction
+        if f <= 0.01:
+            return None
+        return (now - self.started) * (1 - f) / f
+
+    def where(self) -> str:
+        if self.current is None:
+            return ""
+        s = self.stages[self.current[0]]
+        here = s.lens + (f" L{self.current[1]}" if self.current[1] is not None else "")
+        return here + (f" ({self.step[0]}: {self.step[1]:,}/{self.step[2]:,})" if self.step else "")
+
+
+def status_file(db: Path) -> Path:
+    return Path(str(db) + ".build.json")
+
+
+def read_status(db: Path) -> BuildStatus | None:
+    """The last build's status for this database (None when none ran or the file is unreadable)."""
+    try:
+        d = json.loads(status_file(db).read_text())
+        d["stages"] = [StageStatus(**s) for s in d["stages"]]
+        d["current"] = tuple(d["current"]) if d.get("current") is not None else None
+        d["step"] = tuple(d["step"]) if d.get("step") is not None else None
+        return BuildStatus(**d)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+class StatusProgress(Progress):
+    """The build's progress as shown (the wrapped ``Progress``) and written to its status file: every bar a stage
+    opens reports its count into ``status.step`` (at most every SAVE_S seconds)."""
+
+    SAVE_S = 2.0
+
+    def __init__(self, shown: Progress, status: BuildStatus, path: Path):
+        super().__init__(shown.enabled)
+        self.shown, self.status, self.path, self.saved = shown, status, path, 0.0
+
+    def save(self, throttle: bool = False) -> None:
+        now = time.time()
+        if throttle and now - self.saved < self.SAVE_S:
+            return
+        self.saved = self.status.updated = now
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(asdict(self.status)))
+            tmp.replace(self.path)
+        except OSError:  # a read-only folder: the stage's own writes will say so
+            pass
+
+    def bar(self, total: int, desc: str, unit: str = "it", initial: int = 0, **kwargs):
+        return _StatusBar(self.shown.bar(total, desc, unit, initial, **kwargs), self, desc, total, initial)
+
+    def note(self, text: str) -> None:
+        self.shown.note(text)
+
+
+class _StatusBar:
+    """A stage's bar: the shown bar, with its count copied into the build's status."""
+
+    def __init__(self, shown, owner: StatusProgress, desc: str, total: int, initial: int):
+        self.shown, self.owner, self.desc, self.total, self.n = shown, owner, desc, total, initial
+        self._report(False)
+
+    def _report(self, throttle: bool = True) -> None:
+        self.owner.status.step = (self.desc, self.n, self.total)
+        self.owner.save(throttle)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.shown.update(n)
+        self._report()
+
+    def set_description(self, desc: str, *args, **kwargs) -> None:
+        self.desc = desc
+        self.shown.set_description(desc, *args, **kwargs)
+
+    def close(self) -> None:
+        self.shown.close()
+
+    def __getattr__(self, name):
+        return getattr(self.shown, name)
+
+
+def resume_command(job: BuildJob, db: Path) -> str:
+    """The CLI command that runs ``job`` again (flags for the fields that differ from their defaults)."""
+    import shlex
+
+    parts = ["python -m analysis build", "--db", shlex.quote(str(db))]
+    for f in fields(BuildJob):
+        value, default = getattr(job, f.name), f.default if f.default_factory is field().default_factory else None
+        if f.name in ("plan_only", "api") or value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        text = ",".join(value) if isinstance(value, tuple) else str(value)
+        parts += [flag, shlex.quote(text)]
+    return " ".join(parts)
 
 
 def check_device(device: str) -> None:
@@ -276,19 +471,21 @@ def check_device(device: str) -> None:
 def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: str, info, progress,
                executor) -> int:
     """Run one lens on one layer (the harvest: on all its layers at once); return the units done now."""
-    quiet = Progress(enabled=False) if not progress.enabled else progress
-    everything = f"0-{info.d_mlp - 1}"
+    from analysis.jobs.common import parse_units
+
+    units = (f"0-{info.d_mlp - 1}" if lens in CHEAP or job.expensive_neurons.strip().lower() == "all"
+             else job.expensive_neurons)
     if lens == "harvest":
         from analysis.jobs.harvest import harvest
 
-        s = harvest(_harvest_job(job, layers), db, quiet, executor)
+        s = harvest(_harvest_job(job, layers), db, progress, executor)
         return s.n_tokens if s.status == "done" else 0
     if lens in ("baselines", "explain"):
         from analysis.jobs.explain import ExplainJob, explain
 
         who = "token-lookup" if lens == "baselines" else job.explainer
-        s = explain(ExplainJob(layer=layer, neurons=everything, model=job.model, explainer=who, device=job.device,
-                               api=job.api), db, quiet, executor)
+        s = explain(ExplainJob(layer=layer, neurons=units, model=job.model, explainer=who, device=job.device,
+                               api=job.api), db, progress, executor)
         new = len(s.explained)
         if lens == "explain":
             return new
@@ -296,21 +493,24 @@ def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: st
         from analysis.jobs.score import ScoreJob, score
 
         who = "token-lookup" if lens == "baselines" else job.simulator
-        s = score(ScoreJob(layer=layer, neurons=everything, model=job.model, simulator=who, device=job.device,
-                           api=job.api), db, quiet, executor)
+        s = score(ScoreJob(layer=layer, neurons=units, model=job.model, simulator=who, device=job.device,
+                           api=job.api), db, progress, executor)
         return max(len(s.results), new if lens == "baselines" else 0)
     if lens == "topics":
         from analysis.jobs.topics import TopicsJob, topics
 
-        s = topics(TopicsJob(layer=layer, model=job.model, device=job.device), db, quiet, executor)
-        return round(info.d_mlp * s.computed / max(len(s.sets) / 2, 1))  # in neurons' worth of (mode, unit) pairs
+        s = topics(TopicsJob(layer=layer, neurons=units, model=job.model, device=job.device), db, progress,
+                   executor)
+        # in neurons' worth of (mode, unit) pairs
+        return round(len(parse_units(units, info.d_mlp)) * s.computed / max(len(s.sets) / 2, 1))
     if lens == "n2g":
         from analysis.jobs.n2g import N2GJob, n2g
 
-        return n2g(N2GJob(layer=layer, model=job.model, device=job.device), db, quiet, executor=executor).built
+        return n2g(N2GJob(layer=layer, neurons=units, model=job.model, device=job.device), db, progress,
+                   executor=executor).built
     if lens == "effects":
         from analysis.jobs.causal import EffectsJob, effects_of
 
-        return len(effects_of(EffectsJob(layer=layer, neurons=everything, model=job.model, device=job.device), db,
-                              quiet, executor))
+        return len(effects_of(EffectsJob(layer=layer, neurons=units, model=job.model, device=job.device), db,
+                              progress, executor))
     raise UserError(f"unknown lens {lens!r}")

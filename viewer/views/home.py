@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from viewer.components.build import build_panel, build_status
 from viewer.resources import db_path, read
 
 
@@ -14,9 +15,21 @@ def _quality(meta: dict) -> dict:
     return {name: (f.format(q[name]) if isinstance(q.get(name), (int, float)) else "") for name, f in fmt.items()}
 
 
+@st.fragment(run_every=5)
+def build_section() -> None:
+    """The build's progress; while it runs, this part reruns every few seconds."""
+    build_panel(db_path())
+    status = build_status(db_path())
+    if status is not None and not status.running and st.session_state.get("build_was_running"):
+        st.session_state["build_was_running"] = False
+        st.rerun()  # the build ended: the whole page shows what it wrote
+    st.session_state["build_was_running"] = bool(status and status.running)
+
+
 def render() -> None:
     st.title("What is cached")
     st.caption(f"database: {db_path()}")
+    build_section()
     data = read(lambda s: (s.catalog.models(), s.catalog.corpora(), s.runs.list(), s.catalog.dictionaries()))
     if data is None:
         return

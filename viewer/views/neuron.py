@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.types import MLP, UnitId
+from viewer.components.build import still_building
 from viewer.components.charts import histogram_html
 from viewer.components.explanations import baseline_line, explanations_panel, similar_line
 from viewer.components.export import neuron_page_html
@@ -126,8 +127,9 @@ def graph_tab(model, rec, window: int | None) -> None:
         return
     g, vocab, others = data
     if g is None:
-        st.info(f"No Neuron2Graph graph for this {'neuron' if unit.source == MLP else 'feature'} yet: fitting one "
-                "takes a few seconds on CPU, plus loading the model.")
+        if not still_building(db_path(), "n2g", unit):
+            st.info(f"No Neuron2Graph graph for this {'neuron' if unit.source == MLP else 'feature'} yet: fitting "
+                    "one takes a few seconds on CPU, plus loading the model.")
         if st.button("build the graph now"):
             run_job(f"fitting the graph of L{unit.layer} {unit_label(unit)}…", lambda db, progress: n2g(
                 N2GJob(layer=unit.layer, neurons=str(unit.index), model=model.name, source=unit.source), db, progress))
@@ -149,9 +151,10 @@ def topics_tab(model, rec) -> None:
         from analysis.topics.types import NpmiConfig
 
         counted = npmi_counted()
-        st.info(f"No topics for {what} ({mode}) yet: about a second once the model is loaded" +
-                ("." if counted else f", after counting NPMI over {', '.join(NpmiConfig().corpora)} once (about 90 s "
-                 "here; `make demo` does it)."))
+        if not still_building(db_path(), "topics", rec.unit):
+            st.info(f"No topics for {what} ({mode}) yet: about a second once the model is loaded" +
+                    ("." if counted else f", after counting NPMI over {', '.join(NpmiConfig().corpora)} once (about "
+                     "90 s here; `make demo` does it)."))
         if st.button("compute topics now"):
             run_job(f"topics of {what} ({mode})…", lambda db, progress: topics(
                 TopicsJob(layer=unit.layer, neurons=str(unit.index), model=model.name, source=rec.unit.source,
@@ -178,7 +181,8 @@ def ablation_tab(model, rec) -> None:
     if found is None:
         return
     stored, names, sae_path = found
-    effects_view(stored, names)
+    if not (stored is None and still_building(db_path(), "effects", rec.unit)):
+        effects_view(stored, names)
     recs = rec.most_positive_activation_records
     if not recs:
         return
@@ -344,6 +348,8 @@ def records_section(model, rec) -> None:
                                  s_.explanations.baselines(rec.run_id, unit), similar_units(s_, model, rec)))
         if found is not None:
             rows, baselines, similar = found
+            if not baselines:
+                still_building(db_path(), "baselines", unit)
             if baseline_line(baselines):
                 compute_now("baseline", model, rec)
             if to_save := explanations_panel(rows, baselines, rec, live_simulators()):

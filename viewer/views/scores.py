@@ -7,9 +7,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.types import MLP
+from viewer.components.build import building_caption
 from viewer.components.explanations import TINY, TINY_HINT
 from viewer.components.picker import unit_link
-from viewer.resources import cached_models, read
+from viewer.resources import cached_models, db_path, read
 
 
 def unit_kind(source: str) -> str:
@@ -18,6 +19,7 @@ def unit_kind(source: str) -> str:
 
 def render() -> None:
     st.title("Explanation scores")
+    building_caption(db_path(), ("baselines", "score"))
 
     def load(s):
         models = cached_models(s)

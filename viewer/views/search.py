@@ -9,9 +9,10 @@ import streamlit as st
 from analysis.n2g.evaluate import FIRING_FRACTION
 from analysis.n2g.graph import contains_sequence
 from analysis.types import MLP
+from viewer.components.build import building_caption
 from viewer.components.heatmap import md_escape
 from viewer.components.picker import source_label, unit_link, unit_url
-from viewer.resources import cached_models, read, run_job
+from viewer.resources import cached_models, db_path, read, run_job
 
 SORT_LABELS = {"max": "highest max", "kurtosis": "highest kurtosis", "sparsest": "sparsest (lowest fraction > 0)",
                "densest": "densest", "skewness": "highest skew", "min": "most negative"}
@@ -166,6 +167,7 @@ def stats_search(s, name: str, runs: list):
 
 def render() -> None:
     st.title("Search")
+    building_caption(db_path(), ("baselines", "explain", "n2g", "topics"))
     qp = st.query_params
 
     def load(s):
