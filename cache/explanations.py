@@ -107,6 +107,15 @@ _SIM_COLS = ("simulation_id, explanation_id, simulator, params, scoring_set, win
              "absolute_dev_explained, error, created_at, calibration, usage")
 
 
+_TYPES = {"layer": pa.int16(), "unit": pa.int32(), "window_ids": pa.list_(pa.int32()), "score": pa.float64(),
+          "rsquared": pa.float64(), "absolute_dev_explained": pa.float64(), "max_activation": pa.float32()}
+
+
+def _table(cols: dict) -> pa.Table:
+    """Columns as an Arrow table for one bulk statement (strings and nulls inferred; numbers typed as stored)."""
+    return pa.table({c: pa.array(v, _TYPES.get(c, pa.string())) for c, v in cols.items()})
+
+
 def _json_or_none(d: dict | None) -> str | None:
     return None if d is None else json.dumps(d, sort_keys=True)
 
@@ -119,14 +128,35 @@ def _explanation(r) -> StoredExplanation:
 class ExplanationRepo(Repo):
     def put(self, run_id: str, unit: UnitId, exp: Explanation) -> str:
         """Store an explanation (once: the id is a hash of everything about it); return its id."""
-        # neurons keep the ids they had before units named their source
-        who = (unit.layer, unit.index) if unit.source == MLP else (unit.source, unit.layer, unit.index)
-        eid = content_id(run_id, *who, exp.explainer, exp.params, exp.text)
+        return self.put_many([(run_id, unit, exp)])[0]
+
+    def put_many(self, items: list[tuple[str, UnitId, Explanation]]) -> list[str]:
+        """``put`` of many (run id, unit, explanation) in one statement; their ids, in order."""
+        ids, seen, cols = [], set(), {c: [] for c in ("explanation_id", "run_id", "source", "layer", "unit", "explainer", "params",
+                                         "text", "usage")}
+        for run_id, unit, exp in items:
+            # neurons keep the ids they had before units named their source
+            who = (unit.layer, unit.index) if unit.source == MLP else (unit.source, unit.layer, unit.index)
+            eid = content_id(run_id, *who, exp.explainer, exp.params, exp.text)
+            ids.append(eid)
+            if eid in seen:
+                continue
+            seen.add(eid)
+            for c, v in zip(cols, (eid, run_id, unit.source, unit.layer, unit.index, exp.explainer,
+                                   json.dumps(exp.params, sort_keys=True), exp.text, _json_or_none(exp.usage))):
+                cols[c].append(v)
+        if not ids:
+            return ids
         with self.transaction() as cur:
-            cur.execute(f"INSERT OR IGNORE INTO explanations ({_EXP_COLS}) VALUES (?,?,?,?,?,?,?,?, now(), ?)",
-                        [eid, run_id, unit.source, unit.layer, unit.index, exp.explainer,
-                         json.dumps(exp.params, sort_keys=True), exp.text, _json_or_none(exp.usage)])
-        return eid
+            cur.register("_new", _table(cols))
+            cur.execute("INSERT OR IGNORE INTO explanations BY NAME SELECT *, now() AS created_at FROM _new")
+            cur.unregister("_new")
+        return ids
+
+    def units_explained_by(self, run_id: str, source: str, layer: int, explainer: str) -> set[int]:
+        """The units of a layer with an explanation by ``explainer`` (for resuming)."""
+        return {r[0] for r in self._q("SELECT DISTINCT unit FROM explanations WHERE run_id = ? AND source = ? AND "
+                                      "layer = ? AND explainer = ?", [run_id, source, layer, explainer]).fetchall()}
 
     def of_unit(self, run_id: str, unit: UnitId) -> list[StoredExplanation]:
         rows = self._q(f"SELECT {_EXP_COLS} FROM explanations WHERE run_id = ? AND source = ? AND layer = ? "
@@ -177,15 +207,30 @@ class ExplanationRepo(Repo):
     def put_baseline(self, run_id: str, unit: UnitId, sim: ScoredSimulation) -> None:
         """Store an explanation-blind prediction's score of a unit, replacing the one of the same predictor and
         record set."""
+        self.put_baselines([(run_id, unit, sim)])
+
+    def put_baselines(self, items: list[tuple[str, UnitId, ScoredSimulation]]) -> None:
+        """``put_baseline`` of many (run id, unit, scored prediction) in one delete and one insert."""
+        if not items:
+            return
+        last = {(run_id, u.source, u.layer, u.index, sim.simulator, sim.scoring_set): (run_id, u, sim)
+                for run_id, u, sim in items}  # the last of one key wins, as with one put after another
+        cols = {c: [] for c in ("run_id", "source", "layer", "unit", "predictor", "params", "scoring_set",
+                                "window_ids", "predicted", "score", "rsquared", "absolute_dev_explained",
+                                "max_activation", "error", "calibration")}
+        for run_id, u, sim in last.values():
+            for c, v in zip(cols, (run_id, u.source, u.layer, u.index, sim.simulator,
+                                   json.dumps(sim.params, sort_keys=True), sim.scoring_set, list(sim.window_ids),
+                                   json.dumps(sim.simulated) if sim.simulated is not None else None, sim.score,
+                                   sim.rsquared, sim.absolute_dev_explained, sim.max_activation, sim.error,
+                                   _json_or_none(sim.calibration))):
+                cols[c].append(v)
+        key = ("run_id", "source", "layer", "unit", "predictor", "scoring_set")
         with self.transaction() as cur:
-            cur.execute("DELETE FROM baselines WHERE run_id = ? AND source = ? AND layer = ? AND unit = ? AND "
-                        "predictor = ? AND scoring_set = ?",
-                        [run_id, unit.source, unit.layer, unit.index, sim.simulator, sim.scoring_set])
-            cur.execute(f"INSERT INTO baselines (run_id, {_BASE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, now(), ?)",
-                        [run_id, unit.source, unit.layer, unit.index, sim.simulator,
-                         json.dumps(sim.params, sort_keys=True), sim.scoring_set, sim.window_ids,
-                         json.dumps(sim.simulated) if sim.simulated is not None else None, sim.score, sim.rsquared,
-                         sim.absolute_dev_explained, sim.max_activation, sim.error, _json_or_none(sim.calibration)])
+            cur.register("_new", _table(cols))
+            cur.execute("DELETE FROM baselines b USING _new n WHERE " + " AND ".join(f"b.{c} = n.{c}" for c in key))
+            cur.execute("INSERT INTO baselines BY NAME SELECT *, now() AS created_at FROM _new")
+            cur.unregister("_new")
 
     def baselines(self, run_id: str, unit: UnitId | None = None) -> list[StoredBaseline]:
         """The baselines of one unit of a run (every unit's when ``unit`` is None), by unit then predictor and
@@ -204,6 +249,13 @@ class ExplanationRepo(Repo):
         return self._q("SELECT 1 FROM baselines WHERE run_id = ? AND source = ? AND layer = ? AND unit = ? AND "
                        "predictor = ? AND scoring_set = ? AND error IS NULL",
                        [run_id, unit.source, unit.layer, unit.index, predictor, scoring_set]).fetchone() is not None
+
+    def units_with_baseline(self, run_id: str, source: str, layer: int, predictor: str, scoring_set: str
+                            ) -> set[int]:
+        """The units of a layer with a successful baseline of this predictor and set (for resuming)."""
+        return {r[0] for r in self._q("SELECT DISTINCT unit FROM baselines WHERE run_id = ? AND source = ? AND "
+                                      "layer = ? AND predictor = ? AND scoring_set = ? AND error IS NULL",
+                                      [run_id, source, layer, predictor, scoring_set]).fetchall()}
 
     def scores(self, run_id: str, layer: int | None = None) -> list[UnitScore]:
         """Every successful scored simulation of a run (of one layer)."""

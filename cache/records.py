@@ -164,23 +164,29 @@ class RecordRepo(Repo):
             hook_point = f"blocks.{{layer}}.hook_{site[0] if site else '?'} -> {source}"
         key = [run.run_id, source, layer, sorted(found)]
         rows = self._q(
-            "SELECT s.unit, s.kind, s.bin, s.window_id, r.acts, w.doc_id, w.token_offset, w.token_ids "
-            "FROM samples s JOIN records r USING (run_id, source, layer, unit, window_id) "
-            "JOIN windows w ON w.run_id = s.run_id AND w.window_id = s.window_id "
+            "SELECT s.unit, s.kind, s.bin, s.window_id, r.acts FROM samples s "
+            "JOIN records r USING (run_id, source, layer, unit, window_id) "
             "WHERE s.run_id = ? AND s.source = ? AND s.layer = ? AND list_contains(?::INTEGER[], s.unit) "
             "ORDER BY s.unit, s.kind, s.bin, s.rank", key).fetchall()
+        # a window is in many units' records: its tokens are read and decoded once
+        windows = self._q("SELECT window_id, doc_id, token_offset, token_ids FROM windows WHERE run_id = ? AND "
+                          "list_contains(?::INTEGER[], window_id)",
+                          [run.run_id, sorted({r[3] for r in rows})]).fetchall()
         tok_rows = self._q(
             "SELECT unit, token_id, mean, count FROM (SELECT unit, token_id, mean, count, row_number() OVER "
             f"(PARTITION BY unit ORDER BY mean DESC, token_id) AS n FROM token_means WHERE {UNITS_KEY}) "
             "WHERE n <= 20 ORDER BY unit, mean DESC, token_id", key).fetchall()
         vocab, partial = CatalogRepo(self.con).tokens(
-            tokenizer_id, [t for r in rows for t in r[7]] + [r[1] for r in tok_rows])
-        samples: dict[int, tuple[list, list, dict]] = {u: ([], [], {}) for u in found}
-        for u, kind, b, wid, acts, doc_id, offset, token_ids in rows:
+            tokenizer_id, list({t for w in windows for t in w[3]} | {r[1] for r in tok_rows}))
+        text = {}  # window id -> (tokens, token ids, runs, doc id, offset)
+        for wid, doc_id, offset, token_ids in windows:
             runs = (joined_runs([partial.get(t) or vocab[t].encode("utf-8") for t in token_ids])
                     if any(t in partial for t in token_ids) else ())
-            rec = ActivationRecord(tokens=[vocab.get(t, f"<{t}>") for t in token_ids], token_ids=list(token_ids),
-                                   runs=runs,
+            text[wid] = ([vocab.get(t, f"<{t}>") for t in token_ids], token_ids, runs, doc_id, offset)
+        samples: dict[int, tuple[list, list, dict]] = {u: ([], [], {}) for u in found}
+        for u, kind, b, wid, acts in rows:
+            tokens, token_ids, runs, doc_id, offset = text[wid]
+            rec = ActivationRecord(tokens=list(tokens), token_ids=list(token_ids), runs=runs,
                                    activations=np.frombuffer(acts, dtype=np.float16).astype(float).tolist(),
                                    window_id=wid, doc_id=doc_id, offset=offset)
             top, rand, by_bin = samples[u]

@@ -34,7 +34,7 @@ PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.027, "topics": 0.70, "n2g": 2.5
 """Seconds per unit on the project's 2-core VM, fp32, SmolLM2-135M (bench/RESULTS.md): harvest per corpus token
 through all 30 layers; baselines = token-lookup explanation + baseline score; n2g at depth with augmentation;
 effects over 20 records; explain / score with the local backends (score with calibration)."""
-PROJECT_DISK = {"harvest": 5_000.0, "baselines": 900.0, "topics": 3_000.0, "n2g": 4_000.0, "effects": 600.0,
+PROJECT_DISK = {"harvest": 7_450.0, "baselines": 15_000.0, "topics": 3_000.0, "n2g": 4_000.0, "effects": 600.0,
                 "explain": 300.0, "score": 2_000.0}
 """Bytes of database per unit (the harvest: per harvested neuron) measured by the demo build (bench/RESULTS.md)."""
 

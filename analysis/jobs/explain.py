@@ -123,8 +123,9 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress(), executor
         raise UserError("--revise needs a model explainer (local or api)")
     recs = unit_records(db, job.model, job.layer, units, job.source)
     with open_store(db, read_only=True) as store:  # resumable: skip units this explainer already did
-        todo = [u for u in units if job.force or not any(
-            e.explainer == job.explainer for e in store.explanations.of_unit(recs[u].run_id, recs[u].unit))]
+        done = set() if job.force or not recs else store.explanations.units_explained_by(
+            recs[units[0]].run_id, job.source, job.layer, job.explainer)
+    todo = [u for u in units if u not in done]
     if job.explainer == "api" and todo:
         job.api.check()
         from analysis.api import plan_line
@@ -154,7 +155,7 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress(), executor
 
     explained, failed, stopped, left = {}, {}, None, 0
     bar = progress.bar(len(todo), f"explain L{job.layer} ({job.explainer})", unit="neuron")
-    with batched_writes(db) as write:  # this thread does all writing, in short visits
+    with batched_writes(db, lambda store, items: store.explanations.put_many(items)) as add:  # (this thread writes)
         for u, exps, err in outcomes():
             bar.update(1)
             if isinstance(err, BudgetReached):
@@ -165,7 +166,7 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress(), executor
                 progress.note(f"neuron {u}: {err}")
                 continue
             for exp in exps:
-                write(lambda store, rec=recs[u], exp=exp: store.explanations.put(rec.run_id, rec.unit, exp))
+                add((recs[u].run_id, recs[u].unit, exp))
             explained[u] = exps
     bar.close()
     usage = explainer.client.spent if explainer is not None else None

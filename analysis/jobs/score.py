@@ -152,8 +152,9 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress(), executor=Non
                             "explanation of it); drop --explanation, or pick a simulator that reads it "
                             f"({', '.join(x for x in SIMULATORS if x not in BASELINES)})")
         with open_store(db, read_only=True) as store:
-            todo = [(u, None, "") for u in units if job.force or not store.explanations.has_baseline(
-                recs[u].run_id, recs[u].unit, job.simulator, job.scoring_set)]
+            done = set() if job.force or not recs else store.explanations.units_with_baseline(
+                recs[units[0]].run_id, job.source, job.layer, job.simulator, job.scoring_set)
+        todo = [(u, None, "") for u in units if u not in done]
     elif job.explanation is not None:
         exp = HumanExplainer(job.explanation).explain([], 0.0)
         with open_store(db) as store:
@@ -201,7 +202,15 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress(), executor=Non
 
     results, failed, stopped, left = [], {}, None, 0
     bar = progress.bar(len(todo), f"score L{job.layer} ({job.simulator})", unit="unit" if baseline else "explanation")
-    with batched_writes(db) as write:
+
+    def put(store, items) -> None:
+        if baseline:
+            store.explanations.put_baselines(items)
+        else:
+            for eid, scored in items:
+                store.explanations.put_simulation(eid, scored)
+
+    with batched_writes(db, put) as add:
         for (u, eid, _text), scored, err in outcomes():
             bar.update(1)
             if isinstance(err, BudgetReached):
@@ -212,10 +221,9 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress(), executor=Non
                 progress.note(f"neuron {u}: {err}")
                 continue
             if baseline:
-                write(lambda store, rec=recs[u], scored=scored: store.explanations.put_baseline(
-                    rec.run_id, rec.unit, scored))
+                add((recs[u].run_id, recs[u].unit, scored))
             else:
-                write(lambda store, eid=eid, scored=scored: store.explanations.put_simulation(eid, scored))
+                add((eid, scored))
             results.append(scored)
             if scored.error:
                 progress.note(f"neuron {u}: simulation failed: {scored.error}")
