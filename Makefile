@@ -51,7 +51,7 @@ DEMO_NEURONS ?= 0-3
 demo-build: demo-cache reference-corpus
 	$(PY) -m analysis build --db $(DB) --max-tokens $(DEMO_TOKENS) --lenses baselines,topics,n2g,effects,explain,score \
 	  --expensive-layers $(DEMO_LAYERS) --expensive-neurons $(DEMO_NEURONS)
-	$(PY) -m analysis embed --db $(DB) --quiet
+	$(PY) -m analysis embed --db $(DB)
 
 # the demo SAE: a TopK SAE on SmolLM2's residual stream after layer 15, trained once (seeded, ~5 min here; a
 # second run finds it trained; 100k tokens x 5 epochs), then its features harvested over the demo windows with the residual basis and
@@ -61,15 +61,15 @@ DEMO_SAE ?= cache/saes/smollm2-135m-L$(DEMO_SAE_LAYER)-resid_post-topk
 DEMO_SAE_TRAIN ?= --width 4608 --k 32
 demo-sae: demo-cache
 	$(PY) -m analysis sae train --model smollm2-135m --layer $(DEMO_SAE_LAYER) --site resid_post $(DEMO_SAE_TRAIN) \
-	  --out $(DEMO_SAE) --quiet
-	$(PY) -m analysis harvest --db $(DB) --max-tokens $(DEMO_TOKENS) --sae $(DEMO_SAE) --baselines basis,random --quiet
+	  --out $(DEMO_SAE)
+	$(PY) -m analysis harvest --db $(DB) --max-tokens $(DEMO_TOKENS) --sae $(DEMO_SAE) --baselines basis,random
 
 # neurons vs SAE features vs residual basis vs random directions at the SAE's layer (Interpretability page)
 DEMO_COMPARE_UNITS ?= 100
 DEMO_COMPARE_N2G ?= 10
 demo-compare: demo-sae
 	$(PY) -m analysis compare-units --db $(DB) --layer $(DEMO_SAE_LAYER) --sae $(DEMO_SAE) --max-tokens $(DEMO_TOKENS) \
-	  --units $(DEMO_COMPARE_UNITS) --n2g-units $(DEMO_COMPARE_N2G) --quiet
+	  --units $(DEMO_COMPARE_UNITS) --n2g-units $(DEMO_COMPARE_N2G)
 
 serve: $(VENV)/.installed
 	$(PY) -m streamlit run viewer/app.py --server.port $(PORT) -- --db $(DB)

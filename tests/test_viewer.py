@@ -317,6 +317,9 @@ def test_pages_say_what_a_running_build_has_still_to_write(viewer_db, monkeypatc
     assert not at.exception and "graphs of layer 1 are still being built" in infos(at)
     assert "baselines L1 (token-lookup L1: 5/32)" in infos(at) and any("build the graph now" in b.label
                                                                        for b in at.button)
+    glance = _all_html(at).split('<div class="glance">')[1]
+    assert glance.count("being built…") == 3  # baseline, graph, topic; the effect is not in this build
+    assert "not measured yet" in glance
     at = _page("neuron", copy, monkeypatch, model=model, layer=1, neuron=9, tab="graph")  # not among its units
     assert "still being built" not in infos(at) and "No Neuron2Graph graph" in infos(at)
     at = _page("neuron", copy, monkeypatch, model=model, layer=0, neuron=2, tab="graph")  # not among its layers
@@ -337,7 +340,7 @@ def test_pages_say_what_a_running_build_has_still_to_write(viewer_db, monkeypatc
     status.pid = dead.pid
     writer.save()
     at = _page("neuron", copy, monkeypatch, model=model, layer=1, neuron=2, tab="graph")
-    assert "still being built" not in infos(at)
+    assert "still being built" not in infos(at) and "being built…" not in _all_html(at)
     at = _page("home", copy, monkeypatch)
     assert any("stopped before the end" in w.value for w in at.warning)
     assert any("--expensive-neurons 0-3" in c.value for c in at.code)

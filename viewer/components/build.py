@@ -3,6 +3,7 @@ the running build has not written yet (``analysis.jobs.build.read_status``)."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -33,6 +34,16 @@ def still_building(db: Path, lens: str, unit) -> bool:
     return True
 
 
+def coming(db: Path, unit) -> set[str]:
+    """The lenses the running build is still to write for ``unit`` (an MLP neuron; empty when no build runs)."""
+    from analysis.types import MLP
+
+    status = build_status(db)
+    if status is None or unit.source != MLP or not status.running:
+        return set()
+    return {s.lens for s in status.stages if status.pending(s.lens, unit.layer, unit.index)}
+
+
 def pending_layers(db: Path, lens: str) -> list[int]:
     """The layers of ``lens`` the running build has still to write (empty when no build runs)."""
     status = build_status(db)
@@ -42,32 +53,45 @@ def pending_layers(db: Path, lens: str) -> list[int]:
 
 
 def log_file(db: Path) -> Path:
-    """Where `make demo` writes its background build's output."""
+    """Where `make demo` writes its background steps' output (their process id: ``<db>.build.pid``)."""
     return Path(str(db) + ".build.log")
 
 
+def background_pid(db: Path) -> int | None:
+    """The process of `make demo`'s background steps while it runs, else None."""
+    try:
+        pid = int(Path(str(db) + ".build.pid").read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 def build_panel(db: Path) -> None:
-    """The last build's progress, or nothing when none ran."""
-    status, log = build_status(db), log_file(db)
-    if status is None:
+    """The last build's progress, and `make demo`'s background steps after it; nothing when none ran."""
+    status, pid = build_status(db), background_pid(db)
+    if status is None and pid is None:
         return
     st.subheader("Build")
-    if status.running:
+    if status is not None and status.running:
         left = status.left_s()
         st.progress(status.fraction, text=f"running (process {status.pid}): {status.where() or 'starting'} · "
                     f"{status.fraction:.0%} of the plan" + (f" · ≈ {fmt_seconds(left)} left" if left else ""))
-    elif status.finished is not None:
-        st.success(f"finished {time.strftime('%Y-%m-%d %H:%M', time.localtime(status.finished))} after "
+    elif pid is not None:  # between or after the builds of `make demo`: its SAE, comparison, vectors
+        st.info(f"`make demo` is still building in the background (process {pid}), now: "
+                f"{last_line(log_file(db)) or 'starting'}", icon=":material/hourglass:")
+    if status is None:
+        return
+    if status.finished is not None:
+        st.success(f"the build finished {time.strftime('%Y-%m-%d %H:%M', time.localtime(status.finished))} after "
                    f"{fmt_seconds(status.finished - status.started)}")
-    else:
+    elif not status.running:
         why = status.error or f"process {status.pid} stopped (killed?)"
         st.warning(f"stopped before the end: {why}. Run it again to resume; finished work is kept and skipped.")
         st.code(status.command, language="bash")
     st.dataframe([{"lens": LENS_NAMES.get(s.lens, s.lens), "layers done": f"{len(set(s.done))} of {len(s.layers)}",
                    "estimate": fmt_seconds(s.seconds), "spent": fmt_seconds(s.spent_s)} for s in status.stages],
                  hide_index=True)
-    if log.exists():
-        st.text(f"log {log}: {last_line(log)}")
 
 
 def last_line(path: Path, tail: int = 4096) -> str:

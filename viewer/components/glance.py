@@ -36,9 +36,14 @@ def _card(url: str, title: str, body: str, tip: str = "", wide: bool = False) ->
             f'<a href="{html.escape(url, quote=True)}" target="_self">{html.escape(title)} ↗</a>{body}</div>')
 
 
-def glance_html(g: UnitGlance, tab_url) -> str:
-    """The cards; ``tab_url(tab)`` is the URL of this unit's page on a tab. Every text is escaped here."""
+def glance_html(g: UnitGlance, tab_url, coming: set[str] = frozenset()) -> str:
+    """The cards; ``tab_url(tab)`` is the URL of this unit's page on a tab; ``coming``: the lenses a running build
+    is still to write for it (build lens names). Every text is escaped here."""
     cards = []
+
+    def none(lens: str, text: str = "none yet") -> str:
+        return f'<div class="none">{"being built…" if lens in coming else text}</div>'
+
     if g.best:
         e, s = g.best
         tiny = " (tiny offline model)" if TINY["simulator"] == s.simulator or TINY["explainer"] == e.explainer else ""
@@ -56,15 +61,15 @@ def glance_html(g: UnitGlance, tab_url) -> str:
     base = next((b for b in g.baselines if b.error is None and b.score is not None), None)
     cards.append(_card(tab_url("explanations"), "baseline",
                        f'<div class="big">r = {base.score:+.3f}</div><div class="sub">token-lookup</div>' if base else
-                       '<div class="none">none yet</div>', BASELINE_HELP))
+                       none("baselines"), BASELINE_HELP))
     if g.graph:
         f, b = g.graph.get("firing", {}), g.graph.get("baseline_firing", {})
         cards.append(_card(tab_url("graph"), "graph", f'<div class="big">N2G F1 {f.get("f1", float("nan")):.2f}'
                            f'</div><div class="sub">token-lookup {b.get("f1", float("nan")):.2f}</div>',
                            "held-out firing F1 of the Neuron2Graph graph and of token-lookup on the same records"))
     else:
-        cards.append(_card(tab_url("graph"), "graph", '<div class="none">' + (
-            "none yet" if g.neuron else "graphs probe MLP neurons only") + "</div>"))
+        cards.append(_card(tab_url("graph"), "graph", none("n2g", "none yet" if g.neuron else
+                                                          "graphs probe MLP neurons only")))
     if g.topic:
         t = g.topic
         rnd = f" vs random {t.random_median:+.2f}" if t.random_median is not None else ""
@@ -73,8 +78,8 @@ def glance_html(g: UnitGlance, tab_url) -> str:
                            "the best positive-end topic over the unit's topic modes, beside the median of random "
                            "word sets from the same pool", wide=True))
     else:
-        cards.append(_card(tab_url("topics"), "topic", '<div class="none">' + (
-            "no coherent topic in its pools" if g.n_topic_sets else "none yet") + "</div>"))
+        cards.append(_card(tab_url("topics"), "topic", none("topics", "no coherent topic in its pools")
+                           if g.n_topic_sets else none("topics")))
     if g.effects:
         e = g.effects
         promoted = "".join(token_code_html(g.effect_tokens.get(t, str(t))) for t, _v in e.promoted[:4])
@@ -84,7 +89,7 @@ def glance_html(g: UnitGlance, tab_url) -> str:
                            "ablating the unit on its records: the mean change in next-token loss (> 0: it helps) "
                            "and the tokens whose log-probability it raises most there", wide=True))
     else:
-        cards.append(_card(tab_url("ablation"), "effect", '<div class="none">not measured yet</div>'))
+        cards.append(_card(tab_url("ablation"), "effect", none("effects", "not measured yet")))
     toks = "".join(token_code_html(t) for t in g.top_tokens[:5]) or "—"
     cards.append(_card(tab_url("tokens & weights"), "fires on",
                        f'<div>{toks}</div><div class="sub">density {g.density:.2%} of tokens &gt; 0</div>',
@@ -92,10 +97,11 @@ def glance_html(g: UnitGlance, tab_url) -> str:
     return STYLE + '<div class="glance">' + "".join(cards) + "</div>"
 
 
-def glance_header(g: UnitGlance, tab_url, npmi_counted: bool = True) -> str | None:
+def glance_header(g: UnitGlance, tab_url, npmi_counted: bool = True, coming: set[str] = frozenset()) -> str | None:
     """Draw the header; return the lens the user asked to compute now ('baseline', 'graph', 'topics', 'effects')
-    or None. ``npmi_counted``: whether topics can start at once (else the button says they count NPMI first)."""
-    st.html(glance_html(g, tab_url))
+    or None. ``npmi_counted``: whether topics can start at once (else the button says they count NPMI first);
+    ``coming``: as for ``glance_html``."""
+    st.html(glance_html(g, tab_url, coming))
     missing = [(lens, label) for lens, label, gone in (
         ("baseline", "compute the baseline (instant)", not any(b.error is None for b in g.baselines)),
         ("graph", "build the graph (seconds)", g.neuron and not g.graph),

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.types import MLP, UnitId
-from viewer.components.build import still_building
+from viewer.components.build import coming, still_building
 from viewer.components.charts import histogram_html
 from viewer.components.explanations import baseline_line, explanations_panel, similar_line
 from viewer.components.export import neuron_page_html
@@ -303,7 +303,8 @@ def render() -> None:
                        help="this page as one HTML file that opens offline (records, statistics, what each lens says)")
     with t3.popover("add to list"):
         add_to_list_form(model, unit, lists)
-    if (lens := glance_header(glance, lambda tab: unit_url(model.name, unit, tab), npmi_counted())) is not None:
+    if (lens := glance_header(glance, lambda tab: unit_url(model.name, unit, tab), npmi_counted(),
+                              coming(db_path(), unit))) is not None:
         compute_now(lens, model, rec)
     s = rec.stats
     cols = st.columns(7)
