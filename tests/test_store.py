@@ -161,3 +161,33 @@ def test_bulk_record_reads_equal_one_unit_reads(viewer_db, sae_db):
     db, model = viewer_db
     with pytest.raises(UserError, match="neuron 100000 does not exist"):
         unit_records(db, model, 1, [0, 100000])
+
+
+def test_explanations_and_baselines_written_in_bulk(tmp_path):
+    """put_many / put_baselines: one statement for many, the same rows as one put after another (a repeated
+    explanation once; a baseline of the same unit, predictor and set replaced, the last one winning)."""
+    from analysis.evaluate import ScoredSimulation
+    from analysis.types import MLP, Explanation, UnitId
+
+    def sim(score: float, window_ids: list[int]) -> ScoredSimulation:
+        return ScoredSimulation("", "token-lookup", {"k": 1}, "top-and-random", window_ids, [], [],
+                                [[0.5, 10.0]], score, score / 2, None, 3.5)
+
+    a, b = UnitId(MLP, 2, 7), UnitId(MLP, 2, 8)
+    with open_store(tmp_path / "x.duckdb") as store:
+        ex = store.explanations
+        ids = ex.put_many([("run", a, Explanation("commas", "human")), ("run", b, Explanation("dates", "human")),
+                           ("run", a, Explanation("commas", "human"))])
+        assert ids[0] == ids[2] != ids[1] and ex.put("run", a, Explanation("commas", "human")) == ids[0]
+        assert [e.text for e in ex.of_unit("run", a)] == ["commas"] and ex.units_explained_by("run", MLP, 2,
+                                                                                               "human") == {7, 8}
+        ex.put_baselines([("run", a, sim(0.1, [1])), ("run", b, sim(0.2, [2])), ("run", a, sim(0.3, [3, 4]))])
+        ex.put_baseline("run", b, sim(0.4, [5]))
+        got = {x.unit: x for x in ex.baselines("run")}
+        assert set(got) == {a, b} and len(ex.baselines("run")) == 2
+        assert (got[a].score, got[a].window_ids, got[a].rsquared) == (0.3, [3, 4], 0.15)
+        assert (got[b].score, got[b].window_ids, got[b].predicted, got[b].max_activation) == (0.4, [5], [[0.5, 10.0]],
+                                                                                               3.5)
+        assert got[a].params == {"k": 1} and got[a].error is None
+        assert ex.units_with_baseline("run", MLP, 2, "token-lookup", "top-and-random") == {7, 8}
+        assert ex.units_with_baseline("run", MLP, 2, "token-lookup", "random-only") == set()
