@@ -90,6 +90,16 @@ class UnitScore:
 
 
 @dataclass(frozen=True)
+class BaselineScore:
+    """One unit's successful baseline score (for score distributions: no predictions read)."""
+
+    unit: UnitId
+    predictor: str
+    scoring_set: str
+    score: float
+
+
+@dataclass(frozen=True)
 class ExplanationHit:
     """An explanation found by a search: its unit, text and how well it matched (BM25 score or cosine)."""
 
@@ -249,6 +259,13 @@ class ExplanationRepo(Repo):
         return self._q("SELECT 1 FROM baselines WHERE run_id = ? AND source = ? AND layer = ? AND unit = ? AND "
                        "predictor = ? AND scoring_set = ? AND error IS NULL",
                        [run_id, unit.source, unit.layer, unit.index, predictor, scoring_set]).fetchone() is not None
+
+    def baseline_scores(self, run_id: str) -> list[BaselineScore]:
+        """Every unit's successful baseline scores in a run (what a layer overview needs of 46k baselines)."""
+        rows = self._q("SELECT source, layer, unit, predictor, scoring_set, score FROM baselines WHERE run_id = ? AND "
+                       "error IS NULL AND score IS NOT NULL ORDER BY source, layer, unit, predictor, scoring_set",
+                       [run_id]).fetchall()
+        return [BaselineScore(UnitId(r[0], r[1], r[2]), r[3], r[4], r[5]) for r in rows]
 
     def units_with_baseline(self, run_id: str, source: str, layer: int, predictor: str, scoring_set: str
                             ) -> set[int]:

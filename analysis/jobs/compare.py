@@ -121,9 +121,9 @@ def kind_table(store, model: str, layer: int, sae_source: str, units: int, seed:
                                                                     source=source)}
         live = [i for i, s in summaries.items() if s.max > 0]
         picked = sample_units(live, units, seed, kind)
-        scores = {b.unit.index: b.score for b in store.explanations.baselines(run.run_id)
+        scores = {b.unit.index: b.score for b in store.explanations.baseline_scores(run.run_id)
                   if b.unit.source == source and b.unit.layer == layer and b.predictor == TOKEN_LOOKUP
-                  and b.scoring_set == "top-and-random" and b.error is None}
+                  and b.scoring_set == "top-and-random"}
         graphs = store.graphs.firing_f1(run.run_id, layer, source)
         topics = store.topics.best_scores(info.model_id, source, layer, TOPIC_MODE)
         metrics = []

@@ -13,6 +13,9 @@ from viewer.components.picker import unit_link
 from viewer.resources import cached_models, db_path, read
 
 
+POINTS = 3000  # a box draws every point up to this many, else only its outliers (46k points draw slowly)
+
+
 def unit_kind(source: str) -> str:
     return "neurons" if source == MLP else source.removeprefix("sae:").rsplit("@", 1)[0] + " features"
 
@@ -29,7 +32,7 @@ def render() -> None:
         model = s.catalog.model(name)
         runs = s.runs.finished(model.model_id, source=None)
         return (name, [row for r in runs for row in s.explanations.scores(r.run_id)],
-                [b for r in runs for b in s.explanations.baselines(r.run_id)])
+                [b for r in runs for b in s.explanations.baseline_scores(r.run_id)])
 
     data = read(load)
     if data is None:
@@ -47,20 +50,21 @@ def render() -> None:
     source = c2.radio("units", sources, horizontal=True, format_func=lambda x: unit_kind(x),
                       help="explanation scores of neurons and of each dictionary's features, apart")
     rows = [r for r in rows if r.scoring_set == scoring_set and r.score is not None and r.unit.source == source]
-    baselines = [b for b in baselines if b.scoring_set == scoring_set and b.score is not None and b.error is None
-                 and b.unit.source == source]
+    baselines = [b for b in baselines if b.scoring_set == scoring_set and b.unit.source == source]
     layers = sorted({r.unit.layer for r in rows} | {b.unit.layer for b in baselines})
     fig = go.Figure()
     for key in sorted({(r.explainer, r.simulator) for r in rows}):
         pts = [r for r in rows if (r.explainer, r.simulator) == key]
         tiny = " (tiny offline)" if TINY["explainer"] == key[0] or TINY["simulator"] == key[1] else ""
         fig.add_trace(go.Box(x=[f"L{r.unit.layer}" for r in pts], y=[r.score for r in pts],
-                             name=f"{key[0]} → {key[1]}{tiny}", boxpoints="all", jitter=0.4, pointpos=0,
+                             name=f"{key[0]} → {key[1]}{tiny}", boxpoints="all" if len(pts) <= POINTS else "outliers",
+                             jitter=0.4, pointpos=0,
                              hovertext=[str(r.unit) for r in pts]))
     for predictor in sorted({b.predictor for b in baselines}):
         pts = [b for b in baselines if b.predictor == predictor]
         fig.add_trace(go.Box(x=[f"L{b.unit.layer}" for b in pts], y=[b.score for b in pts],
-                             name=f"baseline: {predictor}", boxpoints="all", jitter=0.4, pointpos=0,
+                             name=f"baseline: {predictor}", boxpoints="all" if len(pts) <= POINTS else "outliers",
+                             jitter=0.4, pointpos=0,
                              marker_color="#9a9a9a", line_color="#9a9a9a", hovertext=[str(b.unit) for b in pts]))
     fig.update_layout(boxmode="group", height=420, yaxis_title="correlation score", template="plotly_white",
                       xaxis=dict(categoryorder="array", categoryarray=[f"L{l}" for l in layers]))
