@@ -278,6 +278,7 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
     if job.plan_only:
         return BuildSummary(stages, dropped)
     spent: dict[str, float] = {}
+    measured: dict[str, list] = {}  # lens -> [new units, seconds, bytes] of this build
     status = BuildStatus.start(stages, resume_command(job, db), None if len(asked) == info.d_mlp else asked)
     watched = StatusProgress(progress, status, status_file(db))
     watched.save()
@@ -295,11 +296,15 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
                 new = _run_stage(job, db, stage.lens, layer, fmt_layers(stage.layers), info, watched, executor)
                 took, grew = time.monotonic() - t0, db_bytes(db) - size0
                 spent[stage.lens] = spent.get(stage.lens, 0.0) + took
-                if new >= 8:  # enough new work to be a measurement
-                    if executor.local:  # this machine's single-process costs
-                        record_cost(db, f"{info.model_id}|{job.device}", stage.lens, took / new)
-                    cells = len(stage.layers) * info.d_mlp if stage.lens == "harvest" else new
-                    record_cost(db, f"{info.model_id}|disk", stage.lens, max(grew, 0) / cells)
+                if new:  # measured over the stage so far (a file grows in blocks: one layer alone says little)
+                    m = measured.setdefault(stage.lens, [0, 0.0, 0])
+                    m[0] += new
+                    m[1] += took
+                    m[2] += grew if stage.lens != "harvest" else grew * new / (len(stage.layers) * info.d_mlp)
+                    if m[0] >= 8:  # enough new work to be a measurement
+                        if executor.local:  # this machine's single-process costs
+                            record_cost(db, f"{info.model_id}|{job.device}", stage.lens, m[1] / m[0])
+                        record_cost(db, f"{info.model_id}|disk", stage.lens, max(m[2], 0) / m[0])
                 status.stages[i].done.extend(stage.layers if layer is None else [layer])
                 status.stages[i].spent_s += took
                 bar.update(len(stage.layers) if layer is None else 1)
