@@ -500,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = command("explain", cmd_explain, "explain neurons from their top train records (resumable)")
     add_options(x, ExplainJob, {
         "model": MODEL, "source": SOURCE, "layer": Opt("layer", required=True),
-        "neurons": Opt("e.g. 0-99 or 3,5,8", required=True),
+        "neurons": Opt("'all', e.g. 0-99 or 3,5,8", required=True),
         "explainer": Opt("who explains", choices=EXPLAINERS), "explainer_model": Opt("local explainer model"),
         "device": DEVICE, "force": Opt("explain again even if this explainer already did"),
         "revise": Opt("also store a revised explanation (the paper's revision step)"), **api_job})
@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc = command("score", cmd_score, "simulate explanations on held-out records and score them (resumable)")
     add_options(sc, ScoreJob, {
         "model": MODEL, "source": SOURCE, "layer": Opt("layer", required=True),
-        "neurons": Opt("many neurons, e.g. 0-99"),
+        "neurons": Opt("'all' or many neurons, e.g. 0-99"),
         "explanation": Opt("score (and store) this explanation instead of the stored ones"),
         "simulator": Opt("who simulates", choices=SIMULATORS), "simulator_model": Opt("local simulator model"),
         "simulator_dtype": Opt("bfloat16 simulates ~2x faster on CPUs with AVX512-BF16, at bf16 precision",
@@ -635,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "Ablates each unit on its top and random records and stores the mean change in next-token loss and "
                  "the tokens whose log-probabilities it raises / lowers most there (shown on the unit's page).")
     add_options(ef, EffectsJob, {"model": MODEL, "source": SOURCE, "layer": Opt("layer", required=True),
-                                 "neurons": Opt("units, e.g. 0-99 or 3,5,8", required=True),
+                                 "neurons": Opt("units: 'all', e.g. 0-99 or 3,5,8", required=True),
                                  "mode": Opt("zero or mean", choices=("zero", "mean")),
                                  "top": Opt("top-activating records per unit"),
                                  "random": Opt("random records per unit"), "device": DEVICE,

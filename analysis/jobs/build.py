@@ -34,7 +34,7 @@ PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.027, "topics": 0.70, "n2g": 2.5
 """Seconds per unit on the project's 2-core VM, fp32, SmolLM2-135M (bench/RESULTS.md): harvest per corpus token
 through all 30 layers; baselines = token-lookup explanation + baseline score; n2g at depth with augmentation;
 effects over 20 records; explain / score with the local backends (score with calibration)."""
-PROJECT_DISK = {"harvest": 7_450.0, "baselines": 15_000.0, "topics": 3_000.0, "n2g": 4_000.0, "effects": 600.0,
+PROJECT_DISK = {"harvest": 7_450.0, "baselines": 8_600.0, "topics": 3_000.0, "n2g": 4_000.0, "effects": 600.0,
                 "explain": 300.0, "score": 2_000.0}
 """Bytes of database per unit (the harvest: per harvested neuron) measured by the demo build (bench/RESULTS.md)."""
 
@@ -502,8 +502,7 @@ def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: st
     """Run one lens on one layer (the harvest: on all its layers at once); return the units done now."""
     from analysis.jobs.common import parse_units
 
-    units = (f"0-{info.d_mlp - 1}" if lens in CHEAP or job.expensive_neurons.strip().lower() == "all"
-             else job.expensive_neurons)
+    units = "all" if lens in CHEAP else job.expensive_neurons
     if lens == "harvest":
         from analysis.jobs.harvest import harvest
 
@@ -531,7 +530,7 @@ def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: st
         s = topics(TopicsJob(layer=layer, neurons=units, model=job.model, device=job.device), db, progress,
                    executor)
         # in neurons' worth of (mode, unit) pairs
-        return round(len(parse_units(units, info.d_mlp)) * s.computed / max(len(s.sets) / 2, 1))
+        return round(len(parse_units(units, info.d_mlp, allow_all=True)) * s.computed / max(len(s.sets) / 2, 1))
     if lens == "n2g":
         from analysis.jobs.n2g import N2GJob, n2g
 

@@ -147,7 +147,7 @@ def effects_of(job: EffectsJob, db: Path, progress=None, executor=None) -> list:
     with open_store(db, read_only=True) as store:
         info = cached_model(store, job.model)
         units = parse_units(job.neurons, n_units(store, info, job.source, job.layer),
-                            "neurons" if job.source == MLP else "features")
+                            "neurons" if job.source == MLP else "features", allow_all=True)
         run = store.runs.find(job.model, job.layer, source=job.source)
         done = set() if job.force or run is None else store.effects.units(run.run_id, job.layer, job.mode, job.source)
         sae = load_dictionary_of(store, job.source)

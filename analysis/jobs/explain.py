@@ -118,7 +118,7 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress(), executor
     with open_store(db, read_only=True) as store:
         info = cached_model(store, job.model)
         n = n_units(store, info, job.source, job.layer)
-    units = parse_units(job.neurons, n, "neurons" if job.source == MLP else "features")
+    units = parse_units(job.neurons, n, "neurons" if job.source == MLP else "features", allow_all=True)
     if job.revise and job.explainer not in ("api", "local"):
         raise UserError("--revise needs a model explainer (local or api)")
     recs = unit_records(db, job.model, job.layer, units, job.source)

@@ -142,7 +142,7 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress(), executor=Non
     with open_store(db, read_only=True) as store:
         info = cached_model(store, job.model)
         n = n_units(store, info, job.source, job.layer)
-    units = parse_units(job.neurons, n, "neurons" if job.source == MLP else "features")
+    units = parse_units(job.neurons, n, "neurons" if job.source == MLP else "features", allow_all=True)
     recs = unit_records(db, job.model, job.layer, units, job.source)
     baseline = job.simulator in BASELINES
     todo = []  # (unit index, explanation id or None for a baseline, text)

@@ -1,6 +1,6 @@
 """The Ray executor's overhead: the same work on the local executor and on a local Ray cluster, in one run.
 
-    python bench/ray.py [--db cache/demo.duckdb] [--layer 15] [--tokens 16384] [--neurons 0-31] [--cpus 2]
+    python bench/executors.py [--db cache/demo.duckdb] [--layer 15] [--tokens 16384] [--neurons 0-31] [--cpus 2]
 
 Needs Ray (``pip install -r requirements-ray.txt``). Work, each timed on both executors (one executor for all
 three, as a build holds one; the Ray cluster's start is timed apart):
@@ -10,7 +10,8 @@ three, as a build holds one; the Ray cluster's start is timed apart):
   3. n2g: Neuron2Graph graphs of ``--neurons`` of the layer, on the same copy (force).
 Local runs in this process with torch's default threads (all cores); Ray runs ``--cpus`` one-thread workers, each
 loading the model once (inside its first task: counted in the first stage that needs it). Prints a markdown
-table: seconds per executor and the ratio ray / local. ``--db`` itself is never written.
+table: seconds per executor and the ratio ray / local. ``--db`` itself is never written. (Not named ray.py: a
+script's folder comes first on sys.path, and bench/ray.py would shadow the ray package.)
 """
 
 from __future__ import annotations
