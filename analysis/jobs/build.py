@@ -474,17 +474,20 @@ class _StatusBar:
 
 
 def resume_command(job: BuildJob, db: Path) -> str:
-    """The CLI command that runs ``job`` again (flags for the fields that differ from their defaults)."""
+    """The CLI command that runs ``job`` again (flags for the fields that differ from their defaults; an API
+    endpoint's settings are not repeated: the command says to add them)."""
     import shlex
 
     parts = ["python -m analysis build", "--db", shlex.quote(str(db))]
     for f in fields(BuildJob):
-        value, default = getattr(job, f.name), f.default if f.default_factory is field().default_factory else None
-        if f.name in ("plan_only", "api") or value == default:
+        value = getattr(job, f.name)
+        if f.name in ("plan_only", "api") or value == f.default:  # (api: its own flags, not kept here)
             continue
         flag = "--" + f.name.replace("_", "-")
         text = ",".join(value) if isinstance(value, tuple) else str(value)
         parts += [flag, shlex.quote(text)]
+    if job.api != ApiConfig():
+        parts.append("  # plus the --api-* options it was started with")
     return " ".join(parts)
 
 
