@@ -1,5 +1,6 @@
 """A background build as the viewer shows it: its progress on the Cache page, and a note on any page whose lens
-the running build has not written yet (``analysis.jobs.build.read_status``)."""
+the running build has not written yet (``analysis.jobs.build.read_status``: a small JSON file beside the
+database, read on every call, as it changes while the build goes)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,17 @@ from pathlib import Path
 
 import streamlit as st
 
-from analysis.jobs.build import BuildStatus, fmt_seconds, read_status
+from analysis.jobs.build import fmt_seconds, read_status
 
 LENS_NAMES = {"harvest": "harvest", "baselines": "token-lookup baselines", "topics": "topics", "n2g": "graphs",
               "effects": "ablation effects", "explain": "explanations", "score": "explanation scores"}
-
-
-def build_status(db: Path) -> BuildStatus | None:
-    """The database's last build (a small JSON file beside it; read on every call, it changes as the build goes)."""
-    return read_status(db)
 
 
 def still_building(db: Path, lens: str, unit) -> bool:
     """Say so and return True when the running build is still to write ``lens`` for ``unit`` (an MLP neuron)."""
     from analysis.types import MLP
 
-    status, layer = build_status(db), unit.layer
+    status, layer = read_status(db), unit.layer
     if status is None or unit.source != MLP or not status.pending(lens, layer, unit.index):
         return False
     left = status.left_s()
@@ -38,7 +34,7 @@ def coming(db: Path, unit) -> set[str]:
     """The lenses the running build is still to write for ``unit`` (an MLP neuron; empty when no build runs)."""
     from analysis.types import MLP
 
-    status = build_status(db)
+    status = read_status(db)
     if status is None or unit.source != MLP or not status.running:
         return set()
     return {s.lens for s in status.stages if status.pending(s.lens, unit.layer, unit.index)}
@@ -46,7 +42,7 @@ def coming(db: Path, unit) -> set[str]:
 
 def pending_layers(db: Path, lens: str) -> list[int]:
     """The layers of ``lens`` the running build has still to write (empty when no build runs)."""
-    status = build_status(db)
+    status = read_status(db)
     if status is None or not status.running:
         return []
     return sorted({layer for s in status.stages if s.lens == lens for layer in s.layers if layer not in s.done})
@@ -69,7 +65,7 @@ def background_pid(db: Path) -> int | None:
 
 def build_panel(db: Path) -> None:
     """The last build's progress, and `make demo`'s background steps after it; nothing when none ran."""
-    status, pid = build_status(db), background_pid(db)
+    status, pid = read_status(db), background_pid(db)
     if status is None and pid is None:
         return
     st.subheader("Build")

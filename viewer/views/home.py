@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from viewer.components.build import build_panel, build_status
+from analysis.jobs.build import read_status
+from viewer.components.build import build_panel
 from viewer.resources import db_path, read
 
 
@@ -19,7 +20,7 @@ def _quality(meta: dict) -> dict:
 def build_section() -> None:
     """The build's progress; while it runs, this part reruns every few seconds."""
     build_panel(db_path())
-    status = build_status(db_path())
+    status = read_status(db_path())
     if status is not None and not status.running and st.session_state.get("build_was_running"):
         st.session_state["build_was_running"] = False
         st.rerun()  # the build ended: the whole page shows what it wrote
