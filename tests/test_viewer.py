@@ -292,16 +292,17 @@ def test_graph_tab_search_and_compare(n2g_db, monkeypatch):
 def test_pages_say_what_a_running_build_has_still_to_write(viewer_db, monkeypatch, tmp_path):
     """A build in the background (its status file, this process standing in for it): the unit page's tabs say
     their lens is coming, the Cache page shows its progress; once its process is gone, how to resume."""
-    import shutil
     import subprocess
     import sys
 
+    from analysis.__main__ import main
     from analysis.jobs.build import BuildStatus, Stage, StatusProgress, status_file
     from analysis.progress import Progress
 
     db, model = viewer_db
-    copy = tmp_path / "building.duckdb"
-    shutil.copy(db, copy)
+    copy = tmp_path / "building.duckdb"  # a harvest only (other tests add lenses to viewer_db's units)
+    assert main(["harvest", "--model", model, "--corpus", str(db.parent / "docs.jsonl"), "--db", str(copy),
+                 "--layers", "0,1", "--seq-len", "24", "--quiet"]) == 0
     stages = [Stage("harvest", [0, 1], 480, 0.0, "done"), Stage("baselines", [0, 1], 64, 2.0, "VM"),
               Stage("n2g", [1], 4, 10.0, "VM"), Stage("topics", [1], 4, 3.0, "VM")]
     status = BuildStatus.start(stages, f"python -m analysis build --db {copy} --expensive-neurons 0-3", [0, 1, 2, 3])

@@ -511,12 +511,17 @@ def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: st
 
         s = harvest(_harvest_job(job, layers), db, progress, executor)
         return s.n_tokens if s.status == "done" else 0
+    records = None
+    if lens == "baselines":  # explained and scored from one read of the layer's records
+        from analysis.jobs.common import unit_records
+
+        records = unit_records(db, job.model, layer, list(range(info.d_mlp)))
     if lens in ("baselines", "explain"):
         from analysis.jobs.explain import ExplainJob, explain
 
         who = "token-lookup" if lens == "baselines" else job.explainer
         s = explain(ExplainJob(layer=layer, neurons=units, model=job.model, explainer=who, device=job.device,
-                               api=job.api), db, progress, executor)
+                               api=job.api), db, progress, executor, records)
         new = len(s.explained)
         if lens == "explain":
             return new
@@ -525,7 +530,7 @@ def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: st
 
         who = "token-lookup" if lens == "baselines" else job.simulator
         s = score(ScoreJob(layer=layer, neurons=units, model=job.model, simulator=who, device=job.device,
-                           api=job.api), db, progress, executor)
+                           api=job.api), db, progress, executor, records)
         return max(len(s.results), new if lens == "baselines" else 0)
     if lens == "topics":
         from analysis.jobs.topics import TopicsJob, topics

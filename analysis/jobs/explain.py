@@ -108,9 +108,11 @@ class ExplainTask:
         return out
 
 
-def explain(job: ExplainJob, db: Path, progress: Progress = Progress(), executor=None) -> ExplainSummary:
+def explain(job: ExplainJob, db: Path, progress: Progress = Progress(), executor=None,
+            records: dict | None = None) -> ExplainSummary:
     """Explain the job's units: an API explainer from threads of this process, the others a chunk of units per
-    task on ``executor`` (default this process)."""
+    task on ``executor`` (default this process). ``records``: the units' records (index -> UnitRecord) where the
+    caller has read them already, else read here."""
     from analysis.executor import LOCAL
     from analysis.splits import explainer_train
     from cache.store import open_store
@@ -121,7 +123,8 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress(), executor
     units = parse_units(job.neurons, n, "neurons" if job.source == MLP else "features", allow_all=True)
     if job.revise and job.explainer not in ("api", "local"):
         raise UserError("--revise needs a model explainer (local or api)")
-    recs = unit_records(db, job.model, job.layer, units, job.source)
+    recs = records if records is not None and set(units) <= set(records) else unit_records(
+        db, job.model, job.layer, units, job.source)
     with open_store(db, read_only=True) as store:  # resumable: skip units this explainer already did
         done = set() if job.force or not recs else store.explanations.units_explained_by(
             recs[units[0]].run_id, job.source, job.layer, job.explainer)

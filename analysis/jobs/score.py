@@ -129,9 +129,10 @@ class ScoreTask:
         return out
 
 
-def score(job: ScoreJob, db: Path, progress: Progress = Progress(), executor=None) -> ScoreSummary:
+def score(job: ScoreJob, db: Path, progress: Progress = Progress(), executor=None,
+          records: dict | None = None) -> ScoreSummary:
     """Score the job's explanations (or baselines): an API simulator from threads of this process, the others a
-    chunk per task on ``executor`` (default this process)."""
+    chunk per task on ``executor`` (default this process). ``records``: as for ``jobs.explain.explain``."""
     from analysis.executor import LOCAL
     from analysis.explain import HumanExplainer
     from analysis.splits import calibration, scoring_records
@@ -143,7 +144,8 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress(), executor=Non
         info = cached_model(store, job.model)
         n = n_units(store, info, job.source, job.layer)
     units = parse_units(job.neurons, n, "neurons" if job.source == MLP else "features", allow_all=True)
-    recs = unit_records(db, job.model, job.layer, units, job.source)
+    recs = records if records is not None and set(units) <= set(records) else unit_records(
+        db, job.model, job.layer, units, job.source)
     baseline = job.simulator in BASELINES
     todo = []  # (unit index, explanation id or None for a baseline, text)
     if baseline:
