@@ -142,8 +142,9 @@ class ExplanationRepo(Repo):
 
     def put_many(self, items: list[tuple[str, UnitId, Explanation]]) -> list[str]:
         """``put`` of many (run id, unit, explanation) in one statement; their ids, in order."""
-        ids, seen, cols = [], set(), {c: [] for c in ("explanation_id", "run_id", "source", "layer", "unit", "explainer", "params",
-                                         "text", "usage")}
+        ids, seen = [], set()
+        cols = {c: [] for c in ("explanation_id", "run_id", "source", "layer", "unit", "explainer", "params", "text",
+                                "usage")}
         for run_id, unit, exp in items:
             # neurons keep the ids they had before units named their source
             who = (unit.layer, unit.index) if unit.source == MLP else (unit.source, unit.layer, unit.index)

@@ -370,8 +370,9 @@ class BuildStatus:
 
     def pending(self, lens: str, layer: int, index: int) -> bool:
         """Whether this running build is still to write ``lens`` for unit ``index`` of ``layer``."""
-        return self.running and (lens in CHEAP or self.units is None or index in self.units) and any(s.lens == lens and layer in s.layers and layer not in s.done
-                                    for s in self.stages)
+        if not self.running or not (lens in CHEAP or self.units is None or index in self.units):
+            return False
+        return any(s.lens == lens and layer in s.layers and layer not in s.done for s in self.stages)
 
     @property
     def fraction(self) -> float:
