@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from analysis.n2g.evaluate import firing_metrics, prf
-from analysis.n2g.fit import Answer, ModelProber, N2GConfig, Probe, fit_graphs, generalise, token_lookup_predict
+from analysis.n2g.fit import (Answer, ModelProber, N2GConfig, Probe, fit_graphs, generalise, pack_rows,
+                              token_lookup_predict)
 from analysis.n2g.graph import ANY, Graph, contains_sequence, jaccard, paths, similar
 
 A, B, C, D, MASK = 10, 11, 12, 13, 0
@@ -131,31 +132,51 @@ def test_prf_by_hand_and_no_nan():
     assert (non_firing.precision, non_firing.recall) == (1.0, 0.5)
 
 
-def test_model_prober_equals_single_sequence_forward_passes(tiny_folders):
-    """Activations at the last token, next-token log-probabilities and top-k, for sequences of different lengths
-    batched with right padding, against plain HF forward passes of each sequence alone."""
+def test_pack_rows_shares_prefixes_and_respects_the_row_size():
+    seqs = [(1, 2, 3), (1, 2, 4), (1, 2), (1, 2, 3), (5,), (1, 9, 9, 9, 9, 9, 9)]
+    rows = pack_rows(seqs, row_tokens=5)
+    for tokens, parents, paths in rows:
+        assert len(tokens) <= 5 or len(paths) == 1  # only a lone long sequence overflows
+        assert all(p < i for i, p in enumerate(parents))  # preorder: a node after its parent
+        for j, path in paths.items():
+            assert [tokens[n] for n in path] == list(seqs[j])
+            assert [parents[n] for n in path] == [-1] + path[:-1]  # a path from a root
+    assert sorted(j for _t, _p, paths in rows for j in paths) == list(range(len(seqs)))
+    first = next(r for r in rows if 0 in r[2])
+    assert first[2][0] == first[2][3] and len(first[0]) == 4  # 1 2 3 4: the prefix and the duplicate run once
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "neox", "gemma"])
+def test_model_prober_equals_single_sequence_forward_passes(tiny_folders, kind):
+    """Activations at the last token, next-token log-probabilities and top-k, for sequences that share prefixes
+    (packed into rows with an ancestor mask) or not, several rows per batch and several batches, against plain HF
+    forward passes of each sequence alone."""
     from analysis.models import load_model
 
-    subject = load_model(str(tiny_folders["llama"]))
-    prober = ModelProber(subject, layer=1, token_budget=8, lm_token_budget=8)  # several padded batches
-    seqs = [(40, 41, 42, 43), (50, 51), (60, 61, 62), (70,)]
+    subject = load_model(str(tiny_folders[kind]))
+    prober = ModelProber(subject, layer=1, token_budget=16, lm_token_budget=12, row_tokens=8)
+    seqs = [(40, 41, 42, 43), (50, 51), (60, 61, 62), (70,), (40, 41, 99, 43), (40, 41, 42, 7), (40, 41),
+            (40, 41, 42, 43, 44, 45, 46, 47, 48, 49)]
     probes = [Probe(s) for s in seqs] + [Probe(s, lm=True, topk=3) for s in seqs]
     answers = prober(probes)
+    assert prober.n_tokens[False] < sum(map(len, seqs))  # the shared prefixes ran once
+    nb = len(subject.bos_prefix)
     captured = {}
     hook = subject.out_proj(1).register_forward_pre_hook(lambda _m, a: captured.__setitem__("x", a[0]))
     try:
         for i, s in enumerate(seqs):
             with torch.inference_mode():
-                logits = subject.model(input_ids=torch.tensor([s])).logits[0]
+                logits = subject.model(input_ids=torch.tensor([subject.bos_prefix + list(s)])).logits[0]
             act = captured["x"][0, -1].numpy()
             for a in (answers[i], answers[len(seqs) + i]):
-                np.testing.assert_allclose(a.acts, act, atol=1e-5, rtol=1e-5)
+                np.testing.assert_allclose(a.acts, act, atol=1e-5, rtol=1e-4)
             lm = answers[len(seqs) + i]
             lsm = torch.log_softmax(logits, -1).numpy()
-            assert np.isnan(lm.logprobs[0]) and (lm.top_ids[0] == -1).all()  # no BOS: nothing predicts token 0
-            for t in range(1, len(s)):
-                assert lm.logprobs[t] == pytest.approx(lsm[t - 1, s[t]], abs=1e-4)
-                assert list(lm.top_ids[t]) == list(np.argsort(-lsm[t - 1])[:3])
+            if not nb:  # no BOS: nothing predicts token 0
+                assert np.isnan(lm.logprobs[0]) and (lm.top_ids[0] == -1).all()
+            for t in range(1 - nb, len(s)):
+                assert lm.logprobs[t] == pytest.approx(lsm[nb + t - 1, s[t]], abs=1e-4)
+                assert list(lm.top_ids[t]) == list(np.argsort(-lsm[nb + t - 1])[:3])
     finally:
         hook.remove()
 

@@ -14,7 +14,7 @@ at its own last real token).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Generator, Sequence
+from typing import Callable, Generator, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -200,74 +200,147 @@ def token_lookup_predict(records: list[tuple[list[int], list[float]]]) -> Callab
     return lambda tokens: [max(best.get(t, 0.0), 0.0) for t in tokens]
 
 
+def pack_rows(seqs: Sequence[tuple[int, ...]], row_tokens: int) -> list[tuple[list[int], list[int], dict[int, list[int]]]]:
+    """Sequences packed into rows that compute each shared prefix once: a row is a forest of token nodes in
+    preorder (a node after its parent), every sequence a path from a root. Returns per row (tokens, parent index
+    or -1, {sequence index: its path's node indices}). A row holds at most ``row_tokens`` nodes unless one
+    sequence alone is longer. Lexicographic order is the tries' preorder, and a sequence shares the longest prefix
+    it shares with anything earlier with the sequence just before it."""
+    rows: list[tuple[list[int], list[int], dict[int, list[int]]]] = []
+    tokens: list[int] = []
+    parents: list[int] = []
+    paths: dict[int, list[int]] = {}
+    prev: tuple[int, ...] = ()
+    path: list[int] = []
+    for i in sorted(range(len(seqs)), key=lambda i: seqs[i]):
+        s = seqs[i]
+        shared = 0
+        while shared < min(len(s), len(prev)) and s[shared] == prev[shared]:
+            shared += 1
+        if tokens and len(tokens) + len(s) - shared > row_tokens:
+            rows.append((tokens, parents, paths))
+            tokens, parents, paths, shared = [], [], {}, 0
+        path = path[:shared]
+        for t in s[shared:]:
+            parents.append(path[-1] if path else -1)
+            path.append(len(tokens))
+            tokens.append(t)
+        paths[i], prev = list(path), s
+    if tokens:
+        rows.append((tokens, parents, paths))
+    return rows
+
+
 class ModelProber:
-    """Answers probes with the subject model: sequences sorted by length, right-padded, batched by a token budget.
+    """Answers probes with the subject model. Probes that share a prefix (a record's masked and substituted
+    variants share everything before the changed token; every probe shares the BOS prefix) are packed into rows
+    where that prefix runs once: each token attends to its own sequence's earlier tokens only (a 4D attention mask
+    of ancestors, positions = depth), so every probe reads as if run alone. Rows are batched by a token budget.
     Plain probes stop the forward pass at the reader's site; ``lm`` probes run the whole model for
     log-probabilities. The reader says which units are read (a layer's neurons by default, or a dictionary's)."""
 
-    def __init__(self, subject, layer: int, token_budget: int = 4096, lm_token_budget: int = 1024, reader=None):
+    def __init__(self, subject, layer: int, token_budget: int = 4096, lm_token_budget: int = 1024, reader=None,
+                 row_tokens: int = 256):
         from analysis.activations import neuron_reader
 
         subject.check_layer(layer)
         self.subject, self.layer = subject, layer
         self.reader = reader or neuron_reader(layer)
         self.budgets = {False: token_budget, True: lm_token_budget}
+        self.row_tokens = row_tokens
         self.n_prefix = len(subject.bos_prefix)
         self.n_tokens = {False: 0, True: 0}
-        """Real tokens run so far: layer-only probes (False) and whole-model probes (True)."""
+        """Tokens run so far (shared prefixes counted once): layer-only probes (False) and whole-model (True)."""
 
     def __call__(self, probes: list[Probe]) -> list[Answer]:
         out: list[Answer | None] = [None] * len(probes)
+        prefix = tuple(self.subject.bos_prefix)
         for lm in (False, True):
-            order = sorted((i for i, p in enumerate(probes) if p.lm == lm), key=lambda i: len(probes[i].seq))
+            which = [i for i, p in enumerate(probes) if p.lm == lm]
+            mine = [probes[i] for i in which]
+            rows = pack_rows([prefix + probes[i].seq for i in which], min(self.row_tokens, self.budgets[lm]))
+            rows.sort(key=lambda r: len(r[0]))
             b = 0
-            while b < len(order):
-                e = b + 1  # grow the batch while (batch size x longest sequence) fits the budget
-                while e < len(order) and (e + 1 - b) * (len(probes[order[e]].seq) + self.n_prefix) <= self.budgets[lm]:
+            while b < len(rows):
+                e = b + 1  # grow the batch while (rows x longest row) fits the budget
+                while e < len(rows) and (e + 1 - b) * len(rows[e][0]) <= self.budgets[lm]:
                     e += 1
-                chunk = [probes[i] for i in order[b:e]]
-                for i, answer in zip(order[b:e], self._run(chunk, lm)):
-                    out[i] = answer
+                for j, answer in self._run(rows[b:e], mine, lm):
+                    out[which[j]] = answer
                 b = e
         return out  # type: ignore[return-value]
 
+    def _masks(self, sees: np.ndarray, depth: np.ndarray, dtype: torch.dtype, dev) -> torch.Tensor | dict:
+        """The additive ``[B, 1, L, L]`` mask of ``sees`` (a custom 4D mask is used as given, so a sliding window is
+        applied here: keys at most ``window - 1`` positions back; a model with both kinds of layers gets both
+        masks by layer type)."""
+        def additive(allowed: np.ndarray) -> torch.Tensor:
+            blocked = torch.from_numpy(~allowed[:, None])
+            return torch.zeros(blocked.shape, dtype=dtype).masked_fill_(blocked, torch.finfo(dtype).min).to(dev)
+
+        config = self.subject.model.config
+        window = getattr(config, "sliding_window", None)
+        if not window or depth.max() < window:
+            return additive(sees)
+        windowed = additive(sees & (depth[:, :, None] - depth[:, None, :] < window))
+        types = set(getattr(config, "layer_types", None) or [])
+        if types - {"sliding_attention"}:
+            return {"full_attention": additive(sees), "sliding_attention": windowed}
+        return windowed
+
     @torch.inference_mode()
-    def _run(self, chunk: list[Probe], lm: bool) -> list[Answer]:
+    def _run(self, rows, probes: list[Probe], lm: bool) -> Iterator[tuple[int, Answer]]:
+        """Answers for the probes of ``rows`` (``pack_rows`` of ``probes``' prefixed sequences), by probe index."""
         from analysis.activations import _StopForward, site_hooks
 
-        enc = self.subject.encode([list(p.seq) for p in chunk])
-        self.n_tokens[lm] += int(enc.attention_mask.sum())
-        dev = self.subject.device
-        ids, mask = enc.input_ids.to(dev), enc.attention_mask.to(dev)
+        dev, dtype = self.subject.device, next(self.subject.model.parameters()).dtype
+        B, L = len(rows), max(len(r[0]) for r in rows)
+        ids = np.full((B, L), self.subject.pad_id, dtype=np.int64)
+        depth = np.zeros((B, L), dtype=np.int64)
+        sees = np.zeros((B, L, L), dtype=bool)
+        sees[:, np.arange(L), np.arange(L)] = True  # padding sees itself only (no empty softmax)
+        for b, (tokens, parents, _paths) in enumerate(rows):
+            ids[b, : len(tokens)] = tokens
+            for i, parent in enumerate(parents):
+                if parent >= 0:
+                    sees[b, i] |= sees[b, parent]
+                    depth[b, i] = depth[b, parent] + 1
+            self.n_tokens[lm] += int((depth[b, : len(tokens)] >= self.n_prefix).sum())
+        mask = self._masks(sees, depth, dtype, dev)
+        ids, pos = torch.from_numpy(ids).to(dev), torch.from_numpy(depth).to(dev)
         site = (self.reader.layer, self.reader.site)
         with site_hooks(self.subject, [site], stop_when_done=not lm) as captured:
             logits = None
             try:
                 if lm:
-                    logits = self.subject.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                    logits = self.subject.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                                use_cache=False).logits
                 else:
-                    self.subject.base()(input_ids=ids, attention_mask=mask, use_cache=False)
+                    self.subject.base()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
             except _StopForward:
                 pass
-        nb = enc.n_prefix
-        last = torch.tensor([nb + len(p.seq) - 1 for p in chunk], device=dev)
-        acts = self.reader.units(captured[site][torch.arange(len(chunk), device=dev), last]).cpu().numpy()
-        if not lm:
-            return [Answer(a) for a in acts]
-        answers = []
-        for i, p in enumerate(chunk):
+        where = [(b, j, node_path) for b, (_t, _p, paths) in enumerate(rows) for j, node_path in paths.items()]
+        at_b = torch.tensor([b for b, _j, _n in where], device=dev)
+        at_last = torch.tensor([n[-1] for _b, _j, n in where], device=dev)
+        acts = self.reader.units(captured[site][at_b, at_last]).cpu().numpy()
+        nb = self.n_prefix
+        for k, (b, j, node_path) in enumerate(where):
+            if not lm:
+                yield j, Answer(acts[k])
+                continue
+            p = probes[j]
             n = len(p.seq)
-            # seq[t] is predicted by the logits at input index nb + t - 1
-            rows = torch.log_softmax(logits[i, max(nb - 1, 0) : nb + n - 1].float(), dim=-1)
+            # seq[t] is predicted at the node of seq'[nb + t - 1] (seq' = prefix + seq)
+            nodes = torch.tensor(node_path[max(nb - 1, 0) : nb + n - 1], dtype=torch.long, device=dev)
+            lsm = torch.log_softmax(logits[b, nodes].float(), dim=-1)
             lp = np.full(n, np.nan, dtype=np.float32)
             first = 1 - nb  # first position with a prediction: 0 with BOS, 1 without
-            target = torch.tensor(p.seq[first:], device=dev)
-            lp[first:] = rows.gather(1, target[:, None])[:, 0].cpu().numpy()
+            target = torch.tensor(p.seq[first:], dtype=torch.long, device=dev)
+            lp[first:] = lsm.gather(1, target[:, None])[:, 0].cpu().numpy()
             top_ids = top_lp = None
             if p.topk:
                 top_ids = np.full((n, p.topk), -1, dtype=np.int64)
                 top_lp = np.full((n, p.topk), -np.inf, dtype=np.float32)
-                v, j = rows.topk(p.topk, dim=-1)
-                top_ids[first:], top_lp[first:] = j.cpu().numpy(), v.cpu().numpy()
-            answers.append(Answer(acts[i], lp, top_ids, top_lp))
-        return answers
+                v, t = lsm.topk(p.topk, dim=-1)
+                top_ids[first:], top_lp[first:] = t.cpu().numpy(), v.cpu().numpy()
+            yield j, Answer(acts[k], lp, top_ids, top_lp)
