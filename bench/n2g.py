@@ -1,12 +1,13 @@
 """Neuron2Graph on the embedded SmolLM2: seconds per neuron and firing P/R/F1 vs token-lookup, by depth.
 
     python bench/n2g.py [--db cache/demo.duckdb] [--layers 0,15,29] [--neurons 48] [--dtypes float32,bfloat16]
-                        [--seed S] [--no-plain]
+                        [--seed S] [--no-plain] [--every-firing N] [--unpacked]
 
 For each layer, the same seeded random sample of neurons (by default seeded by the layer: the sample settings
 were tuned on; ``--seed S`` draws another one, seeded by (S, layer), for a measurement nobody tuned on) is
 fitted in one batch (as `python -m analysis n2g` does per chunk) without and with augmentation; the token-lookup baseline is fitted on the same train records.
-Prints a markdown table; nothing is written to the cache.
+``--unpacked`` also fits with the prober running every probe as its own sequence (no shared prefixes: the prober
+before packing), for the speed ratio in the same run. Prints a markdown table; nothing is written to the cache.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=None, help="sample seed (default: the layer)")
     ap.add_argument("--no-plain", action="store_true", help="only the augmented fit")
+    ap.add_argument("--every-firing", type=int, default=N2GConfig.every_firing)
+    ap.add_argument("--unpacked", action="store_true", help="also time the prober without shared prefixes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -48,37 +51,45 @@ def main() -> None:
             with open_store(args.db, read_only=True) as store:
                 run = store.runs.find("smollm2-135m", layer)
                 recs = [store.records.unit_record(run, UnitId(MLP, layer, int(u))) for u in units]
-            for augment in (False, True):
-                if (dtype != "float32" or args.no_plain) and not augment:
-                    continue
-                prober = ModelProber(subject, layer)
+            runs = [(augment, 256) for augment in (False, True)
+                    if augment or (dtype == "float32" and not args.no_plain)]
+            if args.unpacked:
+                runs.append((True, 1))
+            for augment, row_tokens in runs:
+                prober = ModelProber(subject, layer, row_tokens=row_tokens)
+                config = N2GConfig(augment=augment, every_firing=args.every_firing)
                 t0 = time.perf_counter()
-                res = [r for chunk in fit_layer(subject, layer, recs, N2GConfig(augment=augment), len(recs), prober)
-                       for r in chunk]
+                res = [r for chunk in fit_layer(subject, layer, recs, config, len(recs), prober) for r in chunk]
                 dt = (time.perf_counter() - t0) / len(recs)
 
                 def mean(f):
                     return float(np.mean([f(r) for r in res]))
 
                 rows.append(dict(
-                    layer=layer, dtype=dtype, augment=augment, s=dt,
+                    layer=layer, dtype=dtype, augment=augment, packed=row_tokens > 1, s=dt,
                     tok_layer=prober.n_tokens[False] / len(recs), tok_lm=prober.n_tokens[True] / len(recs),
                     p=mean(lambda r: r.firing.precision), r=mean(lambda r: r.firing.recall),
                     f1=mean(lambda r: r.firing.f1), bp=mean(lambda r: r.baseline_firing.precision),
                     br=mean(lambda r: r.baseline_firing.recall), bf1=mean(lambda r: r.baseline_firing.f1),
                     patterns=mean(lambda r: len(r.graph.patterns()))))
                 x = rows[-1]
-                print(f"L{layer} {dtype} augment={augment}: {dt:.2f} s/neuron; firing P/R/F1 "
-                      f"{x['p']:.2f}/{x['r']:.2f}/{x['f1']:.2f} vs token-lookup "
+                print(f"L{layer} {dtype} augment={augment} packed={row_tokens > 1}: {dt:.2f} s/neuron; firing "
+                      f"P/R/F1 {x['p']:.2f}/{x['r']:.2f}/{x['f1']:.2f} vs token-lookup "
                       f"{x['bp']:.2f}/{x['br']:.2f}/{x['bf1']:.2f}", flush=True)
+            for x in rows:
+                if x["layer"] == layer and x["dtype"] == dtype and x["augment"] and not x["packed"]:
+                    packed = next(y for y in rows if y["layer"] == layer and y["dtype"] == dtype and y["augment"]
+                                  and y["packed"])
+                    print(f"L{layer} {dtype}: unpacked / packed prober = {x['s'] / packed['s']:.2f}x time", flush=True)
     seed = "the layer" if args.seed is None else f"({args.seed}, layer)"
     print(f"\n{args.neurons} random neurons per layer (seed {seed}), 10 train / 10 held-out top records each, "
-          f"{args.threads} threads\n")
-    print("| layer | dtype | augment | s/neuron | tokens/neuron (to layer / whole model) | patterns | "
+          f"every_firing {args.every_firing}, {args.threads} threads\n")
+    print("| layer | dtype | augment | prober | s/neuron | tokens/neuron (to layer / whole model) | patterns | "
           "N2G firing P/R/F1 | token-lookup P/R/F1 | ΔF1 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for x in rows:
-        print(f"| {x['layer']} | {x['dtype']} | {'on' if x['augment'] else 'off'} | {x['s']:.2f} | "
+        print(f"| {x['layer']} | {x['dtype']} | {'on' if x['augment'] else 'off'} | "
+              f"{'packed' if x['packed'] else 'one per row'} | {x['s']:.2f} | "
               f"{x['tok_layer']:.0f} / {x['tok_lm']:.0f} | {x['patterns']:.0f} | "
               f"{x['p']:.2f}/{x['r']:.2f}/{x['f1']:.2f} | {x['bp']:.2f}/{x['br']:.2f}/{x['bf1']:.2f} | "
               f"{x['f1'] - x['bf1']:+.2f} |")

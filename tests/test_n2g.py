@@ -92,6 +92,29 @@ def test_augmentation_learns_substitutes_the_train_text_never_shows():
     assert any(p.lm and p.topk == 0 for p in prober.probes)
 
 
+def test_every_firing_fits_the_tokens_below_each_records_max():
+    """The unit fires 5.0 on B after A and 4.0 on C after D; every record's max is a B. Fitted on the max alone
+    the graph never learns C; with ``every_firing`` it learns C after D (and C alone stays silent)."""
+    def rule(seq):
+        if len(seq) >= 2 and (seq[-2], seq[-1]) == (D, C):
+            return 4.0
+        return 5.0 if len(seq) >= 2 and (seq[-2], seq[-1]) == (A, B) else 0.0
+
+    class Prober(PlantedProber):
+        def __call__(self, probes):
+            self.probes += probes
+            return [Answer(np.array([rule(p.seq)])) for p in probes]
+
+    train = [([30, A, B, 31, D, C, 32, C], [0, 0, 5.0, 0, 0, 4.0, 0, 0]),
+             ([33, D, C, 34, A, B, C, 35], [0, 0, 4.0, 0, 0, 5.0, 0, 0])]
+    config = N2GConfig(augment=False)
+    only_max = fit_graphs(Prober(), {0: train}, MASK, {0: 5.0}, config)[0]
+    assert C not in only_max.roots
+    graph = fit_graphs(Prober(), {0: train}, MASK, {0: 5.0}, N2GConfig(augment=False, every_firing=2))[0]
+    assert sorted(graph.patterns()) == [([B], 5.0), ([C, D], 4.0)]  # B always fires: its context was cut
+    assert graph.predict([D, C, 36, C]) == [0.0, 4.0, 0.0, 0.0]
+
+
 def test_generalise_cuts_context_that_train_negatives_do_not_need():
     toks = [[30, A, B, 31, 32], [33, 34, B, 35, A]]
     acts = [[0, 0, 5.0, 0, 0], [0, 0, 5.0, 0, 0]]  # B always fires

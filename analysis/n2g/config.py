@@ -24,6 +24,10 @@ class N2GConfig:
     """Next-token candidates per substituted position, before rescoring."""
     substitutes: int = 3
     """Candidates kept per position after rescoring by the likelihood of the text that follows."""
+    every_firing: int = 0
+    """Also fit up to this many more tokens of each train record that fire (activation >= the firing threshold,
+    ``analysis.n2g.evaluate.FIRING_FRACTION`` x the unit's max), highest first, besides the record's max: a record
+    often fires on several tokens, and a graph fitted on the max alone cannot predict the others."""
     generalise: bool = True
     """Cut each firing pattern to the part of it that predicts the train records best (see generalise)."""
 

@@ -83,11 +83,12 @@ def _fit_record(tokens: list[int], pos: int, activation: float, unit: int, mask_
     if pruned <= 0:
         return []
 
-    # 2. saliency: the fraction of the activation lost when each context token is masked
-    importance: list[float] = []
-    if len(context) > 1:
-        answers = yield [Probe(tuple(context[:i] + [mask_id] + context[i + 1 :])) for i in range(len(context) - 1)]
-        importance = [(pruned - float(a.acts[unit])) / pruned for a in answers]
+    # 2. saliency: the fraction of the activation lost when each context token is masked (asked together with
+    # augmentation's candidates, which do not depend on it)
+    masked = [Probe(tuple(context[:i] + [mask_id] + context[i + 1 :])) for i in range(len(context) - 1)]
+    candidates = [Probe(tuple(tokens[lo : pos + 1]), lm=True, topk=config.candidates)] if config.augment else []
+    answers = (yield masked + candidates) if masked or candidates else []
+    importance = [(pruned - float(a.acts[unit])) / pruned for a in answers[: len(masked)]]
     ranked = sorted((i for i, v in enumerate(importance) if v >= config.importance), key=lambda i: -importance[i])
     keep = set(ranked[: config.max_important])
     # the pattern stands for the record: it keeps the record's own activation (neuron units, never rescaled)
@@ -99,7 +100,7 @@ def _fit_record(tokens: list[int], pos: int, activation: float, unit: int, mask_
     # record's text before them); a context token's candidates are rescored by how likely the rest of the pruned
     # context is after them (the activating token has nothing after it: its candidates keep their own rank)
     start = pos + 1 - len(context)
-    [cand] = yield [Probe(tuple(tokens[lo : pos + 1]), lm=True, topk=config.candidates)]
+    cand = answers[-1]
     root = len(context) - 1
     options: dict[int, list[tuple[int, float]]] = {}
     for i in sorted(keep) + [root]:
@@ -176,12 +177,18 @@ def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[flo
                 graphs[unit].add(pattern[:end] if value >= threshold else pattern, value)
 
     for unit, recs in records.items():
+        threshold = FIRING_FRACTION * max_activation[unit]
+        seen: set[tuple[int, ...]] = set()  # an extra token after the same context as one fitted is not refitted
         for tokens, acts in recs:
             if not tokens:
                 continue
-            pos = int(np.argmax(acts))
-            if acts[pos] > 0:
-                step(unit, _fit_record(list(tokens), pos, float(acts[pos]), unit, mask_id, skip, config), None)
+            order = np.argsort(-np.asarray(acts), kind="stable")
+            more = [int(t) for t in order[1:] if acts[t] >= threshold][: config.every_firing]
+            for pos in [int(order[0])] + more:
+                key = tuple(tokens[max(0, pos - config.max_context) : pos + 1])
+                if acts[pos] > 0 and (pos == order[0] or key not in seen):
+                    seen.add(key)
+                    step(unit, _fit_record(list(tokens), pos, float(acts[pos]), unit, mask_id, skip, config), None)
     while active:
         batch, active = active, []
         unique = list(dict.fromkeys(p for _u, _g, probes in batch for p in probes))
