@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=None, help="sample seed (default: the layer)")
     ap.add_argument("--no-plain", action="store_true", help="only the augmented fit")
     ap.add_argument("--every-firing", type=int, default=N2GConfig.every_firing)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="another N2GConfig field, e.g. --set max_context=8 (ints)")
     ap.add_argument("--unpacked", action="store_true", help="also time the prober without shared prefixes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,7 +59,8 @@ def main() -> None:
                 runs.append((True, 1))
             for augment, row_tokens in runs:
                 prober = ModelProber(subject, layer, row_tokens=row_tokens)
-                config = N2GConfig(augment=augment, every_firing=args.every_firing)
+                config = N2GConfig(augment=augment, every_firing=args.every_firing,
+                                   **{k: int(v) for k, v in (x.split("=") for x in args.set)})
                 t0 = time.perf_counter()
                 res = [r for chunk in fit_layer(subject, layer, recs, config, len(recs), prober) for r in chunk]
                 dt = (time.perf_counter() - t0) / len(recs)
@@ -83,7 +86,7 @@ def main() -> None:
                     print(f"L{layer} {dtype}: unpacked / packed prober = {x['s'] / packed['s']:.2f}x time", flush=True)
     seed = "the layer" if args.seed is None else f"({args.seed}, layer)"
     print(f"\n{args.neurons} random neurons per layer (seed {seed}), 10 train / 10 held-out top records each, "
-          f"every_firing {args.every_firing}, {args.threads} threads\n")
+          f"every_firing {args.every_firing}{''.join(', ' + x for x in args.set)}, {args.threads} threads\n")
     print("| layer | dtype | augment | prober | s/neuron | tokens/neuron (to layer / whole model) | patterns | "
           "N2G firing P/R/F1 | token-lookup P/R/F1 | ΔF1 |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,24 @@ class N2GConfig:
     """Also fit up to this many more tokens of each train record that fire (activation >= the firing threshold,
     ``analysis.n2g.evaluate.FIRING_FRACTION`` x the unit's max), highest first, besides the record's max: a record
     often fires on several tokens, and a graph fitted on the max alone cannot predict the others."""
+    extra_records: bool = False
+    """Also learn from the unit's random calibration records and quantile samples (``analysis.splits.n2g_extra``:
+    never a held-out or scored window): their firing tokens are fitted, and their quiet tokens tell
+    ``generalise`` when a token does not fire without its context. The token-lookup baseline is fitted on the
+    same records."""
     generalise: bool = True
     """Cut each firing pattern to the part of it that predicts the train records best (see generalise)."""
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, params: dict) -> "N2GConfig":
+        """The config stored graph ``params`` were fitted with (other keys ignored); a field the params predate
+        takes the value that was the behaviour before it existed."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{**_BEFORE, **{k: v for k, v in params.items() if k in known}})
+
+
+_BEFORE = {"every_firing": 0, "extra_records": False}
+"""Fields added after graphs were first stored, with the value that reproduces the behaviour before them."""

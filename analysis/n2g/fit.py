@@ -111,10 +111,12 @@ def _fit_record(tokens: list[int], pos: int, activation: float, unit: int, mask_
     subs = [(i, x, lp) for i, xs in options.items() for x, lp in xs]
     if not subs:
         return patterns
-    answers = yield [Probe(tuple(context[:i] + [x] + context[i + 1 :]), lm=i != root) for i, x, _ in subs]
+    # rescoring only where there are more candidates than substitutes to keep (else it cannot change the choice)
+    rescore = {i for i, xs in options.items() if i != root and len(xs) > config.substitutes}
+    answers = yield [Probe(tuple(context[:i] + [x] + context[i + 1 :]), lm=i in rescore) for i, x, _ in subs]
     scored: dict[int, list[tuple[float, int, float]]] = {}
     for (i, x, lp), a in zip(subs, answers):
-        follow = float(np.sum(a.logprobs[i + 1 :])) if i != root else 0.0
+        follow = float(np.sum(a.logprobs[i + 1 :])) if i in rescore else 0.0
         scored.setdefault(i, []).append((lp + follow, x, float(a.acts[unit])))
     for i, ranked_subs in scored.items():
         for _score, x, act in sorted(ranked_subs, reverse=True)[: config.substitutes]:
@@ -154,10 +156,14 @@ def _matches(tokens: list[int], t: int, pattern: list[int]) -> bool:
 
 def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[float]]]], mask_id: int,
                max_activation: dict[int, float], config: N2GConfig = N2GConfig(),
-               skip_ids: Sequence[int] = ()) -> dict[int, Graph]:
-    """One graph per unit from its train ``records`` ((token ids, activations) of real tokens, no padding).
-    ``max_activation``: each unit's max, for the firing threshold (``FIRING_FRACTION`` x max) that ``generalise``
-    uses."""
+               skip_ids: Sequence[int] = (), extra: dict[int, list[tuple[list[int], list[float]]]] | None = None
+               ) -> dict[int, Graph]:
+    """One graph per unit from its train ``records`` ((token ids, activations) of real tokens, no padding): each
+    record's max is fitted (and up to ``config.every_firing`` more of its firing tokens). ``extra``: more train
+    records per unit (e.g. random text, where the unit is mostly quiet): only their firing tokens are fitted, and
+    every token of them judges ``generalise``'s cuts with the train records'. ``max_activation``: each unit's
+    max, for the firing threshold (``FIRING_FRACTION`` x max)."""
+    extra = extra or {}
     graphs = {unit: Graph() for unit in records}
     skip = frozenset(skip_ids)
     active: list[tuple[int, Generator, list[Probe]]] = []
@@ -170,7 +176,7 @@ def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[flo
             threshold = FIRING_FRACTION * max_activation[unit]
             end = None
             if config.generalise and patterns:
-                end = len(generalise(*patterns[0], records[unit], threshold))
+                end = len(generalise(*patterns[0], records[unit] + extra.get(unit, []), threshold))
             for pattern, value in patterns:
                 # substitutes are cut where the record's pattern is: they never occur in the train text, so the
                 # train records cannot judge them; context the record does not need does not matter for them
@@ -179,14 +185,18 @@ def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[flo
     for unit, recs in records.items():
         threshold = FIRING_FRACTION * max_activation[unit]
         seen: set[tuple[int, ...]] = set()  # an extra token after the same context as one fitted is not refitted
-        for tokens, acts in recs:
+        for n, (tokens, acts) in enumerate(recs + extra.get(unit, [])):
             if not tokens:
                 continue
             order = np.argsort(-np.asarray(acts), kind="stable")
-            more = [int(t) for t in order[1:] if acts[t] >= threshold][: config.every_firing]
-            for pos in [int(order[0])] + more:
+            firing = [int(t) for t in order if acts[t] >= threshold]
+            if n < len(recs):  # a train record: its max, then up to every_firing more firing tokens
+                firing = [int(order[0])] + firing[1 : 1 + config.every_firing]
+            else:
+                firing = firing[: 1 + config.every_firing]
+            for pos in firing:
                 key = tuple(tokens[max(0, pos - config.max_context) : pos + 1])
-                if acts[pos] > 0 and (pos == order[0] or key not in seen):
+                if acts[pos] > 0 and ((n < len(recs) and pos == order[0]) or key not in seen):
                     seen.add(key)
                     step(unit, _fit_record(list(tokens), pos, float(acts[pos]), unit, mask_id, skip, config), None)
     while active:
