@@ -11,9 +11,7 @@ valid             2::4                             1::3
 test              3::4                             2::3
 ================  ===============================  ==========================
 
-Neuron2Graph trains on top 0::4 + 1::4 (explainer train + calibration) and holds out top 2::4 + 3::4; it may also
-learn from the random calibration records (0::3) and the quantile samples, less every held-out or scored window
-(``n2g_extra``).
+Neuron2Graph trains on top 0::4 + 1::4 (explainer train + calibration) and holds out top 2::4 + 3::4.
 
 Scoring sets, of at most ``2 n`` records: "top-and-random" is valid top [:n] + valid random [:n];
 "random-only" is valid random + test random, [:2n].
@@ -61,18 +59,3 @@ def n2g_train_test(rec: UnitRecord) -> tuple[list[ActivationRecord], list[Activa
     """Neuron2Graph's (train, held-out test) records: (top 0::4 + 1::4, top 2::4 + 3::4)."""
     top = rec.most_positive_activation_records
     return top[0::4] + top[1::4], top[2::4] + top[3::4]
-
-
-def n2g_extra(rec: UnitRecord) -> list[ActivationRecord]:
-    """More records Neuron2Graph may learn from (mostly text where the unit is quiet, which tells a graph when a
-    token does *not* fire): the random calibration records (0::3 of the unseen random sample) and the quantile
-    samples, lowest bin first, without any window of its train or held-out top records or of a scoring set (the
-    'n2g' simulator is scored on those), each window once."""
-    top, rnd = rec.most_positive_activation_records, _unseen_random(rec)
-    taken = {r.window_id for r in top + rnd[1::3] + rnd[2::3]}
-    out = []
-    for r in rnd[0::3] + [r for records in rec.random_sample_by_quantile for r in records]:
-        if r.window_id not in taken:
-            taken.add(r.window_id)
-            out.append(r)
-    return out

@@ -1,13 +1,14 @@
 """Neuron2Graph on the embedded SmolLM2: seconds per neuron and firing P/R/F1 vs token-lookup, by depth.
 
     python bench/n2g.py [--db cache/demo.duckdb] [--layers 0,15,29] [--neurons 48] [--dtypes float32,bfloat16]
-                        [--seed S] [--no-plain] [--every-firing N] [--unpacked]
+                        [--seed S] [--no-plain] [--set FIELD=V ...] [--variant FIELD=V[,FIELD=V] ...]
 
 For each layer, the same seeded random sample of neurons (by default seeded by the layer: the sample settings
 were tuned on; ``--seed S`` draws another one, seeded by (S, layer), for a measurement nobody tuned on) is
 fitted in one batch (as `python -m analysis n2g` does per chunk) without and with augmentation; the token-lookup baseline is fitted on the same train records.
-``--unpacked`` also fits with the prober running every probe as its own sequence (no shared prefixes: the prober
-before packing), for the speed ratio in the same run. Prints a markdown table; nothing is written to the cache.
+``--set`` changes N2GConfig fields for every fit; each ``--variant`` adds an augmented fit with fields changed, in the
+same run, for speed ratios (``row_tokens=1``: the prober runs every probe as its own sequence, no shared prefixes,
+as before packing). Prints a markdown table; nothing is written to the cache.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ from analysis.types import MLP, UnitId  # noqa: E402
 from cache.store import open_store  # noqa: E402
 
 
+def _fields(pairs: list[str]) -> dict:
+    """N2GConfig fields from 'name=value' strings, typed like the field's default."""
+    out = {}
+    for pair in pairs:
+        name, value = pair.split("=")
+        default = 256 if name == "row_tokens" else getattr(N2GConfig, name)
+        out[name] = value.lower() in ("1", "true") if isinstance(default, bool) else type(default)(value)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", default="cache/demo.duckdb")
@@ -38,10 +49,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=None, help="sample seed (default: the layer)")
     ap.add_argument("--no-plain", action="store_true", help="only the augmented fit")
-    ap.add_argument("--every-firing", type=int, default=N2GConfig.every_firing)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="another N2GConfig field, e.g. --set max_context=8 (ints)")
-    ap.add_argument("--unpacked", action="store_true", help="also time the prober without shared prefixes")
+                    help="another N2GConfig field for every run, e.g. --set max_context=8")
+    ap.add_argument("--variant", action="append", default=[], metavar="FIELD=VALUE[,FIELD=VALUE]",
+                    help="also fit (augmented) with these fields changed, in the same run, for ratios; row_tokens=1 "
+                         "is the prober without shared prefixes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -53,14 +65,14 @@ def main() -> None:
             with open_store(args.db, read_only=True) as store:
                 run = store.runs.find("smollm2-135m", layer)
                 recs = [store.records.unit_record(run, UnitId(MLP, layer, int(u))) for u in units]
-            runs = [(augment, 256) for augment in (False, True)
+            runs = [(augment, "") for augment in (False, True)
                     if augment or (dtype == "float32" and not args.no_plain)]
-            if args.unpacked:
-                runs.append((True, 1))
-            for augment, row_tokens in runs:
+            runs += [(True, v) for v in args.variant]
+            for augment, variant in runs:
+                fields = _fields(args.set + (variant.split(",") if variant else []))
+                row_tokens = fields.pop("row_tokens", 256)
                 prober = ModelProber(subject, layer, row_tokens=row_tokens)
-                config = N2GConfig(augment=augment, every_firing=args.every_firing,
-                                   **{k: int(v) for k, v in (x.split("=") for x in args.set)})
+                config = N2GConfig(augment=augment, **fields)
                 t0 = time.perf_counter()
                 res = [r for chunk in fit_layer(subject, layer, recs, config, len(recs), prober) for r in chunk]
                 dt = (time.perf_counter() - t0) / len(recs)
@@ -69,30 +81,30 @@ def main() -> None:
                     return float(np.mean([f(r) for r in res]))
 
                 rows.append(dict(
-                    layer=layer, dtype=dtype, augment=augment, packed=row_tokens > 1, s=dt,
+                    layer=layer, dtype=dtype, augment=augment, packed=row_tokens > 1, variant=variant, s=dt,
                     tok_layer=prober.n_tokens[False] / len(recs), tok_lm=prober.n_tokens[True] / len(recs),
                     p=mean(lambda r: r.firing.precision), r=mean(lambda r: r.firing.recall),
                     f1=mean(lambda r: r.firing.f1), bp=mean(lambda r: r.baseline_firing.precision),
                     br=mean(lambda r: r.baseline_firing.recall), bf1=mean(lambda r: r.baseline_firing.f1),
                     patterns=mean(lambda r: len(r.graph.patterns()))))
                 x = rows[-1]
-                print(f"L{layer} {dtype} augment={augment} packed={row_tokens > 1}: {dt:.2f} s/neuron; firing "
+                print(f"L{layer} {dtype} augment={augment} packed={row_tokens > 1} {variant}: {dt:.2f} s/neuron; firing "
                       f"P/R/F1 {x['p']:.2f}/{x['r']:.2f}/{x['f1']:.2f} vs token-lookup "
                       f"{x['bp']:.2f}/{x['br']:.2f}/{x['bf1']:.2f}", flush=True)
+            base = next(y for y in rows if y["layer"] == layer and y["dtype"] == dtype and y["augment"]
+                        and not y["variant"])
             for x in rows:
-                if x["layer"] == layer and x["dtype"] == dtype and x["augment"] and not x["packed"]:
-                    packed = next(y for y in rows if y["layer"] == layer and y["dtype"] == dtype and y["augment"]
-                                  and y["packed"])
-                    print(f"L{layer} {dtype}: unpacked / packed prober = {x['s'] / packed['s']:.2f}x time", flush=True)
+                if x["layer"] == layer and x["dtype"] == dtype and x["variant"]:
+                    print(f"L{layer} {dtype}: {x['variant']} / defaults = {x['s'] / base['s']:.2f}x time", flush=True)
     seed = "the layer" if args.seed is None else f"({args.seed}, layer)"
     print(f"\n{args.neurons} random neurons per layer (seed {seed}), 10 train / 10 held-out top records each, "
-          f"every_firing {args.every_firing}{''.join(', ' + x for x in args.set)}, {args.threads} threads\n")
-    print("| layer | dtype | augment | prober | s/neuron | tokens/neuron (to layer / whole model) | patterns | "
+          f"{''.join(x + ', ' for x in args.set)}{args.threads} threads\n")
+    print("| layer | dtype | augment | prober | variant | s/neuron | tokens/neuron (to layer / whole model) | patterns | "
           "N2G firing P/R/F1 | token-lookup P/R/F1 | ΔF1 |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for x in rows:
         print(f"| {x['layer']} | {x['dtype']} | {'on' if x['augment'] else 'off'} | "
-              f"{'packed' if x['packed'] else 'one per row'} | {x['s']:.2f} | "
+              f"{'packed' if x['packed'] else 'one per row'} | {x['variant'] or '-'} | {x['s']:.2f} | "
               f"{x['tok_layer']:.0f} / {x['tok_lm']:.0f} | {x['patterns']:.0f} | "
               f"{x['p']:.2f}/{x['r']:.2f}/{x['f1']:.2f} | {x['bp']:.2f}/{x['br']:.2f}/{x['bf1']:.2f} | "
               f"{x['f1'] - x['bf1']:+.2f} |")

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from analysis.splits import SCORING_SETS, calibration, explainer_train, n2g_extra, n2g_train_test, scoring_records
+from analysis.splits import SCORING_SETS, calibration, explainer_train, n2g_train_test, scoring_records
 from analysis.types import ActivationRecord, UnitId, UnitRecord, UnitStats
 
 
@@ -26,8 +26,7 @@ def _unit(n_top: int, n_random: int, seed: int) -> UnitRecord:
                       hist_counts=[], hist_edges=[])
     return UnitRecord(model_id="m", corpus_id="c", run_id="r", unit=UnitId("mlp", 0, 0), hook_point="h", stats=stats,
                       most_positive_activation_records=[_record(w) for w in range(n_top)],
-                      random_sample=[_record(w) for w in pool[:n_random]],
-                      random_sample_by_quantile=[[_record(w) for w in rng.sample(pool, 3)] for _bin in range(4)],
+                      random_sample=[_record(w) for w in pool[:n_random]], random_sample_by_quantile=[],
                       quantile_boundaries=[])
 
 
@@ -91,13 +90,6 @@ def test_no_scored_record_is_a_train_window():
             for n in (1, 5, 100):
                 assert not _ids(scoring_records(rec, scoring_set, n)) & trained
         assert not _ids(n2g_test) & _ids(n2g_train)
-        extra = n2g_extra(rec)
-        assert len(_ids(extra)) == len(extra)  # each window once
-        scored = set().union(*(_ids(scoring_records(rec, s, 10**6)) for s in SCORING_SETS))
-        assert not _ids(extra) & (_ids(n2g_test) | _ids(n2g_train) | scored)
-        quantile = [r for records in rec.random_sample_by_quantile for r in records]
-        assert _ids(extra) == (_ids(calibration(rec)) | _ids(quantile)) - _ids(n2g_test) - _ids(n2g_train) - scored
-        assert extra or not quantile
         assert not _ids(calibration(rec)) & _ids(explainer_train(rec))
 
 

@@ -104,6 +104,5 @@ def n2g(job: N2GJob, db: Path, progress: Progress = Progress(), with_cached: boo
             for u in units:
                 if u not in results:
                     g = store.graphs.get(run_id, UnitId(job.source, job.layer, u))
-                    results[u] = pipeline.evaluate(recs[u], pipeline.graph_of(g.patterns), g.params, g.seconds,
-                                                  N2GConfig.from_json(g.params))
+                    results[u] = pipeline.evaluate(recs[u], pipeline.graph_of(g.patterns), g.params, g.seconds)
     return N2GSummary(results, len(todo), len(units) - len(todo))

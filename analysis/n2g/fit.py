@@ -156,14 +156,10 @@ def _matches(tokens: list[int], t: int, pattern: list[int]) -> bool:
 
 def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[float]]]], mask_id: int,
                max_activation: dict[int, float], config: N2GConfig = N2GConfig(),
-               skip_ids: Sequence[int] = (), extra: dict[int, list[tuple[list[int], list[float]]]] | None = None
-               ) -> dict[int, Graph]:
+               skip_ids: Sequence[int] = ()) -> dict[int, Graph]:
     """One graph per unit from its train ``records`` ((token ids, activations) of real tokens, no padding): each
-    record's max is fitted (and up to ``config.every_firing`` more of its firing tokens). ``extra``: more train
-    records per unit (e.g. random text, where the unit is mostly quiet): only their firing tokens are fitted, and
-    every token of them judges ``generalise``'s cuts with the train records'. ``max_activation``: each unit's
-    max, for the firing threshold (``FIRING_FRACTION`` x max)."""
-    extra = extra or {}
+    record's max is fitted, and up to ``config.every_firing`` more of its firing tokens. ``max_activation``: each
+    unit's max, for the firing threshold (``FIRING_FRACTION`` x max) that ``generalise`` uses."""
     graphs = {unit: Graph() for unit in records}
     skip = frozenset(skip_ids)
     active: list[tuple[int, Generator, list[Probe]]] = []
@@ -176,7 +172,7 @@ def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[flo
             threshold = FIRING_FRACTION * max_activation[unit]
             end = None
             if config.generalise and patterns:
-                end = len(generalise(*patterns[0], records[unit] + extra.get(unit, []), threshold))
+                end = len(generalise(*patterns[0], records[unit], threshold))
             for pattern, value in patterns:
                 # substitutes are cut where the record's pattern is: they never occur in the train text, so the
                 # train records cannot judge them; context the record does not need does not matter for them
@@ -185,18 +181,14 @@ def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[flo
     for unit, recs in records.items():
         threshold = FIRING_FRACTION * max_activation[unit]
         seen: set[tuple[int, ...]] = set()  # an extra token after the same context as one fitted is not refitted
-        for n, (tokens, acts) in enumerate(recs + extra.get(unit, [])):
+        for tokens, acts in recs:
             if not tokens:
                 continue
             order = np.argsort(-np.asarray(acts), kind="stable")
-            firing = [int(t) for t in order if acts[t] >= threshold]
-            if n < len(recs):  # a train record: its max, then up to every_firing more firing tokens
-                firing = [int(order[0])] + firing[1 : 1 + config.every_firing]
-            else:
-                firing = firing[: 1 + config.every_firing]
-            for pos in firing:
+            more = [int(t) for t in order[1:] if acts[t] >= threshold][: config.every_firing]
+            for pos in [int(order[0])] + more:
                 key = tuple(tokens[max(0, pos - config.max_context) : pos + 1])
-                if acts[pos] > 0 and ((n < len(recs) and pos == order[0]) or key not in seen):
+                if acts[pos] > 0 and (pos == order[0] or key not in seen):
                     seen.add(key)
                     step(unit, _fit_record(list(tokens), pos, float(acts[pos]), unit, mask_id, skip, config), None)
     while active:

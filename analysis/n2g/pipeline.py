@@ -1,8 +1,7 @@
 """Neuron2Graph for units of one layer: split each unit's harvested top records, fit, evaluate, simulate.
 
-The split is analysis/splits.py's ``n2g_train_test`` (top 0::4 + 1::4 train, 2::4 + 3::4 held out), with
-``n2g_extra``'s random and quantile records as more train text where the config says so; the "n2g" simulator is
-scored on records its graph never saw.
+The split is analysis/splits.py's ``n2g_train_test`` (top 0::4 + 1::4 train, 2::4 + 3::4 held out), so the
+"n2g" simulator is scored on records its graph never saw.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from analysis.n2g.evaluate import PRF, firing_metrics
 from analysis.n2g.fit import ModelProber, N2GConfig, fit_graphs, token_lookup_predict
 from analysis.n2g.graph import ANY, Graph
 from analysis.simulate import SimResult
-from analysis.splits import n2g_extra, n2g_train_test, scoring_records
+from analysis.splits import n2g_train_test, scoring_records
 from analysis.types import Explanation, UnitId
 
 
@@ -52,17 +51,10 @@ class N2GResult:
                             zip(self.test_window_ids, self.test_tokens, self.test_real, self.test_predicted)]}
 
 
-def train_records(rec, config: N2GConfig) -> tuple[list, list]:
-    """(top train records, extra train records) of a unit under ``config``: see ``N2GConfig.extra_records``."""
-    train, _test = n2g_train_test(rec)
-    return train, n2g_extra(rec) if config.extra_records else []
-
-
-def evaluate(rec, graph: Graph, params: dict, seconds: float, config: N2GConfig = N2GConfig()) -> N2GResult:
+def evaluate(rec, graph: Graph, params: dict, seconds: float) -> N2GResult:
     """A unit's graph scored on its held-out top records, beside the token-lookup baseline fitted on the same
     train records."""
-    train = [r for part in train_records(rec, config) for r in part]
-    _train, test = n2g_train_test(rec)
+    train, test = n2g_train_test(rec)
     real = [list(r.activations) for r in test]
     predicted = [graph.predict(list(r.token_ids)) for r in test]
     lookup = token_lookup_predict(_pairs(train))
@@ -101,12 +93,11 @@ def fit_layer(subject, layer: int, neuron_records: list, config: N2GConfig = N2G
     for b in range(0, len(neuron_records), chunk):
         recs = neuron_records[b : b + chunk]
         t0 = time.perf_counter()
-        splits = {rec.unit.index: train_records(rec, config) for rec in recs}
-        graphs = fit_graphs(prober, {u: _pairs(tr) for u, (tr, _ex) in splits.items()}, mask_id,
-                            {rec.unit.index: rec.stats.max for rec in recs}, config, skip,
-                            extra={u: _pairs(ex) for u, (_tr, ex) in splits.items()})
+        splits = {rec.unit.index: n2g_train_test(rec) for rec in recs}
+        graphs = fit_graphs(prober, {u: _pairs(tr) for u, (tr, _te) in splits.items()}, mask_id,
+                            {rec.unit.index: rec.stats.max for rec in recs}, config, skip)
         per_unit = (time.perf_counter() - t0) / len(recs)
-        yield [evaluate(rec, graphs[rec.unit.index], params or config.to_json(), per_unit, config) for rec in recs]
+        yield [evaluate(rec, graphs[rec.unit.index], params or config.to_json(), per_unit) for rec in recs]
 
 
 def describe(graph: Graph, vocab: dict[int, str], n: int = 3) -> str:
