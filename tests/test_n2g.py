@@ -204,6 +204,33 @@ def test_model_prober_equals_single_sequence_forward_passes(tiny_folders, kind):
         hook.remove()
 
 
+def test_graphs_fitted_through_packed_rows_equal_one_sequence_per_row(tiny_folders):
+    """Packing is only a way to run the probes: the same records give the same graphs (patterns and values) as
+    with every probe run as its own row."""
+    from analysis.models import load_model
+    from analysis.n2g.pipeline import mask_token_id
+
+    subject = load_model(str(tiny_folders["llama"]))
+    rng = np.random.default_rng(4)
+    records = {}
+    for unit in (0, 3, 7):
+        recs = []
+        for _ in range(4):
+            toks = [int(t) for t in rng.integers(5, 200, size=20)]
+            acts = rng.random(20).tolist()
+            recs.append((toks, acts))
+        records[unit] = recs
+    maxes = {u: 1.0 for u in records}
+    graphs = [fit_graphs(ModelProber(subject, 1, row_tokens=rows), records, mask_token_id(subject), maxes,
+                         N2GConfig(candidates=4, importance=0.0, keep=0.0))
+              for rows in (1, 256)]
+    one, packed = ({u: sorted(g.patterns()) for u, g in gs.items()} for gs in graphs)
+    assert any(len(p) > 3 for p in one.values())
+    for u in records:
+        assert [p for p, _v in one[u]] == [p for p, _v in packed[u]]
+        np.testing.assert_allclose([v for _p, v in one[u]], [v for _p, v in packed[u]], rtol=1e-5)
+
+
 def test_sequence_search_and_graph_overlap_by_hand():
     pat = [B, A, ANY, C]  # reads: C, any, A, B
     assert contains_sequence(pat, [{A}, {B}]) and contains_sequence(pat, [{B}])
