@@ -409,6 +409,7 @@ def test_bnb_equals_brute_force_on_small_graphs():
         best = brute_best(w, k)
         for start in (True, False):
             res = solve_bnb(w, k, heuristic_start=start)
+            assert res.stats.method == ("enumerate" if start and n > k else "bnb")  # all subsets, or the search
             assert res.optimal and len(set(res.indices)) == k
             assert res.weight_sum == pytest.approx(best, abs=1e-9)
             assert res.weight_sum == pytest.approx(sum(w[i, j] for i, j in itertools.combinations(res.indices, 2)))
@@ -499,6 +500,10 @@ def test_pipeline_recovers_planted_topics(topic_corpus):
     assert [t.score for t in result.topics] == sorted((t.score for t in result.topics), reverse=True)
     rand = random_topic_scores(result.pool.words, topic_corpus, k=10, n_draws=50, seed=0)
     assert rand.shape == (50,) and np.all((rand >= -1) & (rand <= 1))
+    rng = np.random.default_rng(0)  # the same draws, scored one by one as topics are
+    for d in range(50):
+        draw = [result.pool.words[i] for i in rng.choice(len(result.pool.words), size=10, replace=False)]
+        assert rand[d] == pytest.approx(topic_score(draw, topic_corpus), abs=1e-12)
     assert result.topics[-1].score > rand.max()
 
 

@@ -28,7 +28,10 @@ often already optimal: the search then only has to prove it.
 
 from __future__ import annotations
 
+import itertools
+import math
 import time
+
 import numpy as np
 
 from analysis.topics.types import CliqueResult, SolveStats
@@ -132,7 +135,7 @@ def local_search(weights: np.ndarray, indices, max_rounds: int = 1000) -> tuple[
 
 def _incumbent(w: np.ndarray, k: int, n_polish: int = 8) -> tuple[tuple[int, ...], float]:
     starts = _multistart_greedy(w, k)
-    sums = np.array([subset_weight(w, s) for s in starts])
+    sums = w[starts[:, :, None], starts[:, None, :]].sum(axis=(1, 2)) / 2  # each start's subset_weight (diagonal 0)
     best_set: tuple[int, ...] = ()
     best = -np.inf
     seen: set[tuple[int, ...]] = set()
@@ -169,14 +172,31 @@ def _top_sums(w: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+ENUMERATE = 5000
+"""``solve_bnb`` tries every subset of a star with at most this many (most stars hold k + 1 to k + 4 words: 11 to
+1,001 subsets for k = 10), cheaper than setting up the search."""
+
+
+def _enumerate(w: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+    """The best k of n vertices by trying all, as the n - k left out: the kept set's weight is the total minus
+    the left-out vertices' degrees plus the weight among them (those pairs were subtracted twice). Returns (kept
+    vertices, subsets tried)."""
+    n = len(w)
+    out = np.array(list(itertools.combinations(range(n), n - k)), dtype=np.int64).reshape(-1, n - k)
+    inner = w[out[:, :, None], out[:, None, :]].sum(axis=(1, 2)) / 2  # diagonal 0
+    value = np.triu(w, 1).sum() - w.sum(axis=1)[out].sum(axis=1) + inner
+    return np.setdiff1d(np.arange(n), out[int(np.argmax(value))]), len(out)
+
+
 def solve_bnb(weights: np.ndarray, k: int, time_limit_s: float | None = 10.0, batch_size: int = 2048,
               incumbent: tuple[int, ...] | None = None, heuristic_start: bool = True) -> CliqueResult:
     """Exact maximum edge-weight k-clique by batched branch and bound (see module doc).
 
     Returns the optimum with ``optimal=True``, or, when ``time_limit_s`` runs out, the best set found with
-    ``optimal=False``. Fewer than k vertices: an empty result. ``incumbent`` (optional) seeds the search;
-    ``heuristic_start=False`` skips the greedy + local-search start (the search alone then finds the optimum;
-    used by tests to check the bound and the enumeration on their own).
+    ``optimal=False``. Fewer than k vertices: an empty result. At most ``ENUMERATE`` subsets: all are tried
+    instead (method 'enumerate'). ``incumbent`` (optional) seeds the search; ``heuristic_start=False`` skips the
+    greedy + local-search start and the enumeration (the search alone then finds the optimum; used by tests to
+    check the bound and the search on their own).
     """
     t0 = time.perf_counter()
     w0 = _check(weights, k)
@@ -185,6 +205,9 @@ def solve_bnb(weights: np.ndarray, k: int, time_limit_s: float | None = 10.0, ba
         return _empty("bnb", t0)
     if n == k:
         return _result(w0, range(n), True, SolveStats("bnb", time.perf_counter() - t0))
+    if heuristic_start and incumbent is None and math.comb(n, k) <= ENUMERATE:
+        keep, tried = _enumerate(w0, k)
+        return _result(w0, keep, True, SolveStats("enumerate", time.perf_counter() - t0, nodes=tried))
     start_set, start_val = _incumbent(w0, k) if heuristic_start else ((), -np.inf)
     if incumbent is not None and len(incumbent) == k and subset_weight(w0, incumbent) > start_val:
         start_set, start_val = tuple(incumbent), subset_weight(w0, incumbent)

@@ -93,9 +93,6 @@ def random_topic_scores(words: Sequence[str], stats: CooccurrenceStats, k: int =
         return np.zeros(0)
     m = stats.npmi_matrix(words, min_pair_count, eps) if npmi is None else npmi
     rng = np.random.default_rng(seed)
-    pairs = k * (k - 1) / 2
-    out = np.empty(n_draws)
-    for d in range(n_draws):
-        idx = rng.choice(len(words), size=k, replace=False)
-        out[d] = np.triu(m[np.ix_(idx, idx)], 1).sum() / pairs
-    return out
+    idx = np.array([rng.choice(len(words), size=k, replace=False) for _ in range(n_draws)]).reshape(n_draws, k)
+    # each draw's pairs: the symmetric matrix (diagonal 0) summed over the draw's block, halved
+    return m[idx[:, :, None], idx[:, None, :]].sum(axis=(1, 2)) / 2 / (k * (k - 1) / 2)

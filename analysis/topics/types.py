@@ -160,7 +160,7 @@ class Star:
 @dataclass(frozen=True)
 class SolveStats:
     method: str
-    """'bnb', 'milp', 'greedy', 'brute'."""
+    """'bnb', 'enumerate' (bnb on a star of few subsets), 'milp', 'greedy', 'brute'."""
     seconds: float
     nodes: int = 0
     """Search nodes bounded (bnb), or branch-and-bound nodes reported by HiGHS (milp)."""
