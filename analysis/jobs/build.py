@@ -537,9 +537,9 @@ def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: st
         from analysis.jobs.topics import TopicsJob, topics
 
         s = topics(TopicsJob(layer=layer, neurons=units, model=job.model, device=job.device), db, progress,
-                   executor)
+                   executor, with_sets=False)
         # in neurons' worth of (mode, unit) pairs
-        return round(len(parse_units(units, info.d_mlp, allow_all=True)) * s.computed / max(len(s.sets) / 2, 1))
+        return round(len(parse_units(units, info.d_mlp, allow_all=True)) * s.computed / max(s.pairs, 1))
     if lens == "n2g":
         from analysis.jobs.n2g import N2GJob, n2g
 

@@ -172,7 +172,7 @@ def compare_units(job: CompareJob, db: Path, progress: Progress = Progress()) ->
                   db, progress)
         if "topics" in job.lenses:
             topics(TopicsJob(layer=job.layer, neurons=spec, model=job.model, source=source, modes=(TOPIC_MODE,),
-                             device=job.device, npmi=job.npmi), db, progress)
+                             device=job.device, npmi=job.npmi), db, progress, with_sets=False)
         if "n2g" in job.lenses and job.n2g_units > 0:
             some = ",".join(map(str, sample_units(picked, job.n2g_units, job.seed, kind + "/n2g")))
             n2g(N2GJob(layer=job.layer, neurons=some, model=job.model, source=source, device=job.device), db, progress)
