@@ -88,8 +88,8 @@ def main() -> None:
                     br=mean(lambda r: r.baseline_firing.recall), bf1=mean(lambda r: r.baseline_firing.f1),
                     patterns=mean(lambda r: len(r.graph.patterns()))))
                 x = rows[-1]
-                print(f"L{layer} {dtype} augment={augment} packed={row_tokens > 1} {variant}: {dt:.2f} s/neuron; firing "
-                      f"P/R/F1 {x['p']:.2f}/{x['r']:.2f}/{x['f1']:.2f} vs token-lookup "
+                print(f"L{layer} {dtype} augment={augment} packed={row_tokens > 1} {variant}: {dt:.2f} s/neuron; "
+                      f"firing P/R/F1 {x['p']:.2f}/{x['r']:.2f}/{x['f1']:.2f} vs token-lookup "
                       f"{x['bp']:.2f}/{x['br']:.2f}/{x['bf1']:.2f}", flush=True)
             base = next(y for y in rows if y["layer"] == layer and y["dtype"] == dtype and y["augment"]
                         and not y["variant"])
@@ -99,8 +99,8 @@ def main() -> None:
     seed = "the layer" if args.seed is None else f"({args.seed}, layer)"
     print(f"\n{args.neurons} random neurons per layer (seed {seed}), 10 train / 10 held-out top records each, "
           f"{''.join(x + ', ' for x in args.set)}{args.threads} threads\n")
-    print("| layer | dtype | augment | prober | variant | s/neuron | tokens/neuron (to layer / whole model) | patterns | "
-          "N2G firing P/R/F1 | token-lookup P/R/F1 | ΔF1 |")
+    print("| layer | dtype | augment | prober | variant | s/neuron | tokens/neuron (to layer / whole model) | "
+          "patterns | N2G firing P/R/F1 | token-lookup P/R/F1 | ΔF1 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for x in rows:
         print(f"| {x['layer']} | {x['dtype']} | {'on' if x['augment'] else 'off'} | "

@@ -209,13 +209,17 @@ def token_lookup_predict(records: list[tuple[list[int], list[float]]]) -> Callab
     return lambda tokens: [max(best.get(t, 0.0), 0.0) for t in tokens]
 
 
-def pack_rows(seqs: Sequence[tuple[int, ...]], row_tokens: int) -> list[tuple[list[int], list[int], dict[int, list[int]]]]:
+Row = tuple[list[int], list[int], dict[int, list[int]]]
+"""A packed row: (tokens, each node's parent index or -1, {sequence index: its path's node indices})."""
+
+
+def pack_rows(seqs: Sequence[tuple[int, ...]], row_tokens: int) -> list[Row]:
     """Sequences packed into rows that compute each shared prefix once: a row is a forest of token nodes in
     preorder (a node after its parent), every sequence a path from a root. Returns per row (tokens, parent index
     or -1, {sequence index: its path's node indices}). A row holds at most ``row_tokens`` nodes unless one
     sequence alone is longer. Lexicographic order is the tries' preorder, and a sequence shares the longest prefix
     it shares with anything earlier with the sequence just before it."""
-    rows: list[tuple[list[int], list[int], dict[int, list[int]]]] = []
+    rows: list[Row] = []
     tokens: list[int] = []
     parents: list[int] = []
     paths: dict[int, list[int]] = {}
@@ -298,7 +302,7 @@ class ModelProber:
         return windowed
 
     @torch.inference_mode()
-    def _run(self, rows, probes: list[Probe], lm: bool) -> Iterator[tuple[int, Answer]]:
+    def _run(self, rows: list[Row], probes: list[Probe], lm: bool) -> Iterator[tuple[int, Answer]]:
         """Answers for the probes of ``rows`` (``pack_rows`` of ``probes``' prefixed sequences), by probe index."""
         from analysis.activations import _StopForward, site_hooks
 
