@@ -173,8 +173,10 @@ def _top_sums(w: np.ndarray, k: int) -> np.ndarray:
 
 
 ENUMERATE = 5000
-"""``solve_bnb`` tries every subset of a star with at most this many (most stars hold k + 1 to k + 4 words: 11 to
-1,001 subsets for k = 10), cheaper than setting up the search."""
+"""``solve_bnb`` tries every subset of a star with at most this many and at most ``ENUMERATE_OUT`` words left out
+(most stars hold k + 1 to k + 4 words: 11 to 1,001 subsets for k = 10), cheaper than setting up the search."""
+ENUMERATE_OUT = 8
+"""Enumeration holds a (subsets x left-out x left-out) block: at most 5,000 x 64 numbers."""
 
 
 def _enumerate(w: np.ndarray, k: int) -> tuple[np.ndarray, int]:
@@ -205,7 +207,7 @@ def solve_bnb(weights: np.ndarray, k: int, time_limit_s: float | None = 10.0, ba
         return _empty("bnb", t0)
     if n == k:
         return _result(w0, range(n), True, SolveStats("bnb", time.perf_counter() - t0))
-    if heuristic_start and incumbent is None and math.comb(n, k) <= ENUMERATE:
+    if heuristic_start and incumbent is None and n - k <= ENUMERATE_OUT and math.comb(n, k) <= ENUMERATE:
         keep, tried = _enumerate(w0, k)
         return _result(w0, keep, True, SolveStats("enumerate", time.perf_counter() - t0, nodes=tried))
     start_set, start_val = _incumbent(w0, k) if heuristic_start else ((), -np.inf)
