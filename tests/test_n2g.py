@@ -169,14 +169,19 @@ def test_pack_rows_shares_prefixes_and_respects_the_row_size():
     assert first[2][0] == first[2][3] and len(first[0]) == 4  # 1 2 3 4: the prefix and the duplicate run once
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2", "neox", "gemma"])
-def test_model_prober_equals_single_sequence_forward_passes(tiny_folders, kind):
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "neox", "gemma", "llama-bos"])
+def test_model_prober_equals_single_sequence_forward_passes(tiny_folders, tmp_path, kind):
     """Activations at the last token, next-token log-probabilities and top-k, for sequences that share prefixes
     (packed into rows with an ancestor mask) or not, several rows per batch and several batches, against plain HF
-    forward passes of each sequence alone."""
+    forward passes of each sequence alone (with a BOS prefix, which every sequence of a row shares, for
+    'llama-bos')."""
+    from helpers import tiny_model_folder
+
     from analysis.models import load_model
 
-    subject = load_model(str(tiny_folders[kind]))
+    folder = tiny_model_folder(tmp_path / kind, "llama", bos=True) if kind == "llama-bos" else tiny_folders[kind]
+    subject = load_model(str(folder))
+    assert len(subject.bos_prefix) == (kind == "llama-bos")
     prober = ModelProber(subject, layer=1, token_budget=16, lm_token_budget=12, row_tokens=8)
     seqs = [(40, 41, 42, 43), (50, 51), (60, 61, 62), (70,), (40, 41, 99, 43), (40, 41, 42, 7), (40, 41),
             (40, 41, 42, 43, 44, 45, 46, 47, 48, 49)]
