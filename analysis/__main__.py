@@ -542,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         "neurons": Opt("'all', 0-99 or 3,5,8 (residual dimensions for lo-*)"),
         "chunk": Opt("units per batch and per write"), "device": DEVICE,
         "force": Opt("recompute units already in the cache"),
+        "workers": Opt("processes: 0 = one per core when 512+ (mode, unit) pairs are to compute, 1 = this process"),
         "topic": {"tau": Opt("tokens taken from each end of a ranking"), "k": Opt("words per topic"),
                   "eps": Opt("added to every p(a,b) before NPMI (the reference code: 1e-12; 0: pairs never seen score -1)")},
         "npmi": {"corpora": Opt("reference corpora for NPMI: embedded names or paths, comma-separated",

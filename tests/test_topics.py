@@ -622,3 +622,59 @@ def test_cli_topics_json_is_checkable_resumes_and_shows(tmp_path, monkeypatch, c
     at.run()
     assert not at.exception
     assert any(word in " ".join(df.value.get("topic", [])) for df in at.dataframe)
+
+
+def test_topics_in_worker_processes_equal_this_process(tmp_path, capsys, monkeypatch):
+    """Two worker processes (spawned, one chunk of units per task) store exactly the rows one process stores."""
+    import json
+
+    import duckdb
+
+    from analysis.__main__ import main
+    from analysis.executor import ProcessExecutor
+
+    used = []
+    plain_map = ProcessExecutor.map
+
+    def spy(self, task, items):
+        used.append(self.workers)
+        yield from plain_map(self, task, items)
+
+    monkeypatch.setattr(ProcessExecutor, "map", spy)
+    from helpers import TINY_TEXT, tiny_model_folder
+
+    model = str(tiny_model_folder(tmp_path / "words", "llama", vocab_size=700))
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"title": f"d{i}", "text": " ".join(TINY_TEXT[i % 4:] + TINY_TEXT[:i % 4])})
+                            + "\n" for i in range(24)))
+    ref = tmp_path / "ref.txt"
+    ref.write_text("\n\n".join(TINY_TEXT * 40))
+    tables = []
+    for workers in (1, 2):
+        db = tmp_path / f"w{workers}.duckdb"
+        assert main(["harvest", "--model", model, "--corpus", str(docs), "--db", str(db), "--layers", "1",
+                     "--seq-len", "24", "--quiet"]) == 0
+        assert main(["topics", "--db", str(db), "--model", model, "--layer", "1", "--neurons", "0-11", "--k", "3",
+                     "--tau", "700", "--corpus", str(ref), "--min-count", "2", "--chunk", "4", "--workers",
+                     str(workers), "--quiet"]) == 0
+        con = duckdb.connect(str(db), read_only=True)
+        tables.append([con.execute(q).fetchall() for q in (
+            "SELECT * EXCLUDE (seconds, created_at) FROM topic_sets ORDER BY ALL",
+            "SELECT * FROM topics ORDER BY ALL", "SELECT * FROM topic_stars ORDER BY ALL")])
+        con.close()
+    assert used == [2]  # --workers 1 ran in this process
+    assert len(tables[0][0]) == 12 * 2 * 5 and tables[0][1] and tables[0] == tables[1]
+    capsys.readouterr()
+
+
+def test_process_executor_keeps_order_and_raises_a_task_error():
+    import operator
+
+    from analysis.executor import ProcessExecutor
+
+    assert list(ProcessExecutor(2).map(operator.neg, range(7))) == [0, -1, -2, -3, -4, -5, -6]
+    got = []
+    with pytest.raises(ValueError):
+        for x in ProcessExecutor(2).map(int, ["1", "2", "x", "4"]):
+            got.append(x)
+    assert got == [1, 2]

@@ -76,20 +76,18 @@ def is_pool_word(word: str) -> bool:
     return drop_reason(word) is None
 
 
-_WORDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_KINDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def token_word(tokenizer, token_id: int) -> str:
-    """The normalised word of one token id (decoded alone; remembered per tokenizer: pools decode the same
-    tokens over and over)."""
+def _token_kinds(tokenizer, stats: CooccurrenceStats, min_word_count: int) -> dict[int, tuple[str, str | None]]:
+    """token id -> (normalised word, why it is no pool word or None), filled as tokens come, remembered per
+    tokenizer and statistics: pools decode and check the same tokens over and over (a layer's topics see each
+    of the vocabulary's tokens hundreds of times)."""
     try:
-        cache = _WORDS.setdefault(tokenizer, {})
-    except TypeError:  # not weak-referenceable: decode every time
-        cache = {}
-    word = cache.get(int(token_id))
-    if word is None:
-        word = cache[int(token_id)] = normalise_token(tokenizer.decode([int(token_id)]))
-    return word
+        per_tokenizer = _KINDS.setdefault(tokenizer, weakref.WeakKeyDictionary())
+    except TypeError:  # not weak-referenceable: nothing remembered
+        return {}
+    return per_tokenizer.setdefault(stats, {}).setdefault(min_word_count, {})
 
 
 def build_pool(ranking: TokenRanking, tokenizer, stats: CooccurrenceStats, min_word_count: int = 0) -> WordPool:
@@ -99,21 +97,29 @@ def build_pool(ranking: TokenRanking, tokenizer, stats: CooccurrenceStats, min_w
     vocabulary (so it occurs at least ``stats.min_count`` times), and occurs at least ``min_word_count`` times;
     the others are counted by reason in ``WordPool.dropped``.
     """
+    kinds = _token_kinds(tokenizer, stats, min_word_count)
     words: list[str] = []
     ids: list[int] = []
     seen: set[str] = set()
     dropped = dict.fromkeys(DROP_REASONS, 0)
     for tid in ranking.token_ids:
-        w = token_word(tokenizer, tid)
-        why = drop_reason(w) or ("repeated" if w in seen else None)
-        if why is None and (w not in stats or stats.freq(w) < min_word_count):
-            why = "not in the reference corpus"
+        tid = int(tid)
+        kind = kinds.get(tid)
+        if kind is None:
+            w = normalise_token(tokenizer.decode([tid]))
+            why = drop_reason(w)
+            if why is None and (w not in stats or stats.freq(w) < min_word_count):
+                why = "not in the reference corpus"
+            kind = kinds[tid] = (w, why)
+        w, why = kind
+        if why is None and w in seen:
+            why = "repeated"
         if why is not None:
             dropped[why] += 1
             continue
         seen.add(w)
         words.append(w)
-        ids.append(int(tid))
+        ids.append(tid)
     return WordPool(words=tuple(words), token_ids=tuple(ids), n_tokens=len(ranking.token_ids),
                     dropped=tuple((r, n) for r, n in dropped.items() if n))
 
