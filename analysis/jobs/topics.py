@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
@@ -45,7 +45,8 @@ class TopicsJob:
 @dataclass(frozen=True)
 class TopicsSummary:
     sets: list
-    """cache.topics.StoredTopicSet of every asked unit, mode and polarity (with these statistics)."""
+    """cache.topics.StoredTopicSet of every asked unit, mode and polarity (with these statistics; the stars with
+    their NPMI matrices)."""
     stats_id: str
     stats_corpus: str
     stats_windows: int
@@ -188,6 +189,10 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress(), executor=N
         with open_store(db, read_only=True) as store:
             sets = [ts for mode, units in plan for u in units for ts in
                     store.topics.sets(info.model_id, UnitId(source_of(mode), job.layer, u), mode, stats_id)]
+        # stars are stored without their NPMI matrix: the same statistics give it back
+        sets = [replace(ts, stars=[st if st.npmi is not None else
+                                   replace(st, npmi=stats.npmi_matrix(st.words, config.min_pair_count, config.eps))
+                                   for st in ts.stars]) for ts in sets]
     return TopicsSummary(sets, stats_id, stats.corpus_id, stats.n_windows, computed,
                          sum(len(units) for _m, units in plan))
 

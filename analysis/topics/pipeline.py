@@ -14,7 +14,8 @@ from analysis.topics.clique import solve_bnb, subset_weight
 from analysis.topics.npmi import CooccurrenceStats
 from analysis.topics.pool import build_pool
 from analysis.topics.stars import find_stars
-from analysis.topics.types import UnitTopics, Polarity, ProjectionMode, Star, Topic, TokenRanking, TopicConfig
+from analysis.topics.types import (UnitTopics, Polarity, ProjectionMode, Star, Topic, TokenRanking, TopicConfig,
+                                   contributions)
 
 
 def topics_from_ranking(ranking: TokenRanking, tokenizer, stats: CooccurrenceStats,
@@ -50,8 +51,9 @@ def topics_from_ranking(ranking: TokenRanking, tokenizer, stats: CooccurrenceSta
     for si, star in enumerate(stars[: config.max_topics]):
         res = solve_bnb(star.npmi, k, time_limit_s=config.time_limit_s)
         score = subset_weight(star.npmi, res.indices) / (k * (k - 1) / 2)
-        topics.append(Topic(words=tuple(star.words[i] for i in res.indices), score=float(score), star_index=si,
-                            optimal=res.optimal, stats=res.stats))
+        words = tuple(star.words[i] for i in res.indices)
+        topics.append(Topic(words=words, score=float(score), star_index=si, optimal=res.optimal, stats=res.stats,
+                            contrib=tuple(contributions(words, star.words, star.npmi))))
     topics.sort(key=lambda t: -t.score)
     return result(stars, topics)
 

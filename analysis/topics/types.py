@@ -197,6 +197,17 @@ class Topic:
     """Index of the star in ``UnitTopics.stars``."""
     optimal: bool
     stats: SolveStats
+    contrib: tuple[float, ...] = ()
+    """Each word's mean NPMI with the topic's other words (the viewer shades the words by it; stored in place of
+    the star's matrix, which is ~20x larger)."""
+
+
+def contributions(words, star_words, npmi: np.ndarray) -> list[float]:
+    """Each of ``words``' mean NPMI with the other ``words``, from the matrix ``npmi`` over ``star_words``."""
+    idx = [list(star_words).index(w) for w in words]
+    sub = np.asarray(npmi, dtype=np.float64)[np.ix_(idx, idx)]
+    n = len(idx)
+    return [float((sub[i].sum() - sub[i, i]) / (n - 1)) if n > 1 else 0.0 for i in range(n)]
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,6 @@ STYLE = """<style>
 </style>"""
 
 
-def contributions(words: list[str], star_words: list[str], npmi: np.ndarray) -> list[float]:
-    """Each topic word's mean NPMI with the topic's other words (from its star's matrix)."""
-    idx = [star_words.index(w) for w in words]
-    sub = npmi[np.ix_(idx, idx)]
-    n = len(idx)
-    return [float((sub[i].sum() - sub[i, i]) / (n - 1)) if n > 1 else 0.0 for i in range(n)]
-
-
 def topic_html(words: list[str], score: float, contrib: list[float], optimal: bool) -> str:
     """One topic: its score, then its words as chips shaded by contribution (darker = more coherent)."""
     lo, hi = min(contrib), max(contrib)
@@ -121,8 +113,7 @@ def topics_view(sets: list) -> None:
             if not ts.topics:
                 st.caption(f"no topic: {ts.reason}")
                 continue
-            chips = [topic_html(t.words, t.score, contributions(t.words, ts.stars[t.star].words,
-                                                                ts.stars[t.star].npmi), t.optimal) for t in ts.topics]
+            chips = [topic_html(t.words, t.score, t.contrib, t.optimal) for t in ts.topics]
             st.html(STYLE + "".join(chips[:5]))
             if len(chips) > 5:
                 with st.expander(f"{len(chips) - 5} more topics"):
