@@ -621,6 +621,17 @@ def test_cli_topics_json_is_checkable_resumes_and_shows(tmp_path, monkeypatch, c
     assert "holds the same text" in capsys.readouterr().err
     assert main(["topics", "--db", str(db), "--model", model, "--layer", "9"]) == 2  # no such layer
     assert "does not exist" in capsys.readouterr().err
+    # with a neuron mode, the lo-* modes take the residual dimensions that exist (d_model 32, d_mlp 48); alone, a
+    # range past them is refused
+    few = ["topics", "--db", str(db), "--model", model, "--layer", "1", "--neurons", "30-33", "--k", "3", "--tau",
+           "700", "--corpus", str(ref), "--min-count", "2", "--quiet"]
+    assert main(few + ["--mode", "hi-i,lo-i"]) == 0
+    con = duckdb.connect(str(db), read_only=True)
+    assert dict(con.execute("SELECT mode, list(DISTINCT unit ORDER BY unit) FROM topic_sets WHERE unit >= 30 "
+                            "GROUP BY mode").fetchall()) == {"hi-i": [30, 31, 32, 33], "lo-i": [30, 31]}
+    con.close()
+    assert main(few + ["--mode", "lo-i"]) == 2
+    assert "lo-i takes residual dimensions 0..31" in capsys.readouterr().err
     # the viewer
     from streamlit.testing.v1 import AppTest
 

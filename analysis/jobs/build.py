@@ -29,12 +29,13 @@ CHEAP = ("harvest", "baselines")
 """Built for every unit of every asked layer whatever the budget; the others ("expensive") for
 ``expensive_layers`` x ``expensive_neurons``, under a budget for as many of those layers as fit."""
 
-PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.020, "topics": 0.50, "n2g": 1.8, "effects": 7.0,
+PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.020, "topics": 0.23, "n2g": 1.8, "effects": 7.0,
               "explain": 5.4, "score": 10.0}
 """Seconds per unit on the project's 2-core VM, fp32, SmolLM2-135M (bench/RESULTS.md): harvest per corpus token
 through all 30 layers; baselines = token-lookup explanation + baseline score; n2g at depth with augmentation;
-effects over 20 records; explain / score with the local backends (score with calibration)."""
-PROJECT_DISK = {"harvest": 7_450.0, "baselines": 8_600.0, "topics": 3_000.0, "n2g": 4_000.0, "effects": 600.0,
+effects over 20 records; topics all five modes in a worker process per core; explain / score with the local
+backends (score with calibration)."""
+PROJECT_DISK = {"harvest": 7_450.0, "baselines": 8_600.0, "topics": 48_400.0, "n2g": 4_000.0, "effects": 600.0,
                 "explain": 300.0, "score": 2_000.0}
 """Bytes of database per unit (the harvest: per harvested neuron) measured by the demo build (bench/RESULTS.md)."""
 

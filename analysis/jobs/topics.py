@@ -148,7 +148,10 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress(), executor=N
         try:
             units = parse_units(job.neurons, n, kind, allow_all=True)
         except UserError:
-            raise UserError(f"--neurons {job.neurons!r}: {mode} takes {kind} 0..{n - 1}") from None
+            if not (mode in ("lo-c", "lo-i") and any(m not in ("lo-c", "lo-i") for m in modes)):
+                raise UserError(f"--neurons {job.neurons!r}: {mode} takes {kind} 0..{n - 1}") from None
+            # asked with the neuron modes (a build's 0-599): the lo-* modes take the dimensions that exist
+            units = [u for u in parse_units(job.neurons, max(n, n_source), kind, allow_all=True) if u < n]
         if mode == ACTIVATION_SOURCE and run is None:
             raise UserError(f"the activation source needs a harvest of layer {job.layer} in {db}")
         if mode == ACTIVATION_SOURCE:
