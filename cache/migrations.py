@@ -179,7 +179,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     (
         "012_topic_contributions",
         # each topic word's mean NPMI with the topic's other words; stars are stored from now on without their
-        # NPMI matrix (NULL: ~20x the rest of a unit's topics, 13 GB for a whole model); older rows keep theirs
+        # NPMI matrix (NULL: ~7x the rest of a unit's topics, ≈ 15 GB for a whole model); older rows keep theirs
         """
         ALTER TABLE topics ADD COLUMN contrib FLOAT[];
         """,

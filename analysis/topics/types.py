@@ -199,7 +199,7 @@ class Topic:
     stats: SolveStats
     contrib: tuple[float, ...] = ()
     """Each word's mean NPMI with the topic's other words (the viewer shades the words by it; stored in place of
-    the star's matrix, which is ~20x larger)."""
+    the star's matrix of up to 32 x 32 numbers)."""
 
 
 def contributions(words, star_words, npmi: np.ndarray) -> list[float]:
