@@ -103,7 +103,7 @@ class ProcessExecutor:
 
         threads = max(1, cores() // self.workers)
         with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_install, initargs=(task, threads)) as pool:
+                                 initializer=_install, initargs=(task, threads, os.getpid())) as pool:
             pending: deque = deque()
             try:
                 for item in items:
@@ -123,7 +123,16 @@ class ProcessExecutor:
 _INSTALLED: list = []
 
 
-def _install(task, threads: int) -> None:
+def _install(task, threads: int, driver: int) -> None:
+    import threading
+    import time
+
+    def watch() -> None:  # a driver killed outright (SIGKILL) leaves no one to stop us: go with it
+        while os.getppid() == driver:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
     import torch
 
     torch.set_num_threads(threads)

@@ -712,3 +712,50 @@ def test_process_executor_keeps_order_and_raises_a_task_error():
         for x in ProcessExecutor(2).map(int, ["1", "2", "x", "4"]):
             got.append(x)
     assert got == [1, 2]
+
+
+def test_process_executor_workers_go_with_a_killed_driver(tmp_path):
+    """A driver killed outright (SIGKILL, as a killed build) takes its worker processes with it: none is left
+    waiting for work that will never come."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    script = tmp_path / "drive.py"
+    script.write_text("import time\nfrom analysis.executor import ProcessExecutor\nif __name__ == '__main__':\n"
+                      "    for _ in ProcessExecutor(2).map(time.sleep, [5] * 8):\n        pass\n")
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    def tree() -> tuple[int | None, list[int]]:  # (the python running the script, its spawned workers)
+        rows = [line.split(None, 2) for line in subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True,
+                                                               text=True).stdout.splitlines()]
+        mine, changed = {proc.pid}, True  # sys.executable may be a launcher: walk every descendant
+        while changed:
+            more = {int(p) for p, pp, *_ in rows if int(pp) in mine} - mine
+            mine |= more
+            changed = bool(more)
+        args = {int(p): (a[0] if a else "") for p, _pp, *a in rows if int(p) in mine}
+        driver = next((p for p, a in args.items() if "drive.py" in a), None)
+        return driver, [p for p, a in args.items() if "spawn_main" in a]
+
+    driver, workers = None, []
+    deadline = time.monotonic() + 60
+    while len(workers) < 2 and time.monotonic() < deadline:
+        driver, workers = tree()
+        time.sleep(0.2)
+    assert driver and len(workers) == 2 and all(alive(w) for w in workers)
+    time.sleep(3)  # the workers are in their tasks now
+    os.kill(driver, 9)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(w) for w in workers), [(w, Path(f"/proc/{w}/status").read_text()[:300]) for w in workers if alive(w)]
