@@ -1,4 +1,5 @@
-"""Where a job's compute runs: in this process (``local``) or as Ray tasks on a cluster (``ray``).
+"""Where a job's compute runs: in this process (``local``) or as Ray tasks on a cluster (``ray``); under ``local``, a
+job whose work is numpy loops on one core (topics) may run it in a worker process per core (``ProcessExecutor``).
 
 A job splits its work into items (shards of corpus windows, chunks of units) and maps a *task* over them: a
 picklable callable that gets what it needs once per process (``ModelHandle.get``: one model load per worker)
@@ -90,7 +91,8 @@ class ProcessExecutor:
     """Tasks in ``workers`` processes of this machine, for work one process cannot spread over the cores (numpy
     loops: topics; torch's matmuls already use every core, so harvest and graphs gain nothing). Each worker is
     spawned, gets the task once (``_install``) and loads what it needs once; torch runs ``cores // workers``
-    threads in each. Results come back in the items' order, at most two items per worker in flight."""
+    threads in each. Results come back in the items' order, at most two items per worker in flight. A worker exits
+    when the driver is gone (a build killed with SIGKILL leaves no worker behind)."""
 
     local = False
 
