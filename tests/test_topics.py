@@ -718,6 +718,7 @@ def test_process_executor_workers_go_with_a_killed_driver(tmp_path):
     """A driver killed outright (SIGKILL, as a killed build) takes its worker processes with it: none is left
     waiting for work that will never come."""
     import os
+    import signal
     import subprocess
     import sys
     import time
@@ -753,9 +754,9 @@ def test_process_executor_workers_go_with_a_killed_driver(tmp_path):
         time.sleep(0.2)
     assert driver and len(workers) == 2 and all(alive(w) for w in workers)
     time.sleep(3)  # the workers are in their tasks now
-    os.kill(driver, 9)
+    os.kill(driver, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 10
     while any(alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(alive(w) for w in workers), [(w, Path(f"/proc/{w}/status").read_text()[:300]) for w in workers if alive(w)]
+    assert not any(alive(w) for w in workers), [w for w in workers if alive(w)]
