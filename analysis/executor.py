@@ -92,34 +92,55 @@ class ProcessExecutor:
     loops: topics; torch's matmuls already use every core, so harvest and graphs gain nothing). Each worker is
     spawned, gets the task once (``_install``) and loads what it needs once; torch runs ``cores // workers``
     threads in each. Results come back in the items' order, at most two items per worker in flight. A worker exits
-    when the driver is gone (a build killed with SIGKILL leaves no worker behind)."""
+    when the driver is gone (a build killed with SIGKILL leaves no worker behind).
+
+    ``map(task, items, key)``: maps with the same ``key`` (not None) share their workers (started, with the task of
+    the first, by the first of them) until ``close`` or a map with another key: a build's topics stage starts them
+    once for every layer. Without a key, a map's workers end with it."""
 
     local = False
 
     def __init__(self, workers: int):
         self.workers = workers
+        self._pool = None
+        self._key = None
 
-    def map(self, task: Callable, items: Iterable) -> Iterator:
+    def _start(self, task):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         threads = max(1, cores() // self.workers)
-        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_install, initargs=(task, threads, os.getpid())) as pool:
-            pending: deque = deque()
-            try:
-                for item in items:
-                    pending.append(pool.submit(_run_installed, item))
-                    if len(pending) >= 2 * self.workers:
-                        yield pending.popleft().result()
-                while pending:
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_install, initargs=(task, threads, os.getpid()))
+
+    def map(self, task: Callable, items: Iterable, key=None) -> Iterator:
+        if key is None or key != self._key:
+            self.close()
+        if self._pool is None:
+            self._pool = self._start(task)
+            self._key = key
+        pool = self._pool
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(_run_installed, item))
+                if len(pending) >= 2 * self.workers:
                     yield pending.popleft().result()
-            except BaseException:
-                pool.shutdown(cancel_futures=True)
-                raise
+            while pending:
+                yield pending.popleft().result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            if self._pool is pool:
+                self._pool, self._key = None, None
+            raise
+        if key is None:
+            self.close()
 
     def close(self) -> None:
-        pass
+        """End the workers (idempotent; a later map starts new ones)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool, self._key = None, None
 
 
 _INSTALLED: list = []

@@ -670,9 +670,9 @@ def test_topics_in_worker_processes_equal_this_process(tmp_path, capsys, monkeyp
     used = []
     plain_map = ProcessExecutor.map
 
-    def spy(self, task, items):
+    def spy(self, task, items, key=None):
         used.append(self.workers)
-        yield from plain_map(self, task, items)
+        yield from plain_map(self, task, items, key)
 
     monkeypatch.setattr(ProcessExecutor, "map", spy)
     from helpers import TINY_TEXT, tiny_model_folder
@@ -699,6 +699,83 @@ def test_topics_in_worker_processes_equal_this_process(tmp_path, capsys, monkeyp
     assert used == [2]  # --workers 1 ran in this process
     assert len(tables[0][0]) == 12 * 2 * 5 and tables[0][1] and tables[0] == tables[1]
     capsys.readouterr()
+
+
+def test_topics_of_two_layers_share_the_callers_worker_processes(tmp_path, monkeypatch):
+    """A build's topics stage hands every layer the same worker processes: started once, same rows as one
+    process computes layer by layer."""
+    import json
+
+    import duckdb
+
+    import analysis.executor as executor_module
+    import analysis.jobs.topics as topics_job
+    from analysis.__main__ import main
+    from analysis.executor import ProcessExecutor
+    from analysis.topics.types import NpmiConfig, TopicConfig
+    from helpers import TINY_TEXT, tiny_model_folder
+
+    starts = []
+    plain_start = ProcessExecutor._start
+
+    def spy(self, task):
+        starts.append(task)
+        return plain_start(self, task)
+
+    monkeypatch.setattr(ProcessExecutor, "_start", spy)
+    monkeypatch.setattr(topics_job, "PROCESS_MIN_UNITS", 1)
+    monkeypatch.setattr(executor_module, "cores", lambda: 2)  # one worker per core, whatever this machine has
+    model = str(tiny_model_folder(tmp_path / "words", "llama", vocab_size=700))
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"title": f"d{i}", "text": " ".join(TINY_TEXT[i % 4:] + TINY_TEXT[:i % 4])})
+                            + "\n" for i in range(24)))
+    ref = tmp_path / "ref.txt"
+    ref.write_text("\n\n".join(TINY_TEXT * 40))
+    tables = []
+    for shared in (False, True):
+        db = tmp_path / f"shared{shared}.duckdb"
+        assert main(["harvest", "--model", model, "--corpus", str(docs), "--db", str(db), "--layers", "0-1",
+                     "--seq-len", "24", "--quiet"]) == 0
+        processes = ProcessExecutor(2) if shared else None
+        try:
+            for layer in (0, 1):
+                job = topics_job.TopicsJob(layer=layer, neurons="0-7", model=model, chunk=4, workers=0 if shared else 1,
+                                           topic=TopicConfig(k=3, tau=700),
+                                           npmi=NpmiConfig(corpora=(str(ref),), min_count=2))
+                topics_job.topics(job, db, with_sets=False, processes=processes)
+        finally:
+            if processes is not None:
+                processes.close()
+        con = duckdb.connect(str(db), read_only=True)
+        tables.append([con.execute(q).fetchall() for q in (
+            "SELECT * EXCLUDE (seconds, created_at) FROM topic_sets ORDER BY ALL",
+            "SELECT * FROM topics ORDER BY ALL", "SELECT * FROM topic_stars ORDER BY ALL")])
+        con.close()
+    assert len(starts) == 1  # two layers, one start of the workers
+    assert len(tables[0][0]) == 2 * 8 * 2 * 5 and tables[0][1] and tables[0] == tables[1]
+
+
+def _worker_pid(_item) -> int:
+    import os
+
+    return os.getpid()
+
+
+def test_process_executor_reuses_its_workers_for_one_key():
+    from analysis.executor import ProcessExecutor
+
+    ex = ProcessExecutor(2)
+    try:
+        first = set(ex.map(_worker_pid, range(6), key="a"))
+        pool = set(ex._pool._processes)
+        again = set(ex.map(_worker_pid, range(6), key="a"))
+        assert first | again <= pool and ex._pool is not None
+        other = set(ex.map(_worker_pid, range(6), key="b"))  # another task: new workers
+        assert not other & pool
+        list(ex.map(_worker_pid, range(2)))  # no key: workers of its own, ended with the map
+        assert ex._pool is None
+    finally:
+        ex.close()
 
 
 def test_process_executor_keeps_order_and_raises_a_task_error():

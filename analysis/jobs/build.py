@@ -18,7 +18,7 @@ from pathlib import Path
 
 from analysis.api import ApiConfig
 from analysis.config import DEFAULT_CORPUS, DEFAULT_MODEL
-from analysis.executor import ExecutorConfig, make_executor
+from analysis.executor import ExecutorConfig, ProcessExecutor, cores, make_executor
 from analysis.progress import Progress
 from analysis.types import UserError
 
@@ -284,6 +284,8 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
     watched = StatusProgress(progress, status, status_file(db))
     watched.save()
     executor = make_executor(config, job.device)
+    # the topics stage's worker processes (local executor), started once for all its layers
+    processes = ProcessExecutor(cores()) if executor.local and cores() > 1 else None
     where = "" if executor.local else f" on Ray ({executor.workers} workers)"
     bar = progress.bar(sum(len(s.layers) for s in stages), "build" + where, unit="stage-layer")
     try:
@@ -294,7 +296,8 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
                 status.current = (i, layer)
                 watched.save()
                 t0, size0 = time.monotonic(), db_bytes(db)
-                new = _run_stage(job, db, stage.lens, layer, fmt_layers(stage.layers), info, watched, executor)
+                new = _run_stage(job, db, stage.lens, layer, fmt_layers(stage.layers), info, watched, executor,
+                                 processes)
                 took, grew = time.monotonic() - t0, db_bytes(db) - size0
                 spent[stage.lens] = spent.get(stage.lens, 0.0) + took
                 if new:  # measured over the stage so far (a file grows in blocks: one layer alone says little)
@@ -309,6 +312,8 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
                 status.stages[i].done.extend(stage.layers if layer is None else [layer])
                 status.stages[i].spent_s += took
                 bar.update(len(stage.layers) if layer is None else 1)
+            if processes is not None:
+                processes.close()
         status.finished = time.time()
     except BaseException as exc:
         status.error = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[:500]
@@ -317,6 +322,8 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
         status.current, status.step = None, None
         watched.save()
         bar.close()
+        if processes is not None:
+            processes.close()
         executor.close()
     return BuildSummary(stages, dropped, spent)
 
@@ -503,8 +510,9 @@ def check_device(device: str) -> None:
 
 
 def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: str, info, progress,
-               executor) -> int:
-    """Run one lens on one layer (the harvest: on all its layers at once); return the units done now."""
+               executor, processes=None) -> int:
+    """Run one lens on one layer (the harvest: on all its layers at once); return the units done now.
+    ``processes``: the topics stage's worker processes, kept from layer to layer."""
     from analysis.jobs.common import parse_units
 
     units = "all" if lens in CHEAP else job.expensive_neurons
@@ -538,7 +546,7 @@ def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: st
         from analysis.jobs.topics import TopicsJob, topics
 
         s = topics(TopicsJob(layer=layer, neurons=units, model=job.model, device=job.device), db, progress,
-                   executor, with_sets=False)
+                   executor, with_sets=False, processes=processes)
         # in neurons' worth of (mode, unit) pairs
         return round(len(parse_units(units, info.d_mlp, allow_all=True)) * s.computed / max(s.pairs, 1))
     if lens == "n2g":

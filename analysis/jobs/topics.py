@@ -77,18 +77,17 @@ class TopicsTask:
 
     model: object
     """analysis.executor.ModelHandle"""
-    layer: int
     sae: object
     stats: object
     """analysis.topics.CooccurrenceStats of the reference corpus."""
     config: TopicConfig
 
     def __call__(self, item) -> list:
-        """item: (mode, unit indices, their records for the activation mode else None) -> [ScoredTopics]."""
+        """item: (layer, mode, unit indices, their records for the activation mode else None) -> [ScoredTopics]."""
         from analysis.topics import (Polarity, ScoredTopics, activation_ranking, activation_table,
                                      topics_for_units, topics_from_ranking)
 
-        mode, chunk, recs = item
+        layer, mode, chunk, recs = item
         subject, config = self.model.get(), self.config
         t0 = time.perf_counter()
         if mode == ACTIVATION_SOURCE:
@@ -96,17 +95,19 @@ class TopicsTask:
                                                               tau=config.tau), subject.tokenizer, self.stats, config)
                        for u in chunk for pol in (Polarity.POS, Polarity.NEG)]
         else:
-            results = topics_for_units(subject, self.layer, chunk, ProjectionMode(mode), self.stats, config,
+            results = topics_for_units(subject, layer, chunk, ProjectionMode(mode), self.stats, config,
                                        sae=self.sae)
         per = (time.perf_counter() - t0) / max(len(results), 1)
         return [ScoredTopics(r, per) for r in results]
 
 
-def topics(job: TopicsJob, db: Path, progress: Progress = Progress(), executor=None,
-           with_sets: bool = True) -> TopicsSummary:
+def topics(job: TopicsJob, db: Path, progress: Progress = Progress(), executor=None, with_sets: bool = True,
+           processes=None) -> TopicsSummary:
     """Topics of the job's units, ``job.chunk`` units of one mode per task on ``executor`` (default this
     process); ``with_sets``: read every asked unit's stored sets back into the summary (a build does without:
-    ~10 % of a layer's topics time)."""
+    ~10 % of a layer's topics time). Where the local executor runs them in worker processes: ``processes``, an
+    ``analysis.executor.ProcessExecutor`` the caller owns (a build's, kept across layers), else ones started for
+    this call."""
     from analysis.executor import LOCAL, ModelHandle, ProcessExecutor, cores
     from analysis.topics import cached_reference_stats
     from cache.store import open_store
@@ -171,17 +172,21 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress(), executor=N
 
     def items():  # an activation chunk's records are read when it is handed out
         for mode, chunk in work:
-            yield mode, chunk, (unit_records(db, job.model, job.layer, chunk, job.source)
-                                if mode == ACTIVATION_SOURCE else None)
+            yield job.layer, mode, chunk, (unit_records(db, job.model, job.layer, chunk, job.source)
+                                           if mode == ACTIVATION_SOURCE else None)
 
     todo_units = sum(len(chunk) for _m, chunk in work)
+    key = None  # maps with equal keys may share worker processes: the same task but for the layer
     if executor.local:
         workers = min(job.workers or (cores() if todo_units >= PROCESS_MIN_UNITS else 1), len(work))
-        if workers > 1:
+        if workers > 1 and processes is not None and not job.workers:
+            executor, key = processes, (info.model_id, job.source, stats_id, config, job.device)
+        elif workers > 1:
             executor = ProcessExecutor(workers)
     handle = ModelHandle(info.name, info.model_id, job.device, loaded=subject if executor.local else None)
-    task = TopicsTask(handle, job.layer, sae, stats, config)
-    for (_mode, chunk), scored in zip(work, executor.map(task, items())):
+    task = TopicsTask(handle, sae, stats, config)
+    results = executor.map(task, items(), key) if key is not None else executor.map(task, items())
+    for scored, (_mode, chunk) in zip(results, work):  # results first: zip runs the map to its end
         with open_store(db) as store:
             store.topics.put(info.model_id, stats_id, scored, params)
         bar.update(len(chunk))
