@@ -4,6 +4,7 @@ brute force, HiGHS), never against its own output."""
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 import math
 
@@ -241,6 +242,27 @@ def test_counts_match_brute_force_and_survive_save_load(tmp_path):
     assert (back.vocab, back.n_windows, back.window, back.min_count, back.corpus_id) == \
         (stats.vocab, stats.n_windows, 6, 3, "rand")
     np.testing.assert_array_equal(back.npmi_matrix(stats.vocab), stats.npmi_matrix(stats.vocab))
+
+
+def test_cached_statistics_are_read_once_per_process_until_the_file_changes(tmp_path, monkeypatch):
+    """A build asks for the same statistics for every layer: the file is read once, and again only once rewritten."""
+    import analysis.topics.npmi as npmi
+    from analysis.topics.types import NpmiConfig
+
+    ref = tmp_path / "ref.txt"
+    ref.write_text("\n\n".join(["apple pear plum fig apple pear kiwi lime"] * 20))
+    config = NpmiConfig(corpora=(str(ref),), min_count=2)
+    reads = []
+    plain = npmi.load_stats
+    monkeypatch.setattr(npmi, "load_stats", lambda path: reads.append(path) or plain(path))
+    first, sid = npmi.cached_reference_stats(config, tmp_path, progress=False)  # counted and saved, not read
+    again, sid2 = npmi.cached_reference_stats(config, tmp_path, progress=False)
+    third, _ = npmi.cached_reference_stats(config, tmp_path, progress=False)
+    assert len(reads) == 1 and third is again and sid == sid2 and again.vocab == first.vocab
+    path = npmi.stats_path(config, tmp_path)
+    os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)  # rewritten (same content)
+    npmi.cached_reference_stats(config, tmp_path, progress=False)
+    assert len(reads) == 2
 
 
 def test_counting_refuses_one_shot_iterators():

@@ -169,6 +169,9 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress(), executor=N
                                         for p in ("pos", "neg"))]
         bar.update(len(units) - len(todo))
         work += [(mode, todo[b : b + job.chunk]) for b in range(0, len(todo), job.chunk)]
+    # the longest tasks first, so that no worker is left with a long one at the end while the others wait: the
+    # activation mode's (its pools make ~1.7x the stars of a projection mode's), then the largest chunks
+    work.sort(key=lambda w: (w[0] != ACTIVATION_SOURCE, -len(w[1])))
 
     def items():  # an activation chunk's records are read when it is handed out
         for mode, chunk in work:

@@ -23,6 +23,8 @@ built with numpy, and ``M.T @ M`` gives every pair's window count at once (scipy
 
 from __future__ import annotations
 
+import functools
+
 import json
 import re
 from collections import Counter
@@ -290,6 +292,13 @@ def stats_path(config: NpmiConfig, folder: Path) -> Path:
     return Path(folder) / f"npmi-{digest}.npz"
 
 
+@functools.lru_cache(maxsize=1)
+def _load_stats_once(path: str, _mtime_ns: int) -> CooccurrenceStats:
+    """``load_stats``, read once per process while the file is unchanged (a build's topics stage asks for the
+    same ~400 MB of statistics for every layer: ~5 s each)."""
+    return load_stats(path)
+
+
 def cached_reference_stats(config: NpmiConfig, folder: Path, progress: bool = True) -> tuple[CooccurrenceStats, str]:
     """(statistics, stats id) of ``config``: counted once, then read back from ``folder``. The stats id names
     what was counted (it keys the stored topics)."""
@@ -297,7 +306,7 @@ def cached_reference_stats(config: NpmiConfig, folder: Path, progress: bool = Tr
 
     path = stats_path(config, folder)
     if path.exists():
-        stats = load_stats(path)
+        stats = _load_stats_once(str(path.resolve()), path.stat().st_mtime_ns)
     else:
         stats = reference_stats(config, progress=progress)
         save_stats(stats, path)
