@@ -680,12 +680,36 @@ def test_cli_topics_json_is_checkable_resumes_and_shows(tmp_path, monkeypatch, c
     assert any(word in " ".join(df.value.get("topic", [])) for df in at.dataframe)
 
 
-def test_topics_in_worker_processes_equal_this_process(tmp_path, capsys, monkeypatch):
-    """Two worker processes (spawned, one chunk of units per task) store exactly the rows one process stores."""
+def _worker_test_inputs(tmp_path) -> tuple[str, Path, Path]:
+    """(a tiny model with word-like tokens, a corpus of 24 documents to harvest, a reference text for NPMI)."""
     import json
 
+    from helpers import TINY_TEXT, tiny_model_folder
+
+    model = str(tiny_model_folder(tmp_path / "words", "llama", vocab_size=700))
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"title": f"d{i}", "text": " ".join(TINY_TEXT[i % 4:] + TINY_TEXT[:i % 4])})
+                            + "\n" for i in range(24)))
+    ref = tmp_path / "ref.txt"
+    ref.write_text("\n\n".join(TINY_TEXT * 40))
+    return model, docs, ref
+
+
+def _topic_tables(db) -> list:
+    """Every stored topic set (but its timings), topic and star, sorted."""
     import duckdb
 
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return [con.execute(q).fetchall() for q in (
+            "SELECT * EXCLUDE (seconds, created_at) FROM topic_sets ORDER BY ALL",
+            "SELECT * FROM topics ORDER BY ALL", "SELECT * FROM topic_stars ORDER BY ALL")]
+    finally:
+        con.close()
+
+
+def test_topics_in_worker_processes_equal_this_process(tmp_path, capsys, monkeypatch):
+    """Two worker processes (spawned, one chunk of units per task) store exactly the rows one process stores."""
     from analysis.__main__ import main
     from analysis.executor import ProcessExecutor
 
@@ -697,14 +721,7 @@ def test_topics_in_worker_processes_equal_this_process(tmp_path, capsys, monkeyp
         yield from plain_map(self, task, items, key)
 
     monkeypatch.setattr(ProcessExecutor, "map", spy)
-    from helpers import TINY_TEXT, tiny_model_folder
-
-    model = str(tiny_model_folder(tmp_path / "words", "llama", vocab_size=700))
-    docs = tmp_path / "docs.jsonl"
-    docs.write_text("".join(json.dumps({"title": f"d{i}", "text": " ".join(TINY_TEXT[i % 4:] + TINY_TEXT[:i % 4])})
-                            + "\n" for i in range(24)))
-    ref = tmp_path / "ref.txt"
-    ref.write_text("\n\n".join(TINY_TEXT * 40))
+    model, docs, ref = _worker_test_inputs(tmp_path)
     tables = []
     for workers in (1, 2):
         db = tmp_path / f"w{workers}.duckdb"
@@ -713,11 +730,7 @@ def test_topics_in_worker_processes_equal_this_process(tmp_path, capsys, monkeyp
         assert main(["topics", "--db", str(db), "--model", model, "--layer", "1", "--neurons", "0-11", "--k", "3",
                      "--tau", "700", "--corpus", str(ref), "--min-count", "2", "--chunk", "4", "--workers",
                      str(workers), "--quiet"]) == 0
-        con = duckdb.connect(str(db), read_only=True)
-        tables.append([con.execute(q).fetchall() for q in (
-            "SELECT * EXCLUDE (seconds, created_at) FROM topic_sets ORDER BY ALL",
-            "SELECT * FROM topics ORDER BY ALL", "SELECT * FROM topic_stars ORDER BY ALL")])
-        con.close()
+        tables.append(_topic_tables(db))
     assert used == [2]  # --workers 1 ran in this process
     assert len(tables[0][0]) == 12 * 2 * 5 and tables[0][1] and tables[0] == tables[1]
     capsys.readouterr()
@@ -726,16 +739,11 @@ def test_topics_in_worker_processes_equal_this_process(tmp_path, capsys, monkeyp
 def test_topics_of_two_layers_share_the_callers_worker_processes(tmp_path, monkeypatch):
     """A build's topics stage hands every layer the same worker processes: started once, same rows as one
     process computes layer by layer."""
-    import json
-
-    import duckdb
-
     import analysis.executor as executor_module
     import analysis.jobs.topics as topics_job
     from analysis.__main__ import main
     from analysis.executor import ProcessExecutor
     from analysis.topics.types import NpmiConfig, TopicConfig
-    from helpers import TINY_TEXT, tiny_model_folder
 
     starts = []
     plain_start = ProcessExecutor._start
@@ -747,12 +755,7 @@ def test_topics_of_two_layers_share_the_callers_worker_processes(tmp_path, monke
     monkeypatch.setattr(ProcessExecutor, "_start", spy)
     monkeypatch.setattr(topics_job, "PROCESS_MIN_UNITS", 1)
     monkeypatch.setattr(executor_module, "cores", lambda: 2)  # one worker per core, whatever this machine has
-    model = str(tiny_model_folder(tmp_path / "words", "llama", vocab_size=700))
-    docs = tmp_path / "docs.jsonl"
-    docs.write_text("".join(json.dumps({"title": f"d{i}", "text": " ".join(TINY_TEXT[i % 4:] + TINY_TEXT[:i % 4])})
-                            + "\n" for i in range(24)))
-    ref = tmp_path / "ref.txt"
-    ref.write_text("\n\n".join(TINY_TEXT * 40))
+    model, docs, ref = _worker_test_inputs(tmp_path)
     tables = []
     for shared in (False, True):
         db = tmp_path / f"shared{shared}.duckdb"
@@ -761,18 +764,14 @@ def test_topics_of_two_layers_share_the_callers_worker_processes(tmp_path, monke
         processes = ProcessExecutor(2) if shared else None
         try:
             for layer in (0, 1):
-                job = topics_job.TopicsJob(layer=layer, neurons="0-7", model=model, chunk=4, workers=0 if shared else 1,
-                                           topic=TopicConfig(k=3, tau=700),
+                job = topics_job.TopicsJob(layer=layer, neurons="0-7", model=model, chunk=4,
+                                           workers=0 if shared else 1, topic=TopicConfig(k=3, tau=700),
                                            npmi=NpmiConfig(corpora=(str(ref),), min_count=2))
                 topics_job.topics(job, db, with_sets=False, processes=processes)
         finally:
             if processes is not None:
                 processes.close()
-        con = duckdb.connect(str(db), read_only=True)
-        tables.append([con.execute(q).fetchall() for q in (
-            "SELECT * EXCLUDE (seconds, created_at) FROM topic_sets ORDER BY ALL",
-            "SELECT * FROM topics ORDER BY ALL", "SELECT * FROM topic_stars ORDER BY ALL")])
-        con.close()
+        tables.append(_topic_tables(db))
     assert len(starts) == 1  # two layers, one start of the workers
     assert len(tables[0][0]) == 2 * 8 * 2 * 5 and tables[0][1] and tables[0] == tables[1]
 
