@@ -24,7 +24,6 @@ built with numpy, and ``M.T @ M`` gives every pair's window count at once (scipy
 from __future__ import annotations
 
 import functools
-
 import json
 import re
 from collections import Counter
