@@ -44,6 +44,22 @@ def test_plan_keeps_the_cheap_lenses_and_spreads_the_rest():
         plan(BuildJob(lenses=("harvest", "colour")), 30, units, 10_000, costs, None)
 
 
+def test_plan_charges_a_one_time_cost_once_before_the_layers():
+    """Counting the topics' reference statistics is paid once, whatever the units: in the stage's estimate, and
+    under a budget before any layer fits."""
+    units = {lens: 1000 for lens in PROJECT_VM}
+    costs = {"harvest": 0.0, "baselines": 0.0, "topics": 0.1}  # 100 s a layer
+    job = BuildJob(layers="all", lenses=("harvest", "baselines", "topics"))
+    by = {s.lens: s for s in plan(job, 30, units, 10_000, costs, None, once={"topics": 240.0})[0]}
+    assert by["topics"].seconds == pytest.approx(30 * 100 + 240) and by["baselines"].seconds == 0
+    stages, dropped = plan(job, 30, units, 10_000, costs, 740, once={"topics": 240.0})
+    topics = {s.lens: s for s in stages}["topics"]
+    assert topics.layers == spread(list(range(30)), 5) and topics.seconds == pytest.approx(740)
+    stages, dropped = plan(job, 30, units, 10_000, costs, 200, once={"topics": 240.0})  # not even the statistics
+    assert {s.lens: s for s in stages}["topics"].seconds == 0 and dropped["topics"] == list(range(30))
+    assert by["topics"].seconds - 240 == pytest.approx(plan(job, 30, units, 10_000, costs, None)[0][2].seconds)
+
+
 def test_plan_of_the_expensive_lenses_on_some_layers_and_units():
     units = {"harvest": 1000, "baselines": 1000, "topics": 16, "n2g": 16}
     job = BuildJob(layers="all", expensive_layers="0,15,29", lenses=("harvest", "baselines", "topics", "n2g"))

@@ -35,6 +35,9 @@ PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.020, "topics": 0.18, "n2g": 1.8
 through all 30 layers; baselines = token-lookup explanation + baseline score; n2g at depth with augmentation;
 effects over 20 records; topics all five modes in a worker process per core; explain / score with the local
 backends (score with calibration)."""
+PROJECT_VM_ONCE = {"topics": 240.0}
+"""Seconds a lens spends once for a database on the project VM, whatever its units: topics count the reference
+corpus's NPMI statistics (reference-en, ≈ 3-4 min; kept beside the database, so only a first build pays)."""
 PROJECT_DISK = {"harvest": 7_450.0, "baselines": 8_600.0, "topics": 48_400.0, "n2g": 4_000.0, "effects": 600.0,
                 "explain": 300.0, "score": 2_000.0}
 """Bytes of database per unit (the harvest: per harvested neuron) measured by the demo build (bench/RESULTS.md)."""
@@ -141,12 +144,13 @@ def spread(layers: list[int], k: int) -> list[int]:
 
 
 def plan(job: BuildJob, n_layers: int, units_per_layer: dict[str, int], n_tokens: int, costs: dict[str, float],
-         budget_s: float | None, done: tuple[str, ...] = (), disk: dict[str, float] | None = None
-         ) -> tuple[list[Stage], dict[str, list[int]]]:
+         budget_s: float | None, done: tuple[str, ...] = (), disk: dict[str, float] | None = None,
+         once: dict[str, float] | None = None) -> tuple[list[Stage], dict[str, list[int]]]:
     """The stages of a build and, under a budget, the layers each expensive lens keeps; lenses in ``done`` have
     nothing left to do. ``costs``: seconds per unit, ``disk``: bytes per unit (both by lens; measured here, else
-    the project VM's)."""
-    disk = disk or {}
+    the project VM's); ``once``: seconds a lens spends once before its units (``PROJECT_VM_ONCE``), where it
+    still has to."""
+    disk, once = disk or {}, once or {}
     from analysis.jobs.common import parse_layers
 
     bad = [x for x in job.lenses if x not in LENSES]
@@ -166,7 +170,7 @@ def plan(job: BuildJob, n_layers: int, units_per_layer: dict[str, int], n_tokens
             seconds = per * n_tokens * (max(ls) + 1) / n_layers if ls else 0.0
         else:
             units = units_per_layer[lens] * len(ls)
-            seconds = per * units
+            seconds = per * units + (once.get(lens, 0.0) if ls and lens not in done else 0.0)
         return Stage(lens, ls, units, seconds, "done" if lens in done else "measured" if lens in costs else "VM",
                      size)
 
@@ -185,8 +189,9 @@ def plan(job: BuildJob, n_layers: int, units_per_layer: dict[str, int], n_tokens
         if s.lens in CHEAP:
             out.append(s)
             continue
-        per_layer = s.seconds / max(len(s.layers), 1)
-        k = min(len(s.layers), int(left // per_layer) if per_layer > 0 else len(s.layers))
+        first = once.get(s.lens, 0.0) if s.layers else 0.0
+        per_layer = (s.seconds - first) / max(len(s.layers), 1)
+        k = min(len(s.layers), int(max(left - first, 0.0) // per_layer) if per_layer > 0 else len(s.layers))
         keep = spread(s.layers, k)
         kept = cost(s.lens, keep)
         left -= kept.seconds
@@ -194,6 +199,16 @@ def plan(job: BuildJob, n_layers: int, units_per_layer: dict[str, int], n_tokens
             dropped[s.lens] = [x for x in s.layers if x not in keep]
         out.append(kept)
     return out, dropped
+
+
+def _once(db: Path) -> dict[str, float]:
+    """``PROJECT_VM_ONCE`` of the lenses whose one-time work this database still needs (the default reference
+    statistics of topics not yet counted beside it)."""
+    from analysis.jobs.topics import stats_folder
+    from analysis.topics.npmi import stats_path
+    from analysis.topics.types import NpmiConfig
+
+    return {} if stats_path(NpmiConfig(), stats_folder(db)).exists() else {"topics": PROJECT_VM_ONCE["topics"]}
 
 
 def fmt_seconds(s: float) -> str:
@@ -273,7 +288,7 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
     units = {lens: info.d_mlp if lens in CHEAP else len(asked) for lens in LENSES}  # topics: per neuron, all modes
     costs = measured_costs(db, f"{info.model_id}|{job.device}")
     stages, dropped = plan(job, info.n_layers, units, n_tokens, costs, budget_s, ("harvest",) if harvested else (),
-                           measured_costs(db, f"{info.model_id}|disk"))
+                           measured_costs(db, f"{info.model_id}|disk"), _once(db))
     for line in plan_lines(stages, dropped, budget_s):
         progress.note(line)
     if job.plan_only:
@@ -296,14 +311,14 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
                 status.current = (i, layer)
                 watched.save()
                 t0, size0 = time.monotonic(), db_bytes(db)
-                new = _run_stage(job, db, stage.lens, layer, fmt_layers(stage.layers), info, watched, executor,
-                                 processes)
+                new, setup = _run_stage(job, db, stage.lens, layer, fmt_layers(stage.layers), info, watched,
+                                        executor, processes)
                 took, grew = time.monotonic() - t0, db_bytes(db) - size0
                 spent[stage.lens] = spent.get(stage.lens, 0.0) + took
                 if new:  # measured over the stage so far (a file grows in blocks: one layer alone says little)
                     m = measured.setdefault(stage.lens, [0, 0.0, 0])
                     m[0] += new
-                    m[1] += took
+                    m[1] += took - setup  # a one-time cost (the topics' statistics) is no cost per unit
                     m[2] += grew if stage.lens != "harvest" else grew * new / (len(stage.layers) * info.d_mlp)
                     if m[0] >= 8:  # enough new work to be a measurement
                         if executor.local:  # this machine's single-process costs
@@ -510,9 +525,10 @@ def check_device(device: str) -> None:
 
 
 def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: str, info, progress,
-               executor, processes=None) -> int:
-    """Run one lens on one layer (the harvest: on all its layers at once); return the units done now.
-    ``processes``: the topics stage's worker processes, kept from layer to layer."""
+               executor, processes=None) -> tuple[int, float]:
+    """Run one lens on one layer (the harvest: on all its layers at once); return the units done now and the
+    seconds of it that were a one-time cost (``PROJECT_VM_ONCE``). ``processes``: the topics stage's worker
+    processes, kept from layer to layer."""
     from analysis.jobs.common import parse_units
 
     units = "all" if lens in CHEAP else job.expensive_neurons
@@ -520,7 +536,7 @@ def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: st
         from analysis.jobs.harvest import harvest
 
         s = harvest(_harvest_job(job, layers), db, progress, executor)
-        return s.n_tokens if s.status == "done" else 0
+        return (s.n_tokens if s.status == "done" else 0), 0.0
     records = None
     if lens == "baselines":  # explained and scored from one read of the layer's records
         from analysis.jobs.common import unit_records
@@ -534,29 +550,29 @@ def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: st
                                api=job.api), db, progress, executor, records)
         new = len(s.explained)
         if lens == "explain":
-            return new
+            return new, 0.0
     if lens in ("baselines", "score"):
         from analysis.jobs.score import ScoreJob, score
 
         who = "token-lookup" if lens == "baselines" else job.simulator
         s = score(ScoreJob(layer=layer, neurons=units, model=job.model, simulator=who, device=job.device,
                            api=job.api), db, progress, executor, records)
-        return max(len(s.results), new if lens == "baselines" else 0)
+        return max(len(s.results), new if lens == "baselines" else 0), 0.0
     if lens == "topics":
         from analysis.jobs.topics import TopicsJob, topics
 
         s = topics(TopicsJob(layer=layer, neurons=units, model=job.model, device=job.device), db, progress,
                    executor, with_sets=False, processes=processes)
         # in neurons' worth of (mode, unit) pairs
-        return round(len(parse_units(units, info.d_mlp, allow_all=True)) * s.computed / max(s.pairs, 1))
+        return round(len(parse_units(units, info.d_mlp, allow_all=True)) * s.computed / max(s.pairs, 1)), s.stats_s
     if lens == "n2g":
         from analysis.jobs.n2g import N2GJob, n2g
 
         return n2g(N2GJob(layer=layer, neurons=units, model=job.model, device=job.device), db, progress,
-                   executor=executor).built
+                   executor=executor).built, 0.0
     if lens == "effects":
         from analysis.jobs.causal import EffectsJob, effects_of
 
         return len(effects_of(EffectsJob(layer=layer, neurons=units, model=job.model, device=job.device), db,
-                              progress, executor))
+                              progress, executor)), 0.0
     raise UserError(f"unknown lens {lens!r}")

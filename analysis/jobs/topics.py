@@ -54,6 +54,9 @@ class TopicsSummary:
     """(mode, unit) pairs computed now (the rest were in the cache)."""
     pairs: int = 0
     """(mode, unit) pairs asked."""
+    stats_s: float = 0.0
+    """Seconds spent getting the reference statistics (counted once for a database, then read; not a per-unit
+    cost: a build keeps it out of its measured seconds per unit)."""
 
 
 def stats_folder(db: Path) -> Path:
@@ -130,7 +133,9 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress(), executor=N
         check_layer(info, job.layer)
         n_source = n_units(store, info, job.source, job.layer)
         sae = load_dictionary_of(store, job.source)
+    t0 = time.perf_counter()
     stats, stats_id = cached_reference_stats(job.npmi, stats_folder(db), progress=progress.enabled)
+    stats_s = time.perf_counter() - t0
     if stats.n_windows < 100 or len(stats.vocab) < 20:
         progress.note(f"warning: the reference corpus is tiny ({stats.n_windows} windows, {len(stats.vocab)} words "
                       f"of >= {job.npmi.min_count} occurrences): NPMI will be noisy")
@@ -205,5 +210,5 @@ def topics(job: TopicsJob, db: Path, progress: Progress = Progress(), executor=N
                                    replace(st, npmi=stats.npmi_matrix(st.words, config.min_pair_count, config.eps))
                                    for st in ts.stars]) for ts in sets]
     return TopicsSummary(sets, stats_id, stats.corpus_id, stats.n_windows, computed,
-                         sum(len(units) for _m, units in plan))
+                         sum(len(units) for _m, units in plan), stats_s)
 
