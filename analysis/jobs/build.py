@@ -35,9 +35,9 @@ PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.020, "topics": 0.18, "n2g": 1.8
 through all 30 layers; baselines = token-lookup explanation + baseline score; n2g at depth with augmentation;
 effects over 20 records; topics all five modes in a worker process per core; explain / score with the local
 backends (score with calibration)."""
-PROJECT_VM_ONCE = {"topics": 240.0}
+PROJECT_VM_ONCE = {"topics": 180.0}
 """Seconds a lens spends once for a database on the project VM, whatever its units: topics count the reference
-corpus's NPMI statistics (reference-en, ≈ 3-4 min; kept beside the database, so only a first build pays)."""
+corpus's NPMI statistics (reference-en: ≈ 2-3.5 min; kept beside the database, so only a first build pays)."""
 PROJECT_DISK = {"harvest": 7_450.0, "baselines": 8_600.0, "topics": 48_400.0, "n2g": 4_000.0, "effects": 600.0,
                 "explain": 300.0, "score": 2_000.0}
 """Bytes of database per unit (the harvest: per harvested neuron) measured by the demo build (bench/RESULTS.md)."""
