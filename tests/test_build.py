@@ -160,6 +160,32 @@ def test_build_a_tiny_model_then_resume(tiny_folders, viewer_db, tmp_path, capsy
         assert s.con.execute("SELECT count(*) FROM baselines").fetchone()[0] == n_base
 
 
+def test_a_one_time_cost_stays_out_of_the_measured_cost_per_unit(tiny_folders, viewer_db, tmp_path, monkeypatch):
+    """A stage that spends most of its time on one-time work (the topics' statistics) records only the rest as its
+    seconds per unit: the next plan must not multiply a one-off by every unit of the model."""
+    import time
+
+    import analysis.jobs.build as build_module
+
+    corpus = viewer_db[0].parent / "docs.jsonl"
+    model = str(tiny_folders["llama"])
+    db = tmp_path / "once.duckdb"
+    real = build_module._run_stage
+
+    def stage(job, db, lens, layer, *rest):
+        if lens != "topics":
+            return real(job, db, lens, layer, *rest)
+        time.sleep(0.5)  # 0.4 s of one-time work, then 0.1 s for the layer's units
+        return 16, 0.4
+
+    monkeypatch.setattr(build_module, "_run_stage", stage)
+    assert main(["build", "--db", str(db), "--model", model, "--corpus", str(corpus), "--layers", "0",
+                 "--lenses", "harvest,topics", "--quiet"]) == 0
+    costs = json.loads((tmp_path / "once.duckdb.costs.json").read_text())
+    per_unit = next(v for k, v in costs.items() if k.endswith("|cpu"))["topics"]
+    assert 0.09 / 16 < per_unit < 0.25 / 16  # the 0.1 s of work per 16 units, not 0.5 s
+
+
 def _contents(db) -> dict:
     """What a build stored, without timings and timestamps."""
     from cache.store import open_store
