@@ -74,8 +74,9 @@ demo-compare: demo-sae
 serve: $(VENV)/.installed
 	$(PY) -m streamlit run viewer/app.py --server.port $(PORT) -- --db $(DB)
 
-# Neuron2Graph for every neuron of the demo layers (≈ 1.5-2.5 s per neuron on the 2-core VM, 1-3 h for 4,608
-# neurons): last, after topics for the whole model; resumable like every build (a rerun of make demo picks it up)
+# Neuron2Graph for every neuron of the demo layers (on the 2-core VM ≈ 0.35 s per neuron at layer 0, 1.0-1.7 s at
+# 15, 1.5-1.9 s at 29: ≈ 1.2-1.7 h for 4,608 neurons): last, after topics for the whole model; resumable like every
+# build (a rerun of make demo picks it up)
 DEMO_N2G_LAYERS ?= $(DEMO_LAYERS)
 demo-n2g: demo-cache
 	$(PY) -m analysis build --db $(DB) --max-tokens $(DEMO_TOKENS) --lenses n2g --expensive-layers $(DEMO_N2G_LAYERS) \
