@@ -201,9 +201,11 @@ def plan(job: BuildJob, n_layers: int, units_per_layer: dict[str, int], n_tokens
     return out, dropped
 
 
-def _once(db: Path) -> dict[str, float]:
-    """``PROJECT_VM_ONCE`` of the lenses whose one-time work this database still needs (the default reference
-    statistics of topics not yet counted beside it)."""
+def _once(db: Path, lenses: tuple[str, ...]) -> dict[str, float]:
+    """``PROJECT_VM_ONCE`` of the asked lenses whose one-time work this database still needs (the default
+    reference statistics of topics not yet counted beside it)."""
+    if "topics" not in lenses:
+        return {}
     from analysis.jobs.topics import stats_folder
     from analysis.topics.npmi import stats_path
     from analysis.topics.types import NpmiConfig
@@ -288,7 +290,7 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
     units = {lens: info.d_mlp if lens in CHEAP else len(asked) for lens in LENSES}  # topics: per neuron, all modes
     costs = measured_costs(db, f"{info.model_id}|{job.device}")
     stages, dropped = plan(job, info.n_layers, units, n_tokens, costs, budget_s, ("harvest",) if harvested else (),
-                           measured_costs(db, f"{info.model_id}|disk"), _once(db))
+                           measured_costs(db, f"{info.model_id}|disk"), _once(db, job.lenses))
     for line in plan_lines(stages, dropped, budget_s):
         progress.note(line)
     if job.plan_only:
