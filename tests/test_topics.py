@@ -349,6 +349,36 @@ def test_smoothed_npmi_by_hand():
     assert stats.npmi_matrix(["cherry", "date"], min_pair_count=2)[0, 1] == -1.0  # eps 0: the limit, -1
 
 
+def test_npmi_matrix_equals_the_formula_pair_by_pair():
+    """Every entry of a pool's matrix (words in any order) against the definition computed from
+    the scalar counts, for both treatments of unseen pairs and a pair-count cut; a pair in every window is 1."""
+    rng = np.random.default_rng(3)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "kappa", "sigma", "theta"]
+    texts = [" ".join(rng.choice(words[:6], size=int(rng.integers(3, 12)))) + " sigma theta" for _ in range(40)]
+    texts += ["alpha beta gamma delta omega kappa"] * 3
+    stats = count_cooccurrences(texts, "tiny", window=4, min_count=1, progress=False)
+    n = stats.n_windows
+    ask = ["kappa", "alpha", "theta", "omega", "sigma", "delta", "gamma", "beta"]
+    for eps, min_pair in [(0.0, 1), (1e-12, 1), (1e-3, 3)]:
+        m = stats.npmi_matrix(ask, min_pair_count=min_pair, eps=eps)
+        for (i, a), (j, b) in itertools.product(enumerate(ask), repeat=2):
+            together = stats.pair_count(a, b)
+            together = together if together >= min_pair else 0
+            p_ab, p_a, p_b = together / n + eps, stats.window_counts[stats.index(a)] / n, \
+                stats.window_counts[stats.index(b)] / n
+            if i == j:
+                want = 0.0
+            elif p_ab >= 1.0:
+                want = 1.0
+            elif p_ab == 0.0:
+                want = -1.0
+            else:
+                want = max(-1.0, min(1.0, math.log(p_ab / (p_a * p_b)) / -math.log(p_ab)))
+            assert m[i, j] == pytest.approx(want, abs=1e-12), (eps, min_pair, a, b)
+    always = count_cooccurrences(["sigma theta", "theta sigma kappa"], "tiny", window=4, min_count=1, progress=False)
+    assert always.npmi_matrix(["theta", "kappa", "sigma"])[2, 0] == 1.0  # together in every window
+
+
 def test_activation_ranking_orders_by_mean():
     table = [(5, 0.1), (7, 2.5), (9, -1.0), (11, 0.9), (13, -3.0)]
     pos = activation_ranking(table, UnitId(MLP, 2, 8), polarity="pos", tau=3)
@@ -431,8 +461,7 @@ def test_bnb_equals_brute_force_on_small_graphs():
         best = brute_best(w, k)
         for start in (True, False):
             res = solve_bnb(w, k, heuristic_start=start)
-            enumerated = start and 0 < n - k <= 8  # all subsets (n <= 12 here: at most 924), or the search
-            assert res.stats.method == ("enumerate" if enumerated else "bnb")
+            assert res.stats.method == "bnb"
             assert res.optimal and len(set(res.indices)) == k
             assert res.weight_sum == pytest.approx(best, abs=1e-9)
             assert res.weight_sum == pytest.approx(sum(w[i, j] for i, j in itertools.combinations(res.indices, 2)))

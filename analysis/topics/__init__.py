@@ -7,7 +7,7 @@ star heuristic (``stars``) splits it into dense candidate sets, and each is solv
 highest total pairwise NPMI (``clique``). ``pipeline`` chains the stages. No streamlit, no SQL here.
 """
 
-from analysis.topics.clique import local_search, solve_bnb, solve_greedy, solve_milp, subset_weight
+from analysis.topics.clique import solve_bnb, solve_greedy, solve_milp, subset_weight
 from analysis.topics.npmi import (CooccurrenceStats, cached_reference_stats, count_cooccurrences, load_stats, reference_stats, save_stats,
                                   stats_params, words_of)
 from analysis.topics.pipeline import random_topic_scores, topic_score, topics_for_units, topics_from_ranking
@@ -20,7 +20,7 @@ __all__ = [
     "ACTIVATION_SOURCE", "CliqueResult", "CooccurrenceStats", "NpmiConfig", "Polarity", "ProjectionMode", "RESID",
     "STOP_WORDS", "ScoredTopics", "SolveStats", "Star", "StarIndices", "Topic", "TokenRanking", "TopicConfig", "UnitTopics", "WordPool",
     "activation_ranking", "activation_table", "build_pool", "cached_reference_stats", "count_cooccurrences", "find_stars", "is_pool_word", "load_stats",
-    "local_search", "normalise_token", "project_rankings", "projection_logits", "random_topic_scores",
+    "normalise_token", "project_rankings", "projection_logits", "random_topic_scores",
     "reference_stats", "save_stats", "solve_bnb", "solve_greedy", "solve_milp", "stats_params", "subset_weight",
     "topic_score", "topics_for_units", "topics_from_ranking", "words_of",
 ]

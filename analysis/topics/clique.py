@@ -3,7 +3,7 @@ pairwise weights (the "heaviest k-subgraph"). Weights may be negative (NPMI -1 f
 
 Three solvers, all on a symmetric ``[n, n]`` matrix whose diagonal is ignored:
 
-- ``solve_bnb``: exact branch and bound (ours), the one the pipeline uses;
+- ``solve_bnb``: exact branch and bound (ours, compiled with numba), the one the pipeline uses;
 - ``solve_milp``: the reference's 0/1 program (x_i chosen, e_ij <= x_i, e_ij <= x_j, sum x = k,
   sum e = k(k-1)/2, maximise sum w_ij e_ij over every pair) solved by HiGHS through scipy; an independent
   check and the benchmark baseline (the reference used CVXPY + SCIP);
@@ -18,20 +18,22 @@ still to choose from suffix s, with g_c = sum of weights from c to P,
 
 because each chosen pair's weight is counted half from each end and no vertex can gain more than its r - 1
 largest weights inside the suffix. ``top_t(w_c, suffix s)`` depends only on (s, c, t), so it is tabulated
-once (n x n x k numbers) and a node's bound costs one gather and one partial sort. The search is a depth-first
-search over *batches* of nodes: a batch's children are generated and bounded in a few numpy operations, pruned
-against the incumbent, sorted, and pushed in chunks (best chunk on top), so the Python overhead is per batch
-rather than per node. The last two levels are closed exactly (max over one vertex, max over all pairs) instead
-of being branched. The incumbent starts from a multi-start greedy improved by 1-swap local search, which is
-often already optimal: the search then only has to prove it.
+once (n x n x k numbers) and a node's bound is one pass over the suffix keeping the r largest. The search is a
+depth-first search, children in vertex order, each bounded when it is made and dropped unless it beats the
+incumbent; the last two vertices are chosen exactly (the best pair) instead of being branched. The incumbent
+starts from greedy growth from every vertex, each improved by 1-swap local search (one vertex in, one out),
+which is often already optimal: the search then only has to prove it.
+
+The search, the bound table and the start are loops over at most a star's 32 vertices: numba compiles them (a
+star of 16-32 words is solved in ~0.1 ms; numpy batches of nodes took ~2 ms). The first call in a process
+compiles them (~3 s) or loads them from numba's cache beside this file.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 import time
 
+import numba
 import numpy as np
 
 from analysis.topics.types import CliqueResult, SolveStats
@@ -71,7 +73,7 @@ def _empty(method: str, t0: float) -> CliqueResult:
     return CliqueResult(indices=(), weight_sum=0.0, optimal=True, stats=SolveStats(method, time.perf_counter() - t0))
 
 
-# ---------------------------------------------------------------- heuristics
+# ---------------------------------------------------------------- greedy
 
 def solve_greedy(weights: np.ndarray, k: int) -> CliqueResult:
     """Heaviest pair, then repeatedly the vertex with the largest total weight to the chosen ones."""
@@ -94,111 +96,170 @@ def solve_greedy(weights: np.ndarray, k: int) -> CliqueResult:
     return _result(w, chosen, n == k, SolveStats("greedy", time.perf_counter() - t0))
 
 
-def _multistart_greedy(w: np.ndarray, k: int) -> np.ndarray:
-    """``[n, k]`` sets: greedy growth from every single vertex, all starts at once."""
-    n = len(w)
-    rows = np.arange(n)
-    chosen = np.zeros((n, k), dtype=np.int64)
-    chosen[:, 0] = rows
-    free = np.ones((n, n), dtype=bool)
-    free[rows, rows] = False
-    gain = w.copy()  # gain[start, c] = weight from c to the start's current set
-    for step in range(1, k):
-        c = np.argmax(np.where(free, gain, -np.inf), axis=1)
-        chosen[:, step] = c
-        free[rows, c] = False
-        gain += w[c]
-    return chosen
+# ---------------------------------------------------------------- branch and bound (compiled)
+
+@numba.njit(cache=True)
+def _insert(top, count, cap, v):
+    """Keep ``top[:count]`` the ``cap`` largest values offered so far, in decreasing order; the new count."""
+    if count < cap:
+        p = count
+        count += 1
+    elif v > top[cap - 1]:
+        p = cap - 1
+    else:
+        return count
+    while p > 0 and top[p - 1] < v:
+        top[p] = top[p - 1]
+        p -= 1
+    top[p] = v
+    return count
 
 
-def local_search(weights: np.ndarray, indices, max_rounds: int = 1000) -> tuple[int, ...]:
-    """Best-improvement 1-swap local search (one vertex in, one out) until no swap improves the weight."""
-    w = np.asarray(weights, dtype=np.float64)
-    n = len(w)
-    inside = np.zeros(n, dtype=bool)
-    inside[list(indices)] = True
-    for _ in range(max_rounds):
-        members = np.flatnonzero(inside)
-        others = np.flatnonzero(~inside)
-        if len(others) == 0:
-            break
-        g = w[:, members].sum(axis=1)  # weight from every vertex to the set
-        # swapping i (in) for o (out) changes the weight by g_o - w_oi - g_i
-        delta = g[others][None, :] - w[np.ix_(members, others)] - g[members][:, None]
-        a, b = np.unravel_index(int(np.argmax(delta)), delta.shape)
-        if delta[a, b] <= _EPS:
-            break
-        inside[members[a]] = False
-        inside[others[b]] = True
-    return tuple(int(i) for i in np.flatnonzero(inside))
-
-
-def _incumbent(w: np.ndarray, k: int, n_polish: int = 8) -> tuple[tuple[int, ...], float]:
-    starts = _multistart_greedy(w, k)
-    sums = w[starts[:, :, None], starts[:, None, :]].sum(axis=(1, 2)) / 2  # each start's subset_weight (diagonal 0)
-    best_set: tuple[int, ...] = ()
-    best = -np.inf
-    seen: set[tuple[int, ...]] = set()
-    for i in np.argsort(-sums):
-        key = tuple(sorted(starts[i].tolist()))
-        if key in seen:
-            continue
-        seen.add(key)
-        polished = local_search(w, key)
-        value = subset_weight(w, polished)
-        if value > best:
-            best, best_set = value, polished
-        if len(seen) >= n_polish:
-            break
-    return best_set, best
-
-
-# ---------------------------------------------------------------- branch and bound
-
-def _top_sums(w: np.ndarray, k: int) -> np.ndarray:
+@numba.njit(cache=True)
+def _top_sums(w, k):
     """``T[s, c, t]`` = sum of the t largest ``w[c, d]`` over d >= s, d != c (t = 0..k-1); -inf if fewer exist."""
-    n = len(w)
+    n = w.shape[0]
     out = np.full((n + 1, n, k), -np.inf)
-    out[:, :, 0] = 0.0
-    for s in range(n):
-        sub = w[:, s:].copy()
-        cols = np.arange(s, n)
-        sub[cols, cols - s] = -np.inf  # a vertex is not its own neighbour
-        sub = -np.sort(-sub, axis=1)[:, : k - 1]
-        csum = np.cumsum(sub, axis=1)
-        t = csum.shape[1]
-        out[s, :, 1 : t + 1] = csum
-    out[np.isnan(out)] = -np.inf
+    top = np.empty(k - 1)
+    for s in range(n + 1):
+        for c in range(n):
+            count = 0
+            for d in range(s, n):
+                if d != c:
+                    count = _insert(top, count, k - 1, w[c, d])
+            acc = 0.0
+            out[s, c, 0] = 0.0
+            for t in range(count):
+                acc += top[t]
+                out[s, c, t + 1] = acc
     return out
 
 
-ENUMERATE = 5000
-"""``solve_bnb`` tries every subset of a star with at most this many and at most ``ENUMERATE_OUT`` words left out
-(most stars hold k + 1 to k + 4 words: 11 to 1,001 subsets for k = 10), cheaper than setting up the search."""
-ENUMERATE_OUT = 8
-"""Enumeration holds a (subsets x left-out x left-out) block: at most 5,000 x 64 numbers."""
+@numba.njit(cache=True)
+def _greedy_start(w, k):
+    """(the best set, its weight) of greedy growth from every vertex, each improved by best-improvement 1-swaps
+    until none improves the weight by more than ``_EPS``."""
+    n = w.shape[0]
+    best = -np.inf
+    best_set = np.zeros(k, np.int64)
+    inside = np.zeros(n, np.bool_)
+    gain = np.empty(n)  # weight from each vertex to the set
+    for start in range(n):
+        inside[:] = False
+        inside[start] = True
+        gain[:] = w[start]
+        for _step in range(1, k):
+            add = -1
+            most = -np.inf
+            for c in range(n):
+                if not inside[c] and gain[c] > most:
+                    most = gain[c]
+                    add = c
+            inside[add] = True
+            gain += w[add]
+        for _round in range(1000):  # swapping i (in) for o (out) changes the weight by gain_o - w_oi - gain_i
+            most = _EPS
+            out_i = -1
+            in_o = -1
+            for i in range(n):
+                if inside[i]:
+                    for o in range(n):
+                        if not inside[o] and gain[o] - w[o, i] - gain[i] > most:
+                            most = gain[o] - w[o, i] - gain[i]
+                            out_i = i
+                            in_o = o
+            if out_i < 0:
+                break
+            inside[out_i] = False
+            inside[in_o] = True
+            gain += w[in_o] - w[out_i]
+        total = 0.0
+        for i in range(n):
+            if inside[i]:
+                total += gain[i]
+        total /= 2
+        if total > best + _EPS:
+            best = total
+            best_set[:] = np.flatnonzero(inside)
+    return best_set, best
 
 
-def _enumerate(w: np.ndarray, k: int) -> tuple[np.ndarray, int]:
-    """The best k of n vertices by trying all, as the n - k left out: the kept set's weight is the total minus
-    the left-out vertices' degrees plus the weight among them (those pairs were subtracted twice). Returns (kept
-    vertices, subsets tried)."""
-    n = len(w)
-    out = np.array(list(itertools.combinations(range(n), n - k)), dtype=np.int64).reshape(-1, n - k)
-    inner = w[out[:, :, None], out[:, None, :]].sum(axis=(1, 2)) / 2  # diagonal 0
-    value = np.triu(w, 1).sum() - w.sum(axis=1)[out].sum(axis=1) + inner
-    return np.setdiff1d(np.arange(n), out[int(np.argmax(value))]), len(out)
+@numba.njit(cache=True)
+def _now():
+    with numba.objmode(t="float64"):
+        t = time.perf_counter()
+    return t
 
 
-def solve_bnb(weights: np.ndarray, k: int, time_limit_s: float | None = 10.0, batch_size: int = 2048,
-              incumbent: tuple[int, ...] | None = None, heuristic_start: bool = True) -> CliqueResult:
-    """Exact maximum edge-weight k-clique by batched branch and bound (see module doc).
+@numba.njit(cache=True)
+def _search(w, k, T, best, best_set, deadline):
+    """Depth-first branch and bound (module doc) from the incumbent (``best``, ``best_set``, improved in place).
+    Returns (best, nodes, finished); ``finished`` False when ``deadline`` (perf_counter seconds) passed first."""
+    n = w.shape[0]
+    g = np.zeros((k + 1, n))  # g[m, c]: weight from c to the first m chosen
+    f = np.zeros(k + 1)  # f[m]: weight among the first m chosen
+    nxt = np.zeros(k + 1, np.int64)  # the next vertex to try at depth m
+    chosen = np.zeros(k, np.int64)
+    top = np.empty(k)
+    nodes = 0
+    m = 0
+    while m >= 0:
+        if nodes % 4096 == 0 and _now() > deadline:
+            return best, nodes, False
+        r = k - m
+        nodes += 1
+        if r == 2:  # the best pair of the suffix closes this node exactly
+            s = chosen[m - 1] + 1 if m > 0 else 0
+            bc = -1
+            bd = -1
+            most = best + _EPS
+            for c in range(s, n):
+                fc = f[m] + g[m, c]
+                for d in range(c + 1, n):
+                    v = fc + g[m, d] + w[c, d]
+                    if v > most:
+                        most = v
+                        bc = c
+                        bd = d
+            if bc >= 0:
+                best = most
+                best_set[:m] = chosen[:m]
+                best_set[m] = bc
+                best_set[m + 1] = bd
+            m -= 1
+            continue
+        j = nxt[m]
+        if j > n - r:  # too few vertices left after j
+            m -= 1
+            continue
+        nxt[m] = j + 1
+        cf = f[m] + g[m, j]
+        for c in range(n):
+            g[m + 1, c] = g[m, c] + w[j, c]
+        # the child's bound: f + the r - 1 largest of g_c + T[j + 1, c, r - 2] / 2 over the suffix after j
+        count = 0
+        for c in range(j + 1, n):
+            count = _insert(top, count, r - 1, g[m + 1, c] + 0.5 * T[j + 1, c, r - 2])
+        bound = cf
+        for t in range(r - 1):
+            bound += top[t]
+        if count < r - 1 or bound <= best + _EPS:
+            continue
+        chosen[m] = j
+        f[m + 1] = cf
+        nxt[m + 1] = j + 1
+        m += 1
+    return best, nodes, True
+
+
+def solve_bnb(weights: np.ndarray, k: int, time_limit_s: float | None = 10.0,
+              heuristic_start: bool = True) -> CliqueResult:
+    """Exact maximum edge-weight k-clique by branch and bound (see module doc).
 
     Returns the optimum with ``optimal=True``, or, when ``time_limit_s`` runs out, the best set found with
-    ``optimal=False``. Fewer than k vertices: an empty result. At most ``ENUMERATE`` subsets: all are tried
-    instead (method 'enumerate'). ``incumbent`` (optional) seeds the search; ``heuristic_start=False`` skips the
-    greedy + local-search start and the enumeration (the search alone then finds the optimum; used by tests to
-    check the bound and the search on their own).
+    ``optimal=False``. Fewer than k vertices: an empty result. ``heuristic_start=False`` skips the greedy +
+    local-search start (the search alone then finds the optimum; used by tests to check the bound and the search
+    on their own).
     """
     t0 = time.perf_counter()
     w0 = _check(weights, k)
@@ -207,98 +268,18 @@ def solve_bnb(weights: np.ndarray, k: int, time_limit_s: float | None = 10.0, ba
         return _empty("bnb", t0)
     if n == k:
         return _result(w0, range(n), True, SolveStats("bnb", time.perf_counter() - t0))
-    if heuristic_start and incumbent is None and n - k <= ENUMERATE_OUT and math.comb(n, k) <= ENUMERATE:
-        keep, tried = _enumerate(w0, k)
-        return _result(w0, keep, True, SolveStats("enumerate", time.perf_counter() - t0, nodes=tried))
-    start_set, start_val = _incumbent(w0, k) if heuristic_start else ((), -np.inf)
-    if incumbent is not None and len(incumbent) == k and subset_weight(w0, incumbent) > start_val:
-        start_set, start_val = tuple(incumbent), subset_weight(w0, incumbent)
-
     # renumber by decreasing potential: strong vertices early, so leaving them out shrinks bounds fast
     potential = -np.sort(-w0, axis=1)[:, : k - 1].sum(axis=1)
     order = np.argsort(-potential, kind="stable")
-    w = w0[np.ix_(order, order)]
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
-    T = _top_sums(w, k)
-    cols = np.arange(n)
-    pair_ok = np.triu(np.ones((n, n), dtype=bool), 1)
-
-    best = start_val
-    best_set = np.sort(rank[np.asarray(start_set, dtype=np.int64)])
-    nodes = 0
-    timed_out = False
-
-    def bound(f, g, s, r):
-        h = g + 0.5 * T[s, :, r - 1]
-        h = np.where(cols[None, :] >= s[:, None], h, -np.inf)
-        top = -np.partition(-h, r - 1, axis=1)[:, :r]
-        return f + top.sum(axis=1)
-
-    # a batch: (depth m, f [N], g [N, n], s [N], chosen [N, k], ub [N])
-    root = (0, np.zeros(1), np.zeros((1, n)), np.zeros(1, dtype=np.int64), np.full((1, k), -1, dtype=np.int64))
-    stack = [(*root, bound(root[1], root[2], root[3], k))]
-    while stack:
-        if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
-            timed_out = True
-            break
-        m, f, g, s, chosen, ub = stack.pop()
-        keep = ub > best + _EPS
-        if not keep.all():
-            f, g, s, chosen = f[keep], g[keep], s[keep], chosen[keep]
-        N = len(f)
-        if N == 0:
-            continue
-        nodes += N
-        r = k - m
-        if r <= 2:
-            # close the last levels exactly
-            if r == 1:
-                vals = np.where(cols[None, :] >= s[:, None], g, -np.inf)
-                c = np.argmax(vals, axis=1)
-                total = f + vals[np.arange(N), c]
-                i = int(np.argmax(total))
-                if total[i] > best + _EPS:
-                    best = float(total[i])
-                    best_set = np.sort(np.append(chosen[i, :m], c[i]))
-            else:
-                pv = g[:, :, None] + g[:, None, :] + w[None, :, :]
-                ok = pair_ok[None, :, :] & (cols[None, :, None] >= s[:, None, None])
-                pv = np.where(ok, pv, -np.inf).reshape(N, n * n)
-                cd = np.argmax(pv, axis=1)
-                total = f + pv[np.arange(N), cd]
-                i = int(np.argmax(total))
-                if total[i] > best + _EPS:
-                    best = float(total[i])
-                    c, d = divmod(int(cd[i]), n)
-                    best_set = np.sort(np.append(chosen[i, :m], [c, d]))
-            continue
-        # children: pick j in [s, n - r] as the next vertex
-        last = n - r
-        width = np.maximum(last - s + 1, 0)
-        parent = np.repeat(np.arange(N), width)
-        offs = np.arange(len(parent)) - np.repeat(np.cumsum(width) - width, width)
-        j = s[parent] + offs
-        cf = f[parent] + g[parent, j]
-        cg = g[parent] + w[j]
-        cs = j + 1
-        cub = bound(cf, cg, cs, r - 1)
-        alive = cub > best + _EPS
-        if not alive.any():
-            continue
-        parent, j, cf, cg, cs, cub = parent[alive], j[alive], cf[alive], cg[alive], cs[alive], cub[alive]
-        cchosen = chosen[parent].copy()
-        cchosen[:, m] = j
-        # best bound last, so it is popped first
-        order_ub = np.argsort(cub, kind="stable")
-        for a in range(0, len(order_ub), batch_size):
-            sel = order_ub[a : a + batch_size]
-            stack.append((m + 1, cf[sel], cg[sel], cs[sel], cchosen[sel], cub[sel]))
-    if len(best_set) < k:  # only without a heuristic start, when the time ran out before any leaf
-        best_set = np.sort(rank[list(solve_greedy(w0, k).indices)])
+    w = np.ascontiguousarray(w0[np.ix_(order, order)])
+    best_set, start_val = _greedy_start(w, k) if heuristic_start else (np.zeros(k, np.int64), -np.inf)
+    deadline = np.inf if time_limit_s is None else t0 + time_limit_s
+    best, nodes, finished = _search(w, k, _top_sums(w, k), start_val, best_set, deadline)
     stats = SolveStats("bnb", time.perf_counter() - t0, nodes=nodes,
                        incumbent_sum=start_val if heuristic_start else None)
-    return _result(w0, order[best_set], not timed_out, stats)
+    if best == -np.inf:  # only without a start, when the time ran out before any leaf
+        return _result(w0, solve_greedy(w0, k).indices, False, stats)
+    return _result(w0, order[best_set], finished, stats)
 
 
 # ---------------------------------------------------------------- MILP (HiGHS)
@@ -357,4 +338,4 @@ def solve_milp(weights: np.ndarray, k: int, time_limit_s: float | None = 60.0, t
     return _result(w, chosen, res.status == 0, SolveStats("milp", seconds, nodes))
 
 
-__all__ = ["solve_bnb", "solve_milp", "solve_greedy", "local_search", "subset_weight"]
+__all__ = ["solve_bnb", "solve_milp", "solve_greedy", "subset_weight"]

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -109,20 +110,56 @@ class CooccurrenceStats:
         n = len(idx)
         if n == 0:
             return np.zeros((0, 0))
-        sub = self.pair_counts[idx][:, idx].toarray()
-        both = (sub + sub.T).astype(np.float64)  # the stored triangle may sit on either side after reordering
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        pc = self.pair_counts
+        distinct = len(uniq) == n
+        both = _pool_counts(pc.indptr, pc.indices, pc.data, idx if distinct else uniq,
+                            np.full(pc.shape[0], -1, dtype=np.int64))
+        if not distinct:  # a word asked twice
+            both = both[np.ix_(inverse, inverse)]
+        both = both.astype(np.float64)
         both = np.where(both >= max(1, min_pair_count), both, 0.0)
-        p_ab = both / self.n_windows + eps
-        p = self.window_counts[idx].astype(np.float64) / self.n_windows
+        lp = np.log(self.window_counts[idx].astype(np.float64) / self.n_windows)
+        # NPMI from the log of p(a, b): only ~10 % of a pool's pairs were seen together; the rest share
+        # p(a, b) = eps, whose log is taken once (the same numbers, in the same order, as over the whole matrix)
+        seen = np.flatnonzero(both)
+        rows, cols = np.divmod(seen, n)
         with np.errstate(divide="ignore", invalid="ignore"):
-            pmi = np.log(p_ab) - np.log(p)[:, None] - np.log(p)[None, :]
-            out = pmi / -np.log(p_ab)
-        if eps == 0:
-            out = np.where(both > 0, out, -1.0)
-        out = np.where(p_ab >= 1.0, 1.0, out)  # together in every window: -log p(a,b) = 0
+            if eps > 0:
+                log_eps = np.log(np.full(1, 0.0 / self.n_windows + eps))
+                out = (log_eps - lp[:, None] - lp[None, :]) / -log_eps
+                if eps >= 1.0:
+                    out[:] = 1.0
+            else:
+                out = np.full((n, n), -1.0)
+            p_ab = both.ravel()[seen] / self.n_windows + eps
+            log_ab = np.log(p_ab)
+            pmi = log_ab - lp[rows] - lp[cols]
+            out.ravel()[seen] = np.where(p_ab >= 1.0, 1.0, pmi / -log_ab)  # in every window: -log p(a,b) = 0
         out = np.clip(out, -1.0, 1.0)
         np.fill_diagonal(out, 0.0)
         return out
+
+
+@numba.njit(cache=True)
+def _pool_counts(indptr, indices, data, idx, pos):
+    """``[n, n]`` window counts of the pairs of vocabulary words ``idx`` (distinct) from the upper-triangle CSR
+    arrays, in both triangles; ``pos`` is a ``[V]`` scratch array of -1 (left as it was found). Walks only the n
+    words' rows, where scipy's row-then-column slicing copies them first."""
+    n = len(idx)
+    out = np.zeros((n, n), np.int64)
+    for a in range(n):
+        pos[idx[a]] = a
+    for a in range(n):
+        r = idx[a]
+        for p in range(indptr[r], indptr[r + 1]):
+            b = pos[indices[p]]
+            if b >= 0:
+                out[a, b] += data[p]
+                out[b, a] += data[p]
+    for a in range(n):
+        pos[idx[a]] = -1
+    return out
 
 
 def _vocabulary(texts: Iterable[str], progress: bool) -> tuple[Counter, int, int]:

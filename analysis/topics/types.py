@@ -160,10 +160,10 @@ class Star:
 @dataclass(frozen=True)
 class SolveStats:
     method: str
-    """'bnb', 'enumerate' (bnb on a star of few subsets), 'milp', 'greedy', 'brute'."""
+    """'bnb', 'milp', 'greedy', 'brute'."""
     seconds: float
     nodes: int = 0
-    """Search nodes bounded (bnb), subsets tried (enumerate), or branch-and-bound nodes reported by HiGHS (milp)."""
+    """Search nodes visited (bnb) or branch-and-bound nodes reported by HiGHS (milp)."""
     incumbent_sum: float | None = None
     """Edge-weight sum of the starting solution (bnb: greedy + local search)."""
 
