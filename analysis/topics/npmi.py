@@ -114,38 +114,23 @@ class CooccurrenceStats:
         pc = self.pair_counts
         distinct = len(uniq) == n
         both = _pool_counts(pc.indptr, pc.indices, pc.data, idx if distinct else uniq,
-                            np.full(pc.shape[0], -1, dtype=np.int64))
+                            np.full(pc.shape[0], -1, dtype=np.int64), max(1, min_pair_count))
         if not distinct:  # a word asked twice
             both = both[np.ix_(inverse, inverse)]
-        both = both.astype(np.float64)
-        both = np.where(both >= max(1, min_pair_count), both, 0.0)
         lp = np.log(self.window_counts[idx].astype(np.float64) / self.n_windows)
-        # NPMI from the log of p(a, b): only ~10 % of a pool's pairs were seen together; the rest share
-        # p(a, b) = eps, whose log is taken once (the same numbers, in the same order, as over the whole matrix)
+        # the logs of p(a, b) of the pairs seen together (~10 % of a pool's) here, the rest in _npmi: the same
+        # numbers in the same order as the formula over the whole matrix
         seen = np.flatnonzero(both)
-        rows, cols = np.divmod(seen, n)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if eps > 0:
-                log_eps = np.log(np.full(1, 0.0 / self.n_windows + eps))
-                out = (log_eps - lp[:, None] - lp[None, :]) / -log_eps
-                if eps >= 1.0:
-                    out[:] = 1.0
-            else:
-                out = np.full((n, n), -1.0)
-            p_ab = both.ravel()[seen] / self.n_windows + eps
-            log_ab = np.log(p_ab)
-            pmi = log_ab - lp[rows] - lp[cols]
-            out.ravel()[seen] = np.where(p_ab >= 1.0, 1.0, pmi / -log_ab)  # in every window: -log p(a,b) = 0
-        out = np.clip(out, -1.0, 1.0)
-        np.fill_diagonal(out, 0.0)
-        return out
+        p_ab = both.ravel()[seen] / self.n_windows + eps
+        log_eps = float(np.log(np.full(1, 0.0 / self.n_windows + eps))[0]) if eps > 0 else 0.0
+        return _npmi(n, lp, seen, p_ab, np.log(p_ab), eps > 0, log_eps, 0.0 / self.n_windows + eps >= 1.0)
 
 
 @numba.njit(cache=True)
-def _pool_counts(indptr, indices, data, idx, pos):
+def _pool_counts(indptr, indices, data, idx, pos, min_pair_count):
     """``[n, n]`` window counts of the pairs of vocabulary words ``idx`` (distinct) from the upper-triangle CSR
-    arrays, in both triangles; ``pos`` is a ``[V]`` scratch array of -1 (left as it was found). Walks only the n
-    words' rows, where scipy's row-then-column slicing copies them first."""
+    arrays, in both triangles, 0 where below ``min_pair_count``; ``pos`` is a ``[V]`` scratch array of -1 (left
+    as it was found). Walks only the n words' rows, where scipy's row-then-column slicing copies them first."""
     n = len(idx)
     out = np.zeros((n, n), np.int64)
     for a in range(n):
@@ -159,6 +144,37 @@ def _pool_counts(indptr, indices, data, idx, pos):
                 out[b, a] += data[p]
     for a in range(n):
         pos[idx[a]] = -1
+        for b in range(n):
+            if out[a, b] < min_pair_count:
+                out[a, b] = 0
+    return out
+
+
+@numba.njit(cache=True)
+def _npmi(n, lp, seen, p_ab, log_ab, smooth, log_eps, unseen_is_one):
+    """The ``[n, n]`` NPMI matrix from the words' log p (``lp``) and, for the flat indices ``seen`` of the pairs
+    seen together, p(a, b) and its log; unseen pairs: smoothed (p(a, b) = eps, ``log_eps``) or -1; in [-1, 1],
+    1 where p(a, b) >= 1, diagonal 0."""
+    out = np.empty((n, n))
+    for i in range(n):
+        for j in range(n):
+            if not smooth:
+                out[i, j] = -1.0
+            elif unseen_is_one:
+                out[i, j] = 1.0
+            else:
+                out[i, j] = (log_eps - lp[i] - lp[j]) / -log_eps
+    for s in range(len(seen)):
+        i = seen[s] // n
+        j = seen[s] - i * n
+        out[i, j] = 1.0 if p_ab[s] >= 1.0 else (log_ab[s] - lp[i] - lp[j]) / -log_ab[s]
+    for i in range(n):
+        for j in range(n):
+            if out[i, j] < -1.0:
+                out[i, j] = -1.0
+            elif out[i, j] > 1.0:
+                out[i, j] = 1.0
+        out[i, i] = 0.0
     return out
 
 
