@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 
@@ -48,16 +49,44 @@ def find_stars(npmi: np.ndarray, k: int = 10, theta_l: float = 0.1, theta_u: flo
     deg = edge.sum(axis=1)
     mean_edge = np.where(deg > 0, np.where(edge, w, 0.0).sum(axis=1) / np.maximum(deg, 1), -1.0)
     order = centres[np.argsort(-mean_edge[centres], kind="stable")]
-    used = np.zeros(n, dtype=bool)
-    stars: list[StarIndices] = []
+    members, ends = _greedy(w, edge, order, kappa_u - 1, min_size)
+    stars, start = [], 0
+    for end in ends:
+        star = tuple(int(i) for i in members[start:end])
+        stars.append(StarIndices(indices=star, center=star[-1], mean_edge=float(mean_edge[star[-1]])))
+        start = end
+    return stars
+
+
+@numba.njit(cache=True)
+def _greedy(w, edge, order, max_neighbours, min_size):
+    """Rule 4 of the module doc: the kept stars' members (neighbours by decreasing edge weight, ties in pool
+    order, then the centre) concatenated, and where each star ends."""
+    n = len(w)
+    used = np.zeros(n, np.bool_)
+    members = np.empty(n, np.int64)
+    ends = np.empty(n, np.int64)
+    n_members = 0
+    n_stars = 0
+    free = np.empty(n, np.int64)
     for c in order:
         if used[c]:
             continue
-        nb = np.flatnonzero(edge[c] & ~used)
-        nb = nb[np.argsort(-w[c, nb], kind="stable")][: kappa_u - 1]
+        n_free = 0
+        for d in range(n):
+            if edge[c, d] and not used[d]:
+                free[n_free] = d
+                n_free += 1
+        nb = free[:n_free][np.argsort(-w[c, free[:n_free]], kind="mergesort")][:max_neighbours]
         if len(nb) + 1 < min_size:
             continue
-        members = tuple(int(i) for i in nb) + (int(c),)
-        used[list(members)] = True
-        stars.append(StarIndices(indices=members, center=int(c), mean_edge=float(mean_edge[c])))
-    return stars
+        for d in nb:
+            members[n_members] = d
+            used[d] = True
+            n_members += 1
+        members[n_members] = c
+        used[c] = True
+        n_members += 1
+        ends[n_stars] = n_members
+        n_stars += 1
+    return members[:n_members], ends[:n_stars]
