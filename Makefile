@@ -82,8 +82,8 @@ demo-n2g: demo-cache
 	$(PY) -m analysis build --db $(DB) --max-tokens $(DEMO_TOKENS) --lenses n2g --expensive-layers $(DEMO_N2G_LAYERS) \
 	  --expensive-neurons all
 
-# word-pool topics for every neuron of every layer (all five modes; a worker process per core): ≈ 0.15-0.21 s per
-# neuron on the 2-core VM, ≈ 1.9-2.6 h and 2 GB for 46,080 neurons; resumable, layer by layer; before the graphs,
+# word-pool topics for every neuron of every layer (all five modes; a worker process per core): ≈ 0.10-0.13 s per
+# neuron on the 2-core VM, ≈ 1.3-1.7 h and 2 GB for 46,080 neurons; resumable, layer by layer; before the graphs,
 # as it covers the whole model (Search by topic, every unit's topics tab)
 demo-topics: demo-cache reference-corpus
 	$(PY) -m analysis build --db $(DB) --max-tokens $(DEMO_TOKENS) --lenses topics --expensive-neurons all

@@ -29,7 +29,7 @@ CHEAP = ("harvest", "baselines")
 """Built for every unit of every asked layer whatever the budget; the others ("expensive") for
 ``expensive_layers`` x ``expensive_neurons``, under a budget for as many of those layers as fit."""
 
-PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.020, "topics": 0.18, "n2g": 1.8, "effects": 7.0,
+PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.020, "topics": 0.11, "n2g": 1.8, "effects": 7.0,
               "explain": 5.4, "score": 10.0}
 """Seconds per unit on the project's 2-core VM, fp32, SmolLM2-135M (bench/RESULTS.md): harvest per corpus token
 through all 30 layers; baselines = token-lookup explanation + baseline score; n2g at depth with augmentation;
