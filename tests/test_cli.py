@@ -83,7 +83,10 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_folders, corpus_file, t
     assert main(_harvest_args(model, corpus_file, full_db, "--shard-windows", "2")) == 0
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "analysis", *_harvest_args(model, corpus_file, cut_db, "--shard-windows", "2")]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default handling in the child even when these tests run as a background job (`cmd &` starts them
+    # with SIGINT ignored, which a child inherits: it then ignores the signal and finishes)
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt_dir = cut_db.with_name(cut_db.name + ".harvest")
     deadline = time.monotonic() + 120
     while not (ckpt_dir.exists() and any(ckpt_dir.glob("*.pt"))) and time.monotonic() < deadline and proc.poll() is None:
