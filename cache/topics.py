@@ -85,25 +85,24 @@ class TopicRepo(Repo):
         insert per table for the whole batch)."""
         if not results:
             return
-        keys = {"unit_source": [], "layer": [], "unit": [], "mode": [], "polarity": []}
-        sets = {"pool": [], "n_tokens": [], "reason": [], "random_scores": [], "seconds": [], "pool_dropped": []}
-        stars = {c: [] for c in (*keys, "star", "words", "center", "mean_edge")}
-        tops = {c: [] for c in (*keys, "rank", "words", "score", "star", "optimal", "contrib")}
-        for res in results:
-            t = res.topics
-            key = (t.unit.source, t.unit.layer, t.unit.index, t.mode, t.polarity.value)
-            for c, v in zip(keys, key):
-                keys[c].append(v)
-            for c, v in zip(sets, (list(t.pool.words), t.pool.n_tokens, t.reason,
-                                   [float(x) for x in t.random_scores], res.seconds, json.dumps(dict(t.pool.dropped)))):
-                sets[c].append(v)
-            for i, st in enumerate(t.stars):
-                for c, v in zip(stars, (*key, i, list(st.words), st.center, float(st.mean_edge))):
-                    stars[c].append(v)
-            for r, tp in enumerate(t.topics):
-                for c, v in zip(tops, (*key, r, list(tp.words), float(tp.score), tp.star_index, bool(tp.optimal),
-                                       [float(x) for x in tp.contrib])):
-                    tops[c].append(v)
+        key_of = [(r.topics.unit.source, r.topics.unit.layer, r.topics.unit.index, r.topics.mode,
+                   r.topics.polarity.value) for r in results]
+        key_names = ("unit_source", "layer", "unit", "mode", "polarity")
+
+        def with_keys(per_result: list[list[tuple]], names: tuple[str, ...]) -> dict:
+            """Columns of rows that each belong to a result: the result's key, then ``names``."""
+            rows = [(*key, *row) for key, rs in zip(key_of, per_result) for row in rs]
+            return dict(zip((*key_names, *names), map(list, zip(*rows)))) if rows else {c: [] for c in (*key_names, *names)}
+
+        keys = with_keys([[()] for _ in results], ())
+        sets = with_keys([[(list(r.topics.pool.words), r.topics.pool.n_tokens, r.topics.reason,
+                            [float(x) for x in r.topics.random_scores], r.seconds, json.dumps(dict(r.topics.pool.dropped)))]
+                          for r in results], ("pool", "n_tokens", "reason", "random_scores", "seconds", "pool_dropped"))
+        stars = with_keys([[(i, list(st.words), st.center, float(st.mean_edge)) for i, st in enumerate(r.topics.stars)]
+                           for r in results], ("star", "words", "center", "mean_edge"))
+        tops = with_keys([[(rank, list(tp.words), float(tp.score), tp.star_index, bool(tp.optimal), list(tp.contrib))
+                           for rank, tp in enumerate(r.topics.topics)] for r in results],
+                         ("rank", "words", "score", "star", "optimal", "contrib"))
         types = {"layer": pa.int16(), "unit": pa.int32(), "n_tokens": pa.int32(), "seconds": pa.float32(),
                  "star": pa.int32(), "rank": pa.int32(), "contrib": pa.list_(pa.float32())}
 
@@ -117,7 +116,7 @@ class TopicRepo(Repo):
                 cur.execute(f"DELETE FROM {name} t USING _keys k WHERE t.model_id = ? AND t.stats_id = ? AND {match}",
                             [model_id, stats_id])
             cur.unregister("_keys")
-            for name, cols, extra in (("topic_sets", {**keys, **sets}, ", ? AS params, now() AS created_at"),
+            for name, cols, extra in (("topic_sets", sets, ", ? AS params, now() AS created_at"),
                                       ("topic_stars", stars, ""), ("topics", tops, "")):
                 if not cols["unit"]:
                     continue
