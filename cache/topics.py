@@ -92,12 +92,14 @@ class TopicRepo(Repo):
         def with_keys(per_result: list[list[tuple]], names: tuple[str, ...]) -> dict:
             """Columns of rows that each belong to a result: the result's key, then ``names``."""
             rows = [(*key, *row) for key, rs in zip(key_of, per_result) for row in rs]
-            return dict(zip((*key_names, *names), map(list, zip(*rows)))) if rows else {c: [] for c in (*key_names, *names)}
+            columns = list(zip(*rows)) if rows else [()] * (len(key_names) + len(names))
+            return {c: list(v) for c, v in zip((*key_names, *names), columns)}
 
         keys = with_keys([[()] for _ in results], ())
         sets = with_keys([[(list(r.topics.pool.words), r.topics.pool.n_tokens, r.topics.reason,
-                            [float(x) for x in r.topics.random_scores], r.seconds, json.dumps(dict(r.topics.pool.dropped)))]
-                          for r in results], ("pool", "n_tokens", "reason", "random_scores", "seconds", "pool_dropped"))
+                            [float(x) for x in r.topics.random_scores], r.seconds,
+                            json.dumps(dict(r.topics.pool.dropped)))] for r in results],
+                         ("pool", "n_tokens", "reason", "random_scores", "seconds", "pool_dropped"))
         stars = with_keys([[(i, list(st.words), st.center, float(st.mean_edge)) for i, st in enumerate(r.topics.stars)]
                            for r in results], ("star", "words", "center", "mean_edge"))
         tops = with_keys([[(rank, list(tp.words), float(tp.score), tp.star_index, bool(tp.optimal), list(tp.contrib))
