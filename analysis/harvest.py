@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numba import get_num_threads, njit, prange
 
 from analysis.config import HarvestConfig
 from analysis.histogram import HIST_BINS
@@ -41,6 +42,96 @@ from analysis.types import MLP
 def hist_bin_index(acts16: torch.Tensor) -> torch.Tensor:
     """The bin (0..255, uint8) of every float16 value: its high byte (see analysis/histogram.py)."""
     return acts16.contiguous().view(torch.uint8).view(*acts16.shape, 2)[..., 1]
+
+
+# ---- a batch's per-unit sums ---------------------------------------------------------------------------
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _power_sums(x, centre, threads, sums, n_pos):  # pragma: no cover - compiled
+    """For every column j of ``x`` ``[n, N]`` float32: ``sums[k - 1, j] +=`` the float64 sum of (x - centre)^k,
+    k = 1..4, and ``n_pos[j] +=`` the count of x > 0. Columns are split between the threads, rows walked in
+    memory order with each thread's accumulators its own (the loop over columns runs in SIMD lanes)."""
+    n, width = x.shape
+    for t in prange(threads):
+        lo, hi = width * t // threads, width * (t + 1) // threads
+        w = hi - lo
+        c = centre[lo:hi].astype(np.float64)
+        pos = np.zeros(w, np.int64)
+        s1, s2, s3, s4 = np.zeros(w), np.zeros(w), np.zeros(w), np.zeros(w)
+        for r in range(n):
+            row = x[r, lo:hi]
+            for j in range(w):
+                v = row[j]
+                d = np.float64(v) - c[j]
+                d2 = d * d
+                s1[j] += d
+                s2[j] += d2
+                s3[j] += d2 * d
+                s4[j] += d2 * d2
+                pos[j] += v > 0
+        for j in range(w):
+            sums[0, lo + j] += s1[j]
+            sums[1, lo + j] += s2[j]
+            sums[2, lo + j] += s3[j]
+            sums[3, lo + j] += s4[j]
+            n_pos[lo + j] += pos[j]
+
+
+@njit(parallel=True, cache=True)
+def _count_bins(bits, threads, hist):  # pragma: no cover - compiled
+    """``hist[j, bits[r, j] >> 8] += 1`` for every row r of ``bits`` ``[n, N]`` (float16 bit patterns): columns
+    split between the threads, each counting into its own int32 block first."""
+    n, width = bits.shape
+    for t in prange(threads):
+        lo, hi = width * t // threads, width * (t + 1) // threads
+        w = hi - lo
+        counts = np.zeros(w * 256, np.int32)
+        for r in range(n):
+            row = bits[r, lo:hi]
+            for j in range(w):
+                counts[j * 256 + (row[j] >> 8)] += 1
+        for j in range(w):
+            for b in range(256):
+                hist[lo + j, b] += counts[j * 256 + b]
+
+
+def batch_sums(flat: torch.Tensor, flat16: torch.Tensor, hist: torch.Tensor, compiled: bool | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch's column means, centred power sums and positive counts; its histogram counts are added to
+    ``hist`` in place.
+
+    ``flat`` ``[n, N]`` float32 (real tokens only), ``flat16`` the same values in float16, ``hist``
+    ``[N, HIST_BINS]`` int64. Returns (mean, sum d^2, sum d^3, sum d^4) in float64 with d = x - mean, and the
+    count of x > 0 (int64), per column. ``compiled`` (default: on the CPU) runs two compiled passes over the
+    batch, summing in float64 about the float32 mean and then centring exactly; otherwise torch ops in float32
+    (a GPU's path; ~4x slower on a CPU, where each whole-batch temporary goes to memory and back).
+    """
+    n, N = flat.shape
+    if compiled is None:
+        compiled = flat.device.type == "cpu"
+    centre = flat.mean(0)
+    if not compiled:
+        d = flat - centre
+        d2 = d * d
+        m2 = d2.sum(0).double()
+        m3 = torch.linalg.vecdot(d2, d, dim=0).double()
+        m4 = torch.linalg.vecdot(d2, d2, dim=0).double()
+        binned = hist_bin_index(flat16).to(torch.int32)
+        binned += torch.arange(0, N * HIST_BINS, HIST_BINS, dtype=torch.int32, device=hist.device)[None, :]
+        hist += torch.bincount(binned.view(-1), minlength=N * HIST_BINS).view(N, HIST_BINS)
+        return centre.double(), m2, m3, m4, torch.count_nonzero(flat > 0, dim=0)
+    threads = get_num_threads()
+    sums = np.zeros((4, N))
+    n_pos = np.zeros(N, np.int64)
+    _power_sums(flat.contiguous().numpy(), centre.numpy(), threads, sums, n_pos)
+    _count_bins(flat16.contiguous().view(torch.int16).numpy().view(np.uint16), threads, hist.numpy())
+    # sums about the centre c -> about the mean c + s1 / n (the shift s1 / n is a float32 rounding error)
+    s1, s2, s3, s4 = (torch.from_numpy(row) for row in sums)
+    shift = s1 / n
+    m2 = s2 - s1 * shift
+    m3 = s3 - 3 * shift * s2 + 2 * s1 * shift * shift
+    m4 = s4 - 4 * shift * s3 + 6 * shift * shift * s2 - 3 * s1 * shift ** 3
+    return centre.double() + shift, m2, m3, m4, torch.from_numpy(n_pos)
 
 
 # ---- deterministic per-(layer, neuron, window) random keys -----------------------------------------------
@@ -120,42 +211,27 @@ class LayerState:
         n = flat.shape[0]
         if n == 0:
             return
-        # centred power sums of the batch in float32 (centring keeps them accurate), merged in float64
-        mean = flat.mean(0)
-        d = flat - mean
-        d2 = d * d
-        m2 = d2.sum(0).double()
-        m3 = torch.linalg.vecdot(d2, d, dim=0).double()
-        m4 = torch.linalg.vecdot(d2, d2, dim=0).double()
-        del d, d2
-        if self.n == 0:
-            self.mean, self.m2, self.m3, self.m4 = mean.double(), m2, m3, m4
-        else:
-            self.mean, self.m2, self.m3, self.m4 = _merge_moments(
-                self.n, self.mean, self.m2, self.m3, self.m4, n, mean.double(), m2, m3, m4)
-        self.n += n
-        self.n_pos += torch.count_nonzero(flat > 0, dim=0)
-        self.tok_sum.index_add_(0, token_rows.reshape(-1) if full else token_rows[mask], flat)
         if full:
-            wmax, wmin = acts.amax(1), acts.amin(1)
+            wmax = acts.amax(1)
         else:
             pad = ~mask[:, :, None]
             wmax = acts.masked_fill(pad, -math.inf).amax(1)
-            wmin = acts.masked_fill(pad, math.inf).amin(1)
             acts = acts.masked_fill(pad, 0.0)  # padding (possibly NaN) is stored as 0
-        wmin_all = wmin.amin(0)
-        wmin_all = torch.where(torch.isfinite(wmin_all), wmin_all, self.vmin)
-        self.vmin = torch.minimum(self.vmin, wmin_all)
+        acts16 = acts.to(torch.float16)  # [B, T, N]
+        # the batch's mean and centred power sums, merged in float64; its histogram counts
+        mean, m2, m3, m4, n_pos = batch_sums(flat, acts16.view(B * T, N) if full else acts16[mask], self.hist)
+        if self.n == 0:
+            self.mean, self.m2, self.m3, self.m4 = mean, m2, m3, m4
+        else:
+            self.mean, self.m2, self.m3, self.m4 = _merge_moments(
+                self.n, self.mean, self.m2, self.m3, self.m4, n, mean, m2, m3, m4)
+        self.n += n
+        self.n_pos += n_pos
+        self.tok_sum.index_add_(0, token_rows.reshape(-1) if full else token_rows[mask], flat)
+        low = flat.amin(0)
+        self.vmin = torch.minimum(self.vmin, torch.where(torch.isfinite(low), low, self.vmin))
         self.vmax = torch.maximum(self.vmax, wmax.amax(0))
-        acts16 = acts.to(torch.float16).transpose(1, 2).contiguous()  # [B, N, T]
-        # unit-major flat index (unit * 256 + bin): a unit's T values land in one 2 KB block of counters
-        binned = hist_bin_index(acts16).to(torch.int32)
-        binned += torch.arange(0, N * HIST_BINS, HIST_BINS, dtype=torch.int32, device=dev)[None, :, None]
-        counts = torch.bincount(binned.view(-1), minlength=N * HIST_BINS).view(N, HIST_BINS)
-        if not full:  # padding was stored as +0.0, whose bin is 0: take it back out
-            counts[:, 0] -= int(B * T - n)
-        self.hist += counts
-        del binned
+        acts16 = acts16.transpose(1, 2)  # [B, N, T]: a (window, unit) pair indexes a record row
         wid = window_ids.to(dev)[:, None].expand(B, N)
         self.top_val, self.top_wid, self.top_acts = _merge_ranked(
             self.top_val, self.top_wid, self.top_acts, wmax, wid, acts16, top_k, largest=True)
@@ -164,28 +240,27 @@ class LayerState:
             self.pool_key, (self.pool_wid, self.pool_max), self.pool_acts, keys, (wid, wmax), acts16, pool, largest=False)
 
     def merge(self, other: "LayerState", top_k: int, pool: int) -> "LayerState":
-        """The state of the union of both window sets (windows must be disjoint)."""
+        """The state of the union of both window sets (windows must be disjoint): ``self``, updated in place (its
+        sums are added to rather than allocated anew: a layer's token sums are ~25 MB)."""
         na, nb = self.n, other.n
         if nb == 0:
             return self
         if na == 0:
-            merged_moments = (other.mean, other.m2, other.m3, other.m4)
+            self.mean, self.m2, self.m3, self.m4 = other.mean, other.m2, other.m3, other.m4
         else:
-            merged_moments = _merge_moments(na, self.mean, self.m2, self.m3, self.m4, nb, other.mean, other.m2, other.m3, other.m4)
-        top_val, top_wid, top_acts = _merge_ranked(self.top_val, self.top_wid, self.top_acts,
-                                                   other.top_val, other.top_wid, other.top_acts, top_k, largest=True)
-        pool_key, (pool_wid, pool_max), pool_acts = _merge_ranked(
+            self.mean, self.m2, self.m3, self.m4 = _merge_moments(
+                na, self.mean, self.m2, self.m3, self.m4, nb, other.mean, other.m2, other.m3, other.m4)
+        self.n = na + nb
+        self.vmin, self.vmax = torch.minimum(self.vmin, other.vmin), torch.maximum(self.vmax, other.vmax)
+        self.n_pos += other.n_pos
+        self.hist += other.hist
+        self.tok_sum += other.tok_sum
+        self.top_val, self.top_wid, self.top_acts = _merge_ranked(
+            self.top_val, self.top_wid, self.top_acts, other.top_val, other.top_wid, other.top_acts, top_k, largest=True)
+        self.pool_key, (self.pool_wid, self.pool_max), self.pool_acts = _merge_ranked(
             self.pool_key, (self.pool_wid, self.pool_max), self.pool_acts,
             other.pool_key, (other.pool_wid, other.pool_max), other.pool_acts, pool, largest=False)
-        return LayerState(
-            layer=self.layer, n=na + nb,
-            mean=merged_moments[0], m2=merged_moments[1], m3=merged_moments[2], m4=merged_moments[3],
-            vmin=torch.minimum(self.vmin, other.vmin), vmax=torch.maximum(self.vmax, other.vmax),
-            n_pos=self.n_pos + other.n_pos, hist=self.hist + other.hist,
-            top_val=top_val, top_wid=top_wid, top_acts=top_acts,
-            pool_key=pool_key, pool_wid=pool_wid, pool_max=pool_max, pool_acts=pool_acts,
-            tok_sum=self.tok_sum + other.tok_sum,
-        )
+        return self
 
 
 def _merge_moments(na, ma, m2a, m3a, m4a, nb, mb, m2b, m3b, m4b):
@@ -393,8 +468,14 @@ def _quantile_samples(pool_max: torch.Tensor, filled: torch.Tensor, bins: int, p
     vals = pool_max.double().numpy().copy()
     vals[~filled.numpy()] = np.nan
     qs = np.arange(1, bins) / bins
-    boundaries = np.nanquantile(vals, qs, axis=0) if filled.any() else np.full((bins - 1, N), np.nan)
-    boundaries = np.atleast_2d(boundaries).reshape(bins - 1, N)
+    # np.nanquantile works column by column (~0.1 ms each): only the columns with empty entries go through it
+    full = filled.numpy().all(0)
+    boundaries = np.full((bins - 1, N), np.nan)
+    if full.any():
+        boundaries[:, full] = np.quantile(vals[:, full], qs, axis=0)
+    some = ~full & filled.numpy().any(0)
+    if some.any():
+        boundaries[:, some] = np.nanquantile(vals[:, some], qs, axis=0)
     with np.errstate(invalid="ignore"):
         which = np.sum(vals[None] >= boundaries[:, None, :], axis=0)  # [R, N] bin of each pool entry
     which[np.isnan(vals)] = -1
@@ -489,6 +570,7 @@ class ShardTask:
             state.update(acts, real, wids.to(device), tok_rows, masks)
             if self.on_tokens is not None:
                 self.on_tokens(int(real.sum()))
+            del site_acts, acts, masks, x
         state.shards_done = 1
         return _to(state, "cpu") if self.to_cpu else state
 
@@ -515,12 +597,12 @@ def run_harvest(subject, windows: list, config: HarvestConfig, checkpoint: Path 
     table_ids, row_of = token_table([w.token_ids for w in windows], config.token_table, config.min_token_count, vocab_size)
     slots = {r.key: (info.d_mlp if r.sae is None else r.sae.d_sae) for r in readers}
     salts = {r.source: r.sae.salt for r in readers if r.sae is not None}
+    # no empty running state: the first shard's state becomes it (an empty state is ~40 MB per layer to zero)
     state = load_checkpoint(checkpoint, run_id, config, device) if checkpoint else None
-    if state is None:
-        state = HarvestState.empty(config, slots, len(table_ids), device, salts)
+    shards_done = state.shards_done if state is not None else 0
     shards = [windows[i : i + config.shard_windows] for i in range(0, len(windows), config.shard_windows)]
     layers = sorted({r.layer for r in readers})
-    done_tokens = sum(len(w.token_ids) for sh in shards[: state.shards_done] for w in sh)
+    done_tokens = sum(len(w.token_ids) for sh in shards[:shards_done] for w in sh)
     total = sum(len(w.token_ids) for w in windows)
     bars = progress if isinstance(progress, Progress) else Progress(enabled=progress)
     bar = bars.bar(total, f"harvest {info.name} L{layers[0]}-{layers[-1]}" if len(layers) > 1 else
@@ -529,15 +611,18 @@ def run_harvest(subject, windows: list, config: HarvestConfig, checkpoint: Path 
                      config, readers, row_of, len(table_ids), slots, salts, device, not executor.local,
                      on_tokens=bar.update if executor.local else None)
     try:
-        todo = shards[state.shards_done:]
+        todo = shards[shards_done:]
         for shard, shard_state in zip(todo, executor.map(task, todo)):
-            state = state.merge(_to(shard_state, device))
+            shard_state = _to(shard_state, device)
+            state = shard_state if state is None else state.merge(shard_state)
             if not executor.local:
                 bar.update(sum(len(w.token_ids) for w in shard))
             if checkpoint is not None and state.shards_done < len(shards):
                 save_checkpoint(state, checkpoint, run_id)
     finally:
         bar.close()
+    if state is None:  # no windows
+        state = HarvestState.empty(config, slots, len(table_ids), device, salts)
     return state, table_ids
 
 

@@ -10,7 +10,7 @@ import scipy.stats
 import torch
 
 from analysis.activations import mlp_activations
-from analysis.harvest import HarvestConfig, LayerState, random_keys, run_harvest, summarise
+from analysis.harvest import HarvestConfig, LayerState, batch_sums, random_keys, run_harvest, summarise
 from analysis.histogram import HIST_BIN_EDGES
 from analysis.models import load_model
 from analysis.types import MLP, Window
@@ -107,6 +107,39 @@ def test_histogram_counts_every_token_in_the_right_bin(summary, windows, brute):
                 assert len(hits) == 1, v
                 expected[hits[0]] += 1
             np.testing.assert_array_equal(s.hist[u], expected)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_batch_sums_equal_numpy_in_float64(compiled):
+    """One batch's sums against numpy in float64: the compiled CPU path (float64 sums, exact centring) to 1e-9,
+    the torch path (float32, a GPU's) to 1e-4; odd widths (columns split between threads), one row, a large
+    offset (centring), exact and negative zeros and tiny positives (counted as > 0 in float32, binned in
+    float16's bin 0); the histogram is added to what it held."""
+    rng = np.random.default_rng(3)
+    for n, N, offset in ((1, 1, 0.0), (5, 3, 0.0), (300, 37, 1000.0), (2048, 130, -3.5)):
+        x = (rng.standard_normal((n, N)) * rng.uniform(0.01, 10, size=N) + offset).astype(np.float32)
+        special = rng.random((n, N))
+        x[special < 0.1] = 0.0
+        x[(special >= 0.1) & (special < 0.15)] = -0.0
+        x[(special >= 0.15) & (special < 0.2)] = 1e-30
+        flat = torch.from_numpy(x)
+        hist = torch.zeros(N, 256, dtype=torch.int64)
+        hist[:, 5] = 7
+        mean, m2, m3, m4, n_pos = batch_sums(flat, flat.half(), hist, compiled=compiled)
+        xd = x.astype(np.float64)
+        mu = xd.mean(0)
+        d = xd - mu
+        sd = np.maximum(d.std(0), 1e-12)
+        tol = 1e-9 if compiled else 1e-4
+        np.testing.assert_allclose((mean.numpy() - mu) / np.maximum(sd, np.abs(mu)), 0, atol=tol)
+        for k, got in ((2, m2), (3, m3), (4, m4)):
+            assert got.dtype == torch.float64
+            np.testing.assert_allclose(got.numpy() / (n * sd**k), (d**k).sum(0) / (n * sd**k), rtol=tol, atol=tol)
+        np.testing.assert_array_equal(n_pos.numpy(), (x > 0).sum(0))
+        bins = x.astype(np.float16).view(np.uint16) >> 8
+        expected = np.stack([np.bincount(bins[:, j], minlength=256) for j in range(N)])
+        expected[:, 5] += 7
+        np.testing.assert_array_equal(hist.numpy(), expected)
 
 
 def test_random_sample_is_the_bottom_keys_and_quantiles_respect_bins(summary, windows):
