@@ -570,7 +570,6 @@ class ShardTask:
             state.update(acts, real, wids.to(device), tok_rows, masks)
             if self.on_tokens is not None:
                 self.on_tokens(int(real.sum()))
-            del site_acts, acts, masks, x
         state.shards_done = 1
         return _to(state, "cpu") if self.to_cpu else state
 
