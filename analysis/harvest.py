@@ -400,8 +400,8 @@ class LayerSummary:
     pool_wid: np.ndarray  # [R, N]
     pool_max: np.ndarray
     pool_acts: np.ndarray  # [R, N, T] float16
-    token_means: list[tuple[int, int, int, float, int]] = field(default_factory=list)
-    """(neuron, token id, rank kind, mean, count) rows of the token table worth storing."""
+    token_means: list[tuple[int, int, float, int]] = field(default_factory=list)
+    """(neuron, token id, mean, count) rows of the token table worth storing."""
     source: str = MLP
 
 

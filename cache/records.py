@@ -85,40 +85,35 @@ class RecordRepo(Repo):
             "quantile_boundaries": pa.array([s.quantile_boundaries[:, u].astype(np.float32).tolist()
                                              for u in range(N)], pa.list_(pa.float32())),
         }))
-        rec_unit, rec_wid, rec_acts = [], [], []
-        seen: set[tuple[int, int]] = set()
-        smp: dict[str, list] = {"unit": [], "kind": [], "bin": [], "rank": [], "window_id": [], "max_act": []}
-
-        def add(kind: str, b: int, rank: int, u: int, wid: int, mx: float, acts_row: np.ndarray) -> None:
-            for key, val in zip(smp, (u, kind, b, rank, wid, mx)):
-                smp[key].append(val)
-            if (u, wid) not in seen:
-                seen.add((u, wid))
-                rec_unit.append(u)
-                rec_wid.append(wid)
-                rec_acts.append(acts_row[: window_lengths[wid]].tobytes())
-
-        for rank in range(s.top_wid.shape[0]):
-            for u in np.nonzero(s.top_wid[rank] >= 0)[0]:
-                add("top", 0, rank, int(u), int(s.top_wid[rank, u]), float(s.top_val[rank, u]), s.top_acts[rank, u])
-        for rank in range(s.random_idx.shape[0]):
-            for u in np.nonzero(s.random_idx[rank] >= 0)[0]:
-                p = s.random_idx[rank, u]
-                add("random", 0, rank, int(u), int(s.pool_wid[p, u]), float(s.pool_max[p, u]), s.pool_acts[p, u])
-        for b in range(s.quantile_idx.shape[0]):
-            for rank in range(s.quantile_idx.shape[1]):
-                for u in np.nonzero(s.quantile_idx[b, rank] >= 0)[0]:
-                    p = s.quantile_idx[b, rank, u]
-                    add("quantile", b, rank, int(u), int(s.pool_wid[p, u]), float(s.pool_max[p, u]),
-                        s.pool_acts[p, u])
-        self._insert_arrow(cur, "records", pa.table({
-            **keys(len(rec_unit)), "unit": pa.array(rec_unit, pa.int32()), "window_id": pa.array(rec_wid, pa.int32()),
-            "acts": pa.array(rec_acts, pa.binary())}))
-        n = len(smp["unit"])
+        # sample rows in this order: top (by rank, then unit), random (by rank), quantile (by bin, then rank)
+        r_top, u_top = np.nonzero(s.top_wid >= 0)
+        r_rnd, u_rnd = np.nonzero(s.random_idx >= 0)
+        b_q, r_q, u_q = np.nonzero(s.quantile_idx >= 0)
+        p_rnd, p_q = s.random_idx[r_rnd, u_rnd], s.quantile_idx[b_q, r_q, u_q]
+        unit = np.concatenate([u_top, u_rnd, u_q]).astype(np.int32)
+        wid = np.concatenate([s.top_wid[r_top, u_top], s.pool_wid[p_rnd, u_rnd], s.pool_wid[p_q, u_q]]).astype(np.int64)
+        counts = [len(u_top), len(u_rnd), len(u_q)]
         self._insert_arrow(cur, "samples", pa.table({
-            **keys(n), "unit": pa.array(smp["unit"], pa.int32()), "kind": smp["kind"],
-            "bin": pa.array(smp["bin"], pa.int16()), "rank": pa.array(smp["rank"], pa.int16()),
-            "window_id": pa.array(smp["window_id"], pa.int32()), "max_act": pa.array(smp["max_act"], pa.float32())}))
+            **keys(len(unit)), "unit": unit, "kind": np.repeat(np.array(["top", "random", "quantile"]), counts),
+            "bin": np.concatenate([np.zeros(counts[0] + counts[1], np.int16), b_q.astype(np.int16)]),
+            "rank": np.concatenate([r_top, r_rnd, r_q]).astype(np.int16), "window_id": wid.astype(np.int32),
+            "max_act": np.concatenate([s.top_val[r_top, u_top], s.pool_max[p_rnd, u_rnd],
+                                       s.pool_max[p_q, u_q]]).astype(np.float32)}))
+        # a record per (unit, window), where it is first referenced, its activations cut to the window's length
+        _, first = np.unique(unit.astype(np.int64) * (int(wid.max(initial=0)) + 1) + wid, return_index=True)
+        first.sort()
+        in_pool = first[first >= counts[0]] - counts[0]
+        pool_at = np.concatenate([p_rnd, p_q])[in_pool]
+        pool_unit = np.concatenate([u_rnd, u_q])[in_pool]
+        top = first[first < counts[0]]
+        acts = np.concatenate([s.top_acts[r_top[top], u_top[top]], s.pool_acts[pool_at, pool_unit]])
+        lengths = np.minimum([window_lengths[w] for w in wid[first].tolist()], acts.shape[1]).astype(np.int64)
+        data = acts[np.arange(acts.shape[1])[None, :] < lengths[:, None]]  # each row's first `length` values
+        offsets = np.concatenate([[0], np.cumsum(lengths * acts.itemsize)]).astype(np.int32)
+        self._insert_arrow(cur, "records", pa.table({
+            **keys(len(first)), "unit": unit[first], "window_id": wid[first].astype(np.int32),
+            "acts": pa.Array.from_buffers(pa.binary(), len(first), [None, pa.py_buffer(offsets),
+                                                                     pa.py_buffer(data.tobytes())])}))
         if s.token_means:
             u, t, m, c = zip(*s.token_means)
             self._insert_arrow(cur, "token_means", pa.table({

@@ -7,6 +7,7 @@ import sys
 import time
 
 import duckdb
+import numpy as np
 import pytest
 
 from cache.migrations import SCHEMA_VERSION
@@ -161,6 +162,40 @@ def test_bulk_record_reads_equal_one_unit_reads(viewer_db, sae_db):
     db, model = viewer_db
     with pytest.raises(UserError, match="neuron 100000 does not exist"):
         unit_records(db, model, 1, [0, 100000])
+
+
+def test_stored_records_equal_plain_forward_passes(viewer_db):
+    """What a harvest writes, read back: every record of every neuron of a layer (top, random and quantile samples,
+    windows cut short at a document's end among them) holds its window's own activations from a plain forward pass
+    of that window alone, one value per token; top records by max activation, highest first; each sample kind as
+    many records as the run's settings ask for."""
+    import torch
+
+    from analysis.activations import mlp_activations
+    from analysis.models import load_model
+    from analysis.types import MLP
+
+    db, model = viewer_db
+    subject = load_model(model)
+    with open_store(db, read_only=True) as s:
+        run = s.runs.find(model, 1)
+        recs = s.records.unit_records(run, MLP, 1, list(range(subject.info.d_mlp)))
+    assert sorted(recs) == list(range(subject.info.d_mlp))
+    acts, lengths = {}, set()
+    for rec in recs.values():
+        maxima = [max(r.activations) for r in rec.most_positive_activation_records]
+        assert len(maxima) == run.params["top_k"] and maxima == sorted(maxima, reverse=True)
+        assert len(rec.random_sample) == run.params["random_k"]
+        assert [len(b) for b in rec.random_sample_by_quantile] == [run.params["per_bin"]] * run.params["quantile_bins"]
+        for r in (rec.most_positive_activation_records + rec.random_sample
+                  + [r for b in rec.random_sample_by_quantile for r in b]):
+            if r.window_id not in acts:
+                ids = torch.tensor([list(subject.bos_prefix) + list(r.token_ids)])
+                acts[r.window_id] = mlp_activations(subject, ids, None, [1])[1][0, len(subject.bos_prefix):].numpy()
+            lengths.add(len(r.token_ids))
+            assert len(r.activations) == len(r.tokens) == len(r.token_ids)
+            np.testing.assert_allclose(r.activations, acts[r.window_id][:, rec.unit.index], rtol=2e-3, atol=2e-3)
+    assert len(lengths) > 1  # short windows were among them
 
 
 def test_explanations_and_baselines_written_in_bulk(tmp_path):
