@@ -139,6 +139,13 @@ class SubjectModel:
         """The decoder without the lm_head."""
         return getattr(self.model, self.arch.base_attr)
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The language model's logits from the decoder's output (``base()``'s last hidden state, final norm
+        applied), as the whole model computes them: the lm_head, then the final soft-cap where the model has one."""
+        logits = self.model.get_output_embeddings()(hidden)
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def blocks(self) -> torch.nn.ModuleList:
         return getattr(self.base(), self.arch.layers_attr)
 

@@ -169,7 +169,7 @@ def test_pack_rows_shares_prefixes_and_respects_the_row_size():
     assert first[2][0] == first[2][3] and len(first[0]) == 4  # 1 2 3 4: the prefix and the duplicate run once
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2", "neox", "gemma", "llama-bos"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "neox", "gemma", "gemma-softcap", "llama-bos"])
 def test_model_prober_equals_single_sequence_forward_passes(tiny_folders, tmp_path, kind):
     """Activations at the last token, next-token log-probabilities and top-k, for sequences that share prefixes
     (packed into rows with an ancestor mask) or not, several rows per batch and several batches, against plain HF
@@ -179,13 +179,19 @@ def test_model_prober_equals_single_sequence_forward_passes(tiny_folders, tmp_pa
 
     from analysis.models import load_model
 
-    folder = tiny_model_folder(tmp_path / kind, "llama", bos=True) if kind == "llama-bos" else tiny_folders[kind]
+    folder = (tiny_model_folder(tmp_path / kind, "llama", bos=True) if kind == "llama-bos"
+              else tiny_folders[kind.removesuffix("-softcap")])
     subject = load_model(str(folder))
+    if kind == "gemma-softcap":  # a final logit soft-cap (Gemma 2's kind) that bends these logits
+        subject.model.config.final_logit_softcapping = 1.0
     assert len(subject.bos_prefix) == (kind == "llama-bos")
     prober = ModelProber(subject, layer=1, token_budget=16, lm_token_budget=12, row_tokens=8)
     seqs = [(40, 41, 42, 43), (50, 51), (60, 61, 62), (70,), (40, 41, 99, 43), (40, 41, 42, 7), (40, 41),
             (40, 41, 42, 43, 44, 45, 46, 47, 48, 49)]
-    probes = [Probe(s) for s in seqs] + [Probe(s, lm=True, topk=3) for s in seqs]
+    # every position's prediction, and (lm_head at a few positions only) positions 1 and the last
+    rows = [(1, len(s) - 1) if len(s) > 1 else (0,) for s in seqs]
+    probes = ([Probe(s) for s in seqs] + [Probe(s, lm=True, topk=3) for s in seqs]
+              + [Probe(s, lm=True, topk=2, rows=r) for s, r in zip(seqs, rows)])
     answers = prober(probes)
     assert prober.n_tokens[False] < sum(map(len, seqs))  # the shared prefixes ran once
     nb = len(subject.bos_prefix)
@@ -205,6 +211,16 @@ def test_model_prober_equals_single_sequence_forward_passes(tiny_folders, tmp_pa
             for t in range(1 - nb, len(s)):
                 assert lm.logprobs[t] == pytest.approx(lsm[nb + t - 1, s[t]], abs=1e-4)
                 assert list(lm.top_ids[t]) == list(np.argsort(-lsm[nb + t - 1])[:3])
+            few = answers[2 * len(seqs) + i]
+            np.testing.assert_allclose(few.acts, act, atol=1e-5, rtol=1e-4)
+            asked = [t for t in rows[i] if t >= 1 - nb]
+            for t in range(len(s)):
+                if t in asked:
+                    assert few.logprobs[t] == pytest.approx(lsm[nb + t - 1, s[t]], abs=1e-4)
+                    assert list(few.top_ids[t]) == list(np.argsort(-lsm[nb + t - 1])[:2])
+                    np.testing.assert_allclose(few.top_logprobs[t], np.sort(lsm[nb + t - 1])[::-1][:2], atol=1e-4)
+                else:  # not asked: nothing computed
+                    assert np.isnan(few.logprobs[t]) and (few.top_ids[t] == -1).all()
     finally:
         hook.remove()
 

@@ -32,7 +32,11 @@ class Probe:
     lm: bool = False
     """Also return the language model's log-probabilities (runs the whole model)."""
     topk: int = 0
-    """With ``lm``: also the ``topk`` most likely tokens at every position."""
+    """With ``lm``: also the ``topk`` most likely tokens at each position asked."""
+    rows: tuple[int, ...] | None = None
+    """With ``lm``: the positions t whose prediction is wanted (log p(seq[t] | seq[:t]) and the top-k there);
+    None: every position. The lm_head runs at these positions only (it is ~20 % of a small model's cost per
+    position); the answer holds NaN / -1 elsewhere."""
 
 
 @dataclass
@@ -40,9 +44,10 @@ class Answer:
     acts: np.ndarray
     """``[n_units]`` activations of every unit of the layer at the last token."""
     logprobs: np.ndarray | None = None
-    """``[len(seq)]``: log p(seq[t] | seq[:t]); NaN where there is nothing to condition on (t = 0 without BOS)."""
+    """``[len(seq)]``: log p(seq[t] | seq[:t]); NaN where there is nothing to condition on (t = 0 without BOS)
+    or the position was not asked."""
     top_ids: np.ndarray | None = None
-    """``[len(seq), topk]``: the most likely tokens at position t given seq[:t] (-1 where undefined)."""
+    """``[len(seq), topk]``: the most likely tokens at position t given seq[:t] (-1 where undefined or not asked)."""
     top_logprobs: np.ndarray | None = None
 
 
@@ -83,12 +88,10 @@ def _fit_record(tokens: list[int], pos: int, activation: float, unit: int, mask_
     if pruned <= 0:
         return []
 
-    # 2. saliency: the fraction of the activation lost when each context token is masked (asked together with
-    # augmentation's candidates, which do not depend on it)
+    # 2. saliency: the fraction of the activation lost when each context token is masked
     masked = [Probe(tuple(context[:i] + [mask_id] + context[i + 1 :])) for i in range(len(context) - 1)]
-    candidates = [Probe(tuple(tokens[lo : pos + 1]), lm=True, topk=config.candidates)] if config.augment else []
-    answers = (yield masked + candidates) if masked or candidates else []
-    importance = [(pruned - float(a.acts[unit])) / pruned for a in answers[: len(masked)]]
+    answers = (yield masked) if masked else []
+    importance = [(pruned - float(a.acts[unit])) / pruned for a in answers]
     ranked = sorted((i for i, v in enumerate(importance) if v >= config.importance), key=lambda i: -importance[i])
     keep = set(ranked[: config.max_important])
     # the pattern stands for the record: it keeps the record's own activation (neuron units, never rescaled)
@@ -98,13 +101,14 @@ def _fit_record(tokens: list[int], pos: int, activation: float, unit: int, mask_
 
     # 3. augment: the LM's candidates for the activating token and each important token (conditioned on the
     # record's text before them); a context token's candidates are rescored by how likely the rest of the pruned
-    # context is after them (the activating token has nothing after it: its candidates keep their own rank)
+    # context is after them (the activating token has nothing after it: its candidates keep their own rank).
+    # Asked after saliency, so the LM's predictions are computed at those few positions only.
     start = pos + 1 - len(context)
-    cand = answers[-1]
     root = len(context) - 1
+    rows = {i: start - lo + i for i in sorted(keep) + [root]}
+    (cand,) = yield [Probe(tuple(tokens[lo : pos + 1]), lm=True, topk=config.candidates, rows=tuple(rows.values()))]
     options: dict[int, list[tuple[int, float]]] = {}
-    for i in sorted(keep) + [root]:
-        row = start - lo + i
+    for i, row in rows.items():
         options[i] = [(int(x), float(lp)) for x, lp in zip(cand.top_ids[row], cand.top_logprobs[row])
                       if x >= 0 and x != context[i] and int(x) not in skip_ids]
     options[root] = options[root][: config.substitutes]
@@ -113,7 +117,8 @@ def _fit_record(tokens: list[int], pos: int, activation: float, unit: int, mask_
         return patterns
     # rescoring only where there are more candidates than substitutes to keep (else it cannot change the choice)
     rescore = {i for i, xs in options.items() if i != root and len(xs) > config.substitutes}
-    answers = yield [Probe(tuple(context[:i] + [x] + context[i + 1 :]), lm=i in rescore) for i, x, _ in subs]
+    answers = yield [Probe(tuple(context[:i] + [x] + context[i + 1 :]), lm=i in rescore,
+                           rows=tuple(range(i + 1, len(context))) if i in rescore else None) for i, x, _ in subs]
     scored: dict[int, list[tuple[float, int, float]]] = {}
     for (i, x, lp), a in zip(subs, answers):
         follow = float(np.sum(a.logprobs[i + 1 :])) if i in rescore else 0.0
@@ -323,37 +328,46 @@ class ModelProber:
         ids, pos = torch.from_numpy(ids).to(dev), torch.from_numpy(depth).to(dev)
         site = (self.reader.layer, self.reader.site)
         with site_hooks(self.subject, [site], stop_when_done=not lm) as captured:
-            logits = None
+            hidden = None
             try:
-                if lm:
-                    logits = self.subject.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                                use_cache=False).logits
-                else:
-                    self.subject.base()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+                hidden = self.subject.base()(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                             use_cache=False).last_hidden_state
             except _StopForward:
                 pass
         where = [(b, j, node_path) for b, (_t, _p, paths) in enumerate(rows) for j, node_path in paths.items()]
         at_b = torch.tensor([b for b, _j, _n in where], device=dev)
         at_last = torch.tensor([n[-1] for _b, _j, n in where], device=dev)
         acts = self.reader.units(captured[site][at_b, at_last]).cpu().numpy()
-        nb = self.n_prefix
-        for k, (b, j, node_path) in enumerate(where):
-            if not lm:
+        if not lm:
+            for k, (_b, j, _n) in enumerate(where):
                 yield j, Answer(acts[k])
-                continue
+            return
+        # the positions each probe asks for (0 has a prediction with a BOS prefix only); seq[t] is predicted at
+        # the node of seq'[nb + t - 1] (seq' = prefix + seq); all of them through the lm_head at once
+        nb = self.n_prefix
+        first = max(1 - nb, 0)
+        asked = [[t for t in (range(len(probes[j].seq)) if probes[j].rows is None else probes[j].rows) if t >= first]
+                 for _b, j, _n in where]
+        at_b = torch.tensor([b for (b, _j, _n), ts in zip(where, asked) for _t in ts], dtype=torch.long, device=dev)
+        at_node = torch.tensor([node_path[nb + t - 1] for (_b, _j, node_path), ts in zip(where, asked) for t in ts],
+                               dtype=torch.long, device=dev)
+        lsm_all = torch.log_softmax(self.subject.logits(hidden[at_b, at_node]).float(), dim=-1)
+        target_all = torch.tensor([probes[j].seq[t] for (_b, j, _n), ts in zip(where, asked) for t in ts],
+                                  dtype=torch.long, device=dev)
+        lp_all = lsm_all.gather(1, target_all[:, None])[:, 0].cpu().numpy()
+        topk = max(probes[j].topk for _b, j, _n in where)
+        if topk:
+            top_v, top_t = (x.cpu().numpy() for x in lsm_all.topk(topk, dim=-1))
+        o = 0
+        for k, ((_b, j, _n), ts) in enumerate(zip(where, asked)):
             p = probes[j]
-            n = len(p.seq)
-            # seq[t] is predicted at the node of seq'[nb + t - 1] (seq' = prefix + seq)
-            nodes = torch.tensor(node_path[max(nb - 1, 0) : nb + n - 1], dtype=torch.long, device=dev)
-            lsm = torch.log_softmax(logits[b, nodes].float(), dim=-1)
+            n, here = len(p.seq), slice(o, o + len(ts))
+            o += len(ts)
             lp = np.full(n, np.nan, dtype=np.float32)
-            first = 1 - nb  # first position with a prediction: 0 with BOS, 1 without
-            target = torch.tensor(p.seq[first:], dtype=torch.long, device=dev)
-            lp[first:] = lsm.gather(1, target[:, None])[:, 0].cpu().numpy()
+            lp[ts] = lp_all[here]
             top_ids = top_lp = None
             if p.topk:
                 top_ids = np.full((n, p.topk), -1, dtype=np.int64)
                 top_lp = np.full((n, p.topk), -np.inf, dtype=np.float32)
-                v, t = lsm.topk(p.topk, dim=-1)
-                top_ids[first:], top_lp[first:] = t.cpu().numpy(), v.cpu().numpy()
+                top_ids[ts], top_lp[ts] = top_t[here, : p.topk], top_v[here, : p.topk]
             yield j, Answer(acts[k], lp, top_ids, top_lp)
