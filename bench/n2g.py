@@ -8,7 +8,8 @@ were tuned on; ``--seed S`` draws another one, seeded by (S, layer), for a measu
 fitted in one batch (as `python -m analysis n2g` does per chunk) without and with augmentation; the token-lookup baseline is fitted on the same train records.
 ``--set`` changes N2GConfig fields for every fit; each ``--variant`` adds an augmented fit with fields changed, in the
 same run, for speed ratios (``row_tokens=1``: the prober runs every probe as its own sequence, no shared prefixes,
-as before packing). Prints a markdown table; nothing is written to the cache.
+as before packing; ``extra_records=10`` on a database harvested with ``--top-k 30``: 10 more train records).
+Prints a markdown table; nothing is written to the cache.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def main() -> None:
                 if x["layer"] == layer and x["dtype"] == dtype and x["variant"]:
                     print(f"L{layer} {dtype}: {x['variant']} / defaults = {x['s'] / base['s']:.2f}x time", flush=True)
     seed = "the layer" if args.seed is None else f"({args.seed}, layer)"
-    print(f"\n{args.neurons} random neurons per layer (seed {seed}), 10 train / 10 held-out top records each, "
+    print(f"\n{args.neurons} random neurons per layer (seed {seed}), 10 train / 10 held-out top records each "
+          f"(+ extra_records train records past the first 20 in variants that set it), "
           f"{''.join(x + ', ' for x in args.set)}{args.threads} threads\n")
     print("| layer | dtype | augment | prober | variant | s/neuron | tokens/neuron (to layer / whole model) | "
           "patterns | N2G firing P/R/F1 | token-lookup P/R/F1 | ΔF1 |")

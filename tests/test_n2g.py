@@ -92,19 +92,27 @@ def test_augmentation_learns_substitutes_the_train_text_never_shows():
     assert any(p.lm and p.topk == 0 for p in prober.probes)
 
 
+def two_rules(seq) -> float:
+    """Fires 5.0 on B after A and 4.0 on C after D."""
+    if len(seq) >= 2 and (seq[-2], seq[-1]) == (D, C):
+        return 4.0
+    return 5.0 if len(seq) >= 2 and (seq[-2], seq[-1]) == (A, B) else 0.0
+
+
+class TwoRulesProber(PlantedProber):
+    """``two_rules`` as unit 0; its language model proposes the tokens of ``lm``."""
+
+    def __call__(self, probes):
+        answers = super().__call__(probes)
+        for p, a in zip(probes, answers):
+            a.acts = np.array([two_rules(p.seq)])
+        return answers
+
+
 def test_every_firing_fits_the_tokens_below_each_records_max():
     """The unit fires 5.0 on B after A and 4.0 on C after D; every record's max is a B. Fitted on the max alone
     the graph never learns C; with ``every_firing`` it learns C after D (and C alone stays silent)."""
-    def rule(seq):
-        if len(seq) >= 2 and (seq[-2], seq[-1]) == (D, C):
-            return 4.0
-        return 5.0 if len(seq) >= 2 and (seq[-2], seq[-1]) == (A, B) else 0.0
-
-    class Prober(PlantedProber):
-        def __call__(self, probes):
-            self.probes += probes
-            return [Answer(np.array([rule(p.seq)])) for p in probes]
-
+    Prober = TwoRulesProber
     train = [([30, A, B, 31, D, C, 32, C], [0, 0, 5.0, 0, 0, 4.0, 0, 0]),
              ([33, D, C, 34, A, B, C, 35], [0, 0, 4.0, 0, 0, 5.0, 0, 0])]
     config = N2GConfig(augment=False)
@@ -113,6 +121,29 @@ def test_every_firing_fits_the_tokens_below_each_records_max():
     graph = fit_graphs(Prober(), {0: train}, MASK, {0: 5.0}, N2GConfig(augment=False, every_firing=2))[0]
     assert sorted(graph.patterns()) == [([B], 5.0), ([C, D], 4.0)]  # B always fires: its context was cut
     assert graph.predict([D, C, 36, C]) == [0.0, 4.0, 0.0, 0.0]
+
+
+def test_extra_records_are_fitted_without_augmentation_and_judge_the_cuts():
+    """Main records show only B after A; an extra record's max is C after D. The graph learns C after D from it
+    without asking the language model about it; without extra records it never learns C. And generalise's cuts are
+    judged on the extra records too."""
+    main = [([30, A, B, 31], [0, 0, 5.0, 0])]
+    extra = [([33, D, C, 34, C, 35], [0, 0, 4.0, 0, 0, 0])]
+    config = N2GConfig(augment=True, substitutes=1)
+    prober = TwoRulesProber(lm=[D])
+    graph = fit_graphs(prober, {0: main}, MASK, {0: 5.0}, config, extra={0: extra})[0]
+    # B's record augmented (D for A: silent; D for B: silent), C's record not
+    assert sorted(graph.patterns()) == [([B], 5.0), ([B, D], 0.0), ([C, D], 4.0), ([D, A], 0.0)]
+    assert not any(p.lm and C in p.seq for p in prober.probes)  # the extra record was never augmented
+    assert graph.predict([D, C, 36, C]) == [0.0, 4.0, 0.0, 0.0]
+    without = fit_graphs(TwoRulesProber(lm=[D]), {0: main}, MASK, {0: 5.0}, config)[0]
+    assert C not in without.roots
+    # the cut is judged on the extra records too: a silent C in one keeps C's context, without it C is cut to [C]
+    main, silent = [([33, D, C, 34], [0, 0, 4.0, 0])], [([35, C, 36], [0.0, 0.0, 0.0])]
+    plain = N2GConfig(augment=False)
+    assert fit_graphs(TwoRulesProber(), {0: main}, MASK, {0: 5.0}, plain)[0].patterns() == [([C], 4.0)]
+    judged = fit_graphs(TwoRulesProber(), {0: main}, MASK, {0: 5.0}, plain, extra={0: silent})[0]
+    assert judged.patterns() == [([C, D], 4.0)]
 
 
 def test_generalise_cuts_context_that_train_negatives_do_not_need():
@@ -365,3 +396,45 @@ def test_cli_n2g_interrupted_then_resumed(viewer_db, tmp_path, monkeypatch, caps
     capsys.readouterr()
     assert main(args) == 0
     assert "4 graph(s) built, 2 already in the cache" in capsys.readouterr().err
+
+
+def test_cli_n2g_extra_records_from_a_larger_top_k(viewer_db, tmp_path, capsys):
+    """A harvest with top-k 26 gives Neuron2Graph 6 extra train records: the held-out records stay the first 20's
+    2::4 + 3::4, and the token-lookup baseline beside the graph is the one fitted on train + extra (recomputed
+    here by hand). On a top-20 harvest --extra-records is refused with a clear message."""
+    import json
+
+    from analysis.__main__ import main
+    from analysis.n2g.evaluate import firing_metrics
+    from cache.store import open_store
+
+    db0, model = viewer_db
+    capsys.readouterr()
+    assert main(["n2g", "--db", str(db0), "--model", model, "--layer", "1", "--neurons", "0", "--extra-records",
+                 "6", "--quiet"]) == 2
+    assert "harvest with --top-k above 20" in capsys.readouterr().err
+    db = tmp_path / "k26.duckdb"
+    assert main(["harvest", "--model", model, "--corpus", str(db0.parent / "docs.jsonl"), "--db", str(db),
+                 "--layers", "1", "--seq-len", "8", "--top-k", "26", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["n2g", "--db", str(db), "--model", model, "--layer", "1", "--neurons", "0-3", "--extra-records", "6",
+                 "--json", "--quiet"]) == 0
+    neurons = json.loads(capsys.readouterr().out)["neurons"]
+    with open_store(db, read_only=True) as s:
+        run = s.runs.find(model, 1)
+        for n in neurons:
+            rec = s.records.unit_record(run, UnitId(MLP, 1, n["neuron"]))
+            top = rec.most_positive_activation_records
+            assert len(top) == 26
+            head = top[:20]
+            assert [r["window_id"] for r in n["records"]] == [r.window_id for r in head[2::4] + head[3::4]]
+            best: dict = {}
+            for r in head[0::4] + head[1::4] + top[20:]:
+                for t, a in zip(r.token_ids, r.activations):
+                    best[t] = max(best.get(t, a), a)
+            held = head[2::4] + head[3::4]
+            lookup, _ = firing_metrics([list(r.activations) for r in held],
+                                       [[max(best.get(t, 0.0), 0.0) for t in r.token_ids] for r in held], rec.stats.max)
+            assert n["baseline_firing"] == pytest.approx({"precision": lookup.precision, "recall": lookup.recall,
+                                                          "f1": lookup.f1})
+            assert s.graphs.get(run.run_id, UnitId(MLP, 1, n["neuron"])).params["extra_records"] == 6

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from analysis.splits import SCORING_SETS, calibration, explainer_train, n2g_train_test, scoring_records
+from analysis.splits import N2G_HEAD, SCORING_SETS, calibration, explainer_train, n2g_train_test, scoring_records
 from analysis.types import ActivationRecord, UnitId, UnitRecord, UnitStats
 
 
@@ -52,6 +52,8 @@ def old_split_records(rec):
 
 UNITS = [_unit(n_top, n_random, seed) for n_top in (0, 3, 7, 20, 21) for n_random in (0, 5, 20, 33)
          for seed in range(3)]
+BIG = [_unit(n_top, 60, seed) for n_top in (33, 40) for seed in range(3)]
+"""Harvests with a top-k above N2G_HEAD: Neuron2Graph's extra train records."""
 
 
 def _ids(records) -> set[int]:
@@ -69,7 +71,9 @@ def test_the_synthetic_random_samples_repeat_top_windows_of_every_split():
 def test_splits_equal_the_old_rules(n):
     for rec in UNITS:
         assert explainer_train(rec) == old_train_records(rec)
-        assert n2g_train_test(rec) == old_split_records(rec)
+        if len(rec.most_positive_activation_records) <= N2G_HEAD:  # the old rule covered every top record
+            train, extra, test = n2g_train_test(rec, extra=5)
+            assert (train, test) == old_split_records(rec) and extra == []
         for scoring_set in SCORING_SETS:
             assert scoring_records(rec, scoring_set, n) == old_scoring_records(rec, scoring_set, n)
     assert SCORING_SETS == ("top-and-random", "random-only")
@@ -83,8 +87,9 @@ def test_calibration_is_top_1_of_4_and_random_0_of_3_of_the_unseen_random_sample
 
 
 def test_no_scored_record_is_a_train_window():
-    for rec in UNITS:
-        n2g_train, n2g_test = n2g_train_test(rec)
+    for rec in UNITS + BIG:
+        n2g_train, n2g_extra, n2g_test = n2g_train_test(rec, extra=100)
+        n2g_train = n2g_train + n2g_extra
         trained = _ids(explainer_train(rec)) | _ids(n2g_train)
         for scoring_set in SCORING_SETS:
             for n in (1, 5, 100):
@@ -111,9 +116,25 @@ def test_top_and_random_parts_partition_their_lists():
         assert set().union(*parts) == unseen
         quarters = [_ids(top[k::4]) for k in range(4)]
         assert sum(map(len, quarters)) == len(top) and set().union(*quarters) == _ids(top)
-        n2g_train, n2g_test = n2g_train_test(rec)
-        assert _ids(n2g_train) == _ids(explainer_train(rec)) | _ids(calibration(rec)[:n_cal_top])
-        assert _ids(n2g_train) | _ids(n2g_test) == _ids(top)
+        n2g_train, n2g_extra, n2g_test = n2g_train_test(rec, extra=100)
+        assert _ids(n2g_train) == _ids(explainer_train(rec)[:5]) | _ids(calibration(rec)[:n_cal_top][:5])
+        assert _ids(n2g_train) | _ids(n2g_test) == _ids(top[:N2G_HEAD])
+        assert _ids(n2g_train) | _ids(n2g_extra) | _ids(n2g_test) == _ids(top)
+
+
+def test_extra_n2g_records_are_the_top_records_past_the_head_and_leave_the_held_out_set_alone():
+    for rec in BIG:
+        top = rec.most_positive_activation_records
+        head = top[:20]
+        for extra in (0, 1, 10, 100):
+            train, more, test = n2g_train_test(rec, extra)
+            assert train == head[0::4] + head[1::4] and test == head[2::4] + head[3::4]  # as with a top-20 harvest
+            assert more == top[20 : 20 + extra] and len(more) == min(extra, len(top) - 20)
+            assert not _ids(train + more) & _ids(test)
+        # what a random split scores on is none of them, whatever extra a graph was fitted with
+        scored = _ids(scoring_records(rec, "top-and-random", 100)) | _ids(scoring_records(rec, "random-only", 100))
+        assert not scored & _ids(top[0::4] + top[1::4] + top[20:])
+        assert _ids(rec.random_sample) & _ids(top[20:])  # the sample does repeat extra windows (they were removed)
 
 
 def test_scoring_sets_have_at_most_2n_records_and_unknown_sets_are_refused():

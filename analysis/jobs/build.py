@@ -72,6 +72,10 @@ class BuildJob:
     api: ApiConfig = field(default_factory=ApiConfig)
     max_tokens: int | None = None
     """Harvest a seeded subset of the corpus up to this many tokens (None: all of it)."""
+    top_k: int = 20
+    """Top-activating windows the harvest keeps per unit (above 20: extra Neuron2Graph train records)."""
+    n2g_extra_records: int = 0
+    """Neuron2Graph's ``N2GConfig.extra_records`` (needs ``top_k`` of 20 + that many)."""
     executor: str = "local"
     """local (this process) or ray (tasks on a Ray cluster; results written here, by this process only)."""
     ray_address: str | None = None
@@ -251,10 +255,11 @@ def plan_lines(stages: list[Stage], dropped: dict[str, list[int]], budget_s: flo
 
 
 def _harvest_job(job: BuildJob, layers: str):
+    from analysis.config import HarvestConfig
     from analysis.jobs.harvest import HarvestJob
 
     return HarvestJob(model=job.model, corpus=job.corpus, layers=layers, max_tokens=job.max_tokens,
-                      device=job.device, skip_if_cached=True)
+                      device=job.device, skip_if_cached=True, config=HarvestConfig(top_k=job.top_k))
 
 
 def _subject_shape(job: BuildJob, db: Path):
@@ -289,6 +294,9 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
 
     budget_s = parse_budget(job.budget)
     check_device(job.device)
+    if job.n2g_extra_records and job.top_k <= 20:
+        raise UserError(f"--n2g-extra-records {job.n2g_extra_records} needs a harvest with --top-k above 20 (20 + "
+                        f"the extra records: {20 + job.n2g_extra_records})")
     config = ExecutorConfig(job.executor, job.ray_address, job.ray_cpus)  # checks itself
     info, n_tokens, harvested = _subject_shape(job, db)
     asked = parse_units(job.expensive_neurons, info.d_mlp, allow_all=True)
@@ -574,8 +582,10 @@ def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: st
         return round(len(parse_units(units, info.d_mlp, allow_all=True)) * s.computed / max(s.pairs, 1)), s.stats_s
     if lens == "n2g":
         from analysis.jobs.n2g import N2GJob, n2g
+        from analysis.n2g.config import N2GConfig
 
-        return n2g(N2GJob(layer=layer, neurons=units, model=job.model, device=job.device), db, progress,
+        return n2g(N2GJob(layer=layer, neurons=units, model=job.model, device=job.device,
+                          config=N2GConfig(extra_records=job.n2g_extra_records)), db, progress,
                    executor=executor).built, 0.0
     if lens == "effects":
         from analysis.jobs.causal import EffectsJob, effects_of

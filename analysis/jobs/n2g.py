@@ -10,7 +10,8 @@ from analysis.jobs.common import (cached_model, load_cached_subject, load_dictio
                                  unit_records)
 from analysis.progress import Progress
 from analysis.n2g.config import N2GConfig
-from analysis.types import MLP, UnitId
+from analysis.splits import N2G_HEAD
+from analysis.types import MLP, UnitId, UserError
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ def n2g(job: N2GJob, db: Path, progress: Progress = Progress(), with_cached: boo
     units = parse_units(job.neurons, n, "neurons" if sae is None else "features", allow_all=True)
     recs = unit_records(db, job.model, job.layer, units, job.source)
     run_id = recs[units[0]].run_id
+    if job.config.extra_records and max(len(r.most_positive_activation_records) for r in recs.values()) <= N2G_HEAD:
+        raise UserError(f"extra records ({job.config.extra_records}) need top records past the first {N2G_HEAD}: "
+                        f"harvest with --top-k above {N2G_HEAD} (this run kept "
+                        f"{len(recs[units[0]].most_positive_activation_records)})")
     with open_store(db, read_only=True) as store:
         done = set() if job.force else store.graphs.units(run_id, job.layer, job.source)
     todo = [u for u in units if u not in done]

@@ -13,6 +13,7 @@ at its own last real token).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Generator, Iterator, Sequence
 
@@ -161,12 +162,18 @@ def _matches(tokens: list[int], t: int, pattern: list[int]) -> bool:
 
 def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[float]]]], mask_id: int,
                max_activation: dict[int, float], config: N2GConfig = N2GConfig(),
-               skip_ids: Sequence[int] = ()) -> dict[int, Graph]:
+               skip_ids: Sequence[int] = (), extra: dict[int, list[tuple[list[int], list[float]]]] | None = None
+               ) -> dict[int, Graph]:
     """One graph per unit from its train ``records`` ((token ids, activations) of real tokens, no padding): each
-    record's max is fitted, and up to ``config.every_firing`` more of its firing tokens. ``max_activation``: each
-    unit's max, for the firing threshold (``FIRING_FRACTION`` x max) that ``generalise`` uses."""
+    record's max is fitted, and up to ``config.every_firing`` more of its firing tokens. ``extra``: more train
+    records per unit, fitted at their max with pruning and saliency only (``config.extra_records``).
+    ``max_activation``: each unit's max, for the firing threshold (``FIRING_FRACTION`` x max) that ``generalise``
+    uses, judged on all of a unit's train records."""
     graphs = {unit: Graph() for unit in records}
     skip = frozenset(skip_ids)
+    extra = extra or {}
+    judged = {unit: recs + extra.get(unit, []) for unit, recs in records.items()}
+    plain = dataclasses.replace(config, augment=False)
     active: list[tuple[int, Generator, list[Probe]]] = []
 
     def step(unit: int, gen: Generator, answers: list[Answer] | None) -> None:
@@ -177,7 +184,7 @@ def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[flo
             threshold = FIRING_FRACTION * max_activation[unit]
             end = None
             if config.generalise and patterns:
-                end = len(generalise(*patterns[0], records[unit], threshold))
+                end = len(generalise(*patterns[0], judged[unit], threshold))
             for pattern, value in patterns:
                 # substitutes are cut where the record's pattern is: they never occur in the train text, so the
                 # train records cannot judge them; context the record does not need does not matter for them
@@ -196,6 +203,10 @@ def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[flo
                 if acts[pos] > 0 and (pos == order[0] or key not in seen):
                     seen.add(key)
                     step(unit, _fit_record(list(tokens), pos, float(acts[pos]), unit, mask_id, skip, config), None)
+        for tokens, acts in extra.get(unit, []):
+            if tokens and max(acts) > 0:
+                pos = int(np.argmax(acts))
+                step(unit, _fit_record(list(tokens), pos, float(acts[pos]), unit, mask_id, skip, plain), None)
     while active:
         batch, active = active, []
         unique = list(dict.fromkeys(p for _u, _g, probes in batch for p in probes))

@@ -1,7 +1,8 @@
 """Neuron2Graph for units of one layer: split each unit's harvested top records, fit, evaluate, simulate.
 
-The split is analysis/splits.py's ``n2g_train_test`` (top 0::4 + 1::4 train, 2::4 + 3::4 held out), so the
-"n2g" simulator is scored on records its graph never saw.
+The split is analysis/splits.py's ``n2g_train_test`` (of the first 20 top records, 0::4 + 1::4 train and 2::4 +
+3::4 held out; ``N2GConfig.extra_records`` more from past them train too), so the "n2g" simulator is scored on
+records its graph never saw.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ class N2GResult:
 
 def evaluate(rec, graph: Graph, params: dict, seconds: float) -> N2GResult:
     """A unit's graph scored on its held-out top records, beside the token-lookup baseline fitted on the same
-    train records."""
-    train, test = n2g_train_test(rec)
+    train records (``params``' extra_records included)."""
+    train, extra, test = n2g_train_test(rec, params.get("extra_records", 0))
+    train = train + extra
     real = [list(r.activations) for r in test]
     predicted = [graph.predict(list(r.token_ids)) for r in test]
     lookup = token_lookup_predict(_pairs(train))
@@ -93,9 +95,10 @@ def fit_layer(subject, layer: int, neuron_records: list, config: N2GConfig = N2G
     for b in range(0, len(neuron_records), chunk):
         recs = neuron_records[b : b + chunk]
         t0 = time.perf_counter()
-        splits = {rec.unit.index: n2g_train_test(rec) for rec in recs}
-        graphs = fit_graphs(prober, {u: _pairs(tr) for u, (tr, _te) in splits.items()}, mask_id,
-                            {rec.unit.index: rec.stats.max for rec in recs}, config, skip)
+        splits = {rec.unit.index: n2g_train_test(rec, config.extra_records) for rec in recs}
+        graphs = fit_graphs(prober, {u: _pairs(tr) for u, (tr, _ex, _te) in splits.items()}, mask_id,
+                            {rec.unit.index: rec.stats.max for rec in recs}, config, skip,
+                            {u: _pairs(ex) for u, (_tr, ex, _te) in splits.items()})
         per_unit = (time.perf_counter() - t0) / len(recs)
         yield [evaluate(rec, graphs[rec.unit.index], params or config.to_json(), per_unit) for rec in recs]
 

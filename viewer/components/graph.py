@@ -127,7 +127,7 @@ def graph_panel(model_name: str, g, vocab: dict[int, str], others: dict[int, lis
                 + (", ".join(f"[{unit_name(UnitId(unit.source, unit.layer, u))}]"
                              f"({unit_url(model_name, UnitId(unit.source, unit.layer, u), tab='graph')}) {j:.2f}"
                              for u, j in near) or "none overlaps"))
-    _train, test = n2g_train_test(rec)
+    *_train, test = n2g_train_test(rec)
     graph = graph_of(g.patterns)
     st.markdown("**Held-out records**: real (top line) vs the graph's prediction")
     rows, labels = [], []
