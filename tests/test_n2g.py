@@ -413,6 +413,13 @@ def test_cli_n2g_extra_records_from_a_larger_top_k(viewer_db, tmp_path, capsys):
     assert main(["n2g", "--db", str(db0), "--model", model, "--layer", "1", "--neurons", "0", "--extra-records",
                  "6", "--quiet"]) == 2
     assert "harvest with --top-k above 20" in capsys.readouterr().err
+    corpus = str(db0.parent / "docs.jsonl")
+    build = ["build", "--db", str(db0), "--model", model, "--corpus", corpus, "--layers", "0,1", "--lenses", "n2g",
+             "--n2g-extra-records", "6", "--plan-only"]
+    assert main(build) == 2  # top-k left at 20
+    assert "needs a harvest with --top-k above 20" in capsys.readouterr().err
+    assert main(build + ["--top-k", "26"]) == 2  # the database's harvest is the top-20 one
+    assert "harvest kept 20 top records per unit" in capsys.readouterr().err
     db = tmp_path / "k26.duckdb"
     assert main(["harvest", "--model", model, "--corpus", str(db0.parent / "docs.jsonl"), "--db", str(db),
                  "--layers", "1", "--seq-len", "8", "--top-k", "26", "--quiet"]) == 0
@@ -438,3 +445,12 @@ def test_cli_n2g_extra_records_from_a_larger_top_k(viewer_db, tmp_path, capsys):
             assert n["baseline_firing"] == pytest.approx({"precision": lookup.precision, "recall": lookup.recall,
                                                           "f1": lookup.f1})
             assert s.graphs.get(run.run_id, UnitId(MLP, 1, n["neuron"])).params["extra_records"] == 6
+    # the same through one build command: its harvest keeps 26, its graphs fit the 6 extra records
+    built = tmp_path / "built.duckdb"
+    assert main(["build", "--db", str(built), "--model", model, "--corpus", str(db0.parent / "docs.jsonl"),
+                 "--layers", "1", "--lenses", "harvest,n2g", "--expensive-neurons", "0-1", "--top-k", "26",
+                 "--n2g-extra-records", "6", "--quiet"]) == 0
+    with open_store(built, read_only=True) as s:
+        run = s.runs.find(model, 1)
+        assert run.params["top_k"] == 26
+        assert s.graphs.get(run.run_id, UnitId(MLP, 1, 0)).params["extra_records"] == 6

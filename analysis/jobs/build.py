@@ -299,6 +299,16 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
                         f"the extra records: {20 + job.n2g_extra_records})")
     config = ExecutorConfig(job.executor, job.ray_address, job.ray_cpus)  # checks itself
     info, n_tokens, harvested = _subject_shape(job, db)
+    if harvested and job.n2g_extra_records and "n2g" in job.lenses:
+        from analysis.jobs.harvest import cached_run
+        from cache.store import open_store
+
+        with open_store(db, read_only=True) as store:
+            kept = cached_run(store, _harvest_job(job, job.layers)).params.get("top_k", 20)
+        if kept < 20 + job.n2g_extra_records:
+            raise UserError(f"{db}'s harvest kept {kept} top records per unit; --n2g-extra-records "
+                            f"{job.n2g_extra_records} needs {20 + job.n2g_extra_records}: build into another --db "
+                            f"with --top-k {20 + job.n2g_extra_records}")
     asked = parse_units(job.expensive_neurons, info.d_mlp, allow_all=True)
     units = {lens: info.d_mlp if lens in CHEAP else len(asked) for lens in LENSES}  # topics: per neuron, all modes
     costs = measured_costs(db, f"{info.model_id}|{job.device}")
