@@ -462,9 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
         "max_tokens": Opt("harvest a seeded subset of the corpus up to this many tokens"), "api": API,
         "top_k": Opt("top-activating windows the harvest keeps per unit (above 20: extra Neuron2Graph train "
                      "records)"),
-        "n2g_extra_records": Opt("Neuron2Graph also fits this many top records past the first 20, without "
-                                 "augmentation (needs --top-k 20 + that many; +0.04 F1 at layer 29, none at 15, "
-                                 "~1.7x the time)"),
+        "n2g_extra_records": Opt("Neuron2Graph also fits this many top records past the first 20, by pruning "
+                                 "only (needs --top-k 20 + that many; with 10: better graphs at layer 29, none at "
+                                 "15, ~1.25x its probe tokens)"),
         "executor": Opt("where the work runs: local (this process) or ray (tasks on a Ray cluster; needs "
                         "pip install -r requirements-ray.txt)", choices=("local", "ray")),
         "ray_address": Opt("with --executor ray: a running cluster, 'auto' (started on this machine with ray start "
@@ -537,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
         "force": Opt("rebuild graphs already in the cache"),
         "config": {"augment": Opt("skip augmentation (faster, less general graphs)"),
                    "extra_records": Opt("also fit this many top records past the first 20 (a harvest with --top-k "
-                                        "above 20), without augmentation; the held-out set stays the same")}})
+                                        "above 20), by pruning only; the held-out set stays the same")}})
     n.add_argument("--json", action="store_true", help="print graphs' held-out records and metrics as JSON")
 
     t = command("topics", cmd_topics, "word-pool topics per neuron (Lim & Lauw): exact, stored, resumable",

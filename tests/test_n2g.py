@@ -125,7 +125,7 @@ def test_every_firing_fits_the_tokens_below_each_records_max():
 
 def test_extra_records_are_fitted_without_augmentation_and_judge_the_cuts():
     """Main records show only B after A; an extra record's max is C after D. The graph learns C after D from it
-    without asking the language model about it; without extra records it never learns C. And generalise's cuts are
+    by pruning alone (no saliency, no language model); without extra records it never learns C. And generalise's cuts are
     judged on the extra records too."""
     main = [([30, A, B, 31], [0, 0, 5.0, 0])]
     extra = [([33, D, C, 34, C, 35], [0, 0, 4.0, 0, 0, 0])]
@@ -134,7 +134,8 @@ def test_extra_records_are_fitted_without_augmentation_and_judge_the_cuts():
     graph = fit_graphs(prober, {0: main}, MASK, {0: 5.0}, config, extra={0: extra})[0]
     # B's record augmented (D for A: silent; D for B: silent), C's record not
     assert sorted(graph.patterns()) == [([B], 5.0), ([B, D], 0.0), ([C, D], 4.0), ([D, A], 0.0)]
-    assert not any(p.lm and C in p.seq for p in prober.probes)  # the extra record was never augmented
+    assert not any(p.lm and C in p.seq for p in prober.probes)  # the extra record was never augmented,
+    assert not any(MASK in p.seq and C in p.seq for p in prober.probes)  # nor masked: pruning only
     assert graph.predict([D, C, 36, C]) == [0.0, 4.0, 0.0, 0.0]
     without = fit_graphs(TwoRulesProber(lm=[D]), {0: main}, MASK, {0: 5.0}, config)[0]
     assert C not in without.roots

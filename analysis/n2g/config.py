@@ -32,10 +32,11 @@ class N2GConfig:
     often fires on several tokens, and a graph fitted on the max alone cannot predict the others."""
     extra_records: int = 0
     """Also fit up to this many top records past the first 20 (``analysis.splits.N2G_HEAD``; a harvest with
-    ``--top-k`` above 20 has them), at their max, with pruning and saliency only (no augmentation), and judge
-    ``generalise``'s cuts on them too. The held-out set stays the first 20's 2::4 + 3::4, and the token-lookup
-    baseline is fitted on the same train records. More root tokens seen firing: +0.02 F1 over token-lookup on the
-    tuning sample at ~1.3-1.7x the time (bench/RESULTS.md)."""
+    ``--top-k`` above 20 has them), at their max, by pruning only (the pruned context whole, no saliency or
+    augmentation), and judge ``generalise``'s cuts on them too: it cuts their contexts. The held-out set stays
+    the first 20's 2::4 + 3::4, and the token-lookup baseline is fitted on the same train records. With 10: more
+    root tokens seen firing, F1 over token-lookup +0.035 at layer 29 on a fresh sample, no gain at layer 15, for
+    ~1.25x the probe tokens (bench/RESULTS.md); saliency and augmentation on them cost more for no better F1."""
     generalise: bool = True
     """Cut each firing pattern to the part of it that predicts the train records best (see generalise)."""
 

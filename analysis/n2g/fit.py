@@ -13,7 +13,6 @@ at its own last real token).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Generator, Iterator, Sequence
 
@@ -71,7 +70,9 @@ def _pattern(context: Sequence[int], keep: set[int]) -> list[int]:
 
 
 def _fit_record(tokens: list[int], pos: int, activation: float, unit: int, mask_id: int, skip_ids: frozenset[int],
-                config: N2GConfig) -> Generator[list[Probe], list[Answer], list[Pattern]]:
+                config: N2GConfig, prune_only: bool = False) -> Generator[list[Probe], list[Answer], list[Pattern]]:
+    """The record's patterns; ``prune_only``: its pruned context whole (for ``generalise`` to cut), no saliency,
+    no augmentation."""
     lo = max(0, pos - config.max_context)
 
     # 1. prune: the shortest context ending at pos that keeps `keep` of the record's activation
@@ -88,6 +89,8 @@ def _fit_record(tokens: list[int], pos: int, activation: float, unit: int, mask_
         break
     if pruned <= 0:
         return []
+    if prune_only:
+        return [(_pattern(context, set(range(len(context) - 1))), activation)]
 
     # 2. saliency: the fraction of the activation lost when each context token is masked
     masked = [Probe(tuple(context[:i] + [mask_id] + context[i + 1 :])) for i in range(len(context) - 1)]
@@ -166,14 +169,14 @@ def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[flo
                ) -> dict[int, Graph]:
     """One graph per unit from its train ``records`` ((token ids, activations) of real tokens, no padding): each
     record's max is fitted, and up to ``config.every_firing`` more of its firing tokens. ``extra``: more train
-    records per unit, fitted at their max with pruning and saliency only (``config.extra_records``).
+    records per unit, fitted at their max by pruning only, their pruned context whole until ``generalise`` cuts it
+    (``config.extra_records``).
     ``max_activation``: each unit's max, for the firing threshold (``FIRING_FRACTION`` x max) that ``generalise``
     uses, judged on all of a unit's train records."""
     graphs = {unit: Graph() for unit in records}
     skip = frozenset(skip_ids)
     extra = extra or {}
     judged = {unit: recs + extra.get(unit, []) for unit, recs in records.items()}
-    plain = dataclasses.replace(config, augment=False)
     active: list[tuple[int, Generator, list[Probe]]] = []
 
     def step(unit: int, gen: Generator, answers: list[Answer] | None) -> None:
@@ -206,7 +209,7 @@ def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[flo
         for tokens, acts in extra.get(unit, []):
             if tokens and max(acts) > 0:
                 pos = int(np.argmax(acts))
-                step(unit, _fit_record(list(tokens), pos, float(acts[pos]), unit, mask_id, skip, plain), None)
+                step(unit, _fit_record(list(tokens), pos, float(acts[pos]), unit, mask_id, skip, config, True), None)
     while active:
         batch, active = active, []
         unique = list(dict.fromkeys(p for _u, _g, probes in batch for p in probes))
