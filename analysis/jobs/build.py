@@ -20,6 +20,7 @@ from analysis.api import ApiConfig
 from analysis.config import DEFAULT_CORPUS, DEFAULT_MODEL
 from analysis.executor import ExecutorConfig, ProcessExecutor, cores, make_executor
 from analysis.progress import Progress
+from analysis.splits import N2G_HEAD
 from analysis.types import UserError
 
 LENSES = ("harvest", "baselines", "topics", "n2g", "effects", "explain", "score")
@@ -294,9 +295,10 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
 
     budget_s = parse_budget(job.budget)
     check_device(job.device)
-    if job.n2g_extra_records and job.top_k <= 20:
-        raise UserError(f"--n2g-extra-records {job.n2g_extra_records} needs a harvest with --top-k above 20 (20 + "
-                        f"the extra records: {20 + job.n2g_extra_records})")
+    need_k = N2G_HEAD + job.n2g_extra_records
+    if job.n2g_extra_records and job.top_k <= N2G_HEAD:
+        raise UserError(f"--n2g-extra-records {job.n2g_extra_records} needs a harvest with --top-k above {N2G_HEAD} "
+                        f"({N2G_HEAD} + the extra records: {need_k})")
     config = ExecutorConfig(job.executor, job.ray_address, job.ray_cpus)  # checks itself
     info, n_tokens, harvested = _subject_shape(job, db)
     if harvested and job.n2g_extra_records and "n2g" in job.lenses:
@@ -304,11 +306,10 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
         from cache.store import open_store
 
         with open_store(db, read_only=True) as store:
-            kept = cached_run(store, _harvest_job(job, job.layers)).params.get("top_k", 20)
-        if kept < 20 + job.n2g_extra_records:
+            kept = cached_run(store, _harvest_job(job, job.layers)).params.get("top_k", N2G_HEAD)
+        if kept < need_k:
             raise UserError(f"{db}'s harvest kept {kept} top records per unit; --n2g-extra-records "
-                            f"{job.n2g_extra_records} needs {20 + job.n2g_extra_records}: build into another --db "
-                            f"with --top-k {20 + job.n2g_extra_records}")
+                            f"{job.n2g_extra_records} needs {need_k}: build into another --db with --top-k {need_k}")
     asked = parse_units(job.expensive_neurons, info.d_mlp, allow_all=True)
     units = {lens: info.d_mlp if lens in CHEAP else len(asked) for lens in LENSES}  # topics: per neuron, all modes
     costs = measured_costs(db, f"{info.model_id}|{job.device}")
