@@ -103,7 +103,10 @@ def graph_panel(model_name: str, g, vocab: dict[int, str], others: dict[int, lis
     graphs of its layer (``others``: unit index -> patterns), held-out records real vs predicted."""
     unit = rec.unit
     m = g.metrics
-    st.markdown(f"**{len(g.patterns)} patterns** · fitted on 10 top records, scored on 10 held-out ones · "
+    train, extra, test = n2g_train_test(rec, g.params.get("extra_records", 0))
+    more = f" (+ {len(extra)} past the first 20, by pruning only)" if extra else ""
+    st.markdown(f"**{len(g.patterns)} patterns** · fitted on {len(train)} top records{more}, scored on {len(test)} "
+                "held-out ones · "
                 f"a token fires at ≥ {FIRING_FRACTION:g} × max = {FIRING_FRACTION * g.max_activation:.3g} · "
                 f"augmentation {'on' if g.params.get('augment') else 'off'} · fitted in {g.seconds:.1f} s (its share "
                 "of its batch)")
@@ -127,7 +130,6 @@ def graph_panel(model_name: str, g, vocab: dict[int, str], others: dict[int, lis
                 + (", ".join(f"[{unit_name(UnitId(unit.source, unit.layer, u))}]"
                              f"({unit_url(model_name, UnitId(unit.source, unit.layer, u), tab='graph')}) {j:.2f}"
                              for u, j in near) or "none overlaps"))
-    *_train, test = n2g_train_test(rec)
     graph = graph_of(g.patterns)
     st.markdown("**Held-out records**: real (top line) vs the graph's prediction")
     rows, labels = [], []
