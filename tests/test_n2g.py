@@ -112,21 +112,20 @@ class TwoRulesProber(PlantedProber):
 def test_every_firing_fits_the_tokens_below_each_records_max():
     """The unit fires 5.0 on B after A and 4.0 on C after D; every record's max is a B. Fitted on the max alone
     the graph never learns C; with ``every_firing`` it learns C after D (and C alone stays silent)."""
-    Prober = TwoRulesProber
     train = [([30, A, B, 31, D, C, 32, C], [0, 0, 5.0, 0, 0, 4.0, 0, 0]),
              ([33, D, C, 34, A, B, C, 35], [0, 0, 4.0, 0, 0, 5.0, 0, 0])]
     config = N2GConfig(augment=False)
-    only_max = fit_graphs(Prober(), {0: train}, MASK, {0: 5.0}, config)[0]
+    only_max = fit_graphs(TwoRulesProber(), {0: train}, MASK, {0: 5.0}, config)[0]
     assert C not in only_max.roots
-    graph = fit_graphs(Prober(), {0: train}, MASK, {0: 5.0}, N2GConfig(augment=False, every_firing=2))[0]
+    graph = fit_graphs(TwoRulesProber(), {0: train}, MASK, {0: 5.0}, N2GConfig(augment=False, every_firing=2))[0]
     assert sorted(graph.patterns()) == [([B], 5.0), ([C, D], 4.0)]  # B always fires: its context was cut
     assert graph.predict([D, C, 36, C]) == [0.0, 4.0, 0.0, 0.0]
 
 
-def test_extra_records_are_fitted_without_augmentation_and_judge_the_cuts():
+def test_extra_records_are_fitted_by_pruning_only_and_judge_the_cuts():
     """Main records show only B after A; an extra record's max is C after D. The graph learns C after D from it
-    by pruning alone (no saliency, no language model); without extra records it never learns C. And generalise's cuts are
-    judged on the extra records too."""
+    by pruning alone (no saliency, no language model); without extra records it never learns C. And generalise's
+    cuts are judged on the extra records too."""
     main = [([30, A, B, 31], [0, 0, 5.0, 0])]
     extra = [([33, D, C, 34, C, 35], [0, 0, 4.0, 0, 0, 0])]
     config = N2GConfig(augment=True, substitutes=1)
@@ -422,7 +421,7 @@ def test_cli_n2g_extra_records_from_a_larger_top_k(viewer_db, tmp_path, capsys):
     assert main(build + ["--top-k", "26"]) == 2  # the database's harvest is the top-20 one
     assert "harvest kept 20 top records per unit" in capsys.readouterr().err
     db = tmp_path / "k26.duckdb"
-    assert main(["harvest", "--model", model, "--corpus", str(db0.parent / "docs.jsonl"), "--db", str(db),
+    assert main(["harvest", "--model", model, "--corpus", corpus, "--db", str(db),
                  "--layers", "1", "--seq-len", "8", "--top-k", "26", "--quiet"]) == 0
     capsys.readouterr()
     assert main(["n2g", "--db", str(db), "--model", model, "--layer", "1", "--neurons", "0-3", "--extra-records", "6",
@@ -448,7 +447,7 @@ def test_cli_n2g_extra_records_from_a_larger_top_k(viewer_db, tmp_path, capsys):
             assert s.graphs.get(run.run_id, UnitId(MLP, 1, n["neuron"])).params["extra_records"] == 6
     # the same through one build command: its harvest keeps 26, its graphs fit the 6 extra records
     built = tmp_path / "built.duckdb"
-    assert main(["build", "--db", str(built), "--model", model, "--corpus", str(db0.parent / "docs.jsonl"),
+    assert main(["build", "--db", str(built), "--model", model, "--corpus", corpus,
                  "--layers", "1", "--lenses", "harvest,n2g", "--expensive-neurons", "0-1", "--top-k", "26",
                  "--n2g-extra-records", "6", "--quiet"]) == 0
     with open_store(built, read_only=True) as s:

@@ -307,7 +307,7 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
 
         with open_store(db, read_only=True) as store:
             kept = cached_run(store, _harvest_job(job, job.layers)).params.get("top_k", N2G_HEAD)
-        if kept < need_k:
+        if kept <= N2G_HEAD:  # the rule of the n2g job, checked before any stage runs
             raise UserError(f"{db}'s harvest kept {kept} top records per unit; --n2g-extra-records "
                             f"{job.n2g_extra_records} needs {need_k}: build into another --db with --top-k {need_k}")
     asked = parse_units(job.expensive_neurons, info.d_mlp, allow_all=True)

@@ -17,7 +17,7 @@ import streamlit as st
 from analysis.n2g.evaluate import FIRING_FRACTION
 from analysis.n2g.graph import ANY, similar
 from analysis.n2g.pipeline import graph_of
-from analysis.splits import n2g_train_test
+from analysis.splits import N2G_HEAD, n2g_train_test
 from analysis.types import TokenActivations, UnitId
 from viewer.components.heatmap import records_html
 from viewer.components.picker import unit_name, unit_url
@@ -104,7 +104,7 @@ def graph_panel(model_name: str, g, vocab: dict[int, str], others: dict[int, lis
     unit = rec.unit
     m = g.metrics
     train, extra, test = n2g_train_test(rec, g.params.get("extra_records", 0))
-    more = f" (+ {len(extra)} past the first 20, by pruning only)" if extra else ""
+    more = f" (+ {len(extra)} past the first {N2G_HEAD}, by pruning only)" if extra else ""
     st.markdown(f"**{len(g.patterns)} patterns** · fitted on {len(train)} top records{more}, scored on {len(test)} "
                 "held-out ones · "
                 f"a token fires at ≥ {FIRING_FRACTION:g} × max = {FIRING_FRACTION * g.max_activation:.3g} · "
