@@ -460,11 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
         "plan_only": Opt("print the plan and stop"), "device": DEVICE,
         "explainer": Opt("explainer of the explain lens"), "simulator": Opt("simulator of the score lens"),
         "max_tokens": Opt("harvest a seeded subset of the corpus up to this many tokens"), "api": API,
-        "top_k": Opt("top-activating windows the harvest keeps per unit (above 20: extra Neuron2Graph train "
-                     "records)"),
-        "n2g_extra_records": Opt("Neuron2Graph also fits this many top records past the first 20, by pruning "
-                                 "only (needs --top-k 20 + that many; with 10: better graphs at layer 29, none at "
-                                 "15, ~1.25x its probe tokens)"),
+        "top_k": Opt("top-activating windows the harvest keeps per unit (the explainers and scores use the first "
+                     "20; those past them are extra Neuron2Graph train records)"),
+        "n2g_extra_records": Opt("Neuron2Graph also fits up to this many top records past the first 20, by "
+                                 "pruning only (0: none; with 10: better graphs at layer 29, at 15 depending "
+                                 "on the sample, ~1.25x its probe tokens)"),
         "executor": Opt("where the work runs: local (this process) or ray (tasks on a Ray cluster; needs "
                         "pip install -r requirements-ray.txt)", choices=("local", "ray")),
         "ray_address": Opt("with --executor ray: a running cluster, 'auto' (started on this machine with ray start "
@@ -536,8 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
         "dtype": Opt("bfloat16 is ~2x faster on CPUs with AVX512-BF16, at bf16 precision", choices=DTYPE),
         "force": Opt("rebuild graphs already in the cache"),
         "config": {"augment": Opt("skip augmentation (faster, less general graphs)"),
-                   "extra_records": Opt("also fit this many top records past the first 20 (a harvest with --top-k "
-                                        "above 20), by pruning only; the held-out set stays the same")}})
+                   "extra_records": Opt("also fit up to this many top records past the first 20 (the default "
+                                        "harvest keeps 30; 0: none), by pruning only; the held-out set stays the "
+                                        "same")}})
     n.add_argument("--json", action="store_true", help="print graphs' held-out records and metrics as JSON")
 
     t = command("topics", cmd_topics, "word-pool topics per neuron (Lim & Lauw): exact, stored, resumable",

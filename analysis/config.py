@@ -38,7 +38,10 @@ class HarvestConfig:
     """The layers to harvest (a job sets them from its layer spec)."""
     seq_len: int = 64
     """Tokens per window (OpenAI's records are 64 tokens)."""
-    top_k: int = 20
+    top_k: int = 30
+    """Top-activating windows kept per unit. The explainers and every scored set use the first 20 (OpenAI's
+    count, ``analysis.splits``); the 10 past them are Neuron2Graph's extra train records (``N2GConfig.extra_records``:
+    better graphs at depth, bench/RESULTS.md)."""
     random_k: int = 20
     """Size of each unit's uniform random sample (OpenAI's random_sample)."""
     quantile_bins: int = 5

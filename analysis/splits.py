@@ -1,6 +1,7 @@
 """Which of a unit's records each method may learn from and which it is scored on: the one place for splits.
 
-Splits follow OpenAI's interleaving of a ``UnitRecord``'s two record lists:
+Splits follow OpenAI's interleaving of a ``UnitRecord``'s two record lists, over the first ``N2G_HEAD`` (20) top
+records (OpenAI's count):
 
 ================  ===============================  ==========================
 split             top records (highest first)      random sample
@@ -11,9 +12,10 @@ valid             2::4                             1::3
 test              3::4                             2::3
 ================  ===============================  ==========================
 
-Neuron2Graph trains on top 0::4 + 1::4 (explainer train + calibration) and holds out top 2::4 + 3::4, of the
-first ``N2G_HEAD`` (20) top records; a harvest with a larger top-k gives it extra train records, the ones past
-those 20 (``N2GConfig.extra_records``), and leaves its held-out set as it is.
+Neuron2Graph trains on top 0::4 + 1::4 (explainer train + calibration) and holds out top 2::4 + 3::4. The top
+records past the first 20 (the default harvest keeps 30) are Neuron2Graph's extra train records
+(``N2GConfig.extra_records``) and no other split's: the explainers see the same 5 records, and every scored set
+is the same, whatever the harvest's top-k.
 
 Scoring sets, of at most ``2 n`` records: "top-and-random" is valid top [:n] + valid random [:n] (valid top of
 the first ``N2G_HEAD`` only: past them, Neuron2Graph may train);
@@ -42,13 +44,14 @@ def _unseen_random(rec: UnitRecord) -> list[ActivationRecord]:
 
 
 def explainer_train(rec: UnitRecord) -> list[ActivationRecord]:
-    """The records the explainer sees: top 0::4."""
-    return rec.most_positive_activation_records[0::4]
+    """The records the explainer sees: top 0::4 (of the first 20)."""
+    return rec.most_positive_activation_records[:N2G_HEAD][0::4]
 
 
 def calibration(rec: UnitRecord) -> list[ActivationRecord]:
-    """Records for calibrating a simulator's scale: top 1::4, then random 0::3 (of the unseen random sample)."""
-    return rec.most_positive_activation_records[1::4] + _unseen_random(rec)[0::3]
+    """Records for calibrating a simulator's scale: top 1::4 (of the first 20), then random 0::3 (of the unseen
+    random sample)."""
+    return rec.most_positive_activation_records[:N2G_HEAD][1::4] + _unseen_random(rec)[0::3]
 
 
 def scoring_records(rec: UnitRecord, scoring_set: str, n: int = 5) -> list[ActivationRecord]:

@@ -8,7 +8,7 @@ were tuned on; ``--seed S`` draws another one, seeded by (S, layer), for a measu
 fitted in one batch (as `python -m analysis n2g` does per chunk) without and with augmentation; the token-lookup baseline is fitted on the same train records.
 ``--set`` changes N2GConfig fields for every fit; each ``--variant`` adds an augmented fit with fields changed, in the
 same run, for speed ratios (``row_tokens=1``: the prober runs every probe as its own sequence, no shared prefixes,
-as before packing; ``extra_records=10`` on a database harvested with ``--top-k 30``: 10 more train records).
+as before packing; ``extra_records=0``: without the 10 extra train records a top-30 harvest gives by default).
 Prints a markdown table; nothing is written to the cache.
 """
 
@@ -99,7 +99,7 @@ def main() -> None:
                     print(f"L{layer} {dtype}: {x['variant']} / defaults = {x['s'] / base['s']:.2f}x time", flush=True)
     seed = "the layer" if args.seed is None else f"({args.seed}, layer)"
     print(f"\n{args.neurons} random neurons per layer (seed {seed}), 10 train / 10 held-out top records each "
-          f"(+ extra_records train records past the first 20 in variants that set it), "
+          f"(+ up to extra_records train records past the first 20: {N2GConfig.extra_records} unless set), "
           f"{''.join(x + ', ' for x in args.set)}{args.threads} threads\n")
     print("| layer | dtype | augment | prober | variant | s/neuron | tokens/neuron (to layer / whole model) | "
           "patterns | N2G firing P/R/F1 | token-lookup P/R/F1 | ΔF1 |")
@@ -109,7 +109,7 @@ def main() -> None:
               f"{'packed' if x['packed'] else 'one per row'} | {x['variant'] or '-'} | {x['s']:.2f} | "
               f"{x['tok_layer']:.0f} / {x['tok_lm']:.0f} | {x['patterns']:.0f} | "
               f"{x['p']:.2f}/{x['r']:.2f}/{x['f1']:.2f} | {x['bp']:.2f}/{x['br']:.2f}/{x['bf1']:.2f} | "
-              f"{x['f1'] - x['bf1']:+.2f} |")
+              f"{x['f1'] - x['bf1']:+.3f} |")
 
 
 if __name__ == "__main__":

@@ -316,8 +316,10 @@ def test_cli_n2g_json_recomputes_resumes_and_scores(n2g_db, capsys):
         for n in neurons:
             rec = s.records.unit_record(run, UnitId(MLP, 1, n["neuron"]))
             top = [r.window_id for r in rec.most_positive_activation_records]
+            head = top[:20]  # the default harvest keeps 30: those past the first 20 train only
             held = [r["window_id"] for r in n["records"]]
-            assert held == top[2::4] + top[3::4] and not set(held) & set(top[0::4] + top[1::4])
+            assert len(top) == 30 and held == head[2::4] + head[3::4]
+            assert not set(held) & set(head[0::4] + head[1::4] + top[20:])
             real = np.concatenate([r["real"] for r in n["records"]])
             pred = np.concatenate([r["predicted"] for r in n["records"]])
             thr = 0.5 * n["max_activation"]
@@ -401,7 +403,8 @@ def test_cli_n2g_interrupted_then_resumed(viewer_db, tmp_path, monkeypatch, caps
 def test_cli_n2g_extra_records_from_a_larger_top_k(viewer_db, tmp_path, capsys):
     """A harvest with top-k 26 gives Neuron2Graph 6 extra train records: the held-out records stay the first 20's
     2::4 + 3::4, and the token-lookup baseline beside the graph is the one fitted on train + extra (recomputed
-    here by hand). On a top-20 harvest --extra-records is refused with a clear message."""
+    here by hand). A top-20 harvest has none to give: the graphs are fitted without, and the job says so; a build
+    asked for another top-k than its database's harvest kept says it uses that harvest."""
     import json
 
     from analysis.__main__ import main
@@ -409,17 +412,21 @@ def test_cli_n2g_extra_records_from_a_larger_top_k(viewer_db, tmp_path, capsys):
     from cache.store import open_store
 
     db0, model = viewer_db
-    capsys.readouterr()
-    assert main(["n2g", "--db", str(db0), "--model", model, "--layer", "1", "--neurons", "0", "--extra-records",
-                 "6", "--quiet"]) == 2
-    assert "harvest with --top-k above 20" in capsys.readouterr().err
     corpus = str(db0.parent / "docs.jsonl")
-    build = ["build", "--db", str(db0), "--model", model, "--corpus", corpus, "--layers", "0,1", "--lenses", "n2g",
-             "--n2g-extra-records", "6", "--plan-only"]
-    assert main(build) == 2  # top-k left at 20
-    assert "needs a harvest with --top-k above 20" in capsys.readouterr().err
-    assert main(build + ["--top-k", "26"]) == 2  # the database's harvest is the top-20 one
-    assert "harvest kept 20 top records per unit" in capsys.readouterr().err
+    db20 = tmp_path / "k20.duckdb"
+    assert main(["harvest", "--model", model, "--corpus", corpus, "--db", str(db20),
+                 "--layers", "1", "--seq-len", "8", "--top-k", "20", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["n2g", "--db", str(db20), "--model", model, "--layer", "1", "--neurons", "0", "--json"]) == 0
+    out = capsys.readouterr()
+    assert "no extra train records: this harvest kept 20 top records per unit" in out.err
+    assert len(json.loads(out.out)["neurons"][0]["records"]) == 10
+    build = ["build", "--db", str(db20), "--model", model, "--corpus", corpus, "--layers", "1", "--lenses", "n2g",
+             "--plan-only"]
+    assert main(build) == 0
+    assert "harvest kept 20 top records per unit (not --top-k 30): it is used as it is" in capsys.readouterr().err
+    assert main(build + ["--top-k", "20"]) == 0
+    assert "harvest kept" not in capsys.readouterr().err
     db = tmp_path / "k26.duckdb"
     assert main(["harvest", "--model", model, "--corpus", corpus, "--db", str(db),
                  "--layers", "1", "--seq-len", "8", "--top-k", "26", "--quiet"]) == 0
@@ -445,12 +452,12 @@ def test_cli_n2g_extra_records_from_a_larger_top_k(viewer_db, tmp_path, capsys):
             assert n["baseline_firing"] == pytest.approx({"precision": lookup.precision, "recall": lookup.recall,
                                                           "f1": lookup.f1})
             assert s.graphs.get(run.run_id, UnitId(MLP, 1, n["neuron"])).params["extra_records"] == 6
-    # the same through one build command: its harvest keeps 26, its graphs fit the 6 extra records
+    # one build command with the defaults: its harvest keeps 30, its graphs fit the 10 past the first 20
     built = tmp_path / "built.duckdb"
     assert main(["build", "--db", str(built), "--model", model, "--corpus", corpus,
-                 "--layers", "1", "--lenses", "harvest,n2g", "--expensive-neurons", "0-1", "--top-k", "26",
-                 "--n2g-extra-records", "6", "--quiet"]) == 0
+                 "--layers", "1", "--lenses", "harvest,n2g", "--expensive-neurons", "0-1", "--quiet"]) == 0
     with open_store(built, read_only=True) as s:
         run = s.runs.find(model, 1)
-        assert run.params["top_k"] == 26
-        assert s.graphs.get(run.run_id, UnitId(MLP, 1, 0)).params["extra_records"] == 6
+        assert run.params["top_k"] == 30
+        assert len(s.records.unit_record(run, UnitId(MLP, 1, 0)).most_positive_activation_records) == 30
+        assert s.graphs.get(run.run_id, UnitId(MLP, 1, 0)).params["extra_records"] == 10

@@ -70,8 +70,8 @@ def test_the_synthetic_random_samples_repeat_top_windows_of_every_split():
 @pytest.mark.parametrize("n", [1, 5, 10])
 def test_splits_equal_the_old_rules(n):
     for rec in UNITS:
-        assert explainer_train(rec) == old_train_records(rec)
-        if len(rec.most_positive_activation_records) <= N2G_HEAD:  # the old rule covered every top record
+        if len(rec.most_positive_activation_records) <= N2G_HEAD:  # the old rules covered every top record
+            assert explainer_train(rec) == old_train_records(rec)
             train, extra, test = n2g_train_test(rec, extra=5)
             assert (train, test) == old_split_records(rec) and extra == []
         for scoring_set in SCORING_SETS:
@@ -80,10 +80,20 @@ def test_splits_equal_the_old_rules(n):
 
 
 def test_calibration_is_top_1_of_4_and_random_0_of_3_of_the_unseen_random_sample():
-    for rec in UNITS:
+    for rec in UNITS + BIG:
         top = rec.most_positive_activation_records
-        unseen = [r for r in rec.random_sample if r.window_id not in _ids(top[0::4] + top[1::4])]
-        assert calibration(rec) == top[1::4] + unseen[0::3]
+        head = top[:20]
+        unseen = [r for r in rec.random_sample if r.window_id not in _ids(head[0::4] + head[1::4] + top[20:])]
+        assert calibration(rec) == head[1::4] + unseen[0::3]
+
+
+def test_the_explainer_sees_the_first_20s_records_whatever_the_top_k():
+    """Top records past the first 20 are Neuron2Graph's extra train records only: the explainer and the
+    calibration see what a top-20 harvest gives them (5 records each)."""
+    for rec in BIG + [u for u in UNITS if len(u.most_positive_activation_records) > 20]:
+        head = rec.most_positive_activation_records[:20]
+        assert explainer_train(rec) == head[0::4] and len(explainer_train(rec)) == 5
+        assert calibration(rec)[:5] == head[1::4]
 
 
 def test_no_scored_record_is_a_train_window():

@@ -35,7 +35,7 @@ def test_neuron_page_from_a_permalink(viewer_db, monkeypatch):
     assert not at.exception
     assert at.title[0].value.endswith("L1 · N3")
     body = _all_html(at)
-    assert body.count('class="rec"') == 20  # the top-20 windows
+    assert body.count('class="rec"') == 30  # the top-30 windows (the default harvest's)
     # the corpus holds '<script>alert(1)</script>' and '<img src=x onerror=...>': they show as text
     assert _tags(body) <= {"style", "div", "span", "br", "a", "code"}  # (a, code: the glance header)
     assert "&lt;" in body and "script" in body
@@ -262,15 +262,17 @@ def test_graph_tab_search_and_compare(n2g_db, monkeypatch):
     with open_store(db, read_only=True) as s:
         run = s.runs.find(model, 1)
         g = max((s.graphs.get(run.run_id, UnitId(MLP, 1, u)) for u in range(12)), key=lambda g: len(g.patterns))
-        firing = [p for p, v in g.patterns if v >= 0.5 * g.max_activation]
-        token = s.catalog.vocab(s.catalog.model(model).tokenizer_id, [firing[0][0]])[firing[0][0]]
+        roots = [p[0] for p, v in g.patterns if v >= 0.5 * g.max_activation]
+        vocab = s.catalog.vocab(s.catalog.model(model).tokenizer_id, roots)
+        token = next(vocab[t] for t in roots if vocab[t].strip() and "|" not in vocab[t])  # one the box can search
     at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=g.unit.index, tab="graph")
     assert not at.exception and not at.error
     table = at.dataframe[0].value
     assert list(table[""]) == ["Neuron2Graph", "token-lookup"]
     assert table["firing F1"][0] == round(g.metrics["firing"]["f1"], 3)
     assert any("Similar graphs in layer 1" in m.value for m in at.markdown)
-    assert any("fitted on 10 top records, scored on 10 held-out ones" in m.value for m in at.markdown)
+    assert any("fitted on 10 top records (+ 10 past the first 20, by pruning only), scored on 10 held-out ones"
+               in m.value for m in at.markdown)  # the defaults: a top-30 harvest, 10 extra train records
     body = _all_html(at)
     assert body.count('class="rec"') == 20 and body.count("predicted") == 10  # 10 held-out records, real + predicted
     assert _tags(body) <= {"style", "div", "span", "br", "a", "code"}  # (a, code: the glance header)

@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from analysis.api import ApiConfig
-from analysis.config import DEFAULT_CORPUS, DEFAULT_MODEL
+from analysis.config import DEFAULT_CORPUS, DEFAULT_MODEL, HarvestConfig
 from analysis.executor import ExecutorConfig, ProcessExecutor, cores, make_executor
+from analysis.n2g.config import N2GConfig
 from analysis.progress import Progress
 from analysis.splits import N2G_HEAD
 from analysis.types import UserError
@@ -30,12 +31,12 @@ CHEAP = ("harvest", "baselines")
 """Built for every unit of every asked layer whatever the budget; the others ("expensive") for
 ``expensive_layers`` x ``expensive_neurons``, under a budget for as many of those layers as fit."""
 
-PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.020, "topics": 0.11, "n2g": 1.8, "effects": 7.0,
+PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.020, "topics": 0.11, "n2g": 2.2, "effects": 7.0,
               "explain": 5.4, "score": 10.0}
 """Seconds per unit on the project's 2-core VM, fp32, SmolLM2-135M (bench/RESULTS.md): harvest per corpus token
-through all 30 layers; baselines = token-lookup explanation + baseline score; n2g at depth with augmentation;
-effects over 20 records; topics all five modes in a worker process per core; explain / score with the local
-backends (score with calibration)."""
+through all 30 layers; baselines = token-lookup explanation + baseline score; n2g at depth with augmentation and
+10 extra train records (1.8 s without them); effects over 20 records; topics all five modes in a worker process
+per core; explain / score with the local backends (score with calibration)."""
 MIN_MEASURED = {"topics": 256}
 """Fewest units a stage's measurement must cover before it is recorded as this machine's cost per unit (else 8):
 a few topic units cost mostly their layers' fixed work (projection, records, loading, a first compile) and run in
@@ -44,7 +45,7 @@ whole layers take 0.1 s, so the next plan said ≈ 23 h for the model's topics."
 PROJECT_VM_ONCE = {"topics": 180.0}
 """Seconds a lens spends once for a database on the project VM, whatever its units: topics count the reference
 corpus's NPMI statistics (reference-en: ≈ 2-3.5 min; kept beside the database, so only a first build pays)."""
-PROJECT_DISK = {"harvest": 7_450.0, "baselines": 8_600.0, "topics": 48_400.0, "n2g": 4_000.0, "effects": 600.0,
+PROJECT_DISK = {"harvest": 8_900.0, "baselines": 8_600.0, "topics": 48_400.0, "n2g": 4_000.0, "effects": 600.0,
                 "explain": 300.0, "score": 2_000.0}
 """Bytes of database per unit (the harvest: per harvested neuron) measured by the demo build (bench/RESULTS.md)."""
 
@@ -73,10 +74,10 @@ class BuildJob:
     api: ApiConfig = field(default_factory=ApiConfig)
     max_tokens: int | None = None
     """Harvest a seeded subset of the corpus up to this many tokens (None: all of it)."""
-    top_k: int = 20
-    """Top-activating windows the harvest keeps per unit (above 20: extra Neuron2Graph train records)."""
-    n2g_extra_records: int = 0
-    """Neuron2Graph's ``N2GConfig.extra_records`` (needs ``top_k`` of 20 + that many)."""
+    top_k: int = HarvestConfig.top_k
+    """Top-activating windows the harvest keeps per unit (past the first 20: Neuron2Graph's extra train records)."""
+    n2g_extra_records: int = N2GConfig.extra_records
+    """Neuron2Graph's ``N2GConfig.extra_records`` (up to that many of the top records past the first 20)."""
     executor: str = "local"
     """local (this process) or ray (tasks on a Ray cluster; results written here, by this process only)."""
     ray_address: str | None = None
@@ -295,21 +296,17 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
 
     budget_s = parse_budget(job.budget)
     check_device(job.device)
-    need_k = N2G_HEAD + job.n2g_extra_records
-    if job.n2g_extra_records and job.top_k <= N2G_HEAD:
-        raise UserError(f"--n2g-extra-records {job.n2g_extra_records} needs a harvest with --top-k above {N2G_HEAD} "
-                        f"({N2G_HEAD} + the extra records: {need_k})")
     config = ExecutorConfig(job.executor, job.ray_address, job.ray_cpus)  # checks itself
     info, n_tokens, harvested = _subject_shape(job, db)
-    if harvested and job.n2g_extra_records and "n2g" in job.lenses:
+    if harvested:
         from analysis.jobs.harvest import cached_run
         from cache.store import open_store
 
         with open_store(db, read_only=True) as store:
             kept = cached_run(store, _harvest_job(job, job.layers)).params.get("top_k", N2G_HEAD)
-        if kept <= N2G_HEAD:  # the rule of the n2g job, checked before any stage runs
-            raise UserError(f"{db}'s harvest kept {kept} top records per unit; --n2g-extra-records "
-                            f"{job.n2g_extra_records} needs {need_k}: build into another --db with --top-k {need_k}")
+        if kept != job.top_k:
+            progress.note(f"{db}'s harvest kept {kept} top records per unit (not --top-k {job.top_k}): it is used as "
+                          f"it is; a harvest with another top-k goes into another --db")
     asked = parse_units(job.expensive_neurons, info.d_mlp, allow_all=True)
     units = {lens: info.d_mlp if lens in CHEAP else len(asked) for lens in LENSES}  # topics: per neuron, all modes
     costs = measured_costs(db, f"{info.model_id}|{job.device}")

@@ -11,7 +11,7 @@ from analysis.jobs.common import (cached_model, load_cached_subject, load_dictio
 from analysis.progress import Progress
 from analysis.n2g.config import N2GConfig
 from analysis.splits import N2G_HEAD
-from analysis.types import MLP, UnitId, UserError
+from analysis.types import MLP, UnitId
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,11 @@ def n2g(job: N2GJob, db: Path, progress: Progress = Progress(), with_cached: boo
     units = parse_units(job.neurons, n, "neurons" if sae is None else "features", allow_all=True)
     recs = unit_records(db, job.model, job.layer, units, job.source)
     run_id = recs[units[0]].run_id
-    if job.config.extra_records and max(len(r.most_positive_activation_records) for r in recs.values()) <= N2G_HEAD:
-        raise UserError(f"extra records ({job.config.extra_records}) need top records past the first {N2G_HEAD}: "
-                        f"harvest with --top-k above {N2G_HEAD} (this run kept "
-                        f"{len(recs[units[0]].most_positive_activation_records)})")
+    kept = max(len(r.most_positive_activation_records) for r in recs.values())
+    if job.config.extra_records and kept <= N2G_HEAD:
+        progress.note(f"no extra train records: this harvest kept {kept} top records per unit, and Neuron2Graph's "
+                      f"extra ones are those past the first {N2G_HEAD} (a harvest with --top-k "
+                      f"{N2G_HEAD + job.config.extra_records} has {job.config.extra_records}; better graphs at depth)")
     with open_store(db, read_only=True) as store:
         done = set() if job.force else store.graphs.units(run_id, job.layer, job.source)
     todo = [u for u in units if u not in done]

@@ -30,14 +30,14 @@ class N2GConfig:
     """Also fit up to this many more tokens of each train record that fire (activation >= the firing threshold,
     ``analysis.n2g.evaluate.FIRING_FRACTION`` x the unit's max), highest first, besides the record's max: a record
     often fires on several tokens, and a graph fitted on the max alone cannot predict the others."""
-    extra_records: int = 0
-    """Also fit up to this many top records past the first 20 (``analysis.splits.N2G_HEAD``; a harvest with
-    ``--top-k`` above 20 has them), at their max, by pruning only (the pruned context whole, no saliency or
-    augmentation), and judge ``generalise``'s cuts on them too: it cuts their contexts. The held-out set stays
-    the first 20's 2::4 + 3::4, and the token-lookup baseline is fitted on the same train records. With 10: more
-    root tokens seen firing; at layer 29 the margin of firing F1 over token-lookup went from +0.02-0.025 to +0.06
-    on two fresh samples, at layer 15 no gain, for ~1.25x the probe tokens (bench/RESULTS.md); saliency and
-    augmentation on them cost more for no better F1."""
+    extra_records: int = 10
+    """Also fit up to this many top records past the first 20 (``analysis.splits.N2G_HEAD``: the default harvest
+    keeps 30; a harvest of top-k 20 has none to give), at their max, by pruning only (the pruned context whole, no
+    saliency or augmentation), and judge ``generalise``'s cuts on them too: it cuts their contexts. The held-out
+    set stays the first 20's 2::4 + 3::4, and the token-lookup baseline is fitted on the same train records. With
+    10: more root tokens seen firing; the margin of firing F1 over token-lookup went from +0.02-0.025 to
+    +0.05-0.06 at layer 29 on three fresh samples, and by -0.006 to +0.03 at layer 15, for ~1.25x the probe tokens
+    (bench/RESULTS.md); saliency and augmentation on them cost more for no better F1."""
     generalise: bool = True
     """Cut each firing pattern to the part of it that predicts the train records best (see generalise)."""
 
