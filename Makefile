@@ -75,7 +75,7 @@ serve: $(VENV)/.installed
 	$(PY) -m streamlit run viewer/app.py --server.port $(PORT) -- --db $(DB)
 
 # Neuron2Graph for every neuron of the demo layers, each fitted on its 10 train records and the 10 extra ones past
-# the first 20 (on the 2-core VM ≈ 0.4 s per neuron at layer 0, 1.2-2.1 s at 15, 1.8-2.6 s at 29: ≈ 1.5-2.1 h for
+# the first 20 (on the 2-core VM ≈ 0.35 s per neuron at layer 0, 1.0-1.7 s at 15, 1.5-1.9 s at 29: ≈ 1.2-1.7 h for
 # 4,608 neurons): last, after topics for the whole model; resumable like every
 # build (a rerun of make demo picks it up)
 DEMO_N2G_LAYERS ?= $(DEMO_LAYERS)

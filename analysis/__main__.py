@@ -462,9 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
         "max_tokens": Opt("harvest a seeded subset of the corpus up to this many tokens"), "api": API,
         "top_k": Opt("top-activating windows the harvest keeps per unit (the explainers and scores use the first "
                      "20; those past them are extra Neuron2Graph train records)"),
-        "n2g_extra_records": Opt("Neuron2Graph also fits up to this many top records past the first 20, by "
-                                 "pruning only (0: none; with 10: better graphs at layer 29, at 15 depending "
-                                 "on the sample, ~1.25x its probe tokens)"),
+        "n2g_extra_records": Opt("Neuron2Graph also fits up to this many top records past the first 20, with no "
+                                 "probes (their context cut by the train records; 0: none; with 10: better graphs "
+                                 "at layer 29, at 15 depending on the sample)"),
         "executor": Opt("where the work runs: local (this process) or ray (tasks on a Ray cluster; needs "
                         "pip install -r requirements-ray.txt)", choices=("local", "ray")),
         "ray_address": Opt("with --executor ray: a running cluster, 'auto' (started on this machine with ray start "
@@ -537,8 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
         "force": Opt("rebuild graphs already in the cache"),
         "config": {"augment": Opt("skip augmentation (faster, less general graphs)"),
                    "extra_records": Opt("also fit up to this many top records past the first 20 (the default "
-                                        "harvest keeps 30; 0: none), by pruning only; the held-out set stays the "
-                                        "same")}})
+                                        "harvest keeps 30; 0: none), with no probes: their context cut by the train "
+                                        "records; the held-out set stays the same")}})
     n.add_argument("--json", action="store_true", help="print graphs' held-out records and metrics as JSON")
 
     t = command("topics", cmd_topics, "word-pool topics per neuron (Lim & Lauw): exact, stored, resumable",

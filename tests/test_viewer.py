@@ -271,7 +271,7 @@ def test_graph_tab_search_and_compare(n2g_db, monkeypatch):
     assert list(table[""]) == ["Neuron2Graph", "token-lookup"]
     assert table["firing F1"][0] == round(g.metrics["firing"]["f1"], 3)
     assert any("Similar graphs in layer 1" in m.value for m in at.markdown)
-    assert any("fitted on 10 top records (+ 10 past the first 20, by pruning only), scored on 10 held-out ones"
+    assert any("fitted on 10 top records (+ 10 past the first 20, with no probes), scored on 10 held-out ones"
                in m.value for m in at.markdown)  # the defaults: a top-30 harvest, 10 extra train records
     body = _all_html(at)
     assert body.count('class="rec"') == 20 and body.count("predicted") == 10  # 10 held-out records, real + predicted

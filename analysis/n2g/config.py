@@ -32,12 +32,12 @@ class N2GConfig:
     often fires on several tokens, and a graph fitted on the max alone cannot predict the others."""
     extra_records: int = 10
     """Also fit up to this many top records past the first 20 (``analysis.splits.N2G_HEAD``: the default harvest
-    keeps 30; a harvest of top-k 20 has none to give), at their max, by pruning only (the pruned context whole, no
-    saliency or augmentation), and judge ``generalise``'s cuts on them too: it cuts their contexts. The held-out
-    set stays the first 20's 2::4 + 3::4, and the token-lookup baseline is fitted on the same train records. With
-    10: more root tokens seen firing; the margin of firing F1 over token-lookup went from +0.02-0.025 to
-    +0.05-0.06 at layer 29 on three fresh samples, and by -0.006 to +0.03 at layer 15, for ~1.25x the probe tokens
-    (bench/RESULTS.md); saliency and augmentation on them cost more for no better F1."""
+    keeps 30; a harvest of top-k 20 has none to give), at their max, with no probe at all: the window up to the max
+    (``max_context`` tokens back), every token kept, cut by ``generalise``, whose cuts are judged on them too. The
+    held-out set stays the first 20's 2::4 + 3::4, and the token-lookup baseline is fitted on the same train
+    records. With 10, on four fresh samples: firing F1 over token-lookup at layer 29 from +0.02-0.035 to
+    +0.05-0.07; at layer 15 it varies by sample (+0.01-0.06 with or without). Pruning them first gave the same F1
+    for ~1.25x the probe tokens, saliency or augmentation on them more for no better (bench/RESULTS.md)."""
     generalise: bool = True
     """Cut each firing pattern to the part of it that predicts the train records best (see generalise)."""
 

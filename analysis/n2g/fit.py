@@ -70,9 +70,8 @@ def _pattern(context: Sequence[int], keep: set[int]) -> list[int]:
 
 
 def _fit_record(tokens: list[int], pos: int, activation: float, unit: int, mask_id: int, skip_ids: frozenset[int],
-                config: N2GConfig, prune_only: bool = False) -> Generator[list[Probe], list[Answer], list[Pattern]]:
-    """The record's patterns; ``prune_only``: its pruned context whole (for ``generalise`` to cut), no saliency,
-    no augmentation."""
+                config: N2GConfig) -> Generator[list[Probe], list[Answer], list[Pattern]]:
+    """The record's patterns: its pruned context with its important tokens, then its substitutes'."""
     lo = max(0, pos - config.max_context)
 
     # 1. prune: the shortest context ending at pos that keeps `keep` of the record's activation
@@ -89,8 +88,6 @@ def _fit_record(tokens: list[int], pos: int, activation: float, unit: int, mask_
         break
     if pruned <= 0:
         return []
-    if prune_only:
-        return [(_pattern(context, set(range(len(context) - 1))), activation)]
 
     # 2. saliency: the fraction of the activation lost when each context token is masked
     masked = [Probe(tuple(context[:i] + [mask_id] + context[i + 1 :])) for i in range(len(context) - 1)]
@@ -169,8 +166,8 @@ def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[flo
                ) -> dict[int, Graph]:
     """One graph per unit from its train ``records`` ((token ids, activations) of real tokens, no padding): each
     record's max is fitted, and up to ``config.every_firing`` more of its firing tokens. ``extra``: more train
-    records per unit, fitted at their max by pruning only, their pruned context whole until ``generalise`` cuts it
-    (``config.extra_records``).
+    records per unit, fitted at their max with no probe: the window up to it (``max_context`` tokens back) whole,
+    cut by ``generalise`` (``config.extra_records``).
     ``max_activation``: each unit's max, for the firing threshold (``FIRING_FRACTION`` x max) that ``generalise``
     uses, judged on all of a unit's train records."""
     graphs = {unit: Graph() for unit in records}
@@ -179,19 +176,22 @@ def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[flo
     judged = {unit: recs + extra.get(unit, []) for unit, recs in records.items()}
     active: list[tuple[int, Generator, list[Probe]]] = []
 
+    def add(unit: int, patterns: list[Pattern]) -> None:
+        """A record's patterns: its own first, then its substitutes (same positions)."""
+        threshold = FIRING_FRACTION * max_activation[unit]
+        end = None
+        if config.generalise and patterns:
+            end = len(generalise(*patterns[0], judged[unit], threshold))
+        for pattern, value in patterns:
+            # substitutes are cut where the record's pattern is: they never occur in the train text, so the
+            # train records cannot judge them; context the record does not need does not matter for them
+            graphs[unit].add(pattern[:end] if value >= threshold else pattern, value)
+
     def step(unit: int, gen: Generator, answers: list[Answer] | None) -> None:
         try:
             active.append((unit, gen, gen.send(answers)))
         except StopIteration as done:
-            patterns = done.value  # the record's own pattern first, then its substitutes (same positions)
-            threshold = FIRING_FRACTION * max_activation[unit]
-            end = None
-            if config.generalise and patterns:
-                end = len(generalise(*patterns[0], judged[unit], threshold))
-            for pattern, value in patterns:
-                # substitutes are cut where the record's pattern is: they never occur in the train text, so the
-                # train records cannot judge them; context the record does not need does not matter for them
-                graphs[unit].add(pattern[:end] if value >= threshold else pattern, value)
+            add(unit, done.value)
 
     for unit, recs in records.items():
         threshold = FIRING_FRACTION * max_activation[unit]
@@ -207,9 +207,10 @@ def fit_graphs(prober: Prober, records: dict[int, list[tuple[list[int], list[flo
                     seen.add(key)
                     step(unit, _fit_record(list(tokens), pos, float(acts[pos]), unit, mask_id, skip, config), None)
         for tokens, acts in extra.get(unit, []):
-            if tokens and max(acts) > 0:
+            if tokens and max(acts) > 0:  # no probe: its window up to its max, every token kept, cut by generalise
                 pos = int(np.argmax(acts))
-                step(unit, _fit_record(list(tokens), pos, float(acts[pos]), unit, mask_id, skip, config, True), None)
+                context = list(tokens[max(0, pos - config.max_context) : pos + 1])
+                add(unit, [(_pattern(context, set(range(len(context) - 1))), float(acts[pos]))])
     while active:
         batch, active = active, []
         unique = list(dict.fromkeys(p for _u, _g, probes in batch for p in probes))

@@ -104,7 +104,7 @@ def graph_panel(model_name: str, g, vocab: dict[int, str], others: dict[int, lis
     unit = rec.unit
     m = g.metrics
     train, extra, test = n2g_train_test(rec, g.params.get("extra_records", 0))
-    more = f" (+ {len(extra)} past the first {N2G_HEAD}, by pruning only)" if extra else ""
+    more = f" (+ {len(extra)} past the first {N2G_HEAD}, with no probes)" if extra else ""
     st.markdown(f"**{len(g.patterns)} patterns** · fitted on {len(train)} top records{more}, scored on {len(test)} "
                 "held-out ones · "
                 f"a token fires at ≥ {FIRING_FRACTION:g} × max = {FIRING_FRACTION * g.max_activation:.3g} · "
