@@ -257,7 +257,6 @@ def plan_lines(stages: list[Stage], dropped: dict[str, list[int]], budget_s: flo
 
 
 def _harvest_job(job: BuildJob, layers: str):
-    from analysis.config import HarvestConfig
     from analysis.jobs.harvest import HarvestJob
 
     return HarvestJob(model=job.model, corpus=job.corpus, layers=layers, max_tokens=job.max_tokens,
@@ -265,8 +264,9 @@ def _harvest_job(job: BuildJob, layers: str):
 
 
 def _subject_shape(job: BuildJob, db: Path):
-    """(ModelInfo, tokens the harvest will read, whether the harvest stage has nothing to do): from the cache when
-    it holds the run the harvest would reuse, else by loading the model and windowing the corpus once."""
+    """(ModelInfo, tokens the harvest will read, the top-k of the cached harvest the harvest stage reuses, else None
+    (it has work to do)): from the cache when it holds that run, else by loading the model and windowing the corpus
+    once."""
     from analysis.jobs.common import parse_layers
     from analysis.jobs.harvest import cached_run
     from cache.store import open_store
@@ -277,16 +277,15 @@ def _subject_shape(job: BuildJob, db: Path):
             run = cached_run(store, _harvest_job(job, job.layers)) if info is not None else None
             if run is not None:
                 parse_layers(job.layers, info.n_layers)
-                return info, run.n_tokens, True
+                return info, run.n_tokens, run.params.get("top_k", N2G_HEAD)
     from analysis.corpus import load_corpus, make_windows, select_windows
-    from analysis.config import HarvestConfig
     from analysis.models import load_model
 
     subject = load_model(job.model, device=job.device)
     cfg = HarvestConfig()
     windows = list(make_windows(load_corpus(job.corpus).documents, subject.tokenizer, cfg.seq_len))
     windows = select_windows(windows, job.max_tokens, seed=cfg.seed)
-    return subject.info, sum(len(w.token_ids) for w in windows), False
+    return subject.info, sum(len(w.token_ids) for w in windows), None
 
 
 def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSummary:
@@ -297,16 +296,11 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
     budget_s = parse_budget(job.budget)
     check_device(job.device)
     config = ExecutorConfig(job.executor, job.ray_address, job.ray_cpus)  # checks itself
-    info, n_tokens, harvested = _subject_shape(job, db)
-    if harvested:
-        from analysis.jobs.harvest import cached_run
-        from cache.store import open_store
-
-        with open_store(db, read_only=True) as store:
-            kept = cached_run(store, _harvest_job(job, job.layers)).params.get("top_k", N2G_HEAD)
-        if kept != job.top_k:
-            progress.note(f"{db}'s harvest kept {kept} top records per unit (not --top-k {job.top_k}): it is used as "
-                          f"it is; a harvest with another top-k goes into another --db")
+    info, n_tokens, kept = _subject_shape(job, db)
+    harvested = kept is not None
+    if harvested and kept != job.top_k:
+        progress.note(f"{db}'s harvest kept {kept} top records per unit (not --top-k {job.top_k}): it is used as "
+                      f"it is; a harvest with another top-k goes into another --db")
     asked = parse_units(job.expensive_neurons, info.d_mlp, allow_all=True)
     units = {lens: info.d_mlp if lens in CHEAP else len(asked) for lens in LENSES}  # topics: per neuron, all modes
     costs = measured_costs(db, f"{info.model_id}|{job.device}")
@@ -590,7 +584,6 @@ def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: st
         return round(len(parse_units(units, info.d_mlp, allow_all=True)) * s.computed / max(s.pairs, 1)), s.stats_s
     if lens == "n2g":
         from analysis.jobs.n2g import N2GJob, n2g
-        from analysis.n2g.config import N2GConfig
 
         return n2g(N2GJob(layer=layer, neurons=units, model=job.model, device=job.device,
                           config=N2GConfig(extra_records=job.n2g_extra_records)), db, progress,
