@@ -49,7 +49,9 @@ class HarvestConfig:
     """Random windows kept per quantile bin (OpenAI's random_sample_by_quantile)."""
     pool: int = 50
     """Uniform random windows kept per unit, from which random and quantile samples are drawn."""
-    batch_size: int = 32
+    batch_size: int | None = None
+    """Windows per forward pass; None: 32 on the CPU (its forward floor, bench/RESULTS.md), 256 on a GPU (the
+    harvest's small per-layer kernels are then a small share of each pass: 1.7x its floor at 64, bench/RESULTS.md)."""
     shard_windows: int = 2048
     """Windows per shard: the unit of checkpointing and resuming (and of parallel work)."""
     token_table: int = 4096
@@ -57,3 +59,7 @@ class HarvestConfig:
     min_token_count: int = 3
     """A token needs this many occurrences to get a mean activation."""
     seed: int = 0
+
+    def batch_for(self, device) -> int:
+        """The batch size on ``device`` (``batch_size``, else its default there)."""
+        return self.batch_size or (256 if str(device).startswith("cuda") else 32)

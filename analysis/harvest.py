@@ -4,9 +4,10 @@ does not grow with the corpus.
 
 Shape: map + merge. ``LayerState.add_batch`` folds one batch of activations into a state (the map step, in
 place); ``LayerState.merge`` combines the states of two disjoint window sets (associative up to float
-rounding, tested), so shards can run anywhere and be combined in any grouping. On one machine the loop merges batch after batch into a running
-state and checkpoints it after every shard, so an interrupted job resumes exactly where it stopped and
-produces bit-identical results.
+rounding, tested), so shards can run anywhere and be combined in any grouping. On one machine the loop merges
+batch after batch into a running state and checkpoints it after shards (every shard, unless saving would take
+over a tenth of the time, as on a GPU), so an interrupted job resumes where it last saved and produces
+bit-identical results.
 
 Per unit (neuron) the state holds:
 - the top-k windows by max activation, with their activations (float16);
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -108,7 +110,7 @@ def batch_sums(flat: torch.Tensor, flat16: torch.Tensor, hist: torch.Tensor, com
     """
     n, N = flat.shape
     if compiled is None:
-        compiled = flat.device.type == "cpu"
+        compiled = not _device_path(flat)
     centre = flat.mean(0)
     if not compiled:
         d = flat - centre
@@ -118,7 +120,9 @@ def batch_sums(flat: torch.Tensor, flat16: torch.Tensor, hist: torch.Tensor, com
         m4 = torch.linalg.vecdot(d2, d2, dim=0).double()
         binned = hist_bin_index(flat16).to(torch.int32)
         binned += torch.arange(0, N * HIST_BINS, HIST_BINS, dtype=torch.int32, device=hist.device)[None, :]
-        hist += torch.bincount(binned.view(-1), minlength=N * HIST_BINS).view(N, HIST_BINS)
+        # index_add of a broadcast 1, not bincount: on a GPU bincount reads its input's max back (a sync)
+        one = torch.ones(1, dtype=hist.dtype, device=hist.device).expand(binned.numel())
+        hist.view(-1).index_add_(0, binned.view(-1), one)
         return centre.double(), m2, m3, m4, torch.count_nonzero(flat > 0, dim=0)
     threads = get_num_threads()
     sums = np.zeros((4, N))
@@ -152,6 +156,58 @@ def random_keys(seed: int, layer: int, n_units: int, window_ids: torch.Tensor) -
     units = torch.arange(n_units, dtype=torch.int64, device=window_ids.device)
     w = _mix31(window_ids.to(torch.int64) * 0x9E3779B1 + seed * 0x85EBCA6B + layer * 0xC2B2AE35)
     return _mix31(w[:, None] + _mix31(units * 0x27D4EB2F + layer)[None, :] * 0x165667B1)
+
+
+DEVICE_PATH_ON_CPU = False
+"""Run the GPU's way of folding batches on the CPU too (the tests set it, to check that path against brute force)."""
+
+
+def _device_path(t: torch.Tensor) -> bool:
+    """Whether ``t``'s state takes the GPU's path: no host sync per layer (a gather, not in-place replacement)."""
+    return t.device.type != "cpu" or DEVICE_PATH_ON_CPU
+
+
+@dataclass(frozen=True)
+class RealTokens:
+    """Where a batch's real tokens are, found once per batch on the host and shared by every layer: a GPU never
+    waits on the host to learn them (``acts[mask]`` would sync once per layer)."""
+
+    mask: torch.Tensor
+    """``[B, T]`` bool, True for real tokens (on the states' device)."""
+    rows: torch.Tensor | None
+    """``[n]`` int64 indices of the real tokens in the flattened ``[B * T]`` batch; None when every token is real."""
+    token_rows: torch.Tensor
+    """``[n]`` the real tokens' rows in the token table."""
+    n: int
+    in_table: tuple[torch.Tensor, torch.Tensor] | None = None
+    """On the GPU's path: (positions among the n real tokens, their table rows) of the tokens in the table. The
+    others would all add into the table's last row (discarded), thousands of atomic adds on the same addresses."""
+
+    @staticmethod
+    def of(mask: torch.Tensor, token_rows: torch.Tensor, device, table_size: int) -> "RealTokens":
+        """From a ``[B, T]`` mask and ``[B, T]`` rows in a token table of ``table_size`` tokens (row
+        ``table_size``: not in the table). A mask already on a GPU (a dictionary's positions) is read back here."""
+        host = mask.cpu()
+        rows = None if bool(host.all()) else host.reshape(-1).nonzero()[:, 0]
+        flat_rows = token_rows.reshape(-1).cpu()
+        if rows is not None:
+            flat_rows = flat_rows.index_select(0, rows)
+        in_table = None
+        if _device_path(torch.empty(0, device=device)):
+            at = (flat_rows < table_size).nonzero()[:, 0]
+            in_table = to_device(at, device), to_device(flat_rows.index_select(0, at), device)
+        return RealTokens(to_device(mask, device), None if rows is None else to_device(rows, device),
+                          to_device(flat_rows, device), int(rows.numel()) if rows is not None else host.numel(),
+                          in_table)
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """``t`` on ``device``; from the host to a GPU through pinned memory, so the host does not wait for the GPU's
+    queue to drain (a plain ``.to`` from pageable memory synchronises the stream)."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass
@@ -197,29 +253,33 @@ class LayerState:
             tok_sum=torch.zeros((table_rows + 1, n_units), dtype=torch.float32, device=device),
         )
 
-    def add_batch(self, acts: torch.Tensor, mask: torch.Tensor, window_ids: torch.Tensor, token_rows: torch.Tensor,
-                  top_k: int, pool: int, seed: int) -> None:
+    def add_batch(self, acts: torch.Tensor, real: "RealTokens | torch.Tensor", window_ids: torch.Tensor,
+                  token_rows: torch.Tensor | None, top_k: int, pool: int, seed: int) -> None:
         """Fold one batch into this state, in place (equivalent to merging the batch's own state).
 
-        acts ``[B, T, N]`` float32; mask ``[B, T]`` bool, True for real tokens; window_ids ``[B]``;
-        token_rows ``[B, T]`` each token's row in the token table.
+        acts ``[B, T, N]`` float32; real: the batch's ``RealTokens``, or its ``[B, T]`` bool mask (True for real
+        tokens) with token_rows ``[B, T]``, each token's row in the token table; window_ids ``[B]``.
         """
         B, T, N = acts.shape
         dev = acts.device
-        full = bool(mask.all())
-        flat = acts.reshape(B * T, N) if full else acts[mask]  # [n, N] real tokens only
-        n = flat.shape[0]
+        if not isinstance(real, RealTokens):
+            real = RealTokens.of(real, token_rows, dev, self.tok_sum.shape[0] - 1)
+        n = real.n
         if n == 0:
             return
+        full = real.rows is None
+        flat = acts.reshape(B * T, N)
         if full:
             wmax = acts.amax(1)
         else:
-            pad = ~mask[:, :, None]
+            flat = flat.index_select(0, real.rows)  # [n, N] real tokens only
+            pad = ~real.mask[:, :, None]
             wmax = acts.masked_fill(pad, -math.inf).amax(1)
             acts = acts.masked_fill(pad, 0.0)  # padding (possibly NaN) is stored as 0
         acts16 = acts.to(torch.float16)  # [B, T, N]
+        flat16 = acts16.view(B * T, N) if full else acts16.view(B * T, N).index_select(0, real.rows)
         # the batch's mean and centred power sums, merged in float64; its histogram counts
-        mean, m2, m3, m4, n_pos = batch_sums(flat, acts16.view(B * T, N) if full else acts16[mask], self.hist)
+        mean, m2, m3, m4, n_pos = batch_sums(flat, flat16, self.hist)
         if self.n == 0:
             self.mean, self.m2, self.m3, self.m4 = mean, m2, m3, m4
         else:
@@ -227,15 +287,20 @@ class LayerState:
                 self.n, self.mean, self.m2, self.m3, self.m4, n, mean, m2, m3, m4)
         self.n += n
         self.n_pos += n_pos
-        self.tok_sum.index_add_(0, token_rows.reshape(-1) if full else token_rows[mask], flat)
+        if real.in_table is None:
+            self.tok_sum.index_add_(0, real.token_rows, flat)
+        else:
+            at, table_rows = real.in_table
+            self.tok_sum.index_add_(0, table_rows, flat.index_select(0, at))
         low = flat.amin(0)
         self.vmin = torch.minimum(self.vmin, torch.where(torch.isfinite(low), low, self.vmin))
         self.vmax = torch.maximum(self.vmax, wmax.amax(0))
         acts16 = acts16.transpose(1, 2)  # [B, N, T]: a (window, unit) pair indexes a record row
-        wid = window_ids.to(dev)[:, None].expand(B, N)
+        window_ids = window_ids.to(dev)
+        wid = window_ids[:, None].expand(B, N)
         self.top_val, self.top_wid, self.top_acts = _merge_ranked(
             self.top_val, self.top_wid, self.top_acts, wmax, wid, acts16, top_k, largest=True)
-        keys = random_keys(seed, self.layer, N, window_ids.to(dev))
+        keys = random_keys(seed, self.layer, N, window_ids)
         self.pool_key, (self.pool_wid, self.pool_max), self.pool_acts = _merge_ranked(
             self.pool_key, (self.pool_wid, self.pool_max), self.pool_acts, keys, (wid, wmax), acts16, pool, largest=False)
 
@@ -279,17 +344,27 @@ def _merge_moments(na, ma, m2a, m3a, m4a, nb, mb, m2b, m3b, m4b):
 def _merge_ranked(key_a, extra_a, acts_a, key_b, extra_b, acts_b, k: int, largest: bool):
     """Keep, per unit (column), the k best entries of ``a`` (k slots, unsorted) and candidates ``b``.
 
-    ``a`` is updated by replacement: a candidate that makes the cut takes the slot of an entry that drops out,
-    so only the activation rows that actually change are copied (late in a long harvest almost none).
+    On the CPU ``a`` is updated by replacement: a candidate that makes the cut takes the slot of an entry that
+    drops out, so only the activation rows that actually change are copied (late in a long harvest almost none).
+    On a GPU (``_device_path``) the k best are gathered into new tensors instead: copying a few MB costs the GPU
+    microseconds, while finding the changed slots would make the host wait for it (``any``, ``nonzero``).
     key ``[k, N]``, extra a tensor or tuple of tensors ``[k, N]``, acts ``[k, N, T]``; ``b`` likewise with any
     number of rows. Empty slots hold the worst possible key. Returns the new (key, extra, acts); the inputs
-    of ``a`` are modified in place.
+    of ``a`` may be modified in place.
     """
     single = not isinstance(extra_a, tuple)
     extras_a = (extra_a,) if single else extra_a
     extras_b = (extra_b,) if single else extra_b
     ka = key_a.shape[0]
     assert ka == k, "state lists have exactly k slots"
+    if _device_path(key_a):
+        # no host sync (any(), nonzero()): the k best of both gathered into new tensors, a few MB per layer
+        keys = torch.cat([key_a, key_b], 0)
+        idx = torch.topk(keys, k, dim=0, largest=largest, sorted=False).indices  # [k, N]
+        extras = tuple(torch.cat([ea, eb], 0).gather(0, idx) for ea, eb in zip(extras_a, extras_b))
+        acts = torch.cat([acts_a, acts_b], 0)
+        acts = acts.gather(0, idx[:, :, None].expand(k, *acts.shape[1:]))
+        return keys.gather(0, idx), extras[0] if single else extras, acts
     worst = key_a.amin(0) if largest else key_a.amax(0)
     beats = (key_b > worst[None]) if largest else (key_b < worst[None])
     if not bool(beats.any()):
@@ -342,12 +417,16 @@ class HarvestState:
         """Merge one batch into the running state (``acts``: slot -> ``[B, T, N]``; ``mask``: the real tokens;
         ``masks``: a slot's own positions where they are fewer, e.g. a dictionary's without massive activations)."""
         cfg = self.config
-        table_rows = self.tok_count.shape[0] - 1
+        dev = self.tok_count.device
+        table_size = self.tok_count.shape[0] - 1
+        real = RealTokens.of(mask, token_rows, dev, table_size)  # once for every slot that reads all real tokens
+        window_ids = to_device(window_ids, dev)
         for key, a in acts.items():
             seed = cfg.seed + self.salts.get(key[0], 0)
-            self.layers[key].add_batch(a, (masks or {}).get(key, mask), window_ids, token_rows, cfg.top_k, cfg.pool,
-                                       seed)
-        self.tok_count += torch.bincount(token_rows[mask].to(self.tok_count.device), minlength=table_rows + 1)
+            own = (masks or {}).get(key)
+            self.layers[key].add_batch(a, real if own is None else RealTokens.of(own, token_rows, dev, table_size),
+                                       window_ids, None, cfg.top_k, cfg.pool, seed)
+        self.tok_count.index_add_(0, real.token_rows, torch.ones_like(real.token_rows))
         self.windows_done += int(window_ids.shape[0])
 
     def merge(self, other: "HarvestState") -> "HarvestState":
@@ -378,6 +457,19 @@ def token_table(token_lists: list[tuple[int, ...]], size: int, min_count: int, v
 # ---- finalisation ------------------------------------------------------------------------------------------
 
 @dataclass
+class TokenMeans:
+    """Rows of a layer's token table, as columns: unit, token id, mean activation, occurrences in the corpus."""
+
+    unit: np.ndarray
+    token_id: np.ndarray
+    mean: np.ndarray
+    count: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.unit)
+
+
+@dataclass
 class LayerSummary:
     """Everything the cache stores for one layer, as arrays over units (N) — see ``summarise``."""
 
@@ -400,16 +492,17 @@ class LayerSummary:
     pool_wid: np.ndarray  # [R, N]
     pool_max: np.ndarray
     pool_acts: np.ndarray  # [R, N, T] float16
-    token_means: list[tuple[int, int, float, int]] = field(default_factory=list)
-    """(neuron, token id, mean, count) rows of the token table worth storing."""
+    token_means: "TokenMeans"
+    """The rows of the token table worth storing."""
     source: str = MLP
 
 
 def summarise(state: HarvestState, table_ids: torch.Tensor, tokens_per_unit: int = 20, units_per_token: int = 10) -> list[LayerSummary]:
     cfg = state.config
     out = []
-    counts = state.tok_count[:-1].cpu()
+    counts = state.tok_count[:-1]
     valid = counts >= cfg.min_token_count
+    n_valid = int(valid.sum())
     for (source, layer), st in state.layers.items():
         n = max(st.n, 1)
         # state lists are unsorted slots: order top by value (descending) and the pool by key (ascending)
@@ -432,22 +525,20 @@ def summarise(state: HarvestState, table_ids: torch.Tensor, tokens_per_unit: int
         kk = min(cfg.random_k, R)
         random_idx[:kk] = torch.where(filled[:kk], torch.arange(kk)[:, None].expand(kk, N), -1)
         boundaries, quantile_idx = _quantile_samples(pool_max, filled, cfg.quantile_bins, cfg.per_bin)
-        # token table: means per (token row, neuron)
-        sums = st.tok_sum[:-1].cpu()
-        means = sums / counts.clamp(min=1)[:, None].float()
+        # token table: means per (token row, neuron), on the state's device; only the kept rows travel
+        means = st.tok_sum[:-1] / counts.clamp(min=1)[:, None].float()
         means[~valid] = -math.inf
-        rows = []
-        if int(valid.sum()) > 0:
-            k_tok = min(tokens_per_unit, int(valid.sum()))
-            top_t = torch.topk(means, k_tok, dim=0).indices  # [k, N]
+        rows = TokenMeans(*(np.zeros(0, dtype) for dtype in (np.int64, np.int64, np.float32, np.int64)))
+        if n_valid > 0:
+            top_t = torch.topk(means, min(tokens_per_unit, n_valid), dim=0).indices  # [k, N]
             keep = torch.zeros_like(means, dtype=torch.bool)
             keep.scatter_(0, top_t, True)
-            k_unit = min(units_per_token, N)
-            top_u = torch.topk(means, k_unit, dim=1).indices  # [F, k]
+            top_u = torch.topk(means, min(units_per_token, N), dim=1).indices  # [F, k]
             keep.scatter_(1, top_u, True)
             keep &= valid[:, None]
             r, c = keep.nonzero(as_tuple=True)
-            rows = list(zip(c.tolist(), table_ids[r].tolist(), means[r, c].tolist(), counts[r].tolist()))
+            kept, r, c = means[r, c].cpu(), r.cpu(), c.cpu()
+            rows = TokenMeans(c.numpy(), table_ids[r].numpy(), kept.numpy(), counts.cpu()[r].numpy())
         out.append(LayerSummary(
             layer=layer, n_tokens=st.n,
             mean=st.mean.cpu().numpy(), std=std, skewness=skew, kurtosis=kurt,
@@ -480,11 +571,11 @@ def _quantile_samples(pool_max: torch.Tensor, filled: torch.Tensor, bins: int, p
         which = np.sum(vals[None] >= boundaries[:, None, :], axis=0)  # [R, N] bin of each pool entry
     which[np.isnan(vals)] = -1
     idx = np.full((bins, per_bin, N), -1, dtype=np.int64)
-    for b in range(bins):  # pool rows are in key order, so the first per_bin of a bin are a random draw
-        in_bin = which == b
-        rank = np.cumsum(in_bin, axis=0) - 1
-        r_idx, n_idx = np.nonzero(in_bin & (rank < per_bin))
-        idx[b, rank[r_idx, n_idx], n_idx] = r_idx
+    # pool rows are in key order, so the first per_bin of a bin are a random draw
+    in_bin = which[None] == np.arange(bins)[:, None, None]  # [bins, R, N]
+    rank = torch.from_numpy(in_bin).cumsum(1, dtype=torch.int32).numpy() - 1  # numpy's is ~5x slower on this axis
+    b_idx, r_idx, n_idx = np.nonzero(in_bin & (rank < per_bin))
+    idx[b_idx, rank[b_idx, r_idx, n_idx], n_idx] = r_idx
     return boundaries, idx
 
 
@@ -495,6 +586,10 @@ def pad_batch(subject, windows: list, seq_len: int) -> tuple[Encoded, torch.Tens
     (``real`` is ``[B, seq_len]``), and the window ids ``[B]``."""
     return (subject.encode([list(w.token_ids) for w in windows], length=seq_len),
             torch.tensor([w.window_id for w in windows], dtype=torch.int64))
+
+
+CHECKPOINT_SHARE = 10
+"""A checkpoint is saved after a shard once this many times the last save's duration has passed since it ended."""
 
 
 def save_checkpoint(state: HarvestState, path: Path, run_id: str) -> None:
@@ -550,24 +645,23 @@ class ShardTask:
         subject, config, device = self.model.get(), self.config, self.device
         readers = [r if r.sae is None else replace(r, sae=r.sae.to(device)) for r in self.readers]
         sites = sorted({(r.layer, r.site) for r in readers})
-        row_of = self.row_of.to(device)
         state = HarvestState.empty(config, self.slots, self.table_rows, device, self.salts)
-        for b in range(0, len(shard), config.batch_size):
-            batch = shard[b : b + config.batch_size]
+        batch_size = config.batch_for(device)
+        for b in range(0, len(shard), batch_size):
+            batch = shard[b : b + batch_size]
             enc, wids = pad_batch(subject, batch, config.seq_len)
             n = enc.n_prefix  # the BOS column is run but not recorded
             site_acts = site_activations(subject, enc.input_ids, enc.attention_mask, sites)
             site_acts = {key: a[:, n:] for key, a in site_acts.items()}
-            real = enc.real.to(device)
+            real = enc.real  # on the host: RealTokens finds the real tokens there, so a GPU never waits
             acts, masks = {}, {}
             with torch.inference_mode():
                 for r in readers:
                     x = site_acts[(r.layer, r.site)]
                     acts[r.key] = r.units(x)
                     if r.sae is not None:
-                        masks[r.key] = r.positions(x, real)
-            tok_rows = row_of[enc.input_ids[:, n:]].to(device)
-            state.update(acts, real, wids.to(device), tok_rows, masks)
+                        masks[r.key] = r.positions(x, real.to(device))
+            state.update(acts, real, wids, self.row_of[enc.input_ids[:, n:]], masks)
             if self.on_tokens is not None:
                 self.on_tokens(int(real.sum()))
         state.shards_done = 1
@@ -583,8 +677,8 @@ def run_harvest(subject, windows: list, config: HarvestConfig, checkpoint: Path 
     ``config.layers``; a dictionary's reader adds its features, read in the same forward pass.
     Each shard of ``config.shard_windows`` windows is harvested by a ``ShardTask`` (on ``executor``: this process
     by default, or Ray workers) and merged into the running state in shard order.
-    With ``checkpoint``, the state is saved after every shard and a matching checkpoint is resumed from.
-    Interrupting (Ctrl-C, a crash) loses at most the shards in progress.
+    With ``checkpoint``, the state is saved after shards (``CHECKPOINT_SHARE``) and a matching checkpoint is
+    resumed from. Interrupting (Ctrl-C, a crash) loses at most the shards since the last save.
     """
     from analysis.activations import neuron_reader
     from analysis.executor import LOCAL, ModelHandle
@@ -609,6 +703,7 @@ def run_harvest(subject, windows: list, config: HarvestConfig, checkpoint: Path 
     task = ShardTask(ModelHandle(info.name, info.model_id, device, loaded=subject if executor.local else None),
                      config, readers, row_of, len(table_ids), slots, salts, device, not executor.local,
                      on_tokens=bar.update if executor.local else None)
+    saved_at, save_took = -math.inf, 0.0
     try:
         todo = shards[shards_done:]
         for shard, shard_state in zip(todo, executor.map(task, todo)):
@@ -616,8 +711,14 @@ def run_harvest(subject, windows: list, config: HarvestConfig, checkpoint: Path 
             state = shard_state if state is None else state.merge(shard_state)
             if not executor.local:
                 bar.update(sum(len(w.token_ids) for w in shard))
-            if checkpoint is not None and state.shards_done < len(shards):
+            # saving takes at most ~1/CHECKPOINT_SHARE of the time: every shard on a CPU (a shard is minutes, a save
+            # seconds); on a GPU, whose shards take seconds, every few shards
+            now = time.monotonic()
+            if (checkpoint is not None and state.shards_done < len(shards)
+                    and now - saved_at >= CHECKPOINT_SHARE * save_took):
                 save_checkpoint(state, checkpoint, run_id)
+                saved_at = time.monotonic()
+                save_took = saved_at - now
     finally:
         bar.close()
     if state is None:  # no windows

@@ -114,11 +114,11 @@ class RecordRepo(Repo):
             **keys(len(first)), "unit": unit[first], "window_id": wid[first].astype(np.int32),
             "acts": pa.Array.from_buffers(pa.binary(), len(first), [None, pa.py_buffer(offsets),
                                                                      pa.py_buffer(data.tobytes())])}))
-        if s.token_means:
-            u, t, m, c = zip(*s.token_means)
+        tm = s.token_means
+        if len(tm):
             self._insert_arrow(cur, "token_means", pa.table({
-                **keys(len(u)), "unit": pa.array(u, pa.int32()), "token_id": pa.array(t, pa.int32()),
-                "mean": pa.array(m, pa.float32()), "count": pa.array(c, pa.int32())}))
+                **keys(len(tm)), "unit": tm.unit.astype(np.int32), "token_id": tm.token_id.astype(np.int32),
+                "mean": tm.mean.astype(np.float32), "count": tm.count.astype(np.int32)}))
 
     # ---- reads ---------------------------------------------------------------------------------------------
     def unit_stats(self, run_id: str, unit: UnitId) -> UnitStats | None:

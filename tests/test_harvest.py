@@ -50,10 +50,17 @@ CFG = HarvestConfig(layers=LAYERS, seq_len=16, top_k=5, random_k=4, quantile_bin
                     batch_size=3, shard_windows=4, token_table=50, min_token_count=2, seed=7)
 
 
-@pytest.fixture(scope="module")
-def summary(subject, windows):
-    state, table_ids = run_harvest(subject, windows, CFG, progress=False)
-    return {s.layer: s for s in summarise(state, table_ids)}, state
+@pytest.fixture(scope="module", params=["cpu-path", "gpu-path"])
+def summary(request, subject, windows):
+    """The harvest on the CPU's path and on the GPU's (run on the CPU: no host syncs, gathers, torch sums)."""
+    import analysis.harvest as harvest
+
+    harvest.DEVICE_PATH_ON_CPU = request.param == "gpu-path"
+    try:
+        state, table_ids = run_harvest(subject, windows, CFG, progress=False)
+        return {s.layer: s for s in summarise(state, table_ids)}, state
+    finally:
+        harvest.DEVICE_PATH_ON_CPU = False
 
 
 def test_top_k_equals_brute_force(summary, windows, brute):
@@ -170,18 +177,22 @@ def test_token_means_equal_brute_force(summary, windows, brute):
         for pos, t in enumerate(w.token_ids):
             occurrences.setdefault(t, []).append((w.window_id, pos))
     for layer in LAYERS:
-        rows = summ[layer].token_means
-        assert rows
-        for unit, token, mean, count in rows[:200]:
+        tm = summ[layer].token_means
+        assert len(tm)
+        for unit, token, mean, count in list(zip(tm.unit, tm.token_id, tm.mean, tm.count))[:200]:
             occ = occurrences[token]
             assert count == len(occ) >= CFG.min_token_count
             expected = np.mean([brute[wid][layer][pos, unit] for wid, pos in occ])
             assert mean == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
-def test_merge_is_associative_and_equals_streaming(subject, windows):
-    """map (three disjoint shards) + merge in either grouping == one stream."""
+@pytest.mark.parametrize("gpu_path", [False, True])
+def test_merge_is_associative_and_equals_streaming(subject, windows, gpu_path, monkeypatch):
+    """map (three disjoint shards) + merge in either grouping == one stream (on the CPU's path and the GPU's)."""
+    import analysis.harvest as harvest
     from analysis.harvest import pad_batch
+
+    monkeypatch.setattr(harvest, "DEVICE_PATH_ON_CPU", gpu_path)
 
     def shard_state(ws):
         st = LayerState.empty(1, subject.info.d_mlp, 16, CFG.top_k, CFG.pool, 10, "cpu")

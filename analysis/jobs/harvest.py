@@ -107,7 +107,7 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
     cfg = job.config
     if job.max_tokens is not None and job.max_tokens <= 0:
         raise UserError("--max-tokens must be a positive number of tokens")
-    if cfg.top_k < 1 or cfg.batch_size < 1 or cfg.seq_len < 1:
+    if cfg.top_k < 1 or (cfg.batch_size is not None and cfg.batch_size < 1) or cfg.seq_len < 1:
         raise UserError("--top-k, --batch-size and --seq-len must be at least 1")
     layer_spec = job.layers or ("none" if job.sae else "all")
     db = Path(db)
