@@ -110,7 +110,7 @@ def batch_sums(flat: torch.Tensor, flat16: torch.Tensor, hist: torch.Tensor, com
     """
     n, N = flat.shape
     if compiled is None:
-        compiled = not _device_path(flat)
+        compiled = not _device_path(flat.device)
     centre = flat.mean(0)
     if not compiled:
         d = flat - centre
@@ -162,9 +162,10 @@ DEVICE_PATH_ON_CPU = False
 """Run the GPU's way of folding batches on the CPU too (the tests set it, to check that path against brute force)."""
 
 
-def _device_path(t: torch.Tensor) -> bool:
-    """Whether ``t``'s state takes the GPU's path: no host sync per layer (a gather, not in-place replacement)."""
-    return t.device.type != "cpu" or DEVICE_PATH_ON_CPU
+def _device_path(device) -> bool:
+    """Whether states on ``device`` take the GPU's path: no host sync per layer (a gather, not in-place
+    replacement)."""
+    return torch.device(device).type != "cpu" or DEVICE_PATH_ON_CPU
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ class RealTokens:
         if rows is not None:
             flat_rows = flat_rows.index_select(0, rows)
         in_table = None
-        if _device_path(torch.empty(0, device=device)):
+        if _device_path(device):
             at = (flat_rows < table_size).nonzero()[:, 0]
             in_table = to_device(at, device), to_device(flat_rows.index_select(0, at), device)
         return RealTokens(to_device(mask, device), None if rows is None else to_device(rows, device),
@@ -357,7 +358,7 @@ def _merge_ranked(key_a, extra_a, acts_a, key_b, extra_b, acts_b, k: int, larges
     extras_b = (extra_b,) if single else extra_b
     ka = key_a.shape[0]
     assert ka == k, "state lists have exactly k slots"
-    if _device_path(key_a):
+    if _device_path(key_a.device):
         # no host sync (any(), nonzero()): the k best of both gathered into new tensors, a few MB per layer
         keys = torch.cat([key_a, key_b], 0)
         idx = torch.topk(keys, k, dim=0, largest=largest, sorted=False).indices  # [k, N]

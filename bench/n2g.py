@@ -1,7 +1,8 @@
 """Neuron2Graph on the embedded SmolLM2: seconds per neuron and firing P/R/F1 vs token-lookup, by depth.
 
-    python bench/n2g.py [--db cache/demo.duckdb] [--layers 0,15,29] [--neurons 48] [--dtypes float32,bfloat16]
-                        [--seed S] [--no-plain] [--set FIELD=V ...] [--variant FIELD=V[,FIELD=V] ...]
+    python bench/n2g.py [--db cache/demo.duckdb] [--model smollm2-135m] [--device cpu] [--layers 0,15,29]
+                        [--neurons 48] [--dtypes float32,bfloat16] [--seed S] [--no-plain] [--set FIELD=V ...]
+                        [--variant FIELD=V[,FIELD=V] ...]
 
 For each layer, the same seeded random sample of neurons (by default seeded by the layer: the sample settings
 were tuned on; ``--seed S`` draws another one, seeded by (S, layer), for a measurement nobody tuned on) is
@@ -44,6 +45,8 @@ def _fields(pairs: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", default="cache/demo.duckdb")
+    ap.add_argument("--model", default="smollm2-135m", help="as harvested into --db (default: %(default)s)")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--layers", default="0,15,29")
     ap.add_argument("--neurons", type=int, default=48)
     ap.add_argument("--dtypes", default="float32,bfloat16")
@@ -59,12 +62,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = []
     for dtype in args.dtypes.split(","):
-        subject = load_model("smollm2-135m", dtype=getattr(torch, dtype))
+        subject = load_model(args.model, device=args.device, dtype=getattr(torch, dtype))
         for layer in map(int, args.layers.split(",")):
             rng = np.random.default_rng(layer if args.seed is None else (args.seed, layer))
             units = sorted(rng.choice(subject.info.d_mlp, args.neurons, replace=False))
             with open_store(args.db, read_only=True) as store:
-                run = store.runs.find("smollm2-135m", layer)
+                run = store.runs.find(args.model, layer)
                 recs = [store.records.unit_record(run, UnitId(MLP, layer, int(u))) for u in units]
             runs = [(augment, "") for augment in (False, True)
                     if augment or (dtype == "float32" and not args.no_plain)]
