@@ -9,7 +9,8 @@ import shlex
 import pytest
 
 from analysis.__main__ import main
-from analysis.jobs.build import PROJECT_DISK, PROJECT_VM, BuildJob, parse_budget, plan, read_status, spread
+from analysis.jobs.build import (PROJECT_DISK, PROJECT_GPU, PROJECT_VM, BuildJob, parse_budget, plan, plan_lines,
+                                 read_status, spread)
 from analysis.types import MLP, UnitId, UserError
 
 
@@ -73,6 +74,21 @@ def test_plan_of_the_expensive_lenses_on_some_layers_and_units():
     assert by["n2g"].bytes == 480 and by["harvest"].bytes == 0 and by["harvest"].basis == "done"
     with pytest.raises(UserError, match="--expensive-layers"):
         plan(BuildJob(layers="0-9", expensive_layers="20"), 30, units, 10_000, {}, None)
+
+
+def test_a_gpu_plan_takes_the_gpu_numbers_where_there_are_some():
+    """--device cuda with nothing measured here: the harvest and n2g at the H200's seconds per unit, the lenses
+    never measured on a GPU at the VM's, and this machine's own measurements before either."""
+    units = {"harvest": 1000, "baselines": 1000, "topics": 16, "n2g": 16}
+    job = BuildJob(layers="all", expensive_layers="15,29", lenses=("harvest", "baselines", "topics", "n2g"),
+                   device="cuda")
+    by = {s.lens: s for s in plan(job, 30, units, 10_000, {}, None)[0]}
+    assert by["n2g"].seconds == pytest.approx(32 * PROJECT_GPU["n2g"]) and by["n2g"].basis == "H200"
+    assert by["harvest"].seconds == pytest.approx(10_000 * PROJECT_GPU["harvest"]) and by["harvest"].basis == "H200"
+    assert by["topics"].seconds == pytest.approx(32 * PROJECT_VM["topics"]) and by["topics"].basis == "VM"
+    by = {s.lens: s for s in plan(job, 30, units, 10_000, {"n2g": 0.5}, None)[0]}
+    assert by["n2g"].seconds == pytest.approx(16.0) and by["n2g"].basis == "measured"
+    assert "H200 = one NVIDIA H200" in plan_lines(list(by.values()), {}, None)[0]
 
 
 def test_build_status_of_a_running_and_a_dead_build(tmp_path):

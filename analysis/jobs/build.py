@@ -37,6 +37,10 @@ PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.020, "topics": 0.11, "n2g": 1.8
 through all 30 layers; baselines = token-lookup explanation + baseline score; n2g at depth with augmentation (its
 10 extra train records cost no probes); effects over 20 records; topics all five modes in a worker process per
 core; explain / score with the local backends (score with calibration)."""
+PROJECT_GPU = {"harvest": 1 / 18_574, "n2g": 0.11}
+"""Seconds per unit on one NVIDIA H200 (``--device cuda``), fp32, SmolLM2-135M's shapes with random weights
+(bench/RESULTS.md, stop 34): the harvest at batch 32, the DuckDB write included; n2g at layers 15 and 29. The other
+lenses were not measured on a GPU: a cuda build's plan takes the VM's numbers for them."""
 MIN_MEASURED = {"topics": 256}
 """Fewest units a stage's measurement must cover before it is recorded as this machine's cost per unit (else 8):
 a few topic units cost mostly their layers' fixed work (projection, records, loading, a first compile) and run in
@@ -94,8 +98,8 @@ class Stage:
     """Units of the stage (for the harvest: corpus tokens)."""
     seconds: float
     basis: str
-    """Where ``seconds`` comes from: "measured" (this machine's earlier builds), "VM" (the project VM's numbers)
-    or "done" (nothing left to do)."""
+    """Where ``seconds`` comes from: "measured" (this machine's earlier builds), "VM" (the project VM's numbers),
+    "H200" (a GPU build's lenses measured on one, ``PROJECT_GPU``) or "done" (nothing left to do)."""
     bytes: float = 0.0
     """Database growth it is estimated to add (earlier builds of this model, else the demo build's)."""
 
@@ -173,8 +177,14 @@ def plan(job: BuildJob, n_layers: int, units_per_layer: dict[str, int], n_tokens
         raise UserError(f"--expensive-layers {job.expensive_layers!r}: use some of --layers {job.layers!r} (the "
                         "harvest covers those)")
 
+    on_gpu = PROJECT_GPU if job.device.startswith("cuda") else {}
+    reference = {**PROJECT_VM, **on_gpu}
+
+    def basis(lens: str) -> str:
+        return "done" if lens in done else "measured" if lens in costs else "H200" if lens in on_gpu else "VM"
+
     def cost(lens: str, ls: list[int]) -> Stage:
-        per = 0.0 if lens in done else costs.get(lens, PROJECT_VM[lens])
+        per = 0.0 if lens in done else costs.get(lens, reference[lens])
         size = 0.0 if lens in done else disk.get(lens, PROJECT_DISK[lens]) * units_per_layer[lens] * len(ls)
         if lens == "harvest":  # one pass of the corpus, as deep as the deepest layer
             units = n_tokens
@@ -182,8 +192,7 @@ def plan(job: BuildJob, n_layers: int, units_per_layer: dict[str, int], n_tokens
         else:
             units = units_per_layer[lens] * len(ls)
             seconds = per * units + (once.get(lens, 0.0) if ls and lens not in done else 0.0)
-        return Stage(lens, ls, units, seconds, "done" if lens in done else "measured" if lens in costs else "VM",
-                     size)
+        return Stage(lens, ls, units, seconds, basis(lens), size)
 
     stages = [cost(lens, layers if lens in CHEAP else deep) for lens in LENSES if lens in job.lenses]
     dropped: dict[str, list[int]] = {}
@@ -240,8 +249,8 @@ def db_bytes(db: Path) -> int:
 def plan_lines(stages: list[Stage], dropped: dict[str, list[int]], budget_s: float | None) -> list[str]:
     from analysis.jobs.common import fmt_layers
 
-    lines = ["plan (seconds per unit: measured = earlier builds on this machine, VM = the project's 2-core VM; "
-             "work already done is skipped):"]
+    lines = ["plan (seconds per unit: measured = earlier builds on this machine, VM = the project's 2-core VM, "
+             "H200 = one NVIDIA H200 GPU; work already done is skipped):"]
     for s in stages:
         what = f"{s.units:,} tokens" if s.lens == "harvest" else f"{s.units:,} units"
         where = fmt_layers(s.layers) if s.layers else "none"
