@@ -10,7 +10,17 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 from test_api import server  # noqa: F401  (the local OpenAI-compatible server: a fast simulator that reads)
 
+from viewer.views.search import query_tokens
+
 PAGES = Path(__file__).resolve().parents[1] / "viewer" / "views"
+
+
+def test_a_graph_query_keeps_whitespace_tokens_and_escapes():
+    assert query_tokens(" for| example") == [" for", " example"]
+    assert query_tokens(" |\\n| the||") == [" ", "\n", " the"]  # a space, a newline; empty parts dropped
+    assert query_tokens("a\\|b|\\t|c\\\\") == ["a|b", "\t", "c\\"]
+    assert query_tokens("x\\") == ["x\\"] and query_tokens("\\q") == ["\\q"]  # not an escape: as typed
+    assert query_tokens("") == query_tokens("|") == []
 
 
 def _page(name: str, db: Path, monkeypatch, **params) -> AppTest:
@@ -264,7 +274,10 @@ def test_graph_tab_search_and_compare(n2g_db, monkeypatch):
         g = max((s.graphs.get(run.run_id, UnitId(MLP, 1, u)) for u in range(12)), key=lambda g: len(g.patterns))
         roots = [p[0] for p, v in g.patterns if v >= 0.5 * g.max_activation]
         vocab = s.catalog.vocab(s.catalog.model(model).tokenizer_id, roots)
-        token = next(vocab[t] for t in roots if vocab[t].strip() and "|" not in vocab[t])  # one the box can search
+        # the root the box used to drop (whitespace, a bar) when there is one: escaped, it is searchable now
+        token = max((vocab[t] for t in roots), key=lambda x: not x.strip() or "|" in x or "\\" in x)
+        query = "".join({"\n": "\\n", "\t": "\\t", "|": "\\|", "\\": "\\\\"}.get(c, c) for c in token)
+        assert query_tokens(query) == [token]
     at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=g.unit.index, tab="graph")
     assert not at.exception and not at.error
     table = at.dataframe[0].value
@@ -280,7 +293,7 @@ def test_graph_tab_search_and_compare(n2g_db, monkeypatch):
     assert "vis.DataSet" in frame.proto.srcdoc and "<img" not in frame.proto.srcdoc
     at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=0, tab="graph")  # no graph yet
     assert not at.exception and any("build the graph now" in b.label for b in at.button)
-    at = _page("search", db, monkeypatch, model=model, graph=token)
+    at = _page("search", db, monkeypatch, model=model, graph=query)
     assert not at.exception
     hits = at.dataframe[0].value
     assert any(f"neuron={g.unit.index}&" in u for u in hits["neuron"])

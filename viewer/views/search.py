@@ -78,15 +78,39 @@ def token_search(s, name: str, model, runs: list) -> None:
             or "not in the token table (too rare in the corpus)"))
 
 
+QUERY_ESCAPES = {"n": "\n", "t": "\t", "|": "|", "\\": "\\"}
+
+
+def query_tokens(text: str) -> list[str]:
+    """The token strings of a graph query: '|' between tokens; ``\\n``, ``\\t``, ``\\|`` and ``\\\\`` a newline,
+    a tab, a bar and a backslash. Empty parts are dropped; whitespace is kept (' ' is the space token)."""
+    parts, part, i = [], [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and text[i + 1 : i + 2] in QUERY_ESCAPES:
+            part.append(QUERY_ESCAPES[text[i + 1]])
+            i += 2
+            continue
+        if c == "|":
+            parts.append("".join(part))
+            part = []
+        else:
+            part.append(c)
+        i += 1
+    parts.append("".join(part))
+    return [p for p in parts if p]
+
+
 def graph_search(s, name: str, model, runs: list) -> None:
     """Units whose Neuron2Graph graph contains a token or a token sequence (reading order, '|' between)."""
     st.subheader("Which neurons' graphs contain a token sequence?")
     qp = st.query_params
     if "search_graph" not in st.session_state:
         st.session_state["search_graph"] = qp.get("graph", " except")
-    text = st.text_input("tokens in reading order, separated by | (e.g. ` for| example`)", key="search_graph")
+    text = st.text_input("tokens in reading order, separated by | (e.g. ` for| example`; `\\n` a newline, `\\|` a "
+                         "bar)", key="search_graph")
     qp["graph"] = text
-    parts = [p for p in text.split("|") if p.strip()]
+    parts = query_tokens(text)
     if not parts:
         return
     sequence = [{hit.token_id for hit in s.catalog.token_ids(model.tokenizer_id, p)} for p in parts]
