@@ -345,8 +345,9 @@ def _merge_moments(na, ma, m2a, m3a, m4a, nb, mb, m2b, m3b, m4b):
 def _merge_ranked(key_a, extra_a, acts_a, key_b, extra_b, acts_b, k: int, largest: bool):
     """Keep, per unit (column), the k best entries of ``a`` (k slots, unsorted) and candidates ``b``.
 
-    On the CPU ``a`` is updated by replacement: a candidate that makes the cut takes the slot of an entry that
-    drops out, so only the activation rows that actually change are copied (late in a long harvest almost none).
+    On the CPU ``a`` is updated by replacement, one compiled pass per column: a candidate that makes the cut takes
+    the slot of the entry that drops out, so only the activation rows that actually change are copied (late in a
+    long harvest almost none).
     On a GPU (``_device_path``) the k best are gathered into new tensors instead: copying a few MB costs the GPU
     microseconds, while finding the changed slots would make the host wait for it (``any``, ``nonzero``).
     key ``[k, N]``, extra a tensor or tuple of tensors ``[k, N]``, acts ``[k, N, T]``; ``b`` likewise with any
@@ -366,22 +367,39 @@ def _merge_ranked(key_a, extra_a, acts_a, key_b, extra_b, acts_b, k: int, larges
         acts = torch.cat([acts_a, acts_b], 0)
         acts = acts.gather(0, idx[:, :, None].expand(k, *acts.shape[1:]))
         return keys.gather(0, idx), extras[0] if single else extras, acts
-    worst = key_a.amin(0) if largest else key_a.amax(0)
-    beats = (key_b > worst[None]) if largest else (key_b < worst[None])
-    if not bool(beats.any()):
-        return key_a, extra_a, acts_a
-    keys = torch.cat([key_a, key_b], 0)
-    _, idx = torch.topk(keys, k, dim=0, largest=largest, sorted=False)
-    chosen = torch.zeros_like(keys, dtype=torch.bool).scatter_(0, idx, True)
-    # slots that drop out and candidates that come in: the same count per column; nonzero() on the
-    # transposed masks lists both column by column, so they pair up one to one
-    out_col, out_slot = (~chosen[:ka]).T.nonzero(as_tuple=True)
-    in_col, in_row = chosen[ka:].T.nonzero(as_tuple=True)
-    key_a[out_slot, out_col] = key_b[in_row, in_col]
-    for ea, eb in zip(extras_a, extras_b):
-        ea[out_slot, out_col] = eb[in_row, in_col]
-    acts_a[out_slot, out_col] = acts_b[in_row, in_col]
+    # one compiled pass per column: a candidate better than the column's worst entry takes its slot (one extra
+    # when there is one: the list's own key stands in for the second)
+    wid_a, val_a = (extras_a[0], key_a) if single else extras_a
+    wid_b, val_b = (extras_b[0], key_b) if single else extras_b
+    _merge_columns(key_a.numpy(), wid_a.numpy(), val_a.numpy(), acts_a.view(torch.int16).numpy(), key_b.numpy(),
+                   wid_b.numpy(), val_b.numpy(), acts_b.view(torch.int16).numpy(), largest)
     return key_a, extra_a, acts_a
+
+
+@njit(cache=True)
+def _worst_slot(key, j, largest):  # pragma: no cover - compiled
+    w = 0
+    for s in range(1, key.shape[0]):
+        if (key[s, j] < key[w, j]) if largest else (key[s, j] > key[w, j]):
+            w = s
+    return w
+
+
+@njit(parallel=True, cache=True)
+def _merge_columns(key_a, wid_a, val_a, acts_a, key_b, wid_b, val_b, acts_b, largest):  # pragma: no cover
+    """For every column j: each candidate row i of ``key_b`` that beats the worst of ``key_a[:, j]`` (strictly:
+    larger with ``largest``, else smaller) takes that slot, with its window id, value and activation row. The k
+    best of both stay, in place (ties at the cut go to the earlier entry). Columns are split between threads."""
+    for j in prange(key_a.shape[1]):
+        w = _worst_slot(key_a, j, largest)
+        for i in range(key_b.shape[0]):
+            kb = key_b[i, j]
+            if (kb > key_a[w, j]) if largest else (kb < key_a[w, j]):
+                key_a[w, j] = kb
+                wid_a[w, j] = wid_b[i, j]
+                val_a[w, j] = val_b[i, j]
+                acts_a[w, j, :] = acts_b[i, j, :]
+                w = _worst_slot(key_a, j, largest)
 
 
 SlotKey = tuple  # (source, layer)
