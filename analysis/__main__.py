@@ -488,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         "skip_if_cached": Opt("do nothing if the db already has a finished run of this model name and corpus with "
                               "these layers"),
         "config": {"seq_len": Opt("tokens per window"), "top_k": Opt("top-activating windows kept per neuron"),
-                   "batch_size": Opt("windows per forward pass"),
+                   "batch_size": Opt("windows per forward pass (default: 32 on the CPU, 256 on a GPU)"),
                    "shard_windows": Opt("windows per checkpointed shard"),
                    "seed": Opt("seed for window selection and random samples")}})
 

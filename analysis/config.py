@@ -50,8 +50,9 @@ class HarvestConfig:
     pool: int = 50
     """Uniform random windows kept per unit, from which random and quantile samples are drawn."""
     batch_size: int | None = None
-    """Windows per forward pass; None: 32 on the CPU (its forward floor, bench/RESULTS.md), 256 on a GPU (the
-    harvest's small per-layer kernels are then a small share of each pass: 1.7x its floor at 64, bench/RESULTS.md)."""
+    """Windows per forward pass; None: 32 on the CPU (at its forward floor already), 256 on a GPU (the harvest's
+    small per-layer kernels are then a small share of each pass: 1.7x the forward floor vs 2.4x at 64 windows on an
+    H200, bench/RESULTS.md)."""
     shard_windows: int = 2048
     """Windows per shard: the unit of checkpointing and resuming (and of parallel work)."""
     token_table: int = 4096
