@@ -367,8 +367,8 @@ def _merge_ranked(key_a, extra_a, acts_a, key_b, extra_b, acts_b, k: int, larges
         acts = torch.cat([acts_a, acts_b], 0)
         acts = acts.gather(0, idx[:, :, None].expand(k, *acts.shape[1:]))
         return keys.gather(0, idx), extras[0] if single else extras, acts
-    # one compiled pass per column: a candidate better than the column's worst entry takes its slot (one extra
-    # when there is one: the list's own key stands in for the second)
+    # one compiled pass per column: a candidate better than the column's worst entry takes its slot (the top list's
+    # one extra is its window ids; its key, the window max, is written again as the pool's second extra would be)
     wid_a, val_a = (extras_a[0], key_a) if single else extras_a
     wid_b, val_b = (extras_b[0], key_b) if single else extras_b
     _merge_columns(key_a.numpy(), wid_a.numpy(), val_a.numpy(), acts_a.view(torch.int16).numpy(), key_b.numpy(),
