@@ -226,3 +226,30 @@ def test_state_checkpoint_round_trip(tmp_path, subject, windows):
     assert back is not None and back.shards_done == state.shards_done
     assert torch.equal(back.layers[(MLP, 2)].top_acts, state.layers[(MLP, 2)].top_acts)
     assert load_checkpoint(path, "other-run", CFG, "cpu") is None
+
+
+def test_checkpoints_take_at_most_a_share_of_the_time(tmp_path, subject, windows, monkeypatch):
+    """A save that takes long against its shards (a GPU's seconds-long shards) is not repeated after every shard:
+    after one, the next waits until CHECKPOINT_SHARE times its duration has passed. Fast saves: every shard."""
+    import time
+
+    import analysis.harvest as harvest
+
+    saved, real_save = [], harvest.save_checkpoint
+
+    def timed_save(state, path, run_id):
+        if delay:
+            real_save(state, path, run_id)
+            time.sleep(delay)
+        saved.append(state.shards_done)
+
+    monkeypatch.setattr(harvest, "save_checkpoint", timed_save)
+    delay = 0.0  # a save that takes no time
+    run_harvest(subject, windows, CFG, checkpoint=tmp_path / "a.pt", run_id="a", progress=False)
+    assert saved == [1, 2, 3, 4, 5]  # 23 windows in shards of 4: a save after each shard but the last
+    saved.clear()
+    delay = 5.0  # the shards take milliseconds: after the first save, none is due before the end
+    state, _ = run_harvest(subject, windows, CFG, checkpoint=tmp_path / "b.pt", run_id="b", progress=False)
+    assert saved == [1] and state.shards_done == 6
+    back = harvest.load_checkpoint(tmp_path / "b.pt", "b", CFG, "cpu")
+    assert back.shards_done == 1  # a rerun resumes from the one save
