@@ -520,6 +520,7 @@ def summarise(state: HarvestState, table_ids: torch.Tensor, tokens_per_unit: int
     cfg = state.config
     out = []
     counts = state.tok_count[:-1]
+    counts_host = counts.cpu()
     valid = counts >= cfg.min_token_count
     n_valid = int(valid.sum())
     for (source, layer), st in state.layers.items():
@@ -557,7 +558,7 @@ def summarise(state: HarvestState, table_ids: torch.Tensor, tokens_per_unit: int
             keep &= valid[:, None]
             r, c = keep.nonzero(as_tuple=True)
             kept, r, c = means[r, c].cpu(), r.cpu(), c.cpu()
-            rows = TokenMeans(c.numpy(), table_ids[r].numpy(), kept.numpy(), counts.cpu()[r].numpy())
+            rows = TokenMeans(c.numpy(), table_ids[r].numpy(), kept.numpy(), counts_host[r].numpy())
         out.append(LayerSummary(
             layer=layer, n_tokens=st.n,
             mean=st.mean.cpu().numpy(), std=std, skewness=skew, kurtosis=kurt,
