@@ -262,8 +262,11 @@ class Repo:
             raise
 
     @staticmethod
-    def _insert_arrow(cur, table: str, data) -> None:
-        """Insert a pyarrow table by column name (column order in the file does not matter)."""
+    def _insert_arrow(cur, table: str, data, consts: dict | None = None) -> None:
+        """Insert a pyarrow table by column name (column order in the file does not matter); ``consts``: columns
+        that hold one value in every row (column name -> (value, SQL type)), given once instead of per row."""
+        consts = consts or {}
+        extra = "".join(f", ${i + 1}::{sql_type} AS {name}" for i, (name, (_v, sql_type)) in enumerate(consts.items()))
         cur.register("_arrow_in", data)
-        cur.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _arrow_in")
+        cur.execute(f"INSERT INTO {table} BY NAME SELECT *{extra} FROM _arrow_in", [v for v, _t in consts.values()])
         cur.unregister("_arrow_in")

@@ -64,27 +64,31 @@ class RecordRepo(Repo):
         with self.transaction() as cur:
             for table in ("unit_stats", "records", "samples", "token_means"):
                 cur.execute(f"DELETE FROM {table} WHERE run_id = ? AND source = ?", [run_id, source])
+            ids = np.fromiter(window_lengths, np.int64, len(window_lengths))
+            lengths = np.zeros(int(ids.max(initial=-1)) + 1, np.int64)
+            lengths[ids] = np.fromiter(window_lengths.values(), np.int64, len(window_lengths))
             for s in summaries:
-                self._write_layer(cur, run_id, source, s, window_lengths)
+                self._write_layer(cur, run_id, source, s, lengths)
             cur.execute("UPDATE runs SET status = 'done', finished_at = now() WHERE run_id = ?", [run_id])
 
-    def _write_layer(self, cur, run_id: str, source: str, s: LayerSummary, window_lengths: dict[int, int]) -> None:
-        """Insert one LayerSummary: stats, deduplicated records, sample references, token means."""
+    def _write_layer(self, cur, run_id: str, source: str, s: LayerSummary, window_lengths: np.ndarray) -> None:
+        """Insert one LayerSummary: stats, deduplicated records, sample references, token means.
+        ``window_lengths``: each window's token count, by window id."""
         N = s.mean.shape[0]
-
-        def keys(n: int) -> dict:
-            return {"run_id": [run_id] * n, "source": [source] * n, "layer": pa.array([s.layer] * n, pa.int16())}
-
-        hist_blobs = [zlib.compress(s.hist[u].astype(np.int32).tobytes(), 1) for u in range(N)]
+        keys = {"run_id": (run_id, "VARCHAR"), "source": (source, "VARCHAR"), "layer": (s.layer, "SMALLINT")}
+        n_bounds = s.quantile_boundaries.shape[0]
+        hist = s.hist.astype(np.int32)
+        hist_blobs = [zlib.compress(hist[u].tobytes(), 1) for u in range(N)]
         self._insert_arrow(cur, "unit_stats", pa.table({
-            **keys(N), "unit": np.arange(N, dtype=np.int32), "n_tokens": pa.array([s.n_tokens] * N, pa.int64()),
+            "unit": np.arange(N, dtype=np.int32), "n_tokens": pa.array([s.n_tokens] * N, pa.int64()),
             "mean": s.mean.astype(np.float64), "std": s.std.astype(np.float64),
             "skewness": s.skewness.astype(np.float64), "kurtosis": s.kurtosis.astype(np.float64),
             "min": s.vmin.astype(np.float32), "max": s.vmax.astype(np.float32),
             "frac_active": s.frac_active.astype(np.float32), "hist": pa.array(hist_blobs, pa.binary()),
-            "quantile_boundaries": pa.array([s.quantile_boundaries[:, u].astype(np.float32).tolist()
-                                             for u in range(N)], pa.list_(pa.float32())),
-        }))
+            "quantile_boundaries": pa.ListArray.from_arrays(
+                np.arange(0, N * n_bounds + 1, n_bounds, dtype=np.int32),
+                pa.array(np.ascontiguousarray(s.quantile_boundaries.T, np.float32).ravel())),
+        }), keys)
         # sample rows in this order: top (by rank, then unit), random (by rank), quantile (by bin, then rank)
         r_top, u_top = np.nonzero(s.top_wid >= 0)
         r_rnd, u_rnd = np.nonzero(s.random_idx >= 0)
@@ -94,11 +98,11 @@ class RecordRepo(Repo):
         wid = np.concatenate([s.top_wid[r_top, u_top], s.pool_wid[p_rnd, u_rnd], s.pool_wid[p_q, u_q]]).astype(np.int64)
         counts = [len(u_top), len(u_rnd), len(u_q)]
         self._insert_arrow(cur, "samples", pa.table({
-            **keys(len(unit)), "unit": unit, "kind": np.repeat(np.array(["top", "random", "quantile"]), counts),
+            "unit": unit, "kind": np.repeat(np.array(["top", "random", "quantile"]), counts),
             "bin": np.concatenate([np.zeros(counts[0] + counts[1], np.int16), b_q.astype(np.int16)]),
             "rank": np.concatenate([r_top, r_rnd, r_q]).astype(np.int16), "window_id": wid.astype(np.int32),
             "max_act": np.concatenate([s.top_val[r_top, u_top], s.pool_max[p_rnd, u_rnd],
-                                       s.pool_max[p_q, u_q]]).astype(np.float32)}))
+                                       s.pool_max[p_q, u_q]]).astype(np.float32)}), keys)
         # a record per (unit, window), where it is first referenced, its activations cut to the window's length
         _, first = np.unique(unit.astype(np.int64) * (int(wid.max(initial=0)) + 1) + wid, return_index=True)
         first.sort()
@@ -107,18 +111,18 @@ class RecordRepo(Repo):
         pool_unit = np.concatenate([u_rnd, u_q])[in_pool]
         top = first[first < counts[0]]
         acts = np.concatenate([s.top_acts[r_top[top], u_top[top]], s.pool_acts[pool_at, pool_unit]])
-        lengths = np.minimum([window_lengths[w] for w in wid[first].tolist()], acts.shape[1]).astype(np.int64)
+        lengths = np.minimum(window_lengths[wid[first]], acts.shape[1])
         data = acts[np.arange(acts.shape[1])[None, :] < lengths[:, None]]  # each row's first `length` values
         offsets = np.concatenate([[0], np.cumsum(lengths * acts.itemsize)]).astype(np.int32)
         self._insert_arrow(cur, "records", pa.table({
-            **keys(len(first)), "unit": unit[first], "window_id": wid[first].astype(np.int32),
+            "unit": unit[first], "window_id": wid[first].astype(np.int32),
             "acts": pa.Array.from_buffers(pa.binary(), len(first), [None, pa.py_buffer(offsets),
-                                                                     pa.py_buffer(data.tobytes())])}))
+                                                                     pa.py_buffer(data.tobytes())])}), keys)
         tm = s.token_means
         if len(tm):
             self._insert_arrow(cur, "token_means", pa.table({
-                **keys(len(tm)), "unit": tm.unit.astype(np.int32), "token_id": tm.token_id.astype(np.int32),
-                "mean": tm.mean.astype(np.float32), "count": tm.count.astype(np.int32)}))
+                "unit": tm.unit.astype(np.int32), "token_id": tm.token_id.astype(np.int32),
+                "mean": tm.mean.astype(np.float32), "count": tm.count.astype(np.int32)}), keys)
 
     # ---- reads ---------------------------------------------------------------------------------------------
     def unit_stats(self, run_id: str, unit: UnitId) -> UnitStats | None:
