@@ -10,6 +10,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 from test_api import server  # noqa: F401  (the local OpenAI-compatible server: a fast simulator that reads)
 
+from viewer.components.charts import short_number
 from viewer.views.search import query_tokens
 
 PAGES = Path(__file__).resolve().parents[1] / "viewer" / "views"
@@ -223,13 +224,13 @@ def test_glance_header_with_and_without_lenses(viewer_db, monkeypatch, server):
     at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=9)
     assert not at.exception
     labels = [b.label for b in at.button]
-    assert {"compute the baseline (instant)", "build the graph (seconds)"} <= set(labels)
+    assert {"compute baseline (instant)", "build graph (seconds)"} <= set(labels)
     # NPMI over the reference corpus is not counted for this test database: the button says what it will take
-    assert "compute topics (counts NPMI over the reference corpus first: ~90 s once)" in labels
+    assert "compute topics (NPMI counts first: ~90 s once)" in labels
     body = glance(at)
     assert "none scored yet" in body and body.count("none yet") == 3 and "density" in body and "<code>" in body
     assert _tags(re.sub(r"<style>.*?</style>", "", body, flags=re.S)) <= {"div", "a", "code"}
-    at.button[labels.index("compute the baseline (instant)")].click().run()  # computed from the page
+    at.button[labels.index("compute baseline (instant)")].click().run()  # computed from the page
     assert not at.exception
     args = ["--db", str(db), "--model", model, "--layer", "0", "--neurons", "9", "--quiet"]
     assert main(["explain", *args, "--explainer", "token-lookup"]) == 0
@@ -238,7 +239,7 @@ def test_glance_header_with_and_without_lenses(viewer_db, monkeypatch, server):
     at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=9)
     assert not at.exception
     labels = [b.label for b in at.button]
-    assert not any(l.startswith(("compute the baseline", "build the graph")) for l in labels)
+    assert not any(l.startswith(("compute baseline", "build graph")) for l in labels)
     body = glance(at)
     assert "token-lookup → api-json" in body and "N2G F1 " in body and re.search(r"r = [+-]\d\.\d{3}</div><div "
                                                                              r'class="sub">token-lookup', body)
@@ -361,3 +362,9 @@ def test_pages_say_what_a_running_build_has_still_to_write(viewer_db, monkeypatc
     at = _page("home", copy, monkeypatch)
     assert any("stopped before the end" in w.value for w in at.warning)
     assert any("--expensive-neurons 0-3" in c.value for c in at.code)
+
+
+def test_short_number_fits_a_statistic_column():
+    cases = {-0.0068: "-0.0068", -0.00123: "-0.0012", -0.000123: "-1.2e-4", 0.151: "0.151", 107.4: "107",
+             -5.51: "-5.51", 12345.6: "1.2e+04", 0.0: "0", float("inf"): "inf", 1.5e-12: "1.5e-12"}
+    assert {x: short_number(x) for x in cases} == cases

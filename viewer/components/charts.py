@@ -1,10 +1,21 @@
-"""The activation histogram as a static SVG: drawn the same on the page and in exported pages (no script)."""
+"""The activation histogram as a static SVG: drawn the same on the page and in exported pages (no script); the
+numbers shown above it."""
 
 from __future__ import annotations
 
 import math
 
 from analysis.types import UnitStats
+
+
+def short_number(x: float, width: int = 7) -> str:
+    """``x`` in at most ``width`` characters where it can be (3 significant digits, fewer if they do not fit, then
+    a compact exponent): a statistic's column on the unit page holds about 7 (-0.00123 -> -0.0012, -1.2e-4)."""
+    for text in (f"{x:.3g}", f"{x:.2g}"):
+        if len(text) <= width:
+            return text
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def _bars(stats: UnitStats) -> list[tuple[float, float, int]]:

@@ -103,15 +103,16 @@ def glance_header(g: UnitGlance, tab_url, npmi_counted: bool = True, coming: set
     ``coming``: as for ``glance_html``."""
     st.html(glance_html(g, tab_url, coming))
     missing = [(lens, label) for lens, label, gone in (
-        ("baseline", "compute the baseline (instant)", not any(b.error is None for b in g.baselines)),
-        ("graph", "build the graph (seconds)", g.neuron and not g.graph),
-        ("topics", "compute topics (about a second)" if npmi_counted else
-         "compute topics (counts NPMI over the reference corpus first: ~90 s once)", not g.n_topic_sets),
-        ("effects", "measure the ablation effect (seconds)", not g.effects)) if gone]
+        ("baseline", "compute baseline (instant)", not any(b.error is None for b in g.baselines)),
+        ("graph", "build graph (seconds)", g.neuron and not g.graph),
+        ("topics", "compute topics (~1 s)" if npmi_counted else
+         "compute topics (NPMI counts first: ~90 s once)", not g.n_topic_sets),
+        ("effects", "measure ablation (seconds)", not g.effects)) if gone]
     if not missing:
         return None
     ask = None
-    for col, (lens, label) in zip(st.columns(len(missing) + 2)[:len(missing)], missing):
-        if col.button(label, key=f"glance_{lens}_now", type="tertiary", icon=":material/play_arrow:"):
+    row = st.container(horizontal=True, gap="small")  # each button as wide as its label, wrapping when they do not fit
+    for lens, label in missing:
+        if row.button(label, key=f"glance_{lens}_now", type="tertiary", icon=":material/play_arrow:", width="content"):
             ask = lens
     return ask

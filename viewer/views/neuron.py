@@ -11,7 +11,7 @@ import streamlit as st
 
 from analysis.types import MLP, UnitId
 from viewer.components.build import coming, still_building
-from viewer.components.charts import histogram_html
+from viewer.components.charts import histogram_html, short_number
 from viewer.components.explanations import baseline_line, explanations_panel, similar_line
 from viewer.components.export import neuron_page_html
 from viewer.components.glance import glance_header
@@ -310,7 +310,7 @@ def render() -> None:
     cols = st.columns(7)
     for col, (label, val) in zip(cols, [("max", s.max), ("mean", s.mean), ("std", s.std), ("skew", s.skewness),
                                         ("kurtosis", s.kurtosis), ("frac > 0", s.frac_active), ("min", s.min)]):
-        col.metric(label, f"{val:.3g}")
+        col.metric(label, short_number(val))
     histogram_section(s)
     records_section(model, rec)
 
@@ -331,7 +331,7 @@ def records_section(model, rec) -> None:
     c1, c2 = st.columns([6, 2])
     tab = c1.segmented_control("records", TABS, default=tab, key="tab_sel", label_visibility="collapsed") or "top"
     qp["tab"] = tab
-    around = c2.toggle("only ±8 tokens around each max", value=qp.get("around") == "1", key="around_sel")
+    around = c2.toggle("±8 tokens around each max", value=qp.get("around") == "1", key="around_sel")
     qp["around"] = "1" if around else "0"
     window = 8 if around else None
     if tab == "top":
