@@ -111,7 +111,10 @@ class RecordRepo(Repo):
         pool_unit = np.concatenate([u_rnd, u_q])[in_pool]
         top = first[first < counts[0]]
         acts = np.concatenate([s.top_acts[r_top[top], u_top[top]], s.pool_acts[pool_at, pool_unit]])
-        lengths = np.minimum(window_lengths[wid[first]], acts.shape[1])
+        known = wid[first] < len(window_lengths)
+        lengths = np.minimum(window_lengths[np.where(known, wid[first], 0)], acts.shape[1])
+        if not (known.all() and (lengths > 0).all()):
+            raise ValueError(f"layer {s.layer}: records of windows the run does not have")
         data = acts[np.arange(acts.shape[1])[None, :] < lengths[:, None]]  # each row's first `length` values
         offsets = np.concatenate([[0], np.cumsum(lengths * acts.itemsize)]).astype(np.int32)
         self._insert_arrow(cur, "records", pa.table({
