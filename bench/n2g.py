@@ -4,6 +4,9 @@
                         [--neurons 48] [--dtypes float32,bfloat16] [--seed S] [--no-plain] [--set FIELD=V ...]
                         [--variant FIELD=V[,FIELD=V] ...]
 
+ΔF1 is N2G's firing F1 minus token-lookup's, averaged over the sample's neurons, with the standard error of that
+mean (the neurons' differences' standard deviation over √n): how far a sample's margin is from noise.
+
 For each layer, the same seeded random sample of neurons (by default seeded by the layer: the sample settings
 were tuned on; ``--seed S`` draws another one, seeded by (S, layer), for a measurement nobody tuned on) is
 fitted in one batch (as `python -m analysis n2g` does per chunk) without and with augmentation; the token-lookup baseline is fitted on the same train records.
@@ -90,7 +93,9 @@ def main() -> None:
                     p=mean(lambda r: r.firing.precision), r=mean(lambda r: r.firing.recall),
                     f1=mean(lambda r: r.firing.f1), bp=mean(lambda r: r.baseline_firing.precision),
                     br=mean(lambda r: r.baseline_firing.recall), bf1=mean(lambda r: r.baseline_firing.f1),
-                    patterns=mean(lambda r: len(r.graph.patterns()))))
+                    patterns=mean(lambda r: len(r.graph.patterns())),
+                    se=float(np.std([r.firing.f1 - r.baseline_firing.f1 for r in res], ddof=1) / np.sqrt(len(res)))
+                    if len(res) > 1 else float("nan")))
                 x = rows[-1]
                 print(f"L{layer} {dtype} augment={augment} packed={row_tokens > 1} {variant}: {dt:.2f} s/neuron; "
                       f"firing P/R/F1 {x['p']:.2f}/{x['r']:.2f}/{x['f1']:.2f} vs token-lookup "
@@ -105,14 +110,14 @@ def main() -> None:
           f"(+ up to extra_records train records past the first 20: {N2GConfig.extra_records} unless set), "
           f"{''.join(x + ', ' for x in args.set)}{args.threads} threads\n")
     print("| layer | dtype | augment | prober | variant | s/neuron | tokens/neuron (to layer / whole model) | "
-          "patterns | N2G firing P/R/F1 | token-lookup P/R/F1 | ΔF1 |")
+          "patterns | N2G firing P/R/F1 | token-lookup P/R/F1 | ΔF1 ± s.e. |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for x in rows:
         print(f"| {x['layer']} | {x['dtype']} | {'on' if x['augment'] else 'off'} | "
               f"{'packed' if x['packed'] else 'one per row'} | {x['variant'] or '-'} | {x['s']:.2f} | "
               f"{x['tok_layer']:.0f} / {x['tok_lm']:.0f} | {x['patterns']:.0f} | "
               f"{x['p']:.2f}/{x['r']:.2f}/{x['f1']:.2f} | {x['bp']:.2f}/{x['br']:.2f}/{x['bf1']:.2f} | "
-              f"{x['f1'] - x['bf1']:+.3f} |")
+              f"{x['f1'] - x['bf1']:+.3f} ± {x['se']:.3f} |")
 
 
 if __name__ == "__main__":
