@@ -65,7 +65,7 @@ class RecordRepo(Repo):
             for table in ("unit_stats", "records", "samples", "token_means"):
                 cur.execute(f"DELETE FROM {table} WHERE run_id = ? AND source = ?", [run_id, source])
             ids = np.fromiter(window_lengths, np.int64, len(window_lengths))
-            lengths = np.zeros(int(ids.max(initial=-1)) + 1, np.int64)
+            lengths = np.zeros(int(ids.max(initial=0)) + 1, np.int64)  # 0: a window the run does not have
             lengths[ids] = np.fromiter(window_lengths.values(), np.int64, len(window_lengths))
             for s in summaries:
                 self._write_layer(cur, run_id, source, s, lengths)
