@@ -254,17 +254,14 @@ class LayerState:
             tok_sum=torch.zeros((table_rows + 1, n_units), dtype=torch.float32, device=device),
         )
 
-    def add_batch(self, acts: torch.Tensor, real: "RealTokens | torch.Tensor", window_ids: torch.Tensor,
-                  token_rows: torch.Tensor | None, top_k: int, pool: int, seed: int) -> None:
+    def add_batch(self, acts: torch.Tensor, real: RealTokens, window_ids: torch.Tensor, top_k: int, pool: int,
+                  seed: int) -> None:
         """Fold one batch into this state, in place (equivalent to merging the batch's own state).
 
-        acts ``[B, T, N]`` float32; real: the batch's ``RealTokens``, or its ``[B, T]`` bool mask (True for real
-        tokens) with token_rows ``[B, T]``, each token's row in the token table; window_ids ``[B]``.
+        acts ``[B, T, N]`` float32; real: the batch's ``RealTokens`` (on the state's device); window_ids ``[B]``.
         """
         B, T, N = acts.shape
         dev = acts.device
-        if not isinstance(real, RealTokens):
-            real = RealTokens.of(real, token_rows, dev, self.tok_sum.shape[0] - 1)
         n = real.n
         if n == 0:
             return
@@ -444,7 +441,7 @@ class HarvestState:
             seed = cfg.seed + self.salts.get(key[0], 0)
             own = (masks or {}).get(key)
             self.layers[key].add_batch(a, real if own is None else RealTokens.of(own, token_rows, dev, table_size),
-                                       window_ids, None, cfg.top_k, cfg.pool, seed)
+                                       window_ids, cfg.top_k, cfg.pool, seed)
         self.tok_count.index_add_(0, real.token_rows, torch.ones_like(real.token_rows))
         self.windows_done += int(window_ids.shape[0])
 

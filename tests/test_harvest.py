@@ -199,7 +199,8 @@ def test_merge_is_associative_and_equals_streaming(subject, windows, gpu_path, m
         for b in range(0, len(ws), 3):
             enc, wid = pad_batch(subject, ws[b:b + 3], 16)
             acts = mlp_activations(subject, enc.input_ids, enc.attention_mask, [1])[1]
-            st.add_batch(acts, enc.real, wid, torch.zeros_like(enc.input_ids), CFG.top_k, CFG.pool, CFG.seed)
+            real = harvest.RealTokens.of(enc.real, torch.zeros_like(enc.input_ids), "cpu", 10)
+            st.add_batch(acts, real, wid, CFG.top_k, CFG.pool, CFG.seed)
         return st
 
     a, b, c = shard_state(windows[:7]), shard_state(windows[7:15]), shard_state(windows[15:])
