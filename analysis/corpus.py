@@ -45,7 +45,7 @@ def _wheel_member(member: str) -> bytes:
     if not wheels:
         raise UserError(
             f"the embedded corpora need the gensim 4.4.0 wheel in {data_dir() / 'wheels'}; run `make setup` "
-            "(it runs: pip download --no-deps gensim==4.4.0 -d cache/wheels)"
+            "(it runs: pip download --no-deps gensim==4.4.0 -d data/wheels)"
         )
     with zipfile.ZipFile(wheels[0]) as zf:
         return zf.read(member)

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from analysis.config import relocated
 from analysis.types import DictionaryInfo, UserError
 
 SITES = ("resid_pre", "resid_post", "mlp_out", "attn_out")
@@ -523,10 +524,11 @@ def load_dictionary(info: DictionaryInfo) -> SAE:
         sae = baseline_dictionary(info.meta["baseline"], info.d_in, info.layer, info.site, info.d_sae,
                                   info.meta.get("seed", 0))
     else:
-        if not Path(info.path).exists():
+        folder = relocated(info.path)
+        if not folder.exists():
             raise UserError(f"the weights of {info.source} are gone from {info.path}: restore the folder, or harvest "
                             "the SAE again from where it is now")
-        sae = load_sae(f"{info.path}#layer={info.layer},site={info.site}")
+        sae = load_sae(f"{folder}#layer={info.layer},site={info.site}")
         sae.name = info.name
     if sae.source != info.source:
         raise UserError(f"{info.path} now holds other weights than {info.source} (harvested from it): harvest again")

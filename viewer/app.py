@@ -8,12 +8,9 @@ units that are not MLP neurons). Pages are thin: they read through ``viewer/reso
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import streamlit as st  # noqa: E402
+import streamlit as st
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,6 +25,6 @@ nav = st.navigation([
     st.Page(HERE / "views" / "scores.py", title="Scores", icon=":material/insights:", url_path="scores"),
     st.Page(HERE / "views" / "interpretability.py", title="Interpretability", icon=":material/balance:",
             url_path="interpretability"),
-    st.Page(HERE / "views" / "home.py", title="Cache", icon=":material/storage:", url_path="cache"),
+    st.Page(HERE / "views" / "cache.py", title="Cache", icon=":material/storage:", url_path="cache"),
 ])
 nav.run()
