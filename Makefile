@@ -126,14 +126,14 @@ test: setup chromium $(VENV)/.ray
 	$(PY) -m pytest -q tests
 
 bench: setup
-	$(PY) bench/harvest.py
-	$(PY) bench/viewer_page.py
-	$(PY) bench/explain.py
-	$(PY) bench/api.py
-	$(PY) bench/n2g.py
-	$(PY) bench/topics.py
-	$(PY) bench/harvest_sae.py
-	$(PY) bench/sae_train.py
+	$(PY) -m bench.harvest
+	$(PY) -m bench.viewer_page
+	$(PY) -m bench.explain
+	$(PY) -m bench.api
+	$(PY) -m bench.n2g
+	$(PY) -m bench.topics
+	$(PY) -m bench.harvest_sae
+	$(PY) -m bench.sae_train
 
 clean-cache:
 	rm -rf $(DB) $(DB).wal $(DB).harvest $(DB).topics $(DB).build.json $(DB).build.log $(DB).build.pid $(DB).costs.json

@@ -63,7 +63,7 @@ def cmd_harvest(args) -> int:
 
 def cmd_build(args) -> int:
     from analysis.jobs.build import BuildJob, build
-    from analysis.jobs.common import fmt_layers
+    from analysis.jobs.specs import fmt_layers
 
     s = build(from_args(BuildJob, args), Path(args.db), _progress(args))
     for lens, seconds in s.seconds.items():
@@ -197,7 +197,7 @@ def cmd_sae_train(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from analysis.jobs.common import fmt_layers
+    from analysis.jobs.specs import fmt_layers
     from analysis.embedded import embedded_status
     from cache.store import open_store
 
@@ -246,8 +246,11 @@ def cmd_corpora(args) -> int:
 
 def cmd_reference_corpus(args) -> int:
     from analysis import reference_corpus
+    from analysis.config import DEFAULT_CORPUS
+    from analysis.corpus import titles_of
 
-    counts = reference_corpus.build(force=args.force, progress=not args.quiet)
+    counts = reference_corpus.build(force=args.force, progress=not args.quiet,
+                                    exclude_titles=titles_of(DEFAULT_CORPUS))
     print(f"{reference_corpus.corpus_path()}: {sum(c.words for c in counts):,} words, "
           f"{sum(c.documents for c in counts):,} documents from {len(counts)} sources "
           f"(python -m analysis corpora lists them)")
@@ -352,7 +355,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_site(args) -> int:
-    from analysis.jobs.common import cached_model, n_units, parse_units
+    from analysis.jobs.reads import cached_model, n_units
+    from analysis.jobs.specs import parse_units
     from analysis.types import MLP, UnitId
     from cache.store import open_store
     from viewer.site import build_site, write_site

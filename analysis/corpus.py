@@ -193,6 +193,14 @@ def embedded_version(name: str) -> str | None:
     return None
 
 
+def titles_of(name: str) -> frozenset[str]:
+    """The case-folded titles of a corpus' documents (empty when it does not load here, e.g. no gensim wheel)."""
+    try:
+        return frozenset(d.title.casefold() for d in load_corpus(name).documents)
+    except UserError:
+        return frozenset()
+
+
 def load_corpus(name: str) -> Corpus:
     """A corpus by embedded name or path. Raises UserError for unknown names and corpora without text."""
     if name in EMBEDDED_CORPORA:

@@ -64,7 +64,7 @@ class ModelHandle:
 
 @functools.lru_cache(maxsize=2)
 def _load(name: str, model_id: str, device: str, dtype: str):
-    from analysis.jobs.common import load_subject
+    from analysis.models import load_subject
 
     return load_subject(name, model_id, device, dtype)
 

@@ -3,7 +3,7 @@
 A float16's high byte holds its sign, its 5 exponent bits and its top 2 mantissa bits: read as an integer it
 names a log-scale bin (4 linear sub-bins per octave, from 2^-14 to 65504, subnormals in the lowest bins).
 The harvest already makes the float16 copy for storage, so binning costs one byte read per value
-(``analysis.harvest.hist_bin_index``). The grid never depends on the data, so histograms merge by addition.
+(``analysis.harvest.kernels.hist_bin_index``). The grid never depends on the data, so histograms merge by addition.
 """
 
 from __future__ import annotations

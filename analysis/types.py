@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 class UserError(Exception):
     """Bad input from the user (unknown name, unsupported model, bad path...).
@@ -218,3 +220,44 @@ class Effects:
     promoted: list[tuple[int, float]]
     """(token id, mean log-probability clean − ablated): the tokens the unit raises most where it fires."""
     suppressed: list[tuple[int, float]]
+
+
+@dataclass
+class TokenMeans:
+    """Rows of a layer's token table, as columns: unit, token id, mean activation, occurrences in the corpus."""
+
+    unit: np.ndarray
+    token_id: np.ndarray
+    mean: np.ndarray
+    count: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.unit)
+
+
+@dataclass
+class LayerSummary:
+    """Everything the cache stores for one layer, as arrays over units (N) — see ``analysis.harvest.summary.summarise``."""
+
+    layer: int
+    n_tokens: int
+    mean: np.ndarray
+    std: np.ndarray
+    skewness: np.ndarray
+    kurtosis: np.ndarray
+    vmin: np.ndarray
+    vmax: np.ndarray
+    frac_active: np.ndarray
+    hist: np.ndarray  # [N, HIST_BINS] int64
+    top_val: np.ndarray  # [K, N]
+    top_wid: np.ndarray  # [K, N], -1 = none
+    top_acts: np.ndarray  # [K, N, T] float16
+    random_idx: np.ndarray  # [random_k, N] index into the pool, -1 = none
+    quantile_idx: np.ndarray  # [bins, per_bin, N] index into the pool, -1 = none
+    quantile_boundaries: np.ndarray  # [bins - 1, N]
+    pool_wid: np.ndarray  # [R, N]
+    pool_max: np.ndarray
+    pool_acts: np.ndarray  # [R, N, T] float16
+    token_means: "TokenMeans"
+    """The rows of the token table worth storing."""
+    source: str = MLP

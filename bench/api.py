@@ -2,7 +2,7 @@
 test server (tests/openai_server.py, the embedded model computing real log-probabilities), against
 ``local-all-at-once`` in-process on the same records, and against the server's own work without HTTP.
 
-    python bench/api.py [--db cache/demo.duckdb] [--layer 15] [--neurons 2] [--logprobs 20]
+    python -m bench.api [--db data/demo.duckdb] [--layer 15] [--neurons 2] [--logprobs 20]
 
 Ratios measured in this run: HTTP path / in-process simulator (what a user pays for going through a server on
 this machine), and HTTP path / the server's computation called directly (the HTTP + JSON overhead alone). Also
@@ -12,20 +12,15 @@ the plan line's token estimate against the tokens the server counted.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-
-from analysis.types import MLP, UnitId  # noqa: E402
+from analysis.config import default_db
+from analysis.types import MLP, UnitId
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--db", default=str(REPO / "cache" / "demo.duckdb"))
+    ap.add_argument("--db", default=str(default_db()))
     ap.add_argument("--layer", type=int, default=15)
     ap.add_argument("--neurons", type=int, default=2)
     ap.add_argument("--logprobs", type=int, default=20)
@@ -37,7 +32,7 @@ def main() -> None:
     from analysis.simulate import ApiAllAtOnceSimulator, LocalAllAtOnceSimulator, record_prompt
     from analysis.splits import scoring_records
     from cache.store import open_store
-    from openai_server import completion_logprobs, serve
+    from tests.openai_server import completion_logprobs, serve
 
     torch.set_num_threads(2)
     with open_store(args.db, read_only=True) as s:

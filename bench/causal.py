@@ -1,7 +1,7 @@
 """Causal lens speed: ablation on 256 tokens vs one plain forward pass, steering 64 new tokens vs plain
 generation (embedded SmolLM2, fp32, CPU), measured in the same run.
 
-    python bench/causal.py [--tokens 256] [--new 64] [--repeat 5]
+    python -m bench.causal [--tokens 256] [--new 64] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -10,16 +10,13 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from analysis.causal import Edit, ablate, generate, steering_edit, unit_edit  # noqa: E402
-from analysis.corpus import load_corpus  # noqa: E402
-from analysis.models import load_model  # noqa: E402
-from analysis.types import MLP, UnitId  # noqa: E402
+from analysis.causal import Edit, ablate, generate, steering_edit, unit_edit
+from analysis.corpus import load_corpus
+from analysis.models import load_model
+from analysis.types import MLP, UnitId
 
 
 def best_of(fn, repeat: int) -> float:

@@ -1,7 +1,7 @@
 """The Ray executor's overhead: the same work on the local executor and on a local Ray cluster, in one run.
 
-    python bench/executors.py [--db cache/demo.duckdb] [--layer 15] [--tokens 16384] [--neurons 0-31] [--cpus 2]
-                              [--shard-windows 64] [--work harvest,baselines,n2g]
+    python -m bench.executors [--db data/demo.duckdb] [--layer 15] [--tokens 16384] [--neurons 0-31] [--cpus 2]
+                                [--shard-windows 64] [--work harvest,baselines,n2g]
 
 Needs Ray (``pip install -r requirements-ray.txt``). Work, each timed on both executors (one executor for all
 three, as a build holds one; the Ray cluster's start is timed apart):
@@ -12,8 +12,7 @@ three, as a build holds one; the Ray cluster's start is timed apart):
   3. n2g: Neuron2Graph graphs of ``--neurons`` of the layer, on the same copy (force).
 Local runs in this process with torch's default threads (all cores); Ray runs ``--cpus`` one-thread workers, each
 loading the model once (inside its first task: counted in the first stage that needs it). Prints a markdown
-table: seconds per executor and the ratio ray / local. ``--db`` itself is never written. (Not named ray.py: a
-script's folder comes first on sys.path, and bench/ray.py would shadow the ray package.)
+table: seconds per executor and the ratio ray / local. ``--db`` itself is never written.
 """
 
 from __future__ import annotations
@@ -25,15 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from analysis.config import HarvestConfig  # noqa: E402
-from analysis.executor import ExecutorConfig, make_executor  # noqa: E402
-from analysis.jobs.explain import ExplainJob, explain  # noqa: E402
-from analysis.jobs.harvest import HarvestJob, harvest  # noqa: E402
-from analysis.jobs.n2g import N2GJob, n2g  # noqa: E402
-from analysis.jobs.score import ScoreJob, score  # noqa: E402
-from analysis.progress import Progress  # noqa: E402
+from analysis.config import HarvestConfig, default_db
+from analysis.executor import ExecutorConfig, make_executor
+from analysis.jobs.explain import ExplainJob, explain
+from analysis.jobs.harvest import HarvestJob, harvest
+from analysis.jobs.n2g import N2GJob, n2g
+from analysis.jobs.score import ScoreJob, score
+from analysis.progress import Progress
 
 QUIET = Progress(enabled=False)
 
@@ -53,7 +50,7 @@ def stages(db: Path, fresh: Path, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--db", default="cache/demo.duckdb")
+    ap.add_argument("--db", default=str(default_db()))
     ap.add_argument("--layer", type=int, default=15)
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--neurons", default="0-31")

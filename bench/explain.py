@@ -1,7 +1,7 @@
 """Explanation benchmark on the demo cache: local all-at-once simulation throughput and one neuron's full
 explain + score cost with the local backends.
 
-    python bench/explain.py [--db cache/demo.duckdb] [--layer 15] [--neurons 4]
+    python -m bench.explain [--db data/demo.duckdb] [--layer 15] [--neurons 4]
 
 Baseline measured in the same run: simulating one record the per-token way (one forward pass per activation
 slot, the prompt cut after each TAB), against the all-at-once pass (one forward for the whole record).
@@ -10,19 +10,15 @@ slot, the prompt cut after each TAB), against the all-at-once pass (one forward 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from analysis.types import MLP, UnitId  # noqa: E402
+from analysis.config import default_db
+from analysis.types import MLP, UnitId
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--db", default=str(REPO / "cache" / "demo.duckdb"))
+    ap.add_argument("--db", default=str(default_db()))
     ap.add_argument("--layer", type=int, default=15)
     ap.add_argument("--neurons", type=int, default=4)
     args = ap.parse_args()

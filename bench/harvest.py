@@ -8,7 +8,7 @@ All on the embedded SmolLM2, all 30 layers, the same windows of the embedded Wik
 Also the peak RSS of (b) at N and 2N tokens (it should not grow with the corpus).
 Each part runs in its own process. Ratios are printed last.
 
-    python bench/harvest.py [--tokens 16384] [--device cpu|cuda] [--batch-size B] [--repeat 1] [--skip-naive]
+    python -m bench.harvest [--tokens 16384] [--device cpu|cuda] [--batch-size B] [--repeat 1] [--skip-naive]
 
 The batch size defaults to the harvest's on the device (32 windows on the CPU, 256 on a GPU).
 """
@@ -24,8 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def _windows(subject, tokens: int):
     from analysis.corpus import load_corpus, make_windows, select_windows
@@ -40,7 +38,9 @@ def part(name: str, tokens: int, device: str, batch_size: int, model: str = "smo
     import torch
 
     from analysis.activations import mlp_activations
-    from analysis.harvest import HarvestConfig, run_harvest, summarise
+    from analysis.config import HarvestConfig
+    from analysis.harvest.driver import run_harvest
+    from analysis.harvest.summary import summarise
     from analysis.models import load_model
 
     subject = load_model(model, device=device)
@@ -117,8 +117,9 @@ def part(name: str, tokens: int, device: str, batch_size: int, model: str = "smo
 
 
 def run_part(name: str, tokens: int, device: str, batch_size: int, model: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--part", name, "--tokens", str(tokens), "--device", device,
-                          "--batch-size", str(batch_size), "--model", model], capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "bench.harvest", "--part", name, "--tokens", str(tokens), "--device", device,
+           "--batch-size", str(batch_size), "--model", model]
+    out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"part {name} failed:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -3,10 +3,10 @@
 Embedded SmolLM2, the same windows of the embedded Wikipedia sample, one process per part:
   (a) neurons of layer L only;            (b) neurons of layer L + the SAE's features (same forward pass);
   (c) neurons of all 30 layers (the demo); (d) all 30 layers + the SAE.
-The SAE is the demo's (``cache/saes/...`` after ``make demo``) or, if absent, a random TopK SAE of the demo's
+The SAE is the demo's (``data/saes/...`` after ``make demo``) or, if absent, a random TopK SAE of the demo's
 shape (width 4608, k 32, resid_post of layer L): the cost depends on the shape, not on the weights.
 
-    python bench/harvest_sae.py [--tokens 16384] [--layer 15] [--sae DIR]
+    python -m bench.harvest_sae [--tokens 16384] [--layer 15] [--sae DIR]
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _sae(spec: str | None, layer: int):
@@ -38,7 +36,9 @@ def _sae(spec: str | None, layer: int):
 
 def part(name: str, tokens: int, layer: int, sae_spec: str | None) -> dict:
     from analysis.activations import neuron_reader, sae_reader
-    from analysis.harvest import HarvestConfig, run_harvest, summarise
+    from analysis.config import HarvestConfig
+    from analysis.harvest.driver import run_harvest
+    from analysis.harvest.summary import summarise
     from analysis.models import load_model
     from bench.harvest import _windows
 
@@ -71,7 +71,8 @@ def main() -> None:
         return
     results = {}
     for name in ("layer", "layer+sae", "all", "all+sae"):
-        cmd = [sys.executable, __file__, "--part", name, "--tokens", str(args.tokens), "--layer", str(args.layer)]
+        cmd = [sys.executable, "-m", "bench.harvest_sae", "--part", name, "--tokens", str(args.tokens),
+               "--layer", str(args.layer)]
         out = subprocess.run(cmd + (["--sae", args.sae] if args.sae else []), capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(out.stderr)

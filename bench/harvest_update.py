@@ -2,10 +2,10 @@
 share of the forward is what separates the harvest from its floor, and it is less at the mercy of a noisy VM than
 two processes' wall times.
 
-    python bench/harvest_update.py [--checkout PATH] [--batches 26]
+    python -m bench.harvest_update [--checkout PATH] [--batches 26]
 
 ``--checkout`` runs another checkout's ``analysis`` package (e.g. a ``git worktree`` of an older commit) on the
-same windows, for an old-vs-new comparison (with ``NEURON_VIEWER_HOME`` set to this checkout's ``cache/``, where
+same windows, for an old-vs-new comparison (with ``NEURON_VIEWER_HOME`` set to this checkout's ``data/``, where
 the model and corpus are); alternate the two and compare the ratios. The first two batches
 (compiles, allocator) are not counted.
 """
@@ -26,7 +26,9 @@ def main() -> None:
     sys.path.insert(0, args.checkout)
     from analysis.activations import site_activations
     from analysis.corpus import load_corpus, make_windows, select_windows
-    from analysis.harvest import HarvestConfig, HarvestState, pad_batch, token_table
+    from analysis.config import HarvestConfig
+    from analysis.harvest.driver import pad_batch
+    from analysis.harvest.state import HarvestState, token_table
     from analysis.models import load_model
 
     subject = load_model("smollm2-135m")

@@ -1,8 +1,8 @@
 """Neuron2Graph on the embedded SmolLM2: seconds per neuron and firing P/R/F1 vs token-lookup, by depth.
 
-    python bench/n2g.py [--db cache/demo.duckdb] [--model smollm2-135m] [--device cpu] [--layers 0,15,29]
-                        [--neurons 48] [--dtypes float32,bfloat16] [--seed S] [--no-plain] [--set FIELD=V ...]
-                        [--variant FIELD=V[,FIELD=V] ...]
+    python -m bench.n2g [--db data/demo.duckdb] [--model smollm2-135m] [--device cpu] [--layers 0,15,29]
+                         [--neurons 48] [--dtypes float32,bfloat16] [--seed S] [--no-plain] [--set FIELD=V ...]
+                         [--variant FIELD=V[,FIELD=V] ...]
 
 ΔF1 is N2G's firing F1 minus token-lookup's, averaged over the sample's neurons, with the standard error of that
 mean (the neurons' differences' standard deviation over √n): how far a sample's margin is from noise.
@@ -19,20 +19,17 @@ Prints a markdown table; nothing is written to the cache.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from analysis.models import load_model  # noqa: E402
-from analysis.n2g.fit import ModelProber, N2GConfig  # noqa: E402
-from analysis.n2g.pipeline import fit_layer  # noqa: E402
-from analysis.types import MLP, UnitId  # noqa: E402
-from cache.store import open_store  # noqa: E402
+from analysis.config import default_db
+from analysis.models import load_model
+from analysis.n2g.fit import ModelProber, N2GConfig
+from analysis.n2g.pipeline import fit_layer
+from analysis.types import MLP, UnitId
+from cache.store import open_store
 
 
 def _fields(pairs: list[str]) -> dict:
@@ -47,7 +44,7 @@ def _fields(pairs: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--db", default="cache/demo.duckdb")
+    ap.add_argument("--db", default=str(default_db()))
     ap.add_argument("--model", default="smollm2-135m", help="as harvested into --db (default: %(default)s)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--layers", default="0,15,29")

@@ -2,7 +2,7 @@
 measurements where the real weights cannot go (the lent GPU machine takes 64 MiB per call; SmolLM2's weights are
 540 MB). Speeds depend on shapes, not weights; quality numbers do not transfer.
 
-    python bench/random_model.py --like cache/models/smollm2-135m --out /tmp/rand [--seed 0]
+    python -m bench.random_model --like data/models/smollm2-135m --out /tmp/rand [--seed 0]
 """
 
 from __future__ import annotations

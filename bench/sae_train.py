@@ -5,17 +5,13 @@ activations of ``--tokens`` tokens of the embedded Wikipedia sample (the model r
 after a warm-up batch), then train on them for ``--epochs`` epochs (timed, checkpoints off). Prints both
 throughputs and the ratio of training time per token-epoch to forward time per token.
 
-    python bench/sae_train.py [--tokens 16384] [--epochs 2] [--batch-tokens 1024] [--device cpu|cuda]
+    python -m bench.sae_train [--tokens 16384] [--epochs 2] [--batch-tokens 1024] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:

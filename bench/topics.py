@@ -10,7 +10,7 @@ Parts (markdown tables on stdout):
      the same with the valid equalities sum_j e_ij = (k-1) x_i) vs greedy, on random NPMI-like matrices and
      real NPMI matrices from part 3 (the largest stars, and prefixes of real pools).
 
-    python bench/topics.py [--neurons 50] [--layers 0,15,29] [--threads 1] [--milp-limit 30]
+    python -m bench.topics [--neurons 50] [--layers 0,15,29] [--threads 1] [--milp-limit 30]
 """
 
 from __future__ import annotations
@@ -18,15 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 
 def python_loop_counts(texts, window, vocab):

@@ -1,6 +1,6 @@
 """Viewer benchmark on the demo cache: neuron page server time, and live text -> heatmap time.
 
-    python bench/viewer_page.py [--db cache/demo.duckdb] [--neurons 20]
+    python -m bench.viewer_page [--db data/demo.duckdb] [--neurons 20]
 
 (1) Neuron page from the cache: the page script run by Streamlit's AppTest (server-side time: store reads,
     heatmap HTML, histogram figure), median over random neurons; baseline in the same run: the same top-20
@@ -15,19 +15,18 @@ import argparse
 import os
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from analysis.config import default_db
+from analysis.types import MLP, UnitId
 
-from analysis.types import MLP, UnitId  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--db", default=str(REPO / "cache" / "demo.duckdb"))
+    ap.add_argument("--db", default=str(default_db()))
     ap.add_argument("--neurons", type=int, default=20)
     args = ap.parse_args()
     import torch
@@ -69,7 +68,7 @@ def main() -> None:
           f"(p90 {sorted(page_s)[int(0.9 * len(page_s)) - 1] * 1000:.0f} ms; target < 300 ms)")
     print(f"baseline: recompute the top-20 records with the model (median of 5): {base_med * 1000:.0f} ms")
 
-    from corpus_text import TEXT  # noqa: F401  (a fixed English paragraph, see bench/corpus_text.py)
+    from bench.corpus_text import TEXT  # a fixed English paragraph
 
     ids = subject.tokenizer(TEXT, add_special_tokens=False).input_ids[:256]
     assert len(ids) == 256
@@ -101,5 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

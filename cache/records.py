@@ -22,7 +22,7 @@ from cache.db import Repo
 from cache.runs import RunInfo
 
 if TYPE_CHECKING:
-    from analysis.harvest import LayerSummary
+    from analysis.types import LayerSummary
 
 UNITS_KEY = "run_id = ? AND source = ? AND layer = ? AND list_contains(?::INTEGER[], unit)"
 

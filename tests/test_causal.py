@@ -150,7 +150,7 @@ def test_bad_input_gets_messages(subjects):
 
 def test_effects_sum_what_ablation_changes(subjects, viewer_db):
     """The mean loss change over records equals the mean of per-record ablations' −Δlog p."""
-    from analysis.jobs.common import unit_record
+    from analysis.jobs.reads import unit_record
     from cache.store import open_store
 
     db, model = viewer_db

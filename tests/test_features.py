@@ -53,7 +53,7 @@ def test_second_harvest_with_the_same_sae_is_cached(sae_db, viewer_db):
 
 
 def test_feature_units_are_bounded_by_the_dictionary(sae_db):
-    from analysis.jobs.common import unit_record
+    from analysis.jobs.reads import unit_record
 
     db, model, folder = sae_db
     with _store(db) as s:
@@ -280,7 +280,8 @@ def test_dictionaries_are_not_read_at_massive_activations(tiny_folders):
     statistics and shows 0 in its records; the neurons still see it."""
     from analysis.activations import neuron_reader, sae_reader
     from analysis.config import HarvestConfig
-    from analysis.harvest import run_harvest, summarise
+    from analysis.harvest.driver import run_harvest
+    from analysis.harvest.summary import summarise
     from analysis.models import load_model
     from analysis.sae import baseline_dictionary
     from analysis.types import Window

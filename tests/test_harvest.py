@@ -10,7 +10,11 @@ import scipy.stats
 import torch
 
 from analysis.activations import mlp_activations
-from analysis.harvest import HarvestConfig, LayerState, batch_sums, random_keys, run_harvest, summarise
+from analysis.config import HarvestConfig
+from analysis.harvest.driver import run_harvest
+from analysis.harvest.kernels import batch_sums, random_keys
+from analysis.harvest.state import LayerState
+from analysis.harvest.summary import summarise
 from analysis.histogram import HIST_BIN_EDGES
 from analysis.models import load_model
 from analysis.types import MLP, Window
@@ -53,14 +57,14 @@ CFG = HarvestConfig(layers=LAYERS, seq_len=16, top_k=5, random_k=4, quantile_bin
 @pytest.fixture(scope="module", params=["cpu-path", "gpu-path"])
 def summary(request, subject, windows):
     """The harvest on the CPU's path and on the GPU's (run on the CPU: no host syncs, gathers, torch sums)."""
-    import analysis.harvest as harvest
+    from analysis.harvest import kernels
 
-    harvest.DEVICE_PATH_ON_CPU = request.param == "gpu-path"
+    kernels.DEVICE_PATH_ON_CPU = request.param == "gpu-path"
     try:
         state, table_ids = run_harvest(subject, windows, CFG, progress=False)
         return {s.layer: s for s in summarise(state, table_ids)}, state
     finally:
-        harvest.DEVICE_PATH_ON_CPU = False
+        kernels.DEVICE_PATH_ON_CPU = False
 
 
 def test_top_k_equals_brute_force(summary, windows, brute):
@@ -189,17 +193,18 @@ def test_token_means_equal_brute_force(summary, windows, brute):
 @pytest.mark.parametrize("gpu_path", [False, True])
 def test_merge_is_associative_and_equals_streaming(subject, windows, gpu_path, monkeypatch):
     """map (three disjoint shards) + merge in either grouping == one stream (on the CPU's path and the GPU's)."""
-    import analysis.harvest as harvest
-    from analysis.harvest import pad_batch
+    from analysis.harvest import kernels
+    from analysis.harvest.driver import pad_batch
+    from analysis.harvest.state import RealTokens
 
-    monkeypatch.setattr(harvest, "DEVICE_PATH_ON_CPU", gpu_path)
+    monkeypatch.setattr(kernels, "DEVICE_PATH_ON_CPU", gpu_path)
 
     def shard_state(ws):
         st = LayerState.empty(1, subject.info.d_mlp, 16, CFG.top_k, CFG.pool, 10, "cpu")
         for b in range(0, len(ws), 3):
             enc, wid = pad_batch(subject, ws[b:b + 3], 16)
             acts = mlp_activations(subject, enc.input_ids, enc.attention_mask, [1])[1]
-            real = harvest.RealTokens.of(enc.real, torch.zeros_like(enc.input_ids), "cpu", 10)
+            real = RealTokens.of(enc.real, torch.zeros_like(enc.input_ids), "cpu", 10)
             st.add_batch(acts, real, wid, CFG.top_k, CFG.pool, CFG.seed)
         return st
 
@@ -218,7 +223,7 @@ def test_merge_is_associative_and_equals_streaming(subject, windows, gpu_path, m
 
 
 def test_state_checkpoint_round_trip(tmp_path, subject, windows):
-    from analysis.harvest import load_checkpoint, save_checkpoint
+    from analysis.harvest.driver import load_checkpoint, save_checkpoint
 
     state, _ = run_harvest(subject, windows[:6], CFG, progress=False)
     path = tmp_path / "ck.pt"
@@ -234,9 +239,9 @@ def test_checkpoints_take_at_most_a_share_of_the_time(tmp_path, subject, windows
     after one, the next waits until CHECKPOINT_SHARE times its duration has passed. Fast saves: every shard."""
     import time
 
-    import analysis.harvest as harvest
+    from analysis.harvest import driver
 
-    saved, real_save = [], harvest.save_checkpoint
+    saved, real_save = [], driver.save_checkpoint
 
     def timed_save(state, path, run_id):
         if delay:
@@ -244,7 +249,7 @@ def test_checkpoints_take_at_most_a_share_of_the_time(tmp_path, subject, windows
             time.sleep(delay)
         saved.append(state.shards_done)
 
-    monkeypatch.setattr(harvest, "save_checkpoint", timed_save)
+    monkeypatch.setattr(driver, "save_checkpoint", timed_save)
     delay = 0.0  # a save that takes no time
     run_harvest(subject, windows, CFG, checkpoint=tmp_path / "a.pt", run_id="a", progress=False)
     assert saved == [1, 2, 3, 4, 5]  # 23 windows in shards of 4: a save after each shard but the last
@@ -252,5 +257,5 @@ def test_checkpoints_take_at_most_a_share_of_the_time(tmp_path, subject, windows
     delay = 5.0  # the shards take milliseconds: after the first save, none is due before the end
     state, _ = run_harvest(subject, windows, CFG, checkpoint=tmp_path / "b.pt", run_id="b", progress=False)
     assert saved == [1] and state.shards_done == 6
-    back = harvest.load_checkpoint(tmp_path / "b.pt", "b", CFG, "cpu")
+    back = driver.load_checkpoint(tmp_path / "b.pt", "b", CFG, "cpu")
     assert back.shards_done == 1  # a rerun resumes from the one save

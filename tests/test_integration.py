@@ -9,7 +9,9 @@ import torch
 
 from analysis.__main__ import main
 from analysis.activations import mlp_activations
-from analysis.harvest import HarvestConfig, run_harvest, summarise
+from analysis.config import HarvestConfig
+from analysis.harvest.driver import run_harvest
+from analysis.harvest.summary import summarise
 from analysis.models import load_model
 from analysis.types import Window
 from helpers import tiny_model_folder

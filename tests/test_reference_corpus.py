@@ -12,7 +12,7 @@ import zipfile
 import pytest
 
 from analysis import reference_corpus as rc
-from analysis.topics.npmi import words_of
+from analysis.words import words_of
 from analysis.types import UserError
 
 B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

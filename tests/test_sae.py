@@ -17,7 +17,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from analysis.activations import mlp_activations, neuron_reader, sae_reader, site_activations, unit_activations
-from analysis.harvest import HarvestConfig, run_harvest, summarise
+from analysis.config import HarvestConfig
+from analysis.harvest.driver import run_harvest
+from analysis.harvest.summary import summarise
 from analysis.models import load_model
 from analysis.sae import baseline_dictionary, load_sae, parse_hook_name, save_sae, topk_relu
 from analysis.types import MLP, UserError, Window

@@ -142,7 +142,7 @@ def test_shared_readers_let_a_writer_in_and_then_see_its_writes(tmp_path):
 def test_bulk_record_reads_equal_one_unit_reads(viewer_db, sae_db):
     """unit_records reads a chunk of units in a few queries: each record equals its own one-unit read (which the
     harvest tests check against plain forward passes), for neurons and for a dictionary's features."""
-    from analysis.jobs.common import unit_records
+    from analysis.jobs.reads import unit_records
     from analysis.types import MLP, UnitId, UserError
     from cache.store import open_store
 

@@ -17,7 +17,7 @@ from analysis.topics import (ACTIVATION_SOURCE, Polarity, ProjectionMode, TokenR
                              normalise_token, project_rankings, projection_logits, random_topic_scores, save_stats,
                              solve_bnb, solve_greedy, solve_milp, topic_score, topics_for_units,
                              topics_from_ranking)
-from analysis.topics.pool import STOP_WORDS, is_pool_word
+from analysis.words import STOP_WORDS, is_pool_word
 from analysis.types import MLP, UnitId
 
 # ---------------------------------------------------------------- helpers (independent routes)

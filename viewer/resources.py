@@ -136,7 +136,7 @@ def subject(name: str, device: str = "cpu", dtype: str = "float32") -> SubjectMo
 @st.cache_resource(show_spinner="loading the dictionary…", max_entries=4)
 def dictionary(source: str, path: str):
     """A dictionary's SAE (``path`` in the key: a moved or rewritten folder is loaded again)."""
-    from analysis.jobs.common import load_dictionary_of
+    from analysis.jobs.reads import load_dictionary_of
 
     with store() as s:
         return load_dictionary_of(s, source)

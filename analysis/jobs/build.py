@@ -166,7 +166,7 @@ def plan(job: BuildJob, n_layers: int, units_per_layer: dict[str, int], n_tokens
     the project VM's); ``once``: seconds a lens spends once before its units (``PROJECT_VM_ONCE``), where it
     still has to."""
     disk, once = disk or {}, once or {}
-    from analysis.jobs.common import parse_layers
+    from analysis.jobs.specs import parse_layers
 
     bad = [x for x in job.lenses if x not in LENSES]
     if bad or not job.lenses:
@@ -247,7 +247,7 @@ def db_bytes(db: Path) -> int:
 
 
 def plan_lines(stages: list[Stage], dropped: dict[str, list[int]], budget_s: float | None) -> list[str]:
-    from analysis.jobs.common import fmt_layers
+    from analysis.jobs.specs import fmt_layers
 
     lines = ["plan (seconds per unit: measured = earlier builds on this machine, VM = the project's 2-core VM, "
              "H200 = one NVIDIA H200 GPU; work already done is skipped):"]
@@ -276,7 +276,7 @@ def _subject_shape(job: BuildJob, db: Path):
     """(ModelInfo, tokens the harvest will read, the top-k of the cached harvest the harvest stage reuses, else None
     (it has work to do)): from the cache when it holds that run, else by loading the model and windowing the corpus
     once."""
-    from analysis.jobs.common import parse_layers
+    from analysis.jobs.specs import parse_layers
     from analysis.jobs.harvest import cached_run
     from cache.store import open_store
 
@@ -300,7 +300,7 @@ def _subject_shape(job: BuildJob, db: Path):
 def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSummary:
     """Plan, then run every stage (resumable: each stage's job skips what is done). While it runs, the build's
     status is in ``<db>.build.json`` (``read_status``: the viewer's Cache page shows it)."""
-    from analysis.jobs.common import fmt_layers, parse_units
+    from analysis.jobs.specs import fmt_layers, parse_units
 
     budget_s = parse_budget(job.budget)
     check_device(job.device)
@@ -555,7 +555,7 @@ def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: st
     """Run one lens on one layer (the harvest: on all its layers at once); return the units done now and the
     seconds of it that were a one-time cost (``PROJECT_VM_ONCE``). ``processes``: the topics stage's worker
     processes, kept from layer to layer."""
-    from analysis.jobs.common import parse_units
+    from analysis.jobs.specs import parse_units
 
     units = "all" if lens in CHEAP else job.expensive_neurons
     if lens == "harvest":
@@ -565,7 +565,7 @@ def _run_stage(job: BuildJob, db: Path, lens: str, layer: int | None, layers: st
         return (s.n_tokens if s.status == "done" else 0), 0.0
     records = None
     if lens == "baselines":  # explained and scored from one read of the layer's records
-        from analysis.jobs.common import unit_records
+        from analysis.jobs.reads import unit_records
 
         records = unit_records(db, job.model, layer, list(range(info.d_mlp)))
     if lens in ("baselines", "explain"):

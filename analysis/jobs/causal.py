@@ -43,7 +43,8 @@ class SteerJob:
 
 def _unit_and_model(db: Path, model: str, unit: UnitId, device: str):
     """(the unit's record, the loaded subject, its dictionary or None), checking that the cache knows the unit."""
-    from analysis.jobs.common import cached_model, load_cached_subject, load_dictionary_of, unit_record
+    from analysis.jobs.reads import cached_model, load_dictionary_of, unit_record
+    from analysis.models import load_cached_subject
     from cache.store import open_store
 
     with open_store(db, read_only=True) as store:
@@ -135,8 +136,9 @@ def effects_of(job: EffectsJob, db: Path, progress=None, executor=None) -> list:
     ``executor`` (default this process); the new analysis.types.Effects."""
     from analysis.causal import MODES
     from analysis.executor import LOCAL, ModelHandle
-    from analysis.jobs.common import (cached_model, load_cached_subject, load_dictionary_of, n_units, parse_units,
-                                      unit_records)
+    from analysis.jobs.reads import cached_model, load_dictionary_of, n_units, unit_records
+    from analysis.jobs.specs import parse_units
+    from analysis.models import load_cached_subject
     from analysis.progress import Progress
     from cache.store import open_store
 

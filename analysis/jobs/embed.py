@@ -18,7 +18,7 @@ class EmbedJob:
 
 def embed_explanations(job: EmbedJob, db: Path, progress: Progress = Progress()) -> int:
     """Embed what is missing with ``analysis.search.ENCODER``; returns how many were embedded."""
-    from analysis.jobs.common import cached_model
+    from analysis.jobs.reads import cached_model
     from analysis.search import ENCODER, embed
     from cache.store import open_store
 
@@ -43,7 +43,7 @@ def search_explanations(store, model: str, query: str, how: str = "keyword", lim
     run ``embed``). ``store``: an open store (read-only is enough)."""
     from dataclasses import replace
 
-    from analysis.jobs.common import cached_model
+    from analysis.jobs.reads import cached_model
     from analysis.search import ENCODER, bm25_rank, embed
     from analysis.types import UserError
 

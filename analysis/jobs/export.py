@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
-from analysis.jobs.common import unit_record
+from analysis.jobs.reads import unit_record
 from analysis.types import MLP, UnitId, UnitRecord, UserError
 
 FORMATS = ("ours", "openai")

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from analysis.config import CODE_VERSION, DEFAULT_CORPUS, DEFAULT_MODEL, HarvestConfig
-from analysis.jobs.common import fmt_layers, parse_layers
+from analysis.jobs.specs import fmt_layers, parse_layers
 from analysis.progress import Progress
 from analysis.types import MLP, UserError
 
@@ -99,7 +99,8 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
     Ctrl-C keeps the finished shards; the same job resumes them."""
     from analysis.activations import neuron_reader, sae_reader
     from analysis.corpus import load_corpus, make_windows, select_windows, windows_hash
-    from analysis.harvest import run_harvest, summarise
+    from analysis.harvest.driver import run_harvest
+    from analysis.harvest.summary import summarise
     from analysis.models import load_model
     from analysis.sae import dictionary_info
     from cache.store import open_store

@@ -9,7 +9,7 @@ from analysis.types import UnitId, UserError
 
 def add_to_list(db: Path, name: str, model: str, unit: UnitId, note: str = "") -> None:
     """Put a unit of a cached model on list ``name`` (created if new; a unit already on it gets the new note)."""
-    from analysis.jobs.common import cached_model, n_units
+    from analysis.jobs.reads import cached_model, n_units
     from cache.store import open_store
 
     with open_store(db) as store:

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
-from analysis.jobs.common import (cached_model, load_cached_subject, load_dictionary_of, n_units, parse_units,
-                                 unit_records)
+from analysis.jobs.reads import cached_model, load_dictionary_of, n_units, unit_records
+from analysis.jobs.specs import parse_units
+from analysis.models import load_cached_subject
 from analysis.progress import Progress
 from analysis.n2g.config import N2GConfig
 from analysis.splits import N2G_HEAD

@@ -11,7 +11,10 @@ from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
 from analysis.api import ApiConfig
-from analysis.jobs.common import batched_writes, cached_model, fan_out, n_units, parse_units, unit_records
+from analysis.jobs.fanout import fan_out
+from analysis.jobs.reads import cached_model, n_units, unit_records
+from analysis.jobs.specs import parse_units
+from analysis.jobs.writes import batched_writes
 from analysis.progress import Progress
 from analysis.splits import SCORING_SETS
 from analysis.types import MLP, UnitRecord, UserError

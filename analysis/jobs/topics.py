@@ -7,8 +7,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
-from analysis.jobs.common import (cached_model, check_layer, load_cached_subject, load_dictionary_of, n_units,
-                                 parse_units, unit_records)
+from analysis.jobs.reads import cached_model, check_layer, load_dictionary_of, n_units, unit_records
+from analysis.jobs.specs import parse_units
+from analysis.models import load_cached_subject
 from analysis.progress import Progress
 from analysis.topics.types import ACTIVATION_SOURCE, NpmiConfig, ProjectionMode, TopicConfig
 from analysis.types import MLP, UnitId, UserError

@@ -9,20 +9,20 @@ highest total pairwise NPMI (``clique``). ``pipeline`` chains the stages. No str
 
 from analysis.topics.clique import solve_bnb, solve_greedy, solve_milp, subset_weight
 from analysis.topics.npmi import (CooccurrenceStats, cached_reference_stats, count_cooccurrences, load_stats, reference_stats, save_stats,
-                                  stats_params, words_of)
+                                  stats_params)
 from analysis.topics.pipeline import random_topic_scores, topic_score, topics_for_units, topics_from_ranking
-from analysis.topics.pool import STOP_WORDS, activation_ranking, activation_table, build_pool, is_pool_word, normalise_token
+from analysis.topics.pool import activation_ranking, activation_table, build_pool
 from analysis.topics.stars import StarIndices, find_stars
 from analysis.topics.types import (ACTIVATION_SOURCE, CliqueResult, NpmiConfig, Polarity, ProjectionMode, RESID,
                                    ScoredTopics, SolveStats, Star, Topic, TokenRanking, TopicConfig, UnitTopics, WordPool)
 
 __all__ = [
     "ACTIVATION_SOURCE", "CliqueResult", "CooccurrenceStats", "NpmiConfig", "Polarity", "ProjectionMode", "RESID",
-    "STOP_WORDS", "ScoredTopics", "SolveStats", "Star", "StarIndices", "Topic", "TokenRanking", "TopicConfig", "UnitTopics", "WordPool",
-    "activation_ranking", "activation_table", "build_pool", "cached_reference_stats", "count_cooccurrences", "find_stars", "is_pool_word", "load_stats",
-    "normalise_token", "project_rankings", "projection_logits", "random_topic_scores",
+    "ScoredTopics", "SolveStats", "Star", "StarIndices", "Topic", "TokenRanking", "TopicConfig", "UnitTopics", "WordPool",
+    "activation_ranking", "activation_table", "build_pool", "cached_reference_stats", "count_cooccurrences", "find_stars", "load_stats",
+    "project_rankings", "projection_logits", "random_topic_scores",
     "reference_stats", "save_stats", "solve_bnb", "solve_greedy", "solve_milp", "stats_params", "subset_weight",
-    "topic_score", "topics_for_units", "topics_from_ranking", "words_of",
+    "topic_score", "topics_for_units", "topics_from_ranking",
 ]
 
 

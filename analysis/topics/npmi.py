@@ -10,7 +10,7 @@ Counting follows the boolean sliding window of Palmetto (Röder et al. 2015), wh
 - p(a) = window_counts[a] / n_windows, p(a, b) = pair_counts[a, b] / n_windows,
   NPMI(a, b) = log(p(a, b) / (p(a) p(b))) / -log p(a, b).
 
-Words are the lower-cased alphabetic runs of the text (``WORD_RE``); windows run over all of them, but only
+Words are the lower-cased alphabetic runs of the text (``analysis.words.WORD_RE``); windows run over all of them, but only
 vocabulary words (at least ``min_count`` occurrences in the corpus) are counted. Pairs whose window count is
 below ``min_pair_count`` are treated as never seen together, as the reference's ``create_prob_graph`` does
 with its ``min_freq``. ``eps`` is added to every p(a, b) first, as the reference code does (1e-12, the
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,16 +35,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from analysis.topics.types import NpmiConfig
-
-WORD_RE = re.compile(r"[a-z]+")
-"""A word: a run of ASCII letters of the lower-cased text."""
+from analysis.words import NUMBER_WORDS, STOP_WORDS, is_pool_word, words_of
 
 FORMAT_VERSION = 1
-
-
-def words_of(text: str) -> list[str]:
-    """The words of a text, in order: lower-cased alphabetic runs."""
-    return WORD_RE.findall(text.lower())
 
 
 @dataclass(frozen=True, eq=False)
@@ -305,9 +297,8 @@ def load_stats(path: str | Path) -> CooccurrenceStats:
 def reference_stats(config: NpmiConfig = NpmiConfig(), progress: bool = True) -> CooccurrenceStats:
     """Counts over the documents of ``config.corpora`` (``analysis.corpus.load_corpus`` names or paths), in
     order; the corpus id joins theirs with '+'. With ``config.content_words`` the vocabulary holds only words a
-    pool can hold (``pool.is_pool_word``): the NPMI of those is unchanged, the counts are far smaller."""
+    pool can hold (``analysis.words.is_pool_word``): the NPMI of those is unchanged, the counts are far smaller."""
     from analysis.corpus import load_corpus
-    from analysis.topics.pool import is_pool_word
 
     texts: list[str] = []
     ids = []
@@ -337,8 +328,6 @@ def stats_path(config: NpmiConfig, folder: Path) -> Path:
     key = [config.corpora, config.window, config.min_count]
     key += [f"{name}: {v}" for name in config.corpora if (v := embedded_version(name)) is not None]
     if config.content_words:  # the word filter's lists are part of what was counted
-        from analysis.topics.pool import NUMBER_WORDS, STOP_WORDS
-
         key.append("content:" + hashlib.sha256(" ".join(sorted(STOP_WORDS | NUMBER_WORDS)).encode()).hexdigest()[:8])
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
     return Path(folder) / f"npmi-{digest}.npz"

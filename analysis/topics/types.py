@@ -114,7 +114,7 @@ class NpmiConfig:
     min_count: int = 5
     """Fewest corpus occurrences of a vocabulary word."""
     content_words: bool = True
-    """Count only words a pool can hold (``pool.is_pool_word``): same NPMI for those, far smaller counts."""
+    """Count only words a pool can hold (``analysis.words.is_pool_word``): same NPMI for those, far smaller counts."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class WordPool:
     n_tokens: int
     """Tokens looked at (the ranking's length)."""
     dropped: tuple[tuple[str, int], ...] = ()
-    """Tokens left out, by reason (``pool.DROP_REASONS``), in that order; reasons with none are omitted."""
+    """Tokens left out, by reason (``analysis.words.DROP_REASONS``), in that order; reasons with none are omitted."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,1 @@
+"""Benchmarks of the project: each module runs from the repository root as ``python -m bench.<name>``."""
