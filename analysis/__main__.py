@@ -354,37 +354,6 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_site(args) -> int:
-    from analysis.jobs.reads import cached_model, n_units
-    from analysis.jobs.specs import parse_units
-    from analysis.types import MLP, UnitId
-    from cache.store import open_store
-    from viewer.site import build_site, write_site
-
-    if (args.list is None) == (args.layer is None):
-        raise UserError("give --list NAME or --layer L (with --neurons SPEC)")
-    with open_store(args.db, read_only=True) as store:
-        if args.list is not None:
-            lst = store.lists.get(args.list)
-            if lst is None:
-                raise UserError(f"no list named {args.list!r} in {args.db}")
-            models = {i.model_id for i in lst.items}
-            if len(models) > 1:
-                raise UserError(f"list {args.list!r} holds units of {len(models)} models; a site shows one")
-            model = next(iter(models), args.model)
-            units, title, description = [(i.unit, i.note) for i in lst.items], lst.name, lst.description
-        else:
-            info = cached_model(store, args.model)
-            source = args.source or MLP
-            picked = parse_units(args.neurons, n_units(store, info, source, args.layer), allow_all=True)
-            model, title, description = info.name, f"{info.name} layer {args.layer}", ""
-            units = [(UnitId(source, args.layer, u), "") for u in picked]
-        files = build_site(store, model, units, title, description, _progress(args))
-    out = write_site(files, Path(args.out))
-    print(f"{out}: {len(files) - 1} unit page(s) and index.html", file=sys.stderr)
-    return 0
-
-
 def cmd_migrate(args) -> int:
     from cache.store import migrate_file
 
@@ -662,15 +631,6 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--layer", type=int)
     ls.add_argument("--neuron", type=int, help="the unit's index")
     ls.add_argument("--note", default="", help="a note on the unit (add)")
-    si = command("site", cmd_site, "a list of units, or a layer's units, as a static site that opens offline",
-                 "Writes index.html plus one self-contained page per unit (records as heatmaps, statistics, "
-                 "histogram, explanation, baseline, graph F1, topic) to a folder, or a zip when --out ends in .zip.")
-    si.add_argument("--out", required=True, help="a folder, or a .zip file")
-    si.add_argument("--list", default=None, help="the list to export")
-    si.add_argument("--model", default=DEFAULT_MODEL, help="model, with --layer (default: %(default)s)")
-    si.add_argument("--source", default=None, help="unit source with --layer: mlp (default) or a dictionary id")
-    si.add_argument("--layer", type=int, default=None, help="export this layer's units")
-    si.add_argument("--neurons", default="0-99", help="with --layer: which units, e.g. 0-99 or all (default: 0-99)")
     command("models", cmd_models, "list embedded and cached models", quiet=False)
     command("corpora", cmd_corpora, "list embedded and cached corpora", quiet=False)
     command("migrate", cmd_migrate, "bring a database to the current schema version", quiet=False)

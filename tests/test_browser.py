@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from viewer.site import main as site_main
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -174,7 +175,7 @@ def test_static_site_opens_offline_in_chromium(server, tmp_path):
     assert main(["list", "add", "offline", "--db", str(db), "--model", model, "--layer", "1", "--neuron", "3",
                  "--note", "see the <script> records"]) == 0
     assert main(["list", "add", "offline", "--db", str(db), "--model", model, "--layer", "0", "--neuron", "1"]) == 0
-    assert main(["site", "--list", "offline", "--db", str(db), "--out", str(tmp_path / "offline.zip"), "--quiet"]) == 0
+    assert site_main(["--list", "offline", "--db", str(db), "--out", str(tmp_path / "offline.zip"), "--quiet"]) == 0
     with zipfile.ZipFile(tmp_path / "offline.zip") as z:
         z.extractall(tmp_path / "unzipped")
     index = tmp_path / "unzipped" / "offline" / "index.html"

@@ -8,6 +8,7 @@ import pytest
 
 from analysis.__main__ import main
 from analysis.types import MLP, UnitId
+from viewer.site import main as site_main
 
 
 @pytest.fixture()
@@ -71,10 +72,10 @@ def test_list_page_and_add_from_the_unit_page(db, monkeypatch):
 def test_a_layer_as_a_static_site(db, tmp_path):
     path, model = db
     out = tmp_path / "site"
-    assert main(["site", "--layer", "0", "--neurons", "0-4", "--db", str(path), "--model", model, "--out", str(out),
+    assert site_main(["--layer", "0", "--neurons", "0-4", "--db", str(path), "--model", model, "--out", str(out),
                  "--quiet"]) == 0
     pages = sorted(p.name for p in (out / "units").iterdir())
     assert pages == [f"L0-N{i}.html" for i in range(5)]
     index = (out / "index.html").read_text()
     assert all(f'href="units/L0-N{i}.html"' in index for i in range(5)) and "<script" not in index
-    assert main(["site", "--db", str(path), "--out", str(out)]) == 2  # neither --list nor --layer
+    assert site_main(["--db", str(path), "--out", str(out)]) == 2  # neither --list nor --layer

@@ -1,14 +1,28 @@
 """A list of units, or a layer, as a static site: ``index.html`` plus one self-contained page per unit
-(``viewer.components.export``), written to a folder or a zip. Opens offline in any browser, with no request."""
+(``viewer.components.export``), written to a folder or a zip. Opens offline in any browser, with no request.
+
+    python -m viewer.site --list NAME --out DIR|FILE.zip [--db PATH]
+    python -m viewer.site --layer L [--neurons 0-99] [--model NAME] [--source ID] --out DIR|FILE.zip
+
+A command of the viewer's, not of ``python -m analysis``: the pages are the viewer's HTML, and the science package
+imports no viewer code.
+"""
 
 from __future__ import annotations
 
+import argparse
 import html
 import io
+import sys
 import zipfile
 from pathlib import Path
 
+from analysis.config import DEFAULT_MODEL, default_db
+from analysis.jobs.reads import cached_model, n_units
+from analysis.jobs.specs import parse_units
+from analysis.progress import Progress
 from analysis.types import MLP, UnitId, UserError
+from cache.store import open_store
 from viewer.components.export import neuron_page_html
 
 
@@ -73,3 +87,56 @@ def write_site(files: dict[str, str], out: Path) -> Path:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(text, encoding="utf-8")
     return out
+
+
+def site(args) -> int:
+    """The command: a list's or a layer's units written as a site."""
+    if (args.list is None) == (args.layer is None):
+        raise UserError("give --list NAME or --layer L (with --neurons SPEC)")
+    with open_store(args.db, read_only=True) as store:
+        if args.list is not None:
+            lst = store.lists.get(args.list)
+            if lst is None:
+                raise UserError(f"no list named {args.list!r} in {args.db}")
+            models = {i.model_id for i in lst.items}
+            if len(models) > 1:
+                raise UserError(f"list {args.list!r} holds units of {len(models)} models; a site shows one")
+            model = next(iter(models), args.model)
+            units, title, description = [(i.unit, i.note) for i in lst.items], lst.name, lst.description
+        else:
+            info = cached_model(store, args.model)
+            source = args.source or MLP
+            picked = parse_units(args.neurons, n_units(store, info, source, args.layer), allow_all=True)
+            model, title, description = info.name, f"{info.name} layer {args.layer}", ""
+            units = [(UnitId(source, args.layer, u), "") for u in picked]
+        files = build_site(store, model, units, title, description, Progress(enabled=not args.quiet))
+    out = write_site(files, Path(args.out))
+    print(f"{out}: {len(files) - 1} unit page(s) and index.html", file=sys.stderr)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m viewer.site", description=(
+        "Writes index.html plus one self-contained page per unit (records as heatmaps, statistics, histogram, "
+        "explanation, baseline, graph F1, topic) to a folder, or a zip when --out ends in .zip."))
+    p.add_argument("--db", default=str(default_db()), help="DuckDB file (default: %(default)s)")
+    p.add_argument("--out", required=True, help="a folder, or a .zip file")
+    p.add_argument("--list", default=None, help="the list to export")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model, with --layer (default: %(default)s)")
+    p.add_argument("--source", default=None, help="unit source with --layer: mlp (default) or a dictionary id")
+    p.add_argument("--layer", type=int, default=None, help="export this layer's units")
+    p.add_argument("--neurons", default="0-99", help="with --layer: which units, e.g. 0-99 or all (default: 0-99)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return site(parser().parse_args(argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

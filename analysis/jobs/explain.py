@@ -57,7 +57,7 @@ class ExplainSummary:
 def api_explainer(job: ExplainJob, db: Path):
     from analysis import explain
     from analysis.api import ApiClient
-    from cache.replies import ReplyCache
+    from analysis.api import ReplyCache
 
     return explain.ApiExplainer(ApiClient(job.api, ReplyCache.beside(db)))
 

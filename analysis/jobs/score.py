@@ -176,7 +176,7 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress(), executor=Non
     client = None
     if job.simulator in API_SIMULATORS and todo:
         from analysis.api import ApiClient, plan_line
-        from cache.replies import ReplyCache
+        from analysis.api import ReplyCache
 
         client = ApiClient(job.api, ReplyCache.beside(db))
         simulators = {u: make_simulator(job.simulator, recs[u], client=client) for u in {t[0] for t in todo}}
