@@ -128,7 +128,7 @@ def test_api_all_at_once_equals_local_all_at_once(embedded_smollm2, tmp_path):
     assert [len(x) for x in other.simulated] == [len(x) for x in local.simulated]
     assert max(abs(a - b) for x, y in zip(other.simulated, local.simulated) for a, b in zip(x, y)) <= 1e-5
     with serve(embedded_smollm2) as url:
-        from cache.replies import ReplyCache
+        from analysis.api import ReplyCache
 
         client = ApiClient(ApiConfig(base_url=url, model="smollm2", logprobs=300), ReplyCache(tmp_path / "replies"))
         res = ApiAllAtOnceSimulator(client).simulate("animals on a farm", recs)
@@ -174,7 +174,7 @@ def test_api_json_uses_the_json_schema_format_and_falls_back(server):
 
 
 def test_reply_cache_makes_no_request(server, tmp_path):
-    from cache.replies import ReplyCache
+    from analysis.api import ReplyCache
 
     cache = ReplyCache(tmp_path / "replies")
     first = ApiClient(ApiConfig(base_url=server, model="noschema", max_retries=0), cache)
