@@ -61,7 +61,9 @@ class ApiConfig:
     model: str | None = None
     """The model name at that endpoint."""
     key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the key."""
     timeout_s: float = 60.0
+    """Seconds per request."""
     max_retries: int = 4
     """Retries with exponential backoff on connection errors, 408/409/429 and 5xx (the openai client's own)."""
     max_requests: int | None = None

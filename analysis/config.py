@@ -106,6 +106,7 @@ class HarvestConfig:
     min_token_count: int = 3
     """A token needs this many occurrences to get a mean activation."""
     seed: int = 0
+    """Seed for window selection and random samples."""
 
     def batch_for(self, device) -> int:
         """The batch size on ``device`` (``batch_size``, else its default there)."""

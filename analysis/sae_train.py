@@ -70,6 +70,7 @@ class TrainConfig:
     aux_k: int | None = None
     """Dead latents in the AuxK loss; None: d_in / 2 (the paper's choice)."""
     aux_coef: float = 1 / 32
+    """Weight of the AuxK loss."""
     dead_tokens: int = 100_000
     """A latent is dead once it has not fired in this many training tokens (the paper: 10M in runs of billions;
     here 1/5 of a 5-epoch run over 100k tokens, and still ~700 firings of an average latent at k/width = 1/144)."""

@@ -57,6 +57,7 @@ PROJECT_DISK = {"harvest": 8_900.0, "baselines": 8_600.0, "topics": 48_400.0, "n
 @dataclass(frozen=True)
 class BuildJob:
     model: str = DEFAULT_MODEL
+    """Embedded name, HF folder, .gguf file or hub id."""
     corpus: str = DEFAULT_CORPUS
     """The harvest's corpus (embedded name or a path)."""
     layers: str = "all"
@@ -67,14 +68,18 @@ class BuildJob:
     expensive_neurons: str = "all"
     """The units of each layer the expensive lenses build: 'all', '0-15' or '3,7'."""
     lenses: tuple[str, ...] = DEFAULT_LENSES
+    """Comma-separated, some of harvest, baselines, topics, n2g, effects, explain, score."""
     budget: str | None = None
     """Wall time the build may take, e.g. 2h, 90m, 600s: the cheap lenses for every layer, the others for as many
     layers as fit (None: everything asked)."""
     plan_only: bool = False
     """Print the plan and stop."""
     device: str = "cpu"
+    """Cpu or cuda."""
     explainer: str = "local"
+    """Explainer of the explain lens."""
     simulator: str = "local-all-at-once"
+    """Simulator of the score lens."""
     api: ApiConfig = field(default_factory=ApiConfig)
     max_tokens: int | None = None
     """Harvest a seeded subset of the corpus up to this many tokens (None: all of it)."""

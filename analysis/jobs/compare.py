@@ -37,19 +37,25 @@ TOPIC_MODE = "activation"
 @dataclass(frozen=True)
 class CompareJob:
     layer: int
+    """Layer."""
     sae: str
     """The SAE (folder or hub id, ``DIR[#layer=L,site=S]``) whose features are compared; it must read ``layer``."""
     model: str = DEFAULT_MODEL
+    """Model name as cached."""
     corpus: str = DEFAULT_CORPUS
+    """Embedded name or a text/JSONL/parquet path."""
     units: int = 100
     """Units sampled per kind."""
     n2g_units: int = 25
     """Of those, how many get a Neuron2Graph graph (about 2.5 s each on a CPU); 0 skips the lens."""
     lenses: tuple[str, ...] = LENSES
+    """Some of token-lookup, topics, n2g."""
     max_tokens: int | None = None
     """The harvest's token budget (as ``harvest --max-tokens``): use the neurons' own run's, to reuse it."""
     seed: int = 0
+    """Seed of the samples of units (the random directions are seeded by the harvest seed)"""
     device: str = "cpu"
+    """Cpu or cuda."""
     config: HarvestConfig = field(default_factory=HarvestConfig)
     npmi: NpmiConfig = field(default_factory=NpmiConfig)
     """The topics lens' NPMI reference (never the harvest's corpus: the activation pool comes from it)."""

@@ -21,14 +21,19 @@ EXPLAINERS = ("local", "api", "token-lookup")
 @dataclass(frozen=True)
 class ExplainJob:
     layer: int
+    """Layer."""
     neurons: str
     """Unit indices, e.g. 0-99 or 3,5,8."""
     model: str = DEFAULT_MODEL
+    """Model name as cached."""
     source: str = MLP
+    """The units' source: mlp (MLP neurons) or a dictionary id."""
     explainer: str = "token-lookup"
+    """Who explains."""
     explainer_model: str = DEFAULT_MODEL
     """The local explainer's model."""
     device: str = "cpu"
+    """Cpu or cuda."""
     force: bool = False
     """Explain again units this explainer already explained."""
     revise: bool = False

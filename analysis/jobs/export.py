@@ -15,9 +15,13 @@ FORMATS = ("ours", "openai")
 @dataclass(frozen=True)
 class ExportJob:
     layer: int
+    """Layer."""
     neuron: int
+    """Neuron."""
     model: str = DEFAULT_MODEL
+    """Model name as cached."""
     source: str = MLP
+    """The units' source: mlp (MLP neurons) or a dictionary id."""
     run: str | None = None
     """A run id (default: the newest finished run with this layer)."""
     format: str = "ours"

@@ -18,7 +18,9 @@ from analysis.types import MLP, UserError
 @dataclass(frozen=True)
 class HarvestJob:
     model: str = DEFAULT_MODEL
+    """Embedded name, HF folder, .gguf file or hub id."""
     corpus: str = DEFAULT_CORPUS
+    """Embedded name or a text/JSONL/parquet path."""
     layers: str | None = None
     """The layers whose neurons to harvest: 'all', '0,5,10', '0-3' or 'none'. Default: all, or with ``sae`` the
     SAEs' layers."""
@@ -30,6 +32,7 @@ class HarvestJob:
     max_tokens: int | None = None
     """Harvest a seeded random subset of windows up to this many tokens (None: the whole corpus)."""
     device: str = "cpu"
+    """Cpu or cuda."""
     skip_if_cached: bool = False
     """Do nothing if the database has a finished run of this model name and corpus covering the layers (checked
     without loading the model; neurons only)."""

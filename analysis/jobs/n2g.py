@@ -18,13 +18,17 @@ from analysis.types import MLP, UnitId
 @dataclass(frozen=True)
 class N2GJob:
     layer: int
+    """Layer."""
     neurons: str = "all"
     """'all', e.g. 0-99 or 3,5,8."""
     model: str = DEFAULT_MODEL
+    """Model name as cached."""
     source: str = MLP
+    """The units' source: mlp (MLP neurons) or a dictionary id."""
     chunk: int = 32
     """Units fitted together and stored together (an interrupt loses at most one chunk)."""
     device: str = "cpu"
+    """Cpu or cuda."""
     dtype: str = "float32"
     """bfloat16 is ~2x faster on CPUs with AVX512-BF16, at bf16 precision."""
     force: bool = False

@@ -1,8 +1,9 @@
-"""Command-line options generated from config dataclasses, so every default lives in its dataclass.
+"""Command-line options generated from config dataclasses: every default lives in its dataclass and every
+option's help is its field's docstring (``field_docs``), so each is written once.
 
-``Opt`` says how one field is offered (help text, flag name, choices); ``add_options`` adds a dataclass's
-fields that have an ``Opt`` (recursing into fields that are themselves configs), ``from_args`` builds the
-dataclass back from the parsed namespace. A bool field defaulting to False becomes ``--flag``; one defaulting
+``Opt`` says how one field is offered (flag name, choices, required); ``offer`` names the fields a command offers;
+``add_options`` adds them (recursing into fields that are themselves configs), ``from_args`` builds the dataclass
+back from the parsed namespace. A bool field defaulting to False becomes ``--flag``; one defaulting
 to True becomes ``--no-flag``; a ``tuple[str, ...]`` field takes a comma-separated list (or, with
 ``Opt(repeat=True)``, one value per repeated option).
 """
@@ -10,6 +11,10 @@ to True becomes ``--no-flag``; a ``tuple[str, ...]`` field takes a comma-separat
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
+import inspect
+import textwrap
 import dataclasses
 import typing
 from dataclasses import MISSING, dataclass
@@ -19,13 +24,26 @@ from analysis.types import UserError
 
 @dataclass(frozen=True)
 class Opt:
-    help: str
     flag: str | None = None
     """The option's name (default: ``--`` + the field name with dashes)."""
     choices: tuple[str, ...] | None = None
     required: bool = False
     repeat: bool = False
     """A ``tuple[str, ...]`` field given by repeating the option (for values that may hold commas)."""
+
+
+def offer(names: str = "", **special: "Opt | dict") -> dict[str, "Opt | dict"]:
+    """The fields a command offers: ``names`` (space-separated) as plain options, plus fields with an ``Opt`` of their
+    own or, for a field that is itself a config, a nested ``offer``."""
+    return {**{n: Opt() for n in names.split()}, **special}
+
+
+def option_help(cls: type, name: str) -> str:
+    """A field's option help: its docstring, as plain text."""
+    doc = field_docs(cls).get(name)
+    if doc is None:
+        raise TypeError(f"{cls.__name__}.{name} is offered as an option but has no docstring (its help)")
+    return doc.replace("``", "").replace("%", "%%")  # argparse formats help with %
 
 
 def _comma_list(text: str) -> tuple[str, ...]:
@@ -57,20 +75,20 @@ def add_options(parser: argparse.ArgumentParser, cls: type, opts: dict[str, Opt 
         if isinstance(opt, dict):
             add_options(parser, hints[f.name], opt, prefix=dest + ".")
             continue
-        default, hint = _default(f), hints[f.name]
+        default, hint, help = _default(f), hints[f.name], option_help(cls, f.name)
         flag = opt.flag or "--" + f.name.replace("_", "-")
         if hint is bool:
             if default:
                 flag = opt.flag or "--no-" + f.name.replace("_", "-")
-            parser.add_argument(flag, dest=dest, action="store_false" if default else "store_true", help=opt.help)
+            parser.add_argument(flag, dest=dest, action="store_false" if default else "store_true", help=help)
             continue
         if opt.repeat:
             parser.add_argument(flag, dest=dest, metavar=f.name.upper(), action="append", default=None,
-                                help=opt.help + " (repeat for several)")
+                                help=help + " (repeat for several)")
             continue
         kind = _comma_list if typing.get_origin(hint) is tuple else _scalar(hint)
         shown = ",".join(default) if isinstance(default, tuple) else default
-        text = opt.help + ("" if opt.required or default in (None, ()) else f" (default: {shown})")
+        text = help + ("" if opt.required or default in (None, ()) else f" (default: {shown})")
         parser.add_argument(flag, dest=dest, metavar=None if opt.choices else f.name.upper(), type=kind,
                             default=None if opt.required else default, choices=opt.choices, required=opt.required,
                             help=text)
@@ -95,3 +113,19 @@ def from_args(cls: type, args: argparse.Namespace, prefix: str = "", **given):
         return cls(**values)
     except ValueError as exc:  # a config that checks itself (e.g. TopicConfig's k and tau)
         raise UserError(str(exc)) from None
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring (the string literal under it in the class body), whitespace folded, through the
+    class's bases: the one text a field's option help is made of."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for stmt, nxt in zip(body, body[1:]):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr)
+                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+                docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs

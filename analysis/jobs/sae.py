@@ -21,13 +21,17 @@ STATE_FILE = ".train_state.pt"
 @dataclass(frozen=True)
 class SaeTrainJob:
     layer: int
+    """Layer."""
     out: str
     """The folder the SAE is written to (SAELens layout: cfg.json + sae_weights.safetensors)."""
     train: TrainConfig
     """Width, k, epochs, batch, learning rate, AuxK settings, seed."""
     model: str = DEFAULT_MODEL
+    """Embedded name, HF folder, .gguf file or hub id."""
     site: str = "resid_post"
+    """Hook site."""
     corpus: str = DEFAULT_CORPUS
+    """Embedded name or a text/JSONL/parquet path."""
     tokens: int = 100_000
     """Training tokens: a seeded random subset of the corpus's windows up to this many tokens."""
     eval_tokens: int = 4096
@@ -37,6 +41,7 @@ class SaeTrainJob:
     batch_size: int = 16
     """Windows per forward pass."""
     device: str = "cpu"
+    """Cpu or cuda."""
     checkpoint_every: int = 50
     """Training steps between checkpoints."""
 

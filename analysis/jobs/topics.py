@@ -23,9 +23,11 @@ start and load the model and statistics; a layer's topics take minutes)."""
 @dataclass(frozen=True)
 class TopicsJob:
     layer: int
+    """Layer."""
     neurons: str = "all"
     """'all', 0-99 or 3,5,8 (residual dimensions for the lo-* modes)."""
     model: str = DEFAULT_MODEL
+    """Model name as cached."""
     source: str = MLP
     """The units: MLP neurons, or a dictionary's features (hi-* from their decoder rows, and the activation
     mode); the lo-* modes' units are residual dimensions whatever the source."""
@@ -33,6 +35,7 @@ class TopicsJob:
     chunk: int = 256
     """Units per batch and per write."""
     device: str = "cpu"
+    """Cpu or cuda."""
     force: bool = False
     """Recompute units already in the cache."""
     workers: int = 0
