@@ -26,7 +26,7 @@ UNITS = "model source layer"
 
 def build_parser() -> argparse.ArgumentParser:
     from analysis.causal import MODES as ABLATIONS
-    from analysis.jobs.build import BuildJob
+    from analysis.jobs.build.plan import BuildJob
     from analysis.jobs.causal import AblateJob, EffectsJob, SteerJob
     from analysis.jobs.compare import CompareJob
     from analysis.jobs.embed import EmbedJob

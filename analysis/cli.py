@@ -41,7 +41,8 @@ def cmd_harvest(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from analysis.jobs.build import BuildJob, build
+    from analysis.jobs.build.plan import BuildJob
+    from analysis.jobs.build.run import build
     from analysis.jobs.specs import fmt_layers
 
     s = build(from_args(BuildJob, args), Path(args.db), _progress(args))

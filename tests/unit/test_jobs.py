@@ -44,6 +44,59 @@ def test_parser_defaults_are_the_config_defaults(command):
             assert f"(default: {shown})" in action.help, (command, action.dest)
 
 
+ALL_CONFIGS = {**{c: (m, k) for c, (m, k, _r) in COMMANDS.items()},
+               "build": ("analysis.jobs.build.plan", "BuildJob"), "embed": ("analysis.jobs.embed", "EmbedJob"),
+               "ablate": ("analysis.jobs.causal", "AblateJob"), "steer": ("analysis.jobs.causal", "SteerJob"),
+               "effects": ("analysis.jobs.causal", "EffectsJob")}
+
+
+def _docstring(cls, name: str) -> str | None:
+    """The string literal under field ``name`` in the source of ``cls`` or a base (read here independently)."""
+    import ast
+    import inspect
+    import textwrap
+
+    for klass in cls.__mro__:
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for i, stmt in enumerate(body[:-1]):
+            if isinstance(stmt, ast.AnnAssign) and stmt.target.id == name and isinstance(body[i + 1], ast.Expr):
+                return " ".join(body[i + 1].value.value.split()).replace("``", "")
+    return None
+
+
+@pytest.mark.parametrize("command", ALL_CONFIGS)
+def test_every_option_help_is_its_field_docstring(command):
+    """One source for options: the help of every option generated from a config field is that field's docstring
+    (followed by the default or a note on repeating it), nested configs included."""
+    import importlib
+    import typing
+
+    module, cls_name = ALL_CONFIGS[command]
+    cls = getattr(importlib.import_module(module), cls_name)
+    checked = 0
+    for action in _subparser(command)._actions:
+        names = action.dest.split(".")
+        klass = cls
+        for name in names[:-1]:  # a nested config: its field's class
+            klass = typing.get_type_hints(klass).get(name)
+        if klass is None or names[-1] not in {f.name for f in dataclasses.fields(klass)}:
+            continue  # an option that is no config field (--db, --json, ...)
+        doc = _docstring(klass, names[-1])
+        assert doc, (command, action.dest, "has no docstring")
+        help = action.help.replace("%%", "%")
+        assert help == doc or help.startswith(doc + " ("), (command, action.dest, help, doc)
+        checked += 1
+    assert checked >= (1 if command == "embed" else 3), command
+
+
+def test_an_option_help_reads_as_its_docstring():
+    """The same, spelt out for one field: N2GJob.chunk's docstring is its --chunk help."""
+    action = next(a for a in _subparser("n2g")._actions if a.dest == "chunk")
+    assert action.help == "Units fitted together and stored together (an interrupt loses at most one chunk). (default: 32)"
+
+
 def test_nested_options_reach_the_science_configs():
     from analysis.jobs.n2g import N2GJob
     from analysis.jobs.topics import TopicsJob

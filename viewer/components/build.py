@@ -1,5 +1,5 @@
 """A background build as the viewer shows it: its progress on the Cache page, and a note on any page whose lens
-the running build has not written yet (``analysis.jobs.build.read_status``: a small JSON file beside the
+the running build has not written yet (``analysis.jobs.build.status.read_status``: a small JSON file beside the
 database, read on every call, as it changes while the build goes)."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from analysis.jobs.build import fmt_seconds, read_status
+from analysis.jobs.build.plan import fmt_seconds
+from analysis.jobs.build.status import read_status
 
 LENS_NAMES = {"harvest": "harvest", "baselines": "token-lookup baselines", "topics": "topics", "n2g": "graphs",
               "effects": "ablation effects", "explain": "explanations", "score": "explanation scores"}

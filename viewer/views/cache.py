@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.jobs.build import read_status
+from analysis.jobs.build.status import read_status
 from viewer.components.build import build_panel
 from viewer.resources import db_path, read
 
