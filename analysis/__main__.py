@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis.jobs.sae import SaeTrainJob
     from analysis.jobs.score import SIMULATORS, ScoreJob
     from analysis.jobs.topics import MODES, TopicsJob
-    from analysis.sae import SITES
+    from analysis.sae.model import SITES
     from analysis.splits import SCORING_SETS
 
     parser = argparse.ArgumentParser(prog="python -m analysis", description="Neuron viewer: harvest and inspect units.")

@@ -19,7 +19,7 @@ from analysis.models import SubjectModel
 from analysis.types import MLP
 
 if TYPE_CHECKING:
-    from analysis.sae import SAE
+    from analysis.sae.model import SAE
 
 NEURONS = "mlp_in"
 """The site of the MLP neurons."""
@@ -52,10 +52,10 @@ class Reader:
 
     def positions(self, site_acts: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """Where this source's units are defined (``[B, T]`` bool): every real token for the neurons; for a
-        dictionary, the real tokens that are not massive activations (``analysis.sae.typical_positions``)."""
+        dictionary, the real tokens that are not massive activations (``analysis.sae.model.typical_positions``)."""
         if self.sae is None:
             return real
-        from analysis.sae import typical_positions
+        from analysis.sae.model import typical_positions
 
         return typical_positions(site_acts, real)
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from analysis.activations import edited_site, site_activations, site_hooks
 from analysis.models import Encoded, SubjectModel
 from analysis.progress import Progress
-from analysis.sae import SAE, typical_positions
+from analysis.sae.model import SAE, typical_positions
 from analysis.types import UserError, Window
 
 ADAM_EPS = 6.25e-10
@@ -113,7 +113,7 @@ def _batches(subject: SubjectModel, windows: list[Window], batch_size: int) -> I
 
 def used_positions(acts: torch.Tensor, enc: Encoded) -> torch.Tensor:
     """``[B, P]`` bool: the positions of a batch an SAE is trained and measured on -- real tokens (not the BOS
-    column, not padding) that are not massive activations (``analysis.sae.typical_positions``)."""
+    column, not padding) that are not massive activations (``analysis.sae.model.typical_positions``)."""
     real = enc.attention_mask.bool().to(acts.device)
     real[:, : enc.n_prefix] = False
     return typical_positions(acts, real)

@@ -22,14 +22,15 @@ from pathlib import Path
 def _sae(spec: str | None, layer: int):
     import torch
 
-    from analysis.sae import SAE, _finish, load_sae
+    from analysis.sae.load import load_sae
+    from analysis.sae.model import finish, SAE
 
     if spec and Path(spec).exists():
         return load_sae(spec)
     g = torch.Generator().manual_seed(0)
     W = torch.randn(4608, 576, generator=g)
     W = W / W.norm(dim=1, keepdim=True)
-    return _finish(SAE(W_enc=W.T.contiguous(), b_enc=torch.zeros(4608), W_dec=W, b_dec=torch.zeros(576),
+    return finish(SAE(W_enc=W.T.contiguous(), b_enc=torch.zeros(4608), W_dec=W, b_dec=torch.zeros(576),
                        architecture="topk", k=32, layer=layer, site="resid_post", apply_b_dec_to_input=True,
                        name="random-bench"))
 

@@ -150,7 +150,7 @@ def compare_units(job: CompareJob, db: Path, progress: Progress = Progress()) ->
     from analysis.jobs.n2g import N2GJob, n2g
     from analysis.jobs.score import ScoreJob, score
     from analysis.jobs.topics import TopicsJob, topics
-    from analysis.sae import load_sae
+    from analysis.sae.load import load_sae
     from cache.store import open_store
 
     bad = [x for x in job.lenses if x not in LENSES]

@@ -67,7 +67,8 @@ def checkpoint_dir(db: Path) -> Path:
 
 def _dictionaries(job: HarvestJob, subject, neuron_layers: list[int]) -> list:
     """The job's SAEs (checked against the model) and baseline dictionaries."""
-    from analysis.sae import baseline_dictionary, load_sae
+    from analysis.sae.baselines import baseline_dictionary
+    from analysis.sae.load import load_sae
 
     saes = []
     for spec in job.sae:
@@ -105,7 +106,7 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
     from analysis.harvest.driver import run_harvest
     from analysis.harvest.summary import summarise
     from analysis.models import load_model
-    from analysis.sae import dictionary_info
+    from analysis.sae.load import dictionary_info
     from cache.store import open_store
 
     cfg = job.config

@@ -38,10 +38,10 @@ def n_units(store, info: ModelInfo, source: str, layer: int) -> int:
 
 
 def load_dictionary_of(store, source: str):
-    """The dictionary (analysis.sae.SAE) behind a source, or None for the MLP neurons."""
+    """The dictionary (analysis.sae.model.SAE) behind a source, or None for the MLP neurons."""
     if source == MLP:
         return None
-    from analysis.sae import load_dictionary
+    from analysis.sae.load import load_dictionary
 
     d = store.catalog.dictionary(source)
     if d is None:

@@ -81,7 +81,8 @@ def train_sae(job: SaeTrainJob, progress: Progress = Progress()) -> SaeTrainSumm
     """Train (or resume, or find already trained) the job's SAE; measure it; save it to ``job.out``."""
     from analysis.corpus import load_corpus, make_windows, select_windows, windows_hash
     from analysis.models import load_model
-    from analysis.sae import SITES, save_sae
+    from analysis.sae.model import SITES
+    from analysis.sae.saelens import save_sae
     from analysis.sae_train import evaluate_sae, train_topk_sae
 
     if job.site not in SITES:
