@@ -26,10 +26,10 @@ import torch
 
 from analysis.activations import edited_site
 from analysis.models import SubjectModel
-from analysis.types import MLP, Effects, UnitId, UserError
+from analysis.types import MLP, Effects, UnitId, UnitStats, UserError
 
 if TYPE_CHECKING:
-    from analysis.sae import SAE
+    from analysis.sae.model import SAE
 
 MODES = ("zero", "mean", "value")
 """Ablations: set the unit to 0, to its mean over the harvest, or to a value the user gives."""
@@ -198,6 +198,15 @@ def ablate(subject: SubjectModel, token_ids: list[int], unit: UnitId, edit: Edit
     return Ablation(list(token_ids), tokens, acts, picked[0].tolist(), picked[1].tolist(), edit, changes)
 
 
+def ablate_unit(subject: SubjectModel, token_ids: list[int], unit: UnitId, mode: str, stats: UnitStats | None,
+                value: float | None = None, sae: "SAE | None" = None) -> Ablation:
+    """``ablate`` with the ablation a user picks: ``mode`` (``MODES``), the unit's harvest ``stats`` (its mean for
+    'mean'; None when not harvested) and ``value`` for 'value'. The CLI's job and the viewer's pages both come
+    here."""
+    return ablate(subject, token_ids, unit, ablation_edit(mode, mean=stats.mean if stats is not None else None,
+                                                          value=value), sae)
+
+
 @dataclass
 class Steering:
     prompt_ids: list[int]
@@ -248,6 +257,15 @@ def steer(subject: SubjectModel, prompt_ids: list[int], unit: UnitId, edit: Edit
     with unit_edit(subject, unit, edit, sae):
         steered = generate(subject, prompt_ids, max_new_tokens, temperature, seed)
     return Steering(list(prompt_ids), plain, steered, edit, seed, temperature, max_new_tokens)
+
+
+def steer_unit(subject: SubjectModel, prompt_ids: list[int], unit: UnitId, stats: UnitStats,
+               clamp: float | None = None, scale: float | None = None, sae: "SAE | None" = None,
+               max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0) -> Steering:
+    """``steer`` with the edit a user picks: ``clamp`` k (× the unit's harvest max, from ``stats``) or ``scale``
+    (``steering_edit``). The CLI's job and the viewer's page both come here."""
+    return steer(subject, prompt_ids, unit, steering_edit(unit, stats.max, clamp=clamp, scale=scale), sae,
+                 max_new_tokens, temperature, seed)
 
 
 @torch.inference_mode()

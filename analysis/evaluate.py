@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from analysis.scoring import absolute_dev_explained, correlation_score, rsquared_score, to_neuron_units
-from analysis.splits import explainer_train
+from analysis.splits import calibration, explainer_train, scoring_records
 
 
 @dataclass
@@ -94,6 +94,14 @@ def score_simulation(simulator, explanation: str, records: list, max_activation:
                             rsquared=rsquared_score(real, in_units),
                             absolute_dev_explained=absolute_dev_explained(real, in_units), calibration=fit,
                             usage=usage)
+
+
+def score_explanation(simulator, explanation: str, rec, scoring_set: str, calibrate: bool = False
+                      ) -> ScoredSimulation:
+    """``explanation`` of a unit (``rec``: its UnitRecord) simulated and scored on its ``scoring_set`` records
+    (analysis/splits.py), against its max activation; ``calibrate``: also on its calibration records."""
+    return score_simulation(simulator, explanation, scoring_records(rec, scoring_set), rec.stats.max, scoring_set,
+                            calibration(rec) if calibrate else None)
 
 
 def token_lookup_simulator(rec):

@@ -166,6 +166,17 @@ def live_simulators() -> dict:
     return {"local-all-at-once": local}
 
 
+def score_live(rec, asked):
+    """What the user asked the own-explanation box (``viewer.components.explanations.OwnExplanation``, or None)
+    simulated live and scored (analysis.evaluate.ScoredSimulation), or None when there is nothing to score."""
+    from analysis.evaluate import score_explanation
+
+    if asked is None or not asked.text:
+        return None
+    with st.spinner(f"simulating with {asked.simulator}…"):
+        return score_explanation(live_simulators()[asked.simulator](rec), asked.explanation, rec, asked.scoring_set)
+
+
 class _Locked:
     """A simulator whose runs hold a lock."""
 

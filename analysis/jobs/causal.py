@@ -13,32 +13,47 @@ from analysis.types import MLP, UnitId, UserError
 @dataclass(frozen=True)
 class AblateJob:
     layer: int
+    """Layer."""
     neuron: int
+    """The unit's index."""
     text: str
+    """The text."""
     model: str = DEFAULT_MODEL
+    """Model name as cached."""
     source: str = MLP
+    """The units' source: mlp (MLP neurons) or a dictionary id."""
     mode: str = "zero"
     """zero, mean (the unit's mean over its harvest) or value."""
     value: float | None = None
+    """The value for --mode value."""
     device: str = "cpu"
+    """Cpu or cuda."""
 
 
 @dataclass(frozen=True)
 class SteerJob:
     layer: int
+    """Layer."""
     neuron: int
+    """The unit's index."""
     prompt: str
+    """The prompt."""
     model: str = DEFAULT_MODEL
+    """Model name as cached."""
     source: str = MLP
+    """The units' source: mlp (MLP neurons) or a dictionary id."""
     clamp: float | None = None
     """Set a neuron to this × its max (a feature: add this × its max along its decoder direction)."""
     scale: float | None = None
     """Or multiply the unit's activation by this (1 changes nothing)."""
     max_new_tokens: int = 32
+    """Tokens to generate."""
     temperature: float = 0.0
     """0: greedy."""
     seed: int = 0
+    """Sampling seed."""
     device: str = "cpu"
+    """Cpu or cuda."""
 
 
 def _unit_and_model(db: Path, model: str, unit: UnitId, device: str):
@@ -57,37 +72,40 @@ def _unit_and_model(db: Path, model: str, unit: UnitId, device: str):
 
 def ablate_text(job: AblateJob, db: Path, subject=None, sae=None, rec=None):
     """analysis.causal.Ablation of the job's unit on its text (``subject``/``sae``/``rec``: already loaded)."""
-    from analysis.causal import ablate, ablation_edit
+    from analysis.causal import ablate_unit
 
     if not job.text.strip():
         raise UserError("the text is empty")
     unit = UnitId(job.source, job.layer, job.neuron)
     if subject is None:
         rec, subject, sae = _unit_and_model(db, job.model, unit, job.device)
-    edit = ablation_edit(job.mode, mean=rec.stats.mean if rec is not None else None, value=job.value)
-    return ablate(subject, subject.tokenize(job.text), unit, edit, sae)
+    return ablate_unit(subject, subject.tokenize(job.text), unit, job.mode, rec.stats if rec is not None else None,
+                       job.value, sae)
 
 
 def steer_prompt(job: SteerJob, db: Path, subject=None, sae=None, rec=None):
     """analysis.causal.Steering of the job's prompt."""
-    from analysis.causal import steer, steering_edit
+    from analysis.causal import steer_unit
 
     if not job.prompt.strip():
         raise UserError("the prompt is empty")
     unit = UnitId(job.source, job.layer, job.neuron)
     if subject is None:
         rec, subject, sae = _unit_and_model(db, job.model, unit, job.device)
-    edit = steering_edit(unit, rec.stats.max, clamp=job.clamp, scale=job.scale)
-    return steer(subject, subject.tokenize(job.prompt), unit, edit, sae, job.max_new_tokens, job.temperature, job.seed)
+    return steer_unit(subject, subject.tokenize(job.prompt), unit, rec.stats, job.clamp, job.scale, sae,
+                      job.max_new_tokens, job.temperature, job.seed)
 
 
 @dataclass(frozen=True)
 class EffectsJob:
     layer: int
+    """Layer."""
     neurons: str
     """Unit indices, e.g. 0-99 or 3,5,8."""
     model: str = DEFAULT_MODEL
+    """Model name as cached."""
     source: str = MLP
+    """The units' source: mlp (MLP neurons) or a dictionary id."""
     mode: str = "zero"
     """zero or mean."""
     top: int = 10
@@ -95,6 +113,7 @@ class EffectsJob:
     random: int = 10
     """Random records per unit."""
     device: str = "cpu"
+    """Cpu or cuda."""
     force: bool = False
     """Measure again units that have effects of this mode."""
 

@@ -28,19 +28,25 @@ BASELINES = ("token-lookup",)
 @dataclass(frozen=True)
 class ScoreJob:
     layer: int
+    """Layer."""
     neurons: str
     """Unit indices, e.g. 0-99 or 3,5,8."""
     model: str = DEFAULT_MODEL
+    """Model name as cached."""
     source: str = MLP
+    """The units' source: mlp (MLP neurons) or a dictionary id."""
     explanation: str | None = None
     """Score (and store, as a human explanation) this text instead of the stored explanations."""
     simulator: str = "token-lookup"
+    """Who simulates."""
     simulator_model: str = DEFAULT_MODEL
     """The local simulator's model."""
     simulator_dtype: str = "float32"
     """bfloat16 simulates ~2x faster on CPUs with AVX512-BF16, at bf16 precision."""
     scoring_set: str = "top-and-random"
+    """Held-out records to score on."""
     device: str = "cpu"
+    """Cpu or cuda."""
     force: bool = False
     """Score again explanations already scored by this simulator on this set."""
     calibrate: bool = True
@@ -48,6 +54,7 @@ class ScoreJob:
     calibrated simulator; one more simulation per explanation)."""
     api: ApiConfig = field(default_factory=ApiConfig)
     api_concurrency: int = 4
+    """Requests in flight at once."""
 
 
 @dataclass(frozen=True)
@@ -114,11 +121,9 @@ class ScoreTask:
     calibrate: bool
 
     def simulate(self, simulator, rec: UnitRecord, text: str):
-        from analysis.evaluate import score_simulation
-        from analysis.splits import calibration, scoring_records
+        from analysis.evaluate import score_explanation
 
-        return score_simulation(simulator, text, scoring_records(rec, self.scoring_set), rec.stats.max,
-                                self.scoring_set, calibration(rec) if self.calibrate else None)
+        return score_explanation(simulator, text, rec, self.scoring_set, self.calibrate)
 
     def __call__(self, items: list) -> list:
         """[(ScoredSimulation, None) or (None, why it could not run)] in the items' order."""

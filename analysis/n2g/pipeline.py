@@ -1,4 +1,5 @@
-"""Neuron2Graph for units of one layer: split each unit's harvested top records, fit, evaluate, simulate.
+"""Neuron2Graph for units of one layer: split each unit's harvested top records, fit, evaluate, simulate; and a
+stored graph's held-out predictions and nearest graphs, as a unit's page shows them (``graph_panel_data``).
 
 The split is analysis/splits.py's ``n2g_train_test`` (of the first 20 top records, 0::4 + 1::4 train and 2::4 +
 3::4 held out; ``N2GConfig.extra_records`` more from past them train too), so the "n2g" simulator is scored on
@@ -13,9 +14,9 @@ from typing import Iterator
 
 from analysis.n2g.evaluate import PRF, firing_metrics
 from analysis.n2g.fit import ModelProber, N2GConfig, fit_graphs, token_lookup_predict
-from analysis.n2g.graph import ANY, Graph
+from analysis.n2g.graph import ANY, Graph, similar
 from analysis.simulate import SimResult
-from analysis.splits import n2g_train_test, scoring_records
+from analysis.splits import n2g_train_test
 from analysis.types import Explanation, UnitId
 
 
@@ -52,13 +53,47 @@ class N2GResult:
                             zip(self.test_window_ids, self.test_tokens, self.test_real, self.test_predicted)]}
 
 
+def held_out(rec, graph: Graph, extra_records: int = 0) -> tuple[list, list, list, list[list[float]]]:
+    """(train, extra train, held-out records, the graph's prediction per held-out record and token, in neuron
+    units) of a unit's records, split as its graph was fitted (``n2g_train_test``)."""
+    train, extra, test = n2g_train_test(rec, extra_records)
+    return train, extra, test, [graph.predict(list(r.token_ids)) for r in test]
+
+
+@dataclass(frozen=True)
+class GraphPanelData:
+    """What a unit's page shows beside its stored graph (computed here; viewer/components/graph.py draws it)."""
+
+    n_train: int
+    """Top records the graph was fitted on, of the first ``analysis.splits.N2G_HEAD``."""
+    n_extra: int
+    """Train records past those (fitted on with no probes)."""
+    test: list
+    """The held-out ActivationRecords, in order."""
+    predicted: list[list[float]]
+    """The graph's prediction per held-out record and token (neuron units)."""
+    similar: list[tuple[int, float]]
+    """(unit index, Jaccard over trie paths) of the layer's graphs most like this one, best first, overlap > 0."""
+    n_others: int
+    """The other graphs of the layer it was compared with."""
+
+
+def graph_panel_data(rec, patterns: list[tuple[list[int], float]], params: dict,
+                     others: dict[int, list[tuple[list[int], float]]], n_similar: int = 10) -> GraphPanelData:
+    """A unit's stored graph (``patterns``, fitted with ``params``) on its held-out records, and the graphs of its
+    layer (``others``: unit index -> patterns; the unit itself is left out) that overlap it most."""
+    train, extra, test, predicted = held_out(rec, graph_of(patterns), params.get("extra_records", 0))
+    others = {u: p for u, p in others.items() if u != rec.unit.index}
+    return GraphPanelData(len(train), len(extra), test, predicted, similar(patterns, others, n=n_similar),
+                          len(others))
+
+
 def evaluate(rec, graph: Graph, params: dict, seconds: float) -> N2GResult:
     """A unit's graph scored on its held-out top records, beside the token-lookup baseline fitted on the same
     train records (``params``' extra_records included)."""
-    train, extra, test = n2g_train_test(rec, params.get("extra_records", 0))
+    train, extra, test, predicted = held_out(rec, graph, params.get("extra_records", 0))
     train = train + extra
     real = [list(r.activations) for r in test]
-    predicted = [graph.predict(list(r.token_ids)) for r in test]
     lookup = token_lookup_predict(_pairs(train))
     firing, non_firing = firing_metrics(real, predicted, rec.stats.max)
     b_firing, b_non_firing = firing_metrics(real, [lookup(list(r.token_ids)) for r in test], rec.stats.max)
@@ -144,9 +179,9 @@ def graph_explanation(result: N2GResult, rec, tokenizer):
     """A fitted graph as an explanation (explainer 'n2g': a summary of its strongest patterns) and the graph as
     its simulator, scored on the same held-out records as every other explanation: (Explanation,
     ScoredSimulation)."""
-    from analysis.evaluate import score_simulation
+    from analysis.evaluate import score_explanation
 
     names = {t: tokenizer.decode([t]) for p, _v in result.graph.patterns() for t in p if t >= 0}
     exp = Explanation(describe(result.graph, names), "n2g", result.params)
     sim = N2GSimulator(result.graph, rec.stats.max, result.params)
-    return exp, score_simulation(sim, "", scoring_records(rec, "top-and-random"), rec.stats.max, "top-and-random")
+    return exp, score_explanation(sim, "", rec, "top-and-random")

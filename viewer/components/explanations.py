@@ -1,15 +1,16 @@
 """Explanations panel: the unit's baseline (an explanation-blind predictor), every explanation with its scores
 against that baseline, a simulated-vs-real scatter, paired heatmaps, and a box to write, simulate, score and save
-your own explanation."""
+your own explanation (the page scores it: ``analysis.evaluate.score_explanation``)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.evaluate import score_simulation
 from analysis.scoring import to_neuron_units
-from analysis.splits import SCORING_SETS, scoring_records
+from analysis.splits import SCORING_SETS
 from analysis.types import TokenActivations
 from viewer.components.heatmap import records_html
 
@@ -85,10 +86,8 @@ def show_scored(sim, records_by_window: dict, vmax: float, max_activation: float
     c2.html(paired_heatmaps(recs, units, vmax))
 
 
-def explanations_panel(rows: list, baselines: list, rec, simulators: dict):
-    """``rows``: (stored explanation, its stored simulations); ``baselines``: the unit's stored baselines;
-    ``simulators``: name -> factory(rec) for the simulators that read explanations this viewer offers live.
-    Returns the user's scored explanation when they ask to save it."""
+def explanations_panel(rows: list, baselines: list, rec) -> None:
+    """``rows``: (stored explanation, its stored simulations); ``baselines``: the unit's stored baselines."""
     if not rows:
         st.info("no explanation yet: write one below, or run `python -m analysis explain ... --neurons "
                 f"{rec.unit.index}` and `python -m analysis score ...`")
@@ -126,7 +125,6 @@ def explanations_panel(rows: list, baselines: list, rec, simulators: dict):
                for e, sims in rows):
             st.caption(TINY_HINT)
         scored_picker(rows, rec, key="stored")
-    return own_explanation_form(rec, simulators)
 
 
 def scored_picker(rows: list, rec, key: str) -> None:
@@ -146,31 +144,50 @@ def scored_picker(rows: list, rec, key: str) -> None:
     show_scored(s, by_window, max(rec.stats.max, 1e-9), rec.stats.max, key=key)
 
 
-def own_explanation_form(rec, simulators: dict, key: str = "own"):
-    """A box to write an explanation, simulate and score it live; returns the ScoredSimulation when the user
-    asks to save it (the caller stores it), else None."""
-    vmax = max(rec.stats.max, 1e-9)
-    by_window = {r.window_id: r for r in rec.most_positive_activation_records + rec.random_sample}
+@dataclass(frozen=True)
+class OwnExplanation:
+    """What the user asked the own-explanation box to simulate and score."""
+
+    text: str
+    """As typed, stripped ("" when the box was submitted empty)."""
+    simulator: str
+    """The name of a live simulator (``viewer.resources.live_simulators``)."""
+    scoring_set: str
+    """One of ``analysis.splits.SCORING_SETS``."""
+
+    @property
+    def explanation(self) -> str:
+        """The text to simulate: without a final period (the prompt ends the sentence)."""
+        return self.text.rstrip(".")
+
+
+def own_explanation_form(simulators: list[str], key: str = "own") -> OwnExplanation | None:
+    """A box to write an explanation and pick a live simulator (of ``simulators``) and records: what the user
+    asked for when they submit it, else None (the page scores it and hands it to ``own_explanation_result``)."""
     st.markdown("**Your explanation**: simulated and scored live on the held-out records")
     with st.form(f"{key}_explanation"):
         text = st.text_input("the main thing this neuron does is find …", key=f"{key}_text")
         c1, c2 = st.columns(2)
-        sim_name = c1.selectbox("simulator", list(simulators), key=f"{key}_sim")
+        sim_name = c1.selectbox("simulator", simulators, key=f"{key}_sim")
         scoring_set = c2.selectbox("records", SCORING_SETS, key=f"{key}_set")
         go_ = st.form_submit_button("simulate and score")
-    if go_:
-        if not text.strip():
-            st.warning("write an explanation first")
-            return None
-        with st.spinner(f"simulating with {sim_name}…"):
-            simulator = simulators[sim_name](rec)
-            scored = score_simulation(simulator, text.strip().rstrip("."), scoring_records(rec, scoring_set),
-                                      rec.stats.max, scoring_set)
+    return OwnExplanation(text.strip(), sim_name, scoring_set) if go_ else None
+
+
+def own_explanation_result(rec, asked: OwnExplanation | None, scored=None, key: str = "own"):
+    """The user's scored explanation below its box: ``scored`` (analysis.evaluate.ScoredSimulation) when the page
+    has just scored what they ``asked``, else the one this session keeps; returns it when the user asks to save it
+    (the caller stores it), else None."""
+    if asked is not None and not asked.text:
+        st.warning("write an explanation first")
+        return None
+    if scored is not None:
         st.session_state[f"{key}_scored"] = scored
     scored = st.session_state.get(f"{key}_scored")
     if scored is not None and scored.explanation:
+        by_window = {r.window_id: r for r in rec.most_positive_activation_records + rec.random_sample}
         st.metric("correlation score", "—" if scored.score is None else f"{scored.score:+.3f}")
-        show_scored(scored, by_window, vmax, rec.stats.max, key=key)
+        show_scored(scored, by_window, max(rec.stats.max, 1e-9), rec.stats.max, key=key)
         if scored.error is None and st.button("save this explanation and its score", key=f"{key}_save"):
             del st.session_state[f"{key}_scored"]
             return scored

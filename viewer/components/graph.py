@@ -15,9 +15,8 @@ import pandas as pd
 import streamlit as st
 
 from analysis.n2g.evaluate import FIRING_FRACTION
-from analysis.n2g.graph import ANY, similar
-from analysis.n2g.pipeline import graph_of
-from analysis.splits import N2G_HEAD, n2g_train_test
+from analysis.n2g.graph import ANY
+from analysis.splits import N2G_HEAD
 from analysis.types import TokenActivations, UnitId
 from viewer.components.heatmap import records_html
 from viewer.components.picker import unit_name, unit_url
@@ -98,15 +97,15 @@ def graph_html(patterns: list[tuple[list[int], float]], vocab: dict[int, str], v
     return re.sub(r'<(?:link|script)[^>]+cdn\.jsdelivr\.net[^>]*>(?:</script>)?', "", html)
 
 
-def graph_panel(model_name: str, g, vocab: dict[int, str], others: dict[int, list], rec, window: int | None) -> None:
-    """A unit's stored graph (``cache.graphs.StoredGraph``): the drawing, P/R/F1 against token-lookup, similar
-    graphs of its layer (``others``: unit index -> patterns), held-out records real vs predicted."""
+def graph_panel(model_name: str, g, vocab: dict[int, str], data, rec, window: int | None) -> None:
+    """A unit's stored graph (``cache.graphs.StoredGraph``): the drawing, P/R/F1 against token-lookup, and what
+    ``data`` (``analysis.n2g.pipeline.GraphPanelData``) holds: similar graphs of its layer, held-out records real
+    vs predicted."""
     unit = rec.unit
     m = g.metrics
-    train, extra, test = n2g_train_test(rec, g.params.get("extra_records", 0))
-    more = f" (+ {len(extra)} past the first {N2G_HEAD}, with no probes)" if extra else ""
-    st.markdown(f"**{len(g.patterns)} patterns** · fitted on {len(train)} top records{more}, scored on {len(test)} "
-                "held-out ones · "
+    more = f" (+ {data.n_extra} past the first {N2G_HEAD}, with no probes)" if data.n_extra else ""
+    st.markdown(f"**{len(g.patterns)} patterns** · fitted on {data.n_train} top records{more}, scored on "
+                f"{len(data.test)} held-out ones · "
                 f"a token fires at ≥ {FIRING_FRACTION:g} × max = {FIRING_FRACTION * g.max_activation:.3g} · "
                 f"augmentation {'on' if g.params.get('augment') else 'off'} · fitted in {g.seconds:.1f} s (its share "
                 "of its batch)")
@@ -124,17 +123,13 @@ def graph_panel(model_name: str, g, vocab: dict[int, str], others: dict[int, lis
                "activating token (outlined, right): boxes are tokens that matter, shaded by activation; grey dots "
                "match any token.")
     st.iframe(graph_html(shown, vocab, g.max_activation), height=graph_height(shown) + 20)
-    others = {u: p for u, p in others.items() if u != unit.index}
-    near = similar(g.patterns, others, n=10)
-    st.markdown(f"**Similar graphs in layer {unit.layer}** (Jaccard over trie paths, of {len(others)} other graphs): "
-                + (", ".join(f"[{unit_name(UnitId(unit.source, unit.layer, u))}]"
-                             f"({unit_url(model_name, UnitId(unit.source, unit.layer, u), tab='graph')}) {j:.2f}"
-                             for u, j in near) or "none overlaps"))
-    graph = graph_of(g.patterns)
+    st.markdown(f"**Similar graphs in layer {unit.layer}** (Jaccard over trie paths, of {data.n_others} other "
+                "graphs): " + (", ".join(f"[{unit_name(UnitId(unit.source, unit.layer, u))}]"
+                                         f"({unit_url(model_name, UnitId(unit.source, unit.layer, u), tab='graph')})"
+                                         f" {j:.2f}" for u, j in data.similar) or "none overlaps"))
     st.markdown("**Held-out records**: real (top line) vs the graph's prediction")
     rows, labels = [], []
-    for i, r in enumerate(test):
-        predicted = graph.predict(list(r.token_ids))
+    for i, (r, predicted) in enumerate(zip(data.test, data.predicted)):
         rows += [r, TokenActivations(r.tokens, predicted)]
         labels += [f"#{i + 1} real", "predicted"]
     st.html(records_html(rows, max(rec.stats.max, 1e-9), window, labels))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis.n2g.evaluate import FIRING_FRACTION
-from viewer.components.explanations import own_explanation_form, scored_picker
+from viewer.components.explanations import own_explanation_form, own_explanation_result, scored_picker
 from viewer.components.graph import graph_height, graph_html, shown_patterns
 from viewer.components.heatmap import records_html
 from viewer.components.picker import unit_title
-from viewer.resources import cached_models, live_simulators, pick_unit, read, save_explanation
+from viewer.resources import cached_models, live_simulators, pick_unit, read, save_explanation, score_live
 
 
 def _side(s, prefix: str, col):
@@ -64,7 +64,8 @@ def render() -> None:
     if rec is not None:
         st.markdown("---")
         st.caption(f"score your own explanation of {picked.model.name} {picked.unit} (left)")
-        if (to_save := own_explanation_form(rec, live_simulators(), key="cmp_own")) is not None:
+        asked = own_explanation_form(list(live_simulators()), key="cmp_own")
+        if (to_save := own_explanation_result(rec, asked, score_live(rec, asked), key="cmp_own")) is not None:
             save_explanation(rec, to_save)
 
 

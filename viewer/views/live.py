@@ -82,7 +82,7 @@ def render() -> None:
 
 def ablation_section(picked, text: str, n_tokens: int, stats, sae_path: str, runs: tuple) -> None:
     """The unit ablated on this text: which next-token predictions it supports."""
-    from analysis.causal import MODES, ablate, ablation_edit
+    from analysis.causal import MODES, ablate_unit
 
     st.subheader(f"What {unit_name(picked.unit)} does to the predictions (ablation)")
     qp = st.query_params
@@ -97,12 +97,11 @@ def ablation_section(picked, text: str, n_tokens: int, stats, sae_path: str, run
         return
     qp["ablate"] = mode
     try:
-        edit = ablation_edit(mode, mean=stats.mean if stats else None, value=value)
         subj = subject(picked.model.name)
         sae = dictionary(picked.source, sae_path) if picked.source != MLP else None
         ids = subj.tokenize(text)[:n_tokens]  # as the live pass cut it
         with st.spinner("ablating…"), hooks_lock(picked.model.name):
-            a = ablate(subj, ids, picked.unit, edit, sae)
+            a = ablate_unit(subj, ids, picked.unit, mode, stats, value, sae)
     except Exception as exc:
         show_error(exc)
         return

@@ -12,15 +12,16 @@ import streamlit as st
 from analysis.types import MLP, UnitId
 from viewer.components.build import coming, still_building
 from viewer.components.charts import histogram_html, short_number
-from viewer.components.explanations import baseline_line, explanations_panel, similar_line
+from viewer.components.explanations import (baseline_line, explanations_panel, own_explanation_form,
+                                            own_explanation_result, similar_line)
 from viewer.components.export import neuron_page_html
 from viewer.components.glance import glance_header
 from viewer.components.graph import graph_panel
 from viewer.components.heatmap import md_escape, records_html
 from viewer.components.picker import list_url, unit_label, unit_link, unit_title, unit_url
 from viewer.components.topics import topic_controls, topics_view
-from viewer.resources import (db_path, live_simulators, pick_unit, read, run_job, save_explanation, show_error,
-                              subject, unit_record)
+from viewer.resources import (db_path, live_simulators, pick_unit, read, run_job, save_explanation, score_live,
+                              show_error, subject, unit_record)
 from viewer.site import page_name
 
 TABS = ["top", "quantiles", "random", "tokens & weights", "explanations", "graph", "topics", "ablation"]
@@ -136,7 +137,9 @@ def graph_tab(model, rec, window: int | None) -> None:
         st.caption(f"or from a shell, a whole layer: `python -m analysis n2g --model {model.name} --layer "
                    f"{unit.layer} --db {db_path()}`")
         return
-    graph_panel(model.name, g, vocab, others, rec, window)
+    from analysis.n2g.pipeline import graph_panel_data
+
+    graph_panel(model.name, g, vocab, graph_panel_data(rec, g.patterns, g.params, others), rec, window)
 
 
 def topics_tab(model, rec) -> None:
@@ -167,7 +170,7 @@ def topics_tab(model, rec) -> None:
 
 def ablation_tab(model, rec) -> None:
     """The unit's stored ablation effect, and a live ablation on one of its top records."""
-    from analysis.causal import ablate, ablation_edit
+    from analysis.causal import ablate_unit
     from viewer.components.causal import ablation_view, effects_view
     from viewer.resources import dictionary, hooks_lock
 
@@ -196,7 +199,7 @@ def ablation_tab(model, rec) -> None:
         subj = subject(model.name)
         sae = dictionary(rec.unit.source, sae_path) if rec.unit.source != MLP else None
         with st.spinner("ablating…"), hooks_lock(model.name):
-            a = ablate(subj, list(recs[i].token_ids), rec.unit, ablation_edit(mode, mean=rec.stats.mean), sae)
+            a = ablate_unit(subj, list(recs[i].token_ids), rec.unit, mode, rec.stats, sae=sae)
     except Exception as exc:
         show_error(exc)
         return
@@ -353,7 +356,9 @@ def records_section(model, rec) -> None:
                 still_building(db_path(), "baselines", unit)
             if baseline_line(baselines):
                 compute_now("baseline", model, rec)
-            if to_save := explanations_panel(rows, baselines, rec, live_simulators()):
+            explanations_panel(rows, baselines, rec)
+            asked = own_explanation_form(list(live_simulators()))
+            if to_save := own_explanation_result(rec, asked, score_live(rec, asked)):
                 save_explanation(rec, to_save)
             similar_line(model.name, similar)
     elif tab == "topics":

@@ -48,15 +48,14 @@ def render() -> None:
         qp.pop("go", None)
         return
     qp["go"] = "1"
-    from analysis.causal import steer, steering_edit
+    from analysis.causal import steer_unit
 
     try:
-        edit = steering_edit(picked.unit, stats.max, clamp=k if how == "clamp" else None,
-                             scale=k if how == "scale" else None)
         subj = subject(picked.model.name)
         sae = dictionary(picked.source, sae_path) if picked.source != MLP else None
         with st.spinner("generating twice…"), hooks_lock(picked.model.name):
-            result = steer(subj, subj.tokenize(prompt), picked.unit, edit, sae, new, temperature, seed)
+            result = steer_unit(subj, subj.tokenize(prompt), picked.unit, stats, k if how == "clamp" else None,
+                                k if how == "scale" else None, sae, new, temperature, seed)
     except Exception as exc:
         show_error(exc)
         return
