@@ -1,16 +1,29 @@
-import sys
+"""Shared fixtures, and each test marked by its folder: tests/unit, tests/integration, tests/browser (`pytest -m unit`
+runs the fast ones; `pytest tests` runs all)."""
+
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tests.helpers import KINDS, TINY_TEXT, random_topk_sae, tiny_model_folder
+
 torch.set_num_threads(2)
 
-from helpers import tiny_model_folder  # noqa: E402
+TESTS = Path(__file__).resolve().parent
+FOLDERS = ("unit", "integration", "browser")
 
-KINDS = ["gpt2", "llama", "gemma", "neox"]
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        try:
+            folder = Path(item.path).resolve().relative_to(TESTS).parts[0]
+        except ValueError:  # not under tests/
+            continue
+        if folder not in FOLDERS:
+            raise pytest.UsageError(f"{item.nodeid}: a test module belongs in tests/unit, tests/integration or "
+                                    "tests/browser (its folder is its kind)")
+        item.add_marker(getattr(pytest.mark, folder))
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +47,6 @@ def viewer_db(tiny_folders, tmp_path_factory):
     import random
 
     from analysis.__main__ import main
-    from helpers import TINY_TEXT
 
     root = tmp_path_factory.mktemp("viewer_db")
     corpus = root / "docs.jsonl"
@@ -63,19 +75,6 @@ def n2g_db(viewer_db, tmp_path_factory):
     return copy, model
 
 
-def random_topk_sae(d_in: int, d_sae: int, k: int, layer: int, site: str = "resid_post", seed: int = 0):
-    """A random TopK SAE (analysis.sae.SAE) with decoder rows of unit norm."""
-    from analysis.sae import SAE, _finish
-
-    g = torch.Generator().manual_seed(seed)
-    W_dec = torch.randn(d_sae, d_in, generator=g)
-    W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
-    sae = SAE(W_enc=W_dec.T.contiguous(), b_enc=torch.randn(d_sae, generator=g) * 0.1, W_dec=W_dec,
-              b_dec=torch.randn(d_in, generator=g) * 0.1, architecture="topk", k=k, layer=layer, site=site,
-              apply_b_dec_to_input=True, name="tiny-sae")
-    return _finish(sae)
-
-
 @pytest.fixture(scope="session")
 def sae_db(viewer_db, tmp_path_factory):
     """A copy of viewer_db with a random tiny TopK SAE (64 features over resid_post of layer 1, saved in the
@@ -83,7 +82,7 @@ def sae_db(viewer_db, tmp_path_factory):
     import shutil
 
     from analysis.__main__ import main
-    from analysis.sae import save_sae
+    from analysis.sae.saelens import save_sae
 
     db, model = viewer_db
     root = tmp_path_factory.mktemp("sae_db")
@@ -94,3 +93,26 @@ def sae_db(viewer_db, tmp_path_factory):
     assert main(["harvest", "--model", model, "--corpus", str(corpus), "--db", str(copy), "--sae", str(folder),
                  "--seq-len", "24", "--quiet"]) == 0
     return copy, model, folder
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A small OpenAI-compatible server on 127.0.0.1 (tests/openai_server.py): a fast explainer and simulator."""
+    from tests.openai_server import serve
+
+    with serve() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def sae_train_corpus(tmp_path_factory):
+    """40 documents of the tiny sentences (JSONL) for SAE training."""
+    import json
+    import random
+
+    path = tmp_path_factory.mktemp("sae_corpus") / "docs.jsonl"
+    rng = random.Random(2)
+    with open(path, "w") as f:
+        for i in range(40):
+            f.write(json.dumps({"title": f"d{i}", "text": " ".join(rng.choice(TINY_TEXT) for _ in range(6))}) + "\n")
+    return path

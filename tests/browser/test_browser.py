@@ -14,9 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import REPO
 from viewer.site import main as site_main
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 

@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # tests/helpers.py
 
 
 def main(out: Path) -> None:
@@ -98,4 +97,5 @@ def page_text(at) -> dict:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(HERE.parent))  # tests/helpers.py (run as a script from the old commit's checkout)
     main(Path(sys.argv[1]).resolve())

@@ -11,6 +11,7 @@ import pytest
 from analysis.__main__ import main
 from analysis.jobs.build.status import read_status
 from analysis.types import MLP, UnitId
+from tests.helpers import build_contents
 
 
 def test_build_status_of_a_running_and_a_dead_build(tmp_path):
@@ -129,25 +130,6 @@ def test_a_one_time_cost_stays_out_of_the_measured_cost_per_unit(tiny_folders, v
     assert 0.09 / 512 < per_unit < 0.25 / 512  # the 0.1 s of work per 512 units, not 0.5 s
 
 
-def _contents(db) -> dict:
-    """What a build stored, without timings and timestamps."""
-    from cache.store import open_store
-
-    queries = {
-        "runs": "SELECT model_id, corpus_id, layers, n_windows, n_tokens, status FROM runs ORDER BY ALL",
-        "stats": "SELECT layer, unit, n_tokens, mean, std, max, hist FROM unit_stats ORDER BY ALL",
-        "samples": "SELECT layer, unit, kind, bin, rank, window_id FROM samples ORDER BY ALL",
-        "explanations": "SELECT explanation_id, layer, unit, explainer, text FROM explanations ORDER BY ALL",
-        "baselines": "SELECT layer, unit, predictor, scoring_set, window_ids, predicted, score FROM baselines "
-                     "ORDER BY ALL",
-        "graphs": "SELECT layer, unit, params, metrics, firing_f1, test_window_ids, n_patterns FROM n2g_graphs "
-                  "ORDER BY ALL",
-        "patterns": "SELECT * EXCLUDE (run_id) FROM n2g_patterns ORDER BY ALL",
-    }
-    with open_store(db, read_only=True) as s:
-        return {k: s.con.execute(q).fetchall() for k, q in queries.items()}
-
-
 def test_a_killed_build_resumes_to_the_same_results(tiny_folders, viewer_db, tmp_path):
     """SIGKILL in the middle of the build, rerun: every table as an uninterrupted build leaves it."""
     import os
@@ -179,7 +161,7 @@ def test_a_killed_build_resumes_to_the_same_results(tiny_folders, viewer_db, tmp
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert subprocess.run(args(killed), cwd=repo, capture_output=True).returncode == 0
-    a, b = _contents(whole), _contents(killed)
+    a, b = build_contents(whole), build_contents(killed)
     assert all(a[k] for k in a) and a.keys() == b.keys()
     for k in a:
         assert a[k] == b[k], k

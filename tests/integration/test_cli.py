@@ -15,9 +15,8 @@ import duckdb
 import pytest
 
 from analysis.__main__ import build_parser, main
-from helpers import TINY_TEXT
+from tests.helpers import REPO, TINY_TEXT
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from analysis.types import MLP, UnitId, UserError
-from helpers import TINY_TEXT
+from tests.helpers import TINY_TEXT, open_page
+from tests.sae_helpers import topk_ambiguous
 
 
 def _store(db, read_only=True):
@@ -19,7 +20,7 @@ def _store(db, read_only=True):
 
 
 def test_harvest_with_an_sae_registers_its_features(sae_db, viewer_db):
-    from analysis.sae import load_sae
+    from analysis.sae.load import load_sae
 
     db, model, folder = sae_db
     sae = load_sae(str(folder))
@@ -102,7 +103,7 @@ def test_n2g_prober_reads_features_as_the_sae_encodes_them(sae_db, tiny_folders)
     from analysis.activations import sae_reader
     from analysis.models import load_model
     from analysis.n2g.fit import ModelProber, Probe
-    from analysis.sae import load_sae
+    from analysis.sae.load import load_sae
 
     db, model, folder = sae_db
     subject = load_model(model)
@@ -118,26 +119,18 @@ def test_n2g_prober_reads_features_as_the_sae_encodes_them(sae_db, tiny_folders)
     keep = pre.argsort()[::-1][:4]
     expect = torch.zeros(64, dtype=torch.float64)
     expect[keep.copy()] = torch.tensor(pre[keep]).clamp(min=0)
-    assert torch.allclose(torch.tensor(answer.acts, dtype=torch.float64), expect, atol=1e-4)
-
-
-def _page(name, db, monkeypatch, **params):
-    from streamlit.testing.v1 import AppTest
-
-    from test_viewer import PAGES
-
-    monkeypatch.setenv("NEURON_VIEWER_DB", str(db))
-    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=60)
-    for k, v in params.items():
-        at.query_params[k] = str(v)
-    return at.run()
+    # where the float32 pass may pick another feature at the TopK cut (a near-tie), or fire or not (near 0), the
+    # two may disagree by a whole activation: compared elsewhere
+    sure = torch.from_numpy(~topk_ambiguous(pre[None], 4)[0])
+    assert sure.sum() >= 60
+    assert torch.allclose(torch.tensor(answer.acts, dtype=torch.float64)[sure], expect[sure], atol=1e-4)
 
 
 def test_feature_page_and_weights(sae_db, monkeypatch):
     db, model, folder = sae_db
     with _store(db) as s:
         source = s.catalog.dictionaries()[0].source
-    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=5, source=source, tab="tokens & weights")
+    at = open_page("neuron", db, monkeypatch, model=model, layer=1, neuron=5, source=source, tab="tokens & weights")
     assert not at.exception
     assert at.title[0].value.endswith("L1 · F5 (tiny-sae)")
     assert at.query_params["source"] == source
@@ -146,15 +139,15 @@ def test_feature_page_and_weights(sae_db, monkeypatch):
     text = " ".join(m.value for m in at.markdown)
     assert "nearest features" in text and "neurons it reads most" in text
     # a feature index beyond the dictionary, and a layer the dictionary does not read
-    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=64, source=source)
+    at = open_page("neuron", db, monkeypatch, model=model, layer=1, neuron=64, source=source)
     assert not at.exception and "feature '64' does not exist" in at.error[0].value
-    at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=3, source=source)
+    at = open_page("neuron", db, monkeypatch, model=model, layer=0, neuron=3, source=source)
     assert not at.exception and "reads layer 1 only" in at.error[0].value
 
 
 def test_cache_page_lists_the_dictionary(sae_db, monkeypatch):
     db, model, folder = sae_db
-    at = _page("home", db, monkeypatch)
+    at = open_page("cache", db, monkeypatch)
     assert not at.exception
     assert any("Dictionaries" in h.value for h in at.subheader)
 
@@ -206,12 +199,12 @@ def test_interpretability_page(sae_db, viewer_db, tmp_path, monkeypatch):
     con = duckdb.connect(str(db))  # what other tests scored in the shared harvest is not a comparison
     con.execute("DELETE FROM baselines; DELETE FROM simulations; DELETE FROM n2g_graphs; DELETE FROM topic_sets")
     con.close()
-    at = _page("interpretability", db, monkeypatch)
+    at = open_page("interpretability", db, monkeypatch)
     assert not at.exception and "No comparison yet" in at.info[0].value, (at.error, at.info)
     assert main(["compare-units", "--db", str(db), "--model", model, "--layer", "1", "--sae", str(folder),
                  "--corpus", str(viewer_db[0].parent / "docs.jsonl"), "--seq-len", "24", "--units", "3",
                  "--n2g-units", "0", "--lenses", "token-lookup", "--quiet"]) == 0
-    at = _page("interpretability", db, monkeypatch)
+    at = open_page("interpretability", db, monkeypatch)
     assert not at.exception
     assert len(at.get("plotly_chart")) >= 2  # token-lookup score and density
     assert any("Do features beat" in m.value for m in at.markdown)
@@ -229,80 +222,21 @@ def test_live_text_search_and_scores_on_features(sae_db, monkeypatch, tmp_path):
         source = s.catalog.dictionaries()[0].source
         run = s.runs.find(model, 1, source=source)
         rec = s.records.unit_record(run, UnitId(source, 1, 5))
-    at = _page("live", db, monkeypatch, model=model, layer=1, neuron=5, source=source,
+    at = open_page("live", db, monkeypatch, model=model, layer=1, neuron=5, source=source,
                text="the cat sat on the mat")
     assert not at.exception
     assert any("L1/F5 on this text" in h.value for h in at.subheader)
     assert any("Features of layer 1" in h.value for h in at.subheader)
-    at = _page("search", db, monkeypatch, model=model)
+    at = open_page("search", db, monkeypatch, model=model)
     assert not at.exception
     assert main(["explain", "--db", str(db), "--model", model, "--layer", "1", "--source", source, "--neurons", "0-7",
                  "--quiet"]) == 0
     assert main(["score", "--db", str(db), "--model", model, "--layer", "1", "--source", source, "--neurons", "0-7",
                  "--quiet"]) == 0
-    at = _page("scores", db, monkeypatch)
+    at = open_page("scores", db, monkeypatch)
     assert not at.exception
     assert "tiny-sae features" in at.radio[1].options
     at.radio[1].set_value(source).run()  # the neurons may have scores too (from other tests' writes)
     assert not at.exception
     assert any("tiny-sae features; 8 baselines" in c.value for c in at.caption)  # token-lookup: the units' baselines
     del rec
-
-
-def test_feature_projection_is_its_decoder_row_through_the_unembedding(tiny_folders):
-    """hi-i of a feature = lm_head(final_norm(W_dec[f])) computed by hand; hi-c of a resid_post feature of the
-    last layer has no block after it, so it equals hi-i; a resid_pre feature of that layer runs the last block."""
-    from conftest import random_topk_sae
-
-    from analysis.models import load_model
-    from analysis.topics.projection import projection_logits
-
-    subject = load_model(str(tiny_folders["llama"]))
-    last = subject.info.n_layers - 1
-    sae = random_topk_sae(32, 16, 4, layer=last)
-    got = projection_logits(subject, last, "hi-i", [3, 7], sae=sae)
-    with torch.no_grad():
-        h = sae.W_dec[[3, 7]]
-        norm = subject.model.model.norm
-        var = h.pow(2).mean(-1, keepdim=True)
-        expect = (h * torch.rsqrt(var + norm.variance_epsilon) * norm.weight) @ subject.model.lm_head.weight.T
-    assert torch.allclose(got, expect, atol=1e-4)
-    assert torch.allclose(projection_logits(subject, last, "hi-c", [3, 7], sae=sae), got, atol=1e-5)
-    pre = random_topk_sae(32, 16, 4, layer=last, site="resid_pre")
-    assert not torch.allclose(projection_logits(subject, last, "hi-c", [3], sae=pre),
-                              projection_logits(subject, last, "hi-i", [3], sae=pre), atol=1e-3)
-    with pytest.raises(UserError, match="hi-\\* modes"):
-        projection_logits(subject, last, "lo-c", [3], sae=sae)
-
-
-def test_dictionaries_are_not_read_at_massive_activations(tiny_folders):
-    """A token whose residual vector is 1000x the others' (an attention sink) is left out of a dictionary's
-    statistics and shows 0 in its records; the neurons still see it."""
-    from analysis.activations import neuron_reader, sae_reader
-    from analysis.config import HarvestConfig
-    from analysis.harvest.driver import run_harvest
-    from analysis.harvest.summary import summarise
-    from analysis.models import load_model
-    from analysis.sae import baseline_dictionary
-    from analysis.types import Window
-
-    subject = load_model(str(tiny_folders["llama"]))
-    sink = 7
-    with torch.no_grad():
-        subject.model.model.embed_tokens.weight[sink] *= 1000.0
-    g = torch.Generator().manual_seed(0)
-    windows = []
-    for i in range(8):
-        ids = torch.randint(10, 200, (12,), generator=g)
-        ids[3] = sink
-        windows.append(Window(i, i, 0, tuple(int(t) for t in ids)))
-    basis = baseline_dictionary("basis", 32, 0, "resid_pre")
-    cfg = HarvestConfig(layers=(0,), seq_len=12, top_k=4, pool=8, random_k=4, per_bin=1, min_token_count=1)
-    state, table = run_harvest(subject, windows, cfg, progress=False, readers=[neuron_reader(0), sae_reader(basis)])
-    by = {s.source: s for s in summarise(state, table)}
-    feats = by[basis.source]
-    assert feats.n_tokens == 8 * 11  # the sink position of every window is left out
-    assert by[MLP].n_tokens == 8 * 12
-    assert float(abs(feats.top_acts[:, :, 3]).max()) == 0.0  # shown as 0 in the records
-    emb = subject.model.model.embed_tokens.weight.detach()
-    assert float(feats.vmax.max()) < float(emb[sink].abs().max()) / 10

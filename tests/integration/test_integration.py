@@ -14,7 +14,7 @@ from analysis.harvest.driver import run_harvest
 from analysis.harvest.summary import summarise
 from analysis.models import load_model
 from analysis.types import Window
-from helpers import tiny_model_folder
+from tests.helpers import tiny_model_folder
 
 
 def test_embedded_harvest_export_and_trace_back(embedded_smollm2, tmp_path, capsys):

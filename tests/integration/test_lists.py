@@ -43,29 +43,29 @@ def test_cli_keeps_lists_with_notes(db, capsys):
 
 def test_list_page_and_add_from_the_unit_page(db, monkeypatch):
     from cache.store import open_store
-    from test_viewer import _page
+    from tests.helpers import open_page
 
     path, model = db
-    at = _page("neuron", path, monkeypatch, model=model, layer=0, neuron=3)
+    at = open_page("neuron", path, monkeypatch, model=model, layer=0, neuron=3)
     assert not at.exception
     at.text_input(key="list_new").set_value("shared <set>")
     at.text_input(key="list_note").set_value("fires on *HTML*")
     next(b for b in at.button if b.label == "add").click().run()
     assert not at.exception and any("added to shared <set>" in m.value for m in at.success)
-    at = _page("neuron", path, monkeypatch, model=model, layer=1, neuron=7)
+    at = open_page("neuron", path, monkeypatch, model=model, layer=1, neuron=7)
     at.selectbox(key="list_pick").set_value("shared <set>")
     next(b for b in at.button if b.label == "add").click().run()
     with open_store(path, read_only=True) as s:
         assert [i.unit for i in s.lists.get("shared <set>").items] == [UnitId(MLP, 0, 3), UnitId(MLP, 1, 7)]
-    at = _page("lists", path, monkeypatch, list="shared <set>")  # the list's URL
+    at = open_page("lists", path, monkeypatch, list="shared <set>")  # the list's URL
     assert not at.exception and at.title[0].value == "shared <set>"
     md = " ".join(m.value for m in at.markdown)
     assert "neuron=3" in md and "neuron=7" in md and r"fires on \*HTML\*" in md
     at.button[[b.label for b in at.button].index("prepare the static site (zip)")].click().run()
     assert not at.exception and at.get("download_button")
-    at = _page("lists", path, monkeypatch)
+    at = open_page("lists", path, monkeypatch)
     assert any("lists?list=shared+%3Cset%3E" in m.value for m in at.markdown)
-    at = _page("lists", path, monkeypatch, list="nope")
+    at = open_page("lists", path, monkeypatch, list="nope")
     assert "no list named 'nope'" in at.error[0].value
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import duckdb
@@ -17,10 +16,10 @@ from analysis.__main__ import main
 from cache.migrations import SCHEMA_VERSION
 from cache.db import connect
 from cache.store import StoreError, migrate_file, open_store
+from tests.data.make_v4_cache import PAGES, page_key, page_text
+from tests.helpers import REPO
 
-DATA = Path(__file__).resolve().parent / "data"
-sys.path.insert(0, str(DATA))
-from make_v4_cache import PAGES, page_key, page_text  # noqa: E402
+DATA = REPO / "tests" / "data"
 
 
 def _old_cache(path: Path) -> Path:
@@ -69,7 +68,7 @@ def test_pages_are_unchanged(migrated, name, params, monkeypatch):
 
     expected = json.loads((DATA / "v4_expected.json").read_text())
     monkeypatch.setenv("NEURON_VIEWER_DB", str(migrated))
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "viewer" / "views" / f"{name}.py"),
+    at = AppTest.from_file(str(REPO / "viewer" / "views" / f"{name}.py"),
                            default_timeout=60)
     for k, v in dict(params, model=expected["model"]).items():
         at.query_params[k] = str(v)

@@ -9,14 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from helpers import TINY_TEXT
-from test_build import _contents
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, TINY_TEXT, build_contents
 
 
 def _ray_tasks() -> list[int]:
@@ -26,10 +22,10 @@ def _ray_tasks() -> list[int]:
 
 
 def _everything(db) -> dict:
-    """_contents, and the records' activations and the effects (without timings)."""
+    """build_contents, and the records' activations and the effects (without timings)."""
     from cache.store import open_store
 
-    out = _contents(db)
+    out = build_contents(db)
     with open_store(db, read_only=True) as s:
         for name, q in {"acts": "SELECT * EXCLUDE (run_id) FROM records ORDER BY ALL",
                         "moments": "SELECT * EXCLUDE (run_id) FROM unit_stats ORDER BY ALL",

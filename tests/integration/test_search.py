@@ -101,16 +101,16 @@ def test_meaning_search_finds_paraphrases(planted, capsys):
 
 
 def test_search_page_and_similar_units(planted, monkeypatch):
-    from test_viewer import _page
+    from tests.helpers import open_page
 
     db, model = planted
     assert main(["embed", "--db", str(db), "--quiet"]) == 0
-    at = _page("search", db, monkeypatch, model=model, q="rivers")
+    at = open_page("search", db, monkeypatch, model=model, q="rivers")
     assert not at.exception
     links = [m.value for m in at.markdown if m.value.startswith("- [")]
     scores = _bm25_by_hand(list(PLANTED.values()), "rivers")
     assert len(links) == 2 and f"neuron={int(np.argmax(scores))}&" in links[0] and "tab=explanations" in links[0]
-    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=1, tab="explanations")
+    at = open_page("neuron", db, monkeypatch, model=model, layer=1, neuron=1, tab="explanations")
     assert not at.exception
     line = next(m.value for m in at.markdown if m.value.startswith("**Units with explanations like**"))
     first = re.search(r"neuron=(\d+)", line).group(1)

@@ -12,8 +12,7 @@ import pytest
 
 from cache.migrations import SCHEMA_VERSION
 from cache.store import StoreError, migrate, open_store
-
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def test_migrations_build_the_schema_in_memory():

@@ -5,35 +5,9 @@ from __future__ import annotations
 from analysis.types import MLP, UnitId
 
 import re
-from pathlib import Path
 
-from streamlit.testing.v1 import AppTest
-from test_api import server  # noqa: F401  (the local OpenAI-compatible server: a fast simulator that reads)
-
-from viewer.components.charts import short_number
+from tests.helpers import all_html, open_page
 from viewer.views.search import query_tokens
-
-PAGES = Path(__file__).resolve().parents[1] / "viewer" / "views"
-
-
-def test_a_graph_query_keeps_whitespace_tokens_and_escapes():
-    assert query_tokens(" for| example") == [" for", " example"]
-    assert query_tokens(" |\\n| the||") == [" ", "\n", " the"]  # a space, a newline; empty parts dropped
-    assert query_tokens("a\\|b|\\t|c\\\\") == ["a|b", "\t", "c\\"]
-    assert query_tokens("x\\") == ["x\\"] and query_tokens("\\q") == ["\\q"]  # not an escape: as typed
-    assert query_tokens("") == query_tokens("|") == []
-
-
-def _page(name: str, db: Path, monkeypatch, **params) -> AppTest:
-    monkeypatch.setenv("NEURON_VIEWER_DB", str(db))
-    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=60)
-    for k, v in params.items():
-        at.query_params[k] = str(v)
-    return at.run()
-
-
-def _all_html(at: AppTest) -> str:
-    return "".join(h.proto.body for h in at.html)
 
 
 def _tags(body: str) -> set[str]:
@@ -42,10 +16,10 @@ def _tags(body: str) -> set[str]:
 
 def test_neuron_page_from_a_permalink(viewer_db, monkeypatch):
     db, model = viewer_db
-    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=3)
+    at = open_page("neuron", db, monkeypatch, model=model, layer=1, neuron=3)
     assert not at.exception
     assert at.title[0].value.endswith("L1 · N3")
-    body = _all_html(at)
+    body = all_html(at)
     assert body.count('class="rec"') == 30  # the top-30 windows (the default harvest's)
     # the corpus holds '<script>alert(1)</script>' and '<img src=x onerror=...>': they show as text
     assert _tags(body) <= {"style", "div", "span", "br", "a", "code"}  # (a, code: the glance header)
@@ -56,27 +30,27 @@ def test_neuron_page_from_a_permalink(viewer_db, monkeypatch):
 
 def test_neuron_page_tabs_and_window_toggle(viewer_db, monkeypatch):
     db, model = viewer_db
-    at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=5, tab="random", around="1")
+    at = open_page("neuron", db, monkeypatch, model=model, layer=0, neuron=5, tab="random", around="1")
     assert not at.exception
-    body = _all_html(at)
+    body = all_html(at)
     assert body.count('class="rec"') == 20 and 'class="ell"' in body  # windows cut around their max
-    at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=5, tab="quantiles")
+    at = open_page("neuron", db, monkeypatch, model=model, layer=0, neuron=5, tab="quantiles")
     assert any("bin 1" in m.value for m in at.markdown)
 
 
 def test_bad_neuron_and_unharvested_layer_get_messages(viewer_db, monkeypatch):
     db, model = viewer_db
-    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=99999)
+    at = open_page("neuron", db, monkeypatch, model=model, layer=1, neuron=99999)
     assert not at.exception and "neuron '99999' does not exist" in at.error[0].value
-    at = _page("neuron", db, monkeypatch, model=model, layer=2, neuron=0)
+    at = open_page("neuron", db, monkeypatch, model=model, layer=2, neuron=0)
     assert not at.exception and "not in this cache" in at.warning[0].value
     assert any("harvest layer 2 now" in b.label for b in at.button)
-    at = _page("neuron", db, monkeypatch, model=model, layer=2, neuron=0)
+    at = open_page("neuron", db, monkeypatch, model=model, layer=2, neuron=0)
     next(b for b in at.button if "harvest layer 2" in b.label).click().run(timeout=180)  # harvest layer 2 on demand, from the run's own corpus
     assert not at.exception, at.exception
-    at = _page("neuron", db, monkeypatch, model=model, layer=2, neuron=0)
-    assert not at.warning and _all_html(at).count('class="rec"') > 0
-    at = _page("neuron", db, monkeypatch, model="no-such-model", layer=0, neuron=0)
+    at = open_page("neuron", db, monkeypatch, model=model, layer=2, neuron=0)
+    assert not at.warning and all_html(at).count('class="rec"') > 0
+    at = open_page("neuron", db, monkeypatch, model="no-such-model", layer=0, neuron=0)
     assert not at.exception and "not in this cache" in at.error[0].value
 
 
@@ -85,17 +59,17 @@ def test_empty_and_missing_cache(tmp_path, monkeypatch):
 
     with open_store(tmp_path / "empty.duckdb"):
         pass
-    at = _page("neuron", tmp_path / "empty.duckdb", monkeypatch)
+    at = open_page("neuron", tmp_path / "empty.duckdb", monkeypatch)
     assert not at.exception and "make demo" in at.info[0].value
-    at = _page("neuron", tmp_path / "missing.duckdb", monkeypatch)
+    at = open_page("neuron", tmp_path / "missing.duckdb", monkeypatch)
     assert not at.exception and "no database at" in at.error[0].value
 
 
 def test_live_text(viewer_db, monkeypatch):
     db, model = viewer_db
-    at = _page("live", db, monkeypatch, model=model, layer=1, neuron=2, text="<b>bold</b> Paris is the capital")
+    at = open_page("live", db, monkeypatch, model=model, layer=1, neuron=2, text="<b>bold</b> Paris is the capital")
     assert not at.exception
-    body = _all_html(at)
+    body = all_html(at)
     assert "&lt;" in body and _tags(body) <= {"style", "div", "span", "br"}
     assert any("fire most" in h.value for h in at.subheader)
     at.text_area[0].set_value("").run()
@@ -106,12 +80,12 @@ def test_live_text(viewer_db, monkeypatch):
 
 def test_search_and_compare(viewer_db, monkeypatch):
     db, model = viewer_db
-    at = _page("search", db, monkeypatch, model=model, token=" Paris")
+    at = open_page("search", db, monkeypatch, model=model, token=" Paris")
     assert not at.exception
     assert any("?model=" in m.value for m in at.markdown)
-    at = _page("compare", db, monkeypatch, a_model=model, a_layer=0, a_neuron=1, b_model=model, b_layer=1, b_neuron=2)
-    assert not at.exception and _all_html(at).count('class="hm"') >= 2  # + paired heatmaps if scored
-    at = _page("home", db, monkeypatch)
+    at = open_page("compare", db, monkeypatch, a_model=model, a_layer=0, a_neuron=1, b_model=model, b_layer=1, b_neuron=2)
+    assert not at.exception and all_html(at).count('class="hm"') >= 2  # + paired heatmaps if scored
+    at = open_page("cache", db, monkeypatch)
     assert not at.exception and at.dataframe
 
 
@@ -129,7 +103,7 @@ def test_heatmap_escapes_every_token_and_tooltip():
 
 def test_weights_tab_links_related_neurons(viewer_db, monkeypatch):
     db, model = viewer_db
-    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=4, tab="tokens & weights")
+    at = open_page("neuron", db, monkeypatch, model=model, layer=1, neuron=4, tab="tokens & weights")
     assert not at.exception
     at.toggle(key="weights_on").set_value(True).run()
     assert not at.exception
@@ -164,14 +138,14 @@ def test_explanations_tab_scores_and_saves_your_own(viewer_db, monkeypatch, serv
     assert main(["explain", *args, "--neurons", "6", "--explainer", "token-lookup", "--quiet"]) == 0
     assert main(["score", *args, "--neuron", "6", "--simulator", "token-lookup", "--quiet"]) == 0
     assert main(["score", *args, "--neuron", "6", *_api(server)]) == 0
-    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=6, tab="explanations")
+    at = open_page("neuron", db, monkeypatch, model=model, layer=1, neuron=6, tab="explanations")
     assert not at.exception
     table = at.dataframe[0].value
     # the explanation-blind token-lookup is the unit's baseline line, never a score of an explanation
     assert "token-lookup" not in set(table["simulator"]) and any(m.value.startswith("**Baseline**")
                                                                  for m in at.markdown)
     assert table["vs baseline"].notna().all()
-    assert at.get("plotly_chart") and 'sim</span>' in _all_html(at)  # scatter + paired real/simulated heatmaps
+    assert at.get("plotly_chart") and 'sim</span>' in all_html(at)  # scatter + paired real/simulated heatmaps
     assert at.selectbox(key="own_sim").options == ["local-all-at-once"]
     at.text_input(key="own_text").set_value("the tokens Paris and France")
     at.button[[b.label for b in at.button].index("simulate and score")].click().run()
@@ -181,7 +155,7 @@ def test_explanations_tab_scores_and_saves_your_own(viewer_db, monkeypatch, serv
     with open_store(db, read_only=True) as s:
         texts = [e.text for e in s.explanations.of_unit(s.runs.find(model, 1).run_id, UnitId(MLP, 1, 6))]
     assert "the tokens Paris and France" in texts
-    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=6, tab="explanations")
+    at = open_page("neuron", db, monkeypatch, model=model, layer=1, neuron=6, tab="explanations")
     assert "local-all-at-once (tiny offline)" in set(at.dataframe[0].value["simulator"])
     assert any("tiny offline model" in c.value for c in at.caption)  # with the hint to use a capable model
 
@@ -221,7 +195,7 @@ def test_glance_header_with_and_without_lenses(viewer_db, monkeypatch, server):
     def glance(at):
         return next(h.proto.body for h in at.html if 'class="glance"' in h.proto.body)
 
-    at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=9)
+    at = open_page("neuron", db, monkeypatch, model=model, layer=0, neuron=9)
     assert not at.exception
     labels = [b.label for b in at.button]
     assert {"compute baseline (instant)", "build graph (seconds)"} <= set(labels)
@@ -236,7 +210,7 @@ def test_glance_header_with_and_without_lenses(viewer_db, monkeypatch, server):
     assert main(["explain", *args, "--explainer", "token-lookup"]) == 0
     assert main(["score", *args, *_api(server)]) == 0
     assert main(["n2g", *args]) == 0
-    at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=9)
+    at = open_page("neuron", db, monkeypatch, model=model, layer=0, neuron=9)
     assert not at.exception
     labels = [b.label for b in at.button]
     assert not any(l.startswith(("compute baseline", "build graph")) for l in labels)
@@ -254,13 +228,13 @@ def test_scores_overview_and_explanations_in_compare(viewer_db, monkeypatch, ser
     assert main(["explain", *args, "--neurons", "0-5", "--explainer", "token-lookup", "--quiet"]) == 0
     assert main(["score", *args, "--neurons", "0-5", "--simulator", "token-lookup", "--quiet"]) == 0
     assert main(["score", *args, "--neurons", "0-5", *_api(server)]) == 0
-    at = _page("scores", db, monkeypatch)
+    at = open_page("scores", db, monkeypatch)
     assert not at.exception and at.get("plotly_chart")
     names = [t["name"] for t in __import__("json").loads(at.get("plotly_chart")[0].proto.spec)["data"]]
     assert "baseline: token-lookup" in names and not any("→ token-lookup" in n for n in names)
     assert any("ignores any explanation" in c.value for c in at.caption)
     assert any("beats their token-lookup" in m.value for m in at.markdown)
-    at = _page("compare", db, monkeypatch, a_model=model, a_layer=0, a_neuron=1, b_model=model, b_layer=0, b_neuron=2)
+    at = open_page("compare", db, monkeypatch, a_model=model, a_layer=0, a_neuron=1, b_model=model, b_layer=0, b_neuron=2)
     assert not at.exception and len([m for m in at.metric if m.label == "correlation score"]) == 2
 
 
@@ -279,7 +253,7 @@ def test_graph_tab_search_and_compare(n2g_db, monkeypatch):
         token = max((vocab[t] for t in roots), key=lambda x: not x.strip() or "|" in x or "\\" in x)
         query = "".join({"\n": "\\n", "\t": "\\t", "|": "\\|", "\\": "\\\\"}.get(c, c) for c in token)
         assert query_tokens(query) == [token]
-    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=g.unit.index, tab="graph")
+    at = open_page("neuron", db, monkeypatch, model=model, layer=1, neuron=g.unit.index, tab="graph")
     assert not at.exception and not at.error
     table = at.dataframe[0].value
     assert list(table[""]) == ["Neuron2Graph", "token-lookup"]
@@ -287,18 +261,18 @@ def test_graph_tab_search_and_compare(n2g_db, monkeypatch):
     assert any("Similar graphs in layer 1" in m.value for m in at.markdown)
     assert any("fitted on 10 top records (+ 10 past the first 20, with no probes), scored on 10 held-out ones"
                in m.value for m in at.markdown)  # the defaults: a top-30 harvest, 10 extra train records
-    body = _all_html(at)
+    body = all_html(at)
     assert body.count('class="rec"') == 20 and body.count("predicted") == 10  # 10 held-out records, real + predicted
     assert _tags(body) <= {"style", "div", "span", "br", "a", "code"}  # (a, code: the glance header)
     [frame] = [e for e in at.main if getattr(e, "type", "") == "iframe"]
     assert "vis.DataSet" in frame.proto.srcdoc and "<img" not in frame.proto.srcdoc
-    at = _page("neuron", db, monkeypatch, model=model, layer=0, neuron=0, tab="graph")  # no graph yet
+    at = open_page("neuron", db, monkeypatch, model=model, layer=0, neuron=0, tab="graph")  # no graph yet
     assert not at.exception and any("build the graph now" in b.label for b in at.button)
-    at = _page("search", db, monkeypatch, model=model, graph=query)
+    at = open_page("search", db, monkeypatch, model=model, graph=query)
     assert not at.exception
     hits = at.dataframe[0].value
     assert any(f"neuron={g.unit.index}&" in u for u in hits["neuron"])
-    at = _page("compare", db, monkeypatch, a_model=model, a_layer=1, a_neuron=g.unit.index, b_model=model, b_layer=0,
+    at = open_page("compare", db, monkeypatch, a_model=model, a_layer=1, a_neuron=g.unit.index, b_model=model, b_layer=0,
                b_neuron=0)
     at.toggle(key="cmp_graphs").set_value(True).run()
     assert not at.exception
@@ -313,7 +287,8 @@ def test_pages_say_what_a_running_build_has_still_to_write(viewer_db, monkeypatc
     import sys
 
     from analysis.__main__ import main
-    from analysis.jobs.build import BuildStatus, Stage, StatusProgress, status_file
+    from analysis.jobs.build.plan import Stage
+    from analysis.jobs.build.status import BuildStatus, status_file, StatusProgress
     from analysis.progress import Progress
 
     db, model = viewer_db
@@ -331,40 +306,34 @@ def test_pages_say_what_a_running_build_has_still_to_write(viewer_db, monkeypatc
     def infos(at):
         return " ".join(i.value for i in at.info)
 
-    at = _page("neuron", copy, monkeypatch, model=model, layer=1, neuron=2, tab="graph")
+    at = open_page("neuron", copy, monkeypatch, model=model, layer=1, neuron=2, tab="graph")
     assert not at.exception and "graphs of layer 1 are still being built" in infos(at)
     assert "baselines L1 (token-lookup L1: 5/32)" in infos(at) and any("build the graph now" in b.label
                                                                        for b in at.button)
-    glance = _all_html(at).split('<div class="glance">')[1]
+    glance = all_html(at).split('<div class="glance">')[1]
     assert glance.count("being built…") == 3  # baseline, graph, topic; the effect is not in this build
     assert "not measured yet" in glance
-    at = _page("neuron", copy, monkeypatch, model=model, layer=1, neuron=9, tab="graph")  # not among its units
+    at = open_page("neuron", copy, monkeypatch, model=model, layer=1, neuron=9, tab="graph")  # not among its units
     assert "still being built" not in infos(at) and "No Neuron2Graph graph" in infos(at)
-    at = _page("neuron", copy, monkeypatch, model=model, layer=0, neuron=2, tab="graph")  # not among its layers
+    at = open_page("neuron", copy, monkeypatch, model=model, layer=0, neuron=2, tab="graph")  # not among its layers
     assert "still being built" not in infos(at)
-    at = _page("neuron", copy, monkeypatch, model=model, layer=1, neuron=9, tab="explanations")
+    at = open_page("neuron", copy, monkeypatch, model=model, layer=1, neuron=9, tab="explanations")
     assert "token-lookup baselines of layer 1 are still being built" in infos(at)
-    at = _page("neuron", copy, monkeypatch, model=model, layer=1, neuron=2, tab="topics")
+    at = open_page("neuron", copy, monkeypatch, model=model, layer=1, neuron=2, tab="topics")
     assert "topics of layer 1 are still being built" in infos(at)
-    at = _page("home", copy, monkeypatch)
+    at = open_page("cache", copy, monkeypatch)
     assert not at.exception
     [bar] = at.get("progress")
     assert "running (process" in bar.proto.text and "baselines L1" in bar.proto.text
     assert at.dataframe[0].value["layers done"].tolist() == ["2 of 2", "1 of 2", "0 of 1", "0 of 1"]
-    at = _page("scores", copy, monkeypatch)
+    at = open_page("scores", copy, monkeypatch)
     assert any("still to write: token-lookup baselines of 1 layer" in c.value for c in at.caption)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     status.pid = dead.pid
     writer.save()
-    at = _page("neuron", copy, monkeypatch, model=model, layer=1, neuron=2, tab="graph")
-    assert "still being built" not in infos(at) and "being built…" not in _all_html(at)
-    at = _page("home", copy, monkeypatch)
+    at = open_page("neuron", copy, monkeypatch, model=model, layer=1, neuron=2, tab="graph")
+    assert "still being built" not in infos(at) and "being built…" not in all_html(at)
+    at = open_page("cache", copy, monkeypatch)
     assert any("stopped before the end" in w.value for w in at.warning)
     assert any("--expensive-neurons 0-3" in c.value for c in at.code)
-
-
-def test_short_number_fits_a_statistic_column():
-    cases = {-0.0068: "-0.0068", -0.00123: "-0.0012", -0.000123: "-1.2e-4", 0.151: "0.151", 107.4: "107",
-             -5.51: "-5.51", 12345.6: "1.2e+04", 0.0: "0", float("inf"): "inf", 1.5e-12: "1.5e-12"}
-    assert {x: short_number(x) for x in cases} == cases

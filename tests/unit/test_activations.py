@@ -2,74 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from analysis.activations import mlp_activations
 from analysis.models import load_model
 from analysis.types import UserError
-from conftest import KINDS
-
-
-def _max_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    """Largest error, absolute below magnitude 1 and relative above it (fp32 carries ~7 significant
-    digits, and SmolLM2 has 'massive' activations of ~2,800 where one fp32 ulp is 2.4e-4)."""
-    return ((got.double() - ref.double()).abs() / ref.double().abs().clamp(min=1.0)).max().item()
-
-
-def _act_by_hand(name: str, x: torch.Tensor) -> torch.Tensor:
-    """Activation functions written out from their definitions (not HF's ACT2FN)."""
-    if name in ("gelu_new", "gelu_pytorch_tanh"):
-        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
-    if name == "gelu":
-        return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
-    if name == "silu":
-        return x / (1.0 + torch.exp(-x))
-    raise ValueError(name)
-
-
-def _plain_forward_reference(subject, input_ids, attention_mask):
-    """Run the plain HF model (full forward, lm_head included); recompute every MLP's neurons by hand
-    from the MLP's input, read with a hook on the ``mlp`` module itself (not our hook point)."""
-    model, info = subject.model, subject.info
-    mlp_inputs: dict[int, torch.Tensor] = {}
-    mlp_outputs: dict[int, torch.Tensor] = {}
-    handles = [
-        subject.mlp(layer).register_forward_pre_hook(lambda _m, args, layer=layer: mlp_inputs.__setitem__(layer, args[0]))
-        for layer in range(info.n_layers)
-    ] + [
-        subject.mlp(layer).register_forward_hook(lambda _m, _a, out, layer=layer: mlp_outputs.__setitem__(layer, out))
-        for layer in range(info.n_layers)
-    ]
-    try:
-        with torch.no_grad():
-            out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-    finally:
-        for h in handles:
-            h.remove()
-    ref = {}
-    for layer in range(info.n_layers):
-        x = mlp_inputs[layer].double()
-        mlp = subject.mlp(layer)
-        if info.architecture == "gpt2":
-            pre = x @ mlp.c_fc.weight.double() + mlp.c_fc.bias.double()  # Conv1D: [in, out]
-            ref[layer] = _act_by_hand(info.act_fn, pre)
-        elif info.architecture == "gpt_neox":
-            pre = x @ mlp.dense_h_to_4h.weight.double().T + mlp.dense_h_to_4h.bias.double()
-            ref[layer] = _act_by_hand(info.act_fn, pre)
-            # NeoX's parallel residual: the MLP reads the normed *block input*, i.e. hidden_states[layer]
-            ln = subject.blocks()[layer].post_attention_layernorm
-            h = out.hidden_states[layer].double()
-            normed = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + ln.eps)
-            normed = normed * ln.weight.double() + ln.bias.double()
-            assert torch.allclose(normed, x, atol=1e-5)
-        else:
-            gate = x @ mlp.gate_proj.weight.double().T
-            up = x @ mlp.up_proj.weight.double().T
-            ref[layer] = _act_by_hand(info.act_fn, gate) * up
-    return ref, mlp_outputs
+from tests.helpers import KINDS, plain_forward_reference, rel_err
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -78,16 +17,16 @@ def test_hooked_activations_equal_plain_forward(tiny_folders, kind):
     torch.manual_seed(1)
     ids = torch.randint(3, len(subject.tokenizer), (3, 20))
     mask = torch.ones_like(ids)
-    ref, mlp_out = _plain_forward_reference(subject, ids, mask)
+    ref, mlp_out = plain_forward_reference(subject, ids, mask)
     layers = list(range(subject.info.n_layers))
     got = mlp_activations(subject, ids, mask, layers)
     for layer in layers:
         assert got[layer].shape == (3, 20, subject.info.d_mlp)
-        assert _max_err(got[layer], ref[layer]) <= 1e-5
+        assert rel_err(got[layer], ref[layer]) <= 1e-5
         # the neuron vector really is what the output projection consumes: it reproduces the MLP's output
         with torch.no_grad():
             out = subject.out_proj(layer)(got[layer].clone())
-        assert (out - mlp_out[layer]).abs().max().item() <= 1e-5
+        assert rel_err(out, mlp_out[layer]) <= 1e-5
     assert subject.info.d_mlp == (128 if kind == "gpt2" else 48)
 
 
@@ -149,15 +88,3 @@ def test_unknown_and_unsupported_models_give_clear_errors(tmp_path):
                   num_key_value_heads=1).save_pretrained(folder)
     with pytest.raises(UserError, match="mixtures of experts"):
         load_model(str(folder))
-
-
-def test_embedded_smollm2_activations_equal_plain_forward(embedded_smollm2):
-    subject = embedded_smollm2
-    assert subject.info.n_layers == 30 and subject.info.d_mlp == 1536 and subject.info.act_fn == "silu"
-    ids = subject.tokenizer(["The capital of France is Paris, and the capital of Italy is Rome."],
-                            return_tensors="pt").input_ids
-    mask = torch.ones_like(ids)
-    ref, _ = _plain_forward_reference(subject, ids, mask)
-    got = mlp_activations(subject, ids, mask, list(range(30)))
-    for layer in range(30):
-        assert _max_err(got[layer], ref[layer]) <= 1e-5

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from analysis.causal import Edit, ablate, ablation_edit, effects, generate, steer, steering_edit, unit_edit
+from analysis.causal import Edit, ablate, ablation_edit, generate, steer, steering_edit, unit_edit
 from analysis.types import MLP, UnitId, UserError
 
 KINDS = ("gpt2", "llama", "gemma", "neox")
@@ -70,12 +68,12 @@ def test_neuron_ablation_equals_an_independent_computation(subjects, kind):
     start = len(subject.bos_prefix)
     want_next = want[0, start:-1].gather(-1, nxt[:, None])[:, 0]
     assert torch.allclose(torch.tensor(got.ablated_logprob), want_next, atol=1e-5)
-    assert got.activations == pytest.approx(a_n[start:].tolist(), abs=1e-5)
+    assert got.activations == pytest.approx(a_n[start:].tolist(), rel=1e-5, abs=1e-5)  # a batch of two rows
     assert any(abs(d) > 1e-6 for d in got.delta)  # the neuron matters somewhere (the test can fail)
 
 
 def test_feature_edit_keeps_the_error_term_and_moves_along_its_direction(subjects):
-    from conftest import random_topk_sae
+    from tests.helpers import random_topk_sae
 
     subject = subjects["llama"]
     sae = random_topk_sae(subject.d_model, 64, 8, layer=1, site="resid_post")
@@ -148,45 +146,6 @@ def test_bad_input_gets_messages(subjects):
         ablate(subject, _ids(subject), UnitId(MLP, 9, 0), Edit(0.0, 0.0))
 
 
-def test_effects_sum_what_ablation_changes(subjects, viewer_db):
-    """The mean loss change over records equals the mean of per-record ablations' −Δlog p."""
-    from analysis.jobs.reads import unit_record
-    from cache.store import open_store
-
-    db, model = viewer_db
-    subject = subjects["gpt2"]
-    unit = UnitId(MLP, 1, 3)
-    with open_store(db, read_only=True) as s:
-        rec = unit_record(s, model, unit)
-    top, rnd = rec.most_positive_activation_records[:3], rec.random_sample[:2]
-    e = effects(subject, unit, Edit(0.0, 0.0), "zero", top, rnd, batch_size=2)
-    per = [ablate(subject, list(r.token_ids), unit, Edit(0.0, 0.0)) for r in top + rnd]
-    deltas = [-d for a in per for d in a.delta]
-    assert e.n_positions == len(deltas) and e.mean_loss_change == pytest.approx(sum(deltas) / len(deltas), abs=1e-5)
-    assert len(e.promoted) == len(e.suppressed) == 10 and e.promoted[0][1] >= e.suppressed[0][1]
-
-
-def test_cli_ablate_and_steer_json(viewer_db, capsys):
-    from analysis.__main__ import main
-
-    db, model = viewer_db
-    base = ["--db", str(db), "--model", model, "--layer", "1", "--neuron", "3"]
-    assert main(["ablate", *base, "--text", "Paris is the capital of France.", "--mode", "mean", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert len(out["delta_logprob_next"]) == len(out["tokens"]) - 1
-    assert all(abs(d - (a - c)) < 1e-9 for d, a, c in zip(out["delta_logprob_next"], out["ablated_logprob_next"],
-                                                           out["clean_logprob_next"]))
-    assert out["edit"]["scale"] == 0.0 and out["top_changes"][0][0]["token"]
-    assert main(["steer", *base, "--prompt", "The capital of France", "--clamp", "5", "--max-new-tokens", "6",
-                 "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert len(out["plain_ids"]) == len(out["steered_ids"]) == 6 and out["seed"] == 0
-    assert main(["steer", *base, "--prompt", " ", "--scale", "2"]) == 2
-    assert "empty" in capsys.readouterr().err
-    assert main(["ablate", *base, "--text", "x y", "--mode", "value"]) == 2
-    assert "--value" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_shared_prefix_changes_nothing(subjects, kind):
     """Running the blocks before the unit's layer once (then two rows) gives what two full rows give."""
@@ -203,53 +162,3 @@ def test_the_shared_prefix_changes_nothing(subjects, kind):
         assert torch.allclose(torch.tensor(mine), want, atol=1e-5), (kind, row)
     assert torch.allclose(torch.tensor(got.clean_logprob), torch.log_softmax(_logits(subject, ids).float(), -1)[
         0, start:-1].gather(-1, nxt[:, None])[:, 0], atol=1e-5)
-
-
-def test_live_ablation_and_steering_pages(viewer_db, monkeypatch):
-    from test_viewer import _all_html, _page
-
-    db, model = viewer_db
-    at = _page("live", db, monkeypatch, model=model, layer=1, neuron=3, text="Paris is the capital of France.",
-               ablate="mean")
-    assert not at.exception and not at.error
-    assert any("What L1/N3 does to the predictions" in h.value for h in at.subheader)
-    assert any("ablated − clean" in c.value for c in at.caption)
-    table = at.dataframe[-1].value
-    assert list(table.columns) == ["token", "p clean", "p ablated", "Δp"] and len(table) == 8
-    assert _all_html(at).count('class="rec"') == 2  # the activations and the Δ log p heatmaps
-    at = _page("steer", db, monkeypatch, model=model, layer=1, neuron=3, prompt="The capital of <b>France</b>",
-               how="clamp", k="30", new="8", go="1")
-    assert not at.exception and not at.error
-    body = _all_html(at)
-    assert body.count("&lt;b&gt;France&lt;/b&gt;") == 2 and "<b>France</b>" not in body  # escaped, both sides
-    assert any("generated tokens the same" in c.value for c in at.caption)
-    assert at.query_params["k"] == "30" and at.query_params["go"] == "1"  # the URL carries the settings
-    at = _page("steer", db, monkeypatch, model=model, layer=1, neuron=3, prompt="x", how="scale", k="nan", go="1")
-    assert not at.exception and "usable number" in at.error[0].value
-
-
-def test_effects_are_stored_and_shown(viewer_db, tmp_path, monkeypatch, capsys):
-    import shutil
-
-    from analysis.__main__ import main
-    from cache.store import open_store
-    from test_viewer import _all_html, _page
-
-    src, model = viewer_db
-    db = tmp_path / "effects.duckdb"
-    shutil.copy(src, db)
-    args = ["--db", str(db), "--model", model, "--layer", "1", "--neurons", "2,3", "--top", "3", "--random", "2"]
-    assert main(["effects", *args]) == 0
-    assert main(["effects", *args]) == 0
-    assert "all 2 unit(s) done" in capsys.readouterr().err  # resumable
-    with open_store(db, read_only=True) as s:
-        run = s.runs.find(model, 1)
-        e = s.effects.get(run.run_id, UnitId(MLP, 1, 3))
-    assert e.mode == "zero" and e.n_records == 5 and len(e.promoted) == 10 and e.params == {"top": 3, "random": 2}
-    at = _page("neuron", db, monkeypatch, model=model, layer=1, neuron=3, tab="ablation")
-    assert not at.exception and not at.error
-    assert "Δloss " in _all_html(at) and any("Ablated (zero)" in m.value for m in at.markdown)
-    at.toggle(key="abl_rec_on").set_value(True).run()
-    assert not at.exception and list(at.dataframe[-1].value.columns)[0] == "token"
-    with pytest.raises(SystemExit):  # argparse: zero or mean only
-        main(["effects", *args[:-4], "--mode", "value"])

@@ -10,7 +10,7 @@ import pytest
 
 from analysis.corpus import load_corpus, make_windows, parse_wiki_dump, select_windows
 from analysis.types import Document, UserError
-from helpers import tiny_tokenizer
+from tests.helpers import tiny_tokenizer
 
 WIKI = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">
 <page><title>Paris</title><ns>0</ns><revision><text>'''Paris''' is the [[capital city|capital]] of [[France]].

@@ -18,6 +18,7 @@ from analysis.harvest.summary import summarise
 from analysis.histogram import HIST_BIN_EDGES
 from analysis.models import load_model
 from analysis.types import MLP, Window
+from tests.helpers import ATOL, RTOL, assert_same_top
 
 LAYERS = (0, 2)
 
@@ -75,49 +76,96 @@ def test_top_k_equals_brute_force(summary, windows, brute):
         maxima = np.array([[brute[w.window_id][layer][:, u].max() for u in range(N)] for w in windows])  # [W, N]
         wids = np.array([w.window_id for w in windows])
         for u in range(N):
-            order = np.argsort(-maxima[:, u], kind="stable")[: CFG.top_k]
-            # the k largest window maxima, each held by the window named (exact ties -- the same first token
-            # gives the same activation -- may be broken either way)
-            np.testing.assert_allclose(s.top_val[:, u], maxima[order, u], rtol=1e-6, atol=1e-6)
-            assert len(set(s.top_wid[:, u])) == CFG.top_k
-            by_wid = dict(zip(wids, maxima[:, u]))
-            np.testing.assert_allclose([by_wid[w] for w in s.top_wid[:, u]], s.top_val[:, u], rtol=1e-6)
+            # the k largest window maxima, each held by the window named; the windows are brute force's where no
+            # other window's maximum is within float32's reach (ties -- the same first token gives the same
+            # activation -- and near-ties may be broken either way)
+            assert_same_top(s.top_wid[:, u], s.top_val[:, u], wids, maxima[:, u])
             for rank, wid in enumerate(s.top_wid[:, u]):
                 real = brute[int(wid)][layer][:, u]
                 got = s.top_acts[rank, u, : len(real)].astype(np.float64)
                 np.testing.assert_allclose(got, real, rtol=1e-3, atol=1e-3)  # float16 storage
 
 
+def _float32_reach(values: np.ndarray) -> np.ndarray:
+    """How far each brute-force value may be from the harvest's (a batched forward pass: float32 in another
+    summation order), elementwise: 1e-5, relative above magnitude 1."""
+    return np.maximum(ATOL, RTOL * np.abs(values))
+
+
+def _moment_bounds(allv: np.ndarray) -> dict[str, np.ndarray]:
+    """Per column, a first-order bound on how far the mean, the standard deviation, the skewness and the excess
+    kurtosis move when every value moves by up to its float32 reach: sum_i |d stat / d x_i| * reach_i."""
+    n, e = len(allv), _float32_reach(allv)
+    d = allv - allv.mean(0)
+    m2, m3, m4 = (d**2).mean(0), (d**3).mean(0), (d**4).mean(0)
+    grads = {"mean": np.full_like(d, 1.0 / n), "std": d / (n * np.sqrt(m2)),
+             "skewness": (3 * (d**2 - m2) / m2**1.5 - 3 * m3 * d / m2**2.5) / n,
+             "kurtosis": (4 * (d**3 - m3) / m2**2 - 4 * m4 * d / m2**3) / n}
+    return {k: (np.abs(g) * e).sum(0) for k, g in grads.items()}
+
+
+def _assert_within(got, ref, tol, what: str) -> None:
+    err = np.abs(np.asarray(got, dtype=np.float64) - ref)
+    worst = int(np.argmax(err - tol))
+    assert np.all(err <= tol), (what, worst, float(err[worst]), float(tol[worst]))
+
+
 def test_moments_and_extremes_equal_scipy(summary, windows, brute):
+    """The harvest's own arithmetic to rtol 1e-5 (mean, std) or 1e-4 (skewness, kurtosis), plus what its inputs'
+    float32 reach can move each statistic."""
     summ, _ = summary
     for layer in LAYERS:
         s = summ[layer]
         allv = np.concatenate([brute[w.window_id][layer] for w in windows], 0).astype(np.float64)  # [n, N]
         assert s.n_tokens == allv.shape[0] == sum(len(w.token_ids) for w in windows)
-        np.testing.assert_allclose(s.mean, allv.mean(0), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(s.std, allv.std(0), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(s.skewness, scipy.stats.skew(allv, axis=0), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(s.kurtosis, scipy.stats.kurtosis(allv, axis=0), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(s.vmin, allv.min(0), rtol=1e-6)
-        np.testing.assert_allclose(s.vmax, allv.max(0), rtol=1e-6)
-        np.testing.assert_allclose(s.frac_active, (allv > 0).mean(0))
+        bound = _moment_bounds(allv)
+        for name, ref, rtol, atol in (("mean", allv.mean(0), 1e-5, 1e-6), ("std", allv.std(0), 1e-5, 1e-6),
+                                      ("skewness", scipy.stats.skew(allv, axis=0), 1e-4, 1e-5),
+                                      ("kurtosis", scipy.stats.kurtosis(allv, axis=0), 1e-4, 1e-5)):
+            _assert_within(getattr(s, name), ref, rtol * np.abs(ref) + atol + bound[name], name)
+        np.testing.assert_allclose(s.vmin, allv.min(0), rtol=RTOL, atol=ATOL)  # a min or max moves as far as
+        np.testing.assert_allclose(s.vmax, allv.max(0), rtol=RTOL, atol=ATOL)  # its values may
+        # a value within its float32 reach of 0 may be positive in one computation and not in the other
+        ref = (allv > 0).mean(0)
+        _assert_within(s.frac_active, ref, 1e-7 * ref + (np.abs(allv) <= _float32_reach(allv)).mean(0), "frac")
+
+
+LO, HI = np.abs(HIST_BIN_EDGES[:, 0]), np.abs(HIST_BIN_EDGES[:, 1])
+
+
+def _bin(v: float) -> int:
+    """The histogram bin of ``v`` by the bin table: float16's sign, then its magnitude's range."""
+    v = float(np.float16(v))
+    side = range(128, 256) if np.signbit(v) else range(0, 128)
+    hits = [b for b in side if LO[b] <= abs(v) < HI[b]]
+    assert len(hits) == 1, v
+    return hits[0]
+
+
+def _in_value_order(b: int) -> int:
+    """Bins in the order of their values: the most negative (255) ... -0 (128), +0 (0) ... the largest (127)."""
+    return b if b < 128 else 127 - b
 
 
 def test_histogram_counts_every_token_in_the_right_bin(summary, windows, brute):
+    """Every token counted once, in its value's bin; a value within float32's reach of a bin's edge may be counted
+    on either side (each bin holds at least the values surely in it, at most those that may be)."""
     summ, _ = summary
-    lo = np.abs(HIST_BIN_EDGES[:, 0])
-    hi = np.abs(HIST_BIN_EDGES[:, 1])
+    order = np.array([_in_value_order(b) for b in range(256)])
     for layer in LAYERS:
         s = summ[layer]
-        allv = np.concatenate([brute[w.window_id][layer] for w in windows], 0).astype(np.float16).astype(np.float64)
+        allv = np.concatenate([brute[w.window_id][layer] for w in windows], 0).astype(np.float64)
+        reach = _float32_reach(allv)
         for u in range(0, allv.shape[1], 7):
-            expected = np.zeros(256, dtype=np.int64)
-            for v in allv[:, u]:
-                side = range(128, 256) if np.signbit(v) else range(0, 128)
-                hits = [b for b in side if lo[b] <= abs(v) < hi[b]]
-                assert len(hits) == 1, v
-                expected[hits[0]] += 1
-            np.testing.assert_array_equal(s.hist[u], expected)
+            surely, maybe = np.zeros(256, dtype=np.int64), np.zeros(256, dtype=np.int64)
+            for v, e in zip(allv[:, u], reach[:, u]):
+                lo, hi = _in_value_order(_bin(v - e)), _in_value_order(_bin(v + e))
+                bins = np.nonzero((order >= lo) & (order <= hi))[0]
+                maybe[bins] += 1
+                if len(bins) == 1:
+                    surely[bins] += 1
+            assert s.hist[u].sum() == len(allv) and surely.sum() >= 0.9 * len(allv)
+            assert np.all(surely <= s.hist[u]) and np.all(s.hist[u] <= maybe), (u, s.hist[u], surely, maybe)
 
 
 @pytest.mark.parametrize("compiled", [True, False])
@@ -186,13 +234,16 @@ def test_token_means_equal_brute_force(summary, windows, brute):
         for unit, token, mean, count in list(zip(tm.unit, tm.token_id, tm.mean, tm.count))[:200]:
             occ = occurrences[token]
             assert count == len(occ) >= CFG.min_token_count
-            expected = np.mean([brute[wid][layer][pos, unit] for wid, pos in occ])
-            assert mean == pytest.approx(expected, rel=1e-5, abs=1e-6)
+            values = np.array([brute[wid][layer][pos, unit] for wid, pos in occ], dtype=np.float64)
+            # the harvest's float32 sums to 1e-5, plus the float32 reach of the values averaged
+            assert mean == pytest.approx(values.mean(), rel=1e-5, abs=float(_float32_reach(values).mean()))
 
 
 @pytest.mark.parametrize("gpu_path", [False, True])
 def test_merge_is_associative_and_equals_streaming(subject, windows, gpu_path, monkeypatch):
-    """map (three disjoint shards) + merge in either grouping == one stream (on the CPU's path and the GPU's)."""
+    """map (three disjoint shards) + merge in either grouping == one stream (on the CPU's path and the GPU's). The
+    shards start at batch boundaries, so every batch's activations are computed as in the stream: the same values,
+    and only the merge's float64 arithmetic between the moments."""
     from analysis.harvest import kernels
     from analysis.harvest.driver import pad_batch
     from analysis.harvest.state import RealTokens
@@ -208,7 +259,7 @@ def test_merge_is_associative_and_equals_streaming(subject, windows, gpu_path, m
             st.add_batch(acts, real, wid, CFG.top_k, CFG.pool, CFG.seed)
         return st
 
-    a, b, c = shard_state(windows[:7]), shard_state(windows[7:15]), shard_state(windows[15:])
+    a, b, c = shard_state(windows[:6]), shard_state(windows[6:15]), shard_state(windows[15:])
     left = copy.deepcopy(a).merge(copy.deepcopy(b), CFG.top_k, CFG.pool).merge(copy.deepcopy(c), CFG.top_k, CFG.pool)
     right = copy.deepcopy(a).merge(copy.deepcopy(b).merge(copy.deepcopy(c), CFG.top_k, CFG.pool), CFG.top_k, CFG.pool)
     stream = shard_state(windows)

@@ -1,30 +1,15 @@
 """The data folder: a checkout with the old layout (data products inside the cache/ package) is moved, not rebuilt."""
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from analysis import config
-
-
-def _old_checkout(root: Path) -> Path:
-    old = root / "cache"
-    (old / "models" / "smollm2-135m").mkdir(parents=True)
-    (old / "models" / "smollm2-135m" / "config.json").write_text("{}")
-    (old / "wheels").mkdir()
-    (old / "wheels" / ".gensim").write_text("")
-    (old / "demo.duckdb").write_bytes(b"db")
-    (old / "demo.duckdb.build.log").write_text("log")
-    (old / "demo.duckdb.harvest").mkdir()
-    (old / "store.py").write_text("# the package's own code stays")
-    return old
+from tests.helpers import old_checkout
 
 
 def test_old_layout_moves_everything_but_the_code(tmp_path):
-    old = _old_checkout(tmp_path)
+    old = old_checkout(tmp_path)
     new = tmp_path / "data"
     moved = config.move_old_layout(old, new)
     assert sorted(moved) == ["demo.duckdb", "demo.duckdb.build.log", "demo.duckdb.harvest", "models", "wheels"]
@@ -36,7 +21,7 @@ def test_old_layout_moves_everything_but_the_code(tmp_path):
 
 
 def test_old_layout_keeps_what_would_overwrite(tmp_path, capsys):
-    old = _old_checkout(tmp_path)
+    old = old_checkout(tmp_path)
     new = tmp_path / "data"
     new.mkdir()
     (new / "demo.duckdb").write_bytes(b"newer")
@@ -47,21 +32,11 @@ def test_old_layout_keeps_what_would_overwrite(tmp_path, capsys):
 
 
 def test_old_layout_waits_for_a_running_build(tmp_path):
-    old = _old_checkout(tmp_path)
+    old = old_checkout(tmp_path)
     (old / "demo.duckdb.build.pid").write_text(str(os.getpid()))  # a live process
     with pytest.raises(SystemExit, match="still runs"):
         config.move_old_layout(old, tmp_path / "data")
     assert (old / "demo.duckdb").exists() and not (tmp_path / "data").exists()
-
-
-def test_make_setup_step_moves_the_old_layout(tmp_path):
-    """What `make setup` runs (`python -m analysis.config`), in a process of its own."""
-    old = _old_checkout(tmp_path)
-    env = {**os.environ, "NEURON_VIEWER_HOME": str(tmp_path / "data")}
-    out = subprocess.run([sys.executable, "-m", "analysis.config", str(old)], env=env, capture_output=True,
-                         text=True, check=True)
-    assert "moved demo.duckdb" in out.stdout
-    assert (tmp_path / "data" / "demo.duckdb").read_bytes() == b"db"
 
 
 def test_a_moved_sae_folder_is_found(tmp_path, monkeypatch):

@@ -10,8 +10,7 @@ import torch
 
 from analysis.activations import mlp_activations
 from analysis.models import load_model
-from conftest import KINDS
-from helpers import tiny_model_folder
+from tests.helpers import KINDS, tiny_model_folder
 
 
 @pytest.fixture(scope="module")

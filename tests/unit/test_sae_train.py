@@ -1,11 +1,9 @@
 """The TopK SAE trainer and the SAE quality numbers, on tiny random models: activations against each window run
 alone, training that learns, exact resume, save/load, FVU/L0 and losses against independent numpy/torch
-computations, hooks that always go away, the job and its CLI."""
+computations, hooks that always go away, the job's options."""
 
 from __future__ import annotations
 
-import json
-import random
 from dataclasses import replace
 
 import numpy as np
@@ -17,24 +15,16 @@ from analysis.activations import site_activations
 from analysis.corpus import load_corpus, make_windows, select_windows
 from analysis.models import load_model
 from analysis.progress import Progress
-from analysis.sae import MASSIVE, SAE, baseline_dictionary, load_sae, save_sae
+from analysis.sae.baselines import baseline_dictionary
+from analysis.sae.load import load_sae
+from analysis.sae.model import MASSIVE, SAE
+from analysis.sae.saelens import save_sae
 from analysis.sae_train import (TrainConfig, collect_activations, evaluate_sae, fit_topk, replaced_site,
                                 train_topk_sae, used_positions)
+from tests.sae_helpers import topk_ambiguous
 
 LAYER, SITE, SEQ_LEN = 1, "resid_post", 24
 CFG = TrainConfig(width=64, k=4, epochs=8, batch_tokens=256, lr=1e-2, dead_tokens=512, seed=3)
-
-
-@pytest.fixture(scope="module")
-def corpus_path(tmp_path_factory):
-    from helpers import TINY_TEXT
-
-    path = tmp_path_factory.mktemp("sae_corpus") / "docs.jsonl"
-    rng = random.Random(2)
-    with open(path, "w") as f:
-        for i in range(40):
-            f.write(json.dumps({"title": f"d{i}", "text": " ".join(rng.choice(TINY_TEXT) for _ in range(6))}) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +33,9 @@ def subject(tiny_folders):
 
 
 @pytest.fixture(scope="module")
-def split(subject, corpus_path):
+def split(subject, sae_train_corpus):
     """(train windows, held-out windows): ~3,000 and ~600 tokens."""
-    windows = list(make_windows(load_corpus(str(corpus_path)).documents, subject.tokenizer, SEQ_LEN))
+    windows = list(make_windows(load_corpus(str(sae_train_corpus)).documents, subject.tokenizer, SEQ_LEN))
     held_out = select_windows(windows, 600, seed=0)
     ids = {w.window_id for w in held_out}
     train = select_windows([w for w in windows if w.window_id not in ids], 3000, seed=0)
@@ -82,7 +72,7 @@ def _alone(subject, windows, layer, site) -> list[np.ndarray]:
 @pytest.mark.parametrize("bos", [False, True])
 def test_activations_are_the_real_tokens_of_each_window_alone(subject, split, tmp_path, bos):
     """Padding and the BOS column (where the model has one) are skipped; every real token is kept."""
-    from helpers import tiny_model_folder
+    from tests.helpers import tiny_model_folder
 
     model = subject if not bos else load_model(str(tiny_model_folder(tmp_path / "llama-bos", "llama", bos=True)))
     windows = split[1][:7]
@@ -201,16 +191,21 @@ def test_fvu_l0_dead_and_clean_loss_equal_an_independent_computation(subject, sp
     x_hat = f @ W_dec + b_dec
     assert q.eval_tokens == len(x) and q.massive_left_out == 0
     np.testing.assert_allclose(q.fvu, ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum(), rtol=1e-4)
-    assert q.l0 == pytest.approx((f != 0).sum(1).mean())
-    assert q.dead_fraction == pytest.approx((~(f != 0).any(0)).mean())
-    nll, n = 0.0, 0
+    # a pre-activation near the TopK cut or near 0 may be decided otherwise by the batched float32 pass: each such
+    # decision may move a token's count of active features by one, and a feature's deadness
+    unsure = topk_ambiguous(pre, CFG.k)
+    assert q.l0 == pytest.approx((f != 0).sum(1).mean(), abs=unsure.sum(1).mean())
+    assert q.dead_fraction == pytest.approx((~(f != 0).any(0)).mean(), abs=unsure.any(0).mean())
+    nll, n, reach = 0.0, 0, 0.0
     for w in windows:  # the loss of predicting token t+1 from token t
         ids = torch.tensor([w.token_ids])
         with torch.no_grad():
             logits = subject.model(input_ids=ids).logits[0].double()
         nll += float(F.cross_entropy(logits[:-1], ids[0, 1:], reduction="sum"))
         n += len(w.token_ids) - 1
-    assert q.loss_clean == pytest.approx(nll / n, rel=1e-5)
+        # a token's loss (logsumexp - its logit) moves by at most twice its logits' float32 reach
+        reach += float(2e-5 * logits[:-1].abs().max(-1).values.clamp(min=1.0).sum())
+    assert q.loss_clean == pytest.approx(nll / n, rel=1e-5, abs=reach / n)
 
 
 @pytest.mark.parametrize("site", ["resid_pre", "resid_post", "mlp_out", "attn_out"])
@@ -233,31 +228,6 @@ def test_an_exact_dictionary_splices_in_at_no_cost_and_the_hooks_go_away(subject
         subject.model(input_ids=ids)
     assert not module._forward_hooks and not module._forward_pre_hooks
     assert torch.equal(subject.model(input_ids=ids).logits, before)
-
-
-def test_job_trains_saves_and_then_finds_it_done(subject, tiny_folders, corpus_path, tmp_path, capsys):
-    from analysis.__main__ import main
-
-    out = tmp_path / "sae"
-    argv = ["sae", "train", "--model", str(tiny_folders["gpt2"]), "--layer", "1", "--width", "64", "--k", "4",
-            "--tokens", "1500", "--eval-tokens", "300", "--corpus", str(corpus_path), "--seq-len", str(SEQ_LEN),
-            "--epochs", "2", "--batch-tokens", "256", "--checkpoint-every", "2", "--out", str(out), "--quiet"]
-    assert main(argv) == 0
-    printed = capsys.readouterr().out
-    assert "FVU" in printed and "loss recovered" in printed
-    sae = load_sae(str(out))
-    assert not (out / ".train_state.pt").exists()
-    assert sae.meta["settings"]["width"] == 64 and sae.meta["settings"]["tokens"] == 1500
-    assert 0 < sae.meta["fvu"] < 1 and sae.meta["l0"] <= 4 and "loss_recovered" in sae.meta
-    assert 1000 < sae.meta["train_tokens"] <= 1500 and sae.layer == 1 and sae.site == SITE
-    mtime = (out / "sae_weights.safetensors").stat().st_mtime_ns
-    assert main(argv) == 0
-    assert "nothing to do" in capsys.readouterr().err
-    assert (out / "sae_weights.safetensors").stat().st_mtime_ns == mtime
-    foreign = tmp_path / "foreign"
-    save_sae(sae, foreign)  # an SAE without our training record
-    assert main([*argv[:-2], str(foreign), "--quiet"]) == 2
-    assert "did not make" in capsys.readouterr().err
 
 
 def test_parser_defaults_are_the_job_defaults():
