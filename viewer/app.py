@@ -25,6 +25,6 @@ nav = st.navigation([
     st.Page(HERE / "views" / "scores.py", title="Scores", icon=":material/insights:", url_path="scores"),
     st.Page(HERE / "views" / "interpretability.py", title="Interpretability", icon=":material/balance:",
             url_path="interpretability"),
-    st.Page(HERE / "views" / "cache.py", title="Cache", icon=":material/storage:", url_path="cache"),
+    st.Page(HERE / "views" / "cache_page.py", title="Cache", icon=":material/storage:", url_path="cache"),
 ])
 nav.run()

@@ -147,7 +147,7 @@ def test_feature_page_and_weights(sae_db, monkeypatch):
 
 def test_cache_page_lists_the_dictionary(sae_db, monkeypatch):
     db, model, folder = sae_db
-    at = open_page("cache", db, monkeypatch)
+    at = open_page("cache_page", db, monkeypatch)
     assert not at.exception
     assert any("Dictionaries" in h.value for h in at.subheader)
 

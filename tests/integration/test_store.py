@@ -12,7 +12,6 @@ import pytest
 
 from cache.migrations import SCHEMA_VERSION
 from cache.store import StoreError, migrate, open_store
-from tests.helpers import REPO
 
 
 def test_migrations_build_the_schema_in_memory():
@@ -114,8 +113,8 @@ def test_shared_readers_let_a_writer_in_and_then_see_its_writes(tmp_path):
     time.sleep(0.3)
     t0 = time.monotonic()
     writer = subprocess.run([sys.executable, "-c", (
-        "import sys; sys.path.insert(0, sys.argv[2]); from cache.store import open_store\n"
-        "with open_store(sys.argv[1], wait_s=10) as s: s.lists.save('written')"), str(db), str(REPO)],
+        "import sys; from cache.store import open_store\n"
+        "with open_store(sys.argv[1], wait_s=10) as s: s.lists.save('written')"), str(db)],
         capture_output=True, text=True, timeout=60)
     waited = time.monotonic() - t0
     time.sleep(0.5)

@@ -85,7 +85,7 @@ def test_search_and_compare(viewer_db, monkeypatch):
     assert any("?model=" in m.value for m in at.markdown)
     at = open_page("compare", db, monkeypatch, a_model=model, a_layer=0, a_neuron=1, b_model=model, b_layer=1, b_neuron=2)
     assert not at.exception and all_html(at).count('class="hm"') >= 2  # + paired heatmaps if scored
-    at = open_page("cache", db, monkeypatch)
+    at = open_page("cache_page", db, monkeypatch)
     assert not at.exception and at.dataframe
 
 
@@ -321,7 +321,7 @@ def test_pages_say_what_a_running_build_has_still_to_write(viewer_db, monkeypatc
     assert "token-lookup baselines of layer 1 are still being built" in infos(at)
     at = open_page("neuron", copy, monkeypatch, model=model, layer=1, neuron=2, tab="topics")
     assert "topics of layer 1 are still being built" in infos(at)
-    at = open_page("cache", copy, monkeypatch)
+    at = open_page("cache_page", copy, monkeypatch)
     assert not at.exception
     [bar] = at.get("progress")
     assert "running (process" in bar.proto.text and "baselines L1" in bar.proto.text
@@ -334,6 +334,6 @@ def test_pages_say_what_a_running_build_has_still_to_write(viewer_db, monkeypatc
     writer.save()
     at = open_page("neuron", copy, monkeypatch, model=model, layer=1, neuron=2, tab="graph")
     assert "still being built" not in infos(at) and "being built…" not in all_html(at)
-    at = open_page("cache", copy, monkeypatch)
+    at = open_page("cache_page", copy, monkeypatch)
     assert any("stopped before the end" in w.value for w in at.warning)
     assert any("--expensive-neurons 0-3" in c.value for c in at.code)
