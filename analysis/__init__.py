@@ -19,7 +19,7 @@ def _hold_freed_memory() -> bool:
     not trimmed below 2 GB. By default a freed block at the heap's top is returned once more than twice the largest
     recent block is free there, so each batch of a forward pass asks the kernel for its tensors again: on the 2-core
     VM that was ~700 MB of fresh pages (~170,000 page faults, ~1 s of system time) per 2,048-token batch, 20-28 % of
-    the batch (bench/RESULTS.md "stop 29"). Memory stays at its peak instead of falling back between batches.
+    the batch (measured on the harvest, bench/harvest.py). Memory stays at its peak instead of falling back between batches.
     Returns whether the settings took (not on other C libraries)."""
     if not sys.platform.startswith("linux"):
         return False

@@ -9,8 +9,11 @@
 
 A job is the composition layer: it reads what it needs from the store in short visits, calls the science
 (``analysis.*``), and writes its results through the store's repositories in short transactions, so the viewer
-keeps reading meanwhile; every job skips work already stored (resumable). ``analysis/__main__.py`` is a thin
-parser over these functions; the viewer's "compute now" buttons call the same functions in-process, passing
-their own ``Progress`` (a job loads its own copy of a model: it attaches hooks that must not fire in another
-session's forward pass through the viewer's shared copy).
+keeps reading meanwhile; every job skips work already stored (resumable). The CLI (``analysis/__main__.py``, its
+commands in ``analysis/cli.py``) is a thin layer over these functions; the viewer's "compute now" buttons call the
+same functions in-process, passing their own ``Progress`` (a job loads its own copy of a model: it attaches hooks
+that must not fire in another session's forward pass through the viewer's shared copy).
+
+Shared by the jobs: ``specs`` (layer and unit specs), ``reads`` (store reads), ``fanout`` (threads for API calls),
+``writes`` (batched writes), ``options`` (the CLI's options from the configs); ``build/`` runs them all.
 """

@@ -28,7 +28,7 @@ through all 30 layers; baselines = token-lookup explanation + baseline score; n2
 core; explain / score with the local backends (score with calibration)."""
 PROJECT_GPU = {"harvest": 1 / 18_574, "n2g": 0.11}
 """Seconds per unit on one NVIDIA H200 (``--device cuda``), fp32, SmolLM2-135M's shapes with random weights
-(bench/RESULTS.md, stop 34): the harvest at batch 32, the DuckDB write included; n2g at layers 15 and 29. The other
+(bench/RESULTS.md "GPU (one H200)"): the harvest at batch 32, the DuckDB write included; n2g at layers 15 and 29. The other
 lenses were not measured on a GPU: a cuda build's plan takes the VM's numbers for them."""
 MIN_MEASURED = {"topics": 256}
 """Fewest units a stage's measurement must cover before it is recorded as this machine's cost per unit (else 8):
