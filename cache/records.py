@@ -132,6 +132,16 @@ class RecordRepo(Repo):
         found = self._stats_and_bounds(run_id, unit.source, unit.layer, [unit.index]).get(unit.index)
         return found[0] if found else None
 
+    def layer_maxima(self, run_id: str, source: str, layer: int, n_units: int) -> np.ndarray:
+        """``[n_units]`` float32: each unit's maximum over the run's corpus (NaN where the run has no row)."""
+        out = np.full(n_units, np.nan, dtype=np.float32)
+        rows = self._q("SELECT unit, max FROM unit_stats WHERE run_id = ? AND source = ? AND layer = ?",
+                       [run_id, source, layer]).fetchall()
+        for unit, vmax in rows:
+            if 0 <= unit < n_units:
+                out[unit] = vmax
+        return out
+
     def _stats_and_bounds(self, run_id: str, source: str, layer: int, indices: list[int]
                           ) -> dict[int, tuple[UnitStats, list[float]]]:
         rows = self._q("SELECT unit, n_tokens, mean, std, skewness, kurtosis, min, max, frac_active, hist, "
