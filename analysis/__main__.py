@@ -26,6 +26,7 @@ UNITS = "model source layer"
 
 def build_parser() -> argparse.ArgumentParser:
     from analysis.causal import MODES as ABLATIONS
+    from analysis.jobs.attribute import AttributeJob
     from analysis.jobs.build.plan import BuildJob
     from analysis.jobs.causal import AblateJob, EffectsJob, SteerJob
     from analysis.jobs.compare import CompareJob
@@ -157,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
                  "the tokens whose log-probabilities it raises / lowers most there (shown on the unit's page).")
     add_options(ef, EffectsJob, offer(UNITS + " top random device force", layer=required, neurons=required,
                                       mode=Opt(choices=("zero", "mean"))))
+
+    at = command("attribute", cli.cmd_attribute, "start from a prompt: which units fire, which cause the next token, "
+                 "how they connect", "Runs the text once: every unit ranked by its activation relative to its corpus "
+                 "maximum; every unit's attribution to the target (activation x gradient through the model with "
+                 "attention patterns and norm denominators frozen); the top units ablated for real beside their "
+                 "estimate; with --graph the edges between the top units.", quiet=False)
+    add_options(at, AttributeJob, offer("model target position contrast top check graph graph_nodes first device",
+                                        text=required, sae=Opt(repeat=True)))
+    json_flag(at, "the report")
 
     ls = command("list", cli.cmd_list, "keep named lists of units with notes (add, remove, show, delete)", quiet=False)
     ls.add_argument("list_command", choices=("add", "remove", "show", "delete"))

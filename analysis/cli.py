@@ -303,6 +303,39 @@ def cmd_effects(args) -> int:
     return 0
 
 
+def cmd_attribute(args) -> int:
+    from analysis.jobs.attribute import AttributeJob, attribute_prompt
+
+    r = attribute_prompt(from_args(AttributeJob, args), Path(args.db))
+    if args.json:
+        _print_json(r.to_json())
+        return 0
+    for note in r.notes:
+        print(f"note: {note}", file=sys.stderr)
+    contrast = f" − {r.contrast_text!r}" if r.contrast_text is not None else ""
+    print(f"target: logit of {r.target_text!r}{contrast} after token {r.target.position} "
+          f"({r.tokens[r.target.position]!r}) = {r.attribution.value:+.3f}")
+
+    def show(title: str, units) -> None:
+        print(title)
+        for u in units:
+            print(f"  {u.value:+9.3f}  {str(u.unit):24s} at {u.position:3d} {r.tokens[u.position]!r}  (activation "
+                  f"{u.activation:+.3g})")
+    show("fires (activation / corpus max):", r.fires)
+    show("attribution, positive (linear estimates through the frozen model):", r.positive)
+    show("attribution, negative:", r.negative)
+    print(f"the listed units carry {r.share:.1%} of the total |attribution|")
+    if r.checked:
+        rho = "n/a" if r.rank_correlation is None else f"{r.rank_correlation:+.3f}"
+        print(f"ablated for real (Spearman estimate vs real: {rho}):")
+        for c in r.checked:
+            print(f"  {str(c.unit.unit):24s} at {c.unit.position:3d}  estimate {c.estimate:+9.3f}  real {c.real:+9.3f}"
+                  + ("" if c.agrees else "  (disagree)"))
+    if r.graph is not None:
+        print(f"graph: {len(r.graph.nodes)} units, {len(r.graph.edges)} edges (--json prints them)")
+    return 0
+
+
 def cmd_list(args) -> int:
     from analysis.jobs.lists import add_to_list, delete_list, remove_from_list
     from analysis.types import MLP, UnitId

@@ -135,3 +135,30 @@ def test_export_of_unknown_layer_or_neuron(tiny_folders, corpus_file, tmp_path, 
     corrupt.write_bytes(b"\0garbage" * 1000)
     assert main(["export", "--db", str(corrupt), "--model", name, "--layer", "0", "--neuron", "0"]) == 2
     assert "not a readable DuckDB database" in capsys.readouterr().err
+
+
+def test_attribute_prints_the_report(viewer_db, capsys):
+    """`attribute` on a real harvest: the JSON report names the model's own top prediction as the target, lists
+    units of every layer source at real positions, and checks the top ones by ablation; the text form prints the
+    same target."""
+    import torch
+
+    from analysis.models import load_model
+
+    db, model = viewer_db
+    text = "the cat sat on the mat and the dog"
+    assert main(["attribute", "--db", str(db), "--model", model, "--text", text, "--check", "4", "--top", "5",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    subject = load_model(model)
+    ids = subject.bos_prefix + subject.tokenize(text)
+    with torch.inference_mode():
+        top = int(subject.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+    assert out["token_ids"] == ids and out["target"]["token_id"] == top
+    assert out["target"]["position"] == len(ids) - 1
+    assert 0 < len(out["attribution"]["positive"]) <= 5 and len(out["check"]["units"]) == 4
+    assert all(1 <= u["position"] < len(ids) for u in out["fires"])  # the first token is left out by default
+    assert main(["attribute", "--db", str(db), "--model", model, "--text", text, "--check", "0"]) == 0
+    assert f"target: logit of {out['target']['token']!r}" in capsys.readouterr().out
+    assert main(["attribute", "--db", str(db), "--model", model, "--text", "  "]) == 2
+    assert "the text is empty" in capsys.readouterr().err

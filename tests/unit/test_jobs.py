@@ -47,7 +47,7 @@ def test_parser_defaults_are_the_config_defaults(command):
 ALL_CONFIGS = {**{c: (m, k) for c, (m, k, _r) in COMMANDS.items()},
                "build": ("analysis.jobs.build.plan", "BuildJob"), "embed": ("analysis.jobs.embed", "EmbedJob"),
                "ablate": ("analysis.jobs.causal", "AblateJob"), "steer": ("analysis.jobs.causal", "SteerJob"),
-               "effects": ("analysis.jobs.causal", "EffectsJob")}
+               "effects": ("analysis.jobs.causal", "EffectsJob"), "attribute": ("analysis.jobs.attribute", "AttributeJob")}
 
 
 def _docstring(cls, name: str) -> str | None:
