@@ -139,7 +139,8 @@ def _frozen_norm(subject: SubjectModel):
         x = (args[0] if args else None)
         if x is None or not torch.is_tensor(output) or not output.requires_grad:
             return None
-        xf, x0 = x.float(), x.detach().float()
+        wide = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for a float64 model
+        xf, x0 = x.to(wide), x.detach().to(wide)
         eps = float(getattr(module, "eps", getattr(module, "variance_epsilon", 1e-6)))
         if isinstance(module, torch.nn.LayerNorm):
             centred, centred0 = xf - xf.mean(-1, keepdim=True), x0 - x0.mean(-1, keepdim=True)
@@ -149,7 +150,7 @@ def _frozen_norm(subject: SubjectModel):
             centred, centred0 = xf, x0
             scale = (x0.pow(2).mean(-1, keepdim=True) + eps).sqrt()
             gain = subject._norm_gain(module)
-        linear = gain.float().detach() * (centred - centred0) / scale  # zero-valued, the frozen-denominator Jacobian
+        linear = gain.to(wide).detach() * (centred - centred0) / scale  # zero-valued, the frozen-denominator Jacobian
         return output.detach() + linear.to(output.dtype)
     return hook
 
@@ -225,9 +226,10 @@ def trace(subject: SubjectModel, token_ids: list[int], saes: tuple["SAE", ...] =
     """The prompt through the frozen model with a graph (call inside ``frozen``)."""
     traced = Traced(logits=torch.empty(0))
     ids = torch.tensor([token_ids], dtype=torch.int64, device=subject.device)
-    with _traced_units(subject, saes, traced), torch.enable_grad():
+    with _traced_units(subject, saes, traced), torch.inference_mode(False), torch.enable_grad():
         hidden = subject.base()(input_ids=ids, use_cache=False).last_hidden_state
-        traced.logits = subject.logits(hidden)[0].float()
+        logits = subject.logits(hidden)[0]
+        traced.logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     traced.acts = {k: v[0] for k, v in traced.acts.items()}
     return traced
 
@@ -302,46 +304,108 @@ class Checked:
 
 def check_by_ablation(subject: SubjectModel, token_ids: list[int], target: Target, units: list[UnitAt],
                       saes: tuple["SAE", ...] = ()) -> list[Checked]:
-    """Each unit set to 0 at its position, for real (no freezing): one batched pass of ``len(units) + 1`` rows
-    (row 0 clean) from the earliest layer involved on; the change of the target per unit."""
+    """Each unit set to 0 at its position, for real (no freezing); the change of the target per unit.
+
+    A unit changes nothing before its position, so the units at one position share a batched pass of
+    ``len(group) + 1`` rows (row 0 clean) over the positions from theirs to the target's only, the earlier positions
+    read from the key-value cache of one clean pass; a unit after the target's position changes nothing. A model
+    whose cache cannot be cut back (a sliding window already full) runs every unit in one batch of
+    ``len(units) + 1`` rows from the earliest layer involved (``fork_at``) instead."""
     if not units:
         return []
     check_target(subject, token_ids, target)
     by_source = {s.source: s for s in saes}
-    n = len(units) + 1
-    ids = torch.tensor([token_ids], dtype=torch.int64, device=subject.device)
-    sites: dict[tuple[int, str], list[tuple[int, UnitAt]]] = {}
-    for row, u in enumerate(units, start=1):
-        if u.unit.source == MLP:
-            sites.setdefault((u.unit.layer, "mlp_in"), []).append((row, u))
-        elif u.unit.source in by_source:
-            sites.setdefault((u.unit.layer, by_source[u.unit.source].site), []).append((row, u))
-        else:
+    for u in units:
+        if u.unit.source != MLP and u.unit.source not in by_source:
             raise UserError(f"{u.unit} needs its dictionary ({u.unit.source}) to be ablated")
+    live = [(i, u) for i, u in enumerate(units) if u.position <= target.position]
+    ids = torch.tensor([token_ids[:target.position + 1]], dtype=torch.int64, device=subject.device)
+    with torch.inference_mode():
+        caches = _cut_caches(subject, ids, sorted({u.position for _i, u in live}))
+        deltas = (_ablate_cached(subject, ids, target, live, by_source, caches) if caches is not None
+                  else _ablate_forked(subject, ids, target, live, by_source))
+    return [Checked(u, -u.value, deltas.get(i, 0.0)) for i, u in enumerate(units)]
 
-    def zeroing(edits):
-        def edit(h):
-            h = h.clone()
-            for row, u in edits:
-                if u.unit.source == MLP:
-                    h[row, u.position, u.unit.index] = 0
-                else:
-                    sae = by_source[u.unit.source]
-                    a = sae.encode(h[row, u.position].float())[u.unit.index]
-                    direction = (sae.W_dec[u.unit.index] / sae.input_scale).to(h.device, torch.float32)
-                    h[row, u.position] = (h[row, u.position].float() - a * direction).to(h.dtype)
-            return h
-        return edit
 
-    first = min(layer for layer, _site in sites)
-    with ExitStack() as stack, torch.inference_mode():
-        stack.enter_context(fork_at(subject, first, n))
-        for (layer, site), edits in sites.items():
-            stack.enter_context(edited_site(subject, layer, site, zeroing(edits)))
-        hidden = subject.base()(input_ids=ids, use_cache=False).last_hidden_state[:, target.position]
+def _site_of(u: UnitAt, by_source: dict) -> tuple[int, str]:
+    return u.unit.layer, "mlp_in" if u.unit.source == MLP else by_source[u.unit.source].site
+
+
+def _zeroing(edits: list[tuple[int, UnitAt, int]], by_source: dict):
+    """An edit of a site's ``[rows, T, width]`` that zeroes each (row, unit, position) of ``edits``."""
+    def edit(h):
+        h = h.clone()
+        for row, u, t in edits:
+            if u.unit.source == MLP:
+                h[row, t, u.unit.index] = 0
+            else:
+                sae = by_source[u.unit.source]
+                a = sae.encode(h[row, t].float())[u.unit.index]
+                direction = (sae.W_dec[u.unit.index] / sae.input_scale).to(h.device, torch.float32)
+                h[row, t] = (h[row, t].float() - a * direction).to(h.dtype)
+        return h
+    return edit
+
+
+def _cut_caches(subject: SubjectModel, ids: torch.Tensor, positions: list[int]) -> dict | None:
+    """``{position: the clean pass's cache of the positions before it}`` (None at 0), or None when the model's cache
+    cannot be cut back to a position."""
+    import copy
+
+    if not positions:
+        return {}
+    full = subject.base()(input_ids=ids, use_cache=True).past_key_values
+    out = {}
+    try:
+        for q in positions:
+            if q == 0:
+                out[q] = None
+                continue
+            cache = copy.deepcopy(full)
+            cache.crop(q - ids.shape[1])
+            if cache.get_seq_length() != q:
+                return None
+            out[q] = cache
+    except (RuntimeError, ValueError, NotImplementedError, AttributeError):
+        return None
+    return out
+
+
+def _ablate_cached(subject: SubjectModel, ids: torch.Tensor, target: Target, live: list[tuple[int, UnitAt]],
+                   by_source: dict, caches: dict) -> dict[int, float]:
+    deltas = {}
+    for q, cache in caches.items():
+        group = [(i, u) for i, u in live if u.position == q]
+        n = len(group) + 1
+        if cache is not None:
+            cache.batch_repeat_interleave(n)
+        sites: dict[tuple[int, str], list] = {}
+        for row, (_i, u) in enumerate(group, start=1):
+            sites.setdefault(_site_of(u, by_source), []).append((row, u, 0))
+        with ExitStack() as stack:
+            for (layer, site), edits in sites.items():
+                stack.enter_context(edited_site(subject, layer, site, _zeroing(edits, by_source)))
+            hidden = subject.base()(input_ids=ids[:, q:].expand(n, -1), past_key_values=cache,
+                                    use_cache=cache is not None).last_hidden_state[:, -1]
         values = target.of(subject.logits(hidden).float())
-    base = float(values[0])
-    return [Checked(u, -u.value, float(values[row]) - base) for row, u in enumerate(units, start=1)]
+        deltas.update({i: float(values[row] - values[0]) for row, (i, _u) in enumerate(group, start=1)})
+    return deltas
+
+
+def _ablate_forked(subject: SubjectModel, ids: torch.Tensor, target: Target, live: list[tuple[int, UnitAt]],
+                   by_source: dict) -> dict[int, float]:
+    if not live:
+        return {}
+    sites: dict[tuple[int, str], list] = {}
+    for row, (_i, u) in enumerate(live, start=1):
+        sites.setdefault(_site_of(u, by_source), []).append((row, u, u.position))
+    with ExitStack() as stack:
+        stack.enter_context(fork_at(subject, min(layer for layer, _site in sites), len(live) + 1))
+        for (layer, site), edits in sites.items():
+            stack.enter_context(edited_site(subject, layer, site, _zeroing(edits, by_source)))
+        hidden = subject.base()(input_ids=ids, use_cache=False).last_hidden_state[:, -1]
+    values = target.of(subject.logits(hidden).float())
+    return {i: float(values[row] - values[0]) for row, (i, _u) in enumerate(live, start=1)}
 
 
 def spearman(xs: list[float], ys: list[float]) -> float | None:
@@ -366,7 +430,7 @@ class Edge:
 
 @dataclass(frozen=True)
 class PromptGraph:
-    """The top units as nodes, the target as the last node; an edge from an earlier unit i to a later unit j is i's
+    """The top units as nodes, the target as the last node; an edge from an upstream unit i to a unit j is i's
     attribution to j's activation in the frozen model (to the target: its attribution), pruned per node to the
     edges that carry ``keep`` of its incoming absolute weight; each layer's "other" node carries what the nodes of
     that layer do not."""
@@ -406,7 +470,8 @@ def connect(subject: SubjectModel, token_ids: list[int], attribution: Attributio
         traced = trace(subject, token_ids, saes)
         keys = list(traced.leaves)
         for j, nj in enumerate(nodes):
-            earlier = [k for k in keys if k[1] < nj.unit.layer]
+            own = (nj.unit.source, nj.unit.layer)
+            earlier = [k for k in keys if k[1] <= nj.unit.layer and k != own]  # upstream or not: autograd says
             if not earlier:
                 continue
             out = traced.acts[(nj.unit.source, nj.unit.layer)]

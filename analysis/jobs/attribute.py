@@ -160,10 +160,11 @@ def report(subject, job: AttributeJob, saes: tuple = (), maxima: dict | None = N
     if not job.first and len(ids) > 1:
         notes.append(f"units at the first token ({subject.tokenizer.decode(ids[:1])!r}) are left out of the lists "
                      "(an attention sink; --first lists them)")
-    skip = 0 if job.first or len(ids) == 1 else 1
+    skip = 0 if job.first or position == 0 else 1
 
     def listed(scores: dict) -> dict:
-        return {k: v[skip:] for k, v in scores.items()}
+        """Positions ``skip`` .. the target's: a unit after it cannot change the target."""
+        return {k: v[skip:position + 1] for k, v in scores.items()}
 
     def shifted(units: list[UnitAt]) -> list[UnitAt]:
         return [UnitAt(u.unit, u.position + skip, u.value, u.activation) for u in units]
@@ -179,7 +180,8 @@ def report(subject, job: AttributeJob, saes: tuple = (), maxima: dict | None = N
     out = PromptReport(
         tokens=[tok.decode([i]) for i in ids], token_ids=ids, target=target, target_text=tok.decode([target_id]),
         contrast_text=tok.decode([contrast]) if contrast is not None else None,
-        fires=shifted(top_units(listed(rel), job.top, acts=listed(acts))), raw_sources=raw, fires_map=layer_position_map(rel, n_layers),
+        fires=shifted(top_units({k: v[skip:] for k, v in rel.items()}, job.top,
+                                acts={k: v[skip:] for k, v in acts.items()})), raw_sources=raw, fires_map=layer_position_map(rel, n_layers),
         relative=rel, attribution=att, positive=positive, negative=negative, share=share,
         attribution_map=layer_position_map(att.scores, n_layers, reduce="abs"), notes=notes)
     def by_abs(k: int) -> list[UnitAt]:
