@@ -306,9 +306,10 @@ def check_by_ablation(subject: SubjectModel, token_ids: list[int], target: Targe
                       saes: tuple["SAE", ...] = ()) -> list[Checked]:
     """Each unit set to 0 at its position, for real (no freezing); the change of the target per unit.
 
-    A unit changes nothing before its position, so the units at one position share a batched pass of
-    ``len(group) + 1`` rows (row 0 clean) over the positions from theirs to the target's only, the earlier positions
-    read from the key-value cache of one clean pass; a unit after the target's position changes nothing. A model
+    A unit changes nothing before its position, so units share batched passes of ``len(group) + 1`` rows (row 0
+    clean) over the positions from the group's first to the target's only, the earlier positions read from the
+    key-value cache of one clean pass (``_position_groups`` picks the groups); a unit after the target's position
+    changes nothing. A model
     whose cache cannot be cut back (a sliding window already full) runs every unit in one batch of
     ``len(units) + 1`` rows from the earliest layer involved (``fork_at``) instead."""
     if not units:
@@ -320,9 +321,10 @@ def check_by_ablation(subject: SubjectModel, token_ids: list[int], target: Targe
             raise UserError(f"{u.unit} needs its dictionary ({u.unit.source}) to be ablated")
     live = [(i, u) for i, u in enumerate(units) if u.position <= target.position]
     ids = torch.tensor([token_ids[:target.position + 1]], dtype=torch.int64, device=subject.device)
+    groups = _position_groups([u.position for _i, u in live], ids.shape[1])
     with torch.inference_mode():
-        caches = _cut_caches(subject, ids, sorted({u.position for _i, u in live}))
-        deltas = (_ablate_cached(subject, ids, target, live, by_source, caches) if caches is not None
+        caches = _cut_caches(subject, ids, sorted(groups))
+        deltas = (_ablate_cached(subject, ids, target, live, by_source, caches, groups) if caches is not None
                   else _ablate_forked(subject, ids, target, live, by_source))
     return [Checked(u, -u.value, deltas.get(i, 0.0)) for i, u in enumerate(units)]
 
@@ -345,6 +347,26 @@ def _zeroing(edits: list[tuple[int, UnitAt, int]], by_source: dict):
                 h[row, t] = (h[row, t].float() - a * direction).to(h.dtype)
         return h
     return edit
+
+
+def _position_groups(positions: list[int], length: int) -> dict[int, int]:
+    """``{first position: last position}`` of the runs of positions that share a batch, chosen to process the fewest
+    (row, token) pairs: a run starting at ``q`` costs (its units + a clean row) × (``length`` − ``q``) tokens."""
+    qs = sorted(set(positions))
+    count = {q: positions.count(q) for q in qs}
+    best = [0.0] + [float("inf")] * len(qs)
+    start = [0] * (len(qs) + 1)
+    for b in range(1, len(qs) + 1):
+        for a in range(1, b + 1):
+            cost = best[a - 1] + (1 + sum(count[q] for q in qs[a - 1:b])) * (length - qs[a - 1])
+            if cost < best[b]:
+                best[b], start[b] = cost, a
+    out, b = {}, len(qs)
+    while b > 0:
+        a = start[b]
+        out[qs[a - 1]] = qs[b - 1]
+        b = a - 1
+    return out
 
 
 def _cut_caches(subject: SubjectModel, ids: torch.Tensor, positions: list[int]) -> dict | None:
@@ -372,16 +394,16 @@ def _cut_caches(subject: SubjectModel, ids: torch.Tensor, positions: list[int]) 
 
 
 def _ablate_cached(subject: SubjectModel, ids: torch.Tensor, target: Target, live: list[tuple[int, UnitAt]],
-                   by_source: dict, caches: dict) -> dict[int, float]:
+                   by_source: dict, caches: dict, groups: dict[int, int]) -> dict[int, float]:
     deltas = {}
     for q, cache in caches.items():
-        group = [(i, u) for i, u in live if u.position == q]
+        group = [(i, u) for i, u in live if q <= u.position <= groups[q]]
         n = len(group) + 1
         if cache is not None:
             cache.batch_repeat_interleave(n)
         sites: dict[tuple[int, str], list] = {}
         for row, (_i, u) in enumerate(group, start=1):
-            sites.setdefault(_site_of(u, by_source), []).append((row, u, 0))
+            sites.setdefault(_site_of(u, by_source), []).append((row, u, u.position - q))
         with ExitStack() as stack:
             for (layer, site), edits in sites.items():
                 stack.enter_context(edited_site(subject, layer, site, _zeroing(edits, by_source)))
