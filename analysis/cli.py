@@ -322,6 +322,8 @@ def cmd_attribute(args) -> int:
             print(f"  {u.value:+9.3f}  {str(u.unit):24s} at {u.position:3d} {r.tokens[u.position]!r}  (activation "
                   f"{u.activation:+.3g})")
     show("fires (activation / corpus max):", r.fires)
+    if r.fires_raw:
+        show("fires, raw activation (no harvest of their layer):", r.fires_raw)
     show("attribution, positive (linear estimates through the frozen model):", r.positive)
     show("attribution, negative:", r.negative)
     print(f"the listed units carry {r.share:.1%} of the total |attribution|")

@@ -17,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 st.set_page_config(page_title="Neuron viewer", page_icon=":material/neurology:", layout="wide")
 nav = st.navigation([
     st.Page(HERE / "views" / "neuron.py", title="Neuron", icon=":material/neurology:", default=True),
+    st.Page(HERE / "views" / "prompt.py", title="Prompt", icon=":material/psychology_alt:", url_path="prompt"),
     st.Page(HERE / "views" / "live.py", title="Live text", icon=":material/keyboard:", url_path="live"),
     st.Page(HERE / "views" / "steer.py", title="Steering", icon=":material/tune:", url_path="steer"),
     st.Page(HERE / "views" / "search.py", title="Search", icon=":material/search:", url_path="search"),

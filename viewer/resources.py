@@ -242,3 +242,100 @@ def save_explanation(rec, scored) -> None:
         return
     st.success("saved")
     st.rerun()
+
+
+# ---- the Prompt page ------------------------------------------------------------------------------------------
+
+MAX_PROMPT_TOKENS = 256
+"""Prompts longer than this many tokens are refused on the Prompt page (the CLI takes any length): the report keeps
+every unit's activation, relative activation and attribution at every position (3 × 256 × 30 layers × 1,536 float32
+≈ 140 MB for SmolLM2), and a few reports stay cached."""
+
+
+def prompt_tokens(model_name: str, text: str) -> list[str]:
+    """The prompt's tokens as the report will see them (BOS first where the model wants one), for the position
+    picker: only the tokenizer runs."""
+    subj = subject(model_name)
+    ids = subj.bos_prefix + subj.tokenize(text)
+    return subj.tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
+
+
+def prompt_report(job):
+    """``analysis.jobs.attribute.report`` of ``job`` (an ``AttributeJob``) on the shared model, under its hooks lock
+    (the report's hooks and frozen attention are removed before the lock is released), with the dictionaries of
+    ``job.sae`` and the corpus maxima the database holds; kept for the last few prompts until the file changes.
+    A bad input raises ``UserError``."""
+    from analysis.jobs.reads import cached_model
+
+    with store() as s:
+        info = cached_model(s, job.model)
+        known = {d.source: d for d in s.catalog.dictionaries(info.model_id)}
+        missing = [src for src in job.sae or () if src not in known]
+        if missing:
+            raise UserError(f"no dictionary {', '.join(missing)} of {info.name} in this database")
+        version = s.version
+    return _prompt_report(str(db_path()), version, job, tuple((src, known[src].path) for src in job.sae or ()))
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _prompt_report(path: str, version: tuple | None, job, dictionaries: tuple[tuple[str, str], ...]):
+    from analysis.jobs.attribute import maxima_of, report
+    from analysis.jobs.reads import cached_model
+
+    subj = subject(job.model)
+    saes = tuple(dictionary(src, folder) for src, folder in dictionaries)
+    with store() as s:
+        maxima = maxima_of(s, cached_model(s, job.model), saes)
+    with hooks_lock(job.model):
+        return report(subj, job, saes, maxima)
+
+
+def unit_lines(s: Store, model_id: str, units) -> dict:
+    """``{UnitId: viewer.components.prompt.UnitLine}``: what the store says about each of ``units`` (a few listed
+    ones), each kept until the file changes."""
+    if s.version is None:
+        return {u: _unit_line_of(s, model_id, u) for u in units}
+    return {u: _unit_line(s, str(s.path), s.version, model_id, u) for u in units}
+
+
+@st.cache_resource(max_entries=1024, show_spinner=False)
+def _unit_line(_s: Store, path: str, version: tuple, model_id: str, unit):
+    return _unit_line_of(_s, model_id, unit)
+
+
+def _unit_line_of(s: Store, model_id: str, unit):
+    from viewer.components.prompt import UnitLine
+
+    run = find_run(s, model_id, unit.layer, unit.source)
+    if run is None:
+        return UnitLine(harvested=False)
+    rec = s.records.unit_records(run, unit.source, unit.layer, [unit.index]).get(unit.index)
+    best = s.explanations.best(run.run_id, unit)
+    baseline = _baseline_scores(s, run.run_id).get(unit)
+    graph = s.graphs.get(run.run_id, unit)
+    _n, topic = s.topics.best_of(model_id, unit)
+    return UnitLine(
+        harvested=rec is not None, explanation=best[0].text if best else None, score=best[1].score if best else None,
+        baseline=baseline, top_tokens=tuple(t for _i, t, _m, _c in rec.top_tokens[:4]) if rec else (),
+        topic=tuple(topic.words[:5]) if topic else (), npmi=topic.score if topic else None,
+        f1=graph.metrics.get("firing", {}).get("f1") if graph else None)
+
+
+def _baseline_scores(s: Store, run_id: str) -> dict:
+    """unit -> its token-lookup score on the top-and-random set, for a whole run (one query, kept per version)."""
+    if s.version is None:
+        return _baselines_of(s, run_id)
+    return _run_baselines(s, str(s.path), s.version, run_id)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _run_baselines(_s: Store, path: str, version: tuple, run_id: str) -> dict:
+    return _baselines_of(_s, run_id)
+
+
+def _baselines_of(s: Store, run_id: str) -> dict:
+    out: dict = {}
+    for b in s.explanations.baseline_scores(run_id):
+        if b.predictor == "token-lookup" and (b.unit not in out or b.scoring_set == "top-and-random"):
+            out[b.unit] = b.score
+    return out

@@ -56,9 +56,11 @@ class PromptReport:
     target_text: str
     contrast_text: str | None
     fires: list[UnitAt]
-    """Top (unit, position) pairs by activation relative to the unit's corpus maximum (raw where no harvest)."""
-    raw_sources: list[str]
-    """Sources ranked by raw activation: no harvest maxima in the database."""
+    """Top (unit, position) pairs by activation relative to the unit's corpus maximum."""
+    fires_raw: list[UnitAt]
+    """Top units by raw activation among those with no harvest in the database (``raw_keys``)."""
+    raw_keys: list[tuple[str, int]]
+    """(source, layer) pairs with no harvest maxima: ranked by raw activation, apart."""
     fires_map: torch.Tensor
     """``[n_layers, T]``: the largest relative activation per layer and position."""
     relative: dict
@@ -67,7 +69,7 @@ class PromptReport:
     positive: list[UnitAt]
     negative: list[UnitAt]
     share: float
-    """Of the sum of |attribution| over every unit and position, the part the listed units carry."""
+    """Of the sum of |attribution| over every unit at the listed positions, the part the listed units carry."""
     attribution_map: torch.Tensor
     """``[n_layers, T]``: the sum of |attribution| per layer and position."""
     checked: list[Checked] = field(default_factory=list)
@@ -86,7 +88,8 @@ class PromptReport:
                 "target": {"position": self.target.position, "token": self.target_text, "token_id": self.target.token,
                            "contrast": self.contrast_text, "contrast_id": self.target.contrast,
                            "value": self.attribution.value},
-                "fires": [unit(u) for u in self.fires], "raw_sources": self.raw_sources,
+                "fires": [unit(u) for u in self.fires], "fires_raw": [unit(u) for u in self.fires_raw],
+                "raw": [{"source": s, "layer": layer} for s, layer in self.raw_keys],
                 "attribution": {"positive": [unit(u) for u in self.positive],
                                 "negative": [unit(u) for u in self.negative], "share": self.share},
                 "check": {"units": [{**unit(c.unit), "estimate": c.estimate, "real": c.real, "agrees": c.agrees}
@@ -157,10 +160,10 @@ def report(subject, job: AttributeJob, saes: tuple = (), maxima: dict | None = N
         notes.append("no harvest of " + "; ".join(
             f"{source} at layer(s) {_ranges(sorted(k[1] for k in raw_keys if k[0] == source))}" for source in raw)
             + " in the database: those units are ranked by raw activation")
-    if not job.first and len(ids) > 1:
-        notes.append(f"units at the first token ({subject.tokenizer.decode(ids[:1])!r}) are left out of the lists "
-                     "(an attention sink; --first lists them)")
     skip = 0 if job.first or position == 0 else 1
+    if skip:
+        notes.append(f"units at the first token ({subject.tokenizer.decode(ids[:1])!r}) are left out of the lists: "
+                     "an attention sink there would fill them (ask for the first token to list it)")
 
     def listed(scores: dict) -> dict:
         """Positions ``skip`` .. the target's: a unit after it cannot change the target."""
@@ -173,15 +176,17 @@ def report(subject, job: AttributeJob, saes: tuple = (), maxima: dict | None = N
     acts_l, att_l = listed(att.acts), listed(att.scores)
     positive = shifted(top_units(att_l, job.top, acts=acts_l))
     negative = shifted(top_units(att_l, job.top, largest=False, acts=acts_l))
-    total = att.total_abs()
+    total = float(sum(v.abs().sum() for v in att_l.values()))
     share = sum(abs(u.value) for u in {(u.unit, u.position): u for u in positive + negative}.values()) / total \
         if total else 0.0
     n_layers = subject.info.n_layers
     out = PromptReport(
         tokens=[tok.decode([i]) for i in ids], token_ids=ids, target=target, target_text=tok.decode([target_id]),
         contrast_text=tok.decode([contrast]) if contrast is not None else None,
-        fires=shifted(top_units({k: v[skip:] for k, v in rel.items()}, job.top,
-                                acts={k: v[skip:] for k, v in acts.items()})), raw_sources=raw, fires_map=layer_position_map(rel, n_layers),
+        fires=shifted(top_units({k: v[skip:] for k, v in rel.items() if k not in raw_keys}, job.top,
+                                acts={k: v[skip:] for k, v in acts.items()})),
+        fires_raw=shifted(top_units({k: v[skip:] for k, v in acts.items() if k in raw_keys}, job.top,
+                                    acts={k: v[skip:] for k, v in acts.items()})), raw_keys=raw_keys, fires_map=layer_position_map(rel, n_layers),
         relative=rel, attribution=att, positive=positive, negative=negative, share=share,
         attribution_map=layer_position_map(att.scores, n_layers, reduce="abs"), notes=notes)
     def by_abs(k: int) -> list[UnitAt]:

@@ -197,6 +197,40 @@ def test_static_site_opens_offline_in_chromium(server, tmp_path):
     assert requests and all(u.startswith("file://") for u in requests), [u for u in requests if "file:" not in u]
 
 
+def test_prompt_page_in_chromium(server):
+    """The Prompt page on a text holding a script tag: the tokens show as text, no dialog; its graph draws, and a
+    click on a unit opens that unit's page."""
+    from playwright.sync_api import sync_playwright
+
+    url, _db, model = server
+    text = "<script>alert(1)</script> Paris is the capital of"
+    dialogs = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 4000})
+        page = context.new_page()
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(f"{url}/prompt?model={urllib.request.quote(model, safe='')}&text={urllib.request.quote(text)}"
+                  "&first=1&graph=1")
+        page.wait_for_selector("iframe", timeout=120_000)
+        assert page.locator(".units a[href*='neuron=']").count() >= 10
+        assert page.locator("[data-testid='stMain'] script, .units img").count() == 0
+        handle = page.locator("iframe").first
+        handle.content_frame.locator("canvas").first.wait_for(timeout=30_000)
+        frame = handle.element_handle().content_frame()
+        box = handle.bounding_box()
+        at = frame.evaluate("() => { const p = network.canvasToDOM(network.getPositions([0])[0]); "
+                            "const r = document.querySelector('#mynetwork canvas').getBoundingClientRect(); "
+                            "return {x: p.x + r.left, y: p.y + r.top}; }")
+        with context.expect_page(timeout=30_000) as opened:
+            page.mouse.click(box["x"] + at["x"], box["y"] + at["y"])
+        unit_page = opened.value
+        unit_page.locator("h1", has_text=" · L").first.wait_for(timeout=60_000)  # (its layer may not be harvested)
+        assert "neuron=" in unit_page.url and unit_page.url.startswith(url + "/?")
+        browser.close()
+    assert dialogs == []
+
+
 def test_live_ablation_and_steering_in_chromium(server):
     """The ablation heatmap and the side-by-side steered generation draw in a real browser, escaped."""
     from playwright.sync_api import sync_playwright

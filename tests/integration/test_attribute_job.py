@@ -82,12 +82,12 @@ def test_report_on_a_harvest(viewer_db, subject):
 
     # maxima: the store's unit stats; layer 2 (no harvest) ranked raw and said
     maxima = _store_maxima(db, model)
-    assert rep.raw_sources == [MLP] and any("layer(s) 2" in n and "raw activation" in n for n in rep.notes)
+    assert rep.raw_keys == [(MLP, 2)] and any("layer(s) 2" in n and "raw activation" in n for n in rep.notes)
     a_max = max(float(a.abs().max()) for a in acts.values())
     m_min = min(float(m[m > 0].min()) for m in maxima.values())
     # activations agree to 1e-5 relative above 1, so relative ones to that over the smallest maximum
     tol = 1e-5 * max(1.0, a_max) / m_min
-    cands, values = [], []
+    cands, values, raw_cands, raw_values = [], [], [], []
     for layer in range(3):
         a = acts[layer].double().numpy()
         if layer in maxima:
@@ -96,12 +96,16 @@ def test_report_on_a_harvest(viewer_db, subject):
         else:
             want = a
         np.testing.assert_allclose(rep.relative[(MLP, layer)].numpy(), want, rtol=0, atol=tol)
-        cands += [f"L{layer}/N{u}@{t}" for t in range(1, T) for u in range(a.shape[1])]
-        values += [want[t, u] for t in range(1, T) for u in range(a.shape[1])]
+        names, vals = (cands, values) if layer in maxima else (raw_cands, raw_values)  # raw ones ranked apart
+        names += [f"L{layer}/N{u}@{t}" for t in range(1, T) for u in range(a.shape[1])]
+        vals += [want[t, u] for t in range(1, T) for u in range(a.shape[1])]
     # the first token is left out (said); the rest ranked by relative activation
     assert any("first token" in n for n in rep.notes) and all(u.position >= 1 for u in rep.fires)
     assert len(rep.fires) == 20
     assert_same_top([_uid(u) for u in rep.fires], [u.value for u in rep.fires], cands, values, rtol=0, atol=tol)
+    assert all(u.position >= 1 for u in rep.fires_raw) and len(rep.fires_raw) == 20
+    assert_same_top([_uid(u) for u in rep.fires_raw], [u.value for u in rep.fires_raw], raw_cands, raw_values,
+                    rtol=0, atol=1e-5 * max(1.0, a_max))
 
     # the check: the 8 largest |attribution| (positions >= 1), each ablated for real
     scores = rep.attribution.scores
@@ -185,7 +189,7 @@ def test_sae_features_are_units(sae_db, subject):
     assert len(sources) == 1
     source = sources.pop()
     sae = load_saelens(folder)
-    assert (source, 1) in rep.relative and source not in rep.raw_sources
+    assert (source, 1) in rep.relative and (source, 1) not in rep.raw_keys
     ids = rep.token_ids
     # features by hand from the block's output, over the store's maxima
     site = {}
