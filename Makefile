@@ -134,6 +134,7 @@ bench: setup
 	$(PY) -m bench.topics
 	$(PY) -m bench.harvest_sae
 	$(PY) -m bench.sae_train
+	$(PY) -m bench.attribution
 
 clean-cache:
 	rm -rf $(DB) $(DB).wal $(DB).harvest $(DB).topics $(DB).build.json $(DB).build.log $(DB).build.pid $(DB).costs.json
