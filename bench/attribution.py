@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import time
 
 import torch
 
@@ -20,6 +19,7 @@ from analysis.attribution import (Target, attribute, check_by_ablation, connect,
                                   spearman, top_units)
 from analysis.corpus import load_corpus, make_windows
 from analysis.models import load_model
+from bench.causal import best_of
 
 
 def prompt_windows(subject, tokens: int, n: int, seed: int) -> list[list[int]]:
@@ -27,15 +27,6 @@ def prompt_windows(subject, tokens: int, n: int, seed: int) -> list[list[int]]:
     windows = [w for w in make_windows(load_corpus("enwiki-sample").documents, subject.tokenizer, tokens)
                if len(w.token_ids) == tokens]
     return [subject.bos_prefix + list(w.token_ids) for w in random.Random(seed).sample(windows, n)]
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def by_abs(att, k: int):
