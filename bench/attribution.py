@@ -15,8 +15,10 @@ import statistics
 
 import torch
 
-from analysis.attribution import (Target, attribute, check_by_ablation, connect, prompt_activations, relative,
-                                  spearman, top_units)
+from analysis.attribution.check import check_by_ablation, spearman
+from analysis.attribution.frozen import attribute
+from analysis.attribution.graph import connect
+from analysis.attribution.units import prompt_activations, relative, Target, top_units
 from analysis.corpus import load_corpus, make_windows
 from analysis.models import load_model
 from bench.causal import best_of
@@ -30,7 +32,7 @@ def prompt_windows(subject, tokens: int, n: int, seed: int) -> list[list[int]]:
 
 
 def by_abs(att, k: int):
-    from analysis.attribution import UnitAt
+    from analysis.attribution.units import UnitAt
 
     picked = top_units({key: s[1:].abs() for key, s in att.scores.items()}, k)
     return [UnitAt(u.unit, u.position + 1, float(att.scores[(u.unit.source, u.unit.layer)][u.position + 1, u.unit.index]))

@@ -6,6 +6,7 @@
     n2g.py      n2g(N2GJob, db)          -> N2GSummary       Neuron2Graph graphs, scored
     topics.py   topics(TopicsJob, db)    -> TopicsSummary    word-pool topics in every projection mode
     export.py   export(ExportJob, db)    -> dict             a unit's record as OpenAI-style JSON
+    attribute.py attribute_prompt(AttributeJob, db) -> PromptReport   start from a prompt (the Prompt page's too)
 
 A job is the composition layer: it reads what it needs from the store in short visits, calls the science
 (``analysis.*``), and writes its results through the store's repositories in short transactions, so the viewer

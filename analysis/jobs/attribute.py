@@ -9,8 +9,10 @@ from pathlib import Path
 
 import torch
 
-from analysis.attribution import (Attribution, Checked, PromptGraph, Target, UnitAt, attribute, check_by_ablation,
-                                  connect, layer_position_map, prompt_activations, relative, spearman, top_units)
+from analysis.attribution.check import check_by_ablation, Checked, spearman
+from analysis.attribution.frozen import attribute, Attribution
+from analysis.attribution.graph import connect, PromptGraph
+from analysis.attribution.units import layer_position_map, prompt_activations, relative, Target, top_units, UnitAt
 from analysis.config import DEFAULT_MODEL
 from analysis.types import MLP, UserError
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.attribution import Target
+from analysis.attribution.units import Target
 from analysis.jobs.attribute import AttributeJob, attribute_prompt
 from analysis.types import MLP, UnitId, UserError
 from tests.helpers import assert_same_top

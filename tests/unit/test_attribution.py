@@ -1,4 +1,4 @@
-"""Attribution through the frozen model (analysis/attribution.py) against independent computations.
+"""Attribution through the frozen model (analysis/attribution/) against independent computations.
 
 The reference is a "pinned" float64 model written here: a first pass records every norm's denominator and every
 attention module's queries and keys; later passes compute each norm's output by hand with the recorded
@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.attribution import (Target, UnitAt, attribute, check_by_ablation, connect, frozen, layer_position_map,
-                                  relative, spearman, top_units)
+from analysis.attribution.check import check_by_ablation, spearman
+from analysis.attribution.frozen import attribute, frozen
+from analysis.attribution.graph import connect
+from analysis.attribution.units import layer_position_map, relative, Target, top_units, UnitAt
 from analysis.models import load_model
 from analysis.types import MLP, UnitId, UserError
 from tests.helpers import KINDS, assert_same_top, random_topk_sae

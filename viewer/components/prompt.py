@@ -137,7 +137,7 @@ def summary_html(line: UnitLine | None) -> str:
 
 def units_html(model_name: str, units: list, tokens: list[str], lines: dict[UnitId, UnitLine],
                value: tuple[str, Callable], raw: frozenset = frozenset(), activation: bool = True) -> str:
-    """A table of ``units`` (``analysis.attribution.UnitAt``): the unit (a link to its page), where, ``value``
+    """A table of ``units`` (``analysis.attribution.units.UnitAt``): the unit (a link to its page), where, ``value``
     (its column title and how to show a UnitAt's value), its activation there (unless ``activation`` is False: the
     value is the activation), and its one-line summary. Units whose (source, layer) is in ``raw`` are marked as
     ranked by raw activation."""
@@ -159,7 +159,7 @@ def units_html(model_name: str, units: list, tokens: list[str], lines: dict[Unit
 
 
 def check_table(checked: list, tokens: list[str]) -> None:
-    """The ablation check (``analysis.attribution.Checked``): estimate beside real, with a mark."""
+    """The ablation check (``analysis.attribution.check.Checked``): estimate beside real, with a mark."""
     st.dataframe(pd.DataFrame([{
         "unit": unit_name(c.unit.unit), "source": c.unit.unit.source, "position": c.unit.position,
         "token": repr(tokens[c.unit.position]), "activation": c.unit.activation, "estimate": c.estimate,
@@ -187,7 +187,7 @@ def _hex(rgb: tuple[int, int, int], f: float) -> str:
 
 def prompt_graph_html(model_name: str, graph, tokens: list[str], target_text: str, start: int = 0,
                       rest: bool = False) -> tuple[str, int]:
-    """An ``analysis.attribution.PromptGraph`` as an interactive page: a column per token (from ``start``), a row
+    """An ``analysis.attribution.graph.PromptGraph`` as an interactive page: a column per token (from ``start``), a row
     per layer that holds a node (upward), the target on top; nodes coloured by their attribution to the target
     (orange: for, blue: against), edges by their weight. A click on a unit opens its page (a new tab). ``rest``:
     also each layer's "rest" node (what the layer's other units carry). Returns (the page, its height in px)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.attribution import top_units
+from analysis.attribution.units import top_units
 from analysis.jobs.attribute import AttributeJob
 from viewer.components.heatmap import md_escape, md_token
 from viewer.components.picker import source_label
