@@ -16,7 +16,7 @@ import torch
 from analysis.attribution.check import check_by_ablation, spearman
 from analysis.attribution.frozen import attribute, frozen
 from analysis.attribution.graph import connect
-from analysis.attribution.units import layer_position_map, relative, Target, top_units, UnitAt
+from analysis.attribution.units import Target, UnitAt, layer_position_map, relative, top_units
 from analysis.models import load_model
 from analysis.types import MLP, UnitId, UserError
 from tests.helpers import KINDS, assert_same_top, random_topk_sae
@@ -143,10 +143,8 @@ def _features(sae, x: torch.Tensor) -> torch.Tensor:
     the directions; b_dec subtracted)."""
     assert sae.input_scale == 1.0 and sae.apply_b_dec_to_input
     pre = (x.double() - sae.b_dec.double()) @ sae.W_enc.double() + sae.b_enc.double()
-    f = torch.zeros_like(pre)
     top = torch.argsort(pre, descending=True)[:sae.k]
-    f[top] = pre[top].clamp(min=0)
-    return f
+    return torch.zeros_like(pre).index_put((top,), pre[top].clamp(min=0))
 
 
 # ---- 1. a last-layer unit: attribution = its exact ablation in the frozen model ------------------------------
