@@ -45,9 +45,8 @@ def check_by_ablation(subject: SubjectModel, token_ids: list[int], target: Targe
     A unit changes nothing before its position, so units share batched passes of ``len(group) + 1`` rows (row 0
     clean) over the positions from the group's first to the target's only, the earlier positions read from the
     key-value cache of one clean pass (``_position_groups`` picks the groups); a unit after the target's position
-    changes nothing. A model
-    whose cache cannot be cut back (a sliding window already full) runs every unit in one batch of
-    ``len(units) + 1`` rows from the earliest layer involved (``fork_at``) instead."""
+    changes nothing. A model whose cache cannot be cut back (a sliding window already full) runs every unit in one
+    batch of ``len(units) + 1`` rows from the earliest layer involved (``fork_at``) instead."""
     if not units:
         return []
     check_target(subject, token_ids, target)

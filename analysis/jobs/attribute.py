@@ -14,6 +14,7 @@ from analysis.attribution.frozen import attribute, Attribution
 from analysis.attribution.graph import connect, PromptGraph
 from analysis.attribution.units import layer_position_map, prompt_activations, relative, Target, top_units, UnitAt
 from analysis.config import DEFAULT_MODEL
+from analysis.jobs.specs import fmt_layers
 from analysis.types import MLP, UserError
 
 
@@ -99,17 +100,6 @@ class PromptReport:
                 "graph": self.graph.to_json() if self.graph is not None else None, "notes": self.notes}
 
 
-def _ranges(xs: list[int]) -> str:
-    """``[1, 2, 3, 5]`` -> ``'1-3,5'``."""
-    runs: list[list[int]] = []
-    for x in xs:
-        if runs and x == runs[-1][-1] + 1:
-            runs[-1].append(x)
-        else:
-            runs.append([x])
-    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in runs)
-
-
 def token_of(tokenizer, text: str, what: str, notes: list[str]) -> int:
     """The id of ``text``'s first token (said in ``notes`` when it has several)."""
     ids = tokenizer.encode(text, add_special_tokens=False)
@@ -160,7 +150,7 @@ def report(subject, job: AttributeJob, saes: tuple = (), maxima: dict | None = N
     raw = sorted({k[0] for k in raw_keys})
     if raw_keys:
         notes.append("no harvest of " + "; ".join(
-            f"{source} at layer(s) {_ranges(sorted(k[1] for k in raw_keys if k[0] == source))}" for source in raw)
+            f"{source} at layer(s) {fmt_layers(sorted(k[1] for k in raw_keys if k[0] == source))}" for source in raw)
             + " in the database: those units are ranked by raw activation")
     skip = 0 if job.first or position == 0 else 1
     if skip:

@@ -37,6 +37,11 @@ def _parse_spec(spec: str, n: int, flag: str, usage: str, bounds: str, allow_all
 
 
 def fmt_layers(layers: list[int]) -> str:
-    if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
-        return f"{layers[0]}-{layers[-1]}"
-    return ",".join(map(str, layers))
+    """Sorted layers as a spec: runs of three or more as a range (``[0, 1, 2, 5]`` -> ``'0-2,5'``)."""
+    runs: list[list[int]] = []
+    for x in layers:
+        if runs and x == runs[-1][-1] + 1:
+            runs[-1].append(x)
+        else:
+            runs.append([x])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in runs)
