@@ -304,38 +304,17 @@ def _unit_line(_s: Store, path: str, version: tuple, model_id: str, unit):
 
 
 def _unit_line_of(s: Store, model_id: str, unit):
+    """The unit page's glance (``Store.glance``), cut to one line."""
     from viewer.components.prompt import UnitLine
 
     run = find_run(s, model_id, unit.layer, unit.source)
-    if run is None:
+    rec = s.records.unit_records(run, unit.source, unit.layer, [unit.index]).get(unit.index) if run else None
+    if rec is None:
         return UnitLine(harvested=False)
-    rec = s.records.unit_records(run, unit.source, unit.layer, [unit.index]).get(unit.index)
-    best = s.explanations.best(run.run_id, unit)
-    baseline = _baseline_scores(s, run.run_id).get(unit)
-    graph = s.graphs.get(run.run_id, unit)
-    _n, topic = s.topics.best_of(model_id, unit)
+    g = s.glance(model_id, rec)
+    base = next((b for b in g.baselines if b.error is None and b.score is not None), None)  # as the glance card
     return UnitLine(
-        harvested=rec is not None, explanation=best[0].text if best else None, score=best[1].score if best else None,
-        baseline=baseline, top_tokens=tuple(t for _i, t, _m, _c in rec.top_tokens[:4]) if rec else (),
-        topic=tuple(topic.words[:5]) if topic else (), npmi=topic.score if topic else None,
-        f1=graph.metrics.get("firing", {}).get("f1") if graph else None)
-
-
-def _baseline_scores(s: Store, run_id: str) -> dict:
-    """unit -> its token-lookup score on the top-and-random set, for a whole run (one query, kept per version)."""
-    if s.version is None:
-        return _baselines_of(s, run_id)
-    return _run_baselines(s, str(s.path), s.version, run_id)
-
-
-@st.cache_resource(max_entries=16, show_spinner=False)
-def _run_baselines(_s: Store, path: str, version: tuple, run_id: str) -> dict:
-    return _baselines_of(_s, run_id)
-
-
-def _baselines_of(s: Store, run_id: str) -> dict:
-    out: dict = {}
-    for b in s.explanations.baseline_scores(run_id):
-        if b.predictor == "token-lookup" and (b.unit not in out or b.scoring_set == "top-and-random"):
-            out[b.unit] = b.score
-    return out
+        harvested=True, explanation=g.best[0].text if g.best else None, score=g.best[1].score if g.best else None,
+        baseline=base.score if base else None, top_tokens=tuple(g.top_tokens[:4]),
+        topic=tuple(g.topic.words[:5]) if g.topic else (), npmi=g.topic.score if g.topic else None,
+        f1=g.graph.get("firing", {}).get("f1") if g.graph else None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Iterator
 
 import torch
@@ -136,7 +136,7 @@ class Attribution:
     value: float
     """The target's value on the clean prompt."""
     acts: dict[Key, torch.Tensor]
-    """``[T, n]`` activations."""
+    """``[T, n]`` activations: every neuron of every layer and every feature of the dictionaries given."""
     scores: dict[Key, torch.Tensor]
     """``[T, n]`` attributions: activation × gradient of the target in the frozen model."""
 
@@ -146,10 +146,13 @@ class Attribution:
 
 def attribute(subject: SubjectModel, token_ids: list[int], target: Target, saes: tuple["SAE", ...] = ()
               ) -> Attribution:
-    """One forward and one backward through the frozen model: every unit's attribution to ``target``."""
+    """One forward and one backward through the frozen model: every unit's activation and attribution to ``target``
+    (a target without a token: the model's top prediction at its position, in the returned ``Attribution``)."""
     check_target(subject, token_ids, target)
     with frozen(subject):
         traced = trace(subject, token_ids, saes)
+        if target.token is None:
+            target = replace(target, token=int(traced.logits[target.position].argmax()))
         m = target.of(traced.logits[target.position])
         keys = list(traced.leaves)
         grads = torch.autograd.grad(m, [traced.leaves[k] for k in keys], allow_unused=True)

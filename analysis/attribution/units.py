@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-from analysis.activations import neuron_reader, sae_reader, unit_activations
-from analysis.models import SubjectModel
 from analysis.types import UnitId
-
-if TYPE_CHECKING:
-    from analysis.sae.model import SAE
 
 Key = tuple[str, int]
 """(source, layer): one source's units at one layer, as ``analysis.activations.Reader.key``."""
@@ -24,7 +18,8 @@ class Target:
     of ``contrast`` when there is one (a logit difference)."""
 
     position: int
-    token: int
+    token: int | None
+    """None: the model's top prediction there (``attribute`` resolves it from its own forward pass)."""
     contrast: int | None = None
 
     def of(self, logits: torch.Tensor) -> torch.Tensor:
@@ -45,16 +40,6 @@ class UnitAt:
 
 
 # ---- what fires ----------------------------------------------------------------------------------------------
-
-def prompt_activations(subject: SubjectModel, token_ids: list[int], saes: tuple["SAE", ...] = ()
-                       ) -> dict[Key, torch.Tensor]:
-    """``{(source, layer): [T, n_units] float32}``: every neuron of every layer and every feature of ``saes`` on the
-    prompt, from one forward pass."""
-    readers = [neuron_reader(layer) for layer in range(subject.info.n_layers)] + [sae_reader(s) for s in saes]
-    ids = torch.tensor([token_ids], dtype=torch.int64)
-    acts = unit_activations(subject, ids, None, readers)
-    return {k: v[0].cpu() for k, v in acts.items()}
-
 
 def relative(acts: dict[Key, torch.Tensor], maxima: dict[Key, torch.Tensor | None]) -> dict[Key, torch.Tensor]:
     """Each activation divided by its unit's corpus maximum (from the harvest: ``maxima[key]`` is ``[n_units]``);

@@ -12,7 +12,7 @@ import torch
 from analysis.attribution.check import check_by_ablation, Checked, spearman
 from analysis.attribution.frozen import attribute, Attribution
 from analysis.attribution.graph import connect, PromptGraph
-from analysis.attribution.units import layer_position_map, prompt_activations, relative, Target, top_units, UnitAt
+from analysis.attribution.units import layer_position_map, relative, Target, top_units, UnitAt
 from analysis.config import DEFAULT_MODEL
 from analysis.jobs.specs import fmt_layers
 from analysis.types import MLP, UserError
@@ -134,17 +134,10 @@ def report(subject, job: AttributeJob, saes: tuple = (), maxima: dict | None = N
     if not 0 <= position < len(ids):
         raise UserError(f"position {position} is out of range: the prompt has {len(ids)} tokens (0 .. {len(ids) - 1})")
     contrast = token_of(tok, job.contrast, "contrast", notes) if job.contrast else None
-    if job.target:
-        target_id = token_of(tok, job.target, "target", notes)
-    else:
-        with torch.inference_mode():
-            hidden = subject.base()(input_ids=torch.tensor([ids[:position + 1]], device=subject.device),
-                                    use_cache=False).last_hidden_state[0, -1]
-            target_id = int(subject.logits(hidden).argmax())
-    target = Target(position, target_id, contrast)
-
+    target_id = token_of(tok, job.target, "target", notes) if job.target else None
+    att = attribute(subject, ids, Target(position, target_id, contrast), saes)  # the model runs once, forward + back
+    target, acts = att.target, att.acts
     maxima = maxima or {}
-    acts = prompt_activations(subject, ids, saes)
     rel = relative(acts, maxima)
     raw_keys = [k for k in acts if maxima.get(k) is None]
     raw = sorted({k[0] for k in raw_keys})
@@ -164,7 +157,6 @@ def report(subject, job: AttributeJob, saes: tuple = (), maxima: dict | None = N
     def shifted(units: list[UnitAt]) -> list[UnitAt]:
         return [UnitAt(u.unit, u.position + skip, u.value, u.activation) for u in units]
 
-    att = attribute(subject, ids, target, saes)
     acts_l, att_l = listed(att.acts), listed(att.scores)
     positive = shifted(top_units(att_l, job.top, acts=acts_l))
     negative = shifted(top_units(att_l, job.top, largest=False, acts=acts_l))
@@ -173,7 +165,7 @@ def report(subject, job: AttributeJob, saes: tuple = (), maxima: dict | None = N
         if total else 0.0
     n_layers = subject.info.n_layers
     out = PromptReport(
-        tokens=[tok.decode([i]) for i in ids], token_ids=ids, target=target, target_text=tok.decode([target_id]),
+        tokens=[tok.decode([i]) for i in ids], token_ids=ids, target=target, target_text=tok.decode([target.token]),
         contrast_text=tok.decode([contrast]) if contrast is not None else None,
         fires=shifted(top_units({k: v[skip:] for k, v in rel.items() if k not in raw_keys}, job.top,
                                 acts={k: v[skip:] for k, v in acts.items()})),
