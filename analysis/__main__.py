@@ -63,15 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
                 "resumes. --budget keeps the cheap lenses (harvest, baselines) for every unit and gives the "
                 "expensive ones as many layers as fit.")
     add_options(b, BuildJob, offer("model corpus layers expensive_layers expensive_neurons lenses budget plan_only "
-                                   "device explainer simulator max_tokens top_k n2g_extra_records ray_address ray_cpus",
+                                   "device explainer simulator max_tokens top_k max_memory n2g_extra_records ray_address ray_cpus",
                                    executor=Opt(choices=("local", "ray")), api=API))
 
     h = command("harvest", cli.cmd_harvest, "stream a corpus through a model; store top/random/quantile records and "
                 "stats", "One streaming pass: per-neuron top-k windows, random and quantile samples, moments, histogram "
-                "and per-token means, checkpointed per shard (Ctrl-C, then run again to resume).")
-    add_options(h, HarvestJob, offer("model corpus layers baselines max_tokens device skip_if_cached",
+                "and per-token means; plans its memory first (passes of layers that fit --max-memory), checkpoints every few "
+                "minutes and writes layer by layer (Ctrl-C, then run again to resume).")
+    add_options(h, HarvestJob, offer("model corpus layers baselines max_tokens device skip_if_cached max_memory",
                                      sae=Opt(repeat=True),
-                                     config=offer("seq_len top_k batch_size shard_windows seed")))
+                                     config=offer("seq_len top_k batch_size token_table checkpoint_seconds seed")))
 
     e = command("export", cli.cmd_export, "print a neuron's record as JSON (OpenAI NeuronRecord fields + extras, or "
                 "strictly OpenAI's format)", quiet=False)

@@ -99,10 +99,12 @@ class HarvestConfig:
     """Windows per forward pass; None: 32 on the CPU (at its forward floor already), 256 on a GPU (the harvest's
     small per-layer kernels are then a small share of each pass: 1.7x the forward floor vs 2.4x at 64 windows on an
     H200, bench/RESULTS.md)."""
-    shard_windows: int = 2048
-    """Windows per shard: the unit of checkpointing and resuming (and of parallel work)."""
+    checkpoint_seconds: float = 120.0
+    """Seconds between checkpoints of a pass (at a batch's end; longer when a save is slow: at most a tenth of the
+    time goes to saving). An interrupted harvest resumes from its last checkpoint."""
     token_table: int = 4096
-    """Most frequent corpus tokens whose per-unit mean activation is tracked."""
+    """Most frequent corpus tokens whose per-unit mean activation is tracked (4 bytes per unit each: with
+    4,096 tokens over half of a unit's harvest state)."""
     min_token_count: int = 3
     """A token needs this many occurrences to get a mean activation."""
     seed: int = 0

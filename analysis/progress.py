@@ -20,3 +20,13 @@ class Progress:
     def note(self, text: str) -> None:
         """A one-line message about the job (warnings, what was skipped)."""
         print(text, file=sys.stderr)
+
+
+def fmt_seconds(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.0f} min" if s >= 90 else f"{s:.0f} s"
+
+
+def fmt_bytes(b: float) -> str:
+    """Decimal units (1 GB = 10^9 bytes), as ``--max-memory`` reads them."""
+    return (f"{b / 1e12:.1f} TB" if b >= 1e12 else f"{b / 1e9:.1f} GB" if b >= 1e9 else f"{b / 1e6:.0f} MB"
+            if b >= 1e6 else f"{b / 1e3:.0f} kB")

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 
 from analysis.types import MLP, Explanation, UnitId
@@ -76,17 +77,6 @@ class StoredBaseline:
     error: str | None
     created_at: object
     calibration: dict | None = None
-
-
-@dataclass(frozen=True)
-class UnitScore:
-    """One successful scored simulation of one explanation of a unit (for score distributions)."""
-
-    unit: UnitId
-    explainer: str
-    simulator: str
-    scoring_set: str
-    score: float
 
 
 @dataclass(frozen=True)
@@ -164,10 +154,11 @@ class ExplanationRepo(Repo):
             cur.unregister("_new")
         return ids
 
-    def units_explained_by(self, run_id: str, source: str, layer: int, explainer: str) -> set[int]:
-        """The units of a layer with an explanation by ``explainer`` (for resuming)."""
+    def units_explained_by(self, run_id: str, source: str, layer: int, explainer: str | None) -> set[int]:
+        """The units of a layer with an explanation by ``explainer`` (None: by any; for resuming)."""
         return {r[0] for r in self._q("SELECT DISTINCT unit FROM explanations WHERE run_id = ? AND source = ? AND "
-                                      "layer = ? AND explainer = ?", [run_id, source, layer, explainer]).fetchall()}
+                                      "layer = ? AND (? IS NULL OR explainer = ?)",
+                                      [run_id, source, layer, explainer, explainer]).fetchall()}
 
     def of_unit(self, run_id: str, unit: UnitId) -> list[StoredExplanation]:
         rows = self._q(f"SELECT {_EXP_COLS} FROM explanations WHERE run_id = ? AND source = ? AND layer = ? "
@@ -177,15 +168,31 @@ class ExplanationRepo(Repo):
     def put_simulation(self, explanation_id: str, sim: ScoredSimulation) -> str:
         """Store a scored simulation, replacing an earlier one with the same explanation, simulator, params and
         scoring set."""
-        sid = content_id(explanation_id, sim.simulator, sim.params, sim.scoring_set)
+        return self.put_simulations([(explanation_id, sim)])[0]
+
+    def put_simulations(self, items: list[tuple[str, ScoredSimulation]]) -> list[str]:
+        """``put_simulation`` of many (explanation id, scored simulation) in one delete and one insert; their ids."""
+        ids, last = [], {}
+        for eid, sim in items:
+            ids.append(sid := content_id(eid, sim.simulator, sim.params, sim.scoring_set))
+            last[sid] = (eid, sim)  # the last of one id wins, as with one put after another
+        if not ids:
+            return ids
+        cols = {c: [] for c in ("simulation_id", "explanation_id", "simulator", "params", "scoring_set", "window_ids",
+                                "simulated", "score", "rsquared", "absolute_dev_explained", "error", "calibration",
+                                "usage")}
+        for sid, (eid, sim) in last.items():
+            for c, v in zip(cols, (sid, eid, sim.simulator, json.dumps(sim.params, sort_keys=True), sim.scoring_set,
+                                   list(sim.window_ids), json.dumps(sim.simulated) if sim.simulated is not None
+                                   else None, sim.score, sim.rsquared, sim.absolute_dev_explained, sim.error,
+                                   _json_or_none(sim.calibration), _json_or_none(sim.usage))):
+                cols[c].append(v)
         with self.transaction() as cur:
-            cur.execute("DELETE FROM simulations WHERE simulation_id = ?", [sid])
-            cur.execute(f"INSERT INTO simulations ({_SIM_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?, now(), ?, ?)", [
-                sid, explanation_id, sim.simulator, json.dumps(sim.params, sort_keys=True), sim.scoring_set,
-                sim.window_ids, json.dumps(sim.simulated) if sim.simulated is not None else None,
-                sim.score, sim.rsquared, sim.absolute_dev_explained, sim.error, _json_or_none(sim.calibration),
-                _json_or_none(sim.usage)])
-        return sid
+            cur.register("_new", _table(cols))
+            cur.execute("DELETE FROM simulations s USING _new n WHERE s.simulation_id = n.simulation_id")
+            cur.execute("INSERT INTO simulations BY NAME SELECT *, now() AS created_at FROM _new")
+            cur.unregister("_new")
+        return ids
 
     def simulations(self, explanation_id: str) -> list[StoredSimulation]:
         rows = self._q(f"SELECT {_SIM_COLS} FROM simulations WHERE explanation_id = ? ORDER BY created_at",
@@ -275,15 +282,11 @@ class ExplanationRepo(Repo):
                                       "layer = ? AND predictor = ? AND scoring_set = ? AND error IS NULL",
                                       [run_id, source, layer, predictor, scoring_set]).fetchall()}
 
-    def scores(self, run_id: str, layer: int | None = None) -> list[UnitScore]:
-        """Every successful scored simulation of a run (of one layer)."""
-        sql = ("SELECT e.source, e.layer, e.unit, e.explainer, s.simulator, s.scoring_set, s.score FROM simulations s "
-               "JOIN explanations e USING (explanation_id) WHERE e.run_id = ? AND s.error IS NULL")
-        args: list = [run_id]
-        if layer is not None:
-            sql += " AND e.layer = ?"
-            args.append(layer)
-        return [UnitScore(UnitId(r[0], r[1], r[2]), *r[3:]) for r in self._q(sql, args).fetchall()]
+    def counts(self) -> dict[str, int]:
+        """How many explanations, scored simulations, baselines and sentence vectors the database holds."""
+        row = self._q("SELECT (SELECT count(*) FROM explanations), (SELECT count(*) FROM simulations), "
+                      "(SELECT count(*) FROM baselines), (SELECT count(*) FROM explanation_vectors)").fetchone()
+        return dict(zip(("explanations", "simulations", "baselines", "vectors"), row))
 
     # ---- search: explanation texts of a model, their sentence vectors ----
 
@@ -304,10 +307,15 @@ class ExplanationRepo(Repo):
         return [ExplanationHit(r[0], UnitId(r[1], r[2], r[3]), r[4], r[5], 0.0) for r in rows]
 
     def put_vectors(self, encoder: str, ids: list[str], vectors) -> None:
+        """Store sentence vectors (``[len(ids), dim]``, any array-like) of explanations under ``encoder``."""
+        if not len(ids):
+            return
+        flat = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+        offsets = np.arange(len(ids) + 1, dtype=np.int32) * flat.shape[1]
         with self.transaction() as cur:
             self._insert_arrow(cur, "explanation_vectors", pa.table({
-                "explanation_id": ids, "encoder": [encoder] * len(ids),
-                "vector": pa.array([list(map(float, v)) for v in vectors], type=pa.list_(pa.float32()))}))
+                "explanation_id": pa.array(ids, pa.string()), "encoder": pa.array([encoder] * len(ids), pa.string()),
+                "vector": pa.ListArray.from_arrays(offsets, pa.array(flat.ravel()))}))
 
     def vector(self, encoder: str, explanation_id: str) -> list[float] | None:
         row = self._q("SELECT vector FROM explanation_vectors WHERE encoder = ? AND explanation_id = ?",

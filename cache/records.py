@@ -58,18 +58,28 @@ SORTS = {"max": "max DESC", "kurtosis": "kurtosis DESC", "skewness": "skewness D
 
 
 class RecordRepo(Repo):
-    def put_results(self, run_id: str, source: str, summaries: list[LayerSummary],
-                    window_lengths: dict[int, int]) -> None:
-        """Write a finished harvest (one LayerSummary per layer) and mark the run done, in one transaction."""
+    def put_layer(self, run_id: str, source: str, summary: LayerSummary, window_lengths: np.ndarray) -> None:
+        """Write one slot of a harvest (a layer of one source) in its own transaction, replacing what the run had
+        there: a writer killed mid-write loses that layer only, and the next try writes it again into the blocks
+        the aborted one left free. ``window_lengths``: each window's token count, by window id (``lengths_of``)."""
         with self.transaction() as cur:
             for table in ("unit_stats", "records", "samples", "token_means"):
-                cur.execute(f"DELETE FROM {table} WHERE run_id = ? AND source = ?", [run_id, source])
-            ids = np.fromiter(window_lengths, np.int64, len(window_lengths))
-            lengths = np.zeros(int(ids.max(initial=0)) + 1, np.int64)  # 0: a window the run does not have
-            lengths[ids] = np.fromiter(window_lengths.values(), np.int64, len(window_lengths))
-            for s in summaries:
-                self._write_layer(cur, run_id, source, s, lengths)
-            cur.execute("UPDATE runs SET status = 'done', finished_at = now() WHERE run_id = ?", [run_id])
+                cur.execute(f"DELETE FROM {table} WHERE run_id = ? AND source = ? AND layer = ?",
+                            [run_id, source, summary.layer])
+            self._write_layer(cur, run_id, source, summary, window_lengths)
+
+    @staticmethod
+    def lengths_of(window_lengths: dict[int, int]) -> np.ndarray:
+        """Window id -> token count as an array (0: a window the run does not have)."""
+        ids = np.fromiter(window_lengths, np.int64, len(window_lengths))
+        lengths = np.zeros(int(ids.max(initial=0)) + 1, np.int64)
+        lengths[ids] = np.fromiter(window_lengths.values(), np.int64, len(window_lengths))
+        return lengths
+
+    def layers_written(self, run_id: str, source: str) -> set[int]:
+        """The layers of a run (still running) whose results are written (``put_layer``)."""
+        return {r[0] for r in self._q("SELECT DISTINCT layer FROM unit_stats WHERE run_id = ? AND source = ?",
+                                      [run_id, source]).fetchall()}
 
     def _write_layer(self, cur, run_id: str, source: str, s: LayerSummary, window_lengths: np.ndarray) -> None:
         """Insert one LayerSummary: stats, deduplicated records, sample references, token means.

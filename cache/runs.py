@@ -91,6 +91,11 @@ class RunRepo(Repo):
                 "token_ids": pa.array([list(w.token_ids) for w in windows], pa.list_(pa.int32())),
             }))
 
+    def finish(self, run_id: str) -> None:
+        """Mark a run done once every layer is written: from now on it is read."""
+        with self.transaction() as cur:
+            cur.execute("UPDATE runs SET status = 'done', finished_at = now() WHERE run_id = ?", [run_id])
+
     def sources(self) -> dict[str, list[str]]:
         """model id -> the unit sources of its finished runs ('mlp' first)."""
         out: dict[str, list[str]] = {}

@@ -11,6 +11,7 @@ share its connection, one per table family:
     store.topics        word-pool topics                            (cache/topics.py)
     store.lists         named lists of units with notes             (cache/lists.py)
     store.effects       the causal lens' ablation summaries         (cache/effects.py)
+    store.scores        score distributions, summed up in SQL       (cache/scores.py)
 
 Schema: ``cache/migrations.py`` (append-only); connecting, versions and the concurrency rules: ``cache/db.py``.
 Nothing here imports torch: reading a record needs no model.
@@ -37,6 +38,7 @@ from cache.lists import ListRepo
 from cache.migrations import SCHEMA_VERSION
 from cache.records import RecordRepo
 from cache.runs import RunRepo
+from cache.scores import ScoreRepo
 from cache.topics import TopicRepo
 
 __all__ = ["Store", "StoreError", "UnitGlance", "open_store", "migrate", "migrate_file"]
@@ -82,6 +84,7 @@ class Store:
         self.topics = TopicRepo(con)
         self.lists = ListRepo(con)
         self.effects = EffectRepo(con)
+        self.scores = ScoreRepo(con)
 
     def glance(self, model_id: str, rec: UnitRecord) -> UnitGlance:
         unit = rec.unit

@@ -2,12 +2,11 @@
 layer's neurons, or a dictionary's features at its layer), what the viewer and every method need, in memory that
 does not grow with the corpus.
 
-Shape: map + merge. ``LayerState.add_batch`` folds one batch of activations into a state (the map step, in
-place); ``LayerState.merge`` combines the states of two disjoint window sets (associative up to float
-rounding, tested), so shards can run anywhere and be combined in any grouping. On one machine the loop merges
-batch after batch into a running state and checkpoints it after shards (every shard, unless saving would take
-over a tenth of the time, as on a GPU), so an interrupted job resumes where it last saved and produces
-bit-identical results.
+Shape: passes. ``LayerState.add_batch`` folds one batch of activations into a slot's running state, in place. A
+pass folds every window into the states of some slots and writes each slot as it is done; the job splits a
+model's slots into passes that fit a memory budget (``memory``: bytes per unit of each part, measured against peak
+RSS), and a Ray cluster runs passes side by side. A pass checkpoints every few minutes and resumes after the
+windows it holds, folding the same batches in the same order, so a resumed harvest is bit-identical.
 
 Per unit (neuron) the state holds:
 - the top-k windows by max activation, with their activations (float16);
@@ -19,6 +18,7 @@ Per unit (neuron) the state holds:
 - per-token activation sums for the corpus's frequent tokens (the token table), counts shared by all units.
 
 Modules: ``kernels`` (a batch's per-unit sums, random keys, the compiled merges), ``state`` (``LayerState``,
-``HarvestState``: fold, merge, the token table), ``summary`` (``summarise``: a state to the ``LayerSummary`` records
-the store writes, ``analysis.types``), ``driver`` (``run_harvest``: shards, checkpoints, executors).
+``HarvestState``: fold, the token table), ``summary`` (``summarise``: a slot's state to the ``LayerSummary`` the
+store writes, ``analysis.types``), ``memory`` (the memory model and passes), ``driver`` (``PassTask``,
+``run_harvest``: a pass, checkpoints).
 """

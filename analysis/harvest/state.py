@@ -1,4 +1,4 @@
-"""The harvest's streaming state: ``LayerState`` per slot (fold a batch in, merge two window sets) and
+"""The harvest's streaming state: ``LayerState`` per slot (fold a batch in) and
 ``HarvestState`` over all slots, plus the token table whose per-token sums it keeps.
 """
 
@@ -149,29 +149,6 @@ class LayerState:
         self.pool_key, (self.pool_wid, self.pool_max), self.pool_acts = _merge_ranked(
             self.pool_key, (self.pool_wid, self.pool_max), self.pool_acts, keys, (wid, wmax), acts16, pool, largest=False)
 
-    def merge(self, other: "LayerState", top_k: int, pool: int) -> "LayerState":
-        """The state of the union of both window sets (windows must be disjoint): ``self``, updated in place (its
-        sums are added to rather than allocated anew: a layer's token sums are ~25 MB)."""
-        na, nb = self.n, other.n
-        if nb == 0:
-            return self
-        if na == 0:
-            self.mean, self.m2, self.m3, self.m4 = other.mean, other.m2, other.m3, other.m4
-        else:
-            self.mean, self.m2, self.m3, self.m4 = _merge_moments(
-                na, self.mean, self.m2, self.m3, self.m4, nb, other.mean, other.m2, other.m3, other.m4)
-        self.n = na + nb
-        self.vmin, self.vmax = torch.minimum(self.vmin, other.vmin), torch.maximum(self.vmax, other.vmax)
-        self.n_pos += other.n_pos
-        self.hist += other.hist
-        self.tok_sum += other.tok_sum
-        self.top_val, self.top_wid, self.top_acts = _merge_ranked(
-            self.top_val, self.top_wid, self.top_acts, other.top_val, other.top_wid, other.top_acts, top_k, largest=True)
-        self.pool_key, (self.pool_wid, self.pool_max), self.pool_acts = _merge_ranked(
-            self.pool_key, (self.pool_wid, self.pool_max), self.pool_acts,
-            other.pool_key, (other.pool_wid, other.pool_max), other.pool_acts, pool, largest=False)
-        return self
-
 
 SlotKey = tuple  # (source, layer)
 
@@ -184,7 +161,6 @@ class HarvestState:
     layers: dict[SlotKey, LayerState]
     """(source, layer) -> state: 'mlp' for the layer's neurons, a dictionary's source id for its features."""
     tok_count: torch.Tensor  # [F + 1] int64 occurrences of each table token
-    shards_done: int = 0
     windows_done: int = 0
     salts: dict[str, int] = field(default_factory=dict)
     """source -> seed offset of its random samples (0 for the neurons, so their samples never change)."""
@@ -218,17 +194,6 @@ class HarvestState:
                                        window_ids, cfg.top_k, cfg.pool, seed)
         self.tok_count.index_add_(0, real.token_rows, torch.ones_like(real.token_rows))
         self.windows_done += int(window_ids.shape[0])
-
-    def merge(self, other: "HarvestState") -> "HarvestState":
-        cfg = self.config
-        return HarvestState(
-            config=cfg,
-            layers={k: self.layers[k].merge(other.layers[k], cfg.top_k, cfg.pool) for k in self.layers},
-            tok_count=self.tok_count + other.tok_count,
-            shards_done=self.shards_done + other.shards_done,
-            windows_done=self.windows_done + other.windows_done,
-            salts=self.salts,
-        )
 
 
 # ---- token table ---------------------------------------------------------------------------------------------

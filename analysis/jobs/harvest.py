@@ -11,7 +11,7 @@ from pathlib import Path
 
 from analysis.config import CODE_VERSION, DEFAULT_CORPUS, DEFAULT_MODEL, HarvestConfig
 from analysis.jobs.specs import fmt_layers, parse_layers
-from analysis.progress import Progress
+from analysis.progress import Progress, fmt_bytes
 from analysis.types import MLP, UserError
 
 
@@ -36,8 +36,11 @@ class HarvestJob:
     skip_if_cached: bool = False
     """Do nothing if the database has a finished run of this model name and corpus covering the layers (checked
     without loading the model; neurons only)."""
+    max_memory: str | None = None
+    """Memory the harvest may use, e.g. 12G or 800M (on --device cuda: of the GPU): the layers are split into
+    passes that fit it (None: this process now plus 80% of the memory available now)."""
     config: HarvestConfig = field(default_factory=HarvestConfig)
-    """Window length, top-k, batch and shard sizes, seed; its layers come from ``layers``."""
+    """Window length, top-k, batch size, token table, checkpoints, seed; its layers come from ``layers``."""
 
 
 @dataclass(frozen=True)
@@ -103,9 +106,13 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
     Ctrl-C keeps the finished shards; the same job resumes them."""
     from analysis.activations import neuron_reader, sae_reader
     from analysis.corpus import load_corpus, make_windows, select_windows, windows_hash
-    from analysis.harvest.driver import run_harvest
-    from analysis.harvest.summary import summarise
+    from analysis.executor import ModelHandle
+    from analysis.harvest.driver import PassTask, begun_passes, salts_of, token_table_of
+    from analysis.harvest.memory import peak_rss
+    from analysis.harvest.summary import summarise_slot
+    from analysis.jobs.harvest_plan import describe_plan, plan_harvest, run_passes
     from analysis.models import load_model
+    from cache.records import RecordRepo
     from analysis.sae.load import dictionary_info
     from cache.store import open_store
 
@@ -136,7 +143,7 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
     if not windows:
         raise UserError(f"corpus {job.corpus!r} gives no windows of at least {max(1, cfg.seq_len // 4)} tokens")
     cfg = replace(cfg, layers=tuple(neuron_layers))
-    params = {k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "shard_windows")}
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "checkpoint_seconds")}
     params["max_tokens"] = job.max_tokens
     w_hash = windows_hash(windows)
     # one run per source: the neurons' id is what it always was; a dictionary's adds its source and layer
@@ -149,6 +156,8 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
         planned.append((d.source, [d.layer], run_id_of(info.model_id, corpus.info.corpus_id, w_hash, d_params),
                         [sae_reader(d)], d))
     n_tokens = sum(len(w.token_ids) for w in windows)
+    table_ids, row_of = token_table_of(subject, windows, cfg)
+    ckpt_dir = checkpoint_dir(db)
     with open_store(db) as store:
         if neuron_layers:  # a finished neuron run of other layers that covers these (same windows and settings)
             same = {k: v for k, v in params.items() if k != "layers"}
@@ -162,6 +171,16 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
             progress.note(f"already harvested: {', '.join(f'{s} ({r})' for s, r in runs.items())} in {db}")
             return HarvestSummary(planned[0][2], "cached", sorted({l for p in planned for l in p[1]}), n_tokens, 0.0,
                                   runs)
+        written = {(source, layer) for source, _l, run_id, _r, _d in todo
+                   for layer in store.records.layers_written(run_id, source)}
+        readers = [r for p in todo for r in p[3]]
+        slots = {r.key: (info.d_mlp if r.sae is None else r.sae.d_sae) for r in readers}
+        ckpt_id = todo[0][2] if len(todo) == 1 else run_id_of(info.model_id, corpus.info.corpus_id, w_hash,
+                                                             sorted(p[2] for p in todo))
+        workers = 1 if executor is None else executor.workers
+        plan = plan_harvest(job, cfg, slots, len(table_ids), n_tokens, workers, written,
+                            begun_passes(ckpt_dir, ckpt_id) if ckpt_dir.exists() else [], db)
+        progress.note(describe_plan(plan))  # before anything is written: a refusal above leaves the file as it was
         vocab = subject.tokenizer.batch_decode([[i] for i in range(len(subject.tokenizer))],
                                                clean_up_tokenization_spaces=False)
         store.catalog.put_model(info, vocab, subject.vocab_bytes)
@@ -172,34 +191,44 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
             store.runs.begin(run_id, info.model_id, corpus.info.corpus_id, layers,
                              params if d is None else {**params, "layers": layers, "source": source}, CODE_VERSION,
                              w_hash, windows, source=source)
-    readers = [r for p in todo for r in p[3]]
-    ckpt_id = todo[0][2] if len(todo) == 1 else run_id_of(info.model_id, corpus.info.corpus_id, w_hash,
-                                                         sorted(p[2] for p in todo))
-    ckpt_dir = checkpoint_dir(db)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = ckpt_dir / f"{ckpt_id}.pt"
+    run_of = {p[0]: p[2] for p in todo}
     what = ", ".join(f"{p[0]} L{fmt_layers(p[1])}" for p in todo)
     progress.note(f"harvest {info.name}: {what}; {len(windows):,} windows / {n_tokens:,} tokens of "
-                  f"{corpus.info.corpus_id}" + (" (resuming)" if ckpt.exists() else ""))
+                  f"{corpus.info.corpus_id}" + (f" ({len(written)} layers already written: resuming)" if written else
+                                                " (resuming)" if any(ckpt_dir.glob(f"{ckpt_id}.*.pt")) else ""))
     t1 = time.time()
+    task = PassTask(ModelHandle(info.name, info.model_id, job.device, loaded=subject if executor is None else None),
+                    cfg, windows, readers, row_of, len(table_ids), salts_of(readers), job.device, ckpt_dir, ckpt_id,
+                    to_cpu=executor is not None)
+    lengths = RecordRepo.lengths_of({w.window_id: len(w.token_ids) for w in windows})
     try:
-        state, table_ids = run_harvest(subject, windows, cfg, checkpoint=ckpt, run_id=ckpt_id, device=job.device,
-                                       progress=progress, readers=readers, executor=executor)
+        for p, state in run_passes(task, plan, slots, executor, progress, info.name):
+            with open_store(db) as store:
+                for key in p.slots:
+                    if key not in written:  # each slot written, then freed: one slot's rows at a time
+                        summary = summarise_slot(state, key, table_ids)
+                        del state.layers[key]
+                        store.records.put_layer(run_of[key[0]], key[0], summary, lengths)
+                        del summary
+            state = None
+            path, _id = task.checkpoint_of(p.slots)
+            for f in (path, path.with_name(path.name.replace(".pt", ".slots.json"))):
+                f.unlink(missing_ok=True)
     except KeyboardInterrupt:
-        progress.note(f"\ninterrupted: finished shards are checkpointed in {ckpt}; run the same command again to "
-                      "resume")
+        progress.note(f"\ninterrupted: written layers are in {db} and the pass is checkpointed in {ckpt_dir}; run "
+                      "the same command again to resume")
         raise
     t2 = time.time()
-    summaries = summarise(state, table_ids)
-    lengths = {w.window_id: len(w.token_ids) for w in windows}
     with open_store(db) as store:
         for source, _layers, run_id, _r, _d in todo:
-            store.records.put_results(run_id, source, [s for s in summaries if s.source == source], lengths)
-    ckpt.unlink(missing_ok=True)
+            store.runs.finish(run_id)
+    for f in ckpt_dir.glob(f"{ckpt_id}.*"):
+        f.unlink(missing_ok=True)
     if not any(ckpt_dir.iterdir()):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    t3 = time.time()
-    n_units = sum(st.mean.shape[0] for st in state.layers.values())
-    progress.note(f"done: {n_tokens:,} tokens x {n_units:,} units in {t3 - t0:.0f} s (load {t1 - t0:.0f} s, harvest "
-                  f"{t2 - t1:.0f} s = {n_tokens / max(t2 - t1, 1e-9):.0f} tok/s, write {t3 - t2:.0f} s) -> {db}")
-    return HarvestSummary(planned[0][2], "done", sorted({l for p in planned for l in p[1]}), n_tokens, t3 - t0, runs)
+    n_units = sum(slots.values())
+    progress.note(f"done: {n_tokens:,} tokens x {n_units:,} units in {t2 - t0:.0f} s (load {t1 - t0:.0f} s, harvest "
+                  f"and write {t2 - t1:.0f} s in {len(plan.passes)} pass{'es' if len(plan.passes) > 1 else ''}; "
+                  f"peak memory {fmt_bytes(peak_rss())}) -> {db}")
+    return HarvestSummary(planned[0][2], "done", sorted({l for p in planned for l in p[1]}), n_tokens, t2 - t0, runs)

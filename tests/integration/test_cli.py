@@ -79,9 +79,9 @@ def test_harvest_then_export_openai_fields(tiny_folders, corpus_file, tmp_path, 
 def test_resume_after_kill_equals_uninterrupted_run(tiny_folders, corpus_file, tmp_path, sig):
     model = tiny_folders["llama"]
     full_db, cut_db = tmp_path / "full.duckdb", tmp_path / "cut.duckdb"
-    assert main(_harvest_args(model, corpus_file, full_db, "--shard-windows", "2")) == 0
+    assert main(_harvest_args(model, corpus_file, full_db, "--checkpoint-seconds", "0", "--batch-size", "2")) == 0
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "analysis", *_harvest_args(model, corpus_file, cut_db, "--shard-windows", "2")]
+    cmd = [sys.executable, "-m", "analysis", *_harvest_args(model, corpus_file, cut_db, "--checkpoint-seconds", "0", "--batch-size", "2")]
     # Ctrl-C's default handling in the child even when these tests run as a background job (`cmd &` starts them
     # with SIGINT ignored, which a child inherits: it then ignores the signal and finishes)
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True,
@@ -98,7 +98,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_folders, corpus_file, t
     else:
         assert code == 130 and "run the same command again to resume" in err and "Traceback" not in err, err
     assert _dump(cut_db)["runs"][0][1] == "running"
-    assert main(_harvest_args(model, corpus_file, cut_db, "--shard-windows", "2")) == 0
+    assert main(_harvest_args(model, corpus_file, cut_db, "--checkpoint-seconds", "0", "--batch-size", "2")) == 0
     full, cut = _dump(full_db), _dump(cut_db)
     assert cut["runs"][0][1] == "done"
     for table in full:

@@ -80,7 +80,7 @@ def test_harvest_shards_and_topics_on_ray_equal_this_process(tiny_folders, viewe
 
     corpus = viewer_db[0].parent / "docs.jsonl"
     model = str(tiny_folders["llama"])
-    job = HarvestJob(model=model, corpus=str(corpus), layers="0,1", config=HarvestConfig(seq_len=16, shard_windows=5))
+    job = HarvestJob(model=model, corpus=str(corpus), layers="0,1", config=HarvestConfig(seq_len=16))
     reference = tmp_path / "reference.txt"  # NPMI from other text than the harvest's
     rng = random.Random(7)
     reference.write_text("\n\n".join(" ".join(rng.choice(TINY_TEXT) for _ in range(6)) for _ in range(400)))

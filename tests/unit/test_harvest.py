@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -52,7 +52,7 @@ def brute(subject, windows):
 
 
 CFG = HarvestConfig(layers=LAYERS, seq_len=16, top_k=5, random_k=4, quantile_bins=3, per_bin=2, pool=9,
-                    batch_size=3, shard_windows=4, token_table=50, min_token_count=2, seed=7)
+                    batch_size=3, token_table=50, min_token_count=2, seed=7)
 
 
 @pytest.fixture(scope="module", params=["cpu-path", "gpu-path"])
@@ -239,38 +239,18 @@ def test_token_means_equal_brute_force(summary, windows, brute):
             assert mean == pytest.approx(values.mean(), rel=1e-5, abs=float(_float32_reach(values).mean()))
 
 
-@pytest.mark.parametrize("gpu_path", [False, True])
-def test_merge_is_associative_and_equals_streaming(subject, windows, gpu_path, monkeypatch):
-    """map (three disjoint shards) + merge in either grouping == one stream (on the CPU's path and the GPU's). The
-    shards start at batch boundaries, so every batch's activations are computed as in the stream: the same values,
-    and only the merge's float64 arithmetic between the moments."""
+def test_a_pass_of_some_layers_equals_those_layers_of_a_pass_of_all(subject, windows, summary, request, monkeypatch):
+    """Passes split a model's layers: a layer's state is the same whichever layers share its pass (on the CPU's
+    path and the GPU's)."""
     from analysis.harvest import kernels
-    from analysis.harvest.driver import pad_batch
-    from analysis.harvest.state import RealTokens
 
-    monkeypatch.setattr(kernels, "DEVICE_PATH_ON_CPU", gpu_path)
-
-    def shard_state(ws):
-        st = LayerState.empty(1, subject.info.d_mlp, 16, CFG.top_k, CFG.pool, 10, "cpu")
-        for b in range(0, len(ws), 3):
-            enc, wid = pad_batch(subject, ws[b:b + 3], 16)
-            acts = mlp_activations(subject, enc.input_ids, enc.attention_mask, [1])[1]
-            real = RealTokens.of(enc.real, torch.zeros_like(enc.input_ids), "cpu", 10)
-            st.add_batch(acts, real, wid, CFG.top_k, CFG.pool, CFG.seed)
-        return st
-
-    a, b, c = shard_state(windows[:6]), shard_state(windows[6:15]), shard_state(windows[15:])
-    left = copy.deepcopy(a).merge(copy.deepcopy(b), CFG.top_k, CFG.pool).merge(copy.deepcopy(c), CFG.top_k, CFG.pool)
-    right = copy.deepcopy(a).merge(copy.deepcopy(b).merge(copy.deepcopy(c), CFG.top_k, CFG.pool), CFG.top_k, CFG.pool)
-    stream = shard_state(windows)
-    for other in (right, stream):
-        assert left.n == other.n
-        for f in ("mean", "m2", "m3", "m4"):
-            torch.testing.assert_close(getattr(left, f), getattr(other, f), rtol=1e-5, atol=1e-6)
-        for f in ("vmin", "vmax", "n_pos", "hist"):
-            torch.testing.assert_close(getattr(left, f), getattr(other, f))
-        for key, wid in (("top_val", "top_wid"), ("pool_key", "pool_wid")):
-            assert torch.equal(torch.sort(getattr(left, wid), 0).values, torch.sort(getattr(other, wid), 0).values)
+    monkeypatch.setattr(kernels, "DEVICE_PATH_ON_CPU", request.node.callspec.params["summary"] == "gpu-path")
+    _summaries, state = summary
+    alone, _ = run_harvest(subject, windows, replace(CFG, layers=(LAYERS[-1],)), progress=False)
+    a, b = alone.layers[(MLP, LAYERS[-1])], state.layers[(MLP, LAYERS[-1])]
+    for f, v in vars(a).items():
+        assert (torch.equal(v, getattr(b, f)) if torch.is_tensor(v) else v == getattr(b, f)), f
+    assert torch.equal(alone.tok_count, state.tok_count)
 
 
 def test_state_checkpoint_round_trip(tmp_path, subject, windows):
@@ -280,33 +260,54 @@ def test_state_checkpoint_round_trip(tmp_path, subject, windows):
     path = tmp_path / "ck.pt"
     save_checkpoint(state, path, "run1")
     back = load_checkpoint(path, "run1", CFG, "cpu")
-    assert back is not None and back.shards_done == state.shards_done
+    assert back is not None and back.windows_done == state.windows_done == 6
     assert torch.equal(back.layers[(MLP, 2)].top_acts, state.layers[(MLP, 2)].top_acts)
     assert load_checkpoint(path, "other-run", CFG, "cpu") is None
 
 
-def test_checkpoints_take_at_most_a_share_of_the_time(tmp_path, subject, windows, monkeypatch):
-    """A save that takes long against its shards (a GPU's seconds-long shards) is not repeated after every shard:
-    after one, the next waits until CHECKPOINT_SHARE times its duration has passed. Fast saves: every shard."""
+def test_checkpoints_take_at_most_a_share_of_the_time_and_resume_bit_identically(tmp_path, subject, windows,
+                                                                                  monkeypatch):
+    """With checkpoint_seconds 0 a pass saves after every batch (but the last); a save that takes long against its
+    batches (a GPU's) is not repeated before CHECKPOINT_SHARE times its duration. A pass resumed from a save folds
+    the same batches in the same order: its state equals the uninterrupted one's, bit for bit."""
     import time
 
     from analysis.harvest import driver
 
     saved, real_save = [], driver.save_checkpoint
+    cfg = replace(CFG, checkpoint_seconds=0.0)
 
     def timed_save(state, path, run_id):
         if delay:
             real_save(state, path, run_id)
             time.sleep(delay)
-        saved.append(state.shards_done)
+        saved.append(state.windows_done)
 
     monkeypatch.setattr(driver, "save_checkpoint", timed_save)
     delay = 0.0  # a save that takes no time
-    run_harvest(subject, windows, CFG, checkpoint=tmp_path / "a.pt", run_id="a", progress=False)
-    assert saved == [1, 2, 3, 4, 5]  # 23 windows in shards of 4: a save after each shard but the last
+    (tmp_path / "a").mkdir()
+    whole, _ = run_harvest(subject, windows, cfg, checkpoint=tmp_path / "a", run_id="a", progress=False)
+    assert saved[:-1] == list(range(3, len(windows), 3)) and saved[-1] == len(windows)  # and the whole pass
     saved.clear()
-    delay = 5.0  # the shards take milliseconds: after the first save, none is due before the end
-    state, _ = run_harvest(subject, windows, CFG, checkpoint=tmp_path / "b.pt", run_id="b", progress=False)
-    assert saved == [1] and state.shards_done == 6
-    back = driver.load_checkpoint(tmp_path / "b.pt", "b", CFG, "cpu")
-    assert back.shards_done == 1  # a rerun resumes from the one save
+    delay = 2.0  # the batches take milliseconds: after the first save, none is due before the end
+    (tmp_path / "b").mkdir()
+    run_harvest(subject, windows, cfg, checkpoint=tmp_path / "b", run_id="b", progress=False)
+    assert saved == [3, len(windows)]
+    (tmp_path / "c").mkdir()  # a pass killed after its first save
+    calls = []
+
+    def first_only(state, path, run_id):
+        if not calls:
+            real_save(state, path, run_id)
+        calls.append(state.windows_done)
+
+    monkeypatch.setattr(driver, "save_checkpoint", first_only)
+    run_harvest(subject, windows, cfg, checkpoint=tmp_path / "c", run_id="c", progress=False)
+    monkeypatch.setattr(driver, "save_checkpoint", real_save)
+    ckpt = next((tmp_path / "c").glob("*.pt"))
+    assert driver.load_checkpoint(ckpt, ckpt.stem, cfg, "cpu").windows_done == 3
+    resumed, _ = run_harvest(subject, windows, cfg, checkpoint=tmp_path / "c", run_id="c", progress=False)
+    for key, st in whole.layers.items():  # resumed after window 3
+        for f, v in vars(st).items():
+            other = getattr(resumed.layers[key], f)
+            assert torch.equal(v, other) if torch.is_tensor(v) else v == other, (key, f)

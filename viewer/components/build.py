@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from analysis.jobs.build.plan import fmt_seconds
+from analysis.progress import fmt_seconds
 from analysis.jobs.build.status import read_status
 
 LENS_NAMES = {"harvest": "harvest", "baselines": "token-lookup baselines", "topics": "topics", "n2g": "graphs",

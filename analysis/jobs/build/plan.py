@@ -11,6 +11,7 @@ from pathlib import Path
 from analysis.api import ApiConfig
 from analysis.config import DEFAULT_CORPUS, DEFAULT_MODEL, HarvestConfig
 from analysis.n2g.config import N2GConfig
+from analysis.progress import fmt_bytes, fmt_seconds
 from analysis.types import UserError
 
 LENSES = ("harvest", "baselines", "topics", "n2g", "effects", "explain", "score")
@@ -74,6 +75,9 @@ class BuildJob:
     """Harvest a seeded subset of the corpus up to this many tokens (None: all of it)."""
     top_k: int = HarvestConfig.top_k
     """Top-activating windows the harvest keeps per unit (past the first 20: Neuron2Graph's extra train records)."""
+    max_memory: str | None = None
+    """Memory the harvest may use, e.g. 12G (on --device cuda: of the GPU): its layers are split into passes that
+    fit it (None: this process now plus 80% of the memory available now)."""
     n2g_extra_records: int = N2GConfig.extra_records
     """Neuron2Graph's ``N2GConfig.extra_records`` (up to that many of the top records past the first 20)."""
     executor: str = "local"
@@ -225,14 +229,6 @@ def _once(db: Path, lenses: tuple[str, ...]) -> dict[str, float]:
     from analysis.topics.types import NpmiConfig
 
     return {} if stats_path(NpmiConfig(), stats_folder(db)).exists() else {"topics": PROJECT_VM_ONCE["topics"]}
-
-
-def fmt_seconds(s: float) -> str:
-    return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.0f} min" if s >= 90 else f"{s:.0f} s"
-
-
-def fmt_bytes(b: float) -> str:
-    return f"{b / 1e9:.1f} GB" if b >= 1e9 else f"{b / 1e6:.0f} MB" if b >= 1e6 else f"{b / 1e3:.0f} kB"
 
 
 def db_bytes(db: Path) -> int:

@@ -22,7 +22,8 @@ def _harvest_job(job: BuildJob, layers: str):
     from analysis.jobs.harvest import HarvestJob
 
     return HarvestJob(model=job.model, corpus=job.corpus, layers=layers, max_tokens=job.max_tokens,
-                      device=job.device, skip_if_cached=True, config=HarvestConfig(top_k=job.top_k))
+                      device=job.device, skip_if_cached=True, max_memory=job.max_memory,
+                      config=HarvestConfig(top_k=job.top_k))
 
 
 def _subject_shape(job: BuildJob, db: Path):

@@ -1,0 +1,133 @@
+"""The Scores page's view of a model's explanation scores and baselines, aggregated in the database: what a box
+plot per layer draws (quartiles, fences, the scores beyond them) and the per-unit summary, never every unit's
+score once there are many."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from analysis.types import UnitId
+from cache.db import Repo
+
+POINTS = 3000
+"""A kind with at most this many scores gets every one (its boxes draw every point); more: boxes only."""
+
+
+@dataclass(frozen=True)
+class UnitScore:
+    """A unit's score by one explainer and simulator (its best, in ``ScoreOverview.best``)."""
+
+    unit: UnitId
+    explainer: str
+    simulator: str
+    scoring_set: str
+    score: float
+
+
+@dataclass(frozen=True)
+class ScoreBox:
+    """The scores of one kind at one layer as a box."""
+
+    layer: int
+    n: int
+    q1: float
+    median: float
+    q3: float
+    """Quartiles, linearly interpolated (DuckDB's ``quantile_cont``)."""
+    lowerfence: float
+    upperfence: float
+    """The lowest and highest scores within 1.5 interquartile ranges of the box (the whiskers' ends)."""
+    outliers: list[tuple[UnitId, float]]
+    """The scores beyond the fences, lowest first, with their units."""
+
+
+@dataclass(frozen=True)
+class ScoreTrace:
+    """The scores of one kind: an explainer and a simulator, or a baseline predictor."""
+
+    kind: tuple[str, str]
+    """(explainer, simulator), or ('baseline', predictor)."""
+    n: int
+    points: list[tuple[UnitId, float]] | None
+    """Every score with its unit when there are at most ``points`` of them (by layer, unit), else None."""
+    boxes: list[ScoreBox]
+    """One per layer when ``points`` is None (by layer), else empty."""
+
+
+@dataclass(frozen=True)
+class ScoreOverview:
+    explained: list[ScoreTrace]
+    """Successful scored simulations of text explanations, by kind."""
+    baselines: list[ScoreTrace]
+    n_units: int
+    """Units with an explanation score."""
+    both: int
+    """Of those, units with a token-lookup baseline too."""
+    beats: int
+    """Of those, units whose best explanation score is above their token-lookup baseline."""
+    best: list[UnitScore]
+    """The best-explained units (their best score each), best first."""
+
+
+_RUNS = "JOIN runs r USING (run_id) WHERE r.model_id = $model AND r.status = 'done'"
+_SCORED = ("SELECT e.source, e.layer, e.unit, e.explainer AS a, s.simulator AS b, s.score FROM simulations s "
+           f"JOIN explanations e USING (explanation_id) {_RUNS} AND s.error IS NULL AND s.score IS NOT NULL "
+           "AND s.scoring_set = $set AND e.source = $source")
+_BASE = (f"SELECT x.source, x.layer, x.unit, 'baseline' AS a, x.predictor AS b, x.score FROM baselines x {_RUNS} "
+         "AND x.error IS NULL AND x.score IS NOT NULL AND x.scoring_set = $set AND x.source = $source")
+
+
+class ScoreRepo(Repo):
+    def kinds(self, model_id: str) -> tuple[list[str], list[str]]:
+        """(scoring sets, unit sources) that a model's successful simulations and baselines (of finished runs)
+        have, sorted."""
+        rows = self._q(
+            "SELECT s.scoring_set, e.source FROM simulations s JOIN explanations e USING (explanation_id) "
+            f"{_RUNS} AND s.error IS NULL UNION SELECT x.scoring_set, x.source FROM baselines x {_RUNS} AND "
+            "x.error IS NULL AND x.score IS NOT NULL", {"model": model_id}).fetchall()
+        return sorted({r[0] for r in rows}), sorted({r[1] for r in rows})
+
+    def overview(self, model_id: str, scoring_set: str, source: str, points: int = POINTS) -> ScoreOverview:
+        """A model's explanation scores and baselines on one record set, of one source's units."""
+        args = {"model": model_id, "set": scoring_set, "source": source}
+        summary = self._q(
+            f"WITH x AS MATERIALIZED ({_SCORED}), "
+            f"base AS (SELECT source, layer, unit, max(score) AS score FROM ({_BASE}) WHERE b = 'token-lookup' "
+            "GROUP BY ALL), "
+            "best AS (SELECT source, layer, unit, arg_max({'a': a, 'b': b}, score) AS ab, max(score) AS score FROM x "
+            "GROUP BY ALL) "
+            "SELECT count(*), count(base.score), count(*) FILTER (best.score > base.score), "
+            "(SELECT list({'source': source, 'layer': layer, 'unit': unit, 'a': ab.a, 'b': ab.b, 'score': score} "
+            "ORDER BY score DESC, source, layer, unit)[:10] FROM best) "
+            "FROM best LEFT JOIN base USING (source, layer, unit)", args).fetchone()
+        best = [UnitScore(UnitId(r["source"], r["layer"], r["unit"]), r["a"], r["b"], scoring_set, r["score"])
+                for r in summary[3] or []]
+        return ScoreOverview(self._traces(_SCORED, args, points), self._traces(_BASE, args, points), *summary[:3],
+                             best)
+
+    def _traces(self, select: str, args: dict, points: int) -> list[ScoreTrace]:
+        counts = self._q(f"SELECT a, b, count(*) FROM ({select}) GROUP BY a, b ORDER BY a, b", args).fetchall()
+        few = [[a, b] for a, b, n in counts if n <= points]
+        many = [[a, b] for a, b, n in counts if n > points]
+        every: dict[tuple, list] = {}
+        if few:
+            for a, b, src, layer, unit, score in self._q(
+                    f"SELECT a, b, source, layer, unit, score FROM ({select}) WHERE [a, b] IN "
+                    "(SELECT unnest($kinds::VARCHAR[][])) ORDER BY a, b, layer, unit",
+                    {**args, "kinds": few}).fetchall():
+                every.setdefault((a, b), []).append((UnitId(src, layer, unit), score))
+        boxes: dict[tuple, list] = {}
+        if many:
+            for a, b, layer, n, q, lo, hi, out in self._q(
+                    f"WITH x AS MATERIALIZED (SELECT * FROM ({select}) WHERE [a, b] IN "
+                    "(SELECT unnest($kinds::VARCHAR[][]))), "
+                    "q AS (SELECT a, b, layer, count(*) AS n, quantile_cont(score, [0.25, 0.5, 0.75]) AS q FROM x "
+                    "GROUP BY a, b, layer), "
+                    "w AS (SELECT *, q[1] - 1.5 * (q[3] - q[1]) AS lo, q[3] + 1.5 * (q[3] - q[1]) AS hi FROM q) "
+                    "SELECT a, b, layer, any_value(n), any_value(q), min(score) FILTER (score >= lo), "
+                    "max(score) FILTER (score <= hi), list({'source': source, 'unit': unit, 'score': score} "
+                    "ORDER BY score, source, unit) FILTER (score < lo OR score > hi) FROM x JOIN w USING (a, b, layer) "
+                    "GROUP BY a, b, layer ORDER BY a, b, layer", {**args, "kinds": many}).fetchall():
+                outliers = [(UnitId(o["source"], layer, o["unit"]), o["score"]) for o in out or []]
+                boxes.setdefault((a, b), []).append(ScoreBox(layer, n, *q, lo, hi, outliers))
+        return [ScoreTrace((a, b), n, every.get((a, b)), boxes.get((a, b), [])) for a, b, n in counts]
