@@ -123,8 +123,8 @@ def explanations_tab(s, model, rec) -> None:
 def token_search(s, model) -> None:
     """viewer/views/search.py token_search, rank by z (its default)."""
     runs = s.runs.finished(model.model_id, source=None)
-    for hit in s.catalog.token_ids(model.tokenizer_id, TOKEN):
-        assert [row for run in runs for row in s.records.units_for_token(run.run_id, hit.token_id, limit=15, rank="z")]
+    assert [row for hit in s.catalog.token_ids(model.tokenizer_id, TOKEN) for run in runs
+            for row in s.records.units_for_token(run.run_id, hit.token_id, limit=15, rank="z")]
 
 
 def stats_search(s, model, layer: int) -> None:
@@ -149,9 +149,11 @@ def meaning_search(s, model) -> None:
 
 
 def scores_page(s, model) -> None:
-    """viewer/views/scores.py render()'s read."""
-    runs = s.runs.finished(model.model_id, source=None)
-    assert s.explanations.score_overview([r.run_id for r in runs], SCORING_SET, MLP)
+    """viewer/views/scores.py render()'s reads: the model, its record sets and sources, then the overview."""
+    s.catalog.models()
+    model_id = s.catalog.model(model.name).model_id
+    assert SCORING_SET in s.scores.kinds(model_id)[0]
+    assert s.scores.overview(model_id, SCORING_SET, MLP).n_units
 
 
 def timings(path: Path, repeat: int, n_units: int) -> dict[str, float]:

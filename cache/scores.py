@@ -91,11 +91,11 @@ class ScoreRepo(Repo):
         """A model's explanation scores and baselines on one record set, of one source's units."""
         args = {"model": model_id, "set": scoring_set, "source": source}
         summary = self._q(
-            f"WITH x AS MATERIALIZED ({_SCORED}), "
+            f"WITH x AS ({_SCORED}), "
             f"base AS (SELECT source, layer, unit, max(score) AS score FROM ({_BASE}) WHERE b = 'token-lookup' "
             "GROUP BY ALL), "
-            "best AS (SELECT source, layer, unit, arg_max({'a': a, 'b': b}, score) AS ab, max(score) AS score FROM x "
-            "GROUP BY ALL) "
+            "best AS MATERIALIZED (SELECT source, layer, unit, arg_max({'a': a, 'b': b}, score) AS ab, "
+            "max(score) AS score FROM x GROUP BY ALL) "
             "SELECT count(*), count(base.score), count(*) FILTER (best.score > base.score), "
             "(SELECT list({'source': source, 'layer': layer, 'unit': unit, 'a': ab.a, 'b': ab.b, 'score': score} "
             "ORDER BY score DESC, source, layer, unit)[:10] FROM best) "

@@ -44,13 +44,13 @@ def tiny_tokenizer(bos: bool = False, vocab_size: int = 300):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
 
-def tiny_config(kind: str, vocab_size: int, n_layers: int = 3):
+def tiny_config(kind: str, vocab_size: int, n_layers: int = 3, d_mlp: int = 48):
     from transformers import Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig
 
     if kind == "gpt2":
         return GPT2Config(vocab_size=vocab_size, n_positions=128, n_embd=32, n_layer=n_layers, n_head=4)
     if kind == "llama":
-        return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=n_layers,
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=d_mlp, num_hidden_layers=n_layers,
                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
     if kind == "gemma":
         return Gemma3TextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=n_layers,
@@ -63,13 +63,13 @@ def tiny_config(kind: str, vocab_size: int, n_layers: int = 3):
 
 
 def tiny_model_folder(folder: Path, kind: str, bos: bool = False, n_layers: int = 3, seed: int = 0,
-                      vocab_size: int = 300) -> Path:
-    """Save a tiny random-weight model of ``kind`` with the tiny tokenizer into ``folder``."""
+                      vocab_size: int = 300, d_mlp: int = 48) -> Path:
+    """Save a tiny random-weight model of ``kind`` with the tiny tokenizer into ``folder`` (``d_mlp``: llama only)."""
     from transformers import AutoModelForCausalLM
 
     tokenizer = tiny_tokenizer(bos=bos, vocab_size=vocab_size)
     torch.manual_seed(seed)
-    config = tiny_config(kind, vocab_size=len(tokenizer), n_layers=n_layers)
+    config = tiny_config(kind, vocab_size=len(tokenizer), n_layers=n_layers, d_mlp=d_mlp)
     config.attn_implementation = "sdpa"
     model = AutoModelForCausalLM.from_config(config)
     # random init is small; widen it so activations have a real spread

@@ -82,6 +82,8 @@ class PassTask:
     to_cpu: bool = False
     on_tokens: object = None
     """Called with each batch's real token count (in-process progress; never pickled)."""
+    resumed: int = 0
+    """Windows the last pass found in its checkpoint (in this process)."""
 
     def __getstate__(self):
         return {**vars(self), "on_tokens": None}
@@ -98,6 +100,7 @@ class PassTask:
         sites = sorted({(r.layer, r.site) for r in readers})
         path, ckpt_id = self.checkpoint_of(slots)
         state = load_checkpoint(path, ckpt_id, config, device)
+        self.resumed = 0 if state is None else state.windows_done
         if state is None:
             state = HarvestState.empty(config, dict(slots), self.table_rows, device, self.salts)
         elif self.on_tokens is not None:

@@ -195,7 +195,7 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
     run_of = {p[0]: p[2] for p in todo}
     what = ", ".join(f"{p[0]} L{fmt_layers(p[1])}" for p in todo)
     progress.note(f"harvest {info.name}: {what}; {len(windows):,} windows / {n_tokens:,} tokens of "
-                  f"{corpus.info.corpus_id}" + (f" ({len(written)} layers already written: resuming)" if written else
+                  f"{corpus.info.corpus_id}" + (f" ({len(written)} layer{'s' if len(written) != 1 else ''} already written: resuming)" if written else
                                                 " (resuming)" if any(ckpt_dir.glob(f"{ckpt_id}.*.pt")) else ""))
     t1 = time.time()
     task = PassTask(ModelHandle(info.name, info.model_id, job.device, loaded=subject if executor is None else None),

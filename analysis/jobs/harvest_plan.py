@@ -150,4 +150,7 @@ def run_passes(task, plan: HarvestPlan, slot_units: dict, executor, progress: Pr
         finally:
             bar.close()
         done += 1
+        if task.resumed:
+            progress.note(f"pass {done}: resumed from its checkpoint after {task.resumed:,} of {len(task.windows):,} "
+                          "windows")
         yield p, state
