@@ -328,12 +328,15 @@ class ExplanationRepo(Repo):
         ``not_unit``."""
         dim = len(vector)
         skip = not_unit or UnitId("", -1, -1)
+        # similarity from the vectors alone, then each unit's nearest: the texts are read for the hits only
         rows = self._q(
-            f"WITH hits AS (SELECT e.explanation_id, e.source, e.layer, e.unit, e.explainer, e.text, "
-            f"array_cosine_similarity(v.vector::FLOAT[{dim}], ?::FLOAT[{dim}]) AS sim FROM explanations e "
-            f"JOIN runs r USING (run_id) JOIN explanation_vectors v USING (explanation_id) WHERE v.encoder = ? AND "
-            f"r.model_id = ? AND e.explainer <> 'n2g' AND NOT (e.source = ? AND e.layer = ? AND e.unit = ?)) "
-            f"SELECT * EXCLUDE (r) FROM (SELECT *, row_number() OVER (PARTITION BY source, layer, unit ORDER BY sim "
-            f"DESC) AS r FROM hits) WHERE r = 1 ORDER BY sim DESC LIMIT ?",
+            f"WITH v AS (SELECT explanation_id, array_cosine_similarity(vector::FLOAT[{dim}], ?::FLOAT[{dim}]) AS sim "
+            "FROM explanation_vectors WHERE encoder = ?), "
+            "hits AS (SELECT arg_max(e.explanation_id, v.sim) AS explanation_id, max(v.sim) AS sim FROM v "
+            "JOIN explanations e USING (explanation_id) JOIN runs r USING (run_id) WHERE r.model_id = ? AND "
+            "e.explainer <> 'n2g' AND NOT (e.source = ? AND e.layer = ? AND e.unit = ?) "
+            "GROUP BY e.source, e.layer, e.unit ORDER BY sim DESC LIMIT ?) "
+            "SELECT e.explanation_id, e.source, e.layer, e.unit, e.explainer, e.text, h.sim FROM hits h "
+            "JOIN explanations e USING (explanation_id) ORDER BY h.sim DESC",
             [vector, encoder, model_id, skip.source, skip.layer, skip.index, limit]).fetchall()
         return [ExplanationHit(r[0], UnitId(r[1], r[2], r[3]), r[4], r[5], float(r[6])) for r in rows]

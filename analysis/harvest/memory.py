@@ -23,9 +23,11 @@ from analysis.histogram import HIST_BINS
 from analysis.progress import fmt_bytes
 from analysis.types import UserError
 
-FOLD_TRANSIENT = 12
-"""Bytes per (unit, batch token) a slot's fold allocates while it runs (a masked float32 copy, the real tokens'
-float32 rows, the float16 copy; one slot at a time) and the forward's own tensors at that layer."""
+FOLD_TRANSIENT = 28
+"""Bytes per (unit, batch token) of one slot's transients: its fold's copies (a masked float32 copy, the real
+tokens' float32 rows, a float16 copy: 10-12) and the forward's own tensors at its layer (the MLP's gate, up and
+their product: 12-16). Calibrated on the wide model (32 x 16,384 neurons): 12 left the estimate 0.5 GB under its
+15.4 GB peak."""
 WRITE_TRANSIENT = 2.0
 """A slot's write allocates this many times its records' bytes (sorted copies of the top list and the pool,
 the records to insert, DuckDB's buffers) plus ``2 x`` its token sums (the means and their ranking)."""

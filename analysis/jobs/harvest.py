@@ -202,8 +202,10 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
                     cfg, windows, readers, row_of, len(table_ids), salts_of(readers), job.device, ckpt_dir, ckpt_id,
                     to_cpu=executor is not None)
     lengths = RecordRepo.lengths_of({w.window_id: len(w.token_ids) for w in windows})
+    writing = 0.0
     try:
         for p, state in run_passes(task, plan, slots, executor, progress, info.name):
+            w0 = time.time()
             with open_store(db) as store:
                 for key in p.slots:
                     if key not in written:  # each slot written, then freed: one slot's rows at a time
@@ -212,6 +214,7 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
                         store.records.put_layer(run_of[key[0]], key[0], summary, lengths)
                         del summary
             state = None
+            writing += time.time() - w0
             path, _id = task.checkpoint_of(p.slots)
             for f in (path, path.with_name(path.name.replace(".pt", ".slots.json"))):
                 f.unlink(missing_ok=True)
@@ -228,7 +231,9 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
     if not any(ckpt_dir.iterdir()):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     n_units = sum(slots.values())
+    harvesting = t2 - t1 - writing
     progress.note(f"done: {n_tokens:,} tokens x {n_units:,} units in {t2 - t0:.0f} s (load {t1 - t0:.0f} s, harvest "
-                  f"and write {t2 - t1:.0f} s in {len(plan.passes)} pass{'es' if len(plan.passes) > 1 else ''}; "
-                  f"peak memory {fmt_bytes(peak_rss())}) -> {db}")
+                  f"{harvesting:.0f} s = {n_tokens * len(plan.passes) / max(harvesting, 1e-9):.0f} tok/s in "
+                  f"{len(plan.passes)} pass{'es' if len(plan.passes) > 1 else ''}, write {writing:.0f} s; peak memory "
+                  f"{fmt_bytes(peak_rss())}) -> {db}")
     return HarvestSummary(planned[0][2], "done", sorted({l for p in planned for l in p[1]}), n_tokens, t2 - t0, runs)

@@ -13,11 +13,6 @@ from analysis.jobs.specs import fmt_layers
 from analysis.progress import Progress, fmt_bytes, fmt_seconds
 from analysis.types import UserError
 
-SMOLLM2_UNITS = 30 * 1536
-"""The neurons the project's measured harvest rates cover (``PROJECT_VM`` / ``PROJECT_GPU``: per corpus token
-through all of SmolLM2's layers); a plan scales them by its units."""
-
-
 def disk_per_unit(cfg) -> float:
     """Database bytes per harvested unit: its records (top, random and quantile windows, float16 at seq_len) with
     their sample rows, and its statistics. An upper bound: records shared by samples are stored once (the demo
@@ -31,7 +26,7 @@ def plan_harvest(job, cfg, slots: dict, table_rows: int, n_tokens: int, workers:
     were: their checkpoints are found), with the estimates; refuses (UserError) when one slot cannot fit or the
     disk cannot hold the result. ``workers`` > 1 (a Ray cluster): every worker runs a pass at once, each in
     ``budget / workers``, and there are at least as many passes as workers."""
-    from analysis.jobs.build.plan import PROJECT_GPU, PROJECT_VM
+    from analysis.jobs.build.plan import PROJECT_GPU, PROJECT_VM, SMOLLM2_NEURONS
 
     base, budget, basis = budget_of(job.max_memory, job.device)
     notes = []
@@ -52,7 +47,7 @@ def plan_harvest(job, cfg, slots: dict, table_rows: int, n_tokens: int, workers:
         passes += split_passes(rest, u, base, budget, at_least=max(1, workers - len(passes)) if workers > 1 else 1)
     units = sum(pending.values())
     gpu = str(job.device).startswith("cuda")
-    per_token = (PROJECT_GPU if gpu else PROJECT_VM)["harvest"] / SMOLLM2_UNITS
+    per_token = (PROJECT_GPU if gpu else PROJECT_VM)["harvest"] / SMOLLM2_NEURONS
     seconds = n_tokens * units * per_token / max(1, min(workers, len(passes)))
     disk = units * disk_per_unit(cfg) + max((p.units for p in passes), default=0) * u.state
     free = shutil.disk_usage(_existing(Path(db).parent)).free
@@ -69,6 +64,25 @@ def _existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+def memory_line(job, info, layers: list[int], workers: int = 1) -> str:
+    """The build plan's line on the harvest's memory, from the model's shape (a token table of its full size: the
+    harvest's own plan, printed when it starts, knows the corpus's)."""
+    from analysis.types import MLP
+
+    cfg = job.config
+    base, budget, basis = budget_of(job.max_memory, job.device)
+    if workers > 1:
+        budget = base + (budget - base) / workers
+    u = UnitBytes.of(cfg, cfg.token_table, cfg.batch_for(job.device))
+    try:
+        passes = split_passes({(MLP, layer): info.d_mlp for layer in layers}, u, base, budget)
+    except UserError as exc:
+        return f"  harvest memory: refused: {exc}"
+    return (f"  harvest memory ≈ {fmt_bytes(max(p.peak for p in passes))} at most in {len(passes)} pass"
+            f"{'es' if len(passes) != 1 else ''} of layers ({fmt_bytes(u.state)} per unit; budget "
+            f"{fmt_bytes(budget)}: {basis})")
 
 
 def describe_plan(plan: HarvestPlan) -> str:

@@ -74,7 +74,7 @@ def test_sites_equal_the_plain_forward(tiny_folders, kind):
 # ---- harvested features against recomputed ones -----------------------------------------------------------
 
 HCFG = HarvestConfig(layers=(1,), seq_len=16, top_k=4, random_k=3, quantile_bins=2, per_bin=2, pool=6,
-                     batch_size=4, shard_windows=8, token_table=30, min_token_count=2, seed=3)
+                     batch_size=4, token_table=30, min_token_count=2, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,8 @@ PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.020, "topics": 0.11, "n2g": 1.8
 through all 30 layers; baselines = token-lookup explanation + baseline score; n2g at depth with augmentation (its
 10 extra train records cost no probes); effects over 20 records; topics all five modes in a worker process per
 core; explain / score with the local backends (score with calibration)."""
+SMOLLM2_NEURONS = 30 * 1536
+"""The neurons whose harvest the project's rates measure: another model's harvest is scaled by its units."""
 PROJECT_GPU = {"harvest": 1 / 18_574, "n2g": 0.11}
 """Seconds per unit on one NVIDIA H200 (``--device cuda``), fp32, SmolLM2-135M's shapes with random weights
 (bench/RESULTS.md "GPU (one H200)"): the harvest at batch 32, the DuckDB write included; n2g at layers 15 and 29. The other
@@ -184,9 +186,12 @@ def plan(job: BuildJob, n_layers: int, units_per_layer: dict[str, int], n_tokens
     def cost(lens: str, ls: list[int]) -> Stage:
         per = 0.0 if lens in done else costs.get(lens, reference[lens])
         size = 0.0 if lens in done else disk.get(lens, PROJECT_DISK[lens]) * units_per_layer[lens] * len(ls)
-        if lens == "harvest":  # one pass of the corpus, as deep as the deepest layer
+        if lens == "harvest":  # the corpus through the model, as deep as the deepest layer
             units = n_tokens
-            seconds = per * n_tokens * (max(ls) + 1) / n_layers if ls else 0.0
+            if lens in costs:  # this model's own measured rate (all its layers)
+                seconds = per * n_tokens * (max(ls) + 1) / n_layers if ls else 0.0
+            else:  # the project's SmolLM2 rate, per unit harvested: a harvest's cost is its units' state
+                seconds = per * n_tokens * units_per_layer[lens] * len(ls) / SMOLLM2_NEURONS
         else:
             units = units_per_layer[lens] * len(ls)
             seconds = per * units + (once.get(lens, 0.0) if ls and lens not in done else 0.0)

@@ -54,7 +54,7 @@ def _subject_shape(job: BuildJob, db: Path):
 def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSummary:
     """Plan, then run every stage (resumable: each stage's job skips what is done). While it runs, the build's
     status is in ``<db>.build.json`` (``read_status``: the viewer's Cache page shows it)."""
-    from analysis.jobs.specs import fmt_layers, parse_units
+    from analysis.jobs.specs import fmt_layers, parse_layers, parse_units
 
     budget_s = parse_budget(job.budget)
     check_device(job.device)
@@ -71,6 +71,11 @@ def build(job: BuildJob, db: Path, progress: Progress = Progress()) -> BuildSumm
                            measured_costs(db, f"{info.model_id}|disk"), _once(db, job.lenses))
     for line in plan_lines(stages, dropped, budget_s):
         progress.note(line)
+    if not harvested and "harvest" in job.lenses:
+        from analysis.jobs.harvest_plan import memory_line
+
+        progress.note(memory_line(_harvest_job(job, job.layers), info, parse_layers(job.layers, info.n_layers),
+                                  config.cpus or 1 if config.kind == "ray" else 1))
     if job.plan_only:
         return BuildSummary(stages, dropped)
     spent: dict[str, float] = {}
