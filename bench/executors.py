@@ -1,12 +1,12 @@
 """The Ray executor's overhead: the same work on the local executor and on a local Ray cluster, in one run.
 
     python -m bench.executors [--db data/demo.duckdb] [--layer 15] [--tokens 16384] [--neurons 0-31] [--cpus 2]
-                                [--shard-windows 64] [--work harvest,baselines,n2g]
+                                [--harvest-layers 14,15] [--work harvest,baselines,n2g]
 
 Needs Ray (``pip install -r requirements-ray.txt``). Work, each timed on both executors (one executor for all
 three, as a build holds one; the Ray cluster's start is timed apart):
-  1. harvest: layer ``--layer`` over ``--tokens`` seeded tokens of the embedded corpus into a new database, in
-     shards of ``--shard-windows`` windows (Ray runs a shard per task: with one shard it has nothing to spread);
+  1. harvest: ``--harvest-layers`` over ``--tokens`` seeded tokens of the embedded corpus into a new database (Ray
+     runs a pass of layers per worker: at least as many passes as workers, each with its share of the memory);
   2. baselines: token-lookup explanation + baseline score of every neuron of the layer, on a copy of ``--db``
      (force: recomputed even where the copy has them);
   3. n2g: Neuron2Graph graphs of ``--neurons`` of the layer, on the same copy (force).
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis.config import HarvestConfig, default_db
+from analysis.config import default_db
 from analysis.executor import ExecutorConfig, make_executor
 from analysis.jobs.explain import ExplainJob, explain
 from analysis.jobs.harvest import HarvestJob, harvest
@@ -38,8 +38,7 @@ QUIET = Progress(enabled=False)
 def stages(db: Path, fresh: Path, args) -> dict:
     layer = args.layer
     return {
-        "harvest": lambda ex: harvest(HarvestJob(layers=str(layer), max_tokens=args.tokens, config=HarvestConfig(
-            shard_windows=args.shard_windows)), fresh, QUIET, ex),
+        "harvest": lambda ex: harvest(HarvestJob(layers=args.harvest_layers, max_tokens=args.tokens), fresh, QUIET, ex),
         "baselines": lambda ex: (explain(ExplainJob(layer=layer, neurons="all", explainer="token-lookup", force=True),
                                          db, QUIET, ex),
                                  score(ScoreJob(layer=layer, neurons="all", simulator="token-lookup", force=True),
@@ -55,7 +54,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--neurons", default="0-31")
     ap.add_argument("--cpus", type=int, default=2)
-    ap.add_argument("--shard-windows", type=int, default=64)
+    ap.add_argument("--harvest-layers", default="14,15")
     ap.add_argument("--work", default="harvest,baselines,n2g")
     args = ap.parse_args()
     seconds: dict[str, dict[str, float]] = {}
@@ -76,7 +75,7 @@ def main() -> None:
                     print(f"{kind} {name}: {seconds[name][kind]:.1f} s", file=sys.stderr)
             finally:
                 ex.close()
-    print(f"\nlayer {args.layer}; harvest {args.tokens:,} tokens in shards of {args.shard_windows} windows; "
+    print(f"\nlayer {args.layer}; harvest {args.tokens:,} tokens of layers {args.harvest_layers}; "
           f"n2g neurons {args.neurons}; "
           f"ray: {args.cpus} one-thread workers\n")
     print("| work | local (s) | ray (s) | ray / local |\n|---|---|---|---|")

@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -134,13 +134,15 @@ def stats_search(s, model, layer: int) -> None:
     assert s.records.units_by(run.run_id, layer, "max", limit=25, source=MLP)
 
 
-def keyword_search(s, model) -> None:
+def keyword_search(s, model, keywords) -> None:
+    """viewer/views/search.py explanation_search by keyword, with the index the viewer keeps per file version."""
     from analysis.jobs.embed import search_explanations
 
-    assert search_explanations(s, model.name, KEYWORDS, "keyword", limit=20)
+    assert search_explanations(s, model.name, KEYWORDS, "keyword", limit=20, keywords=keywords)
 
 
 def meaning_search(s, model) -> None:
+    """viewer/views/search.py explanation_search by meaning: the count of explanations without a vector, the search."""
     from analysis.jobs.embed import search_explanations
     from analysis.search import ENCODER
 
@@ -156,29 +158,52 @@ def scores_page(s, model) -> None:
     assert s.scores.overview(model_id, SCORING_SET, MLP).n_units
 
 
-def timings(path: Path, repeat: int, n_units: int) -> dict[str, float]:
+PAGES = [  # (what, the call on (store, context), whether a page draw: the 1.5x target)
+    ("unit page (record, glance, lists)", lambda s, c: [unit_page(s, c.model, u) for u in c.units], True),
+    ("unit page, explanations tab", lambda s, c: [explanations_tab(s, c.model, r) for r in c.recs], True),
+    (f"token search ({TOKEN!r}, by z)", lambda s, c: token_search(s, c.model), True),
+    ("statistic search (a layer by max)", lambda s, c: stats_search(s, c.model, c.layers[len(c.layers) // 2]), True),
+    ("explanation search, keyword", lambda s, c: keyword_search(s, c.model, c.keywords), True),
+    ("explanation search, meaning", lambda s, c: meaning_search(s, c.model), True),
+    ("Scores page", lambda s, c: scores_page(s, c.model), True),
+    ("keyword index (once per file version)", lambda s, c: keyword_index(s, c.model.model_id), False),
+]
+
+
+def keyword_index(s, model_id: str):
+    from analysis.jobs.embed import keyword_index as build
+
+    return build(s, model_id)
+
+
+def context(s, n_units: int) -> SimpleNamespace:
+    """The database's model, layers, seeded units (their records read once) and keyword index."""
+    model, runs, _n = harvested(s)
+    layers = sorted({l for r in runs for l in r.layers})
+    rng = random.Random(0)
+    units = [UnitId(MLP, rng.choice(layers), rng.randrange(model.d_mlp)) for _ in range(n_units)]
+    return SimpleNamespace(model=model, layers=layers, units=units, recs=[unit_page(s, model, u) for u in units],
+                           keywords=keyword_index(s, model.model_id))
+
+
+def timings(copies: dict[str, Path], repeat: int, n_units: int) -> dict[str, dict[str, float]]:
+    """Per page, per database: the best of ``repeat`` after one warm-up call, the databases taking turns (a load
+    that drifts meanwhile reaches both). A unit page's time is per unit (the mean over the seeded units)."""
     from cache.store import open_store
 
-    with open_store(path, read_only=True) as s:
-        model, runs, _n = harvested(s)
-        layers = sorted({l for r in runs for l in r.layers})
-        rng = random.Random(0)
-        units = [UnitId(MLP, rng.choice(layers), rng.randrange(model.d_mlp)) for _ in range(n_units)]
-
-        def timed(fn) -> float:
-            fn()
-            return best_of(fn, repeat)
-
-        out = {"unit page (record, glance, lists)": statistics.median(
-            timed(lambda u=u: unit_page(s, model, u)) for u in units)}
-        recs = [unit_page(s, model, u) for u in units]
-        out["unit page, explanations tab"] = statistics.median(
-            timed(lambda r=r: explanations_tab(s, model, r)) for r in recs)
-        out[f"token search ({TOKEN!r}, by z)"] = timed(lambda: token_search(s, model))
-        out["statistic search (a layer by max)"] = timed(lambda: stats_search(s, model, layers[len(layers) // 2]))
-        out["explanation search, keyword"] = timed(lambda: keyword_search(s, model))
-        out["explanation search, meaning"] = timed(lambda: meaning_search(s, model))
-        out["Scores page"] = timed(lambda: scores_page(s, model))
+    with open_store(copies["wide"], read_only=True) as w, open_store(copies["demo"], read_only=True) as d:
+        stores = {"wide": w, "demo": d}
+        ctx = {name: context(s, n_units) for name, s in stores.items()}
+        out: dict[str, dict[str, float]] = {}
+        for what, fn, _target in PAGES:
+            per = n_units if what.startswith("unit page") else 1
+            best = {}
+            for name, s in stores.items():
+                fn(s, ctx[name])
+            for _ in range(repeat):
+                for name, s in stores.items():
+                    best[name] = min(best.get(name, float("inf")), best_of(lambda: fn(s, ctx[name]), 1) / per)
+            out[what] = best
     return out
 
 
@@ -187,33 +212,37 @@ def main() -> None:
     ap.add_argument("--db", required=True, help="the large database (a 524,288-neuron harvest)")
     ap.add_argument("--demo", required=True, help="the demo harvest (46,080 neurons)")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--units", type=int, default=5, help="unit pages timed per database (median)")
+    ap.add_argument("--units", type=int, default=5, help="unit pages timed per database (the mean per unit)")
     ap.add_argument("--work", default=None, help="folder of the copies with synthetic rows (default: beside each)")
     args = ap.parse_args()
     from analysis.search import embed
     from cache.store import open_store
 
     dbs = {"wide": Path(args.db).resolve(), "demo": Path(args.demo).resolve()}
-    print("bytes per unit (the database file as built, over the units of its finished neuron runs):")
-    copies, held = {}, {}
+    print("bytes per unit: the database file over the units of its finished neuron runs")
+    copies = {}
     for name, db in dbs.items():
         with open_store(db, read_only=True) as s:
             model, runs, n = harvested(s)
-        size = db.stat().st_size
-        print(f"  {name}: {model.name}, {model.n_layers} x {model.d_mlp:,} neurons in {len(runs)} run(s): "
-              f"{size / 1e6:,.0f} MB / {n:,} units = {size / n:,.0f} B per unit")
-        copies[name], held[name] = synthetic_copy(db, Path(args.work or db.parent))
-    print("synthetic rows, written by this bench into the copies (not by a build): " + "; ".join(
-        f"{name} {', '.join(f'{v:,} {k}' for k, v in held[name].items())}" for name in dbs))
+            built = s.explanations.counts()
+        copies[name], held = synthetic_copy(db, Path(args.work or db.parent))
+        size, size_copy = db.stat().st_size, copies[name].stat().st_size
+        print(f"  {name}: {model.name}, {len({l for r in runs for l in r.layers})} x {model.d_mlp:,} neurons in "
+              f"{len(runs)} run(s): {size / 1e6:,.0f} MB / {n:,} = {size / n:,.0f} B per unit as built; "
+              f"{size_copy / n:,.0f} B with the synthetic rows")
+        print(f"    synthetic rows (this bench's, not a build's) in {copies[name].name}: " + ", ".join(
+            f"{held[k] - built[k]:,} {k}" for k in held) + f" (the build wrote {sum(built.values()):,} such rows)")
     embed([MEANING])
     t_embed = best_of(lambda: embed([MEANING]), args.repeat)
-    times = {name: timings(copies[name], args.repeat, args.units) for name in dbs}
-    print(f"what the pages run (warm, best of {args.repeat}; the unit page: median over {args.units} seeded units):")
+    times = timings(copies, args.repeat, args.units)
+    print(f"what the pages run (warm, best of {args.repeat}, the databases taking turns; a unit page: the mean over "
+          f"{args.units} seeded units):")
     print(f"  {'':42s} {'wide ms':>9s} {'demo ms':>9s} {'ratio':>7s}  target <= {TARGET}x")
-    for what in times["wide"]:
-        w, d = times["wide"][what], times["demo"][what]
-        print(f"  {what:42s} {w * 1e3:9.1f} {d * 1e3:9.1f} {w / d:7.2f}  {'met' if w / d <= TARGET else 'missed'}")
-    print(f"  (explanation search by meaning includes embedding the query: {t_embed * 1e3:.1f} ms of it)")
+    for what, _fn, target in PAGES:
+        w, d = times[what]["wide"], times[what]["demo"]
+        verdict = ("met" if w / d <= TARGET else "missed") if target else "(no target: not a page's draw)"
+        print(f"  {what:42s} {w * 1e3:9.1f} {d * 1e3:9.1f} {w / d:7.2f}  {verdict}")
+    print(f"  (a search by meaning includes embedding the query: {t_embed * 1e3:.1f} ms of it)")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,24 @@ def _unit_record(_s: Store, _run, path: str, run_id: str, unit):
     return _s.records.unit_record(_run, unit)
 
 
+def keyword_index(s: Store, model_id: str):
+    """``analysis.jobs.embed.keyword_index`` (every explanation of the model and their BM25 index), kept until the
+    file changes: building it reads and indexes every explanation (seconds for 500k), a search then costs
+    milliseconds."""
+    from analysis.jobs.embed import keyword_index as build
+
+    if s.version is None:
+        return build(s, model_id)
+    return _keyword_index(s, str(s.path), s.version, model_id)
+
+
+@st.cache_resource(max_entries=2, show_spinner="indexing the explanations…")
+def _keyword_index(_s: Store, path: str, version: tuple, model_id: str):
+    from analysis.jobs.embed import keyword_index as build
+
+    return build(_s, model_id)
+
+
 @st.cache_resource(show_spinner="loading the model (once per server)…", max_entries=2)
 def subject(name: str, device: str = "cpu", dtype: str = "float32") -> SubjectModel:
     import torch

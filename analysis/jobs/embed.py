@@ -36,15 +36,27 @@ def embed_explanations(job: EmbedJob, db: Path, progress: Progress = Progress())
     return len(todo)
 
 
-def search_explanations(store, model: str, query: str, how: str = "keyword", limit: int = 20) -> list:
+def keyword_index(store, model_id: str) -> tuple[list, object]:
+    """A model's text explanations (cache.explanations.ExplanationHit) and their BM25 index
+    (analysis.search.KeywordIndex): what a keyword search ranks. Reads every explanation: the viewer keeps it until
+    the database changes."""
+    from analysis.search import KeywordIndex
+
+    texts = store.explanations.texts(model_id)
+    return texts, KeywordIndex([t.text for t in texts])
+
+
+def search_explanations(store, model: str, query: str, how: str = "keyword", limit: int = 20,
+                        keywords: tuple[list, object] | None = None) -> list:
     """Units whose explanations match ``query`` (cache.explanations.ExplanationHit), best first, one hit per unit
     (its best-matching explanation): ``how`` 'keyword' ranks by BM25 over the words, 'meaning' by cosine
     similarity of sentence vectors (the query is embedded here; explanations without a vector are not found:
-    run ``embed``). ``store``: an open store (read-only is enough)."""
+    run ``embed``). ``store``: an open store (read-only is enough); ``keywords``: the model's ``keyword_index``
+    when the caller keeps one (else it is built here)."""
     from dataclasses import replace
 
     from analysis.jobs.reads import cached_model
-    from analysis.search import ENCODER, bm25_rank, embed
+    from analysis.search import ENCODER, embed
     from analysis.types import UserError
 
     if not query.strip():
@@ -54,10 +66,12 @@ def search_explanations(store, model: str, query: str, how: str = "keyword", lim
         return store.explanations.similar(ENCODER, embed([query])[0].tolist(), model_id, limit)
     if how != "keyword":
         raise UserError(f"unknown search {how!r}: keyword or meaning")
-    texts = store.explanations.texts(model_id)
+    texts, index = keywords if keywords is not None else keyword_index(store, model_id)
     hits, seen = [], set()
-    for r in bm25_rank([t.text for t in texts], query, k=len(texts)):
+    for r in index.rank(query):
         if texts[r.index].unit not in seen:
             seen.add(texts[r.index].unit)
             hits.append(replace(texts[r.index], match=r.score))
-    return hits[:limit]
+            if len(hits) == limit:
+                break
+    return hits

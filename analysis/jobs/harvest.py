@@ -233,7 +233,7 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
     n_units = sum(slots.values())
     harvesting = t2 - t1 - writing
     progress.note(f"done: {n_tokens:,} tokens x {n_units:,} units in {t2 - t0:.0f} s (load {t1 - t0:.0f} s, harvest "
-                  f"{harvesting:.0f} s = {n_tokens * len(plan.passes) / max(harvesting, 1e-9):.0f} tok/s in "
+                  f"{harvesting:.0f} s = {n_tokens / max(harvesting, 1e-9):.0f} tok/s in "
                   f"{len(plan.passes)} pass{'es' if len(plan.passes) > 1 else ''}, write {writing:.0f} s; peak memory "
                   f"{fmt_bytes(peak_rss())}) -> {db}")
     return HarvestSummary(planned[0][2], "done", sorted({l for p in planned for l in p[1]}), n_tokens, t2 - t0, runs)

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -134,22 +133,6 @@ def test_a_pass_out_of_memory_is_split_and_retried(wide, corpus, one_pass, tmp_p
         assert a[:3] == b[:3] and a[7:] == b[7:] and a[3:7] == pytest.approx(b[3:7], rel=1e-9, abs=1e-9)
 
 
-KILL_IN_WRITE = textwrap.dedent("""
-    import os, signal, sys
-    from cache.records import RecordRepo
-    calls, at = [0], int(os.environ["KILL_AT_WRITE"])
-    real = RecordRepo._write_layer
-    def write(self, cur, *args):
-        real(self, cur, *args)  # the layer's rows are in the open transaction, not committed
-        calls[0] += 1
-        if calls[0] == at:
-            os.kill(os.getpid(), signal.SIGKILL)
-    RecordRepo._write_layer = write
-    from analysis.__main__ import main
-    sys.exit(main(sys.argv[1:]))
-""")
-
-
 def test_a_writer_killed_in_the_write_resumes_without_harvesting_again_and_does_not_grow(wide, corpus, one_pass,
                                                                                          tmp_path):
     db = tmp_path / "killed.duckdb"
@@ -157,8 +140,8 @@ def test_a_writer_killed_in_the_write_resumes_without_harvesting_again_and_does_
 
     def run(kill_at: int):
         env = {**os.environ, "KILL_AT_WRITE": str(kill_at)}
-        return subprocess.run([sys.executable, "-c", KILL_IN_WRITE, *args], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=300)
+        return subprocess.run([sys.executable, "-m", "bench.kill_in_write", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
 
     sizes = []
     for _ in range(4):  # killed in the first layer's write, four times

@@ -1,0 +1,41 @@
+"""The keyword index built once and searched often ranks as a fresh bm25s retrieval over the same texts does."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from analysis.search import KeywordIndex, bm25_rank
+
+WORDS = "river lake water stream city paris france year date number digit bracket tag ocean sea wave".split()
+
+
+def fresh_retrieval(texts: list[str], query: str) -> dict[int, float]:
+    """What a search did before the index was kept: tokenize and index the texts, retrieve every one, keep
+    score > 0."""
+    import bm25s
+
+    kw = dict(stopwords="en", show_progress=False)
+    corpus, q = bm25s.tokenize(texts, **kw), bm25s.tokenize([query], **kw)
+    if not len(q.vocab):
+        return {}
+    retriever = bm25s.BM25()
+    retriever.index(corpus, show_progress=False)
+    docs, scores = retriever.retrieve(q, k=len(texts), show_progress=False)
+    return {int(d): float(s) for d, s in zip(docs[0], scores[0]) if s > 0}
+
+
+def test_a_kept_index_ranks_as_a_fresh_retrieval():
+    rng = random.Random(0)
+    texts = [" ".join(rng.choices(WORDS + ["the", "and", "of"], k=rng.randint(2, 9))) for _ in range(300)]
+    index = KeywordIndex(texts)
+    for query in ("river", "water river", "the Paris of France", "sea, waves and tags", "unknown words"):
+        want = fresh_retrieval(texts, query)
+        got = index.rank(query)
+        assert {r.index: r.score for r in got} == pytest.approx(want, rel=1e-6), query
+        assert [r.score for r in got] == sorted((r.score for r in got), reverse=True)
+        assert [r.index for r in index.rank(query, 5)] == [r.index for r in got[:5]] == \
+            [r.index for r in bm25_rank(texts, query, 5)]
+    assert index.rank("the and of") == [] and index.rank("  ") == []  # stop words only: nothing, not everything
+    assert KeywordIndex([]).rank("river") == [] and KeywordIndex(["the", "of"]).rank("the") == []
