@@ -36,7 +36,7 @@ from bench.causal import best_of
 SYNTH = "synthetic-bench"
 """The explainer and simulator name of the synthetic rows."""
 SCORING_SET = "top-and-random"
-TOKEN = " Paris"
+TOKEN = " river"  # in both token tables (the 20k-token wide harvest tracks fewer tokens: no " Paris")
 KEYWORDS = "river lake water"
 MEANING = "rivers and lakes"
 TARGET = 1.5

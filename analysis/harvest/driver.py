@@ -33,6 +33,10 @@ have passed since it ended: saving takes at most ~1/CHECKPOINT_SHARE of the time
 
 
 def save_checkpoint(state: HarvestState, path: Path, run_id: str) -> None:
+    """Save ``state`` at ``path`` (atomically), and its slots beside it (``begun_passes`` reads them)."""
+    side = path.with_suffix(".slots.json")
+    if not side.exists():
+        side.write_text(json.dumps(sorted(state.layers)))
     tmp = path.with_suffix(".tmp")
     payload = {"run_id": run_id, "windows_done": state.windows_done, "tok_count": state.tok_count.cpu(),
                "salts": state.salts, "slots": sorted(state.layers),
@@ -148,9 +152,6 @@ def pass_checkpoint(folder: Path | None, run_id: str, slots) -> tuple[Path | Non
         return None, ""
     keys = sorted(tuple(k) for k in slots)
     pass_id = f"{run_id}.{hashlib.sha256(repr(keys).encode()).hexdigest()[:12]}"
-    side = Path(folder) / f"{pass_id}.slots.json"
-    if not side.exists():
-        side.write_text(json.dumps(keys))
     return Path(folder) / f"{pass_id}.pt", pass_id
 
 
@@ -158,7 +159,7 @@ def begun_passes(folder: Path, run_id: str) -> list[list[tuple]]:
     """The slot lists of this run's passes that have a checkpoint in ``folder``."""
     out = []
     for side in sorted(Path(folder).glob(f"{run_id}.*.slots.json")):
-        if side.with_name(side.name.replace(".slots.json", ".pt")).exists():
+        if side.with_suffix("").with_suffix(".pt").exists():
             out.append([tuple(k) for k in json.loads(side.read_text())])
     return out
 

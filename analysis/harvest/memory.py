@@ -23,11 +23,10 @@ from analysis.histogram import HIST_BINS
 from analysis.progress import fmt_bytes
 from analysis.types import UserError
 
-FOLD_TRANSIENT = 28
-"""Bytes per (unit, batch token) of one slot's transients: its fold's copies (a masked float32 copy, the real
-tokens' float32 rows, a float16 copy: 10-12) and the forward's own tensors at its layer (the MLP's gate, up and
-their product: 12-16). Calibrated on the wide model (32 x 16,384 neurons): 12 left the estimate 0.5 GB under its
-15.4 GB peak."""
+FOLD_TRANSIENT = 12
+"""Bytes per (unit, batch token) of one slot's fold: a masked float32 copy, the real tokens' float32 rows, a
+float16 copy. (The forward pass's own tensors are measured: ``probe_forward``.)"""
+
 WRITE_TRANSIENT = 2.0
 """A slot's write allocates this many times its records' bytes (sorted copies of the top list and the pool,
 the records to insert, DuckDB's buffers) plus ``2 x`` its token sums (the means and their ranking)."""
@@ -87,7 +86,9 @@ class Pass:
 class HarvestPlan:
     per_unit: UnitBytes
     base: float
-    """Bytes before the harvest (this process with the model loaded; on a GPU its allocated memory)."""
+    """Bytes before the harvest (this process with the model loaded; on a GPU its allocated memory) and the forward
+    pass's own (``probe_forward``)."""
+    forward: float
     budget: float
     budget_basis: str
     """Where the budget comes from ('--max-memory', or the default's share of what is available now)."""
@@ -174,16 +175,66 @@ def available() -> float:
     return got
 
 
-def budget_of(max_memory: str | None, device: str) -> tuple[float, float, str]:
-    """(base, budget, where the budget comes from): on the CPU base is this process's memory now; on a GPU the
-    memory allocated there. The default budget is base plus ``DEFAULT_SHARE`` of what is free now."""
+def reset_peak() -> bool:
+    """Start this process's peak RSS afresh (Linux: ``clear_refs``); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def probe_forward(subject, windows: list, sites: list, batch: int, seq_len: int, device: str) -> float:
+    """Bytes the forward pass of a batch takes beyond the activations it hands over, measured on the first batch
+    (peak RSS, or the GPU's peak allocation): models differ here (attention, the MLP's intermediates, first-call
+    caches, what the allocator keeps of it), so it is measured, not modelled. A smaller batch scaled up measured
+    the first call's one-time costs times the scale."""
+    import torch
+
+    from analysis.activations import site_activations
+    from analysis.harvest.driver import pad_batch
+
+    few = windows[:batch]
+    if not few:
+        return 0.0
+    enc, _ = pad_batch(subject, few, seq_len)
+    gpu = str(device).startswith("cuda")
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = rss()
+        if not reset_peak():
+            return 0.0
+    with torch.inference_mode():
+        acts = site_activations(subject, enc.input_ids, enc.attention_mask, sites)
+        held = sum(a.numel() * a.element_size() for a in acts.values())
+        del acts
+    peak = torch.cuda.max_memory_allocated() if gpu else peak_rss()
+    return max(0.0, peak - before - held)
+
+
+def in_use(device: str) -> float:
+    """This process's memory now (on a GPU: allocated there)."""
     if str(device).startswith("cuda"):
         import torch
 
-        free, _total = torch.cuda.mem_get_info()
-        base, spare, what = float(torch.cuda.memory_allocated()), float(free), "the GPU's free memory"
+        return float(torch.cuda.memory_allocated())
+    return rss()
+
+
+def budget_of(max_memory: str | None, device: str, base: float | None = None) -> tuple[float, float, str]:
+    """(base, budget, where the budget comes from): base is ``in_use`` unless given. The default budget is base
+    plus ``DEFAULT_SHARE`` of what is free now."""
+    base = in_use(device) if base is None else base
+    if str(device).startswith("cuda"):
+        import torch
+
+        spare, what = float(torch.cuda.mem_get_info()[0]), "the GPU's free memory"
     else:
-        base, spare, what = rss(), available(), "the memory available now"
+        spare, what = available(), "the memory available now"
     if max_memory is not None:
         return base, parse_bytes(max_memory), "--max-memory"
     return base, base + DEFAULT_SHARE * spare, f"{DEFAULT_SHARE:.0%} of {what} ({fmt_bytes(spare)})"

@@ -108,7 +108,7 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
     from analysis.corpus import load_corpus, make_windows, select_windows, windows_hash
     from analysis.executor import ModelHandle
     from analysis.harvest.driver import PassTask, begun_passes, salts_of, token_table_of
-    from analysis.harvest.memory import peak_rss
+    from analysis.harvest.memory import in_use, peak_rss, probe_forward
     from analysis.harvest.summary import summarise_slot
     from analysis.jobs.harvest_plan import describe_plan, plan_harvest, run_passes
     from analysis.models import load_model
@@ -178,8 +178,11 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
         ckpt_id = todo[0][2] if len(todo) == 1 else run_id_of(info.model_id, corpus.info.corpus_id, w_hash,
                                                              sorted(p[2] for p in todo))
         workers = 1 if executor is None else executor.workers
+        base = in_use(job.device)
+        forward = probe_forward(subject, windows, sorted({(r.layer, r.site) for r in readers}),
+                                cfg.batch_for(job.device), cfg.seq_len, job.device)
         plan = plan_harvest(job, cfg, slots, len(table_ids), n_tokens, workers, written,
-                            begun_passes(ckpt_dir, ckpt_id) if ckpt_dir.exists() else [], db)
+                            begun_passes(ckpt_dir, ckpt_id) if ckpt_dir.exists() else [], db, forward, base)
         progress.note(describe_plan(plan))  # before anything is written: a refusal above leaves the file as it was
         vocab = subject.tokenizer.batch_decode([[i] for i in range(len(subject.tokenizer))],
                                                clean_up_tokenization_spaces=False)
@@ -194,9 +197,10 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     run_of = {p[0]: p[2] for p in todo}
     what = ", ".join(f"{p[0]} L{fmt_layers(p[1])}" for p in todo)
+    resuming = (f" ({len(written)} layer{'s' if len(written) != 1 else ''} already written: resuming)" if written
+                else " (resuming)" if any(ckpt_dir.glob(f"{ckpt_id}.*.pt")) else "")
     progress.note(f"harvest {info.name}: {what}; {len(windows):,} windows / {n_tokens:,} tokens of "
-                  f"{corpus.info.corpus_id}" + (f" ({len(written)} layer{'s' if len(written) != 1 else ''} already written: resuming)" if written else
-                                                " (resuming)" if any(ckpt_dir.glob(f"{ckpt_id}.*.pt")) else ""))
+                  f"{corpus.info.corpus_id}{resuming}")
     t1 = time.time()
     task = PassTask(ModelHandle(info.name, info.model_id, job.device, loaded=subject if executor is None else None),
                     cfg, windows, readers, row_of, len(table_ids), salts_of(readers), job.device, ckpt_dir, ckpt_id,
@@ -216,7 +220,7 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
             state = None
             writing += time.time() - w0
             path, _id = task.checkpoint_of(p.slots)
-            for f in (path, path.with_name(path.name.replace(".pt", ".slots.json"))):
+            for f in (path, path.with_suffix(".slots.json")):
                 f.unlink(missing_ok=True)
     except KeyboardInterrupt:
         progress.note(f"\ninterrupted: written layers are in {db} and the pass is checkpointed in {ckpt_dir}; run "

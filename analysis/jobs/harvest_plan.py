@@ -21,14 +21,16 @@ def disk_per_unit(cfg) -> float:
 
 
 def plan_harvest(job, cfg, slots: dict, table_rows: int, n_tokens: int, workers: int, written: set,
-                 begun: list, db: Path) -> HarvestPlan:
+                 begun: list, db: Path, forward: float = 0.0, base: float | None = None) -> HarvestPlan:
     """Passes over the slots not yet written that fit the budget (passes begun by an earlier try first, as they
     were: their checkpoints are found), with the estimates; refuses (UserError) when one slot cannot fit or the
     disk cannot hold the result. ``workers`` > 1 (a Ray cluster): every worker runs a pass at once, each in
-    ``budget / workers``, and there are at least as many passes as workers."""
+    ``budget / workers``, and there are at least as many passes as workers. ``base``: the process's memory before
+    ``forward``, the forward pass's own bytes (``probe_forward``), which is added to it."""
     from analysis.jobs.build.plan import PROJECT_GPU, PROJECT_VM, SMOLLM2_NEURONS
 
-    base, budget, basis = budget_of(job.max_memory, job.device)
+    base, budget, basis = budget_of(job.max_memory, job.device, base)
+    base += forward
     notes = []
     if workers > 1:
         budget = base + (budget - base) / workers
@@ -55,7 +57,7 @@ def plan_harvest(job, cfg, slots: dict, table_rows: int, n_tokens: int, workers:
         raise UserError(f"not enough disk for this harvest: it needs ≈ {fmt_bytes(disk)} (the database's records and "
                         f"a pass's checkpoint) and {Path(db).parent} has {fmt_bytes(free)} free. Harvest fewer "
                         "--layers or --max-tokens, lower --top-k or --seq-len, or use a --db on a larger disk")
-    return HarvestPlan(u, base, budget, basis, passes, seconds,
+    return HarvestPlan(u, base, forward, budget, basis, passes, seconds,
                        f"{units:,} units x {n_tokens:,} tokens at the project {'H200' if gpu else 'VM'}'s measured "
                        "rate per unit, extrapolated", disk, str(job.device), workers, notes)
 
@@ -82,7 +84,7 @@ def memory_line(job, info, layers: list[int], workers: int = 1) -> str:
         return f"  harvest memory: refused: {exc}"
     return (f"  harvest memory ≈ {fmt_bytes(max(p.peak for p in passes))} at most in {len(passes)} pass"
             f"{'es' if len(passes) != 1 else ''} of layers ({fmt_bytes(u.state)} per unit; budget "
-            f"{fmt_bytes(budget)}: {basis})")
+            f"{fmt_bytes(budget)}: {basis}; the forward pass's own memory not counted: the harvest measures it)")
 
 
 def describe_plan(plan: HarvestPlan) -> str:
@@ -93,7 +95,8 @@ def describe_plan(plan: HarvestPlan) -> str:
              f"≈ {fmt_bytes(plan.peak)} of a {fmt_bytes(plan.budget)} budget ({plan.budget_basis})",
              f"  per unit: state {fmt_bytes(u.state)} (top {fmt_bytes(u.top)}, pool {fmt_bytes(u.pool)}, histogram "
              f"{fmt_bytes(u.histogram)}, moments {u.moments} B, token sums {fmt_bytes(u.token_sums)}), a batch's "
-             f"activations {fmt_bytes(u.held)}; before the harvest {fmt_bytes(plan.base)}",
+             f"activations {fmt_bytes(u.held)}; base {fmt_bytes(plan.base)} (the process with the model, and the "
+             f"forward pass's own {fmt_bytes(plan.forward)}, measured)",
              f"  disk ≈ {fmt_bytes(plan.disk)}; time ≈ {fmt_seconds(plan.seconds)} ({plan.seconds_basis})"]
     if n > 1:
         for i, p in enumerate(plan.passes):

@@ -18,8 +18,8 @@ from tests.helpers import REPO, tiny_model_folder
 
 D_MLP = 256
 BASE = 1e9
-"""The process's memory before the harvest, as the plan sees it (fixed here: the test's own RSS drifts by more
-than a tiny layer)."""
+"""The process's memory before the harvest, as the plan sees it (fixed here, and the forward pass's measured
+memory left out: the test's own RSS drifts by more than a tiny layer)."""
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,7 @@ def _one_layer_budget(monkeypatch) -> str:
     from analysis.harvest import memory
 
     monkeypatch.setattr(memory, "rss", lambda: BASE)
+    monkeypatch.setattr(memory, "probe_forward", lambda *args: 0.0)
     # a layer with a token table of the whole vocabulary (300): more than the run's, less than two layers without one
     return str(int(memory.pass_peak({("mlp", 0): D_MLP}, UnitBytes.of(HarvestConfig(seq_len=16, top_k=4), 300, 4),
                                     BASE)))
@@ -93,6 +94,7 @@ def test_a_budget_below_one_layer_or_a_small_disk_is_refused_before_anything_is_
 
     db = tmp_path / "refused.duckdb"
     monkeypatch.setattr(memory, "rss", lambda: BASE)
+    monkeypatch.setattr(memory, "probe_forward", lambda *args: 0.0)
     assert main(_args(wide, corpus, db, "--max-memory", "1.001G")) == 2
     err = capsys.readouterr().err
     assert "one layer does not fit the memory budget" in err and "--max-memory" in err and "--top-k" in err, err
