@@ -55,8 +55,12 @@ class KeywordIndex:
         if not ids:  # only stop words, or words no text has
             return []
         scores = self.retriever.get_scores_from_ids(ids)
-        hits = np.flatnonzero(scores > 0)
-        return [Ranked(int(i), float(scores[i])) for i in hits[np.argsort(-scores[hits], kind="stable")][:k]]
+        hits = np.flatnonzero(scores > 0)  # ascending: equal scores stay in text order
+        best = scores[hits]
+        if k is not None and k < len(hits):  # the k best (and their ties) before sorting
+            keep = best >= np.partition(best, len(best) - k)[len(best) - k]
+            hits, best = hits[keep], best[keep]
+        return [Ranked(int(hits[i]), float(best[i])) for i in np.argsort(-best, kind="stable")[:k]]
 
 
 def bm25_rank(texts: list[str], query: str, k: int = 20) -> list[Ranked]:

@@ -5,24 +5,27 @@
 
 Bytes per unit: the database file (harvest only, as built) over the units its finished neuron runs hold.
 
-Synthetic rows: each database is copied once (``<name>.bench.duckdb`` in --work, default beside it; reused, and
-only what is missing is added: the originals are only read), and every harvested unit the build did not explain
-gets, through the store's own write methods, one explanation (words drawn from the tokenizer's vocabulary), one
-scored simulation and one token-lookup baseline (random scores), and a random unit sentence vector
-(``put_vectors``). Search and Scores times depend on how many rows there are, not on what they say.
+Synthetic rows: each database is copied once (``<name>.bench.duckdb`` in --work, default beside it; migrated to
+this code's schema; reused, only what is missing is added; the originals are only copied), and every harvested
+unit the build did not explain gets, through the store's own write methods, one explanation (words drawn from
+the tokenizer's vocabulary), one scored simulation and one token-lookup baseline (random scores), and a random
+unit sentence vector (``put_vectors``). Search and Scores times depend on how many rows there are, not on what
+they say.
 
-Timed on the copies (read-only, warm: one call first, then the best of --repeat), each exactly the store calls its
-page makes: the unit page's first visit of a unit (viewer/views/neuron.py: the picker's catalog and run, the
-unit's record, its glance, its lists; median over a few seeded units) and its explanations tab (the unit's
-explanations and baselines, and the units nearest its explanation by vector); the Search page's token search,
-statistic search (a layer's units by max), explanation search by keyword and by meaning (with the count of
-explanations without a vector the page shows first; the query's own embedding is timed apart); the Scores page.
-Target: each within 1.5x of the demo's time.
+Timed on the copies (read-only, warm: one call first, then the best of --repeat, the two databases taking
+turns), each the store calls its page makes: the unit page's first visit of a unit (viewer/views/neuron.py: the
+picker's catalog and run, the unit's record, its glance, its lists) and its explanations tab (the unit's
+explanations and baselines, and the units nearest its explanation by vector), per unit over a few seeded units;
+the Search page's token search, statistic search (a layer's units by max), explanation search by keyword (with
+the index the viewer keeps per file version; building it is timed apart) and by meaning (with the count of
+explanations without a vector the page shows first; the query's embedding is timed apart); the Scores page's
+overview summed up in SQL (the viewer keeps it per file version). Target: each within 1.5x of the demo's time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 from pathlib import Path
@@ -88,12 +91,22 @@ def add_synthetic(path: Path) -> dict[str, int]:
         return s.explanations.counts()
 
 
-def synthetic_copy(db: Path, work: Path) -> tuple[Path, dict[str, int]]:
+def synthetic_copy(db: Path, work: Path) -> tuple[Path, dict[str, int], dict[str, int]]:
+    """The copy of ``db`` (made once, migrated to this code's schema) with the synthetic rows: (its path, how many
+    explanation rows the build wrote, how many the copy holds)."""
+    from cache.store import migrate_file, open_store
+
     copy = work / f"{db.stem}.bench.duckdb"
+    built = copy.with_suffix(".built.json")
     if not copy.exists():
-        shutil.copyfile(db, copy.with_suffix(".partial"))
-        copy.with_suffix(".partial").rename(copy)
-    return copy, add_synthetic(copy)
+        partial = copy.with_suffix(".partial")
+        shutil.copyfile(db, partial)
+        migrate_file(partial)
+        with open_store(partial, read_only=True) as s:
+            built.write_text(json.dumps(s.explanations.counts()))
+        partial.rename(copy)
+    migrate_file(copy)
+    return copy, json.loads(built.read_text()), add_synthetic(copy)
 
 
 # ---- what the pages run ---------------------------------------------------------------------------------------
@@ -222,10 +235,9 @@ def main() -> None:
     print("bytes per unit: the database file over the units of its finished neuron runs")
     copies = {}
     for name, db in dbs.items():
-        with open_store(db, read_only=True) as s:
+        copies[name], built, held = synthetic_copy(db, Path(args.work or db.parent))
+        with open_store(copies[name], read_only=True) as s:
             model, runs, n = harvested(s)
-            built = s.explanations.counts()
-        copies[name], held = synthetic_copy(db, Path(args.work or db.parent))
         size, size_copy = db.stat().st_size, copies[name].stat().st_size
         print(f"  {name}: {model.name}, {len({l for r in runs for l in r.layers})} x {model.d_mlp:,} neurons in "
               f"{len(runs)} run(s): {size / 1e6:,.0f} MB / {n:,} = {size / n:,.0f} B per unit as built; "

@@ -67,11 +67,14 @@ def search_explanations(store, model: str, query: str, how: str = "keyword", lim
     if how != "keyword":
         raise UserError(f"unknown search {how!r}: keyword or meaning")
     texts, index = keywords if keywords is not None else keyword_index(store, model_id)
-    hits, seen = [], set()
-    for r in index.rank(query):
-        if texts[r.index].unit not in seen:
-            seen.add(texts[r.index].unit)
-            hits.append(replace(texts[r.index], match=r.score))
-            if len(hits) == limit:
-                break
-    return hits
+    k = max(limit, 1)
+    while True:  # the best k texts, more while units with several of them leave fewer than limit units
+        ranked = index.rank(query, k)
+        hits, seen = [], set()
+        for r in ranked:
+            if texts[r.index].unit not in seen:
+                seen.add(texts[r.index].unit)
+                hits.append(replace(texts[r.index], match=r.score))
+        if len(hits) >= limit or len(ranked) < k:
+            return hits[:limit]
+        k *= 4

@@ -66,13 +66,16 @@ def test_overview_matches_every_score_summed_up_in_python(planted):
         assert sorted(v for _u, v in box.outliers) == sorted(vals[(vals < lo) | (vals > hi)].tolist())
         assert box.outliers and all(u.layer == box.layer for u, _v in box.outliers)
     assert sorted(v for _u, v in every.explained[0].points) == sorted(v for _u, e, _s, v in rows if e == "a")
-    [bt] = ov.baselines
-    assert bt.kind == ("baseline", "token-lookup") and sorted(v for _u, v in bt.points) == sorted(base.values())
+    [bt], [every_bt] = ov.baselines, every.baselines
+    assert bt.kind == ("baseline", "token-lookup") and bt.n == len(base) and bt.points is None
+    assert sum(box.n for box in bt.boxes) == len(base)
+    assert sorted(v for _u, v in every_bt.points) == sorted(base.values())
     best: dict = {}
     for u, e, sim, v in rows:
         if u not in best or v > best[u][2]:
             best[u] = (e, sim, v)
     assert ov.n_units == len(best) and ov.both == sum(u in base for u in best)
     assert ov.beats == sum(u in base and v > base[u] for u, (_e, _s, v) in best.items())
-    top = sorted(best.items(), key=lambda kv: -kv[1][2])[:10]
-    assert [(r.unit, r.explainer, r.score) for r in ov.best] == [(u, e, v) for u, (e, _s, v) in top]
+    top = sorted((v for _e, _s, v in best.values()), reverse=True)[:10]
+    assert [r.score for r in ov.best] == top  # the best-explained units (any order among equal scores)
+    assert all(best[r.unit][:2] == (r.explainer, r.simulator) and best[r.unit][2] == r.score for r in ov.best)
