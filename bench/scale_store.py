@@ -18,14 +18,17 @@ picker's catalog and run, the unit's record, its glance, its lists) and its expl
 explanations and baselines, and the units nearest its explanation by vector), per unit over a few seeded units;
 the Search page's token search, statistic search (a layer's units by max), explanation search by keyword (with
 the index the viewer keeps per file version; building it is timed apart) and by meaning (with the count of
-explanations without a vector the page shows first; the query's embedding is timed apart); the Scores page's
-overview summed up in SQL (the viewer keeps it per file version). Target: each within 1.5x of the demo's time.
+explanations without a vector the page shows first; the query's embedding, the same on both, is timed apart);
+the Scores page as served (its script under Streamlit's AppTest, the overview kept per file version as the
+viewer keeps it) and its overview summed up in SQL (what a first visit after a change adds). Target: each page
+within 1.5x of the demo's time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -43,6 +46,7 @@ TOKEN = " river"  # in both token tables (the 20k-token wide harvest tracks fewe
 KEYWORDS = "river lake water"
 MEANING = "rivers and lakes"
 TARGET = 1.5
+REPO = Path(__file__).resolve().parents[1]
 
 
 def harvested(s):
@@ -154,13 +158,13 @@ def keyword_search(s, model, keywords) -> None:
     assert search_explanations(s, model.name, KEYWORDS, "keyword", limit=20, keywords=keywords)
 
 
-def meaning_search(s, model) -> None:
-    """viewer/views/search.py explanation_search by meaning: the count of explanations without a vector, the search."""
-    from analysis.jobs.embed import search_explanations
+def meaning_search(s, model, vector: list[float]) -> None:
+    """viewer/views/search.py explanation_search by meaning: the count of explanations without a vector, then
+    search_explanations' store call (its query embedding, the same for both databases, is timed apart)."""
     from analysis.search import ENCODER
 
     assert not s.explanations.missing_vectors(ENCODER, model.model_id)
-    assert search_explanations(s, model.name, MEANING, "meaning", limit=20)
+    assert s.explanations.similar(ENCODER, vector, model.model_id, 20)
 
 
 def scores_page(s, model) -> None:
@@ -177,9 +181,10 @@ PAGES = [  # (what, the call on (store, context), whether a page draw: the 1.5x 
     (f"token search ({TOKEN!r}, by z)", lambda s, c: token_search(s, c.model), True),
     ("statistic search (a layer by max)", lambda s, c: stats_search(s, c.model, c.layers[len(c.layers) // 2]), True),
     ("explanation search, keyword", lambda s, c: keyword_search(s, c.model, c.keywords), True),
-    ("explanation search, meaning", lambda s, c: meaning_search(s, c.model), True),
-    ("Scores page", lambda s, c: scores_page(s, c.model), True),
+    ("explanation search, meaning", lambda s, c: meaning_search(s, c.model, c.vector), True),
+    ("Scores page as served (AppTest; overview kept)", lambda s, c: served("scores", c.path), True),
     ("keyword index (once per file version)", lambda s, c: keyword_index(s, c.model.model_id), False),
+    ("Scores overview in SQL (once per file version)", lambda s, c: scores_page(s, c.model), False),
 ]
 
 
@@ -189,13 +194,26 @@ def keyword_index(s, model_id: str):
     return build(s, model_id)
 
 
+def served(page: str, db: Path) -> None:
+    """The page's script run by Streamlit's AppTest on ``db`` (server-side time; what the viewer keeps per file
+    version, it has kept since the warm-up run)."""
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["NEURON_VIEWER_DB"] = str(db)
+    at = AppTest.from_file(str(REPO / "viewer" / "views" / f"{page}.py"), default_timeout=120).run()
+    assert not at.exception, at.exception
+
+
 def context(s, n_units: int) -> SimpleNamespace:
-    """The database's model, layers, seeded units (their records read once) and keyword index."""
+    """The database's path, model, layers, seeded units (their records read once) and keyword index."""
     model, runs, _n = harvested(s)
     layers = sorted({l for r in runs for l in r.layers})
     rng = random.Random(0)
     units = [UnitId(MLP, rng.choice(layers), rng.randrange(model.d_mlp)) for _ in range(n_units)]
-    return SimpleNamespace(model=model, layers=layers, units=units, recs=[unit_page(s, model, u) for u in units],
+    from analysis.search import embed
+
+    return SimpleNamespace(path=s.path, model=model, layers=layers, units=units, vector=embed([MEANING])[0].tolist(),
+                           recs=[unit_page(s, model, u) for u in units],
                            keywords=keyword_index(s, model.model_id))
 
 
@@ -249,12 +267,12 @@ def main() -> None:
     times = timings(copies, args.repeat, args.units)
     print(f"what the pages run (warm, best of {args.repeat}, the databases taking turns; a unit page: the mean over "
           f"{args.units} seeded units):")
-    print(f"  {'':42s} {'wide ms':>9s} {'demo ms':>9s} {'ratio':>7s}  target <= {TARGET}x")
+    print(f"  {'':48s} {'wide ms':>9s} {'demo ms':>9s} {'ratio':>7s}  target <= {TARGET}x")
     for what, _fn, target in PAGES:
         w, d = times[what]["wide"], times[what]["demo"]
         verdict = ("met" if w / d <= TARGET else "missed") if target else "(no target: not a page's draw)"
-        print(f"  {what:42s} {w * 1e3:9.1f} {d * 1e3:9.1f} {w / d:7.2f}  {verdict}")
-    print(f"  (a search by meaning includes embedding the query: {t_embed * 1e3:.1f} ms of it)")
+        print(f"  {what:48s} {w * 1e3:9.1f} {d * 1e3:9.1f} {w / d:7.2f}  {verdict}")
+    print(f"  (a search by meaning also embeds the query, on either database: {t_embed * 1e3:.1f} ms)")
 
 
 if __name__ == "__main__":

@@ -326,11 +326,11 @@ class ExplanationRepo(Repo):
                 not_unit: UnitId | None = None) -> list[ExplanationHit]:
         """A model's explanations nearest to ``vector`` by cosine similarity (one per unit, its nearest), not of
         ``not_unit``."""
-        dim = len(vector)
         skip = not_unit or UnitId("", -1, -1)
-        # similarity from the vectors alone, then each unit's nearest: the texts are read for the hits only
+        # similarity from the vectors alone (as lists: no cast to arrays), then each unit's nearest: the texts are
+        # read for the hits only
         rows = self._q(
-            f"WITH v AS (SELECT explanation_id, array_cosine_similarity(vector::FLOAT[{dim}], ?::FLOAT[{dim}]) AS sim "
+            "WITH v AS (SELECT explanation_id, list_cosine_similarity(vector, ?::FLOAT[]) AS sim "
             "FROM explanation_vectors WHERE encoder = ?), "
             "hits AS (SELECT arg_max(e.explanation_id, v.sim) AS explanation_id, max(v.sim) AS sim FROM v "
             "JOIN explanations e USING (explanation_id) JOIN runs r USING (run_id) WHERE r.model_id = ? AND "

@@ -94,12 +94,11 @@ class ScoreRepo(Repo):
             f"WITH x AS ({_SCORED}), "
             f"base AS (SELECT source, layer, unit, max(score) AS score FROM ({_BASE}) WHERE b = 'token-lookup' "
             "GROUP BY ALL), "
-            "best AS MATERIALIZED (SELECT source, layer, unit, arg_max({'a': a, 'b': b}, score) AS ab, "
-            "max(score) AS score FROM x GROUP BY ALL) "
+            "best AS (SELECT source, layer, unit, arg_max({'a': a, 'b': b}, score) AS ab, max(score) AS score "
+            "FROM x GROUP BY ALL) "
             "SELECT count(*), count(base.score), count(*) FILTER (best.score > base.score), "
-            "(SELECT list({'source': source, 'layer': layer, 'unit': unit, 'a': ab.a, 'b': ab.b, 'score': score} "
-            "ORDER BY score DESC, source, layer, unit)[:10] FROM best) "
-            "FROM best LEFT JOIN base USING (source, layer, unit)", args).fetchone()
+            "max_by({'source': source, 'layer': layer, 'unit': unit, 'a': ab.a, 'b': ab.b, 'score': best.score}, "
+            "best.score, 10) FROM best LEFT JOIN base USING (source, layer, unit)", args).fetchone()
         best = [UnitScore(UnitId(r["source"], r["layer"], r["unit"]), r["a"], r["b"], scoring_set, r["score"])
                 for r in summary[3] or []]
         return ScoreOverview(self._traces(_SCORED, args, points), self._traces(_BASE, args, points), *summary[:3],

@@ -144,6 +144,24 @@ def _keyword_index(_s: Store, path: str, version: tuple, model_id: str):
     return build(_s, model_id)
 
 
+def score_overview(s: Store, model_id: str, scoring_set: str | None = None, source: str | None = None):
+    """``s.scores.kinds(model_id)`` (no ``scoring_set``), else ``s.scores.overview``, kept until the file changes:
+    each sums up every score of the model in the database (about a second for 500k units)."""
+    if s.version is None:
+        return _score_overview_of(s, model_id, scoring_set, source)
+    return _score_overview(s, str(s.path), s.version, model_id, scoring_set, source)
+
+
+@st.cache_resource(max_entries=16, show_spinner="summing up the scores…")
+def _score_overview(_s: Store, path: str, version: tuple, model_id: str, scoring_set: str | None,
+                    source: str | None):
+    return _score_overview_of(_s, model_id, scoring_set, source)
+
+
+def _score_overview_of(s: Store, model_id: str, scoring_set: str | None, source: str | None):
+    return s.scores.kinds(model_id) if scoring_set is None else s.scores.overview(model_id, scoring_set, source)
+
+
 @st.cache_resource(show_spinner="loading the model (once per server)…", max_entries=2)
 def subject(name: str, device: str = "cpu", dtype: str = "float32") -> SubjectModel:
     import torch

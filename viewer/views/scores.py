@@ -10,7 +10,7 @@ from analysis.types import MLP
 from viewer.components.build import building_caption
 from viewer.components.explanations import TINY, TINY_HINT
 from viewer.components.picker import unit_link
-from viewer.resources import cached_models, db_path, read
+from viewer.resources import cached_models, db_path, read, score_overview
 
 
 def unit_kind(source: str) -> str:
@@ -41,7 +41,7 @@ def render() -> None:
             return None
         name = st.selectbox("model", sorted({m.name for m in models}))
         model_id = s.catalog.model(name).model_id
-        return name, model_id, s.scores.kinds(model_id)
+        return name, model_id, score_overview(s, model_id)
 
     data = read(load)
     if data is None:
@@ -56,7 +56,7 @@ def render() -> None:
     sources = sorted(units, key=lambda x: (x != MLP, x))
     source = c2.radio("units", sources, horizontal=True, format_func=lambda x: unit_kind(x),
                       help="explanation scores of neurons and of each dictionary's features, apart")
-    ov = read(lambda s: s.scores.overview(model_id, scoring_set, source))
+    ov = read(lambda s: score_overview(s, model_id, scoring_set, source))
     if ov is None:
         return
     traces = ov.explained + ov.baselines
