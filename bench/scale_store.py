@@ -15,10 +15,11 @@ they say.
 Timed on the copies (read-only, warm: one call first, then the best of --repeat, the two databases taking
 turns), each the store calls its page makes: the unit page's first visit of a unit (viewer/views/neuron.py: the
 picker's catalog and run, the unit's record, its glance, its lists) and its explanations tab (the unit's
-explanations and baselines, and the units nearest its explanation by vector), per unit over a few seeded units;
+explanations and baselines, and the units nearest its explanation by vector, from the kept vector index), per unit over a few seeded units;
 the Search page's token search, statistic search (a layer's units by max), explanation search by keyword (with
 the index the viewer keeps per file version; building it is timed apart) and by meaning (with the count of
-explanations without a vector the page shows first; the query's embedding, the same on both, is timed apart);
+explanations without a vector the page shows first, and the vector index the viewer keeps per file version, built
+apart; the query's embedding, the same on both, is timed apart);
 the Scores page as served (its script under Streamlit's AppTest, the overview kept per file version as the
 viewer keeps it) and its overview summed up in SQL (what a first visit after a change adds). Target: each page
 within 1.5x of the demo's time.
@@ -125,8 +126,10 @@ def unit_page(s, model, unit: UnitId):
     return rec
 
 
-def explanations_tab(s, model, rec) -> None:
-    """The unit page's explanations tab: its explanations, baselines and similar units (neuron.similar_units)."""
+def explanations_tab(s, model, rec, vectors) -> None:
+    """The unit page's explanations tab: its explanations, baselines and similar units (neuron.similar_units, with
+    the vector index the viewer keeps per file version)."""
+    from analysis.jobs.embed import nearest_explanations
     from analysis.search import ENCODER
 
     s.explanations.with_simulations(rec.run_id, rec.unit), s.explanations.baselines(rec.run_id, rec.unit)
@@ -134,7 +137,7 @@ def explanations_tab(s, model, rec) -> None:
     texts = [e for e in s.explanations.of_unit(rec.run_id, rec.unit) if e.explainer != "n2g"]
     e = best[0] if best else texts[-1]
     vec = s.explanations.vector(ENCODER, e.explanation_id)
-    assert s.explanations.similar(ENCODER, vec, model.model_id, 8, not_unit=rec.unit)
+    assert nearest_explanations(s, vectors, vec, 8, not_unit=rec.unit)
 
 
 def token_search(s, model) -> None:
@@ -158,13 +161,15 @@ def keyword_search(s, model, keywords) -> None:
     assert search_explanations(s, model.name, KEYWORDS, "keyword", limit=20, keywords=keywords)
 
 
-def meaning_search(s, model, vector: list[float]) -> None:
+def meaning_search(s, model, vector: list[float], vectors) -> None:
     """viewer/views/search.py explanation_search by meaning: the count of explanations without a vector, then
-    search_explanations' store call (its query embedding, the same for both databases, is timed apart)."""
+    search_explanations' store call with the vector index the viewer keeps (its query embedding, the same for both
+    databases, is timed apart)."""
+    from analysis.jobs.embed import nearest_explanations
     from analysis.search import ENCODER
 
     assert not s.explanations.missing_vectors(ENCODER, model.model_id)
-    assert s.explanations.similar(ENCODER, vector, model.model_id, 20)
+    assert nearest_explanations(s, vectors, vector, 20)
 
 
 def scores_page(s, model) -> None:
@@ -177,19 +182,26 @@ def scores_page(s, model) -> None:
 
 PAGES = [  # (what, the call on (store, context), whether a page draw: the 1.5x target)
     ("unit page (record, glance, lists)", lambda s, c: [unit_page(s, c.model, u) for u in c.units], True),
-    ("unit page, explanations tab", lambda s, c: [explanations_tab(s, c.model, r) for r in c.recs], True),
+    ("unit page, explanations tab", lambda s, c: [explanations_tab(s, c.model, r, c.vectors) for r in c.recs], True),
     (f"token search ({TOKEN!r}, by z)", lambda s, c: token_search(s, c.model), True),
     ("statistic search (a layer by max)", lambda s, c: stats_search(s, c.model, c.layers[len(c.layers) // 2]), True),
     ("explanation search, keyword", lambda s, c: keyword_search(s, c.model, c.keywords), True),
-    ("explanation search, meaning", lambda s, c: meaning_search(s, c.model, c.vector), True),
+    ("explanation search, meaning", lambda s, c: meaning_search(s, c.model, c.vector, c.vectors), True),
     ("Scores page as served (AppTest; overview kept)", lambda s, c: served("scores", c.path), True),
     ("keyword index (once per file version)", lambda s, c: keyword_index(s, c.model.model_id), False),
+    ("vector index (once per file version)", lambda s, c: vector_index(s, c.model.model_id), False),
     ("Scores overview in SQL (once per file version)", lambda s, c: scores_page(s, c.model), False),
 ]
 
 
 def keyword_index(s, model_id: str):
     from analysis.jobs.embed import keyword_index as build
+
+    return build(s, model_id)
+
+
+def vector_index(s, model_id: str):
+    from analysis.jobs.embed import vector_index as build
 
     return build(s, model_id)
 
@@ -214,7 +226,7 @@ def context(s, n_units: int) -> SimpleNamespace:
 
     return SimpleNamespace(path=s.path, model=model, layers=layers, units=units, vector=embed([MEANING])[0].tolist(),
                            recs=[unit_page(s, model, u) for u in units],
-                           keywords=keyword_index(s, model.model_id))
+                           keywords=keyword_index(s, model.model_id), vectors=vector_index(s, model.model_id))
 
 
 def timings(copies: dict[str, Path], repeat: int, n_units: int) -> dict[str, dict[str, float]]:

@@ -322,21 +322,22 @@ class ExplanationRepo(Repo):
                       [encoder, explanation_id]).fetchone()
         return list(row[0]) if row else None
 
-    def similar(self, encoder: str, vector: list[float], model_id: str, limit: int = 20,
-                not_unit: UnitId | None = None) -> list[ExplanationHit]:
-        """A model's explanations nearest to ``vector`` by cosine similarity (one per unit, its nearest), not of
-        ``not_unit``."""
-        skip = not_unit or UnitId("", -1, -1)
-        # similarity from the vectors alone (as lists: no cast to arrays), then each unit's nearest: the texts are
-        # read for the hits only
-        rows = self._q(
-            "WITH v AS (SELECT explanation_id, list_cosine_similarity(vector, ?::FLOAT[]) AS sim "
-            "FROM explanation_vectors WHERE encoder = ?), "
-            "hits AS (SELECT arg_max(e.explanation_id, v.sim) AS explanation_id, max(v.sim) AS sim FROM v "
-            "JOIN explanations e USING (explanation_id) JOIN runs r USING (run_id) WHERE r.model_id = ? AND "
-            "e.explainer <> 'n2g' AND NOT (e.source = ? AND e.layer = ? AND e.unit = ?) "
-            "GROUP BY e.source, e.layer, e.unit ORDER BY sim DESC LIMIT ?) "
-            "SELECT e.explanation_id, e.source, e.layer, e.unit, e.explainer, e.text, h.sim FROM hits h "
-            "JOIN explanations e USING (explanation_id) ORDER BY h.sim DESC",
-            [vector, encoder, model_id, skip.source, skip.layer, skip.index, limit]).fetchall()
-        return [ExplanationHit(r[0], UnitId(r[1], r[2], r[3]), r[4], r[5], float(r[6])) for r in rows]
+    def vectors(self, encoder: str, model_id: str) -> tuple[list[str], list[UnitId], np.ndarray]:
+        """Every text explanation of a model with a vector of ``encoder``: (ids, units, ``[n, dim]`` float32), in
+        explanation id order (``analysis.search.VectorIndex`` keeps them for many queries)."""
+        t = self._q("SELECT v.explanation_id, e.source, e.layer, e.unit, v.vector FROM explanation_vectors v "
+                    "JOIN explanations e USING (explanation_id) JOIN runs r USING (run_id) WHERE v.encoder = ? AND "
+                    "r.model_id = ? AND e.explainer <> 'n2g' ORDER BY v.explanation_id", [encoder, model_id]).to_arrow_table()
+        flat = t.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        units = [UnitId(s, l, u) for s, l, u in zip(*(t.column(c).to_pylist() for c in ("source", "layer", "unit")))]
+        return t.column("explanation_id").to_pylist(), units, flat.reshape(len(units), -1 if units else 0)
+
+    def hits(self, ranked: list[tuple[str, float]]) -> list[ExplanationHit]:
+        """(explanation id, score) pairs as hits with their texts, in the given order."""
+        if not ranked:
+            return []
+        rows = {r[0]: r for r in self._q(
+            "SELECT explanation_id, source, layer, unit, explainer, text FROM explanations WHERE explanation_id IN "
+            f"({', '.join('?' * len(ranked))})", [i for i, _ in ranked]).fetchall()}
+        return [ExplanationHit(i, UnitId(*rows[i][1:4]), rows[i][4], rows[i][5], float(score)) for i, score in ranked
+                if i in rows]

@@ -144,6 +144,23 @@ def _keyword_index(_s: Store, path: str, version: tuple, model_id: str):
     return build(_s, model_id)
 
 
+def vector_index(s: Store, model_id: str):
+    """``analysis.jobs.embed.vector_index`` (every explanation vector of the model, as one matrix), kept until the
+    file changes: a search by meaning is then a matrix-vector product, not a read of every vector."""
+    from analysis.jobs.embed import vector_index as build
+
+    if s.version is None:
+        return build(s, model_id)
+    return _vector_index(s, str(s.path), s.version, model_id)
+
+
+@st.cache_resource(max_entries=2, show_spinner="loading the explanations' sentence vectors…")
+def _vector_index(_s: Store, path: str, version: tuple, model_id: str):
+    from analysis.jobs.embed import vector_index as build
+
+    return build(_s, model_id)
+
+
 def score_overview(s: Store, model_id: str, scoring_set: str | None = None, source: str | None = None):
     """``s.scores.kinds(model_id)`` (no ``scoring_set``), else ``s.scores.overview``, kept until the file changes:
     each sums up every score of the model in the database (about a second for 500k units)."""

@@ -46,24 +46,41 @@ def keyword_index(store, model_id: str) -> tuple[list, object]:
     return texts, KeywordIndex([t.text for t in texts])
 
 
+def vector_index(store, model_id: str) -> tuple[list[str], object]:
+    """A model's explanation ids and the ``analysis.search.VectorIndex`` of their sentence vectors: what a search by
+    meaning ranks. Reads every vector: the viewer keeps it until the database changes."""
+    from analysis.search import ENCODER, VectorIndex
+
+    ids, units, matrix = store.explanations.vectors(ENCODER, model_id)
+    return ids, VectorIndex(units, matrix)
+
+
+def nearest_explanations(store, vectors: tuple[list[str], object], vector, limit: int, not_unit=None) -> list:
+    """The explanations nearest ``vector`` by meaning (cache.explanations.ExplanationHit), one per unit, not of
+    ``not_unit``, best first; ``vectors``: ``vector_index``."""
+    ids, index = vectors
+    return store.explanations.hits([(ids[r.index], r.score) for r in index.nearest(vector, limit, not_unit)])
+
+
 def search_explanations(store, model: str, query: str, how: str = "keyword", limit: int = 20,
-                        keywords: tuple[list, object] | None = None) -> list:
+                        keywords: tuple[list, object] | None = None, vectors: tuple[list, object] | None = None
+                        ) -> list:
     """Units whose explanations match ``query`` (cache.explanations.ExplanationHit), best first, one hit per unit
     (its best-matching explanation): ``how`` 'keyword' ranks by BM25 over the words, 'meaning' by cosine
     similarity of sentence vectors (the query is embedded here; explanations without a vector are not found:
-    run ``embed``). ``store``: an open store (read-only is enough); ``keywords``: the model's ``keyword_index``
-    when the caller keeps one (else it is built here)."""
+    run ``embed``). ``store``: an open store (read-only is enough); ``keywords``, ``vectors``: the model's
+    ``keyword_index`` and ``vector_index`` when the caller keeps them (else they are built here)."""
     from dataclasses import replace
 
     from analysis.jobs.reads import cached_model
-    from analysis.search import ENCODER, embed
+    from analysis.search import embed
     from analysis.types import UserError
 
     if not query.strip():
         raise UserError("give some words to search for")
     model_id = cached_model(store, model).model_id
     if how == "meaning":
-        return store.explanations.similar(ENCODER, embed([query])[0].tolist(), model_id, limit)
+        return nearest_explanations(store, vectors or vector_index(store, model_id), embed([query])[0], limit)
     if how != "keyword":
         raise UserError(f"unknown search {how!r}: keyword or meaning")
     texts, index = keywords if keywords is not None else keyword_index(store, model_id)

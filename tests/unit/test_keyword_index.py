@@ -1,9 +1,11 @@
-"""The keyword index built once and searched often ranks as a fresh bm25s retrieval over the same texts does."""
+"""The keyword index built once and searched often ranks as a fresh bm25s retrieval over the same texts does; the
+vector index ranks as cosine similarity computed row by row."""
 
 from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from analysis.search import KeywordIndex, bm25_rank
@@ -39,3 +41,27 @@ def test_a_kept_index_ranks_as_a_fresh_retrieval():
             [r.index for r in bm25_rank(texts, query, 5)]
     assert index.rank("the and of") == [] and index.rank("  ") == []  # stop words only: nothing, not everything
     assert KeywordIndex([]).rank("river") == [] and KeywordIndex(["the", "of"]).rank("the") == []
+
+
+def test_vector_index_ranks_units_by_their_nearest_row_as_brute_force_does():
+    """One hit per unit (its nearest row), the asked unit left out, best first: against cosine similarity computed
+    row by row in float64."""
+    from analysis.search import VectorIndex
+
+    rng = np.random.default_rng(5)
+    units = [f"u{rng.integers(40)}" for _ in range(300)]
+    matrix = rng.normal(size=(300, 16)).astype(np.float32)
+    matrix[7] = 0.0  # a zero vector is never nearest, and never a division by zero
+    index = VectorIndex(units, matrix)
+    q = rng.normal(size=16)
+    for limit, skip in ((5, None), (12, units[0]), (100, None)):
+        got = index.nearest(q, limit, not_unit=skip)
+        cos = [float(m @ q / (np.linalg.norm(m) * np.linalg.norm(q))) if m.any() else 0.0 for m in matrix.astype(float)]
+        best: dict = {}
+        for i in np.argsort([-c for c in cos], kind="stable"):
+            if units[i] != skip and units[i] not in best:
+                best[units[i]] = (int(i), cos[i])
+        want = list(best.values())[:limit]
+        assert [units[r.index] for r in got] == [units[i] for i, _ in want]
+        assert [r.score for r in got] == pytest.approx([c for _, c in want], abs=1e-5)
+    assert VectorIndex([], np.zeros((0, 16))).nearest(q, 5) == []

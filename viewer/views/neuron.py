@@ -21,7 +21,7 @@ from viewer.components.heatmap import md_escape, records_html
 from viewer.components.picker import list_url, unit_label, unit_link, unit_title, unit_url
 from viewer.components.topics import topic_controls, topics_view
 from viewer.resources import (db_path, live_simulators, pick_unit, read, run_job, save_explanation, score_live,
-                              show_error, subject, unit_record)
+                              show_error, subject, unit_record, vector_index)
 from viewer.site import page_name
 
 TABS = ["top", "quantiles", "random", "tokens & weights", "explanations", "graph", "topics", "ablation"]
@@ -218,6 +218,7 @@ def npmi_counted() -> bool:
 def similar_units(s, model, rec):
     """Units whose explanations are nearest to this unit's best (else newest) explanation by sentence vector:
     (its text, hits), or None when it has no explanation; hits None when its vector is not computed yet."""
+    from analysis.jobs.embed import nearest_explanations
     from analysis.search import ENCODER
 
     best = s.explanations.best(rec.run_id, rec.unit)
@@ -226,7 +227,9 @@ def similar_units(s, model, rec):
     if e is None:
         return None
     vec = s.explanations.vector(ENCODER, e.explanation_id)
-    return e.text, (s.explanations.similar(ENCODER, vec, model.model_id, 8, not_unit=rec.unit) if vec else None)
+    if not vec:
+        return e.text, None
+    return e.text, nearest_explanations(s, vector_index(s, model.model_id), vec, 8, not_unit=rec.unit)
 
 
 def compute_now(lens: str, model, rec) -> None:

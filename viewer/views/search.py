@@ -12,7 +12,7 @@ from analysis.types import MLP
 from viewer.components.build import building_caption
 from viewer.components.heatmap import md_escape
 from viewer.components.picker import source_label, unit_link, unit_url
-from viewer.resources import cached_models, db_path, keyword_index, read, run_job
+from viewer.resources import cached_models, db_path, keyword_index, read, run_job, vector_index
 
 SORT_LABELS = {"max": "highest max", "kurtosis": "highest kurtosis", "sparsest": "sparsest (lowest fraction > 0)",
                "densest": "densest", "skewness": "highest skew", "min": "most negative"}
@@ -47,7 +47,8 @@ def explanation_search(s, name: str, model) -> bool:
     if not query.strip():
         return ask
     hits = search_explanations(s, name, query, how, limit=20,
-                               keywords=keyword_index(s, model.model_id) if how == "keyword" else None)
+                               keywords=keyword_index(s, model.model_id) if how == "keyword" else None,
+                               vectors=vector_index(s, model.model_id) if how == "meaning" else None)
     if not hits:
         st.caption("no explanation matches" + (" those words (stop words are ignored)" if how == "keyword" else ""))
     for h in hits:
