@@ -325,9 +325,10 @@ class ExplanationRepo(Repo):
     def vectors(self, encoder: str, model_id: str) -> tuple[list[str], list[UnitId], np.ndarray]:
         """Every text explanation of a model with a vector of ``encoder``: (ids, units, ``[n, dim]`` float32), in
         explanation id order (``analysis.search.VectorIndex`` keeps them for many queries)."""
-        t = self._q("SELECT v.explanation_id, e.source, e.layer, e.unit, v.vector FROM explanation_vectors v "
-                    "JOIN explanations e USING (explanation_id) JOIN runs r USING (run_id) WHERE v.encoder = ? AND "
-                    "r.model_id = ? AND e.explainer <> 'n2g' ORDER BY v.explanation_id", [encoder, model_id]).to_arrow_table()
+        t = self.con.cursor().sql(  # as a relation: its Arrow table is not copied again (as a DB-API result's is)
+            "SELECT v.explanation_id, e.source, e.layer, e.unit, v.vector FROM explanation_vectors v JOIN explanations e "
+            "USING (explanation_id) JOIN runs r USING (run_id) WHERE v.encoder = ? AND r.model_id = ? AND "
+            "e.explainer <> 'n2g' ORDER BY v.explanation_id", params=[encoder, model_id]).to_arrow_table()
         flat = t.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
         units = [UnitId(s, l, u) for s, l, u in zip(*(t.column(c).to_pylist() for c in ("source", "layer", "unit")))]
         return t.column("explanation_id").to_pylist(), units, flat.reshape(len(units), -1 if units else 0)

@@ -4,7 +4,6 @@ Python from every stored score."""
 from __future__ import annotations
 
 import random
-import shutil
 
 import numpy as np
 import pytest
@@ -20,11 +19,15 @@ def scored(who: str, score: float | None, error: str | None = None, scoring_set:
 
 @pytest.fixture(scope="module")
 def planted(viewer_db, tmp_path_factory):
-    """A copy of viewer_db with an explanation, a simulation and a baseline per unit of layers 0-1, seeded scores
-    (a few far out, a failed simulation, a second explainer on a few units): (db, model id, every planted score)."""
+    """viewer_db's harvest, made afresh (other tests add explanations to viewer_db), with an explanation, a
+    simulation and a baseline per unit of layers 0-1, seeded scores (a few far out, a failed simulation, a second
+    explainer on a few units): (db, model id, every planted score)."""
+    from analysis.__main__ import main
+
     db, model = viewer_db
     copy = tmp_path_factory.mktemp("scores") / "scores.duckdb"
-    shutil.copy(db, copy)
+    assert main(["harvest", "--model", model, "--corpus", str(db.parent / "docs.jsonl"), "--db", str(copy),
+                 "--layers", "0,1", "--seq-len", "24", "--quiet"]) == 0
     rng = random.Random(3)
     rows, base = [], {}
     with open_store(copy) as s:
