@@ -18,7 +18,7 @@ picker's catalog and run, the unit's record, its glance, its lists) and its expl
 explanations and baselines, and the units nearest its explanation by vector, from the kept vector index), per unit over a few seeded units;
 the Search page's token search, statistic search (a layer's units by max), explanation search by keyword (with
 the index the viewer keeps per file version; building it is timed apart) and by meaning (with the count of
-explanations without a vector the page shows first, and the vector index the viewer keeps per file version, built
+explanations without a vector the page shows first and the vector index, both kept per file version and timed
 apart; the query's embedding, the same on both, is timed apart);
 the Scores page as served (its script under Streamlit's AppTest, the overview kept per file version as the
 viewer keeps it) and its overview summed up in SQL (what a first visit after a change adds). Target: each page
@@ -162,14 +162,19 @@ def keyword_search(s, model, keywords) -> None:
 
 
 def meaning_search(s, model, vector: list[float], vectors) -> None:
-    """viewer/views/search.py explanation_search by meaning: the count of explanations without a vector, then
-    search_explanations' store call with the vector index the viewer keeps (its query embedding, the same for both
-    databases, is timed apart)."""
+    """viewer/views/search.py explanation_search by meaning: search_explanations' store call with the vector index
+    the viewer keeps (the count of explanations without a vector, kept too, and the query's embedding, the same
+    for both databases, are timed apart)."""
     from analysis.jobs.embed import nearest_explanations
+
+    assert nearest_explanations(s, vectors, vector, 20)
+
+
+def missing_count(s, model) -> None:
+    """The Search page's count of explanations without a vector (kept per file version)."""
     from analysis.search import ENCODER
 
     assert not s.explanations.missing_vectors(ENCODER, model.model_id)
-    assert nearest_explanations(s, vectors, vector, 20)
 
 
 def scores_page(s, model) -> None:
@@ -190,6 +195,7 @@ PAGES = [  # (what, the call on (store, context), whether a page draw: the 1.5x 
     ("Scores page as served (AppTest; overview kept)", lambda s, c: served("scores", c.path), True),
     ("keyword index (once per file version)", lambda s, c: keyword_index(s, c.model.model_id), False),
     ("vector index (once per file version)", lambda s, c: vector_index(s, c.model.model_id), False),
+    ("explanations without a vector (once per file version)", lambda s, c: missing_count(s, c.model), False),
     ("Scores overview in SQL (once per file version)", lambda s, c: scores_page(s, c.model), False),
 ]
 

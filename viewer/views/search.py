@@ -12,7 +12,7 @@ from analysis.types import MLP
 from viewer.components.build import building_caption
 from viewer.components.heatmap import md_escape
 from viewer.components.picker import source_label, unit_link, unit_url
-from viewer.resources import cached_models, db_path, keyword_index, read, run_job, vector_index
+from viewer.resources import cached_models, db_path, keyword_index, missing_vectors, read, run_job, vector_index
 
 SORT_LABELS = {"max": "highest max", "kurtosis": "highest kurtosis", "sparsest": "sparsest (lowest fraction > 0)",
                "densest": "densest", "skewness": "highest skew", "min": "most negative"}
@@ -25,7 +25,6 @@ def explanation_search(s, name: str, model) -> bool:
     """Units by what their explanations say: BM25 over the words, or sentence-vector similarity. True when the
     user asks to embed the missing explanations now."""
     from analysis.jobs.embed import search_explanations
-    from analysis.search import ENCODER
 
     st.subheader("Which units do their explanations describe?")
     qp = st.query_params
@@ -37,7 +36,7 @@ def explanation_search(s, name: str, model) -> bool:
                    help="keyword: BM25 over the explanation words; meaning: cosine similarity of all-MiniLM-L6-v2 "
                         "sentence vectors (finds 'lakes and streams' for 'water')")
     qp["q"] = query
-    missing = len(s.explanations.missing_vectors(ENCODER, model.model_id)) if how == "meaning" else 0
+    missing = missing_vectors(s, model.model_id) if how == "meaning" else 0
     ask = False
     if missing:
         if missing <= EMBED_IN_PAGE:
