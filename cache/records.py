@@ -133,9 +133,13 @@ class RecordRepo(Repo):
                                                                      pa.py_buffer(data.tobytes())])}), keys)
         tm = s.token_means
         if len(tm):
+            mean32 = tm.mean.astype(np.float32)
+            std = s.std.astype(np.float64)[tm.unit]
+            with np.errstate(divide="ignore", invalid="ignore"):  # z: as the search ranks, None for a constant unit
+                z = (mean32.astype(np.float64) - s.mean.astype(np.float64)[tm.unit]) / std
             self._insert_arrow(cur, "token_means", pa.table({
-                "unit": tm.unit.astype(np.int32), "token_id": tm.token_id.astype(np.int32),
-                "mean": tm.mean.astype(np.float32), "count": tm.count.astype(np.int32)}), keys)
+                "unit": tm.unit.astype(np.int32), "token_id": tm.token_id.astype(np.int32), "mean": mean32,
+                "count": tm.count.astype(np.int32), "z": pa.array(z, mask=~(std != 0))}), keys)
 
     # ---- reads ---------------------------------------------------------------------------------------------
     def unit_stats(self, run_id: str, unit: UnitId) -> UnitStats | None:
@@ -235,11 +239,10 @@ class RecordRepo(Repo):
         (mean on token − unit mean) / unit std, which does not favour high-variance layers. Candidates are the
         stored ones (each token's top units per layer by mean, each unit's top tokens), so 'z' ranks within
         those."""
-        order = "z DESC" if rank == "z" else "t.mean DESC"
-        rows = self._q(f"SELECT t.source, t.layer, t.unit, t.mean, t.count, (t.mean - u.mean) / nullif(u.std, 0) AS z "
-                       f"FROM token_means t JOIN unit_stats u USING (run_id, source, layer, unit) "
-                       f"WHERE t.run_id = ? AND t.token_id = ? ORDER BY {order} NULLS LAST LIMIT ?",
-                       [run_id, token_id, limit]).fetchall()
+        order = "z DESC" if rank == "z" else "mean DESC"
+        # z is stored with the row (written with the harvest): no join with every unit's statistics
+        rows = self._q(f"SELECT source, layer, unit, mean, count, z FROM token_means WHERE run_id = ? AND token_id = ? "
+                       f"ORDER BY {order} NULLS LAST LIMIT ?", [run_id, token_id, limit]).fetchall()
         return [UnitOnToken(UnitId(src, lay, u), m, c, z) for src, lay, u, m, c, z in rows]
 
     def units_by(self, run_id: str, layer: int, sort: str, limit: int = 25, source: str = MLP) -> list[UnitSummary]:

@@ -224,3 +224,24 @@ def test_explanations_and_baselines_written_in_bulk(tmp_path):
         assert got[a].params == {"k": 1} and got[a].error is None
         assert ex.units_with_baseline("run", MLP, 2, "token-lookup", "top-and-random") == {7, 8}
         assert ex.units_with_baseline("run", MLP, 2, "token-lookup", "random-only") == set()
+
+
+def test_units_for_a_token_rank_by_mean_and_by_z_from_the_units_statistics(viewer_db):
+    """A token's units by mean and by z = (mean on the token - unit mean) / unit std (stored with the token's row
+    at the write), z against each unit's own stored statistics."""
+    from analysis.types import MLP, UnitId
+
+    db, model = viewer_db
+    with open_store(db, read_only=True) as s:
+        run = s.runs.find(model, 0)
+        token = s.con.execute("SELECT token_id FROM token_means WHERE run_id = ? GROUP BY token_id "
+                              "ORDER BY count(*) DESC LIMIT 1", [run.run_id]).fetchone()[0]
+        by_mean = s.records.units_for_token(run.run_id, token, limit=10)
+        by_z = s.records.units_for_token(run.run_id, token, limit=10, rank="z")
+        stats = {h.unit: s.records.unit_stats(run.run_id, h.unit) for h in by_mean + by_z}
+    assert len(by_z) == 10 and [h.mean for h in by_mean] == sorted((h.mean for h in by_mean), reverse=True)
+    for h in by_mean + by_z:
+        st = stats[h.unit]
+        assert h.z == pytest.approx((h.mean - st.mean) / st.std, rel=1e-6) if st.std > 0 else h.z is None
+    zs = [h.z for h in by_z]
+    assert zs == sorted(zs, reverse=True) and all(isinstance(h.unit, UnitId) and h.unit.source == MLP for h in by_z)
