@@ -126,73 +126,55 @@ def _unit_record(_s: Store, _run, path: str, run_id: str, unit):
     return _s.records.unit_record(_run, unit)
 
 
-def keyword_index(s: Store, model_id: str):
-    """``analysis.jobs.embed.keyword_index`` (every explanation of the model and their BM25 index), kept until the
-    file changes: building it reads and indexes every explanation (seconds for 500k), a search then costs
-    milliseconds."""
-    from analysis.jobs.embed import keyword_index as build
-
+def kept(s: Store, what: str, fn, *args):
+    """``fn(s, *args)``, kept until the file changes (``what``: the spinner's words the first time): for reads
+    over every unit of a model, which cost seconds at 500k units and milliseconds to use once kept."""
     if s.version is None:
-        return build(s, model_id)
-    return _keyword_index(s, str(s.path), s.version, model_id)
+        return fn(s, *args)
+    return _kept(s, fn, str(s.path), s.version, f"{fn.__module__}.{fn.__qualname__}", args, what)
 
 
-@st.cache_resource(max_entries=2, show_spinner="indexing the explanations…")
-def _keyword_index(_s: Store, path: str, version: tuple, model_id: str):
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _kept(_s: Store, _fn, path: str, version: tuple, name: str, args: tuple, what: str):
+    with st.spinner(what):
+        return _fn(_s, *args)
+
+
+def keyword_index(s: Store, model_id: str):
+    """``analysis.jobs.embed.keyword_index`` (every explanation of the model and their BM25 index), kept: building
+    it reads and indexes every explanation (seconds for 500k), a search then costs milliseconds."""
     from analysis.jobs.embed import keyword_index as build
 
-    return build(_s, model_id)
+    return kept(s, "indexing the explanations…", build, model_id)
 
 
 def vector_index(s: Store, model_id: str):
-    """``analysis.jobs.embed.vector_index`` (every explanation vector of the model, as one matrix), kept until the
-    file changes: a search by meaning is then a matrix-vector product, not a read of every vector."""
+    """``analysis.jobs.embed.vector_index`` (every explanation vector of the model, as one matrix or an inverted
+    file), kept: a search by meaning is then a matrix-vector product, not a read of every vector."""
     from analysis.jobs.embed import vector_index as build
 
-    if s.version is None:
-        return build(s, model_id)
-    return _vector_index(s, str(s.path), s.version, model_id)
-
-
-@st.cache_resource(max_entries=2, show_spinner="loading the explanations' sentence vectors…")
-def _vector_index(_s: Store, path: str, version: tuple, model_id: str):
-    from analysis.jobs.embed import vector_index as build
-
-    return build(_s, model_id)
+    return kept(s, "loading the explanations' sentence vectors…", build, model_id)
 
 
 def missing_vectors(s: Store, model_id: str) -> int:
-    """How many of the model's explanations have no sentence vector, kept until the file changes (a scan of every
-    explanation: 0.2 s at 500k)."""
+    """How many of the model's explanations have no sentence vector, kept (a scan of every explanation: 0.2 s at
+    500k)."""
+    return kept(s, "counting the explanations without a vector…", _missing_vectors, model_id)
+
+
+def _missing_vectors(s: Store, model_id: str) -> int:
     from analysis.search import ENCODER
 
-    if s.version is None:
-        return len(s.explanations.missing_vectors(ENCODER, model_id))
-    return _missing_vectors(s, str(s.path), s.version, model_id)
-
-
-@st.cache_resource(max_entries=4, show_spinner=False)
-def _missing_vectors(_s: Store, path: str, version: tuple, model_id: str) -> int:
-    from analysis.search import ENCODER
-
-    return len(_s.explanations.missing_vectors(ENCODER, model_id))
+    return len(s.explanations.missing_vectors(ENCODER, model_id))
 
 
 def score_overview(s: Store, model_id: str, scoring_set: str | None = None, source: str | None = None):
-    """``s.scores.kinds(model_id)`` (no ``scoring_set``), else ``s.scores.overview``, kept until the file changes:
-    each sums up every score of the model in the database (about a second for 500k units)."""
-    if s.version is None:
-        return _score_overview_of(s, model_id, scoring_set, source)
-    return _score_overview(s, str(s.path), s.version, model_id, scoring_set, source)
+    """``s.scores.kinds(model_id)`` (no ``scoring_set``), else ``s.scores.overview``, kept: each sums up every score
+    of the model in the database (about a second for 500k units)."""
+    return kept(s, "summing up the scores…", _score_overview, model_id, scoring_set, source)
 
 
-@st.cache_resource(max_entries=16, show_spinner="summing up the scores…")
-def _score_overview(_s: Store, path: str, version: tuple, model_id: str, scoring_set: str | None,
-                    source: str | None):
-    return _score_overview_of(_s, model_id, scoring_set, source)
-
-
-def _score_overview_of(s: Store, model_id: str, scoring_set: str | None, source: str | None):
+def _score_overview(s: Store, model_id: str, scoring_set: str | None, source: str | None):
     return s.scores.kinds(model_id) if scoring_set is None else s.scores.overview(model_id, scoring_set, source)
 
 

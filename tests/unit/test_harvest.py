@@ -13,7 +13,6 @@ from analysis.activations import mlp_activations
 from analysis.config import HarvestConfig
 from analysis.harvest.driver import run_harvest
 from analysis.harvest.kernels import batch_sums, random_keys
-from analysis.harvest.state import LayerState
 from analysis.harvest.summary import summarise
 from analysis.histogram import HIST_BIN_EDGES
 from analysis.models import load_model
