@@ -102,6 +102,7 @@ class VectorIndex:
             centroids = np.where(norms > 0, sums / np.maximum(norms, 1e-12), centroids)
         assign = self._nearest_centroid(centroids)
         self.order = np.argsort(assign, kind="stable")
+        self.position = np.argsort(self.order)
         self.matrix = self.matrix[self.order]
         self.starts = np.searchsorted(assign[self.order], np.arange(k + 1))
         self.centroids = centroids.astype(np.float32)
@@ -109,6 +110,10 @@ class VectorIndex:
     def _nearest_centroid(self, centroids: np.ndarray, chunk: int = 65_536) -> np.ndarray:
         return np.concatenate([np.argmax(self.matrix[i : i + chunk] @ centroids.T, axis=1)
                                for i in range(0, len(self.matrix), chunk)])
+
+    def row(self, i: int) -> np.ndarray:
+        """Row ``i``'s vector (unit-normed)."""
+        return self.matrix[i if self.centroids is None else self.position[i]]
 
     def nearest(self, vector, limit: int, not_unit=None) -> list[Ranked]:
         """The rows nearest to ``vector`` by cosine similarity, one per unit (its nearest row), not of

@@ -130,14 +130,12 @@ def explanations_tab(s, model, rec, vectors) -> None:
     """The unit page's explanations tab: its explanations, baselines and similar units (neuron.similar_units, with
     the vector index the viewer keeps per file version)."""
     from analysis.jobs.embed import nearest_explanations
-    from analysis.search import ENCODER
 
     s.explanations.with_simulations(rec.run_id, rec.unit), s.explanations.baselines(rec.run_id, rec.unit)
     best = s.explanations.best(rec.run_id, rec.unit)
     texts = [e for e in s.explanations.of_unit(rec.run_id, rec.unit) if e.explainer != "n2g"]
     e = best[0] if best else texts[-1]
-    vec = s.explanations.vector(ENCODER, e.explanation_id)
-    assert nearest_explanations(s, vectors, vec, 8, not_unit=rec.unit)
+    assert nearest_explanations(s, vectors, vectors[1].row(vectors[2][e.explanation_id]), 8, not_unit=rec.unit)
 
 
 def token_search(s, model) -> None:

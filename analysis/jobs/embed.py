@@ -46,19 +46,19 @@ def keyword_index(store, model_id: str) -> tuple[list, object]:
     return texts, KeywordIndex([t.text for t in texts])
 
 
-def vector_index(store, model_id: str) -> tuple[list[str], object]:
-    """A model's explanation ids and the ``analysis.search.VectorIndex`` of their sentence vectors: what a search by
-    meaning ranks. Reads every vector: the viewer keeps it until the database changes."""
+def vector_index(store, model_id: str) -> tuple[list[str], object, dict]:
+    """A model's explanation ids, the ``analysis.search.VectorIndex`` of their sentence vectors (what a search by
+    meaning ranks) and each id's row in it. Reads every vector: the viewer keeps it until the database changes."""
     from analysis.search import ENCODER, VectorIndex
 
     ids, units, matrix = store.explanations.vectors(ENCODER, model_id)
-    return ids, VectorIndex(units, matrix)
+    return ids, VectorIndex(units, matrix), {i: row for row, i in enumerate(ids)}
 
 
-def nearest_explanations(store, vectors: tuple[list[str], object], vector, limit: int, not_unit=None) -> list:
+def nearest_explanations(store, vectors: tuple, vector, limit: int, not_unit=None) -> list:
     """The explanations nearest ``vector`` by meaning (cache.explanations.ExplanationHit), one per unit, not of
     ``not_unit``, best first; ``vectors``: ``vector_index``."""
-    ids, index = vectors
+    ids, index, _rows = vectors
     return store.explanations.hits([(ids[r.index], r.score) for r in index.nearest(vector, limit, not_unit)])
 
 

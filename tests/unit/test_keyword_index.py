@@ -90,3 +90,16 @@ def test_a_large_vector_index_scans_a_few_groups_and_finds_the_nearest_of_cluste
             assert r.score == pytest.approx(float(rows[r.index] @ q / np.linalg.norm(rows[r.index]) / np.linalg.norm(q)),
                                             abs=1e-5)
     assert found / 300 >= 0.95, found
+
+
+def test_a_rows_vector_is_its_normed_input_in_either_layout(monkeypatch):
+    from analysis import search
+    from analysis.search import VectorIndex
+
+    rng = np.random.default_rng(2)
+    rows = rng.normal(size=(3000, 8))
+    for exact_up_to in (10**6, 100):
+        monkeypatch.setattr(search, "EXACT_UP_TO", exact_up_to)
+        index = VectorIndex(list(range(3000)), rows)
+        for i in (0, 17, 2999):
+            assert index.row(i) == pytest.approx(rows[i] / np.linalg.norm(rows[i]), abs=1e-6)

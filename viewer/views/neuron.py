@@ -219,17 +219,17 @@ def similar_units(s, model, rec):
     """Units whose explanations are nearest to this unit's best (else newest) explanation by sentence vector:
     (its text, hits), or None when it has no explanation; hits None when its vector is not computed yet."""
     from analysis.jobs.embed import nearest_explanations
-    from analysis.search import ENCODER
 
     best = s.explanations.best(rec.run_id, rec.unit)
     texts = [e for e in s.explanations.of_unit(rec.run_id, rec.unit) if e.explainer != "n2g"]
     e = best[0] if best else (texts[-1] if texts else None)
     if e is None:
         return None
-    vec = s.explanations.vector(ENCODER, e.explanation_id)
-    if not vec:
+    vectors = vector_index(s, model.model_id)
+    row = vectors[2].get(e.explanation_id)
+    if row is None:  # no vector yet (the kept index is of this version of the file)
         return e.text, None
-    return e.text, nearest_explanations(s, vector_index(s, model.model_id), vec, 8, not_unit=rec.unit)
+    return e.text, nearest_explanations(s, vectors, vectors[1].row(row), 8, not_unit=rec.unit)
 
 
 def compute_now(lens: str, model, rec) -> None:
