@@ -25,10 +25,12 @@ def box(trace, name: str, **style) -> go.Box:
         return go.Box(x=[f"L{u.layer}" for u, _v in trace.points], y=[v for _u, v in trace.points],
                       boxpoints="all", hovertext=[str(u) for u, _v in trace.points], **common)
     b = trace.boxes
-    return go.Box(x=[f"L{x.layer}" for x in b], q1=[x.q1 for x in b], median=[x.median for x in b],
-                  q3=[x.q3 for x in b], lowerfence=[x.lowerfence for x in b], upperfence=[x.upperfence for x in b],
-                  y=[[v for _u, v in x.outliers] for x in b], hovertext=[[str(u) for u, _v in x.outliers] for x in b],
-                  boxpoints="outliers", **common)
+    stats = dict(x=[f"L{x.layer}" for x in b], q1=[x.q1 for x in b], median=[x.median for x in b],
+                 q3=[x.q3 for x in b], lowerfence=[x.lowerfence for x in b], upperfence=[x.upperfence for x in b])
+    if not any(x.outliers for x in b):  # plotly draws no box at all when every box's points are empty
+        return go.Box(boxpoints=False, **stats, **common)
+    return go.Box(y=[[v for _u, v in x.outliers] for x in b], hovertext=[[str(u) for u, _v in x.outliers] for x in b],
+                  boxpoints="outliers", **stats, **common)
 
 
 def render() -> None:
