@@ -255,3 +255,30 @@ def test_live_ablation_and_steering_in_chromium(server):
         assert main.inner_text().count("<img src=x onerror=alert(3)>") >= 2 and main.locator("img").count() == 0
         browser.close()
     assert dialogs == []
+
+
+def test_score_boxes_from_quartiles_draw_in_chromium(tmp_path):
+    """The Scores page's boxes from the store's quartiles (past 3,000 scores) draw in Chromium, whether or not
+    any box has outliers (plotly draws nothing when the first box's points are empty)."""
+    import plotly.graph_objects as go
+    from playwright.sync_api import sync_playwright
+
+    from cache.scores import ScoreBox, ScoreTrace
+    from viewer.components.scores import box
+
+    def trace(outliers: bool) -> ScoreTrace:
+        return ScoreTrace(("a", "sim"), 9000, None, [
+            ScoreBox(layer, 3000, 0.2, 0.4, 0.6, 0.0, 0.9, [(UnitId(MLP, layer, 7), 1.2)] if outliers and layer else [])
+            for layer in range(3)])
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        for outliers in (False, True):
+            html = tmp_path / f"boxes-{outliers}.html"
+            html.write_text(go.Figure(box(trace(outliers), "a → sim")).to_html(include_plotlyjs=True))
+            page.goto(html.as_uri())
+            page.wait_for_selector("g.trace.boxes path.box", state="attached", timeout=30_000)
+            assert page.locator("g.trace.boxes path.box").count() == 3
+            assert page.locator("g.trace.boxes path.point").count() == (2 if outliers else 0)
+        browser.close()
