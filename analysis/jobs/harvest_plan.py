@@ -13,6 +13,7 @@ from analysis.jobs.specs import fmt_layers
 from analysis.progress import Progress, fmt_bytes, fmt_seconds
 from analysis.types import UserError
 
+
 def disk_per_unit(cfg) -> float:
     """Database bytes per harvested unit: its records (top, random and quantile windows, float16 at seq_len) with
     their sample rows, and its statistics. An upper bound: records shared by samples are stored once (the demo
