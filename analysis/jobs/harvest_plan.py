@@ -30,12 +30,8 @@ def plan_harvest(job, cfg, slots: dict, table_rows: int, n_tokens: int, workers:
     ``forward``, the forward pass's own bytes (``probe_forward``), which is added to it."""
     from analysis.jobs.build.plan import PROJECT_GPU, PROJECT_VM, SMOLLM2_NEURONS
 
-    base, budget, basis = budget_of(job.max_memory, job.device, base)
-    base += forward
-    notes = []
-    if workers > 1:
-        budget = base + (budget - base) / workers
-        notes.append(f"  {workers} workers: each pass in 1/{workers} of the budget above the base")
+    base, budget, basis = worker_budget(job, workers, base, forward)
+    notes = [f"  {workers} workers: each pass in 1/{workers} of the budget above the base"] if workers > 1 else []
     u = UnitBytes.of(cfg, table_rows, cfg.batch_for(job.device))
     pending = {k: n for k, n in slots.items() if k not in written}
     passes, taken = [], set()
@@ -63,6 +59,14 @@ def plan_harvest(job, cfg, slots: dict, table_rows: int, n_tokens: int, workers:
                        "rate per unit, extrapolated", disk, str(job.device), workers, notes)
 
 
+def worker_budget(job, workers: int, base: float | None = None, forward: float = 0.0) -> tuple[float, float, str]:
+    """(base + forward, the budget of one pass, where the budget comes from): with ``workers`` > 1 every worker runs
+    a pass at once, so each gets 1/workers of the budget above the base."""
+    base, budget, basis = budget_of(job.max_memory, job.device, base)
+    base += forward
+    return base, (budget if workers <= 1 else base + (budget - base) / workers), basis
+
+
 def _existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -75,9 +79,7 @@ def memory_line(job, info, layers: list[int], workers: int = 1) -> str:
     from analysis.types import MLP
 
     cfg = job.config
-    base, budget, basis = budget_of(job.max_memory, job.device)
-    if workers > 1:
-        budget = base + (budget - base) / workers
+    base, budget, basis = worker_budget(job, workers)
     u = UnitBytes.of(cfg, cfg.token_table, cfg.batch_for(job.device))
     try:
         passes = split_passes({(MLP, layer): info.d_mlp for layer in layers}, u, base, budget)
