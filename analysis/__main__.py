@@ -84,13 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(x, ExplainJob, offer(UNITS + " explainer_model device force revise", layer=required, neurons=required,
                                      explainer=Opt(choices=EXPLAINERS), **api_job))
 
-    sc = command("score", cli.cmd_score, "simulate explanations on held-out records and score them (resumable)")
-    add_options(sc, ScoreJob, offer(UNITS + " neurons explanation simulator_model device force", layer=required,
+    sc = command("score", cli.cmd_score, "score explanations on held-out records, each score with a 95 % interval "
+                 "(resumable)", "Scorers (--scorer, several comma-separated): simulation, embedding, detection, fuzz, "
+                 "output; see docs/scoring.md. --json prints every score of the units by those scorers, stored or new.")
+    add_options(sc, ScoreJob, offer(UNITS + " neurons explanation scorer simulator_model device force", layer=required,
                                     simulator=Opt(choices=SIMULATORS), simulator_dtype=Opt(choices=DTYPE),
                                     scoring_set=Opt(flag="--set", choices=SCORING_SETS),
                                     calibrate=Opt(flag="--no-calibration"), **api_job))
     sc.add_argument("--neuron", type=int, default=None, help="one neuron")
-    json_flag(sc, "the scored simulation(s)")
+    json_flag(sc, "every score of the units by the scorers (stored or new)")
 
     n = command("n2g", cli.cmd_n2g, "Neuron2Graph: fit, score and store a graph per neuron (resumable)",
                 "Prune, saliency, augmentation with the model's own substitutes, trie; scored on held-out top records "

@@ -155,6 +155,9 @@ class ChatReply:
     usage: Usage
     format: str
     """How the reply was asked for: "json_schema" (the server's structured output) or "text"."""
+    logprobs: list | None = None
+    """With ``chat(logprobs=True)``: per generated token (its text, {alternative: log-probability} of its top
+    alternatives); None where the server sent none."""
 
 
 @dataclass(frozen=True)
@@ -245,36 +248,44 @@ class ApiClient:
         u = getattr(reply, "usage", None)
         return [getattr(u, "prompt_tokens", 0) or 0, getattr(u, "completion_tokens", 0) or 0]
 
-    def chat(self, messages: list[dict], max_tokens: int, schema: dict | None = None) -> ChatReply:
+    def chat(self, messages: list[dict], max_tokens: int, schema: dict | None = None, logprobs: bool = False
+             ) -> ChatReply:
         """One chat completion at temperature 0. With ``schema`` (a JSON schema), ask for a reply in that shape
         where the server supports it; a server that refuses the response format is asked again without it (and
-        not asked with it again by this client)."""
+        not asked with it again by this client). With ``logprobs``, ask for each generated token's top
+        ``--api-logprobs`` alternatives (``ChatReply.logprobs``; None if the server sends none)."""
         request = {"model": self.config.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+        if logprobs:
+            request.update(logprobs=True, top_logprobs=min(self.config.logprobs, 20))
         spent = Usage()
         if schema is not None and self._schema_ok:
             structured = dict(request, response_format={
                 "type": "json_schema", "json_schema": {"name": "reply", "schema": schema, "strict": True}})
             try:
-                text, usage = self._chat(structured, keep_refusal=True)
-                return ChatReply(text, usage, "json_schema")
+                text, usage, lps = self._chat(structured, keep_refusal=True)
+                return ChatReply(text, usage, "json_schema", lps)
             except ApiError as exc:
                 if exc.status not in REJECTED:
                     raise
                 self._schema_ok = False
                 spent = Usage(cached=1) if exc.cached else Usage(requests=1)  # the refused request
-        text, usage = self._chat(request)
-        return ChatReply(text, spent + usage, "text")
+        text, usage, lps = self._chat(request)
+        return ChatReply(text, spent + usage, "text", lps)
 
-    def _chat(self, request: dict, keep_refusal: bool = False) -> tuple[str, Usage]:
+    def _chat(self, request: dict, keep_refusal: bool = False) -> tuple[str, Usage, list | None]:
         def send(client):
             reply = client.chat.completions.create(**request)
             text = reply.choices[0].message.content if reply.choices else None
-            return {"text": text, "usage": self._tokens(reply)}
+            lp = getattr(reply.choices[0], "logprobs", None) if reply.choices else None
+            content = getattr(lp, "content", None) if lp is not None else None
+            lps = [[t.token, {a.token: a.logprob for a in (t.top_logprobs or [])} or {t.token: t.logprob}]
+                   for t in content] if content else None
+            return {"text": text, "usage": self._tokens(reply), "logprobs": lps}
 
         reply, usage = self._request("chat", request, send, keep_refusal)
         if not reply["text"]:
             raise ApiError(f"the API at {self.config.base_url} returned no text")
-        return reply["text"], usage
+        return reply["text"], usage, reply.get("logprobs")
 
     def echo(self, prompt: str) -> EchoReply:
         """The prompt's own tokens with their top log-probabilities (completions with ``echo`` and ``logprobs``;

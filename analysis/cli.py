@@ -76,22 +76,23 @@ def cmd_explain(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from analysis.jobs.score import BASELINES, ScoreJob, score
+    from analysis.jobs.score import ScoreJob, score
 
     if args.neuron is None and not args.neurons:
         raise UserError("give --neuron N or --neurons SPEC")
     s = score(from_args(ScoreJob, args, neurons=args.neurons or str(args.neuron)), Path(args.db), _progress(args))
     if args.json:
-        _print_json(s.results[0].to_json() if len(s.results) == 1 else [r.to_json() for r in s.results])
+        _print_json(s.printed[0] if len(s.printed) == 1 else s.printed)
     elif not args.quiet:
-        for r in s.results:
-            print(f"{r.score if r.score is not None else float('nan'):+.3f}  {r.simulator:18s} {r.scoring_set:15s} "
-                  f"{r.explanation or '(the unit baseline: ignores any explanation)'}")
-    if not s.results and not s.todo:
-        print("nothing to score: " + ("every unit has this baseline on this set (--force scores again)"
-                                      if args.simulator in BASELINES else
-                                      "no explanation without a score for this simulator and set "
-                                      "(explain first, pass --explanation, or --force)"), file=sys.stderr)
+        for r in s.printed:
+            ci = f" [{r['lo']:+.3f}, {r['hi']:+.3f}]" if r.get("lo") is not None else ""
+            who = r.get("simulator") or f"{r['scorer']} ({r['metric'].replace('_', ' ')})"
+            print(f"{r['score'] if r['score'] is not None else float('nan'):+.3f}{ci}  {who:18s} "
+                  f"{r.get('set', ''):15s} {r['unit']} {r['explanation'] or '(the unit baseline: ignores any explanation)'}"
+                  + (" (stored)" if r.get("stored") else ""))
+    if not s.printed and not s.todo:
+        print("nothing to score: these units have no text explanation (explain first, or pass --explanation)",
+              file=sys.stderr)
     _api_end(s, args)
     if any(r.error for r in s.results) or s.failed:
         return 1

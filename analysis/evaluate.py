@@ -35,11 +35,14 @@ class ScoredSimulation:
     usage: dict | None = None
     """What the simulator's API calls cost, calibration records included (``analysis.api.Usage.to_json``); None
     for a local simulator."""
+    lo: float | None = None
+    hi: float | None = None
+    """The score's 95 % interval (``analysis.scorers.metrics.bootstrap_correlation``: resampled records)."""
 
     def to_json(self) -> dict:
         """Every number the scores are computed from (see analysis/scoring.py), so they recompute from it alone."""
         return {"explanation": self.explanation, "simulator": self.simulator, "set": self.scoring_set,
-                "score": self.score, "rsquared": self.rsquared, "absolute_dev_explained": self.absolute_dev_explained,
+                "score": self.score, "lo": self.lo, "hi": self.hi, "rsquared": self.rsquared, "absolute_dev_explained": self.absolute_dev_explained,
                 "max_activation": self.max_activation, "simulated_to_neuron_units": "simulated / 10 * max_activation",
                 "error": self.error, "simulator_params": self.params, "calibration": self.calibration,
                 "usage": self.usage,
@@ -90,7 +93,11 @@ def score_simulation(simulator, explanation: str, records: list, max_activation:
         from analysis.api import Usage
 
         usage = (Usage(**usage) + Usage(**fit["usage"])).to_json()
+    from analysis.scorers.metrics import bootstrap_correlation
+
+    lo, hi = bootstrap_correlation(real, result.simulated)
     return ScoredSimulation(**base, simulated=result.simulated, score=correlation_score(real, result.simulated),
+                            lo=lo, hi=hi,
                             rsquared=rsquared_score(real, in_units),
                             absolute_dev_explained=absolute_dev_explained(real, in_units), calibration=fit,
                             usage=usage)

@@ -17,6 +17,17 @@ records past the first 20 (the default harvest keeps 30) are Neuron2Graph's extr
 (``N2GConfig.extra_records``) and no other split's: the explainers see the same 5 records, and every scored set
 is the same, whatever the harvest's top-k.
 
+Explaining from quantiles (``explainer_quantiles``): the first 3 of the explainer's top records and the activating
+records at even positions of the random pool's quantile bins (highest bin first), 5 in all: examples across the
+unit's range of activation, not only its top.
+
+Classification scorers (detection, fuzzing, embedding: ``classification_examples``) take *activating* examples
+(some token reaches 1 on the prompts' 0–10 scale, i.e. a tenth of the unit's max) from the held-out top records
+(2::4 and 3::4 of the first 20) and the quantile bins' activating records at odd positions, and *non-activating*
+ones (no token reaches it) from the unseen random sample and the quantile bins; at most ``EXAMPLES_PER_CLASS`` of
+each, so the classes are balanced whenever the harvest has enough of both. None of them is a record any explainer
+saw.
+
 Scoring sets, of at most ``2 n`` records: "top-and-random" is valid top [:n] + valid random [:n] (valid top of
 the first ``N2G_HEAD`` only: past them, Neuron2Graph may train);
 "random-only" is valid random + test random, [:2n].
@@ -33,6 +44,44 @@ from analysis.types import ActivationRecord, UnitRecord
 SCORING_SETS = ("top-and-random", "random-only")
 N2G_HEAD = 20
 """The top records Neuron2Graph's split interleaves (the default harvest's top-k); any past them only train."""
+EXAMPLES_PER_CLASS = 20
+"""Activating and non-activating examples a classification scorer takes at most, each."""
+
+
+def is_activating(record: ActivationRecord, max_activation: float) -> bool:
+    """Some token reaches 1 on the prompts' 0–10 scale (``analysis.scoring.normalise``): a tenth of the max."""
+    return max_activation > 0 and max(record.activations, default=0.0) >= max_activation / 10
+
+
+def _quantile_records(rec: UnitRecord, parity: int) -> list[ActivationRecord]:
+    """The activating records at ``parity`` (0: even, 1: odd) positions of each quantile bin, highest bin first."""
+    return [r for b in reversed(rec.random_sample_by_quantile) for r in b[parity::2]
+            if is_activating(r, rec.stats.max)]
+
+
+def explainer_quantiles(rec: UnitRecord, n: int = 5) -> list[ActivationRecord]:
+    """The records an explainer sees when it explains from quantiles (see the module doc), at most ``n``."""
+    top = explainer_train(rec)[:3]
+    seen = {r.window_id for r in top}
+    return (top + [r for r in _quantile_records(rec, 0) if r.window_id not in seen])[:n]
+
+
+def classification_examples(rec: UnitRecord, per_class: int = EXAMPLES_PER_CLASS
+                            ) -> tuple[list[ActivationRecord], list[ActivationRecord]]:
+    """(activating, non-activating) examples for the classification scorers (see the module doc); no window twice."""
+    top = rec.most_positive_activation_records
+    seen = {r.window_id for r in top[0::4] + top[1::4] + top[N2G_HEAD:]}
+    seen |= {r.window_id for r in explainer_quantiles(rec)}
+    activating, non, taken = [], [], set(seen)
+    for r in top[:N2G_HEAD][2::4] + top[:N2G_HEAD][3::4] + _quantile_records(rec, 1):
+        if r.window_id not in taken and is_activating(r, rec.stats.max):
+            activating.append(r)
+            taken.add(r.window_id)
+    for r in rec.random_sample + [r for b in rec.random_sample_by_quantile for r in b]:
+        if r.window_id not in taken and not is_activating(r, rec.stats.max):
+            non.append(r)
+            taken.add(r.window_id)
+    return activating[:per_class], non[:per_class]
 
 
 def _unseen_random(rec: UnitRecord) -> list[ActivationRecord]:

@@ -55,6 +55,9 @@ class StoredSimulation:
     """The calibrated simulator's fit and scores (``analysis.evaluate.calibrate``), or None."""
     usage: dict | None = None
     """What its API calls cost (requests, cached, prompt_tokens, completion_tokens), or None."""
+    lo: float | None = None
+    hi: float | None = None
+    """The score's 95 % interval (None: scored before intervals were kept)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class StoredBaseline:
     error: str | None
     created_at: object
     calibration: dict | None = None
+    lo: float | None = None
+    hi: float | None = None
+    """The score's 95 % interval (None: scored before intervals were kept)."""
 
 
 @dataclass(frozen=True)
@@ -101,14 +107,15 @@ class ExplanationHit:
 
 
 _BASE_COLS = ("source, layer, unit, predictor, params, scoring_set, window_ids, predicted, score, rsquared, "
-              "absolute_dev_explained, max_activation, error, created_at, calibration")
+              "absolute_dev_explained, max_activation, error, created_at, calibration, lo, hi")
 _EXP_COLS = "explanation_id, run_id, source, layer, unit, explainer, params, text, created_at, usage"
 _SIM_COLS = ("simulation_id, explanation_id, simulator, params, scoring_set, window_ids, simulated, score, rsquared, "
-             "absolute_dev_explained, error, created_at, calibration, usage")
+             "absolute_dev_explained, error, created_at, calibration, usage, lo, hi")
 
 
 _TYPES = {"layer": pa.int16(), "unit": pa.int32(), "window_ids": pa.list_(pa.int32()), "score": pa.float64(),
-          "rsquared": pa.float64(), "absolute_dev_explained": pa.float64(), "max_activation": pa.float32()}
+          "rsquared": pa.float64(), "absolute_dev_explained": pa.float64(), "max_activation": pa.float32(),
+          "lo": pa.float64(), "hi": pa.float64()}
 
 
 def _table(cols: dict) -> pa.Table:
@@ -180,12 +187,12 @@ class ExplanationRepo(Repo):
             return ids
         cols = {c: [] for c in ("simulation_id", "explanation_id", "simulator", "params", "scoring_set", "window_ids",
                                 "simulated", "score", "rsquared", "absolute_dev_explained", "error", "calibration",
-                                "usage")}
+                                "usage", "lo", "hi")}
         for sid, (eid, sim) in last.items():
             for c, v in zip(cols, (sid, eid, sim.simulator, json.dumps(sim.params, sort_keys=True), sim.scoring_set,
                                    list(sim.window_ids), json.dumps(sim.simulated) if sim.simulated is not None
                                    else None, sim.score, sim.rsquared, sim.absolute_dev_explained, sim.error,
-                                   _json_or_none(sim.calibration), _json_or_none(sim.usage))):
+                                   _json_or_none(sim.calibration), _json_or_none(sim.usage), sim.lo, sim.hi)):
                 cols[c].append(v)
         with self.transaction() as cur:
             cur.register("_new", _table(cols))
@@ -199,7 +206,7 @@ class ExplanationRepo(Repo):
                        [explanation_id]).fetchall()
         return [StoredSimulation(r[0], r[1], r[2], json.loads(r[3]), r[4], list(r[5]),
                                  json.loads(r[6]) if r[6] else None, *r[7:12], json.loads(r[12]) if r[12] else None,
-                                 json.loads(r[13]) if r[13] else None)
+                                 json.loads(r[13]) if r[13] else None, r[14], r[15])
                 for r in rows]
 
     def with_simulations(self, run_id: str, unit: UnitId) -> list[tuple[StoredExplanation, list[StoredSimulation]]]:
@@ -235,13 +242,13 @@ class ExplanationRepo(Repo):
                 for run_id, u, sim in items}  # the last of one key wins, as with one put after another
         cols = {c: [] for c in ("run_id", "source", "layer", "unit", "predictor", "params", "scoring_set",
                                 "window_ids", "predicted", "score", "rsquared", "absolute_dev_explained",
-                                "max_activation", "error", "calibration")}
+                                "max_activation", "error", "calibration", "lo", "hi")}
         for run_id, u, sim in last.values():
             for c, v in zip(cols, (run_id, u.source, u.layer, u.index, sim.simulator,
                                    json.dumps(sim.params, sort_keys=True), sim.scoring_set, list(sim.window_ids),
                                    json.dumps(sim.simulated) if sim.simulated is not None else None, sim.score,
                                    sim.rsquared, sim.absolute_dev_explained, sim.max_activation, sim.error,
-                                   _json_or_none(sim.calibration))):
+                                   _json_or_none(sim.calibration), sim.lo, sim.hi)):
                 cols[c].append(v)
         key = ("run_id", "source", "layer", "unit", "predictor", "scoring_set")
         with self.transaction() as cur:
@@ -260,7 +267,8 @@ class ExplanationRepo(Repo):
             args += [unit.source, unit.layer, unit.index]
         rows = self._q(sql + " ORDER BY source, layer, unit, predictor, scoring_set", args).fetchall()
         return [StoredBaseline(UnitId(r[0], r[1], r[2]), r[3], json.loads(r[4]), r[5], list(r[6]),
-                               json.loads(r[7]) if r[7] else None, *r[8:14], json.loads(r[14]) if r[14] else None)
+                               json.loads(r[7]) if r[7] else None, *r[8:14], json.loads(r[14]) if r[14] else None,
+                               r[15], r[16])
                 for r in rows]
 
     def has_baseline(self, run_id: str, unit: UnitId, predictor: str, scoring_set: str) -> bool:

@@ -202,6 +202,24 @@ MIGRATIONS: list[tuple[str, str]] = [
             WHERE u.run_id = t.run_id AND u.source = t.source AND u.layer = t.layer AND u.unit = t.unit;
         """,
     ),
+    (
+        "015_scorer_results",
+        # scorers beside simulation (embedding, detection, fuzz, output: analysis/scorers) with 95 % intervals; the
+        # sentence vectors of windows the embedding scorer compares explanations with (once per window, every unit);
+        # simulations' and baselines' intervals (NULL for those scored before)
+        """
+        CREATE TABLE scorer_results (
+            result_id VARCHAR PRIMARY KEY, explanation_id VARCHAR, scorer VARCHAR, params VARCHAR, metric VARCHAR,
+            score DOUBLE, lo DOUBLE, hi DOUBLE, n_pos INTEGER, n_neg INTEGER, metrics VARCHAR, examples VARCHAR,
+            notes VARCHAR, error VARCHAR, usage VARCHAR, created_at TIMESTAMP);
+        CREATE INDEX scorer_results_by_explanation ON scorer_results (explanation_id);
+        CREATE TABLE window_vectors (run_id VARCHAR, window_id INTEGER, encoder VARCHAR, vector FLOAT[]);
+        ALTER TABLE simulations ADD COLUMN lo DOUBLE;
+        ALTER TABLE simulations ADD COLUMN hi DOUBLE;
+        ALTER TABLE baselines ADD COLUMN lo DOUBLE;
+        ALTER TABLE baselines ADD COLUMN hi DOUBLE;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -38,6 +38,7 @@ from cache.lists import ListRepo
 from cache.migrations import SCHEMA_VERSION
 from cache.records import RecordRepo
 from cache.runs import RunRepo
+from cache.scorer_results import ScorerResultRepo
 from cache.scores import ScoreRepo
 from cache.topics import TopicRepo
 
@@ -85,6 +86,7 @@ class Store:
         self.lists = ListRepo(con)
         self.effects = EffectRepo(con)
         self.scores = ScoreRepo(con)
+        self.scorer_results = ScorerResultRepo(con)
 
     def glance(self, model_id: str, rec: UnitRecord) -> UnitGlance:
         unit = rec.unit

@@ -37,8 +37,11 @@ class ScoreJob:
     """The units' source: mlp (MLP neurons) or a dictionary id."""
     explanation: str | None = None
     """Score (and store, as a human explanation) this text instead of the stored explanations."""
+    scorer: str = "simulation"
+    """Scorers, comma-separated: simulation (by --simulator), embedding (offline), detection and fuzz (an API),
+    output (offline: the unit clamped)."""
     simulator: str = "token-lookup"
-    """Who simulates."""
+    """Who simulates (the simulation scorer)."""
     simulator_model: str = DEFAULT_MODEL
     """The local simulator's model."""
     simulator_dtype: str = "float32"
@@ -72,6 +75,15 @@ class ScoreSummary:
     """Explanations (units) not scored because of the stop."""
     usage: object = None
     """analysis.api.Usage of the run's API calls (None without an API simulator)."""
+    printed: list = field(default_factory=list)
+    """What ``score --json`` prints: every score of the job's units by its scorers, scored now or stored before
+    (each with ``unit`` and ``explanation_id``)."""
+
+    def __add__(self, other: "ScoreSummary") -> "ScoreSummary":
+        usage = self.usage if other.usage is None else other.usage if self.usage is None else self.usage + other.usage
+        return ScoreSummary(self.results + other.results, self.todo + other.todo, {**self.failed, **other.failed},
+                            self.stopped or other.stopped, self.left + other.left, usage,
+                            self.printed + other.printed)
 
 
 def make_simulator(name: str, rec: UnitRecord, model: str = DEFAULT_MODEL, device: str = "cpu",
@@ -139,45 +151,80 @@ class ScoreTask:
 
 def score(job: ScoreJob, db: Path, progress: Progress = Progress(), executor=None,
           records: dict | None = None) -> ScoreSummary:
-    """Score the job's explanations (or baselines): an API simulator from threads of this process, the others a
-    chunk per task on ``executor`` (default this process). ``records``: as for ``jobs.explain.explain``."""
-    from analysis.executor import LOCAL
+    """Score the job's explanations (or baselines) by each of its scorers (``analysis.scorers.SCORERS``):
+    simulation as ``simulate_scores``, the others by ``analysis.jobs.judge``. ``records``: as for
+    ``jobs.explain.explain``."""
     from analysis.explain import HumanExplainer
-    from analysis.splits import calibration, scoring_records
+    from analysis.scorers import SCORERS
     from cache.store import open_store
 
+    scorers = [x.strip() for x in job.scorer.split(",") if x.strip()]
+    if not scorers or any(x not in SCORERS for x in scorers):
+        raise UserError(f"unknown scorer in {job.scorer!r}: use one or more of {', '.join(SCORERS)}")
     if job.scoring_set not in SCORING_SETS:
         raise UserError(f"unknown scoring set {job.scoring_set!r}: use one of {', '.join(SCORING_SETS)}")
+    if job.simulator not in SIMULATORS:
+        raise UserError(f"unknown simulator {job.simulator!r}: use one of {', '.join(SIMULATORS)}")
+    baseline = "simulation" in scorers and job.simulator in BASELINES
+    if baseline and job.explanation is not None:
+        raise UserError(f"{job.simulator} ignores the explanation: it scores the unit (a baseline for every "
+                        "explanation of it); drop --explanation, or pick a simulator that reads it "
+                        f"({', '.join(x for x in SIMULATORS if x not in BASELINES)})")
     with open_store(db, read_only=True) as store:
         info = cached_model(store, job.model)
         n = n_units(store, info, job.source, job.layer)
     units = parse_units(job.neurons, n, "neurons" if job.source == MLP else "features", allow_all=True)
     recs = records if records is not None and set(units) <= set(records) else unit_records(
         db, job.model, job.layer, units, job.source)
+    only = None
+    if job.explanation is not None:
+        exp = HumanExplainer(job.explanation).explain([], 0.0)
+        with open_store(db) as store:
+            only = [store.explanations.put(recs[u].run_id, recs[u].unit, exp) for u in units]
+    out = ScoreSummary([], 0, {})
+    for scorer in scorers:
+        if scorer == "simulation":
+            out = out + simulate_scores(job, db, recs, units, progress, executor, only)
+        else:
+            from analysis.jobs.judge import judge
+
+            out = out + judge(job, scorer, db, recs, units, progress, only)
+        if out.stopped:
+            break
+    return out
+
+
+def simulate_scores(job: ScoreJob, db: Path, recs: dict, units: list[int], progress: Progress = Progress(),
+                    executor=None, only: list[str] | None = None) -> ScoreSummary:
+    """Simulate and score the units' explanations (``only``: just these ids), or their baselines: an API simulator
+    from threads of this process, the others a chunk per task on ``executor`` (default this process)."""
+    from analysis.executor import LOCAL
+    from analysis.splits import calibration, scoring_records
+    from cache.store import open_store
+
     baseline = job.simulator in BASELINES
-    todo = []  # (unit index, explanation id or None for a baseline, text)
+    todo, stored = [], []  # (unit index, explanation id or None for a baseline, text); what was scored before
     if baseline:
-        if job.explanation is not None:
-            raise UserError(f"{job.simulator} ignores the explanation: it scores the unit (a baseline for every "
-                            "explanation of it); drop --explanation, or pick a simulator that reads it "
-                            f"({', '.join(x for x in SIMULATORS if x not in BASELINES)})")
         with open_store(db, read_only=True) as store:
             done = set() if job.force or not recs else store.explanations.units_with_baseline(
                 recs[units[0]].run_id, job.source, job.layer, job.simulator, job.scoring_set)
+            for u in sorted(done & set(units)):
+                stored += [stored_json(b, recs[u], None) for b in store.explanations.baselines(recs[u].run_id,
+                                                                                               recs[u].unit)
+                           if b.predictor == job.simulator and b.scoring_set == job.scoring_set]
         todo = [(u, None, "") for u in units if u not in done]
-    elif job.explanation is not None:
-        exp = HumanExplainer(job.explanation).explain([], 0.0)
-        with open_store(db) as store:
-            todo = [(u, store.explanations.put(recs[u].run_id, recs[u].unit, exp), exp.text) for u in units]
     else:
         with open_store(db, read_only=True) as store:
             for u in units:
-                for e in store.explanations.of_unit(recs[u].run_id, recs[u].unit):
-                    if e.explainer == "n2g":  # a graph summary, not text to simulate: `n2g` scores it
-                        continue
-                    if job.force or not store.explanations.has_simulation(e.explanation_id, job.simulator,
-                                                                          job.scoring_set):
+                for e, sims in store.explanations.with_simulations(recs[u].run_id, recs[u].unit):
+                    if e.explainer == "n2g" or (only is not None and e.explanation_id not in only):
+                        continue  # a graph summary, not text to simulate: `n2g` scores it
+                    mine = [x for x in sims if x.simulator == job.simulator and x.scoring_set == job.scoring_set
+                            and x.error is None]
+                    if job.force or not mine:
                         todo.append((u, e.explanation_id, e.text))
+                    else:
+                        stored.append(stored_json(mine[-1], recs[u], e))
     client = None
     if job.simulator in API_SIMULATORS and todo:
         from analysis.api import ApiClient, plan_line
@@ -188,8 +235,6 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress(), executor=Non
         calls = [simulators[u].cost(text, r) for u, _eid, text in todo for r in
                  scoring_records(recs[u], job.scoring_set) + (calibration(recs[u]) if job.calibrate else [])]
         progress.note(plan_line(len(todo), "explanation", calls, job.api))
-    elif job.simulator not in SIMULATORS:
-        raise UserError(f"unknown simulator {job.simulator!r}: use one of {', '.join(SIMULATORS)}")
     task = ScoreTask(job.simulator, job.simulator_model, job.device, job.simulator_dtype, job.scoring_set,
                      job.calibrate)
 
@@ -210,7 +255,7 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress(), executor=Non
 
     from analysis.api import BudgetReached
 
-    results, failed, stopped, left = [], {}, None, 0
+    results, printed, failed, stopped, left = [], [], {}, None, 0
     bar = progress.bar(len(todo), f"score L{job.layer} ({job.simulator})", unit="unit" if baseline else "explanation")
 
     def put(store, items) -> None:
@@ -235,7 +280,29 @@ def score(job: ScoreJob, db: Path, progress: Progress = Progress(), executor=Non
             else:
                 add((eid, scored))
             results.append(scored)
+            printed.append(dict(scored.to_json(), unit=str(recs[u].unit), explanation_id=eid))
             if scored.error:
                 progress.note(f"neuron {u}: simulation failed: {scored.error}")
     bar.close()
-    return ScoreSummary(results, len(todo), failed, stopped, left, client.spent if client is not None else None)
+    return ScoreSummary(results, len(todo), failed, stopped, left, client.spent if client is not None else None,
+                        printed + stored)
+
+
+def stored_json(sim, rec: UnitRecord, exp) -> dict:
+    """A stored simulation (``cache.explanations.StoredSimulation``, or a ``StoredBaseline`` with ``exp`` None)
+    as ``ScoredSimulation.to_json`` gives it, its records' tokens and real values read from the unit's record."""
+    from analysis.evaluate import ScoredSimulation
+    from analysis.splits import calibration, scoring_records
+
+    by_window = {r.window_id: r for r in scoring_records(rec, sim.scoring_set) + calibration(rec)}
+    rows = [by_window.get(w) for w in sim.window_ids]
+    simulated = sim.simulated if exp is not None else sim.predicted
+    scored = ScoredSimulation(exp.text if exp is not None else "", getattr(sim, "simulator", None) or sim.predictor,
+                              sim.params, sim.scoring_set, list(sim.window_ids),
+                              [list(r.tokens) if r else [] for r in rows], [list(r.activations) if r else []
+                                                                           for r in rows],
+                              simulated, sim.score, sim.rsquared, sim.absolute_dev_explained,
+                              getattr(sim, "max_activation", None) or rec.stats.max, sim.error,
+                              sim.calibration, getattr(sim, "usage", None), sim.lo, sim.hi)
+    return dict(scored.to_json(), unit=str(rec.unit),
+                explanation_id=exp.explanation_id if exp is not None else None, stored=True)
