@@ -22,11 +22,13 @@ records at even positions of the random pool's quantile bins (highest bin first)
 unit's range of activation, not only its top.
 
 Classification scorers (detection, fuzzing, embedding: ``classification_examples``) take *activating* examples
-(some token reaches 1 on the prompts' 0–10 scale, i.e. a tenth of the unit's max) from the held-out top records
-(2::4 and 3::4 of the first 20) and the quantile bins' activating records at odd positions, and *non-activating*
-ones (no token reaches it) from the unseen random sample and the quantile bins; at most ``EXAMPLES_PER_CLASS`` of
-each, so the classes are balanced whenever the harvest has enough of both. None of them is a record any explainer
-saw.
+from the held-out top records (2::4 and 3::4 of the first 20) and the quantile bins' records at odd positions,
+each reaching 1 on the prompts' 0–10 scale (a tenth of the unit's max) and above the median of the random windows'
+maxima; and *non-activating* ones from the rest of the unseen random sample and the quantile bins: windows below a
+tenth of the max, or no higher than that median (a dense neuron reaches a tenth of its max in most windows: it is
+contrasted between its top windows and its quieter half; a sparse unit's non-activating windows are silent). At
+most ``EXAMPLES_PER_CLASS`` of each, so the classes are balanced whenever the harvest has enough of both. None of
+them is a record any explainer saw.
 
 Scoring sets, of at most ``2 n`` records: "top-and-random" is valid top [:n] + valid random [:n] (valid top of
 the first ``N2G_HEAD`` only: past them, Neuron2Graph may train);
@@ -53,6 +55,14 @@ def is_activating(record: ActivationRecord, max_activation: float) -> bool:
     return max_activation > 0 and max(record.activations, default=0.0) >= max_activation / 10
 
 
+def median_window_max(rec: UnitRecord) -> float:
+    """The median of the random sample's window maxima (0 without a sample)."""
+    import numpy as np
+
+    maxima = [max(r.activations, default=0.0) for r in rec.random_sample]
+    return float(np.median(maxima)) if maxima else 0.0
+
+
 def _quantile_records(rec: UnitRecord, parity: int) -> list[ActivationRecord]:
     """The activating records at ``parity`` (0: even, 1: odd) positions of each quantile bin, highest bin first."""
     return [r for b in reversed(rec.random_sample_by_quantile) for r in b[parity::2]
@@ -72,13 +82,17 @@ def classification_examples(rec: UnitRecord, per_class: int = EXAMPLES_PER_CLASS
     top = rec.most_positive_activation_records
     seen = {r.window_id for r in top[0::4] + top[1::4] + top[N2G_HEAD:]}
     seen |= {r.window_id for r in explainer_quantiles(rec)}
-    activating, non, taken = [], [], set(seen)
+    activating, non, taken, median = [], [], set(seen), median_window_max(rec)
+
+    def fires(r) -> bool:
+        return is_activating(r, rec.stats.max) and max(r.activations) > median
+
     for r in top[:N2G_HEAD][2::4] + top[:N2G_HEAD][3::4] + _quantile_records(rec, 1):
-        if r.window_id not in taken and is_activating(r, rec.stats.max):
+        if r.window_id not in taken and fires(r):
             activating.append(r)
             taken.add(r.window_id)
     for r in rec.random_sample + [r for b in rec.random_sample_by_quantile for r in b]:
-        if r.window_id not in taken and not is_activating(r, rec.stats.max):
+        if r.window_id not in taken and not fires(r):
             non.append(r)
             taken.add(r.window_id)
     return activating[:per_class], non[:per_class]

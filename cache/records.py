@@ -172,6 +172,11 @@ class RecordRepo(Repo):
             out[row[0]] = stats, [float(x) for x in (row[10] or [])]
         return out
 
+    def token_counts(self, run_id: str) -> dict[int, int]:
+        """token id -> its occurrences in the run's windows (the harvested tokens; no BOS), for the ids that occur."""
+        return dict(self._q("SELECT t, count(*) FROM (SELECT unnest(token_ids) AS t FROM windows WHERE run_id = ?) "
+                            "GROUP BY t", [run_id]).fetchall())
+
     def unit_record(self, run: RunInfo, unit: UnitId) -> UnitRecord | None:
         """Everything stored about one unit of a run (None if the run does not hold it)."""
         return self.unit_records(run, unit.source, unit.layer, [unit.index]).get(unit.index)

@@ -137,6 +137,8 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 IN_FLIGHT["now"] -= 1
         user = req["messages"][-1]["content"]
+        if "You check explanations of neurons" in req["messages"][0]["content"]:
+            return self._judge(req, model, user)
         if model == "garbage":
             content = "I think the activations are mostly high, roughly"
         elif "Revised explanation" in user:
@@ -157,6 +159,64 @@ class Handler(BaseHTTPRequestHandler):
                                       "message": {"role": "assistant", "content": content}}],
                          "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                                    "total_tokens": prompt_tokens + completion_tokens}})
+
+
+    def _judge(self, req: dict, model: str, user: str):
+        """A detection or fuzzing request: per excerpt P(yes) from the embedded model (``subject``, asked whether
+        the excerpt fits the explanation) or, without one, from a keyword rule (an explanation word of 4+ letters in
+        the excerpt, in its << >> marks for fuzzing); the answers as a JSON list with chat log-probabilities, except
+        for model "no-logprobs" (none), "partial" (one answer short) and "garbage" (no list)."""
+        explanation = re.search(r"^Explanation: (.*)$", user, re.M).group(1)
+        excerpts = [json.loads(x) for x in re.findall(r"^\d+\. (\".*\")$", user, re.M)]
+        fuzz = "marked with <<" in req["messages"][0]["content"]
+        probs = []
+        for text in excerpts:
+            if self.subject is not None:
+                with LOCK:
+                    probs.append(_yes_probability(self.subject, explanation, text))
+            else:
+                seen = " ".join(re.findall(r"<<(.*?)>>", text)) if fuzz else text
+                words = {w.lower() for w in re.findall(r"[A-Za-z]{4,}", explanation)}
+                probs.append(0.9 if any(w in seen.lower() for w in words) else 0.1)
+        answers = [int(p > 0.5) for p in probs]
+        if model == "partial":
+            answers, probs = answers[:-1], probs[:-1]
+        if model == "garbage":
+            content, tokens = "They all look related to me.", []
+        else:
+            content = json.dumps({"answers": answers}) if "response_format" in req else json.dumps(answers)
+            tokens = [(content[: content.index("[") + 1], None)] + [
+                t for i, (a, p) in enumerate(zip(answers, probs))
+                for t in ((str(a), p), (", " if i + 1 < len(answers) else "]", None))] + [
+                (content[content.rindex("]") + 1:], None)]
+        logprobs = None
+        if req.get("logprobs") and model != "no-logprobs":
+            import math
+
+            def entry(tok, p):
+                top = ([{"token": "1", "logprob": math.log(p)}, {"token": "0", "logprob": math.log(1 - p)}]
+                       if p is not None else [{"token": tok, "logprob": 0.0}])
+                return {"token": tok, "logprob": max(x["logprob"] for x in top), "top_logprobs": top}
+
+            logprobs = {"content": [entry(t, p) for t, p in tokens if t]}
+        self._send(200, {"id": "c1", "object": "chat.completion", "created": 0, "model": model,
+                         "choices": [{"index": 0, "finish_reason": "stop", "logprobs": logprobs,
+                                      "message": {"role": "assistant", "content": content}}],
+                         "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": len(content) // 4 + 1,
+                                   "total_tokens": len(user) // 4 + len(content) // 4 + 1}})
+
+
+def _yes_probability(subject, explanation: str, text: str) -> float:
+    """The embedded model's P(" yes") / (P(" yes") + P(" no")) after a question whether ``text`` fits."""
+    import torch
+
+    tok = subject.tokenizer
+    prompt = f"Explanation: {explanation}\nText: {text}\nDoes the text fit the explanation (yes or no)? Answer:"
+    ids = tok(prompt, return_tensors="pt").input_ids[:, -400:]
+    with torch.no_grad():
+        logits = subject.model(ids).logits[0, -1].double()
+    yes, no = (tok(w, add_special_tokens=False).input_ids[0] for w in (" yes", " no"))
+    return min(1 - 1e-6, max(1e-6, float(torch.softmax(logits[[yes, no]], 0)[0])))
 
 
 @contextmanager

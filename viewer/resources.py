@@ -178,6 +178,48 @@ def _score_overview(s: Store, model_id: str, scoring_set: str | None, source: st
     return s.scores.kinds(model_id) if scoring_set is None else s.scores.overview(model_id, scoring_set, source)
 
 
+def scorer_overview(s: Store, model_id: str, scoring_set: str | None, source: str):
+    """``s.scores.by_scorer`` and ``s.scores.disagreements`` of a model's units of one source, kept: SQL
+    aggregates over every score of the model (about a second for 500k units)."""
+    return kept(s, "summing up every scorer…", _scorer_overview, model_id, scoring_set, source)
+
+
+def _scorer_overview(s: Store, model_id: str, scoring_set: str | None, source: str):
+    return s.scores.by_scorer(model_id, scoring_set, source), s.scores.disagreements(model_id, source)
+
+
+def explanation_verdicts(explanation_ids: list[str]) -> dict:
+    """The scorers' stored verdicts on these explanations (``store.scorer_results.of_explanations``, without the
+    per-example details); {} when the read fails (the failure is shown)."""
+    if not explanation_ids:
+        return {}
+    return read(lambda s: s.scorer_results.of_explanations(explanation_ids)) or {}
+
+
+def embedding_live(rec, explanation: str):
+    """``explanation`` of the unit ``rec`` scored by the offline embedding scorer, every vector computed in memory
+    (nothing written): an ``analysis.scorers.ScorerResult``, or a string saying why it could not run."""
+    from analysis.scorers.embedding import score_embedding
+    from analysis.search import embed
+
+    try:
+        with st.spinner("scoring with the embedding scorer…"):
+            windows = _window_vectors(rec, str(rec.run_id), rec.unit)
+            return score_embedding(explanation, embed([explanation])[0], rec, windows)
+    except Exception as exc:
+        return str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _window_vectors(_rec, run_id: str, unit) -> dict:
+    """Window id -> sentence vector of a unit's classification examples, encoded in memory once per server."""
+    from analysis.scorers.embedding import examples_of, window_text
+    from analysis.search import embed
+
+    pairs = examples_of(_rec)
+    return dict(zip([r.window_id for r, _y in pairs], embed([window_text(r) for r, _y in pairs])))
+
+
 @st.cache_resource(show_spinner="loading the model (once per server)…", max_entries=2)
 def subject(name: str, device: str = "cpu", dtype: str = "float32") -> SubjectModel:
     import torch

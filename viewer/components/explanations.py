@@ -1,6 +1,7 @@
-"""Explanations panel: the unit's baseline (an explanation-blind predictor), every explanation with its scores
-against that baseline, a simulated-vs-real scatter, paired heatmaps, and a box to write, simulate, score and save
-your own explanation (the page scores it: ``analysis.evaluate.score_explanation``)."""
+"""Explanations panel: the unit's baseline (an explanation-blind predictor), every explanation with every score it
+has, each with its 95 % interval (viewer.components.score_table), the simulations in detail, a simulated-vs-real
+scatter, paired heatmaps, and a box to write, simulate, score and save your own explanation (the page scores it:
+``analysis.evaluate.score_explanation``, and the offline embedding scorer)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import streamlit as st
 from analysis.scoring import to_neuron_units
 from analysis.splits import SCORING_SETS
 from analysis.types import TokenActivations
-from viewer.components.heatmap import records_html
+from viewer.components.heatmap import md_escape, records_html
+from viewer.components.score_table import fmt_ci, score_table_html
 
 TINY = {"explainer": "local", "simulator": "local-all-at-once"}
 """Names of the tiny offline model (SmolLM2-135M) as explainer and simulator."""
@@ -28,7 +30,7 @@ def baseline_line(baselines: list) -> bool:
     ok = [b for b in baselines if b.error is None and b.score is not None]
     if ok:
         st.markdown("**Baseline** (no explanation): " + " · ".join(
-            f"{b.predictor} r = {b.score:+.3f} on {b.scoring_set}" for b in ok), help=BASELINE_HELP)
+            f"{b.predictor} r = {fmt_ci(b.score, b.lo, b.hi)} on {b.scoring_set}" for b in ok), help=BASELINE_HELP)
         return False
     c1, c2 = st.columns([3, 2])
     c1.caption("no baseline yet: token-lookup (each token's mean activation) is the score an explanation must beat")
@@ -86,11 +88,32 @@ def show_scored(sim, records_by_window: dict, vmax: float, max_activation: float
     c2.html(paired_heatmaps(recs, units, vmax))
 
 
-def explanations_panel(rows: list, baselines: list, rec) -> None:
-    """``rows``: (stored explanation, its stored simulations); ``baselines``: the unit's stored baselines."""
+def explanations_panel(rows: list, baselines: list, rec, verdicts: dict | None = None) -> None:
+    """``rows``: (stored explanation, its stored simulations); ``baselines``: the unit's stored baselines;
+    ``verdicts``: the scorers' verdicts on them (``store.scorer_results.of_explanations``; None: read here)."""
     if not rows:
         st.info("no explanation yet: write one below, or run `python -m analysis explain ... --neurons "
                 f"{rec.unit.index}` and `python -m analysis score ...`")
+        return
+    if verdicts is None:
+        from viewer.resources import explanation_verdicts
+
+        verdicts = explanation_verdicts([e.explanation_id for e, _s in rows])
+    st.html(score_table_html(rows, verdicts, baselines))
+    st.caption("Each score with its 95 % interval (bootstrap over the records or examples; \"no interval\": scored "
+               "before intervals were kept); the best of each column in bold. Simulation scores are correlations "
+               "(chance 0) beside the token-lookup baseline; the embedding and output scorers' are AUROC, detection "
+               "and fuzz balanced accuracy (chance 0.5).")
+    with st.expander("the simulations in detail (R², calibration, models, API tokens)"):
+        simulation_details(rows, baselines)
+    if any(e.explainer == TINY["explainer"] or any(s.simulator == TINY["simulator"] for s in sims)
+           for e, sims in rows):
+        st.caption(TINY_HINT)
+    scored_picker(rows, rec, key="stored")
+
+
+def simulation_details(rows: list, baselines: list) -> None:
+    """One row per (explanation, simulation), with every number a simulation keeps."""
     base = {b.scoring_set: b.score for b in baselines if b.error is None and b.score is not None}
     table = []
     for e, sims in rows:
@@ -98,6 +121,8 @@ def explanations_panel(rows: list, baselines: list, rec) -> None:
             table.append({"explanation": e.text, "explainer": _tiny(e.explainer, "explainer"),
                           "simulator": _tiny(s.simulator, "simulator") if s else "—",
                           "set": s.scoring_set if s else "—", "score": None if s is None else s.score,
+                          "95 % interval": "" if s is None or s.score is None else
+                          "no interval" if s.lo is None else f"[{s.lo:.3f}, {s.hi:.3f}]",
                           "vs baseline": None if s is None or s.score is None or s.scoring_set not in base
                           else s.score - base[s.scoring_set],
                           "R²": None if s is None else s.rsquared,
@@ -121,10 +146,6 @@ def explanations_panel(rows: list, baselines: list, rec) -> None:
             "explainer model": st.column_config.TextColumn(help="the model (and endpoint) that wrote it"),
             "flag": st.column_config.TextColumn(help="a degenerate explanation: empty, a copy of a few-shot "
                                                      "explanation, or the prompt restated (shown, not hidden)")})
-        if any(e.explainer == TINY["explainer"] or any(s.simulator == TINY["simulator"] for s in sims)
-               for e, sims in rows):
-            st.caption(TINY_HINT)
-        scored_picker(rows, rec, key="stored")
 
 
 def scored_picker(rows: list, rec, key: str) -> None:
@@ -133,13 +154,13 @@ def scored_picker(rows: list, rec, key: str) -> None:
     if not scored:
         st.caption("no scored explanation for this unit yet")
         return
-    labels = [f"{s.score if s.score is not None else float('nan'):+.3f} · {e.explainer} · {s.simulator} · "
-              f"{s.scoring_set} · {e.text[:50]}" for e, s in scored]
+    labels = [f"{fmt_ci(s.score, s.lo, s.hi)} · {e.explainer} · {s.simulator} · {s.scoring_set} · {e.text[:50]}"
+              for e, s in scored]
     pick = st.selectbox("explanation", range(len(scored)), format_func=lambda i: labels[i], key=f"pick_{key}")
     e, s = scored[pick]
-    st.markdown(f"*the main thing this neuron does is find* **{e.text}**")
-    st.metric("correlation score", "—" if s.score is None else f"{s.score:+.3f}",
-              help=f"R² {s.rsquared:.3f}" if s.rsquared is not None else None)
+    st.markdown(f"*the main thing this neuron does is find* **{md_escape(e.text)}**")
+    st.metric("correlation score", fmt_ci(s.score, s.lo, s.hi),
+              help=f"95 % interval in brackets; R² {s.rsquared:.3f}" if s.rsquared is not None else None)
     by_window = {r.window_id: r for r in rec.most_positive_activation_records + rec.random_sample}
     show_scored(s, by_window, max(rec.stats.max, 1e-9), rec.stats.max, key=key)
 
@@ -164,7 +185,8 @@ class OwnExplanation:
 def own_explanation_form(simulators: list[str], key: str = "own") -> OwnExplanation | None:
     """A box to write an explanation and pick a live simulator (of ``simulators``) and records: what the user
     asked for when they submit it, else None (the page scores it and hands it to ``own_explanation_result``)."""
-    st.markdown("**Your explanation**: simulated and scored live on the held-out records")
+    st.markdown("**Your explanation**: simulated and scored live on the held-out records, and scored by the "
+                "offline embedding scorer on the unit's classification examples")
     with st.form(f"{key}_explanation"):
         text = st.text_input("the main thing this neuron does is find …", key=f"{key}_text")
         c1, c2 = st.columns(2)
@@ -182,21 +204,40 @@ def own_explanation_result(rec, asked: OwnExplanation | None, scored=None, key: 
         st.warning("write an explanation first")
         return None
     if scored is not None:
+        from viewer.resources import embedding_live
+
         st.session_state[f"{key}_scored"] = scored
+        st.session_state[f"{key}_embedding"] = embedding_live(rec, scored.explanation)
     scored = st.session_state.get(f"{key}_scored")
     if scored is not None and scored.explanation:
         by_window = {r.window_id: r for r in rec.most_positive_activation_records + rec.random_sample}
-        st.metric("correlation score", "—" if scored.score is None else f"{scored.score:+.3f}")
+        c1, c2 = st.columns(2)
+        c1.metric("correlation score", fmt_ci(scored.score, scored.lo, scored.hi),
+                  help=f"simulated by {scored.simulator} on {scored.scoring_set}; 95 % interval in brackets")
+        embedding_metric(c2, st.session_state.get(f"{key}_embedding"))
         show_scored(scored, by_window, max(rec.stats.max, 1e-9), rec.stats.max, key=key)
         if scored.error is None and st.button("save this explanation and its score", key=f"{key}_save"):
             del st.session_state[f"{key}_scored"]
+            st.session_state.pop(f"{key}_embedding", None)
             return scored
     return None
 
 
+def embedding_metric(col, result) -> None:
+    """The embedding scorer's verdict (analysis.scorers.ScorerResult, or an error string) as a metric."""
+    if result is None:
+        return
+    if isinstance(result, str) or result.score is None:
+        col.metric("embedding AUROC", "—", help=result if isinstance(result, str) else result.error)
+        return
+    col.metric("embedding AUROC", fmt_ci(result.score, result.lo, result.hi),
+               help=f"how much closer the explanation reads to the unit's {result.n_pos} activating examples than "
+                    f"to its {result.n_neg} non-activating ones (chance 0.5); 95 % interval in brackets; not saved "
+                    "with the explanation (`python -m analysis score --scorer embedding` stores it)")
+
+
 def similar_line(model_name: str, similar) -> None:
     """Units with explanations like this unit's (``similar``: (text, hits or None) or None)."""
-    from viewer.components.heatmap import md_escape
     from viewer.components.picker import unit_link
 
     if similar is None:
