@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis.jobs.causal import AblateJob, EffectsJob, SteerJob
     from analysis.jobs.compare import CompareJob
     from analysis.jobs.embed import EmbedJob
-    from analysis.jobs.explain import EXPLAINERS, ExplainJob
+    from analysis.jobs.explain import EXAMPLES, EXPLAINERS, ExplainJob
     from analysis.jobs.export import FORMATS, ExportJob
     from analysis.jobs.harvest import HarvestJob
     from analysis.jobs.n2g import N2GJob
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     api_job = offer("api_concurrency", api=API)
     x = command("explain", cli.cmd_explain, "explain neurons from their top train records (resumable)")
     add_options(x, ExplainJob, offer(UNITS + " explainer_model device force revise", layer=required, neurons=required,
-                                     explainer=Opt(choices=EXPLAINERS), **api_job))
+                                     explainer=Opt(choices=EXPLAINERS), examples=Opt(choices=EXAMPLES), **api_job))
 
     sc = command("score", cli.cmd_score, "score explanations on held-out records, each score with a 95 % interval "
                  "(resumable)", "Scorers (--scorer, several comma-separated): simulation, embedding, detection, fuzz, "

@@ -69,7 +69,42 @@ class ScoreOverview:
     """The best-explained units (their best score each), best first."""
 
 
+@dataclass(frozen=True)
+class ScorerMean:
+    """One scorer's scores of one explainer's explanations (or of the units' baselines) over a model's units."""
+
+    scorer: str
+    """'simulation', 'baseline' (explanation-blind: not a score of an explanation), or a scorer of
+    ``analysis.scorers.SCORERS`` (embedding, detection, fuzz, output)."""
+    variant: str
+    """The simulator (simulation), the predictor (baseline), else the scorer again."""
+    metric: str
+    """'correlation' (simulations, baselines), else the scorer's headline metric."""
+    explainer: str
+    n: int
+    mean: float
+    lo: float | None
+    hi: float | None
+    """mean ± 1.96 · sd / √n (a normal approximation, computed in SQL); None when n < 2."""
+
+
+@dataclass(frozen=True)
+class Disagreements:
+    """Units whose scorers disagree about their best explanation (each side, input and output, on its own)."""
+
+    judged: int
+    """Units (sides) where two or more scorers (each simulator on each record set, each scorer's params) each
+    scored two or more of the unit's explanations."""
+    disagree: int
+    """Of those, units where those scorers' best explanations are not all the same one."""
+    examples: list[UnitId]
+    """A few of them (by layer, unit)."""
+
+
 _RUNS = "JOIN runs r USING (run_id) WHERE r.model_id = $model AND r.status = 'done'"
+_EXP_RUNS = "JOIN explanations e USING (explanation_id) JOIN runs r ON r.run_id = e.run_id WHERE r.model_id = $model " \
+            "AND r.status = 'done' AND e.source = $source"
+_SIDE = "CASE WHEN e.explainer LIKE 'output-%' THEN 'output' ELSE 'input' END"
 _SCORED = ("SELECT e.source, e.layer, e.unit, e.explainer AS a, s.simulator AS b, s.score FROM simulations s "
            f"JOIN explanations e USING (explanation_id) {_RUNS} AND s.error IS NULL AND s.score IS NOT NULL "
            "AND s.scoring_set = $set AND e.source = $source")
@@ -80,12 +115,54 @@ _BASE = (f"SELECT x.source, x.layer, x.unit, 'baseline' AS a, x.predictor AS b, 
 class ScoreRepo(Repo):
     def kinds(self, model_id: str) -> tuple[list[str], list[str]]:
         """(scoring sets, unit sources) that a model's successful simulations and baselines (of finished runs)
-        have, sorted."""
+        have, sorted; the sources of its successful scorer verdicts too (they have no scoring set)."""
         rows = self._q(
             "SELECT s.scoring_set, e.source FROM simulations s JOIN explanations e USING (explanation_id) "
             f"{_RUNS} AND s.error IS NULL UNION SELECT x.scoring_set, x.source FROM baselines x {_RUNS} AND "
-            "x.error IS NULL AND x.score IS NOT NULL", {"model": model_id}).fetchall()
-        return sorted({r[0] for r in rows}), sorted({r[1] for r in rows})
+            "x.error IS NULL AND x.score IS NOT NULL UNION SELECT NULL, e.source FROM scorer_results v JOIN "
+            f"explanations e USING (explanation_id) {_RUNS} AND v.error IS NULL AND v.score IS NOT NULL",
+            {"model": model_id}).fetchall()
+        return sorted({r[0] for r in rows if r[0] is not None}), sorted({r[1] for r in rows})
+
+    def by_scorer(self, model_id: str, scoring_set: str | None, source: str) -> list[ScorerMean]:
+        """Every scorer's successful scores of a model's ``source`` units, per explainer: n, mean and the mean's
+        95 % interval, all aggregated here; simulations and baselines on ``scoring_set`` only (None: none)."""
+        args = {"model": model_id, "set": scoring_set, "source": source}
+        rows = self._q(
+            "WITH x AS ("
+            "SELECT 'simulation' AS scorer, s.simulator AS variant, 'correlation' AS metric, e.explainer, s.score "
+            f"FROM simulations s {_EXP_RUNS} AND s.error IS NULL AND s.score IS NOT NULL AND s.scoring_set = $set "
+            "UNION ALL SELECT 'baseline', x.predictor, 'correlation', 'no explanation', x.score FROM baselines x "
+            f"{_RUNS} AND x.error IS NULL AND x.score IS NOT NULL AND x.scoring_set = $set AND x.source = $source "
+            "UNION ALL SELECT v.scorer, v.scorer, v.metric, e.explainer, v.score FROM scorer_results v "
+            f"{_EXP_RUNS} AND v.error IS NULL AND v.score IS NOT NULL) "
+            "SELECT scorer, variant, metric, explainer, count(*) AS n, avg(score) AS mean, "
+            "1.96 * stddev_samp(score) / sqrt(count(*)) AS half FROM x GROUP BY ALL "
+            "ORDER BY scorer, variant, metric, explainer", args).fetchall()
+        return [ScorerMean(a, b, c, d, n, mean, None if half is None else mean - half,
+                           None if half is None else mean + half) for a, b, c, d, n, mean, half in rows]
+
+    def disagreements(self, model_id: str, source: str, examples: int = 10) -> Disagreements:
+        """How many of a model's ``source`` units have scorers that disagree about their best explanation (see
+        ``Disagreements``; the best of a scorer: its highest score, ties to the larger explanation id), counted
+        here."""
+        row = self._q(
+            "WITH x AS ("
+            f"SELECT e.run_id, e.layer, e.unit, {_SIDE} AS side, e.explanation_id AS eid, "
+            "'simulation ' || s.simulator || ' ' || s.scoring_set || ' ' || s.params AS col, s.score "
+            f"FROM simulations s {_EXP_RUNS} AND s.error IS NULL AND s.score IS NOT NULL "
+            f"UNION ALL SELECT e.run_id, e.layer, e.unit, {_SIDE}, e.explanation_id, v.scorer || ' ' || v.params, "
+            "v.score "
+            f"FROM scorer_results v {_EXP_RUNS} AND v.error IS NULL AND v.score IS NOT NULL), "
+            "c AS (SELECT run_id, layer, unit, side, col, arg_max(eid, {'s': score, 'e': eid}) AS best FROM x "
+            "GROUP BY ALL HAVING count(DISTINCT eid) >= 2), "
+            "u AS (SELECT run_id, layer, unit, side, count(DISTINCT best) > 1 AS split FROM c GROUP BY ALL "
+            "HAVING count(*) >= 2) "
+            "SELECT count(*), count(*) FILTER (split), "
+            "(list({'layer': layer, 'unit': unit} ORDER BY layer, unit) FILTER (split))[1:$k] FROM u",
+            {"model": model_id, "source": source, "k": examples}).fetchone()
+        seen = dict.fromkeys(UnitId(source, r["layer"], r["unit"]) for r in row[2] or [])
+        return Disagreements(row[0], row[1], list(seen))
 
     def overview(self, model_id: str, scoring_set: str, source: str, points: int = POINTS) -> ScoreOverview:
         """A model's explanation scores and baselines on one record set, of one source's units."""

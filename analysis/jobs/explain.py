@@ -38,6 +38,9 @@ class ExplainJob:
     """Explain again units this explainer already explained."""
     revise: bool = False
     """Also store a revised explanation (the paper's revision step; model explainers only)."""
+    examples: str = "top"
+    """The records the explainer sees: top (its top train records) or quantiles (the top 3 and records across its
+    activation quantiles; stored as explainer <name>+quantiles)."""
     api: ApiConfig = field(default_factory=ApiConfig)
     api_concurrency: int = 4
     """API requests in flight at once."""
@@ -85,13 +88,30 @@ CHUNK = {"token-lookup": 64}
 """Units per executor task by explainer (model explainers: 4, a progress step of ~20 s here)."""
 
 
-def _explain(explainer, rec, revise: bool) -> tuple[Explanation, ...]:
-    from analysis.explain import RevisingExplainer
-    from analysis.splits import explainer_train
+EXAMPLES = ("top", "quantiles")
 
-    if revise:
-        return RevisingExplainer(explainer).explain_both(explainer_train(rec), rec.stats.max)
-    return (explainer.explain(explainer_train(rec), rec.stats.max),)
+
+def explainer_records(rec, examples: str = "top") -> list:
+    """The records an explainer sees (``ExplainJob.examples``)."""
+    from analysis.splits import explainer_quantiles, explainer_train
+
+    return explainer_quantiles(rec) if examples == "quantiles" else explainer_train(rec)
+
+
+def stored_name(explainer: str, examples: str) -> str:
+    """The explainer name its explanations are stored under: explaining from quantiles is another explainer."""
+    return explainer if examples == "top" else f"{explainer}+{examples}"
+
+
+def _explain(explainer, rec, revise: bool, examples: str = "top") -> tuple[Explanation, ...]:
+    import dataclasses
+
+    from analysis.explain import RevisingExplainer
+
+    seen = explainer_records(rec, examples)
+    out = (RevisingExplainer(explainer).explain_both(seen, rec.stats.max) if revise
+           else (explainer.explain(seen, rec.stats.max),))
+    return tuple(dataclasses.replace(e, explainer=stored_name(e.explainer, examples)) for e in out)
 
 
 @dataclass(frozen=True)
@@ -103,6 +123,7 @@ class ExplainTask:
     explainer_model: str
     device: str
     revise: bool
+    examples: str = "top"
 
     def __call__(self, recs: list) -> list:
         """[(explanations, None) or (None, why it failed)] in the records' order."""
@@ -110,7 +131,7 @@ class ExplainTask:
         out = []
         for rec in recs:
             try:
-                out.append((_explain(explainer, rec, self.revise), None))
+                out.append((_explain(explainer, rec, self.revise, self.examples), None))
             except UserError as exc:
                 out.append((None, str(exc)))
         return out
@@ -122,9 +143,10 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress(), executor
     task on ``executor`` (default this process). ``records``: the units' records (index -> UnitRecord) where the
     caller has read them already, else read here."""
     from analysis.executor import LOCAL
-    from analysis.splits import explainer_train
     from cache.store import open_store
 
+    if job.examples not in EXAMPLES:
+        raise UserError(f"unknown --examples {job.examples!r}: use one of {', '.join(EXAMPLES)}")
     with open_store(db, read_only=True) as store:
         info = cached_model(store, job.model)
         n = n_units(store, info, job.source, job.layer)
@@ -135,21 +157,22 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress(), executor
         db, job.model, job.layer, units, job.source)
     with open_store(db, read_only=True) as store:  # resumable: skip units this explainer already did
         done = set() if job.force or not recs else store.explanations.units_explained_by(
-            recs[units[0]].run_id, job.source, job.layer, job.explainer)
+            recs[units[0]].run_id, job.source, job.layer, stored_name(job.explainer, job.examples))
     todo = [u for u in units if u not in done]
     if job.explainer == "api" and todo:
         job.api.check()
         from analysis.api import plan_line
         from analysis.prompts import explain_prompt
 
-        calls = [(len(explain_prompt(explainer_train(recs[u]), recs[u].stats.max)), 60) for u in todo]
+        calls = [(len(explain_prompt(explainer_records(recs[u], job.examples), recs[u].stats.max)), 60)
+                 for u in todo]
         progress.note(plan_line(len(todo), "neuron", calls * (2 if job.revise else 1), job.api))
     if job.explainer not in EXPLAINERS:
         raise UserError(f"unknown explainer {job.explainer!r}: use one of {', '.join(EXPLAINERS)}")
     explainer = api_explainer(job, db) if todo and job.explainer == "api" else None
 
     def work(u: int) -> tuple[Explanation, ...]:  # an API explainer's: requests from threads of this process
-        return _explain(explainer, recs[u], job.revise)
+        return _explain(explainer, recs[u], job.revise, job.examples)
 
     def outcomes():  # (unit, explanations, error)
         if explainer is not None:
@@ -157,7 +180,7 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress(), executor
             return
         size = CHUNK.get(job.explainer, 4)
         chunks = [todo[b : b + size] for b in range(0, len(todo), size)]
-        task = ExplainTask(job.explainer, job.explainer_model, job.device, job.revise)
+        task = ExplainTask(job.explainer, job.explainer_model, job.device, job.revise, job.examples)
         for chunk, outs in zip(chunks, (executor or LOCAL).map(task, ([recs[u] for u in c] for c in chunks))):
             for u, (exps, err) in zip(chunk, outs):
                 yield u, exps, None if err is None else UserError(err)

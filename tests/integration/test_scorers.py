@@ -177,3 +177,23 @@ def test_detection_answered_by_the_embedded_model(viewer_db, embedded_smollm2, t
     assert r.error is None and r.metrics["auroc"]["value"] is not None
     assert all(0 < e["prediction"] < 1 for e in r.examples)
     assert r.metrics["auroc"]["lo"] <= r.metrics["auroc"]["value"] <= r.metrics["auroc"]["hi"]
+
+
+def test_explain_from_quantiles_is_its_own_explainer(scored_db):
+    from analysis.explain import TokenLookupExplainer
+    from cache.store import open_store
+
+    db, model, args = scored_db
+    assert main(["explain", *args, "--neurons", "0-1", "--explainer", "token-lookup", "--examples", "quantiles",
+                 "--quiet"]) == 0
+    with open_store(db, read_only=True) as s:
+        run = s.runs.find(model, 1)
+        for u in (0, 1):
+            rec = _rec(db, model, u)
+            got = {e.explainer: e.text for e in s.explanations.of_unit(run.run_id, UnitId(MLP, 1, u))}
+            assert set(got) >= {"token-lookup", "token-lookup+quantiles"}
+            seen = explainer_quantiles(rec)
+            assert got["token-lookup+quantiles"] == TokenLookupExplainer().explain(seen, rec.stats.max).text
+            assert len(seen) == 5 and seen[:3] == explainer_train(rec)[:3]
+    with pytest.raises(SystemExit):  # argparse's choices
+        main(["explain", *args, "--neurons", "0-1", "--explainer", "token-lookup", "--examples", "bogus"])

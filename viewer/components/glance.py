@@ -16,6 +16,7 @@ import streamlit as st
 from cache.store import UnitGlance
 from viewer.components.explanations import BASELINE_HELP, TINY
 from viewer.components.heatmap import token_code_html
+from viewer.components.score_table import METRIC_LABEL, fmt_ci
 
 STYLE = """<style>
 .glance {display: flex; gap: 10px; margin: 2px 0 10px 0; font-family: sans-serif; font-size: 14px;}
@@ -36,9 +37,24 @@ def _card(url: str, title: str, body: str, tip: str = "", wide: bool = False) ->
             f'<a href="{html.escape(url, quote=True)}" target="_self">{html.escape(title)} ↗</a>{body}</div>')
 
 
-def glance_html(g: UnitGlance, tab_url, coming: set[str] = frozenset()) -> str:
+def _verdicts_line(verdicts: list) -> str:
+    """The other scorers' headline numbers of an explanation (cache.scorer_results.StoredScore, newest first per
+    scorer), one per scorer, intervals in the tooltip."""
+    seen, parts = set(), []
+    for v in verdicts:
+        if v.scorer in seen or v.score is None:
+            continue
+        seen.add(v.scorer)
+        tip = html.escape(f"95 % interval {fmt_ci(v.score, v.lo, v.hi)}", quote=True)
+        parts.append(f'<span title="{tip}">{html.escape(v.scorer)} {METRIC_LABEL.get(v.metric, v.metric)} '
+                     f"{v.score:.2f}</span>")
+    return f'<div class="sub">{" · ".join(parts)}</div>' if parts else ""
+
+
+def glance_html(g: UnitGlance, tab_url, coming: set[str] = frozenset(), verdicts: list = ()) -> str:
     """The cards; ``tab_url(tab)`` is the URL of this unit's page on a tab; ``coming``: the lenses a running build
-    is still to write for it (build lens names). Every text is escaped here."""
+    is still to write for it (build lens names); ``verdicts``: the other scorers' verdicts on the best explanation.
+    Every text is escaped here."""
     cards = []
 
     def none(lens: str, text: str = "none yet") -> str:
@@ -49,8 +65,9 @@ def glance_html(g: UnitGlance, tab_url, coming: set[str] = frozenset()) -> str:
         tiny = " (tiny offline model)" if TINY["simulator"] == s.simulator or TINY["explainer"] == e.explainer else ""
         flag = f'<div class="none">flagged: {html.escape(e.degenerate)}</div>' if e.degenerate else ""
         cards.append(_card(tab_url("explanations"), "explanation",
-                           f'<div class="big">{html.escape(e.text)}</div>{flag}<div class="sub">r = {s.score:+.3f} · '
-                           f"{html.escape(e.explainer)} → {html.escape(s.simulator)}{tiny}</div>",
+                           f'<div class="big">{html.escape(e.text)}</div>{flag}<div class="sub">r = '
+                           f"{fmt_ci(s.score, s.lo, s.hi)} · {html.escape(e.explainer)} → {html.escape(s.simulator)}"
+                           f"{tiny}</div>{_verdicts_line(verdicts)}",
                            "the best-scored of the unit's explanations by a simulator that reads them", wide=True))
     else:
         unscored = f" ({g.n_explanations} unscored)" if g.n_explanations else ""
@@ -60,7 +77,8 @@ def glance_html(g: UnitGlance, tab_url, coming: set[str] = frozenset()) -> str:
                            "</div>", wide=True))
     base = next((b for b in g.baselines if b.error is None and b.score is not None), None)
     cards.append(_card(tab_url("explanations"), "baseline",
-                       f'<div class="big">r = {base.score:+.3f}</div><div class="sub">token-lookup</div>' if base else
+                       f'<div class="big">r = {base.score:+.3f}</div><div class="sub">token-lookup'
+                       f"{'' if base.lo is None else f' · 95 % [{base.lo:.2f}, {base.hi:.2f}]'}</div>" if base else
                        none("baselines"), BASELINE_HELP))
     if g.graph:
         f, b = g.graph.get("firing", {}), g.graph.get("baseline_firing", {})
@@ -97,11 +115,17 @@ def glance_html(g: UnitGlance, tab_url, coming: set[str] = frozenset()) -> str:
     return STYLE + '<div class="glance">' + "".join(cards) + "</div>"
 
 
-def glance_header(g: UnitGlance, tab_url, npmi_counted: bool = True, coming: set[str] = frozenset()) -> str | None:
+def glance_header(g: UnitGlance, tab_url, npmi_counted: bool = True, coming: set[str] = frozenset(),
+                  verdicts: list | None = None) -> str | None:
     """Draw the header; return the lens the user asked to compute now ('baseline', 'graph', 'topics', 'effects')
     or None. ``npmi_counted``: whether topics can start at once (else the button says they count NPMI first);
-    ``coming``: as for ``glance_html``."""
-    st.html(glance_html(g, tab_url, coming))
+    ``coming``, ``verdicts``: as for ``glance_html`` (None: read here)."""
+    if verdicts is None and g.best:
+        from viewer.resources import explanation_verdicts
+
+        eid = g.best[0].explanation_id
+        verdicts = explanation_verdicts([eid]).get(eid, [])
+    st.html(glance_html(g, tab_url, coming, verdicts or ()))
     missing = [(lens, label) for lens, label, gone in (
         ("baseline", "compute baseline (instant)", not any(b.error is None for b in g.baselines)),
         ("graph", "build graph (seconds)", g.neuron and not g.graph),

@@ -1,4 +1,5 @@
-"""Compare two units (or one unit of two models/runs) side by side."""
+"""Compare two units (or one unit of two models/runs) side by side: records, graphs, and every explanation with
+every score it has (each with its 95 % interval), the unit's baseline beside them."""
 
 from __future__ import annotations
 
@@ -9,18 +10,22 @@ from viewer.components.explanations import own_explanation_form, own_explanation
 from viewer.components.graph import graph_height, graph_html, shown_patterns
 from viewer.components.heatmap import records_html
 from viewer.components.picker import unit_title
+from viewer.components.score_table import score_table_html
 from viewer.resources import cached_models, live_simulators, pick_unit, read, save_explanation, score_live
 
 
 def _side(s, prefix: str, col):
-    """What one side shows: (picked, record, explanations with simulations, graph, graph vocabulary)."""
+    """What one side shows: (picked, record, explanations with simulations, graph, graph vocabulary, the scorers'
+    verdicts on the explanations, the unit's baselines)."""
     picked, run = pick_unit(s, prefix=prefix, container=col, buttons=False)
     if run is None:
-        return picked, None, [], None, {}
+        return picked, None, [], None, {}, {}, []
     rec = s.records.unit_record(run, picked.unit)
     graph = s.graphs.get(run.run_id, picked.unit)
     vocab = s.catalog.vocab(picked.model.tokenizer_id, [t for p, _ in graph.patterns for t in p if t >= 0]) if graph else {}
-    return picked, rec, s.explanations.with_simulations(run.run_id, picked.unit), graph, vocab
+    rows = s.explanations.with_simulations(run.run_id, picked.unit)
+    verdicts = s.scorer_results.of_explanations([e.explanation_id for e, _s in rows])
+    return picked, rec, rows, graph, vocab, verdicts, s.explanations.baselines(run.run_id, picked.unit)
 
 
 def render() -> None:
@@ -36,7 +41,7 @@ def render() -> None:
         return
     n_show = st.slider("records per side", 3, 20, 8)
     show_graphs = st.toggle("Neuron2Graph graphs", key="cmp_graphs")
-    for side, col, (picked, rec, rows, graph, vocab) in zip("ab", st.columns(2), sides):
+    for side, col, (picked, rec, rows, graph, vocab, verdicts, baselines) in zip("ab", st.columns(2), sides):
         with col:
             st.subheader(unit_title(picked.model.name, picked.unit))
             if picked.problem:
@@ -59,7 +64,13 @@ def render() -> None:
                     shown = shown_patterns(graph.patterns, FIRING_FRACTION * graph.max_activation, 8)
                     st.iframe(graph_html(shown, vocab, graph.max_activation), height=graph_height(shown) + 20)
             st.markdown("---")
+            if rows:
+                st.html(score_table_html(rows, verdicts, baselines))
+            else:
+                st.caption("no explanation yet")
             scored_picker(rows, rec, key=f"cmp_{side}")
+    st.caption("Each score with its 95 % interval (\"no interval\": scored before intervals were kept), the best "
+               "of each column in bold; simulation r has chance 0, AUROC and balanced accuracy 0.5.")
     (picked, rec, *_rest), _b = sides
     if rec is not None:
         st.markdown("---")

@@ -1,5 +1,7 @@
 """Layer overview: the distribution of explanation scores per explainer and simulator, per layer, beside the
-units' baselines (explanation-blind predictors), which are not scores of any explanation."""
+units' baselines (explanation-blind predictors), which are not scores of any explanation; then every scorer's mean
+per explainer with the mean's 95 % interval and the scorer's chance level, and how many units' scorers disagree
+about their best explanation (all aggregated in SQL: cache/scores.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ from analysis.types import MLP
 from viewer.components.build import building_caption
 from viewer.components.explanations import TINY, TINY_HINT
 from viewer.components.picker import unit_link
-from viewer.components.scores import box
-from viewer.resources import cached_models, db_path, read, score_overview
+from viewer.components.scores import box, scorer_means_figure, scorer_means_table
+from viewer.resources import cached_models, db_path, read, score_overview, scorer_overview
 
 
 def unit_kind(source: str) -> str:
@@ -34,15 +36,55 @@ def render() -> None:
     if data is None:
         return
     name, model_id, (scoring_sets, units) = data
-    if not scoring_sets:
+    if not units:
         st.info("no scored explanation yet: `python -m analysis explain --layer L --neurons 0-99` then "
-                "`python -m analysis score --layer L --neurons 0-99 --simulator ...`")
+                "`python -m analysis score --layer L --neurons 0-99 --simulator ...` (or `--scorer embedding`)")
         return
     c1, c2 = st.columns(2)
-    scoring_set = c1.radio("records", scoring_sets, horizontal=True)
+    scoring_set = c1.radio("records", scoring_sets, horizontal=True) if scoring_sets else None
     sources = sorted(units, key=lambda x: (x != MLP, x))
     source = c2.radio("units", sources, horizontal=True, format_func=lambda x: unit_kind(x),
                       help="explanation scores of neurons and of each dictionary's features, apart")
+    if scoring_set is not None:
+        layer_boxes(name, model_id, scoring_set, source)
+    else:
+        st.caption("no simulation or baseline yet: only the other scorers' verdicts below")
+    scorers_section(name, model_id, scoring_set, source)
+
+
+def scorers_section(name: str, model_id: str, scoring_set: str | None, source: str) -> None:
+    found = read(lambda s: scorer_overview(s, model_id, scoring_set, source))
+    if found is None:
+        return
+    means, split = found
+    st.subheader("Every scorer, per explainer")
+    if not means:
+        st.caption("nothing scored for these units yet")
+        return
+    st.plotly_chart(scorer_means_figure(means), key="scorer_means")
+    fmt = st.column_config.NumberColumn(format="%.3f")
+    st.dataframe(scorer_means_table(means), hide_index=True, key="scorer_table",
+                 column_config={"mean": fmt, "95 % lo": fmt, "95 % hi": fmt, "chance": fmt})
+    st.caption("Each point is the mean of one explainer's scores by one scorer over the units; its bar is the 95 % "
+               "interval of that mean, mean ± 1.96·sd/√n computed in SQL (a normal approximation over units, not "
+               "the per-explanation bootstrap intervals). The dashed line is the scorer's chance level: 0 for "
+               "simulation's correlation, 0.5 for AUROC and balanced accuracy. Simulations and baselines are on "
+               f"the {scoring_set or '(none)'} records; the other scorers use the units' classification examples "
+               "(or, for output, the unit's effect on the next token) whatever the records picked above.")
+    if split.judged:
+        links = ", ".join(unit_link(name, u, tab="explanations") for u in split.examples)
+        st.markdown(f"**{split.disagree} of {split.judged}** units whose explanations two or more scorers each "
+                    "ranked have scorers that disagree about which explanation is best"
+                    + (f" (such as {links})" if links else "") + ".",
+                    help="per unit and side (input, output): every simulator on every record set and every "
+                         "scorer that scored two or more of its explanations picks its best one; they disagree "
+                         "when those picks differ")
+    else:
+        st.caption("no unit has two or more explanations scored by two or more scorers yet, so no disagreement "
+                   "can be counted")
+
+
+def layer_boxes(name: str, model_id: str, scoring_set: str, source: str) -> None:
     ov = read(lambda s: score_overview(s, model_id, scoring_set, source))
     if ov is None:
         return
