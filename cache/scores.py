@@ -85,7 +85,8 @@ class ScorerMean:
     mean: float
     lo: float | None
     hi: float | None
-    """mean ± 1.96 · sd / √n (a normal approximation, computed in SQL); None when n < 2."""
+    """mean ± 1.96 · sd / √n (a normal approximation, computed in SQL), clipped to the metric's range ([-1, 1] for
+    correlations, [0, 1] for the others); None when n < 2."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Disagreements:
 
     judged: int
     """Units (sides) where two or more scorers (each simulator on each record set, each scorer's params) each
-    scored two or more of the unit's explanations."""
+    scored two or more of the unit's explanations and have one best of them."""
     disagree: int
     """Of those, units where those scorers' best explanations are not all the same one."""
     examples: list[UnitId]
@@ -136,28 +137,30 @@ class ScoreRepo(Repo):
             f"{_RUNS} AND x.error IS NULL AND x.score IS NOT NULL AND x.scoring_set = $set AND x.source = $source "
             "UNION ALL SELECT v.scorer, v.scorer, v.metric, e.explainer, v.score FROM scorer_results v "
             f"{_EXP_RUNS} AND v.error IS NULL AND v.score IS NOT NULL) "
-            "SELECT scorer, variant, metric, explainer, count(*) AS n, avg(score) AS mean, "
-            "1.96 * stddev_samp(score) / sqrt(count(*)) AS half FROM x GROUP BY ALL "
+            "SELECT *, CASE WHEN half IS NOT NULL THEN greatest(mean - half, CASE WHEN metric = 'correlation' "
+            "THEN -1 ELSE 0 END) END, CASE WHEN half IS NOT NULL THEN least(mean + half, 1) END "
+            "FROM (SELECT scorer, variant, metric, explainer, count(*) AS n, avg(score) AS mean, "
+            "1.96 * stddev_samp(score) / sqrt(count(*)) AS half FROM x GROUP BY ALL) "
             "ORDER BY scorer, variant, metric, explainer", args).fetchall()
-        return [ScorerMean(a, b, c, d, n, mean, None if half is None else mean - half,
-                           None if half is None else mean + half) for a, b, c, d, n, mean, half in rows]
+        return [ScorerMean(a, b, c, d, n, mean, lo, hi) for a, b, c, d, n, mean, _half, lo, hi in rows]
 
     def disagreements(self, model_id: str, source: str, examples: int = 10) -> Disagreements:
         """How many of a model's ``source`` units have scorers that disagree about their best explanation (see
-        ``Disagreements``; the best of a scorer: its highest score, ties to the larger explanation id), counted
-        here."""
+        ``Disagreements``; the best of a scorer: its highest score, none when two tie at the top), counted here."""
         row = self._q(
             "WITH x AS ("
-            f"SELECT e.run_id, e.layer, e.unit, {_SIDE} AS side, e.explanation_id AS eid, "
-            "'simulation ' || s.simulator || ' ' || s.scoring_set || ' ' || s.params AS col, s.score "
+            f"SELECT e.run_id, e.layer, e.unit, {_SIDE} AS side, e.explanation_id AS eid, 'simulation' AS kind, "
+            "s.simulator AS a, s.scoring_set AS b, s.params, s.score "
             f"FROM simulations s {_EXP_RUNS} AND s.error IS NULL AND s.score IS NOT NULL "
-            f"UNION ALL SELECT e.run_id, e.layer, e.unit, {_SIDE}, e.explanation_id, v.scorer || ' ' || v.params, "
-            "v.score "
-            f"FROM scorer_results v {_EXP_RUNS} AND v.error IS NULL AND v.score IS NOT NULL), "
-            "c AS (SELECT run_id, layer, unit, side, col, arg_max(eid, {'s': score, 'e': eid}) AS best FROM x "
-            "GROUP BY ALL HAVING count(DISTINCT eid) >= 2), "
-            "u AS (SELECT run_id, layer, unit, side, count(DISTINCT best) > 1 AS split FROM c GROUP BY ALL "
-            "HAVING count(*) >= 2) "
+            f"UNION ALL SELECT e.run_id, e.layer, e.unit, {_SIDE}, e.explanation_id, 'scorer', v.scorer, '', "
+            f"v.params, v.score FROM scorer_results v {_EXP_RUNS} AND v.error IS NULL AND v.score IS NOT NULL), "
+            # a scorer's best of a unit's explanations: one (eid, scorer) row at most, so count(*) counts
+            # explanations; the two highest scores tell a tie at the top (no best)
+            "c AS (SELECT run_id, layer, unit, side, arg_max(eid, score) AS best FROM x "
+            "GROUP BY run_id, layer, unit, side, kind, a, b, params "
+            "HAVING count(*) >= 2 AND max(score, 2)[1] > max(score, 2)[2]), "
+            "u AS (SELECT run_id, layer, unit, side, count(DISTINCT best) > 1 AS split FROM c "
+            "GROUP BY ALL HAVING count(*) >= 2) "
             "SELECT count(*), count(*) FILTER (split), "
             "(list({'layer': layer, 'unit': unit} ORDER BY layer, unit) FILTER (split))[1:$k] FROM u",
             {"model": model_id, "source": source, "k": examples}).fetchone()

@@ -178,14 +178,24 @@ def _score_overview(s: Store, model_id: str, scoring_set: str | None, source: st
     return s.scores.kinds(model_id) if scoring_set is None else s.scores.overview(model_id, scoring_set, source)
 
 
-def scorer_overview(s: Store, model_id: str, scoring_set: str | None, source: str):
-    """``s.scores.by_scorer`` and ``s.scores.disagreements`` of a model's units of one source, kept: SQL
-    aggregates over every score of the model (about a second for 500k units)."""
-    return kept(s, "summing up every scorer…", _scorer_overview, model_id, scoring_set, source)
+def scorer_means(s: Store, model_id: str, scoring_set: str | None, source: str):
+    """``s.scores.by_scorer`` of a model's units of one source, kept: SQL aggregates over every score of the model
+    (about a second for 500k units)."""
+    return kept(s, "summing up every scorer…", _scorer_means, model_id, scoring_set, source)
 
 
-def _scorer_overview(s: Store, model_id: str, scoring_set: str | None, source: str):
-    return s.scores.by_scorer(model_id, scoring_set, source), s.scores.disagreements(model_id, source)
+def _scorer_means(s: Store, model_id: str, scoring_set: str | None, source: str):
+    return s.scores.by_scorer(model_id, scoring_set, source)
+
+
+def scorer_disagreements(s: Store, model_id: str, source: str):
+    """``s.scores.disagreements`` of a model's units of one source, kept (a few seconds for 500k units with
+    several scored explanations each)."""
+    return kept(s, "counting the units whose scorers disagree…", _scorer_disagreements, model_id, source)
+
+
+def _scorer_disagreements(s: Store, model_id: str, source: str):
+    return s.scores.disagreements(model_id, source)
 
 
 def explanation_verdicts(explanation_ids: list[str]) -> dict:

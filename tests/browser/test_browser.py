@@ -282,3 +282,47 @@ def test_score_boxes_from_quartiles_draw_in_chromium(tmp_path):
             assert page.locator("g.trace.boxes path.box").count() == 3
             assert page.locator("g.trace.boxes path.point").count() == (2 if outliers else 0)
         browser.close()
+
+
+def test_compare_page_scores_with_intervals_in_chromium(server, tmp_path):
+    """The Compare page draws both units' score tables, every stored interval visible as text."""
+    from playwright.sync_api import sync_playwright
+
+    from analysis.__main__ import main
+    from cache.store import open_store
+
+    url, db, model = server
+    args = ["--db", str(db), "--model", model, "--layer", "1", "--neurons", "0-1", "--quiet"]
+    assert main(["explain", *args, "--explainer", "token-lookup"]) == 0
+    assert main(["score", *args, "--simulator", "token-lookup"]) == 0  # the baselines, with intervals
+    assert main(["score", *args, "--scorer", "embedding"]) == 0
+    expected = []
+    with open_store(db, read_only=True) as s:
+        run = s.runs.find(model, 1).run_id
+        for n in (0, 1):
+            ids = [e.explanation_id for e in s.explanations.of_unit(run, UnitId(MLP, 1, n))]
+            shown = [v for vs in s.scorer_results.of_explanations(ids).values() for v in vs]
+            shown += [b for b in s.explanations.baselines(run, UnitId(MLP, 1, n)) if b.score is not None]
+            assert any(v.lo is not None for v in shown)
+            expected.append([f"{v.score:.2f} [{v.lo:.2f}, {v.hi:.2f}]" for v in shown])
+    q = urllib.request.quote(model, safe="")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1800})
+        page.goto(f"{url}/compare?a_model={q}&a_layer=1&a_neuron=0&b_model={q}&b_layer=1&b_neuron=1")
+        page.wait_for_selector(".scoretab table", timeout=60_000)
+        tables = page.locator(".scoretab")
+        assert tables.count() == 2
+        for i, want in enumerate(expected):
+            assert tables.nth(i).is_visible()
+            text = tables.nth(i).inner_text()
+            assert "token-lookup baseline" in text and "embedding" in text and "chance 0.5" in text
+            assert all(w in text for w in want), (want, text)
+        tables.first.scroll_into_view_if_needed()
+        shot = tmp_path / "compare_page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        browser.close()
+    out = os.environ.get("NEURON_VIEWER_SCREENSHOTS")
+    if out:
+        shutil.copy(shot, Path(out) / "compare_page.png")

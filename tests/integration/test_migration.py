@@ -84,11 +84,12 @@ def _drawn_as_before(parts: dict) -> dict:
     topic chips), tables other than the explanations' and messages. Changed on purpose since (issue 13): the
     at-a-glance header and the baseline lines (markdown), the histogram (HTML now, a plotly chart then),
     captions, style sheets, and the explanations table, score and simulated heatmaps (token-lookup became each
-    unit's baseline, not an explanation's score)."""
+    unit's baseline, not an explanation's score); the table of every scorer with intervals (issue 40)."""
     return {"title": parts["title"], "error": parts["error"], "info": parts["info"],
             "metric": [m for m in parts["metric"] if m[0] != "correlation score"],
             "html": [re.sub(r"<style>.*?</style>", "", h, flags=re.S) for h in parts["html"]
-                     if 'class="hist"' not in h and 'class="glance"' not in h and " sim</span>" not in h],
+                     if 'class="hist"' not in h and 'class="glance"' not in h and " sim</span>" not in h
+                     and 'class="scoretab"' not in h],
             "dataframe": [d for d in parts["dataframe"] if not (d and len(d[0]) >= 6)]}
 
 

@@ -76,10 +76,10 @@ def glance_html(g: UnitGlance, tab_url, coming: set[str] = frozenset(), verdicts
                            "analysis explain</code> then <code>score</code>, or write one on the explanations tab"
                            "</div>", wide=True))
     base = next((b for b in g.baselines if b.error is None and b.score is not None), None)
+    ci = "" if base is None or base.lo is None else f" · 95&nbsp;% [{base.lo:.2f},&nbsp;{base.hi:.2f}]"
     cards.append(_card(tab_url("explanations"), "baseline",
-                       f'<div class="big">r = {base.score:+.3f}</div><div class="sub">token-lookup'
-                       f"{'' if base.lo is None else f' · 95 % [{base.lo:.2f}, {base.hi:.2f}]'}</div>" if base else
-                       none("baselines"), BASELINE_HELP))
+                       f'<div class="big">r = {base.score:+.3f}</div><div class="sub">token-lookup{ci}</div>' if base
+                       else none("baselines"), BASELINE_HELP))
     if g.graph:
         f, b = g.graph.get("firing", {}), g.graph.get("baseline_firing", {})
         cards.append(_card(tab_url("graph"), "graph", f'<div class="big">N2G F1 {f.get("f1", float("nan")):.2f}'

@@ -18,11 +18,13 @@ GROUPS = (("input", "what it fires on (input side)"), ("output", "what it does (
 STYLE = """<style>
 .scoretab {font-family: sans-serif; font-size: 13px; margin: 4px 0 10px 0;}
 .scoretab h4 {font-size: 14px; margin: 8px 0 4px 0; font-weight: 600;}
+.scoretab .wrap {overflow-x: auto;}
 .scoretab table {border-collapse: collapse; width: 100%;}
 .scoretab th, .scoretab td {border-bottom: 1px solid #e6e6e6; padding: 4px 6px; vertical-align: top; text-align: left;}
 .scoretab th {font-weight: 600; background: #fafafa;}
 .scoretab th .sub, .scoretab td .sub {display: block; font-weight: normal; color: #777; font-size: 11.5px;}
-.scoretab td.num {white-space: nowrap; font-variant-numeric: tabular-nums;}
+.scoretab td.num {font-variant-numeric: tabular-nums;}
+.scoretab td.num b, .scoretab td.num .ci, .scoretab td.num .noci {white-space: nowrap;}
 .scoretab td.num b {font-weight: 700;}
 .scoretab .ci {color: #666;}
 .scoretab .noci {color: #999; font-style: italic;}
@@ -106,19 +108,21 @@ def grid(rows: list, verdicts: dict) -> tuple[list[Column], dict[str, dict[tuple
 
 
 def bests(eids: list[str], columns: list[Column], cells: dict) -> dict[Column, str]:
-    """Each column's best explanation of ``eids`` (highest score, ties to the larger id: as cache/scores.py),
-    for the columns that scored at least two of them."""
+    """Each column's best explanation of ``eids`` (its highest score), for the columns that scored at least two of
+    them and have one best (a tie at the top picks none: as cache/scores.py counts)."""
     out = {}
     for c in columns:
         scored = [(cells[e][c.key].score, e) for e in eids if c.key in cells[e] and cells[e][c.key].score is not None]
-        if len(scored) >= 2:
-            out[c] = max(scored)[1]
+        top = max((v for v, _e in scored), default=None)
+        winners = [e for v, e in scored if v == top]
+        if len(scored) >= 2 and len(winners) == 1:
+            out[c] = winners[0]
     return out
 
 
 def disagreement(eids: list[str], columns: list[Column], cells: dict) -> dict[Column, str] | None:
-    """The columns' best explanations when two or more columns that each scored two or more of ``eids`` pick
-    different ones, else None."""
+    """The columns' best explanations when two or more columns that each scored two or more of ``eids`` (and have
+    one best) pick different ones, else None."""
     b = bests(eids, columns, cells)
     return b if len(b) >= 2 and len(set(b.values())) > 1 else None
 
@@ -169,9 +173,9 @@ def score_table_html(rows: list, verdicts: dict, baselines: list = ()) -> str:
         eids = [e.explanation_id for e in group]
         cols = [c for c in columns if any(c.key in cells[i] for i in eids)]
         best = bests(eids, cols, cells)
-        if any(side(e.explainer) != name for e, _s in rows) or name == "output":
-            out.append(f"<h4>{html.escape(title)}</h4>")
-        out.append('<table><tr><th>#</th><th>explanation</th>' + "".join(_header(c) for c in cols) + "</tr>")
+        out.append(f"<h4>{html.escape(title)}</h4>")
+        out.append('<div class="wrap"><table><tr><th>#</th><th>explanation</th>' + "".join(_header(c) for c in cols)
+                   + "</tr>")
         for e in group:
             flag = f'<span class="flag"> flagged: {html.escape(e.degenerate)}</span>' if e.degenerate else ""
             out.append(f"<tr><td>{number[e.explanation_id]}</td><td>{html.escape(e.text)}{flag}"
@@ -179,14 +183,18 @@ def score_table_html(rows: list, verdicts: dict, baselines: list = ()) -> str:
                        + "".join(_cell(cells[e.explanation_id].get(c.key), best.get(c) == e.explanation_id)
                                  for c in cols) + "</tr>")
         if name == "input" and base:
-            row = []
+            row, shown = [], set()
             for c in cols:
                 b = base.get(c.key[2]) if c.key[0] == "simulation" and c.key[1] != "n2g" else None
                 row.append(_cell(Cell(b.score, b.lo, b.hi), False) if b else "<td></td>")
-            sets = ", ".join(f"{k}: {fmt_ci(b.score, b.lo, b.hi)}" for k, b in sorted(base.items()))
-            out.append('<tr class="base"><td></td><td>token-lookup baseline<span class="sub">no explanation: each '
-                       f"token's mean activation ({html.escape(sets)})</span></td>" + "".join(row) + "</tr>")
-        out.append("</table>")
+                shown |= {c.key[2]} if b else set()
+            rest = ", ".join(f"r on {k}: {fmt_ci(b.score, b.lo, b.hi)}" for k, b in sorted(base.items())
+                             if k not in shown)
+            out.append('<tr class="base"><td></td><td title="token-lookup predicts each token\'s mean activation and '
+                       'ignores any explanation: the score an explanation has to beat">token-lookup baseline'
+                       f'<span class="sub">no explanation{html.escape(f" · {rest}" if rest else "")}</span></td>'
+                       + "".join(row) + "</tr>")
+        out.append("</table></div>")
         if not cols:
             out.append('<div class="sub none">not scored yet</div>')
         if (d := disagreement(eids, cols, cells)) is not None:

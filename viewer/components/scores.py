@@ -31,6 +31,15 @@ def _group(m) -> str:
     return "simulation" if m.scorer == "baseline" else m.scorer
 
 
+def in_order(means: list) -> list:
+    """Simulations, the baselines, then the other scorers in ``analysis.scorers.SCORERS`` order."""
+    from analysis.scorers import SCORERS
+
+    order = ["simulation", "baseline", *SCORERS]
+    return sorted(means, key=lambda m: (order.index(m.scorer) if m.scorer in order else len(order), m.scorer,
+                                        m.variant, m.explainer))
+
+
 def _name(m) -> str:
     if m.scorer == "baseline":
         return f"baseline: {m.variant}"
@@ -48,7 +57,7 @@ def scorer_means_figure(means: list) -> go.Figure:
     fig = make_subplots(rows=1, cols=len(groups), subplot_titles=[GROUP_TITLE.get(g, g) for g in groups],
                         horizontal_spacing=0.06)
     for col, g in enumerate(groups, start=1):
-        ms = [m for m in means if _group(m) == g]
+        ms = [m for m in in_order(means) if _group(m) == g]
         grey = ["#9a9a9a" if m.scorer == "baseline" else "#ff7a00" for m in ms]
         fig.add_trace(go.Scatter(
             x=[_name(m) for m in ms], y=[m.mean for m in ms], mode="markers", marker=dict(size=9, color=grey),
@@ -68,7 +77,9 @@ def scorer_means_table(means: list) -> list[dict]:
     """The rows of the table beside the figure."""
     from analysis.scorers import CHANCE
 
+    from viewer.components.score_table import METRIC_LABEL
+
     return [{"scorer": m.scorer, "simulator": m.variant if m.scorer in ("simulation", "baseline") else "",
-             "explainer": m.explainer, "metric": m.metric.replace("_", " "), "n": m.n, "mean": m.mean,
-             "95 % lo": m.lo, "95 % hi": m.hi, "chance": 0.0 if m.metric == "correlation" else CHANCE.get(m.metric)}
-            for m in means]
+             "explainer": m.explainer, "metric": METRIC_LABEL.get(m.metric, m.metric.replace("_", " ")), "n": m.n,
+             "mean": m.mean, "95 % lo": m.lo, "95 % hi": m.hi,
+             "chance": 0.0 if m.metric == "correlation" else CHANCE.get(m.metric)} for m in in_order(means)]

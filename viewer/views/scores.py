@@ -13,7 +13,7 @@ from viewer.components.build import building_caption
 from viewer.components.explanations import TINY, TINY_HINT
 from viewer.components.picker import unit_link
 from viewer.components.scores import box, scorer_means_figure, scorer_means_table
-from viewer.resources import cached_models, db_path, read, score_overview, scorer_overview
+from viewer.resources import cached_models, db_path, read, score_overview, scorer_disagreements, scorer_means
 
 
 def unit_kind(source: str) -> str:
@@ -53,10 +53,9 @@ def render() -> None:
 
 
 def scorers_section(name: str, model_id: str, scoring_set: str | None, source: str) -> None:
-    found = read(lambda s: scorer_overview(s, model_id, scoring_set, source))
-    if found is None:
+    means = read(lambda s: scorer_means(s, model_id, scoring_set, source))
+    if means is None:
         return
-    means, split = found
     st.subheader("Every scorer, per explainer")
     if not means:
         st.caption("nothing scored for these units yet")
@@ -67,10 +66,14 @@ def scorers_section(name: str, model_id: str, scoring_set: str | None, source: s
                  column_config={"mean": fmt, "95 % lo": fmt, "95 % hi": fmt, "chance": fmt})
     st.caption("Each point is the mean of one explainer's scores by one scorer over the units; its bar is the 95 % "
                "interval of that mean, mean ± 1.96·sd/√n computed in SQL (a normal approximation over units, not "
-               "the per-explanation bootstrap intervals). The dashed line is the scorer's chance level: 0 for "
-               "simulation's correlation, 0.5 for AUROC and balanced accuracy. Simulations and baselines are on "
+               "the per-explanation bootstrap intervals; clipped to the metric's range, and rough for small n). "
+               "The dashed line is the scorer's chance level: 0 for simulation's correlation, 0.5 for AUROC and "
+               "balanced accuracy. Simulations and baselines are on "
                f"the {scoring_set or '(none)'} records; the other scorers use the units' classification examples "
                "(or, for output, the unit's effect on the next token) whatever the records picked above.")
+    split = read(lambda s: scorer_disagreements(s, model_id, source))
+    if split is None:
+        return
     if split.judged:
         links = ", ".join(unit_link(name, u, tab="explanations") for u in split.examples)
         st.markdown(f"**{split.disagree} of {split.judged}** units whose explanations two or more scorers each "
