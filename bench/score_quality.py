@@ -47,7 +47,8 @@ def _records(db, model, units: list[UnitId]) -> dict:
 
 
 def _explanations(db, model, recs: dict, explainer: str) -> dict:
-    """unit -> (explanation id, text) by ``explainer``; token-lookup ones are made where missing."""
+    """unit -> (explanation id, text) by ``explainer``, made where missing (with the token-lookup baseline score
+    for token-lookup ones)."""
     from analysis.jobs.explain import ExplainJob, explain
     from cache.store import open_store
 
@@ -58,11 +59,17 @@ def _explanations(db, model, recs: dict, explainer: str) -> dict:
 
     got = read()
     missing = [u for u, e in got.items() if e is None]
-    if missing and explainer == "token-lookup":
-        for layer in sorted({u.layer for u in missing}):
-            idx = ",".join(str(u.index) for u in missing if u.layer == layer)
-            explain(ExplainJob(layer, idx, model.name, missing[0].source), db)
-        got = read()
+    for layer in sorted({u.layer for u in missing}):
+        idx = ",".join(str(u.index) for u in missing if u.layer == layer)
+        explain(ExplainJob(layer, idx, model.name, missing[0].source, explainer=explainer), db)
+    if explainer == "token-lookup":  # the baseline score (resumable: units that have it are skipped)
+        from analysis.jobs.score import ScoreJob, score
+
+        units = list(recs)
+        for layer in sorted({u.layer for u in units}):
+            score(ScoreJob(layer, ",".join(str(u.index) for u in units if u.layer == layer), model.name,
+                           units[0].source), db)
+    got = read() if missing else got
     return {u: e for u, e in got.items() if e is not None}
 
 
@@ -88,10 +95,7 @@ def embedding_quality(db, model, recs: dict, exps: dict, seed: int) -> dict:
     for layer in sorted({u.layer for u in units}):
         windows.update(window_vectors(db, [recs[u] for u in units if u.layer == layer]))
     vecs = explanation_vectors(db, [(u, *exps[u]) for u in units])
-    rng = random.Random(seed)
-    partner = units[:]
-    while any(a == b for a, b in zip(units, partner)):  # a derangement: nobody is their own partner
-        rng.shuffle(partner)
+    partner = _partners(units, seed)
     own, other, kept = [], [], []
     for u, v in zip(units, partner):
         a = score_embedding(exps[u][1], vecs[exps[u][0]], recs[u], windows)
@@ -111,6 +115,38 @@ def embedding_quality(db, model, recs: dict, exps: dict, seed: int) -> dict:
     return {"n": len(kept), "skipped": len(units) - len(kept), "share": _share(own, other, seed),
             "median_own": float(np.median(own)), "median_other": float(np.median(other)),
             "spearman_baseline": (float(rho), len(paired))}
+
+
+def _partners(units: list, seed: int) -> list:
+    """A derangement of ``units`` (nobody is their own partner), drawn with ``seed``."""
+    rng = random.Random(seed)
+    partner = units[:]
+    while any(a == b for a, b in zip(units, partner)):
+        rng.shuffle(partner)
+    return partner
+
+
+def output_quality(db, model, recs: dict, exps: dict, seed: int) -> dict:
+    """Each unit's output-weights explanation against another sampled unit's, by the output score on the unit."""
+    from analysis.jobs.score import ScoreJob
+    from analysis.models import load_model
+    from analysis.scorers.output import score_output
+
+    units = sorted(exps, key=lambda u: (u.layer, u.index))
+    partner = dict(zip(units, _partners(units, seed)))
+    subject = load_model(model.name)
+    own, other, kept = {}, {}, []
+    for layer in sorted({u.layer for u in units}):
+        here = [u for u in units if u.layer == layer]
+        items = [(recs[u], exps[u][1]) for u in here] + [(recs[u], exps[partner[u]][1]) for u in here]
+        out = score_output(ScoreJob(layer, "0", model.name, here[0].source), db, items, subject=subject)
+        for u, a, b in zip(here, out[:len(here)], out[len(here):]):
+            if a.score is not None and b.score is not None:
+                own[u], other[u] = a.score, b.score
+                kept.append(u)
+    o, t = np.array([own[u] for u in kept]), np.array([other[u] for u in kept])
+    return {"n": len(kept), "skipped": len(units) - len(kept), "share": _share(o, t, seed),
+            "median_own": float(np.median(o)), "median_other": float(np.median(t))}
 
 
 def main() -> None:
@@ -141,9 +177,12 @@ def main() -> None:
                   f"{q['median_own']:.3f} vs other {q['median_other']:.3f}; Spearman with the token-lookup "
                   f"baseline's simulation score {rho:+.2f} (n={n_rho})  [{time.perf_counter() - t0:.0f} s]")
         if "output" in args.scorers:
-            from bench.output_quality import output_quality
-
-            output_quality(args.db, model, recs, args.seed, kind)
+            t0 = time.perf_counter()
+            q = output_quality(args.db, model, recs, _explanations(args.db, model, recs, "output-weights"), args.seed)
+            share, lo, hi = q["share"]
+            print(f"seed {args.seed} {kind}: output score, own output-weights explanation above another unit's: "
+                  f"{share:.1%} [{lo:.1%}, {hi:.1%}] of {q['n']} units ({q['skipped']} not scored); median AUROC "
+                  f"own {q['median_own']:.3f} vs other {q['median_other']:.3f}  [{time.perf_counter() - t0:.0f} s]")
 
 
 if __name__ == "__main__":

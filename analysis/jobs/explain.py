@@ -15,7 +15,8 @@ from analysis.jobs.writes import batched_writes
 from analysis.progress import Progress
 from analysis.types import MLP, Explanation, UnitId, UserError
 
-EXPLAINERS = ("local", "api", "token-lookup")
+EXPLAINERS = ("local", "api", "token-lookup", "output-weights", "output-effects")
+"""Who explains: output-* name what a unit promotes / suppresses (``analysis.jobs.explain_output``)."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,10 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress(), executor
 
     if job.examples not in EXAMPLES:
         raise UserError(f"unknown --examples {job.examples!r}: use one of {', '.join(EXAMPLES)}")
+    if job.explainer.startswith("output-"):  # from the weights or stored effects, not records
+        from analysis.jobs.explain_output import explain_output
+
+        return explain_output(job, db, progress, records)
     with open_store(db, read_only=True) as store:
         info = cached_model(store, job.model)
         n = n_units(store, info, job.source, job.layer)

@@ -6,16 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from analysis.progress import Progress
-from analysis.scorers import API_SCORERS
+from analysis.scorers import API_SCORERS, reads
 
 
 def _todo(store, recs: dict, units: list[int], scorer: str, params: dict, force: bool,
           only: list[str] | None) -> tuple[list, list]:
-    """(to score: (unit index, explanation id, text), already scored: the same) of the units' text
-    explanations (Neuron2Graph summaries left out); ``only``: just these explanation ids."""
+    """(to score: (unit index, explanation id, text), already scored: the same) of the units' explanations that
+    ``scorer`` reads (``analysis.scorers.reads``); ``only``: just these explanation ids."""
     items = [(u, e.explanation_id, e.text) for u in units for e in store.explanations.of_unit(recs[u].run_id,
                                                                                              recs[u].unit)
-             if e.explainer != "n2g" and (only is None or e.explanation_id in only)]
+             if reads(scorer, e.explainer) and (only is None or e.explanation_id in only)]
     done = set() if force else store.scorer_results.done([i[1] for i in items], scorer, params)
     return [i for i in items if i[1] not in done], [i for i in items if i[1] in done]
 

@@ -199,6 +199,7 @@ def simulate_scores(job: ScoreJob, db: Path, recs: dict, units: list[int], progr
     """Simulate and score the units' explanations (``only``: just these ids), or their baselines: an API simulator
     from threads of this process, the others a chunk per task on ``executor`` (default this process)."""
     from analysis.executor import LOCAL
+    from analysis.scorers import reads
     from analysis.splits import calibration, scoring_records
     from cache.store import open_store
 
@@ -217,8 +218,8 @@ def simulate_scores(job: ScoreJob, db: Path, recs: dict, units: list[int], progr
         with open_store(db, read_only=True) as store:
             for u in units:
                 for e, sims in store.explanations.with_simulations(recs[u].run_id, recs[u].unit):
-                    if e.explainer == "n2g" or (only is not None and e.explanation_id not in only):
-                        continue  # a graph summary, not text to simulate: `n2g` scores it
+                    if not reads("simulation", e.explainer) or (only is not None and e.explanation_id not in only):
+                        continue
                     mine = [x for x in sims if x.simulator == job.simulator and x.scoring_set == job.scoring_set
                             and x.error is None]
                     if job.force or not mine:

@@ -29,6 +29,13 @@ CHANCE = {"auroc": 0.5, "balanced_accuracy": 0.5}
 """What a scorer that cannot tell the classes apart scores."""
 
 
+def reads(scorer: str, explainer: str) -> bool:
+    """Whether ``scorer`` scores explanations by ``explainer``: the output scorer every text explanation (any that
+    names tokens); the others, which test what a unit fires on, the input-side ones (not ``output-*``, what it
+    does downstream, nor a Neuron2Graph summary, which ``n2g`` scores)."""
+    return explainer != "n2g" and (scorer == "output" or not explainer.startswith("output-"))
+
+
 @dataclass(frozen=True)
 class ScorerResult:
     """One scorer's verdict on one explanation."""

@@ -205,6 +205,21 @@ def _chunks(windows: list[list[int]], clamps: list[Clamp], max_rows: int) -> lis
     return out
 
 
+def _summed_logprobs(subject, hidden: torch.Tensor) -> torch.Tensor:
+    """``[B, V]`` float64: per row, the sum over positions of the log-softmax of the logits of ``hidden``
+    (``[B, T, d]``, the decoder's output): sum of logits - sum of log-normalisers, the log-probabilities never held
+    whole, a slice of rows at a time (``LOGITS_BUDGET``)."""
+    B, T = hidden.shape[:2]
+    V = subject.model.get_output_embeddings().weight.shape[0]
+    step = max(1, LOGITS_BUDGET // max(T * V, 1))
+    out = torch.empty((B, V), dtype=torch.float64, device=hidden.device)
+    for b in range(0, B, step):
+        logits = subject.logits(hidden[b:b + step]).float()  # [s, T, V]
+        lse = torch.logsumexp(logits, -1).sum(1, dtype=torch.float64)  # [s]
+        out[b:b + step] = logits.sum(1, dtype=torch.float64) - lse[:, None]
+    return out
+
+
 @torch.inference_mode()
 def clamped_sums(subject, layer: int, windows: list[list[int]], clamps: list[Clamp], tokens: list[np.ndarray],
                  sae=None, max_rows: int = MAX_ROWS, bar=None) -> list[np.ndarray]:
@@ -226,23 +241,16 @@ def clamped_sums(subject, layer: int, windows: list[list[int]], clamps: list[Cla
         enc = subject.encode([windows[w] for w, _cs in chunk])  # one length: no padding, no mask
         n, p = len(chunk), enc.n_prefix
         rows = [i for _w, cs in chunk for i in cs]
-        take = torch.tensor(list(range(n)) + [j for j, (_w, cs) in enumerate(chunk) for _ in cs], device=device)
+        source = list(range(n)) + [j for j, (_w, cs) in enumerate(chunk) for _ in cs]  # row -> its window's row
+        take = torch.tensor(source, device=device)
         units = torch.tensor([clamps[i].unit for i in rows], dtype=torch.int64)
         values = torch.tensor([clamps[i].value for i in rows], dtype=torch.float32)
         with _forked(subject, layer, take, n), edited_site(subject, layer, site, _clamping(n, p, units, values, sae)):
             hidden = subject.base()(input_ids=enc.input_ids.to(device), use_cache=False).last_hidden_state
-        row = n
-        T = hidden.shape[1] - p
-        step = max(1, LOGITS_BUDGET // max(T * subject.model.get_output_embeddings().weight.shape[0], 1))
-        for j, (_w, cs) in enumerate(chunk):
-            clean = torch.log_softmax(subject.logits(hidden[j, p:]).float(), -1)  # [T, V]
-            for b in range(0, len(cs), step):
-                part = cs[b:b + step]
-                lp = torch.log_softmax(subject.logits(hidden[row:row + len(part), p:]).float(), -1)  # [r, T, V]
-                diff = (lp - clean).sum(1, dtype=torch.float64)  # [r, V]
-                for k, i in enumerate(part):
-                    out[i] = diff[k, torch.as_tensor(tokens[i], dtype=torch.int64, device=diff.device)].cpu().numpy()
-                row += len(part)
+        logp = _summed_logprobs(subject, hidden[:, p:]).cpu()  # [n + R, V]
+        for k, i in enumerate(rows):
+            ids = torch.as_tensor(tokens[i], dtype=torch.int64)
+            out[i] = (logp[n + k, ids] - logp[source[n + k], ids]).numpy()
         if bar is not None:
             bar.update(len(rows))
     return out
@@ -340,7 +348,7 @@ def score_output(job, db: Path, items: list, progress: Progress = Progress(), su
             continue
         u = units.setdefault(rec.unit.index, {"value": value, "records": records, "tokens": set()})
         u["tokens"].update(plan.named + plan.controls)
-    windows, where, clamps, tokens, owner = [], {}, [], [], []
+    windows, where, clamps, tokens = [], {}, [], []
     for u, spec in units.items():
         spec["tokens"] = np.array(sorted(spec["tokens"]), dtype=np.int64)
         for r in spec["records"]:
@@ -349,7 +357,6 @@ def score_output(job, db: Path, items: list, progress: Progress = Progress(), su
                 windows.append(list(r.token_ids))
             clamps.append(Clamp(u, spec["value"], where[r.window_id]))
             tokens.append(spec["tokens"])
-            owner.append(u)
     bar = progress.bar(len(clamps), f"output L{job.layer} (clamped rows)", unit="row")
     sums = clamped_sums(subject, job.layer, windows, clamps, tokens, sae, max_rows, bar)
     bar.close()

@@ -10,17 +10,22 @@ from viewer.components.charts import histogram_html
 from viewer.components.heatmap import records_html
 
 
+def _ci(s) -> str:
+    """`` [lo, hi]``: a score's 95 % interval, or nothing where none was stored."""
+    return f" [{s.lo:+.3f}, {s.hi:+.3f}]" if getattr(s, "lo", None) is not None else ""
+
+
 def glance_rows(g) -> list[tuple[str, str]]:
     """A cache.store.UnitGlance as (label, text) rows."""
     rows = []
     if g.best:
         e, s = g.best
         flag = f"; flagged: {e.degenerate}" if e.degenerate else ""
-        rows.append(("best explanation", f"{e.text} (r = {s.score:+.3f}, {e.explainer} → {s.simulator}{flag})"))
+        rows.append(("best explanation", f"{e.text} (r = {s.score:+.3f}{_ci(s)}, {e.explainer} → {s.simulator}{flag})"))
     base = [b for b in g.baselines if b.error is None and b.score is not None]
     if base:
-        rows.append(("baseline", "; ".join(f"{b.predictor} r = {b.score:+.3f} on {b.scoring_set} (ignores any "
-                                           "explanation)" for b in base)))
+        rows.append(("baseline", "; ".join(f"{b.predictor} r = {b.score:+.3f}{_ci(b)} on {b.scoring_set} (ignores "
+                                           "any explanation)" for b in base)))
     if g.graph:
         f, b = g.graph.get("firing", {}), g.graph.get("baseline_firing", {})
         rows.append(("Neuron2Graph", f"firing F1 {f.get('f1', float('nan')):.2f} (token-lookup "

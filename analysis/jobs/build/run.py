@@ -170,21 +170,25 @@ def _explain(r: StageRun, layer: int, units: str, explainer: str, records=None) 
     return len(explain(job, r.db, r.progress, r.executor, records).explained)
 
 
-def _score(r: StageRun, layer: int, units: str, simulator: str, records=None) -> int:
+def _score(r: StageRun, layer: int, units: str, simulator: str, records=None, scorer: str = "simulation") -> int:
     from analysis.jobs.score import ScoreJob, score
 
-    job = ScoreJob(layer=layer, neurons=units, model=r.job.model, simulator=simulator, device=r.job.device,
-                   api=r.job.api)
+    job = ScoreJob(layer=layer, neurons=units, model=r.job.model, scorer=scorer, simulator=simulator,
+                   device=r.job.device, api=r.job.api)
     return len(score(job, r.db, r.progress, r.executor, records).results)
 
 
 def _baselines(r: StageRun, layer: int, layers: str) -> tuple[int, float]:
-    """Token-lookup explanations and their scores, from one read of the layer's records."""
+    """Token-lookup explanations, their baseline scores and embedding scores (offline), from one read of the
+    layer's records; and output-weights explanations (one matrix product per chunk of units)."""
     from analysis.jobs.reads import unit_records
 
     records = unit_records(r.db, r.job.model, layer, list(range(r.info.d_mlp)))
     explained = _explain(r, layer, "all", "token-lookup", records)
-    return max(_score(r, layer, "all", "token-lookup", records), explained), 0.0
+    _explain(r, layer, "all", "output-weights", records)
+    scored = _score(r, layer, "all", "token-lookup", records)
+    _score(r, layer, "all", "token-lookup", records, scorer="embedding")
+    return max(scored, explained), 0.0
 
 
 def _topics(r: StageRun, layer: int, layers: str) -> tuple[int, float]:
