@@ -253,8 +253,9 @@ class ApiJsonSimulator:
         return SimResult(out, self.name, dict(params, reply_format="/".join(sorted(formats))), usage=usage.to_json())
 
 
-def parse_activation_list(content: str, n: int) -> tuple[list[float] | None, str]:
-    """A JSON list of n numbers in [0, 10] somewhere in ``content`` (also accepts {"activations": [...]})."""
+def json_list(content: str, n: int, what: str) -> tuple[list | None, str]:
+    """The first flat JSON list in ``content`` (also inside an object) if it has ``n`` items, else (None, why);
+    ``what``: "<items> for <n> <things>" as the message names them, e.g. "values for {n} tokens"."""
     match = re.search(r"\[[^\[\]]*\]", content, re.S)
     if not match:
         return None, "no JSON list in the reply"
@@ -263,7 +264,15 @@ def parse_activation_list(content: str, n: int) -> tuple[list[float] | None, str
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON ({exc.msg})"
     if len(values) != n:
-        return None, f"{len(values)} values for {n} tokens"
+        return None, f"{len(values)} {what.format(n=n)}"
+    return values, ""
+
+
+def parse_activation_list(content: str, n: int) -> tuple[list[float] | None, str]:
+    """A JSON list of n numbers in [0, 10] somewhere in ``content`` (also accepts {"activations": [...]})."""
+    values, why = json_list(content, n, "values for {n} tokens")
+    if values is None:
+        return None, why
     try:
         values = [min(10.0, max(0.0, float(v))) for v in values]
     except (TypeError, ValueError):

@@ -149,12 +149,35 @@ def output_quality(db, model, recs: dict, exps: dict, seed: int) -> dict:
             "median_own": float(np.median(o)), "median_other": float(np.median(t))}
 
 
-def main() -> None:
+def judge_quality(recs: dict, exps: dict, seed: int, scorer: str, n: int) -> dict:
+    """Detection or fuzzing with the embedded model as the judge (tests/openai_server.py answering P(yes) per
+    excerpt): own explanation against another sampled unit's, on the first ``n`` units."""
+    from analysis.api import ApiClient, ApiConfig
+    from analysis.models import load_model
+    from analysis.scorers.detection import JudgeScorer
+    from tests.openai_server import serve
+
+    units = sorted(exps, key=lambda u: (u.layer, u.index))[:n]
+    partner = dict(zip(units, _partners(units, seed)))
+    own, other = [], []
+    with serve(load_model("smollm2-135m")) as url:
+        judge = JudgeScorer(scorer, ApiClient(ApiConfig(base_url=url, model="smollm2", reply_cache=False)))
+        for u in units:
+            a, b = judge.score(exps[u][1], recs[u]), judge.score(exps[partner[u]][1], recs[u])
+            if a.metrics.get("auroc") and b.metrics.get("auroc"):
+                own.append(a.metrics["auroc"]["value"]), other.append(b.metrics["auroc"]["value"])
+    o, t = np.array(own), np.array(other)
+    return {"n": len(o), "share": _share(o, t, seed), "median_own": float(np.median(o)),
+            "median_other": float(np.median(t))}
+
+
+def main() -> None:  # noqa: C901
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", default=str(default_db()))
     ap.add_argument("--seed", type=int, default=401)
     ap.add_argument("--n", type=int, default=220)
-    ap.add_argument("--scorers", default="embedding")
+    ap.add_argument("--scorers", default="embedding", help="embedding, output, detection, fuzz (comma-separated)")
+    ap.add_argument("--judge-n", type=int, default=40, help="units for detection / fuzz (the embedded model judges)")
     args = ap.parse_args()
     from cache.store import open_store
 
@@ -176,6 +199,14 @@ def main() -> None:
                   f"[{lo:.1%}, {hi:.1%}] of {q['n']} units ({q['skipped']} without both classes); median AUROC own "
                   f"{q['median_own']:.3f} vs other {q['median_other']:.3f}; Spearman with the token-lookup "
                   f"baseline's simulation score {rho:+.2f} (n={n_rho})  [{time.perf_counter() - t0:.0f} s]")
+        for scorer in ("detection", "fuzz"):
+            if scorer in args.scorers:
+                t0 = time.perf_counter()
+                q = judge_quality(recs, exps, args.seed, scorer, args.judge_n)
+                share, lo, hi = q["share"]
+                print(f"seed {args.seed} {kind}: {scorer} judged by the embedded SmolLM2-135M, own explanation above "
+                      f"another unit's (AUROC): {share:.1%} [{lo:.1%}, {hi:.1%}] of {q['n']} units; median AUROC own "
+                      f"{q['median_own']:.3f} vs other {q['median_other']:.3f}  [{time.perf_counter() - t0:.0f} s]")
         if "output" in args.scorers:
             t0 = time.perf_counter()
             q = output_quality(args.db, model, recs, _explanations(args.db, model, recs, "output-weights"), args.seed)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
 from analysis.api import ApiConfig
-from analysis.jobs.fanout import fan_out
+from analysis.jobs.fanout import Tally, fan_out, settled
 from analysis.jobs.reads import cached_model, n_units, unit_records
 from analysis.jobs.specs import parse_units
 from analysis.jobs.writes import batched_writes
@@ -190,26 +190,16 @@ def explain(job: ExplainJob, db: Path, progress: Progress = Progress(), executor
             for u, (exps, err) in zip(chunk, outs):
                 yield u, exps, None if err is None else UserError(err)
 
-    from analysis.api import BudgetReached
-
-    explained, failed, stopped, left = {}, {}, None, 0
+    explained, tally = {}, Tally()
     bar = progress.bar(len(todo), f"explain L{job.layer} ({job.explainer})", unit="neuron")
     with batched_writes(db, lambda store, items: store.explanations.put_many(items)) as add:  # (this thread writes)
-        for u, exps, err in outcomes():
-            bar.update(1)
-            if isinstance(err, BudgetReached):
-                stopped, left = str(err), left + 1
-                continue
-            if err is not None:
-                failed[u] = str(err)
-                progress.note(f"neuron {u}: {err}")
-                continue
+        for u, exps in settled(outcomes(), tally, bar, progress, what="neuron"):
             for exp in exps:
                 add((recs[u].run_id, recs[u].unit, exp))
             explained[u] = exps
     bar.close()
     usage = explainer.client.spent if explainer is not None else None
-    return ExplainSummary(explained, len(units) - len(todo), failed, stopped, left, usage)
+    return ExplainSummary(explained, len(units) - len(todo), tally.failed, tally.stopped, tally.left, usage)
 
 
 def save_scored(db: Path, unit: UnitId, run_id: str, exp: Explanation, scored) -> str:

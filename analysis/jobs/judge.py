@@ -69,8 +69,7 @@ def judge(job, scorer: str, db: Path, recs: dict, units: list[int], progress: Pr
           only: list[str] | None = None, subject=None, sae=None):
     """Score the units' explanations with ``scorer`` (not simulation); returns an ``analysis.jobs.score.ScoreSummary``
     whose results are ``analysis.scorers.ScorerResult`` and whose ``stored`` are the verdicts already there."""
-    from analysis.api import BudgetReached
-    from analysis.jobs.fanout import fan_out
+    from analysis.jobs.fanout import Tally, fan_out, settled
     from analysis.jobs.score import ScoreSummary
     from analysis.jobs.writes import batched_writes
     from cache.store import open_store
@@ -94,7 +93,7 @@ def judge(job, scorer: str, db: Path, recs: dict, units: list[int], progress: Pr
         kept = store.scorer_results.of_explanations([e for _u, e, _t in done], examples=True)
     stored = [dict(s.to_json(), unit=str(recs[u].unit), explanation_id=e, explanation=t, stored=True)
               for u, e, t in done for s in kept.get(e, []) if s.scorer == scorer and s.params == params]
-    results, printed, failed, stopped, left = [], [], {}, None, 0
+    results, printed, tally = [], [], Tally()
     bar = progress.bar(len(todo), f"score L{job.layer} ({scorer})", unit="explanation")
 
     def outcomes():  # (item, ScorerResult or None, error or None)
@@ -122,20 +121,13 @@ def judge(job, scorer: str, db: Path, recs: dict, units: list[int], progress: Pr
         store.scorer_results.put(items)
 
     with batched_writes(db, put) as add:
-        for (u, eid, text), result, err in outcomes():
-            bar.update(1)
-            if isinstance(err, BudgetReached):
-                stopped, left = str(err), left + 1
-                continue
-            if err is not None:
-                failed[u] = str(err)
-                progress.note(f"unit {u}: {err}")
-                continue
+        for (u, eid, text), result in settled(outcomes(), tally, bar, progress, key=lambda it: it[0]):
             add((eid, result))
             results.append(result)
             printed.append(dict(result.to_json(), unit=str(recs[u].unit), explanation_id=eid, explanation=text))
             if result.error:
                 progress.note(f"unit {u}: {scorer}: {result.error}")
     bar.close()
-    return ScoreSummary(results, len(todo), failed, stopped, left, client.spent if client is not None else None,
+    return ScoreSummary(results, len(todo), tally.failed, tally.stopped, tally.left,
+                        client.spent if client is not None else None,
                         printed=printed + stored)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL
 from analysis.api import ApiConfig
-from analysis.jobs.fanout import fan_out
+from analysis.jobs.fanout import Tally, fan_out, settled
 from analysis.jobs.reads import cached_model, n_units, unit_records
 from analysis.jobs.specs import parse_units
 from analysis.jobs.writes import batched_writes
@@ -254,9 +254,7 @@ def simulate_scores(job: ScoreJob, db: Path, recs: dict, units: list[int], progr
             for item, (scored, err) in zip(chunk, outs):
                 yield item, scored, None if err is None else UserError(err)
 
-    from analysis.api import BudgetReached
-
-    results, printed, failed, stopped, left = [], [], {}, None, 0
+    results, printed, tally = [], [], Tally()
     bar = progress.bar(len(todo), f"score L{job.layer} ({job.simulator})", unit="unit" if baseline else "explanation")
 
     def put(store, items) -> None:
@@ -267,26 +265,15 @@ def simulate_scores(job: ScoreJob, db: Path, recs: dict, units: list[int], progr
                 store.explanations.put_simulation(eid, scored)
 
     with batched_writes(db, put) as add:
-        for (u, eid, _text), scored, err in outcomes():
-            bar.update(1)
-            if isinstance(err, BudgetReached):
-                stopped, left = str(err), left + 1
-                continue
-            if err is not None:
-                failed[u] = str(err)
-                progress.note(f"neuron {u}: {err}")
-                continue
-            if baseline:
-                add((recs[u].run_id, recs[u].unit, scored))
-            else:
-                add((eid, scored))
+        for (u, eid, text), scored in settled(outcomes(), tally, bar, progress, key=lambda it: it[0], what="neuron"):
+            add((recs[u].run_id, recs[u].unit, scored) if baseline else (eid, scored))
             results.append(scored)
             printed.append(dict(scored.to_json(), unit=str(recs[u].unit), explanation_id=eid))
             if scored.error:
                 progress.note(f"neuron {u}: simulation failed: {scored.error}")
     bar.close()
-    return ScoreSummary(results, len(todo), failed, stopped, left, client.spent if client is not None else None,
-                        printed + stored)
+    return ScoreSummary(results, len(todo), tally.failed, tally.stopped, tally.left,
+                        client.spent if client is not None else None, printed + stored)
 
 
 def stored_json(sim, rec: UnitRecord, exp) -> dict:

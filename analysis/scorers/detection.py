@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 
 from analysis.scorers import ScorerResult, classification, failed
 from analysis.splits import classification_examples
@@ -72,15 +71,11 @@ def answers_schema(n: int) -> dict:
 
 def parse_answers(content: str, n: int) -> tuple[list[int] | None, str]:
     """A JSON list of n 0/1 answers in ``content`` (also {"answers": [...]}); (None, why) otherwise."""
-    match = re.search(r"\[[^\[\]]*\]", content, re.S)
-    if not match:
-        return None, "no JSON list in the reply"
-    try:
-        values = json.loads(match.group(0))
-    except json.JSONDecodeError as exc:
-        return None, f"invalid JSON ({exc.msg})"
-    if len(values) != n:
-        return None, f"{len(values)} answers for {n} excerpts"
+    from analysis.simulate import json_list
+
+    values, why = json_list(content, n, "answers for {n} excerpts")
+    if values is None:
+        return None, why
     if any(v not in (0, 1) or isinstance(v, bool) for v in values):
         return None, "answers other than 0 and 1"
     return [int(v) for v in values], ""
