@@ -46,23 +46,25 @@ def _records(db, model, units: list[UnitId]) -> dict:
     return out
 
 
-def _explanations(db, model, recs: dict, explainer: str) -> dict:
+def _explanations(db, model, recs: dict, explainer: str, examples: str = "top") -> dict:
     """unit -> (explanation id, text) by ``explainer``, made where missing (with the token-lookup baseline score
     for token-lookup ones)."""
     from analysis.jobs.explain import ExplainJob, explain
     from cache.store import open_store
 
+    from analysis.jobs.explain import stored_name
+
     def read():
         with open_store(db, read_only=True) as s:
             return {u: next(((e.explanation_id, e.text) for e in s.explanations.of_unit(r.run_id, u)
-                             if e.explainer == explainer), None) for u, r in recs.items()}
+                             if e.explainer == stored_name(explainer, examples)), None) for u, r in recs.items()}
 
     got = read()
     missing = [u for u, e in got.items() if e is None]
     for layer in sorted({u.layer for u in missing}):
         idx = ",".join(str(u.index) for u in missing if u.layer == layer)
-        explain(ExplainJob(layer, idx, model.name, missing[0].source, explainer=explainer), db)
-    if explainer == "token-lookup":  # the baseline score (resumable: units that have it are skipped)
+        explain(ExplainJob(layer, idx, model.name, missing[0].source, explainer=explainer, examples=examples), db)
+    if explainer == "token-lookup" and examples == "top":  # the baseline score (resumable: units that have it are skipped)
         from analysis.jobs.score import ScoreJob, score
 
         units = list(recs)
@@ -149,6 +151,30 @@ def output_quality(db, model, recs: dict, exps: dict, seed: int) -> dict:
             "median_own": float(np.median(o)), "median_other": float(np.median(t))}
 
 
+def examples_quality(db, model, recs: dict, seed: int) -> dict:
+    """Token-lookup explanations from the top records against from quantiles, each unit's two by its embedding
+    score on its own examples: the share where quantiles score higher, and the medians."""
+    from analysis.jobs.judge import explanation_vectors, window_vectors
+    from analysis.scorers.embedding import score_embedding
+
+    top = _explanations(db, model, recs, "token-lookup")
+    quant = _explanations(db, model, recs, "token-lookup", "quantiles")
+    units = sorted(set(top) & set(quant), key=lambda u: (u.layer, u.index))
+    windows = {}
+    for layer in sorted({u.layer for u in units}):
+        windows.update(window_vectors(db, [recs[u] for u in units if u.layer == layer]))
+    vecs = explanation_vectors(db, [(u, *top[u]) for u in units] + [(u, *quant[u]) for u in units])
+    a, b = [], []
+    for u in units:
+        x = score_embedding(top[u][1], vecs[top[u][0]], recs[u], windows)
+        y = score_embedding(quant[u][1], vecs[quant[u][0]], recs[u], windows)
+        if x.score is not None and y.score is not None:
+            a.append(x.score), b.append(y.score)
+    a, b = np.array(a), np.array(b)
+    return {"n": len(a), "share": _share(b, a, seed), "median_top": float(np.median(a)),
+            "median_quantiles": float(np.median(b))}
+
+
 def judge_quality(recs: dict, exps: dict, seed: int, scorer: str, n: int) -> dict:
     """Detection or fuzzing with the embedded model as the judge (tests/openai_server.py answering P(yes) per
     excerpt): own explanation against another sampled unit's, on the first ``n`` units."""
@@ -176,7 +202,7 @@ def main() -> None:  # noqa: C901
     ap.add_argument("--db", default=str(default_db()))
     ap.add_argument("--seed", type=int, default=401)
     ap.add_argument("--n", type=int, default=220)
-    ap.add_argument("--scorers", default="embedding", help="embedding, output, detection, fuzz (comma-separated)")
+    ap.add_argument("--scorers", default="embedding", help="embedding, output, detection, fuzz, examples (top vs quantiles; comma-separated)")
     ap.add_argument("--judge-n", type=int, default=40, help="units for detection / fuzz (the embedded model judges)")
     args = ap.parse_args()
     from cache.store import open_store
@@ -199,6 +225,12 @@ def main() -> None:  # noqa: C901
                   f"[{lo:.1%}, {hi:.1%}] of {q['n']} units ({q['skipped']} without both classes); median AUROC own "
                   f"{q['median_own']:.3f} vs other {q['median_other']:.3f}; Spearman with the token-lookup "
                   f"baseline's simulation score {rho:+.2f} (n={n_rho})  [{time.perf_counter() - t0:.0f} s]")
+        if "examples" in args.scorers:
+            q = examples_quality(args.db, model, recs, args.seed)
+            share, lo, hi = q["share"]
+            print(f"seed {args.seed} {kind}: token-lookup from quantiles scores above from the top (embedding): "
+                  f"{share:.1%} [{lo:.1%}, {hi:.1%}] of {q['n']} units; median AUROC top {q['median_top']:.3f}, "
+                  f"quantiles {q['median_quantiles']:.3f}")
         for scorer in ("detection", "fuzz"):
             if scorer in args.scorers:
                 t0 = time.perf_counter()

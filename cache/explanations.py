@@ -172,6 +172,16 @@ class ExplanationRepo(Repo):
                        "AND unit = ? ORDER BY created_at", [run_id, unit.source, unit.layer, unit.index]).fetchall()
         return [_explanation(r) for r in rows]
 
+    def of_units(self, run_id: str, source: str, layer: int, indices: list[int]) -> dict[int, list[StoredExplanation]]:
+        """``of_unit`` of many units of one layer in one query: index -> its explanations (oldest first)."""
+        rows = self._q(f"SELECT {_EXP_COLS} FROM explanations WHERE run_id = ? AND source = ? AND layer = ? "
+                       "AND list_contains(?, unit) ORDER BY unit, created_at",
+                       [run_id, source, layer, sorted(set(indices))]).fetchall()
+        out: dict[int, list[StoredExplanation]] = {i: [] for i in indices}
+        for r in rows:
+            out[r[4]].append(_explanation(r))
+        return out
+
     def put_simulation(self, explanation_id: str, sim: ScoredSimulation) -> str:
         """Store a scored simulation, replacing an earlier one with the same explanation, simulator, params and
         scoring set."""
@@ -324,6 +334,18 @@ class ExplanationRepo(Repo):
             self._insert_arrow(cur, "explanation_vectors", pa.table({
                 "explanation_id": pa.array(ids, pa.string()), "encoder": pa.array([encoder] * len(ids), pa.string()),
                 "vector": pa.ListArray.from_arrays(offsets, pa.array(flat.ravel()))}))
+
+    def vectors_of(self, encoder: str, explanation_ids: list[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of these explanations (those that have one), in one query."""
+        if not explanation_ids:
+            return {}
+        t = self.con.cursor().sql("SELECT explanation_id, vector FROM explanation_vectors WHERE encoder = $1 AND "
+                                  "list_contains($2, explanation_id)",
+                                  params=[encoder, sorted(set(explanation_ids))]).to_arrow_table()
+        flat = t.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        ids = t.column("explanation_id").to_pylist()
+        matrix = flat.reshape(len(ids), -1) if ids else flat
+        return {e: matrix[i] for i, e in enumerate(ids)}
 
     def vector(self, encoder: str, explanation_id: str) -> list[float] | None:
         row = self._q("SELECT vector FROM explanation_vectors WHERE encoder = ? AND explanation_id = ?",

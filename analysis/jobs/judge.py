@@ -13,8 +13,11 @@ def _todo(store, recs: dict, units: list[int], scorer: str, params: dict, force:
           only: list[str] | None) -> tuple[list, list]:
     """(to score: (unit index, explanation id, text), already scored: the same) of the units' explanations that
     ``scorer`` reads (``analysis.scorers.reads``); ``only``: just these explanation ids."""
-    items = [(u, e.explanation_id, e.text) for u in units for e in store.explanations.of_unit(recs[u].run_id,
-                                                                                             recs[u].unit)
+    if not units:
+        return [], []
+    run_id, source, layer = recs[units[0]].run_id, recs[units[0]].unit.source, recs[units[0]].unit.layer
+    stored = store.explanations.of_units(run_id, source, layer, units)
+    items = [(u, e.explanation_id, e.text) for u in units for e in stored[u]
              if reads(scorer, e.explainer) and (only is None or e.explanation_id in only)]
     done = set() if force else store.scorer_results.done([i[1] for i in items], scorer, params)
     return [i for i in items if i[1] not in done], [i for i in items if i[1] in done]
@@ -47,14 +50,11 @@ def window_vectors(db: Path, recs: list, progress: Progress = Progress()) -> dic
 def explanation_vectors(db: Path, items: list) -> dict:
     """explanation id -> sentence vector of these (unit, id, text) items, read or encoded and stored (the vectors
     search by meaning uses)."""
-    import numpy as np
-
     from analysis.search import ENCODER, embed
     from cache.store import open_store
 
     with open_store(db, read_only=True) as store:
-        have = {i: np.asarray(v, np.float32) for _u, i, _t in items
-                if (v := store.explanations.vector(ENCODER, i)) is not None}
+        have = store.explanations.vectors_of(ENCODER, [i for _u, i, _t in items])
     missing = [(i, t) for _u, i, t in items if i not in have and t.strip()]
     missing = list(dict(missing).items())
     if missing:

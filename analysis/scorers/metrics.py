@@ -45,14 +45,22 @@ def f1(verdicts, labels) -> float | None:
     return 0.0 if tp == 0 else 2 * tp / (v.sum() + y.sum())
 
 
-def _stratified(labels: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
-    """[n, len(labels)] resampled indices: positives drawn from positives, negatives from negatives."""
-    idx = np.empty((n, labels.size), dtype=np.int64)
+def _counts(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """``[n, size]``: how often each of ``size`` items is drawn in each of ``n`` resamples of ``size`` draws."""
+    if size == 0:
+        return np.zeros((n, 0))
+    rows = np.repeat(np.arange(n) * size, size)
+    return np.bincount(rows + rng.integers(0, size, n * size), minlength=n * size).reshape(n, size).astype(np.float64)
+
+
+def _class_counts(labels: np.ndarray, rng: np.random.Generator, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per class (1, then 0): its positions and ``[n, class size]`` counts of how often each of its examples is
+    drawn in each of ``n`` resamples (each class resampled to its own size)."""
+    out = []
     for cls in (True, False):
         where = np.flatnonzero(labels == cls)
-        if where.size:
-            idx[:, labels == cls] = where[rng.integers(0, where.size, (n, where.size))]
-    return idx
+        out.append((where, _counts(rng, n, where.size)))
+    return out
 
 
 def interval(values: np.ndarray) -> tuple[float | None, float | None]:
@@ -67,12 +75,26 @@ def interval(values: np.ndarray) -> tuple[float | None, float | None]:
 
 def bootstrap_classification(metric, predictions, labels, seed: int = 0, n: int = RESAMPLES
                              ) -> tuple[float | None, float | None]:
-    """95 % interval of ``metric(predictions, labels)`` (one of the above) over stratified resamples."""
+    """95 % interval of ``metric(predictions, labels)`` (``auroc``, ``balanced_accuracy`` or ``f1``) over stratified
+    resamples, each computed from the resample's counts in one matrix product (a resample draws each class's
+    examples with replacement: ``metric`` of the examples repeated by their counts)."""
     p, y = np.asarray(predictions), np.asarray(labels, dtype=bool)
     if y.all() or not y.any():
         return None, None
-    idx = _stratified(y, np.random.default_rng(seed), n)
-    return interval(np.array([np.nan if (m := metric(p[i], y[i])) is None else m for i in idx]))
+    (pos, c1), (neg, c0) = _class_counts(y, np.random.default_rng(seed), n)
+    n1, n0 = pos.size, neg.size
+    if metric is auroc:
+        a, b = p[pos].astype(np.float64)[:, None], p[neg].astype(np.float64)[None, :]
+        wins = (a > b) + 0.5 * (a == b)  # [n1, n0]: each (positive, negative) pair's share of the U statistic
+        return interval(((c1 @ wins) * c0).sum(1) / (n1 * n0))
+    v = p.astype(bool)
+    tp, fp = c1 @ v[pos], c0 @ v[neg]
+    if metric is balanced_accuracy:
+        return interval((tp / n1 + (n0 - fp) / n0) / 2)
+    if metric is f1:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return interval(np.where(tp > 0, 2 * tp / (2 * tp + fp + (n1 - tp)), 0.0))
+    raise ValueError(f"no bootstrap for {metric!r}")
 
 
 def bootstrap_correlation(real: list[list[float]], predicted: list[list[float]], seed: int = 0, n: int = RESAMPLES
@@ -85,8 +107,7 @@ def bootstrap_correlation(real: list[list[float]], predicted: list[list[float]],
                      for x, y in ((np.asarray(a, np.float64), np.asarray(b, np.float64))
                                   for a, b in zip(real, predicted))])
     rng = np.random.default_rng(seed)
-    counts = np.zeros((n, len(real)))
-    np.add.at(counts, (np.repeat(np.arange(n), len(real)), rng.integers(0, len(real), n * len(real))), 1)
+    counts = _counts(rng, n, len(real))
     t, sx, sy, sxx, syy, sxy = (counts @ sums).T
     vx, vy = sxx - sx * sx / t, syy - sy * sy / t
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -41,6 +41,21 @@ def test_bootstrap_of_balanced_accuracy_matches_its_closed_form():
     assert (lo, hi) == m.bootstrap_classification(m.balanced_accuracy, v, y, seed=3, n=4000)  # seeded
 
 
+@pytest.mark.parametrize("metric", [m.auroc, m.balanced_accuracy, m.f1])
+def test_bootstrap_equals_the_metric_of_each_resample_by_hand(metric):
+    """The counts-and-matrix bootstrap against the metric computed on each resampled set of examples."""
+    rng = np.random.default_rng(1)
+    y = rng.random(30) < 0.4
+    p = rng.integers(0, 4, 30).astype(float) if metric is m.auroc else (rng.random(30) < 0.5).astype(float)
+    lo, hi = m.bootstrap_classification(metric, p, y, seed=5, n=200)
+    g = np.random.default_rng(5)  # the same draws: positives' then negatives' indices, per class
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    dp = pos[g.integers(0, pos.size, 200 * pos.size)].reshape(200, pos.size)
+    dn = neg[g.integers(0, neg.size, 200 * neg.size)].reshape(200, neg.size)
+    vals = [metric(p[np.r_[a, b]], y[np.r_[a, b]]) for a, b in zip(dp, dn)]
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(vals, [0.025, 0.975])), abs=1e-12)
+
+
 def test_bootstrap_correlation_equals_resampling_records_by_hand():
     rng = np.random.default_rng(0)
     real = [list(rng.normal(size=rng.integers(3, 9))) for _ in range(12)]

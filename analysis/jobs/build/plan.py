@@ -21,10 +21,11 @@ CHEAP = ("harvest", "baselines")
 """Built for every unit of every asked layer whatever the budget; the others ("expensive") for
 ``expensive_layers`` x ``expensive_neurons``, under a budget for as many of those layers as fit."""
 
-PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.020, "topics": 0.11, "n2g": 1.8, "effects": 7.0,
+PROJECT_VM = {"harvest": 1 / 597, "baselines": 0.035, "topics": 0.11, "n2g": 1.8, "effects": 7.0,
               "explain": 5.4, "score": 10.0}
 """Seconds per unit on the project's 2-core VM, fp32, SmolLM2-135M (bench/RESULTS.md): harvest per corpus token
-through all 30 layers; baselines = token-lookup explanation + baseline score; n2g at depth with augmentation (its
+through all 30 layers; baselines = token-lookup explanation + baseline score (0.020) + its embedding score and an
+output-weights explanation (≈ 0.015, bench/embed_score.py); n2g at depth with augmentation (its
 10 extra train records cost no probes); effects over 20 records; topics all five modes in a worker process per
 core; explain / score with the local backends (score with calibration)."""
 SMOLLM2_NEURONS = 30 * 1536
