@@ -112,7 +112,9 @@ def test_disagreement_and_scores_stored_without_an_interval(scored_db, monkeypat
     seen = _text(_table(at))
     assert "0.55 no interval" in seen and "0.91 [0.80, 0.97]" in seen and "0.80 [0.60, 0.90]" in seen
     flag = seen.split("disagree about the best explanation:")[1]
-    assert "embedding (AUROC): #1 commas and periods" in flag and "detection (bal. acc.): #2 the word Paris" in flag
+    # (numbered by the unit's explanations: the shared session database may hold another one of this unit)
+    assert re.search(r"embedding \(AUROC\): #\d+ commas and periods", flag)
+    assert re.search(r"detection \(bal\. acc\.\): #\d+ the word Paris", flag)
     assert "fuzz" not in flag  # it scored one of them
 
 
