@@ -68,7 +68,8 @@ def explanation_vectors(db: Path, items: list) -> dict:
 def judge(job, scorer: str, db: Path, recs: dict, units: list[int], progress: Progress = Progress(),
           only: list[str] | None = None, subject=None, sae=None):
     """Score the units' explanations with ``scorer`` (not simulation); returns an ``analysis.jobs.score.ScoreSummary``
-    whose results are ``analysis.scorers.ScorerResult`` and whose ``stored`` are the verdicts already there."""
+    whose results are ``analysis.scorers.ScorerResult`` and whose ``printed`` holds them and the verdicts stored
+    before (``"stored": true``), as ``score --json`` prints them."""
     from analysis.jobs.fanout import Tally, fan_out, settled
     from analysis.jobs.score import ScoreSummary
     from analysis.jobs.writes import batched_writes
