@@ -241,6 +241,23 @@ def content_id(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def vector_column(vectors, n: int):
+    """``[n, dim]`` float vectors (any array-like) as one Arrow list column (a ``FLOAT[]`` column's rows)."""
+    import numpy as np
+    import pyarrow as pa
+
+    flat = np.asarray(vectors, dtype=np.float32).reshape(n, -1)
+    return pa.ListArray.from_arrays(np.arange(n + 1, dtype=np.int32) * flat.shape[1], pa.array(flat.ravel()))
+
+
+def vector_matrix(column, n: int):
+    """A ``FLOAT[]`` column of ``n`` rows read as Arrow back into an ``[n, dim]`` float32 matrix."""
+    import numpy as np
+
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    return flat.reshape(n, -1 if n else 0)
+
+
 class Repo:
     """Base of the repositories: a shared connection, a cursor per query, explicit transactions."""
 

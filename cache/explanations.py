@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from analysis.types import MLP, Explanation, UnitId
-from cache.db import Repo, content_id
+from cache.db import Repo, content_id, vector_column, vector_matrix
 
 if TYPE_CHECKING:
     from analysis.evaluate import ScoredSimulation
@@ -328,12 +328,10 @@ class ExplanationRepo(Repo):
         """Store sentence vectors (``[len(ids), dim]``, any array-like) of explanations under ``encoder``."""
         if not len(ids):
             return
-        flat = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
-        offsets = np.arange(len(ids) + 1, dtype=np.int32) * flat.shape[1]
         with self.transaction() as cur:
             self._insert_arrow(cur, "explanation_vectors", pa.table({
                 "explanation_id": pa.array(ids, pa.string()), "encoder": pa.array([encoder] * len(ids), pa.string()),
-                "vector": pa.ListArray.from_arrays(offsets, pa.array(flat.ravel()))}))
+                "vector": vector_column(vectors, len(ids))}))
 
     def vectors_of(self, encoder: str, explanation_ids: list[str]) -> dict[str, np.ndarray]:
         """The stored vectors of these explanations (those that have one), in one query."""
@@ -342,9 +340,8 @@ class ExplanationRepo(Repo):
         t = self.con.cursor().sql("SELECT explanation_id, vector FROM explanation_vectors WHERE encoder = $1 AND "
                                   "list_contains($2, explanation_id)",
                                   params=[encoder, sorted(set(explanation_ids))]).to_arrow_table()
-        flat = t.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
         ids = t.column("explanation_id").to_pylist()
-        matrix = flat.reshape(len(ids), -1) if ids else flat
+        matrix = vector_matrix(t.column("vector"), len(ids))
         return {e: matrix[i] for i, e in enumerate(ids)}
 
     def vector(self, encoder: str, explanation_id: str) -> list[float] | None:
@@ -359,9 +356,8 @@ class ExplanationRepo(Repo):
             "SELECT v.explanation_id, e.source, e.layer, e.unit, v.vector FROM explanation_vectors v JOIN explanations e "
             "USING (explanation_id) JOIN runs r USING (run_id) WHERE v.encoder = ? AND r.model_id = ? AND "
             "e.explainer <> 'n2g' ORDER BY v.explanation_id", params=[encoder, model_id]).to_arrow_table()
-        flat = t.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
         units = [UnitId(s, l, u) for s, l, u in zip(*(t.column(c).to_pylist() for c in ("source", "layer", "unit")))]
-        return t.column("explanation_id").to_pylist(), units, flat.reshape(len(units), -1 if units else 0)
+        return t.column("explanation_id").to_pylist(), units, vector_matrix(t.column("vector"), len(units))
 
     def hits(self, ranked: list[tuple[str, float]]) -> list[ExplanationHit]:
         """(explanation id, score) pairs as hits with their texts, in the given order."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from cache.db import Repo, content_id
+from cache.db import Repo, content_id, vector_column, vector_matrix
 
 
 @dataclass(frozen=True)
@@ -107,18 +107,15 @@ class ScorerResultRepo(Repo):
         t = self.con.cursor().sql(
             "SELECT window_id, vector FROM window_vectors WHERE run_id = $1 AND encoder = $2 AND "
             "list_contains($3, window_id)", params=[run_id, encoder, sorted(set(window_ids))]).to_arrow_table()
-        flat = t.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
         ids = t.column("window_id").to_pylist()
-        matrix = flat.reshape(len(ids), -1) if ids else flat
+        matrix = vector_matrix(t.column("vector"), len(ids))
         return {w: matrix[i] for i, w in enumerate(ids)}
 
     def put_window_vectors(self, run_id: str, encoder: str, window_ids: list[int], vectors) -> None:
         if not len(window_ids):
             return
-        flat = np.asarray(vectors, dtype=np.float32).reshape(len(window_ids), -1)
-        offsets = np.arange(len(window_ids) + 1, dtype=np.int32) * flat.shape[1]
         table = pa.table({"window_id": pa.array(window_ids, pa.int32()),
-                          "vector": pa.ListArray.from_arrays(offsets, pa.array(flat.ravel()))})
+                          "vector": vector_column(vectors, len(window_ids))})
         with self.transaction() as cur:
             cur.register("_new", table)
             cur.execute("DELETE FROM window_vectors w USING _new n WHERE w.run_id = ? AND w.encoder = ? AND "
