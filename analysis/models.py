@@ -198,7 +198,8 @@ class SubjectModel:
     def site_module(self, layer: int, site: str) -> tuple[torch.nn.Module, bool]:
         """(module, is_pre) whose output (or, for ``is_pre``, first input) is ``site`` of ``layer``: the block's
         input (``resid_pre``) or output (``resid_post``); what the MLP / attention adds to the residual stream
-        (``mlp_out`` / ``attn_out``: after the post-norm where the block has one, as Gemma 2/3)."""
+        (``mlp_out`` / ``attn_out``: after the post-norm where the block has one, as Gemma 2/3); the MLP's input
+        after its norm (``mlp_input``: what a transcoder reads)."""
         self.check_layer(layer)
         block = self.blocks()[layer]
         post_norms = hasattr(block, "pre_feedforward_layernorm")  # Gemma 2/3: sublayer outputs are normed
@@ -208,6 +209,8 @@ class SubjectModel:
             return block, False
         if site == "mlp_out":
             return (block.post_feedforward_layernorm if post_norms else block.mlp), False
+        if site == "mlp_input":
+            return block.mlp, True
         if site == "attn_out":
             if post_norms:
                 return block.post_attention_layernorm, False

@@ -72,8 +72,9 @@ class DictionaryInfo:
 
     @property
     def kind(self) -> str:
-        """'sae', or the baseline's kind ('basis', 'random')."""
-        return self.meta.get("baseline", "sae")
+        """'sae', 'transcoder' (it writes another site than it reads: ``meta['output_site']``), or the baseline's
+        kind ('basis', 'random')."""
+        return self.meta.get("baseline") or ("transcoder" if self.meta.get("output_site") else "sae")
 
 
 @dataclass(frozen=True)

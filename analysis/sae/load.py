@@ -55,9 +55,9 @@ def load_sae(spec: str, layer: int | None = None, site: str | None = None) -> SA
         file = folder / ("params.npz" if (folder / "params.npz").exists() else "params.safetensors")
         sae = load_gemma_scope(folder, file, layer, site)
     else:
-        raise UserError(f"{folder} holds no SAE this viewer reads: expected cfg.json + sae_weights.safetensors "
-                        "(SAELens), params.npz / params.safetensors (Gemma Scope 1/2) or cfg.json + sae.safetensors "
-                        "(EleutherAI sparsify)")
+        raise UserError(f"{folder} holds no SAE or transcoder this viewer reads: expected cfg.json + "
+                        "sae_weights.safetensors (SAELens), params.npz / params.safetensors (Gemma Scope 1/2) or "
+                        "cfg.json + sae.safetensors (EleutherAI sparsify)")
     sae.path = str(folder.resolve())
     sae.name = sae.name if sae.name != "sae" else _display_name(folder)
     return finish(sae)
@@ -89,7 +89,8 @@ def dictionary_info(sae: SAE, model_id: str) -> DictionaryInfo:
     """What the cache stores about a dictionary (its weights stay in their folder)."""
     return DictionaryInfo(source=sae.source, model_id=model_id, name=sae.name, format=sae.format,
                           architecture=sae.architecture, layer=sae.layer, site=sae.site, d_in=sae.d_in,
-                          d_sae=sae.d_sae, k=sae.k, path=sae.path, meta=sae.meta)
+                          d_sae=sae.d_sae, k=sae.k, path=sae.path,
+                          meta={**sae.meta, "output_site": sae.output_site} if sae.is_transcoder else sae.meta)
 
 
 def load_dictionary(info: DictionaryInfo) -> SAE:

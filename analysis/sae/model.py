@@ -15,7 +15,9 @@ import torch
 
 from analysis.types import UserError
 
-SITES = ("resid_pre", "resid_post", "mlp_out", "attn_out")
+SITES = ("resid_pre", "resid_post", "mlp_out", "attn_out", "mlp_input")
+TRANSCODER_SITES = ("mlp_input", "mlp_out")
+"""A transcoder reads the MLP's input (the residual stream after the pre-MLP norm) and writes the MLP's output."""
 MASSIVE = 10.0
 """Site vectors longer than this multiple of their batch's median norm are massive activations (Sun et al. 2024:
 attention sinks, e.g. the first token of every window of a model without BOS); dictionaries are neither trained
@@ -51,6 +53,13 @@ class SAE:
     """Hash of the weights and encoder settings: the SAE's identity in the cache."""
     meta: dict = field(default_factory=dict)
     """Anything else worth showing (training numbers, the config's dataset)."""
+    output_site: str | None = None
+    """A transcoder's output site (``mlp_out``; its input is ``site``, ``mlp_input``); None for an autoencoder,
+    whose reconstruction replaces the site it reads."""
+    W_skip: torch.Tensor | None = None
+    """A skip-transcoder's linear skip term ``[d_out, d_in]`` (SAELens' layout): the output gains ``x @ W_skip.T``."""
+    context_size: int | None = None
+    """The window length it was trained on, if its config says."""
 
     @property
     def d_in(self) -> int:
@@ -59,6 +68,19 @@ class SAE:
     @property
     def d_sae(self) -> int:
         return int(self.W_enc.shape[1])
+
+    @property
+    def d_out(self) -> int:
+        return int(self.W_dec.shape[1])
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.output_site is not None
+
+    @property
+    def writes(self) -> str:
+        """The site its decoder writes: the output site of a transcoder, the site itself for an autoencoder."""
+        return self.output_site or self.site
 
     @property
     def source(self) -> str:
@@ -73,7 +95,7 @@ class SAE:
     def to(self, device) -> "SAE":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return replace(self, W_enc=move(self.W_enc), b_enc=move(self.b_enc), W_dec=move(self.W_dec),
-                       b_dec=move(self.b_dec), threshold=move(self.threshold))
+                       b_dec=move(self.b_dec), threshold=move(self.threshold), W_skip=move(self.W_skip))
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.W_enc.dtype)
@@ -98,13 +120,27 @@ class SAE:
             return topk_relu(pre, self.k)
         raise UserError(f"unknown SAE architecture {self.architecture!r}")
 
-    def decode(self, f: torch.Tensor) -> torch.Tensor:
+    def decode(self, f: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The output ``[..., d_out]`` of features ``f``; a skip-transcoder adds its skip term of the input ``x``."""
         out = f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+        if self.W_skip is not None:
+            if x is None:
+                raise ValueError("a skip-transcoder's output needs its input (the skip term)")
+            out = out + x.to(self.W_skip.dtype) @ self.W_skip.T
         return out / self.input_scale if self.input_scale != 1.0 else out
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """``decode(encode(x))``: the site's reconstruction (an autoencoder) or the predicted output (a
+        transcoder)."""
+        return self.decode(self.encode(x), x)
 
     def describe(self) -> str:
         arch = f"TopK k={self.k}" if self.architecture == "topk" else {"jumprelu": "JumpReLU", "relu": "ReLU"}.get(
             self.architecture, self.architecture)
+        if self.is_transcoder:
+            skip = " with a skip term" if self.W_skip is not None else ""
+            return (f"{self.name}: {arch} transcoder{skip}, {self.d_sae:,} features from {self.site} to "
+                    f"{self.output_site} of layer {self.layer} ({self.format})")
         return f"{self.name}: {arch}, {self.d_sae:,} features over {self.site} of layer {self.layer} ({self.format})"
 
 
@@ -138,6 +174,14 @@ _HOOK_PATTERNS = [
     (re.compile(r"(?:^|\.)blocks\.(\d+)\.hook_resid_post$"), "resid_post"),
     (re.compile(r"(?:^|\.)blocks\.(\d+)\.hook_mlp_out$"), "mlp_out"),
     (re.compile(r"(?:^|\.)blocks\.(\d+)\.hook_attn_out$"), "attn_out"),
+    (re.compile(r"(?:^|\.)blocks\.(\d+)\.(?:ln2\.hook_normalized|hook_mlp_in|mlp\.hook_in)$"), "mlp_input"),
+    (re.compile(r"(?:^|\.)blocks\.(\d+)\.mlp\.hook_out$"), "mlp_out"),
+    # HF module paths as Gemma Scope 2's config.json names them (hf_hook_point_in / _out)
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.output$"), "resid_post"),
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.(?:pre_feedforward_layernorm|post_attention_layernorm)\.output$"),
+     "mlp_input"),
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.(?:post_feedforward_layernorm|mlp)\.output$"), "mlp_out"),
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.input$"), "mlp_input"),
     (re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)$"), "resid_post"),
     (re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.mlp$"), "mlp_out"),
     (re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.(?:self_attn|attn|attention)$"), "attn_out"),
@@ -152,12 +196,13 @@ def parse_hook_name(name: str) -> tuple[int, str]:
         if m:
             return int(m.group(1)), site
     raise UserError(f"hook {name!r} is not a supported site: expected blocks.L.hook_resid_pre|hook_resid_post|"
-                    "hook_mlp_out|hook_attn_out (SAELens) or layers.L[.mlp|.self_attn] (sparsify)")
+                    "hook_mlp_out|hook_attn_out|ln2.hook_normalized (SAELens) or layers.L[.mlp|.self_attn] "
+                    "(sparsify)")
 
 
 def hook_name(layer: int, site: str) -> str:
-    """The SAELens/TransformerLens name of a site."""
-    return f"blocks.{layer}.hook_{site}"
+    """The SAELens/TransformerLens name of a site (the MLP's normed input is ``blocks.L.ln2.hook_normalized``)."""
+    return f"blocks.{layer}.ln2.hook_normalized" if site == "mlp_input" else f"blocks.{layer}.hook_{site}"
 
 
 # ---- loading -------------------------------------------------------------------------------------------------
@@ -191,13 +236,26 @@ def need(tensors: dict, names: tuple[str, ...], where: Path) -> list[torch.Tenso
 def finish(sae: SAE, settings_extra: dict | None = None) -> SAE:
     """Check shapes and values; compute the digest."""
     d_in, d_sae = sae.W_enc.shape
+    d_out = int(sae.W_dec.shape[-1]) if sae.is_transcoder else d_in
     problems = []
-    if tuple(sae.W_dec.shape) != (d_sae, d_in):
-        problems.append(f"W_dec is {tuple(sae.W_dec.shape)}, expected {(d_sae, d_in)} (W_enc is {(d_in, d_sae)})")
+    if tuple(sae.W_dec.shape) != (d_sae, d_out):
+        problems.append(f"W_dec is {tuple(sae.W_dec.shape)}, expected {(d_sae, d_out)} (W_enc is {(d_in, d_sae)})")
     if tuple(sae.b_enc.shape) != (d_sae,):
         problems.append(f"b_enc is {tuple(sae.b_enc.shape)}, expected {(d_sae,)}")
-    if tuple(sae.b_dec.shape) != (d_in,):
-        problems.append(f"b_dec is {tuple(sae.b_dec.shape)}, expected {(d_in,)}")
+    if tuple(sae.b_dec.shape) != (d_out,):
+        problems.append(f"b_dec is {tuple(sae.b_dec.shape)}, expected {(d_out,)}")
+    if sae.W_skip is not None and not sae.is_transcoder:
+        problems.append("a skip term (W_skip) belongs to a transcoder, but this dictionary names no output site")
+    if sae.W_skip is not None and tuple(sae.W_skip.shape) != (d_out, d_in):
+        problems.append(f"W_skip is {tuple(sae.W_skip.shape)}, expected {(d_out, d_in)}")
+    if sae.is_transcoder and (sae.site, sae.output_site) != TRANSCODER_SITES:
+        problems.append(f"a transcoder from {sae.site} to {sae.output_site} is not supported (supported: the MLP's "
+                        f"normed input to its output, {TRANSCODER_SITES[0]} -> {TRANSCODER_SITES[1]})")
+    if sae.is_transcoder and sae.apply_b_dec_to_input:
+        problems.append("a transcoder's b_dec lies in its output space: it cannot be subtracted from its input")
+    if not sae.is_transcoder and sae.site == "mlp_input":
+        problems.append("an autoencoder of the MLP's normed input (mlp_input) is not supported: that site is read by "
+                        "transcoders")
     if sae.architecture == "jumprelu":
         if sae.threshold is None:
             problems.append("a JumpReLU SAE needs a threshold tensor")
@@ -217,10 +275,14 @@ def finish(sae: SAE, settings_extra: dict | None = None) -> SAE:
     tensors = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
     if sae.threshold is not None:
         tensors["threshold"] = sae.threshold
+    if sae.W_skip is not None:
+        tensors["W_skip"] = sae.W_skip
     bad = [n for n, t in tensors.items() if not bool(torch.isfinite(t).all())]
     if bad:
         raise UserError(f"SAE {sae.path or sae.name}: {', '.join(bad)} hold NaN or inf values")
     settings = {"architecture": sae.architecture, "k": sae.k, "apply_b_dec_to_input": sae.apply_b_dec_to_input,
                 "input_scale": sae.input_scale, "layer": sae.layer, "site": sae.site, **(settings_extra or {})}
+    if sae.is_transcoder:  # autoencoders' digests are those of before transcoders existed
+        settings["output_site"] = sae.output_site
     sae.digest = _digest(tensors, settings)
     return sae

@@ -119,24 +119,26 @@ def test_format_loads_and_encodes_as_published(tmp_path, case):
     assert cfg["metadata"]["hook_name"] == f"blocks.{case.layer}.hook_{case.site}"
     assert cfg["metadata"]["model_name"] == case.expect.get("model_name")
     assert cfg["metadata"]["prepend_bos"] == case.expect.get("prepend_bos")
-    if case.scale == 1.0:
-        assert cfg["normalize_activations"] == "none" and "norm_scaling_factor" not in cfg
-    else:
-        assert cfg["normalize_activations"] == "expected_average_only_in"
-        assert cfg["norm_scaling_factor"] == case.scale
+    # an input scale is folded into the weights, as SAELens does on saving (its loader ignores the factor)
+    assert cfg["normalize_activations"] == "none" and "norm_scaling_factor" not in cfg
+    assert cfg["metadata"]["sae_lens_version"]  # else SAELens takes its legacy path and drops the metadata
     assert cfg.get("k") == case.k
     tensors = load_file(str(saved / "sae_weights.safetensors"))
     expected_names = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if case.arch == "jumprelu" else set())
     assert set(tensors) == expected_names
+    folded = {"W_enc": case.scale, "W_dec": 1 / case.scale, "b_dec": 1 / case.scale}
     for name in expected_names:  # SAELens orientation: W_enc [d_in, d_sae], W_dec [d_sae, d_in]
-        np.testing.assert_array_equal(tensors[name].numpy(), w[name])
+        np.testing.assert_allclose(tensors[name].numpy(), w[name] * np.float32(folded.get(name, 1.0)), rtol=1e-6)
     back = load_sae(str(saved))
     assert (back.layer, back.site, back.architecture, back.k, back.format) == (case.layer, case.site, case.arch,
                                                                                 case.k, "saelens")
     xt = torch.from_numpy(x)
-    assert torch.equal(back.encode(xt), sae.encode(xt))
     f = sae.encode(xt)
-    assert torch.equal(back.decode(f), sae.decode(f))
+    if case.scale == 1.0:
+        assert torch.equal(back.encode(xt), f) and torch.equal(back.decode(f), sae.decode(f))
+    else:  # folded: equal up to float rounding
+        torch.testing.assert_close(back.encode(xt), f, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(back.decode(f), sae.decode(f), rtol=1e-5, atol=1e-5)
 
 
 def test_gemma_scope_site_comes_from_the_sae_folders_not_unrelated_parents(tmp_path):
@@ -228,7 +230,7 @@ def test_refusals_name_the_problem(tmp_path):
                                  {**w, "threshold": np.full(16, np.inf, dtype=np.float32)})),
          "threshold hold NaN or inf"),
         (str(write_gemma_scope_1(tmp_path / "gemma-scope-2b-pt-res" / "layer_1" / "width_16k" / "average_l0_9",
-                                 {k: v for k, v in w.items() if k != "threshold"})), "lacks threshold"),
+                                 {k: v for k, v in w.items() if k != "threshold"})), "has no threshold tensor"),
         (str(write_sparsify(tmp_path / "sp" / "layers.1", w, 4, drop=("encoder.bias",))), "lacks encoder.bias"),
         (str(write_sparsify(tmp_path / "sp" / "layers.2", w, 17)), "0 < k <= d_sae"),
         (str(write_sparsify(tmp_path / "sp" / "encoder-of-mine", w, 4)), "named after its hook"),
