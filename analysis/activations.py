@@ -126,6 +126,23 @@ def edited_site(subject: SubjectModel, layer: int, site: str, edit: Callable[[to
         handle.remove()
 
 
+@contextmanager
+def edited_features(subject: SubjectModel, sae: "SAE", edit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                    ) -> Iterator[None]:
+    """Inside the ``with`` block, forward passes see the site a dictionary writes (``sae.writes``) replaced by
+    ``edit(h, x)``: ``h`` that site's vectors, ``x`` the vectors the dictionary reads at the same positions (for an
+    autoencoder ``h`` itself; for a transcoder the MLP's normed input, read earlier in the same block). The hooks
+    are always removed."""
+    if not sae.is_transcoder:
+        with edited_site(subject, sae.layer, sae.site, lambda h: edit(h, h)):
+            yield
+        return
+    key = (sae.layer, sae.site)
+    with site_hooks(subject, [key], stop_when_done=False) as captured, \
+            edited_site(subject, sae.layer, sae.output_site, lambda h: edit(h, captured[key])):
+        yield
+
+
 @torch.inference_mode()
 def site_activations(subject: SubjectModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                      sites: list[tuple[int, str]]) -> dict[tuple[int, str], torch.Tensor]:

@@ -5,7 +5,8 @@ removed on the way out, also on an exception):
 - an MLP neuron: its activation, the input of the MLP output projection (the harvest's hook point), is replaced;
 - a dictionary feature: the site vector ``h`` becomes ``h + (a' - a) · d``, with ``a`` the feature's activation
   (the SAE's encoding of ``h``) and ``d`` its decoded direction: the reconstruction error stays in ``h``, so an
-  edit that keeps ``a`` reproduces the clean model exactly.
+  edit that keeps ``a`` reproduces the clean model exactly. A transcoder feature is edited the same way at the
+  site its decoder writes (the MLP's output), ``a`` encoded from the MLP's normed input.
 
 ``ablate``: the text once through the blocks before the unit's layer, then as two rows (clean, edited) through
 the rest (``fork_at``): per position the change in log-probability of the actual next token, and the next-token
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
-from analysis.activations import edited_site
+from analysis.activations import edited_features, edited_site
 from analysis.models import SubjectModel
 from analysis.types import MLP, Effects, UnitId, UnitStats, UserError
 
@@ -62,34 +63,37 @@ def unit_edit(subject: SubjectModel, unit: UnitId, edit: Edit, sae: "SAE | None"
     edit.check()
     if unit.source == MLP:
         subject.check_neuron(unit.index)
-        site = "mlp_in"
     else:
         if sae is None or sae.source != unit.source:
             raise UserError(f"feature {unit} needs its dictionary ({unit.source}) to be intervened on")
         if not 0 <= unit.index < sae.d_sae:
             raise UserError(f"feature {unit.index} does not exist: {sae.name} has {sae.d_sae} (0 .. {sae.d_sae - 1})")
-        site = sae.site
     subject.check_layer(unit.layer)
 
-    def apply(h: torch.Tensor) -> torch.Tensor:
-        picked = h if rows is None else h[rows.to(h.device)]
-        if unit.source == MLP:
-            a = picked[..., unit.index]
-            new = (edit.scale * a.float() + edit.shift).to(h.dtype)
-            picked = picked.clone()
-            picked[..., unit.index] = new
-        else:
-            a = sae.encode(picked)[..., unit.index].float()
-            delta = (edit.scale - 1.0) * a + edit.shift
-            direction = (sae.W_dec[unit.index] / sae.input_scale).to(picked.device, torch.float32)
-            picked = (picked.float() + delta[..., None] * direction).to(h.dtype)
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return t if rows is None else t[rows.to(t.device)]
+
+    def put(h: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
         if rows is None:
             return picked
         out = h.clone()
         out[rows.to(h.device)] = picked
         return out
 
-    with edited_site(subject, unit.layer, site, apply):
+    def neuron(h: torch.Tensor) -> torch.Tensor:
+        picked = pick(h).clone()
+        picked[..., unit.index] = (edit.scale * picked[..., unit.index].float() + edit.shift).to(h.dtype)
+        return put(h, picked)
+
+    def feature(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        picked = pick(h)
+        a = sae.encode(pick(x))[..., unit.index].float()
+        delta = (edit.scale - 1.0) * a + edit.shift
+        direction = (sae.W_dec[unit.index] / sae.input_scale).to(picked.device, torch.float32)
+        return put(h, (picked.float() + delta[..., None] * direction).to(h.dtype))
+
+    with (edited_site(subject, unit.layer, "mlp_in", neuron) if unit.source == MLP
+          else edited_features(subject, sae, feature)):
         yield
 
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from analysis.activations import edited_site, site_activations, site_hooks
 from analysis.models import Encoded, SubjectModel
 from analysis.progress import Progress
-from analysis.sae.model import SAE, typical_positions
+from analysis.sae.model import SAE, check_fits, typical_positions
 from analysis.types import UserError, Window
 
 ADAM_EPS = 6.25e-10
@@ -317,10 +317,8 @@ def evaluate_sae(subject: SubjectModel, sae: SAE, windows: list[Window], batch_s
                  progress: Progress = Progress()) -> SAEQuality:
     """FVU, L0, dead fraction and the next-token loss clean / spliced / zeroed of ``sae`` on ``windows`` (which
     should be held out from its training)."""
-    width = subject.site_width(sae.site)
-    if sae.d_in != width:
-        raise UserError(f"SAE {sae.name} reads {sae.d_in}-dimensional vectors, but {sae.site} of layer {sae.layer} "
-                        f"is {width}-dimensional")
+    check_fits(sae, subject)
+    width = sae.d_in
     sae = sae.to(subject.device)
     key = (sae.layer, sae.site)
     n, l0, left_out = 0, 0, 0

@@ -72,15 +72,12 @@ def _dictionaries(job: HarvestJob, subject, neuron_layers: list[int]) -> list:
     """The job's SAEs (checked against the model) and baseline dictionaries."""
     from analysis.sae.baselines import baseline_dictionary
     from analysis.sae.load import load_sae
+    from analysis.sae.model import check_fits
 
     saes = []
     for spec in job.sae:
         sae = load_sae(spec)
-        subject.check_layer(sae.layer)
-        width = subject.site_width(sae.site)
-        if sae.d_in != width:
-            raise UserError(f"SAE {sae.name} reads {sae.d_in}-dimensional vectors, but {sae.site} of "
-                            f"{subject.info.name} layer {sae.layer} is {width}-dimensional: not an SAE of this model")
+        check_fits(sae, subject)
         saes.append(sae)
     sites = sorted({(s.layer, s.site) for s in saes}) or [(layer, "resid_post") for layer in neuron_layers]
     baselines = [baseline_dictionary(kind, subject.site_width(site), layer, site, seed=job.config.seed)

@@ -144,6 +144,20 @@ class SAE:
         return f"{self.name}: {arch}, {self.d_sae:,} features over {self.site} of layer {self.layer} ({self.format})"
 
 
+def check_fits(sae: SAE, subject) -> None:
+    """UserError unless the subject model has the dictionary's layer and sites at its widths (a dictionary of
+    another model, or of another site, is refused here, before anything is run or written)."""
+    subject.check_layer(sae.layer)
+    what = "transcoder" if sae.is_transcoder else "SAE"
+    for site, width, verb in ((sae.site, sae.d_in, "reads"), (sae.output_site, sae.d_out, "writes")):
+        if site is None:
+            continue
+        have = subject.site_width(site)
+        if width != have:
+            raise UserError(f"{what} {sae.name} {verb} {width}-dimensional vectors, but {site} of {subject.info.name} "
+                            f"layer {sae.layer} is {have}-dimensional: not a {what} of this model")
+
+
 def typical_positions(site_acts: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """``real`` (``[B, T]`` bool) without the positions whose site vector (``[B, T, width]``) is longer than
     ``MASSIVE`` times the median norm of the batch's real positions."""
@@ -253,9 +267,6 @@ def finish(sae: SAE, settings_extra: dict | None = None) -> SAE:
                         f"normed input to its output, {TRANSCODER_SITES[0]} -> {TRANSCODER_SITES[1]})")
     if sae.is_transcoder and sae.apply_b_dec_to_input:
         problems.append("a transcoder's b_dec lies in its output space: it cannot be subtracted from its input")
-    if not sae.is_transcoder and sae.site == "mlp_input":
-        problems.append("an autoencoder of the MLP's normed input (mlp_input) is not supported: that site is read by "
-                        "transcoders")
     if sae.architecture == "jumprelu":
         if sae.threshold is None:
             problems.append("a JumpReLU SAE needs a threshold tensor")

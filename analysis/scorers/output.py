@@ -37,7 +37,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from analysis.activations import edited_site
+from analysis.activations import edited_features, edited_site
 from analysis.progress import Progress
 from analysis.scorers import ScorerResult, classification, failed
 from analysis.scorers import metrics as m
@@ -166,9 +166,10 @@ def _forked(subject, layer: int, take: torch.Tensor, n: int) -> Iterator[None]:
 
 def _clamping(n: int, n_prefix: int, units: torch.Tensor, values: torch.Tensor, sae=None):
     """The site edit of rows ``n:`` of ``[n + R, P, width]``: row ``n + r`` gets unit ``units[r]`` set to
-    ``values[r]`` at positions ``n_prefix:``."""
+    ``values[r]`` at positions ``n_prefix:`` (``x``: what a dictionary reads there, ``analysis.activations.
+    edited_features``)."""
 
-    def apply(h: torch.Tensor) -> torch.Tensor:
+    def apply(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         out = h.clone()
         part = out[n:, n_prefix:]  # a view: [R, T, width]
         idx = units.to(h.device)[:, None, None].expand(-1, part.shape[1], 1)
@@ -176,7 +177,7 @@ def _clamping(n: int, n_prefix: int, units: torch.Tensor, values: torch.Tensor, 
         if sae is None:
             part.scatter_(-1, idx, v[:, None, None].expand(idx.shape).to(h.dtype))
         else:
-            a = sae.encode(part).gather(-1, idx)[..., 0].float()  # [R, T]
+            a = sae.encode(x[n:, n_prefix:]).gather(-1, idx)[..., 0].float()  # [R, T]
             dirs = (sae.W_dec[units.to(sae.W_dec.device)] / sae.input_scale).to(h.device, torch.float32)  # [R, d]
             part.copy_((part.float() + (v[:, None] - a)[..., None] * dirs[:, None, :]).to(h.dtype))
         return out
@@ -229,11 +230,9 @@ def clamped_sums(subject, layer: int, windows: list[list[int]], clamps: list[Cla
     if sae is None:
         for c in clamps:
             subject.check_neuron(c.unit)
-        site = "mlp_in"
     else:
         if sae.layer != layer or any(not 0 <= c.unit < sae.d_sae for c in clamps):
             raise UserError(f"{sae.name} reads layer {sae.layer} and has features 0..{sae.d_sae - 1}")
-        site = sae.site
     subject.check_layer(layer)
     device = subject.device
     out: list[np.ndarray | None] = [None] * len(clamps)
@@ -245,7 +244,9 @@ def clamped_sums(subject, layer: int, windows: list[list[int]], clamps: list[Cla
         take = torch.tensor(source, device=device)
         units = torch.tensor([clamps[i].unit for i in rows], dtype=torch.int64)
         values = torch.tensor([clamps[i].value for i in rows], dtype=torch.float32)
-        with _forked(subject, layer, take, n), edited_site(subject, layer, site, _clamping(n, p, units, values, sae)):
+        clamp = _clamping(n, p, units, values, sae)
+        with _forked(subject, layer, take, n), (edited_site(subject, layer, "mlp_in", lambda h: clamp(h, h))
+                                                if sae is None else edited_features(subject, sae, clamp)):
             hidden = subject.base()(input_ids=enc.input_ids.to(device), use_cache=False).last_hidden_state
         logp = _summed_logprobs(subject, hidden[:, p:]).cpu()  # [n + R, V]
         for k, i in enumerate(rows):
