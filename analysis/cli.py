@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from analysis.jobs.options import from_args
-from analysis.types import UserError
+from analysis.types import MLP, UserError
 
 BUDGET_STOP = 3
 """Exit status of a run stopped by its API budget (what is done is stored; rerun to go on)."""
@@ -26,6 +26,20 @@ def _progress(args):
     from analysis.progress import Progress
 
     return Progress(enabled=not getattr(args, "quiet", False))
+
+
+def _named(args):
+    """``args`` with ``--source`` made the full id of the dictionary it names (its name, ``sae:<name>`` or folder:
+    ``analysis.jobs.reads.match_source``), read in one short visit, so jobs and their stored rows see only full
+    ids; ``mlp`` and no ``--source`` are left as they are."""
+    if getattr(args, "source", None) in (None, MLP):
+        return args
+    from analysis.jobs.reads import resolve_unit_source
+    from cache.store import open_store
+
+    with open_store(Path(args.db), read_only=True) as store:
+        args.source = resolve_unit_source(store, args.model, args.source)
+    return args
 
 
 def _print_json(obj) -> None:
@@ -57,7 +71,7 @@ def cmd_build(args) -> int:
 def cmd_export(args) -> int:
     from analysis.jobs.export import ExportJob, export
 
-    json.dump(export(from_args(ExportJob, args), Path(args.db)), sys.stdout, ensure_ascii=False,
+    json.dump(export(from_args(ExportJob, _named(args)), Path(args.db)), sys.stdout, ensure_ascii=False,
               indent=None if args.compact else 1)
     sys.stdout.write("\n")
     return 0
@@ -66,7 +80,7 @@ def cmd_export(args) -> int:
 def cmd_explain(args) -> int:
     from analysis.jobs.explain import ExplainJob, explain
 
-    s = explain(from_args(ExplainJob, args), Path(args.db), _progress(args))
+    s = explain(from_args(ExplainJob, _named(args)), Path(args.db), _progress(args))
     if len(s.explained) == 1 and not s.failed and not s.skipped and not args.quiet:
         print("\n".join(e.text for exps in s.explained.values() for e in exps))
     print(f"explained {len(s.explained)} neuron(s) with {args.explainer}"
@@ -80,7 +94,8 @@ def cmd_score(args) -> int:
 
     if args.neuron is None and not args.neurons:
         raise UserError("give --neuron N or --neurons SPEC")
-    s = score(from_args(ScoreJob, args, neurons=args.neurons or str(args.neuron)), Path(args.db), _progress(args))
+    job = from_args(ScoreJob, _named(args), neurons=args.neurons or str(args.neuron))
+    s = score(job, Path(args.db), _progress(args))
     if args.json:
         _print_json(s.printed[0] if len(s.printed) == 1 else s.printed)
     elif not args.quiet:
@@ -102,7 +117,7 @@ def cmd_score(args) -> int:
 def cmd_n2g(args) -> int:
     from analysis.jobs.n2g import N2GJob, n2g
 
-    s = n2g(from_args(N2GJob, args), Path(args.db), _progress(args), with_cached=args.json)
+    s = n2g(from_args(N2GJob, _named(args)), Path(args.db), _progress(args), with_cached=args.json)
     if args.json:
         _print_json({"neurons": [r.to_json() for _u, r in sorted(s.results.items())]})
     elif not args.quiet:
@@ -127,7 +142,7 @@ def cmd_topics(args) -> int:
     from analysis.jobs.topics import MODES, TopicsJob, topics
 
     modes = MODES if args.mode == "all" else tuple(m.strip() for m in args.mode.split(","))
-    s = topics(from_args(TopicsJob, args, modes=modes), Path(args.db), _progress(args))
+    s = topics(from_args(TopicsJob, _named(args), modes=modes), Path(args.db), _progress(args))
     if args.json:
         _print_json({"results": [topic_set_json(ts) for ts in s.sets]})
     elif not args.quiet and len(s.sets) <= 20:
@@ -264,7 +279,7 @@ def cmd_search(args) -> int:
 def cmd_ablate(args) -> int:
     from analysis.jobs.causal import AblateJob, ablate_text
 
-    a = ablate_text(from_args(AblateJob, args), Path(args.db))
+    a = ablate_text(from_args(AblateJob, _named(args)), Path(args.db))
     if args.json:
         _print_json(a.to_json(_tokenizer(args.model)))
         return 0
@@ -285,7 +300,7 @@ def _tokenizer(model: str):
 def cmd_steer(args) -> int:
     from analysis.jobs.causal import SteerJob, steer_prompt
 
-    s = steer_prompt(from_args(SteerJob, args), Path(args.db))
+    s = steer_prompt(from_args(SteerJob, _named(args)), Path(args.db))
     out = s.to_json(_tokenizer(args.model))
     if args.json:
         _print_json(out)
@@ -297,7 +312,7 @@ def cmd_steer(args) -> int:
 def cmd_effects(args) -> int:
     from analysis.jobs.causal import EffectsJob, effects_of
 
-    done = effects_of(from_args(EffectsJob, args), Path(args.db), _progress(args))
+    done = effects_of(from_args(EffectsJob, _named(args)), Path(args.db), _progress(args))
     for e in done:
         print(f"{str(e.unit):14s} Δloss {e.mean_loss_change:+.5f} nats/token (top records {e.mean_loss_change_top:+.5f})"
               f" over {e.n_positions} positions", file=sys.stderr)
@@ -341,14 +356,14 @@ def cmd_attribute(args) -> int:
 
 def cmd_list(args) -> int:
     from analysis.jobs.lists import add_to_list, delete_list, remove_from_list
-    from analysis.types import MLP, UnitId
+    from analysis.types import UnitId
     from cache.store import open_store
 
     db = Path(args.db)
     if args.list_command in ("add", "remove"):
         if args.layer is None or args.neuron is None:
             raise UserError("give --layer L and --neuron N")
-        unit = UnitId(args.source or MLP, args.layer, args.neuron)
+        unit = UnitId(_named(args).source or MLP, args.layer, args.neuron)
         if args.list_command == "add":
             add_to_list(db, args.name, args.model, unit, args.note)
         else:

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from analysis.config import DEFAULT_MODEL, default_db
-from analysis.jobs.reads import cached_model, n_units
+from analysis.jobs.reads import cached_model, n_units, resolve_unit_source
 from analysis.jobs.specs import parse_units
 from analysis.progress import Progress
 from analysis.types import MLP, UnitId, UserError
@@ -105,7 +105,7 @@ def site(args) -> int:
             units, title, description = [(i.unit, i.note) for i in lst.items], lst.name, lst.description
         else:
             info = cached_model(store, args.model)
-            source = args.source or MLP
+            source = resolve_unit_source(store, info.model_id, args.source or MLP)
             picked = parse_units(args.neurons, n_units(store, info, source, args.layer), allow_all=True)
             model, title, description = info.name, f"{info.name} layer {args.layer}", ""
             units = [(UnitId(source, args.layer, u), "") for u in picked]
@@ -123,7 +123,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="a folder, or a .zip file")
     p.add_argument("--list", default=None, help="the list to export")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model, with --layer (default: %(default)s)")
-    p.add_argument("--source", default=None, help="unit source with --layer: mlp (default) or a dictionary id")
+    p.add_argument("--source", default=None,
+                   help="unit source with --layer: mlp (default) or a dictionary (its id, name or folder)")
     p.add_argument("--layer", type=int, default=None, help="export this layer's units")
     p.add_argument("--neurons", default="0-99", help="with --layer: which units, e.g. 0-99 or all (default: 0-99)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -21,7 +21,7 @@ class AblateJob:
     model: str = DEFAULT_MODEL
     """Model name as cached."""
     source: str = MLP
-    """The units' source: mlp (MLP neurons) or a dictionary id."""
+    """The units' source: mlp (MLP neurons) or a dictionary (its id; on the command line also its name or folder)."""
     mode: str = "zero"
     """zero, mean (the unit's mean over its harvest) or value."""
     value: float | None = None
@@ -41,7 +41,7 @@ class SteerJob:
     model: str = DEFAULT_MODEL
     """Model name as cached."""
     source: str = MLP
-    """The units' source: mlp (MLP neurons) or a dictionary id."""
+    """The units' source: mlp (MLP neurons) or a dictionary (its id; on the command line also its name or folder)."""
     clamp: float | None = None
     """Set a neuron to this × its max (a feature: add this × its max along its decoder direction)."""
     scale: float | None = None
@@ -105,7 +105,7 @@ class EffectsJob:
     model: str = DEFAULT_MODEL
     """Model name as cached."""
     source: str = MLP
-    """The units' source: mlp (MLP neurons) or a dictionary id."""
+    """The units' source: mlp (MLP neurons) or a dictionary (its id; on the command line also its name or folder)."""
     mode: str = "zero"
     """zero or mean."""
     top: int = 10

@@ -28,7 +28,7 @@ class ExplainJob:
     model: str = DEFAULT_MODEL
     """Model name as cached."""
     source: str = MLP
-    """The units' source: mlp (MLP neurons) or a dictionary id."""
+    """The units' source: mlp (MLP neurons) or a dictionary (its id; on the command line also its name or folder)."""
     explainer: str = "token-lookup"
     """Who explains."""
     explainer_model: str = DEFAULT_MODEL

@@ -21,7 +21,7 @@ class ExportJob:
     model: str = DEFAULT_MODEL
     """Model name as cached."""
     source: str = MLP
-    """The units' source: mlp (MLP neurons) or a dictionary id."""
+    """The units' source: mlp (MLP neurons) or a dictionary (its id; on the command line also its name or folder)."""
     run: str | None = None
     """A run id (default: the newest finished run with this layer)."""
     format: str = "ours"

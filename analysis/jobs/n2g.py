@@ -24,7 +24,7 @@ class N2GJob:
     model: str = DEFAULT_MODEL
     """Model name as cached."""
     source: str = MLP
-    """The units' source: mlp (MLP neurons) or a dictionary id."""
+    """The units' source: mlp (MLP neurons) or a dictionary (its id; on the command line also its name or folder)."""
     chunk: int = 32
     """Units fitted together and stored together (an interrupt loses at most one chunk)."""
     device: str = "cpu"

@@ -1,11 +1,12 @@
-"""The jobs' reads from the store: the cached model, a source's size and dictionary, unit records (short
-read-only visits)."""
+"""The jobs' reads from the store: the cached model, a source's size and dictionary, the full id a dictionary's
+name or folder stands for, unit records (short read-only visits)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
-from analysis.types import MLP, ModelInfo, UnitId, UnitRecord, UserError
+from analysis.types import MLP, DictionaryInfo, ModelInfo, UnitId, UnitRecord, UserError
 
 
 def cached_model(store, model: str) -> ModelInfo:
@@ -30,11 +31,59 @@ def n_units(store, info: ModelInfo, source: str, layer: int) -> int:
         return info.d_mlp
     d = store.catalog.dictionary(source)
     if d is None or d.model_id != info.model_id:
-        known = ", ".join(x.source for x in store.catalog.dictionaries(info.model_id)) or "none"
-        raise UserError(f"source {source!r} is not a dictionary of {info.name} in {store.path} (known: {known})")
+        raise _unknown(source, store.catalog.dictionaries(info.model_id), f" of {info.name} in {store.path}")
     if d.layer != layer:
         raise UserError(f"{source} reads layer {d.layer}, not layer {layer}")
     return d.d_sae
+
+
+def resolve_unit_source(store, model: str | None, text: str) -> str:
+    """The full unit source id that ``text`` names among the dictionaries of ``model`` (a name or id; None: of
+    every model): see ``match_source``. A model the cache does not hold leaves ``text`` as it is (the job then
+    says the model is missing)."""
+    if text == MLP:
+        return MLP
+    info = store.catalog.model(model) if model is not None else None
+    if model is not None and info is None:
+        return text
+    where = f" of {info.name} in {store.path}" if info else f" in {store.path}"
+    return match_source(store.catalog.dictionaries(info.model_id if info else None), text, where)
+
+
+def match_source(dictionaries: Iterable[DictionaryInfo], text: str, where: str = "") -> str:
+    """The full id (``sae:<name>@<digest prefix>``) of the one dictionary ``text`` names: its id, its folder
+    (relative or absolute, trailing slash or not), its bare name or ``sae:<name>``; ``mlp`` stays ``mlp``.
+
+    UserError when none matches (listing the known ids) or several do (listing each with its layer, site and
+    folder: e.g. one folder trained twice); ``where`` (" of <model> in <db>") goes into those messages."""
+    if text == MLP:
+        return MLP
+    ds = list(dictionaries)
+    for test in (_is_id, _is_folder, _is_name):
+        found = [d for d in ds if test(d, text)]
+        if len(found) == 1:
+            return found[0].source
+        if found:
+            listed = "; ".join(f"{d.source} (layer {d.layer} {d.site}, {d.path or d.kind})" for d in found)
+            raise UserError(f"{text!r} names {len(found)} dictionaries{where}: {listed}; give one of these ids")
+    raise _unknown(text, ds, where)
+
+
+def _is_id(d: DictionaryInfo, text: str) -> bool:
+    return d.source == text
+
+
+def _is_folder(d: DictionaryInfo, text: str) -> bool:
+    return bool(d.path) and Path(d.path).resolve() == Path(text).expanduser().resolve()
+
+
+def _is_name(d: DictionaryInfo, text: str) -> bool:
+    return text in (d.name, d.source.rsplit("@", 1)[0])
+
+
+def _unknown(text: str, dictionaries: Iterable[DictionaryInfo], where: str) -> UserError:
+    known = ", ".join(d.source for d in dictionaries) or "none"
+    return UserError(f"source {text!r} is not a dictionary{where} (known: {known})")
 
 
 def load_dictionary_of(store, source: str):

@@ -34,7 +34,7 @@ class ScoreJob:
     model: str = DEFAULT_MODEL
     """Model name as cached."""
     source: str = MLP
-    """The units' source: mlp (MLP neurons) or a dictionary id."""
+    """The units' source: mlp (MLP neurons) or a dictionary (its id; on the command line also its name or folder)."""
     explanation: str | None = None
     """Score (and store, as a human explanation) this text instead of the stored explanations."""
     scorer: str = "simulation"

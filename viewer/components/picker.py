@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from analysis.types import MLP, ModelInfo, UnitId
+from analysis.jobs.reads import match_source
+from analysis.types import MLP, ModelInfo, UnitId, UserError
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,18 @@ def source_label(source: str, dictionaries: dict | None = None) -> str:
     return f"{d.name} ({d.kind}, {d.d_sae:,} features, L{d.layer} {d.site})" if d else source
 
 
+def url_source(text: str, model: ModelInfo, have: list[str], dictionaries: dict) -> tuple[str, str | None]:
+    """(the source a URL's ``source`` names: a harvested id as it is, else the full id of the dictionary of
+    ``model`` it names by name, ``sae:<name>`` or folder; why it names none, or None)."""
+    if text in have:
+        return text, None
+    try:
+        return match_source([d for d in dictionaries.values() if d.model_id == model.model_id], text,
+                            f" of {model.name}"), None
+    except UserError as exc:
+        return text, str(exc)
+
+
 def neuron_picker(models: list[ModelInfo], prefix: str = "", container=None, buttons: bool = True,
                   sources: dict[str, list[str]] | None = None, dictionaries: dict | None = None) -> Picked:
     """``sources``: model id -> the unit sources harvested for it (default: MLP neurons only); ``dictionaries``:
@@ -66,9 +79,9 @@ def neuron_picker(models: list[ModelInfo], prefix: str = "", container=None, but
         st.session_state[k_m] = want if want in names else names[0]
         model = next(m for m in models if m.name == st.session_state[k_m])
         have = (sources or {}).get(model.model_id, [MLP])
-        want_source = qp.get(k_s, MLP)
+        want_source, why = url_source(qp.get(k_s, MLP), model, have, dictionaries)
         if want_source not in have:
-            problem = f"source {want_source!r} is not in this cache for {model.name} (cached: {', '.join(have)})"
+            problem = why or f"source {want_source!r} is not in this cache for {model.name} (cached: {', '.join(have)})"
         source = want_source if want_source in have else have[0]
         fixed, n, noun = bounds(model, source)
         layer, neuron = _int(qp.get(k_l), fixed or 0), _int(qp.get(k_n), 0)
