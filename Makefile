@@ -122,7 +122,12 @@ $(VENV)/.ray: $(VENV)/.installed requirements-ray.txt
 	$(PIP) install -q -r requirements-ray.txt
 	touch $@
 
-test: setup chromium $(VENV)/.ray
+# SAELens for the format round-trip tests only, our pins held
+$(VENV)/.saelens: $(VENV)/.installed requirements-saelens.txt
+	$(PIP) install -q -r requirements-saelens.txt -c requirements.txt -c requirements-ray.txt
+	touch $@
+
+test: setup chromium $(VENV)/.ray $(VENV)/.saelens
 	$(PY) -m pytest -q tests
 
 bench: setup
