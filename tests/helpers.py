@@ -96,6 +96,17 @@ def random_topk_sae(d_in: int, d_sae: int, k: int, layer: int, site: str = "resi
     return finish(sae)
 
 
+def random_transcoder(d: int, d_sae: int, k: int, layer: int, seed: int = 0, name: str = "tiny-transcoder"):
+    """A random TopK transcoder (the MLP's normed input -> its output) of width ``d``."""
+    from analysis.sae.model import finish, SAE
+
+    g = torch.Generator().manual_seed(seed)
+    return finish(SAE(W_enc=torch.randn(d, d_sae, generator=g) / d ** 0.5,
+                      b_enc=torch.randn(d_sae, generator=g) * 0.1, W_dec=torch.randn(d_sae, d, generator=g) / d ** 0.5,
+                      b_dec=torch.randn(d, generator=g) * 0.01, architecture="topk", k=k, layer=layer,
+                      site="mlp_input", output_site="mlp_out", name=name))
+
+
 @dataclass
 class Rec:
     """An activation record as the explainers and simulators read it."""

@@ -1,5 +1,6 @@
-"""Job: which kind of unit is more interpretable? MLP neurons vs SAE features vs the residual stream's own basis
-vs random residual directions, at one layer over one corpus (after Cunningham et al. 2023).
+"""Job: which kind of unit is more interpretable? MLP neurons vs SAE features vs transcoder features (optional) vs
+the residual stream's own basis vs random residual directions, at one layer over one corpus (after Cunningham et
+al. 2023).
 
 For a seeded random sample of equal size per kind (among units that fire at all: a dead feature has nothing to
 explain, and is counted in the dictionary's dead fraction instead), the job runs the lenses every kind can take
@@ -27,8 +28,8 @@ from analysis.progress import Progress
 from analysis.topics.types import NpmiConfig
 from analysis.types import MLP, UnitId, UserError
 
-KINDS = ("neurons", "sae", "basis", "random")
-"""MLP neurons, SAE features, residual basis dimensions, random residual directions."""
+KINDS = ("neurons", "sae", "transcoder", "basis", "random")
+"""MLP neurons, SAE features, transcoder features, residual basis dimensions, random residual directions."""
 LENSES = ("token-lookup", "topics", "n2g")
 TOKEN_LOOKUP = "token-lookup"
 TOPIC_MODE = "activation"
@@ -40,6 +41,8 @@ class CompareJob:
     """Layer."""
     sae: str
     """The SAE (folder or hub id, ``DIR[#layer=L,site=S]``) whose features are compared; it must read ``layer``."""
+    transcoder: str | None = None
+    """A transcoder (folder or hub id) of ``layer``'s MLP whose features are compared too (a fourth kind)."""
     model: str = DEFAULT_MODEL
     """Model name as cached."""
     corpus: str = DEFAULT_CORPUS
@@ -105,21 +108,25 @@ def sample_units(live: list[int], n: int, seed: int, kind: str) -> list[int]:
     return sorted(live[i] for i in pick)
 
 
-def _sources(store, model_id: str, layer: int, sae_source: str) -> dict[str, str]:
+def _sources(store, model_id: str, layer: int, sae_source: str, transcoder: str | None = None) -> dict[str, str]:
     """kind -> source id at this layer (the baselines at the SAE's site)."""
     sae = store.catalog.dictionary(sae_source)
     out = {"neurons": MLP, "sae": sae_source}
+    if transcoder:
+        out["transcoder"] = transcoder
     for d in store.catalog.dictionaries(model_id):
         if d.format == "baseline" and d.layer == layer and d.site == sae.site and d.kind in KINDS:
             out[d.kind] = d.source
     return out
 
 
-def kind_table(store, model: str, layer: int, sae_source: str, units: int, seed: int) -> list[KindSummary]:
-    """Per kind, the sampled units' numbers as the cache holds them (None where a lens has not run)."""
+def kind_table(store, model: str, layer: int, sae_source: str, units: int, seed: int,
+               transcoder: str | None = None) -> list[KindSummary]:
+    """Per kind, the sampled units' numbers as the cache holds them (None where a lens has not run); ``transcoder``:
+    a transcoder's source id, the fourth kind."""
     info = store.catalog.model(model)
     out = []
-    for kind, source in _sources(store, info.model_id, layer, sae_source).items():
+    for kind, source in _sources(store, info.model_id, layer, sae_source, transcoder).items():
         run = store.runs.find(model, layer, source=source)
         if run is None:
             continue
@@ -161,12 +168,18 @@ def compare_units(job: CompareJob, db: Path, progress: Progress = Progress()) ->
     sae = load_sae(job.sae)
     if sae.layer != job.layer:
         raise UserError(f"the SAE reads layer {sae.layer}, not layer {job.layer}")
-    harvest(HarvestJob(model=job.model, corpus=job.corpus, layers=str(job.layer), sae=(job.sae,),
+    tc = load_sae(job.transcoder) if job.transcoder else None
+    if tc is not None and (not tc.is_transcoder or tc.layer != job.layer):
+        raise UserError(f"--transcoder {job.transcoder}: " + (f"it reads layer {tc.layer}, not layer {job.layer}"
+                        if tc.is_transcoder else "it is an autoencoder of one site, not a transcoder"))
+    tc_source = tc.source if tc is not None else None
+    harvest(HarvestJob(model=job.model, corpus=job.corpus, layers=str(job.layer),
+                       sae=(job.sae,) + ((job.transcoder,) if tc is not None else ()),
                        baselines=("basis", "random"), max_tokens=job.max_tokens, device=job.device,
                        config=job.config), db, progress)
     with open_store(db, read_only=True) as store:
         samples = {k.kind: (k.source, [m.unit.index for m in k.metrics])
-                   for k in kind_table(store, job.model, job.layer, sae.source, job.units, job.seed)}
+                   for k in kind_table(store, job.model, job.layer, sae.source, job.units, job.seed, tc_source)}
     for kind, (source, picked) in samples.items():
         if not picked:
             progress.note(f"{kind}: no unit fires at all: nothing to compare")
@@ -183,4 +196,4 @@ def compare_units(job: CompareJob, db: Path, progress: Progress = Progress()) ->
             some = ",".join(map(str, sample_units(picked, job.n2g_units, job.seed, kind + "/n2g")))
             n2g(N2GJob(layer=job.layer, neurons=some, model=job.model, source=source, device=job.device), db, progress)
     with open_store(db, read_only=True) as store:
-        return kind_table(store, job.model, job.layer, sae.source, job.units, job.seed)
+        return kind_table(store, job.model, job.layer, sae.source, job.units, job.seed, tc_source)

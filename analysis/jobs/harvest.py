@@ -79,7 +79,10 @@ def _dictionaries(job: HarvestJob, subject, neuron_layers: list[int]) -> list:
         sae = load_sae(spec)
         check_fits(sae, subject)
         saes.append(sae)
-    sites = sorted({(s.layer, s.site) for s in saes}) or [(layer, "resid_post") for layer in neuron_layers]
+    # baselines at the autoencoders' sites (a transcoder beside them is compared with those), else at the
+    # transcoders' input sites, else at the neuron layers' residual stream
+    sites = (sorted({(s.layer, s.site) for s in saes if not s.is_transcoder}) or sorted({(s.layer, s.site) for s in saes})
+             or [(layer, "resid_post") for layer in neuron_layers])
     baselines = [baseline_dictionary(kind, subject.site_width(site), layer, site, seed=job.config.seed)
                  for kind in job.baselines for layer, site in sites]
     return saes + baselines

@@ -201,12 +201,19 @@ def test_interpretability_page(sae_db, viewer_db, tmp_path, monkeypatch):
     con.close()
     at = open_page("interpretability", db, monkeypatch)
     assert not at.exception and "No comparison yet" in at.info[0].value, (at.error, at.info)
+    from analysis.sae.saelens import save_sae
+    from tests.helpers import random_transcoder
+
+    tc = save_sae(random_transcoder(32, 48, 4, layer=1), tmp_path / "tiny-transcoder")
     assert main(["compare-units", "--db", str(db), "--model", model, "--layer", "1", "--sae", str(folder),
-                 "--corpus", str(viewer_db[0].parent / "docs.jsonl"), "--seq-len", "24", "--units", "3",
-                 "--n2g-units", "0", "--lenses", "token-lookup", "--quiet"]) == 0
+                 "--transcoder", str(tc), "--corpus", str(viewer_db[0].parent / "docs.jsonl"), "--seq-len", "24",
+                 "--units", "3", "--n2g-units", "0", "--lenses", "token-lookup", "--quiet"]) == 0
     at = open_page("interpretability", db, monkeypatch)
     assert not at.exception
     assert len(at.get("plotly_chart")) >= 2  # token-lookup score and density
+    table = at.dataframe[0].value
+    assert {"MLP neurons", "SAE features", "transcoder features", "residual basis"} <= set(table.columns)
+    assert all(c != "–" for c in table["transcoder features"][:1])  # its token-lookup median is there
     assert any("Do features beat" in m.value for m in at.markdown)
 
 

@@ -1,5 +1,5 @@
-"""Which kind of unit is more interpretable? Neurons vs SAE features vs residual basis vs random directions at
-one layer: per-metric box plots and medians over each kind's seeded sample (``python -m analysis compare-units``)."""
+"""Which kind of unit is more interpretable? Neurons vs SAE features vs transcoder features vs residual basis vs
+random directions at one layer: per-metric box plots and medians over each kind's seeded sample (``python -m analysis compare-units``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ METRICS = [("token_lookup", "token-lookup correlation score", "how far token ide
            ("n2g_margin", "N2G F1 − token-lookup F1", "what the graph's context adds over token identity"),
            ("topic_npmi", "best topic NPMI", "activation mode, positive end"),
            ("density", "activation density", "fraction of tokens with activation > 0")]
-LABELS = {"neurons": "MLP neurons", "sae": "SAE features", "basis": "residual basis", "random": "random directions"}
+LABELS = {"neurons": "MLP neurons", "sae": "SAE features", "transcoder": "transcoder features",
+          "basis": "residual basis", "random": "random directions"}
 
 
 def render() -> None:
@@ -31,10 +32,14 @@ def render() -> None:
         if not saes:
             return name, None, None
         d = st.selectbox("SAE", saes, format_func=lambda d: f"{d.name} (L{d.layer} {d.site}, {d.d_sae:,} features)")
+        tcs = [t for t in s.catalog.dictionaries(model.model_id) if t.kind == "transcoder" and t.layer == d.layer]
+        tc = st.selectbox("transcoder (the fourth kind)", [None, *tcs], index=1 if tcs else 0,
+                          format_func=lambda t: "none" if t is None else f"{t.name} (L{t.layer} MLP, "
+                                                                         f"{t.d_sae:,} features)")
         c1, c2 = st.columns(2)
         units = c1.number_input("units per kind (as compare-units --units)", 1, 10_000, 100)
         seed = c2.number_input("seed (as --seed)", 0, 1 << 30, 0)
-        return name, d, kind_table(s, name, d.layer, d.source, int(units), int(seed))
+        return name, d, kind_table(s, name, d.layer, d.source, int(units), int(seed), tc.source if tc else None)
 
     data = read(load)
     if data is None:
@@ -42,7 +47,8 @@ def render() -> None:
     name, d, table = data
     if d is None or not any(k.count(key) for k in table for key in ("token_lookup", "n2g_f1", "topic_npmi")):
         st.info("No comparison yet. Run, for an SAE of this model:\n\n"
-                f"`python -m analysis compare-units --model {name} --layer L --sae SAE_DIR --db {db_path()}`")
+                f"`python -m analysis compare-units --model {name} --layer L --sae SAE_DIR [--transcoder DIR] "
+                f"--db {db_path()}`")
         return
     st.caption(f"Layer {d.layer}, {d.site}: for each kind a seeded random sample of units that fire at all; every "
                "number is read from the cache (the unit pages show the same explanations, graphs and topics).")

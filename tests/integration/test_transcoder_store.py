@@ -1,0 +1,108 @@
+"""Transcoders with the real things: a transcoder feature's activation equals an independent numpy encode of the HF
+model's MLP input (the hidden state after the pre-MLP norm, captured from the norm module itself) on the embedded
+SmolLM2 and on harvested windows of a tiny model; the harvest, the records and the CLI take it like any dictionary."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.activations import sae_reader, unit_activations
+from analysis.sae.load import load_sae
+from analysis.sae.model import SAE
+from analysis.sae.saelens import save_sae
+from tests.helpers import random_transcoder
+from tests.sae_helpers import np_encode
+
+K = 4
+
+
+def _weights(sae: SAE) -> dict:
+    return {"W_enc": sae.W_enc.double().numpy(), "b_enc": sae.b_enc.double().numpy()}
+
+
+def _normed_mlp_input(model, ids: torch.Tensor, layer: int) -> np.ndarray:
+    """The output of the block's pre-MLP norm module (captured with a plain torch hook on the norm itself)."""
+    blocks = model.model.layers if hasattr(model, "model") else model.transformer.h  # llama-like or GPT-2
+    block = blocks[layer]
+    norm = next(getattr(block, n) for n in ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2")
+                if hasattr(block, n))
+    got = {}
+    handle = norm.register_forward_hook(lambda _m, _a, out: got.setdefault("x", out))
+    try:
+        with torch.no_grad():
+            model(input_ids=ids)
+    finally:
+        handle.remove()
+    return got["x"][0].double().numpy()
+
+
+def test_embedded_smollm2_transcoder_features_equal_numpy_on_the_normed_mlp_input(embedded_smollm2):
+    subject = embedded_smollm2
+    tc = random_transcoder(576, 96, K, layer=5, seed=3)
+    ids = subject.tokenizer(["Transcoders read what the MLP reads and write what it writes, said the paper."],
+                            return_tensors="pt").input_ids
+    x = _normed_mlp_input(subject.model, ids, 5)
+    feats = unit_activations(subject, ids, None, [sae_reader(tc)])[(tc.source, 5)][0].double().numpy()
+    ref = np_encode(x, _weights(tc), "topk", k=K)
+    np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-4)
+    assert ((ref > 0).sum(1) > 0).all()
+
+
+@pytest.fixture(scope="module")
+def transcoder_db(viewer_db, tmp_path_factory):
+    from analysis.__main__ import main
+
+    db, model = viewer_db
+    root = tmp_path_factory.mktemp("transcoder_db")
+    copy = root / "tc.duckdb"
+    shutil.copy(db, copy)
+    from analysis.models import load_model
+
+    d = load_model(model).d_model
+    folder = save_sae(random_transcoder(d, 48, K, layer=1), root / "tiny-transcoder")
+    corpus = Path(db).parent / "docs.jsonl"
+    assert main(["harvest", "--model", model, "--corpus", str(corpus), "--db", str(copy), "--sae", str(folder),
+                 "--seq-len", "24", "--quiet"]) == 0
+    return copy, model, folder
+
+
+def test_harvested_transcoder_records_equal_an_independent_encode(transcoder_db):
+    from analysis.jobs.reads import unit_records
+    from analysis.models import load_model
+    from cache.store import open_store
+
+    db, model, folder = transcoder_db
+    tc = load_sae(str(folder))
+    with open_store(db, read_only=True) as store:
+        d = store.catalog.dictionary(tc.source)
+        assert d is not None and d.kind == "transcoder" and d.site == "mlp_input"
+    subject = load_model(model)
+    checked = 0
+    records = unit_records(db, model, 1, list(range(8)), source=tc.source)
+    for unit, rec in records.items():
+        assert rec.hook_point == f"blocks.1.ln2.hook_normalized -> {tc.source}"
+        for r in rec.most_positive_activation_records[:2]:
+            enc = subject.encode([r.token_ids])
+            x = _normed_mlp_input(subject.model, enc.input_ids, 1)[enc.n_prefix:]
+            ref = np_encode(x, _weights(tc), "topk", k=K)[:, unit]
+            np.testing.assert_allclose(r.activations, ref, rtol=1e-3, atol=1e-3)  # records hold float16
+            checked += 1
+    assert checked >= 8 and any(max(r.activations) > 0 for rec in records.values()
+                                for r in rec.most_positive_activation_records)
+
+
+def test_the_cli_takes_a_transcoder_by_its_name(transcoder_db, tmp_path, capsys):
+    from analysis.__main__ import main
+
+    db, model, folder = transcoder_db
+    assert main(["export", "--db", str(db), "--model", model, "--layer", "1", "--neuron", "2",
+                 "--source", "tiny-transcoder", "--compact"]) == 0
+    import json
+
+    record = json.loads(capsys.readouterr().out)
+    assert record["hook_point"].startswith("blocks.1.ln2.hook_normalized -> sae:tiny-transcoder@")
