@@ -124,7 +124,7 @@ $(VENV)/.ray: $(VENV)/.installed requirements-ray.txt
 
 # SAELens for the format round-trip tests only, our pins held
 $(VENV)/.saelens: $(VENV)/.installed requirements-saelens.txt
-	$(PIP) install -q -r requirements-saelens.txt -c requirements.txt -c requirements-ray.txt
+	$(PIP) install -q -r requirements-saelens.txt -c requirements-dev.txt -c requirements-ray.txt
 	touch $@
 
 test: setup chromium $(VENV)/.ray $(VENV)/.saelens
