@@ -41,7 +41,10 @@ def source_label(source: str, dictionaries: dict | None = None) -> str:
     if source == MLP:
         return "MLP neurons"
     d = (dictionaries or {}).get(source)
-    return f"{d.name} ({d.kind}, {d.d_sae:,} features, L{d.layer} {d.site})" if d else source
+    if d is None:
+        return source
+    where = f"L{d.layer} MLP in → out" if d.kind == "transcoder" else f"L{d.layer} {d.site}"
+    return f"{d.name} ({d.kind}, {d.d_sae:,} features, {where})"
 
 
 def url_source(text: str, model: ModelInfo, have: list[str], dictionaries: dict) -> tuple[str, str | None]:
