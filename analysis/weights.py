@@ -103,12 +103,14 @@ class FeatureWeights:
     """Tokens its decoder direction promotes: ``W_dec[f] . diag(g_final) . W_U[:, t]`` (direct path)."""
     output_tokens_neg: list[WeightLink]
     input_tokens_pos: list[WeightLink]
-    """Tokens whose embedding its encoder reads most: ``wte[t] . W_enc[:, f]`` (direct path, residual sites)."""
+    """Tokens whose embedding its encoder reads most: ``wte[t] . W_enc[:, f]`` (direct path; a dictionary that reads
+    the MLP's normed input, as a transcoder: ``wte[t] . diag(g_mlp) . W_enc[:, f]``)."""
     input_tokens_neg: list[WeightLink]
     nearest: list[WeightLink]
     """Features with the most similar decoder direction (cosine; ``neuron`` holds the feature index)."""
     neurons: list[WeightLink]
-    """MLP neurons (of layers up to the site) whose output direction its encoder reads most (cosine)."""
+    """MLP neurons (of layers up to the site; before a transcoder's layer) whose output direction its encoder
+    (norm gain in, where it reads the MLP's normed input) reads most (cosine)."""
     note: str
 
 
@@ -120,6 +122,9 @@ def feature_weights(subject: SubjectModel, sae, index: int, k: int = 10) -> Feat
     f = lambda t: t.detach().float().cpu()  # noqa: E731
     W_dec, W_enc = f(sae.W_dec), f(sae.W_enc)
     dec, enc = W_dec[index], W_enc[:, index]
+    normed = sae.site == "mlp_input"  # (a transcoder's input) read after the pre-MLP norm: its gain in the weights
+    if normed:
+        enc = enc * f(subject.mlp_norm_gain(sae.layer))
     emb = f(subject.model.get_input_embeddings().weight)
     unemb = f(subject.model.get_output_embeddings().weight)
     tok_out = unemb @ (dec * f(subject.final_norm_gain()))
@@ -135,7 +140,7 @@ def feature_weights(subject: SubjectModel, sae, index: int, k: int = 10) -> Feat
     vals, idx = _top(cos, k, True)
     nearest = [WeightLink(weight=v, layer=sae.layer, neuron=i) for v, i in zip(vals, idx)]
     # neurons that write into the stream the encoder reads: layers before the site's layer, and the site's own
-    # layer when the site comes after that layer's MLP
+    # layer when the site comes after that layer's MLP (not mlp_input: the MLP's input)
     last = sae.layer if sae.site in ("resid_post", "mlp_out") else sae.layer - 1
     scores, layer_ids = [], []
     for layer in range(0, last + 1):
@@ -147,8 +152,11 @@ def feature_weights(subject: SubjectModel, sae, index: int, k: int = 10) -> Feat
         d = scores[0].numel()
         vals, idx = _top(flat, k, True)
         neurons = [WeightLink(weight=v, layer=layer_ids[i // d], neuron=i % d) for v, i in zip(vals, idx)]
-    note = ("direct paths only: output tokens through the final norm gain and the unembedding; input tokens by the "
-            "embedding; the rest of the model (attention, later MLPs) is ignored")
+    what = (f"reads {sae.site}, writes {sae.writes}" if sae.is_transcoder else f"over {sae.site}") + \
+        f" of layer {sae.layer}; "
+    note = (what + "direct paths only: output tokens through the final norm gain and the unembedding; input tokens "
+            "by the embedding" + (" through the pre-MLP norm gain" if normed else "") +
+            "; the rest of the model (attention, other MLPs) is ignored")
     return FeatureWeights(output_tokens_pos=tokens(tok_out, True), output_tokens_neg=tokens(tok_out, False),
                           input_tokens_pos=tokens(tok_in, True), input_tokens_neg=tokens(tok_in, False),
                           nearest=nearest, neurons=neurons, note=note)

@@ -14,7 +14,11 @@ last-layer neuron), an estimate elsewhere that ``check_by_ablation`` measures ag
 
 A dictionary feature is spliced in without changing any value: the site becomes ``x + decode(f) − decode(f)``
 with ``f`` a copy of the feature activations, so the gradient reaches each feature through its decoder direction
-while the rest of the model (and every neuron's attribution) sees the unedited site.
+while the rest of the model (and every neuron's attribution) sees the unedited site. A transcoder's features are
+encoded from the MLP's normed input (kept in the graph: edges into them come from earlier units) and spliced the
+same way into the MLP's output, the site its decoder writes (``sae.writes``); the MLP itself keeps its gradient,
+so its neurons' attributions are those of the model without the transcoder. Checked by ablation, a feature is
+removed where its decoder writes (``analysis.activations.edited_features``).
 
 Modules: ``units`` (the prompt's units, targets, relative activation, rankings), ``frozen`` (the frozen model and
 ``attribute``), ``check`` (real ablation beside the estimates), ``graph`` (edges between the top units).

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from analysis.activations import edited_site
+from analysis.activations import edited_features, edited_site
 from analysis.causal import fork_at
 from analysis.models import SubjectModel
 from analysis.types import MLP, UserError
@@ -64,24 +64,35 @@ def check_by_ablation(subject: SubjectModel, token_ids: list[int], target: Targe
     return [Checked(u, -u.value, deltas.get(i, 0.0)) for i, u in enumerate(units)]
 
 
-def _site_of(u: UnitAt, by_source: dict) -> tuple[int, str]:
-    return u.unit.layer, "mlp_in" if u.unit.source == MLP else by_source[u.unit.source].site
+def _zeroed(subject: SubjectModel, layer: int, source: str, edits: list[tuple[int, UnitAt, int]], by_source: dict):
+    """A context in which each (row, unit, position) of ``edits`` (units of one source at one layer) is set to 0: a
+    neuron at its site, a feature by removing its activation times its decoder direction where the decoder writes,
+    the activation encoded from what the dictionary reads (``edited_features``)."""
+    if source == MLP:
+        def neurons(h):
+            h = h.clone()
+            for row, u, t in edits:
+                h[row, t, u.unit.index] = 0
+            return h
+        return edited_site(subject, layer, "mlp_in", neurons)
+    sae = by_source[source]
 
-
-def _zeroing(edits: list[tuple[int, UnitAt, int]], by_source: dict):
-    """An edit of a site's ``[rows, T, width]`` that zeroes each (row, unit, position) of ``edits``."""
-    def edit(h):
+    def features(h, x):
         h = h.clone()
         for row, u, t in edits:
-            if u.unit.source == MLP:
-                h[row, t, u.unit.index] = 0
-            else:
-                sae = by_source[u.unit.source]
-                a = sae.encode(h[row, t].float())[u.unit.index]
-                direction = (sae.W_dec[u.unit.index] / sae.input_scale).to(h.device, torch.float32)
-                h[row, t] = (h[row, t].float() - a * direction).to(h.dtype)
+            a = sae.encode(x[row, t].float())[u.unit.index]
+            direction = (sae.W_dec[u.unit.index] / sae.input_scale).to(h.device, torch.float32)
+            h[row, t] = (h[row, t].float() - a * direction).to(h.dtype)
         return h
-    return edit
+    return edited_features(subject, sae, features)
+
+
+def _edits_by_source(rows: list[tuple[int, UnitAt, int]]) -> dict[tuple[int, str], list[tuple[int, UnitAt, int]]]:
+    """``{(layer, source): [(row, unit, position)]}``."""
+    out: dict[tuple[int, str], list] = {}
+    for row, u, t in rows:
+        out.setdefault((u.unit.layer, u.unit.source), []).append((row, u, t))
+    return out
 
 
 def _position_groups(positions: list[int], length: int) -> dict[int, int]:
@@ -136,12 +147,10 @@ def _ablate_cached(subject: SubjectModel, ids: torch.Tensor, target: Target, liv
         n = len(group) + 1
         if cache is not None:
             cache.batch_repeat_interleave(n)
-        sites: dict[tuple[int, str], list] = {}
-        for row, (_i, u) in enumerate(group, start=1):
-            sites.setdefault(_site_of(u, by_source), []).append((row, u, u.position - q))
+        sites = _edits_by_source([(row, u, u.position - q) for row, (_i, u) in enumerate(group, start=1)])
         with ExitStack() as stack:
-            for (layer, site), edits in sites.items():
-                stack.enter_context(edited_site(subject, layer, site, _zeroing(edits, by_source)))
+            for (layer, source), edits in sites.items():
+                stack.enter_context(_zeroed(subject, layer, source, edits, by_source))
             hidden = subject.base()(input_ids=ids[:, q:].expand(n, -1), past_key_values=cache,
                                     use_cache=cache is not None).last_hidden_state[:, -1]
         values = target.of(subject.logits(hidden).float())
@@ -153,13 +162,11 @@ def _ablate_forked(subject: SubjectModel, ids: torch.Tensor, target: Target, liv
                    by_source: dict) -> dict[int, float]:
     if not live:
         return {}
-    sites: dict[tuple[int, str], list] = {}
-    for row, (_i, u) in enumerate(live, start=1):
-        sites.setdefault(_site_of(u, by_source), []).append((row, u, u.position))
+    sites = _edits_by_source([(row, u, u.position) for row, (_i, u) in enumerate(live, start=1)])
     with ExitStack() as stack:
-        stack.enter_context(fork_at(subject, min(layer for layer, _site in sites), len(live) + 1))
-        for (layer, site), edits in sites.items():
-            stack.enter_context(edited_site(subject, layer, site, _zeroing(edits, by_source)))
+        stack.enter_context(fork_at(subject, min(layer for layer, _source in sites), len(live) + 1))
+        for (layer, source), edits in sites.items():
+            stack.enter_context(_zeroed(subject, layer, source, edits, by_source))
         hidden = subject.base()(input_ids=ids, use_cache=False).last_hidden_state[:, -1]
     values = target.of(subject.logits(hidden).float())
     return {i: float(values[row] - values[0]) for row, (i, _u) in enumerate(live, start=1)}

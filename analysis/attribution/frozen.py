@@ -82,8 +82,9 @@ def frozen(subject: SubjectModel) -> Iterator[None]:
 @dataclass
 class Traced:
     """One forward pass with every unit's activation differentiable: ``acts[key]`` is ``[T, n]`` in the graph
-    (neurons: the out projection's input; features: their encoding of the site, for edges into them) and
-    ``leaves[key]`` the tensor whose gradient is the unit's (the same for neurons; the spliced copy for features)."""
+    (neurons: the out projection's input; features: their encoding of the site they read, for edges into them) and
+    ``leaves[key]`` the tensor whose gradient is the unit's (the same for neurons; for features the copy spliced in
+    where their decoder writes: the site itself, or a transcoder's MLP output)."""
 
     logits: torch.Tensor
     """``[T, vocab]``."""
@@ -106,13 +107,21 @@ def _traced_units(subject: SubjectModel, saes: tuple["SAE", ...], traced: Traced
                 return h
             stack.enter_context(edited_site(subject, layer, "mlp_in", keep))
         for sae in saes:
-            def splice(x, sae=sae):
+            read: dict[str, torch.Tensor] = {}
+
+            def splice(h, sae=sae, read=read):
+                """``h`` (the site the dictionary writes) plus ``decode(leaf) − decode(leaf)``: zero-valued, the
+                leaf's gradient is its decoder's; the features are encoded from what it reads, in the graph."""
+                x = read.pop("x") if sae.is_transcoder else h
                 f = sae.encode(x.float())
                 leaf = f.detach().requires_grad_(True)
                 traced.acts[(sae.source, sae.layer)], traced.leaves[(sae.source, sae.layer)] = f, leaf
-                dec = sae.decode(leaf)
-                return x + (dec - dec.detach()).to(x.dtype)
-            stack.enter_context(edited_site(subject, sae.layer, sae.site, splice))
+                dec = sae.decode(leaf, x.detach().float())  # (a skip term: zero-valued, no gradient)
+                return h + (dec - dec.detach()).to(h.dtype)
+            if sae.is_transcoder:  # reads the MLP's normed input, kept in the graph (edges into its features)
+                stack.enter_context(edited_site(subject, sae.layer, sae.site,
+                                                lambda x, read=read: read.__setitem__("x", x) or x))
+            stack.enter_context(edited_site(subject, sae.layer, sae.writes, splice))
         yield
 
 

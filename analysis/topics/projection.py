@@ -122,7 +122,7 @@ def _logits_batches(subject: SubjectModel, layer: int, mode: ProjectionMode, uni
                     sae=None):
     n_layers = subject.info.n_layers
     call_args = _block_call_args(subject) if mode != ProjectionMode.HI_I else None
-    after = layer if sae is not None and sae.site == "resid_pre" else layer + 1  # first block after the write
+    after = layer if sae is not None and sae.writes == "resid_pre" else layer + 1  # first block after the write
     span = {ProjectionMode.HI_I: (0, 0), ProjectionMode.HI_C: (after, n_layers),
             ProjectionMode.LO_C: (layer, n_layers), ProjectionMode.LO_I: (layer, layer + 1)}[mode]
     norm = subject.final_norm()

@@ -211,3 +211,81 @@ def test_sae_features_are_units(sae_db, subject):
     listed = {u.unit.source for u in rep.fires} | {u.unit.source for u in rep.positive + rep.negative}
     assert source in listed and MLP in listed
     assert json.loads(json.dumps(rep.to_json()))["attribution"]["positive"]
+
+
+def make_transcoder_db(viewer_db, root):
+    """A copy of viewer_db with a random TopK transcoder of layer 1 (64 features, MLP normed input to MLP output,
+    saved in the SAELens layout) harvested beside the neurons: (db path, model name, folder, the transcoder)."""
+    import shutil
+    from pathlib import Path
+
+    from analysis.__main__ import main
+    from analysis.sae.model import SAE, finish
+    from analysis.sae.saelens import save_sae
+
+    db, model = viewer_db
+    copy = root / "transcoder.duckdb"
+    shutil.copy(db, copy)
+    g = torch.Generator().manual_seed(41)
+    tc = finish(SAE(W_enc=torch.randn(32, 64, generator=g) / 32 ** 0.5, b_enc=torch.randn(64, generator=g) * 0.1,
+                    W_dec=torch.randn(64, 32, generator=g) * 2.0, b_dec=torch.randn(32, generator=g) * 0.1,
+                    architecture="topk", k=4, layer=1, site="mlp_input", output_site="mlp_out", name="tiny-tc"))
+    folder = save_sae(tc, root / "tiny-tc")
+    corpus = Path(db).parent / "docs.jsonl"
+    assert main(["harvest", "--model", model, "--corpus", str(corpus), "--db", str(copy), "--sae", str(folder),
+                 "--seq-len", "24", "--quiet"]) == 0
+    return copy, model, folder, tc
+
+
+@pytest.fixture(scope="module")
+def transcoder_db(viewer_db, tmp_path_factory):
+    return make_transcoder_db(viewer_db, tmp_path_factory.mktemp("transcoder_db"))
+
+
+def test_transcoder_features_are_units(transcoder_db, subject):
+    """A transcoder's features: encoded from the MLP's normed input (ln_2's output), over the store's maxima; the
+    check removes a feature's decoder row times its activation from the MLP's output; the graph takes them."""
+    from cache.store import open_store
+
+    db, model, folder, tc = transcoder_db
+    rep = attribute_prompt(AttributeJob(text=TEXT, model=model, check=8, top=10_000, graph=True, graph_nodes=8), db)
+    source = tc.source
+    assert {k[0] for k in rep.attribution.scores} == {MLP, source}
+    with open_store(db, read_only=True) as store:
+        assert store.catalog.dictionary(source).kind == "transcoder"
+    assert (source, 1) in rep.relative and (source, 1) not in rep.raw_keys
+    ids = rep.token_ids
+    seen = {}
+    handle = subject.blocks()[1].ln_2.register_forward_hook(
+        lambda _m, _a, out: seen.__setitem__("x", out[0].detach().clone()))
+    try:
+        clean = _logits(subject, ids)
+    finally:
+        handle.remove()
+    pre = seen["x"].double() @ tc.W_enc.double() + tc.b_enc.double()
+    kth = pre.topk(tc.k, dim=-1).values[:, -1:]
+    f = torch.where(pre >= kth, pre.clamp(min=0), torch.zeros_like(pre))
+    m = _store_maxima(db, model, source=source, layers=(1,), n=tc.d_sae)[1]
+    want = np.where(m > 0, f.numpy() / np.where(m > 0, m, 1.0), 0.0)
+    tol = 1e-5 * max(1.0, float(f.abs().max())) / float(m[m > 0].min())
+    np.testing.assert_allclose(rep.relative[(source, 1)].numpy(), want, rtol=0, atol=tol)
+
+    checked = [c for c in rep.checked if c.unit.unit.source == source]
+    assert checked  # its decoder is large: its features are among the top causes
+    c = checked[0]
+    t, i = c.unit.position, c.unit.unit.index
+
+    def minus(_m, _a, out):
+        out = out.clone()
+        out[0, t] = (out[0, t].double() - f[t, i] * tc.W_dec[i].double()).to(out.dtype)
+        return out
+    handle = subject.mlp(1).register_forward_hook(minus)
+    try:
+        ablated = _logits(subject, ids)
+    finally:
+        handle.remove()
+    target = rep.target
+    m0, m1 = float(target.of(clean[target.position])), float(target.of(ablated[target.position]))
+    assert c.real == pytest.approx(m1 - m0, abs=1e-5 * (max(1.0, abs(m0)) + max(1.0, abs(m1))))
+    assert any(n.unit.source == source for n in rep.graph.nodes)
+    assert json.loads(json.dumps(rep.to_json()))["check"]["units"]

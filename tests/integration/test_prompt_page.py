@@ -4,6 +4,9 @@ and 1 harvested, layer 2 not: its units rank raw)."""
 from __future__ import annotations
 
 import re
+from urllib.parse import urlencode
+
+import pytest
 
 from tests.helpers import all_html, open_page
 
@@ -77,3 +80,34 @@ def test_prompt_page_bad_input_gets_messages(viewer_db, monkeypatch):
     assert not at.exception
     at = open_page("prompt", db, monkeypatch, model="no-such-model", text="Paris")
     assert not at.exception and at.title[0].value == "Prompt"
+
+
+@pytest.fixture(scope="module")
+def transcoder_db(viewer_db, tmp_path_factory):
+    from tests.integration.test_attribute_job import make_transcoder_db
+
+    return make_transcoder_db(viewer_db, tmp_path_factory.mktemp("prompt_transcoder_db"))
+
+
+def test_prompt_page_takes_transcoder_features(transcoder_db, monkeypatch):
+    db, model, _folder, tc = transcoder_db
+    at = open_page("prompt", db, monkeypatch, model=model, text="Paris is the capital of")
+    assert not at.exception, at.exception
+    assert not at.error
+    picked = at.multiselect(key=f"prompt_sae:{model}")
+    assert picked.value == [tc.source]  # chosen by default, as any dictionary
+    assert any("transcoder" in o and "L1 MLP in → out" in o for o in picked.options), picked.options
+    assert urlencode({'source': tc.source}) in all_html(at)  # its features listed, linking to their pages
+
+
+def test_transcoder_feature_weights_say_where_it_reads_and_writes(transcoder_db, monkeypatch):
+    """(The unit page a prompt's feature links to.) Its weights tab names both sites."""
+    db, model, _folder, tc = transcoder_db
+    at = open_page("neuron", db, monkeypatch, model=model, layer=1, neuron=5, source=tc.source, tab="tokens & weights")
+    assert not at.exception, at.exception
+    at.toggle(key="weights_on").set_value(True).run()
+    assert not at.exception and not at.error
+    assert any("reads mlp_input, writes mlp_out of layer 1" in c.value and "pre-MLP norm gain" in c.value
+               for c in at.caption), [c.value for c in at.caption]
+    text = " ".join(m.value for m in at.markdown)
+    assert "nearest features" in text and "neurons it reads most" in text and "L0/N" in text and "L1/N" not in text
