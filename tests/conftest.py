@@ -95,6 +95,32 @@ def sae_db(viewer_db, tmp_path_factory):
     return copy, model, folder
 
 
+@pytest.fixture(scope="session")
+def transcoder_db(viewer_db, tmp_path_factory):
+    """A copy of viewer_db with a random TopK transcoder of layer 1 (64 features, MLP normed input to MLP output,
+    saved in the SAELens layout as ``tiny-tc``) harvested beside the neurons: (db path, model name, folder, the
+    transcoder)."""
+    import shutil
+
+    from analysis.__main__ import main
+    from analysis.sae.model import SAE, finish
+    from analysis.sae.saelens import save_sae
+
+    db, model = viewer_db
+    root = tmp_path_factory.mktemp("transcoder_db")
+    copy = root / "transcoder.duckdb"
+    shutil.copy(db, copy)
+    g = torch.Generator().manual_seed(41)
+    tc = finish(SAE(W_enc=torch.randn(32, 64, generator=g) / 32 ** 0.5, b_enc=torch.randn(64, generator=g) * 0.1,
+                    W_dec=torch.randn(64, 32, generator=g) * 2.0, b_dec=torch.randn(32, generator=g) * 0.1,
+                    architecture="topk", k=4, layer=1, site="mlp_input", output_site="mlp_out", name="tiny-tc"))
+    folder = save_sae(tc, root / "tiny-tc")
+    corpus = Path(db).parent / "docs.jsonl"
+    assert main(["harvest", "--model", model, "--corpus", str(corpus), "--db", str(copy), "--sae", str(folder),
+                 "--seq-len", "24", "--quiet"]) == 0
+    return copy, model, folder, tc
+
+
 @pytest.fixture(scope="module")
 def server():
     """A small OpenAI-compatible server on 127.0.0.1 (tests/openai_server.py): a fast explainer and simulator."""

@@ -82,13 +82,6 @@ def test_prompt_page_bad_input_gets_messages(viewer_db, monkeypatch):
     assert not at.exception and at.title[0].value == "Prompt"
 
 
-@pytest.fixture(scope="module")
-def transcoder_db(viewer_db, tmp_path_factory):
-    from tests.integration.test_attribute_job import make_transcoder_db
-
-    return make_transcoder_db(viewer_db, tmp_path_factory.mktemp("prompt_transcoder_db"))
-
-
 def test_prompt_page_takes_transcoder_features(transcoder_db, monkeypatch):
     db, model, _folder, tc = transcoder_db
     at = open_page("prompt", db, monkeypatch, model=model, text="Paris is the capital of")

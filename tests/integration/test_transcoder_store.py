@@ -4,9 +4,6 @@ SmolLM2 and on harvested windows of a tiny model; the harvest, the records and t
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +11,6 @@ import torch
 from analysis.activations import sae_reader, unit_activations
 from analysis.sae.load import load_sae
 from analysis.sae.model import SAE
-from analysis.sae.saelens import save_sae
 from tests.helpers import random_transcoder
 from tests.sae_helpers import np_encode
 
@@ -53,30 +49,12 @@ def test_embedded_smollm2_transcoder_features_equal_numpy_on_the_normed_mlp_inpu
     assert ((ref > 0).sum(1) > 0).all()
 
 
-@pytest.fixture(scope="module")
-def transcoder_db(viewer_db, tmp_path_factory):
-    from analysis.__main__ import main
-
-    db, model = viewer_db
-    root = tmp_path_factory.mktemp("transcoder_db")
-    copy = root / "tc.duckdb"
-    shutil.copy(db, copy)
-    from analysis.models import load_model
-
-    d = load_model(model).d_model
-    folder = save_sae(random_transcoder(d, 48, K, layer=1), root / "tiny-transcoder")
-    corpus = Path(db).parent / "docs.jsonl"
-    assert main(["harvest", "--model", model, "--corpus", str(corpus), "--db", str(copy), "--sae", str(folder),
-                 "--seq-len", "24", "--quiet"]) == 0
-    return copy, model, folder
-
-
 def test_harvested_transcoder_records_equal_an_independent_encode(transcoder_db):
     from analysis.jobs.reads import unit_records
     from analysis.models import load_model
     from cache.store import open_store
 
-    db, model, folder = transcoder_db
+    db, model, folder, _tc = transcoder_db
     tc = load_sae(str(folder))
     with open_store(db, read_only=True) as store:
         d = store.catalog.dictionary(tc.source)
@@ -89,7 +67,7 @@ def test_harvested_transcoder_records_equal_an_independent_encode(transcoder_db)
         for r in rec.most_positive_activation_records[:2]:
             enc = subject.encode([r.token_ids])
             x = _normed_mlp_input(subject.model, enc.input_ids, 1)[enc.n_prefix:]
-            ref = np_encode(x, _weights(tc), "topk", k=K)[:, unit]
+            ref = np_encode(x, _weights(tc), "topk", k=tc.k)[:, unit]
             np.testing.assert_allclose(r.activations, ref, rtol=1e-3, atol=1e-3)  # records hold float16
             checked += 1
     assert checked >= 8 and any(max(r.activations) > 0 for rec in records.values()
@@ -99,10 +77,10 @@ def test_harvested_transcoder_records_equal_an_independent_encode(transcoder_db)
 def test_the_cli_takes_a_transcoder_by_its_name(transcoder_db, tmp_path, capsys):
     from analysis.__main__ import main
 
-    db, model, folder = transcoder_db
+    db, model, _folder, _tc = transcoder_db
     assert main(["export", "--db", str(db), "--model", model, "--layer", "1", "--neuron", "2",
-                 "--source", "tiny-transcoder", "--compact"]) == 0
+                 "--source", "tiny-tc", "--compact"]) == 0
     import json
 
     record = json.loads(capsys.readouterr().out)
-    assert record["hook_point"].startswith("blocks.1.ln2.hook_normalized -> sae:tiny-transcoder@")
+    assert record["hook_point"].startswith("blocks.1.ln2.hook_normalized -> sae:tiny-tc@")

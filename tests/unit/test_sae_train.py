@@ -19,8 +19,8 @@ from analysis.sae.baselines import baseline_dictionary
 from analysis.sae.load import load_sae
 from analysis.sae.model import MASSIVE, SAE
 from analysis.sae.saelens import save_sae
-from analysis.sae_train import (TrainConfig, collect_activations, evaluate_sae, fit_topk, replaced_site,
-                                train_topk_sae, used_positions)
+from analysis.sae_eval import evaluate_sae, replaced_site
+from analysis.sae_train import TrainConfig, collect_activations, fit_topk, train_topk_sae, used_positions
 from tests.sae_helpers import topk_ambiguous
 
 LAYER, SITE, SEQ_LEN = 1, "resid_post", 24
