@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from urllib.parse import urlencode
 
-import pytest
 
 from tests.helpers import all_html, open_page
 

@@ -5,7 +5,6 @@ SmolLM2 and on harvested windows of a tiny model; the harvest, the records and t
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from analysis.activations import sae_reader, unit_activations
