@@ -31,8 +31,8 @@ class AttributeJob:
     contrast: str | None = None
     """A token to explain the target against (the logit difference target − contrast), as text."""
     sae: tuple[str, ...] | None = None
-    """Dictionary ids (sae:<name>@<hash>) whose features count as units too (None: every dictionary of the model
-    in the database)."""
+    """Dictionaries (ids sae:<name>@<hash>, folders or bare names) whose features count as units too (None: every
+    dictionary of the model in the database)."""
     top: int = 20
     """Units listed by relative activation and by attribution (positive and negative each)."""
     check: int = 32
@@ -205,7 +205,7 @@ def maxima_of(store, info, saes: tuple) -> dict:
 def attribute_prompt(job: AttributeJob, db: Path, subject=None, saes: tuple | None = None) -> PromptReport:
     """The job: reads the model's harvest maxima and dictionaries from ``db`` (a page passes its own loaded subject
     and dictionaries, under its model lock), loads what is not given, and reports."""
-    from analysis.jobs.reads import cached_model
+    from analysis.jobs.reads import cached_model, match_source
     from analysis.models import load_cached_subject
     from analysis.sae.load import load_dictionary
     from cache.store import open_store
@@ -214,11 +214,9 @@ def attribute_prompt(job: AttributeJob, db: Path, subject=None, saes: tuple | No
         info = cached_model(store, job.model)
         if saes is None:
             known = {d.source: d for d in store.catalog.dictionaries(info.model_id) if d.format != "baseline"}
-            wanted = job.sae if job.sae is not None else tuple(known)
-            missing = [s for s in wanted if s not in known]
-            if missing:
-                raise UserError(f"no dictionary {', '.join(missing)} of {info.name} in {db} (known: "
-                                f"{', '.join(known) or 'none'})")
+            # each by its id, folder or bare name (analysis.jobs.reads.match_source)
+            wanted = tuple(match_source(known.values(), s, f" of {info.name} in {db}") for s in job.sae) \
+                if job.sae is not None else tuple(known)
             saes = tuple(load_dictionary(known[s]) for s in wanted)
         maxima = maxima_of(store, info, saes)
     subject = subject if subject is not None else load_cached_subject(info, job.device)

@@ -164,7 +164,7 @@ def test_bad_prompts_get_messages(viewer_db):
         attribute_prompt(AttributeJob(text="  ", model=model), db)
     with pytest.raises(UserError, match="position 999 is out of range"):
         attribute_prompt(AttributeJob(text=TEXT, model=model, position=999), db)
-    with pytest.raises(UserError, match="no dictionary sae:nope"):
+    with pytest.raises(UserError, match="'sae:nope' is not a dictionary of"):
         attribute_prompt(AttributeJob(text=TEXT, model=model, sae=("sae:nope",)), db)
 
 
@@ -219,6 +219,8 @@ def test_transcoder_features_are_units(transcoder_db, subject):
     from cache.store import open_store
 
     db, model, folder, tc = transcoder_db
+    by_name = attribute_prompt(AttributeJob(text="Paris is", model=model, sae=("tiny-tc",)), db)  # its bare name
+    assert (tc.source, 1) in by_name.relative  # its features are among the units
     rep = attribute_prompt(AttributeJob(text=TEXT, model=model, check=8, top=10_000, graph=True, graph_nodes=8), db)
     source = tc.source
     assert {k[0] for k in rep.attribution.scores} == {MLP, source}

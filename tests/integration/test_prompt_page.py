@@ -90,6 +90,10 @@ def test_prompt_page_takes_transcoder_features(transcoder_db, monkeypatch):
     assert picked.value == [tc.source]  # chosen by default, as any dictionary
     assert any("transcoder" in o and "L1 MLP in → out" in o for o in picked.options), picked.options
     assert urlencode({'source': tc.source}) in all_html(at)  # its features listed, linking to their pages
+    at = open_page("prompt", db, monkeypatch, model=model, text="Paris is the capital of", sae="tiny-tc")
+    assert not at.exception and at.multiselect(key=f"prompt_sae:{model}").value == [tc.source]  # by its bare name
+    at = open_page("prompt", db, monkeypatch, model=model, text="Paris is the capital of", sae="sae:nothing@0")
+    assert not at.exception and any("'sae:nothing@0' is not a dictionary" in w.value for w in at.warning)
 
 
 def test_transcoder_feature_weights_say_where_it_reads_and_writes(transcoder_db, monkeypatch):

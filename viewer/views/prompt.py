@@ -46,6 +46,21 @@ def _keep(key: str, value: str | None) -> None:
         qp[key] = value
 
 
+def _named(dictionaries: list, asked: str) -> list[str]:
+    """The ids that ``?sae=`` names (each an id, a folder or a bare name); a name that fits none or several is
+    said on the page and left out."""
+    from analysis.jobs.reads import match_source
+    from analysis.types import UserError
+
+    out = []
+    for text in filter(None, (t.strip() for t in asked.split(","))):
+        try:
+            out.append(match_source(dictionaries, text))
+        except UserError as e:
+            st.warning(str(e))
+    return out
+
+
 def inputs(model, dictionaries: list) -> AttributeJob | None:
     """The prompt and its options, synced with the URL: the job, or None (with a message) when there is nothing to
     run."""
@@ -91,8 +106,7 @@ def inputs(model, dictionaries: list) -> AttributeJob | None:
     key = f"prompt_sae:{model.name}"
     if sources:
         asked = qp.get("sae")
-        _init(key, default if asked is None else [] if asked == "none" else
-              [s for s in asked.split(",") if s in sources])
+        _init(key, default if asked is None else [] if asked == "none" else _named(dictionaries, asked))
         chosen = c4.multiselect("dictionaries (their features count as units too)", sources, key=key,
                                 format_func=lambda s: source_label(s, {d.source: d for d in dictionaries}))
         _keep("sae", None if chosen == default else ",".join(chosen) or "none")
