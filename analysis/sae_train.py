@@ -1,4 +1,5 @@
-"""Train a TopK sparse autoencoder on one site of a subject model; measure any SAE's quality on held-out text.
+"""Train a TopK sparse autoencoder on one site of a subject model, or a TopK transcoder of one layer's MLP
+(``analysis/sae_eval.py`` measures either on held-out text).
 
 The recipe is Gao et al. 2024 ("Scaling and evaluating sparse autoencoders") at its smallest:
 
@@ -14,34 +15,42 @@ their MSE over the residual's variance. Adam (eps 6.25e-10 as in the paper); bef
 gradient loses its component along each row, after it the rows are renormalised. The learning rate decays
 linearly to 0 over the last 20% of the steps.
 
+A transcoder (Dunefsky et al. 2024) is the same recipe with a target ``y`` other than its input ``x``: it reads the
+MLP's normed input (``mlp_input``) and predicts the MLP's output (``mlp_out``, after Gemma's post-FF norm) at the
+same token. ``pre = x @ W_enc + b_enc`` (no ``b_dec`` in the input space), ``y_hat = f @ W_dec + b_dec`` with
+``b_dec`` starting at mean(y), ``V`` and AuxK's residual are those of ``y``; ``W_enc`` starts as ``W_dec.T`` as
+above (its own seeded unit columns where ``d_in != d_out``).
+
 Activations: the site's vectors at the real tokens of corpus windows (the BOS column and padding skipped), except
 massive activations (Sun et al. 2024): vectors longer than ``MASSIVE`` times the batch's median. These are the
 attention sinks -- at layer 15 of SmolLM2 (no BOS) the first token of every window, ~24,000 in norm against a
 median of ~172, and 0.03% of the later tokens -- which would otherwise hold nearly all the variance (the later
-ones alone 89% of it): the loss and the FVU would measure them, not the text. ``evaluate_sae`` uses the same
-positions. The activations are held in memory in float32 (tokens x d_in x 4 bytes: 230 MB for 100k tokens of a
-576-wide site) and shuffled each epoch by a permutation that depends on (seed, epoch) alone. A run is
-deterministic on CPU for a fixed seed, and resumable: every ``checkpoint_every`` steps the weights, the Adam
-state, the step, the dead-latent counters and the loss sums are saved atomically; a resumed run collects the
-same activations again and ends with the same weights as a run that never stopped.
+ones alone 89% of it): the loss and the FVU would measure them, not the text. ``sae_eval`` uses the same
+positions; a transcoder's positions are those where both its input and its output are typical (early MLPs
+write the massive activations). The activations are held in memory in float32 (tokens x d_in x 4 bytes: 230 MB for
+100k tokens of a 576-wide site; twice that for a transcoder's pairs) and shuffled each epoch by a permutation that
+depends on (seed, epoch) alone. A run is deterministic on CPU for a fixed seed, and resumable: every
+``checkpoint_every`` steps the weights, the Adam state, the step, the dead-latent counters and the loss sums are
+saved atomically; a resumed run collects the same activations again and ends with the same weights as a run that
+never stopped.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from analysis.activations import edited_site, site_activations, site_hooks
+from analysis.activations import site_activations
 from analysis.models import Encoded, SubjectModel
 from analysis.progress import Progress
-from analysis.sae.model import SAE, check_fits, typical_positions
+from analysis.sae.model import SAE, TRANSCODER_SITES, typical_positions
 from analysis.types import UserError, Window
 
 ADAM_EPS = 6.25e-10
@@ -89,7 +98,7 @@ class TrainConfig:
 
 @dataclass
 class Fit:
-    """A trained TopK dictionary (float32, CPU) and how its training went."""
+    """A trained TopK dictionary (SAE or transcoder; float32, CPU) and how its training went."""
 
     W_enc: torch.Tensor
     b_enc: torch.Tensor
@@ -99,7 +108,8 @@ class Fit:
     n_tokens: int
     """Training tokens (each seen once per epoch)."""
     loss_by_epoch: list[float]
-    """Mean training loss of each epoch without AuxK: the training fraction of variance unexplained."""
+    """Mean training loss of each epoch without AuxK: the training fraction of variance unexplained (of the
+    target, for a transcoder)."""
     dead_fraction: float
     """Latents that had not fired in the last ``dead_tokens`` training tokens when training ended."""
 
@@ -111,29 +121,64 @@ def _batches(subject: SubjectModel, windows: list[Window], batch_size: int) -> I
         yield subject.encode([list(w.token_ids) for w in windows[b : b + batch_size]])
 
 
-def used_positions(acts: torch.Tensor, enc: Encoded) -> torch.Tensor:
+def used_positions(acts: torch.Tensor, enc: Encoded, *more: torch.Tensor) -> torch.Tensor:
     """``[B, P]`` bool: the positions of a batch an SAE is trained and measured on -- real tokens (not the BOS
-    column, not padding) that are not massive activations (``analysis.sae.model.typical_positions``)."""
+    column, not padding) that are not massive activations (``analysis.sae.model.typical_positions``); with ``more``
+    sites' vectors (a transcoder's output), those typical in every one of them."""
     real = enc.attention_mask.bool().to(acts.device)
     real[:, : enc.n_prefix] = False
-    return typical_positions(acts, real)
+    used = typical_positions(acts, real)
+    for other in more:
+        used = used & typical_positions(other, real)
+    return used
+
+
+def collect_sites(subject: SubjectModel, windows: list[Window], layer: int, sites: tuple[str, ...],
+                  batch_size: int = 16, progress: Progress = Progress()) -> list[torch.Tensor]:
+    """``[n, width]`` float32 (CPU) vectors of each of ``sites`` at the same positions of ``windows``, in window
+    order: one forward pass per batch (up to the last site), at the positions typical in every site
+    (``used_positions``)."""
+    chunks: list[list[torch.Tensor]] = [[] for _ in sites]
+    total = sum(len(w.token_ids) for w in windows)
+    bar = progress.bar(total, f"activations L{layer} {' '.join(sites)}", unit="tok", unit_scale=True)
+    try:
+        for enc in _batches(subject, windows, batch_size):
+            acts = site_activations(subject, enc.input_ids, enc.attention_mask, [(layer, s) for s in sites])
+            vectors = [acts[(layer, s)] for s in sites]
+            used = used_positions(vectors[0], enc, *vectors[1:])
+            for chunk, v in zip(chunks, vectors):
+                chunk.append(v[used].float().cpu())
+            bar.update(int(enc.real.sum()))
+    finally:
+        bar.close()
+    return [torch.cat(c) if c else torch.empty(0, subject.site_width(s)) for c, s in zip(chunks, sites)]
 
 
 def collect_activations(subject: SubjectModel, windows: list[Window], layer: int, site: str, batch_size: int = 16,
                         progress: Progress = Progress()) -> torch.Tensor:
     """``[n, width]`` float32 (CPU) vectors of ``site`` at the used positions of ``windows`` (``used_positions``),
     in window order."""
-    chunks = []
-    total = sum(len(w.token_ids) for w in windows)
-    bar = progress.bar(total, f"activations L{layer} {site}", unit="tok", unit_scale=True)
-    try:
-        for enc in _batches(subject, windows, batch_size):
-            acts = site_activations(subject, enc.input_ids, enc.attention_mask, [(layer, site)])[(layer, site)]
-            chunks.append(acts[used_positions(acts, enc)].float().cpu())
-            bar.update(int(enc.real.sum()))
-    finally:
-        bar.close()
-    return torch.cat(chunks) if chunks else torch.empty(0, subject.site_width(site))
+    return collect_sites(subject, windows, layer, (site,), batch_size, progress)[0]
+
+
+def collect_pairs(subject: SubjectModel, windows: list[Window], layer: int, batch_size: int = 16,
+                  progress: Progress = Progress()) -> tuple[torch.Tensor, torch.Tensor]:
+    """A transcoder's training pairs: the MLP's normed input ``x`` and its output ``y`` (``[n, d_model]`` each,
+    float32, CPU) at the same tokens, where both are typical (``collect_sites``)."""
+    check_mlp_hookable(subject, layer)
+    x, y = collect_sites(subject, windows, layer, TRANSCODER_SITES, batch_size, progress)
+    return x, y
+
+
+def check_mlp_hookable(subject: SubjectModel, layer: int) -> None:
+    """UserError unless ``layer`` has an MLP module whose input and output we can hook (a transcoder's sites)."""
+    subject.check_layer(layer)
+    for site in TRANSCODER_SITES:
+        try:
+            subject.site_module(layer, site)
+        except (AttributeError, RuntimeError) as exc:
+            raise UserError(f"cannot hook the MLP of {subject.info.name} layer {layer} ({site}: {exc}): no "
+                            "transcoder can be trained on it") from None
 
 
 # ---- training --------------------------------------------------------------------------------------------
@@ -150,12 +195,30 @@ def _moments(acts: torch.Tensor, chunk: int = 16384) -> tuple[torch.Tensor, floa
     return mean, sq / acts.shape[0]
 
 
-def _initial_weights(d_in: int, mean: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+def _initial_weights(d_in: int, mean: torch.Tensor, cfg: TrainConfig,
+                     inputs: tuple[torch.Tensor, float, float] | None = None) -> dict[str, torch.Tensor]:
+    """Unit-norm random decoder rows, the encoder their transpose (its own unit columns when the input is not the
+    output space's width), ``b_dec`` the target's mean. A transcoder's (``inputs``: the input's mean, its mean
+    squared distance to it, the target's) has its encoder scaled by the target's spread over the input's and
+    centred on the input's mean: pre-activations start on the target's scale and around 0 for every feature. The
+    plain transpose leaves two thirds of a 4,608-wide transcoder of SmolLM2's layer 15 dead (its MLP's normed input
+    is ~10x shorter than its output; measured: 67.8 % dead, FVU 0.497, loss recovered 76.6 %; this start: 0.7 %,
+    0.524, 73.8 %)."""
     rng = np.random.default_rng([cfg.seed, 0])
-    W_dec = torch.from_numpy(rng.standard_normal((cfg.width, d_in), dtype=np.float32)).to(mean.device)
+    W_dec = torch.from_numpy(rng.standard_normal((cfg.width, mean.shape[0]), dtype=np.float32)).to(mean.device)
     W_dec /= W_dec.norm(dim=1, keepdim=True)
-    return {"W_enc": W_dec.T.contiguous(), "b_enc": torch.zeros_like(W_dec[:, 0]), "W_dec": W_dec,
-            "b_dec": mean.float()}
+    if d_in == mean.shape[0]:
+        W_enc = W_dec.T.contiguous()
+    else:
+        W_enc = torch.from_numpy(np.random.default_rng([cfg.seed, 2]).standard_normal((d_in, cfg.width),
+                                                                                     dtype=np.float32))
+        W_enc = (W_enc / W_enc.norm(dim=0, keepdim=True)).to(mean.device)
+    b_enc = torch.zeros_like(W_dec[:, 0])
+    if inputs is not None:
+        x_mean, x_var, y_var = inputs
+        W_enc = W_enc * math.sqrt(y_var / max(x_var, 1e-12))
+        b_enc = -(x_mean.float() @ W_enc)
+    return {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": mean.float()}
 
 
 def _save_state(path: Path, state: dict) -> None:
@@ -172,21 +235,27 @@ def _load_state(path: Path | None, run_id: str, device: torch.device) -> dict | 
 
 
 def fit_topk(acts: torch.Tensor, cfg: TrainConfig, checkpoint: Path | None = None, run_id: str = "",
-             checkpoint_every: int = 50, progress: Progress = Progress()) -> Fit:
-    """Train a TopK SAE on ``acts`` ``[n, d_in]``, on the device they lie on (see module doc). With
-    ``checkpoint``, the state is saved there every ``checkpoint_every`` steps and a checkpoint of the same
-    ``run_id`` is resumed from (the file is left for the caller to delete)."""
+             checkpoint_every: int = 50, progress: Progress = Progress(), y: torch.Tensor | None = None) -> Fit:
+    """Train a TopK SAE on ``acts`` ``[n, d_in]`` -- or, given targets ``y`` ``[n, d_out]`` (the same rows), a TopK
+    transcoder from ``acts`` to ``y`` -- on the device they lie on (see module doc). With ``checkpoint``, the state
+    is saved there every ``checkpoint_every`` steps and a checkpoint of the same ``run_id`` is resumed from (the
+    file is left for the caller to delete)."""
     n, d_in = acts.shape
     if n == 0:
         raise UserError("no activations to train on")
+    if y is not None and (y.shape[0] != n or y.device != acts.device):
+        raise ValueError(f"targets {tuple(y.shape)} on {y.device} do not pair with inputs {tuple(acts.shape)} on "
+                         f"{acts.device}")
+    targets = acts if y is None else y
     steps_per_epoch = math.ceil(n / cfg.batch_tokens)
     total = steps_per_epoch * cfg.epochs
-    aux_k = cfg.aux_k if cfg.aux_k is not None else d_in // 2
+    aux_k = cfg.aux_k if cfg.aux_k is not None else targets.shape[1] // 2
     lr = cfg.learning_rate()
-    mean, variance = _moments(acts)
+    mean, variance = _moments(targets)
     state = _load_state(checkpoint, run_id, acts.device)
+    inputs = None if y is None or state else (*_moments(acts), variance)
     params = {name: t.clone().requires_grad_() for name, t in
-              (state["params"] if state else _initial_weights(d_in, mean, cfg)).items()}
+              (state["params"] if state else _initial_weights(d_in, mean, cfg, inputs)).items()}
     W_enc, b_enc, W_dec, b_dec = (params[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec"))
     opt = torch.optim.Adam(list(params.values()), lr=lr, eps=ADAM_EPS)
     if state:
@@ -196,19 +265,21 @@ def fit_topk(acts: torch.Tensor, cfg: TrainConfig, checkpoint: Path | None = Non
     loss_by_epoch = list(state["loss_by_epoch"]) if state else []
     loss_sum = state["loss_sum"] if state else 0.0
     order, order_epoch = None, -1
-    bar = progress.bar(total, f"train TopK SAE {cfg.width} k={cfg.k}", unit="step", initial=start)
+    what = "SAE" if y is None else "transcoder"
+    bar = progress.bar(total, f"train TopK {what} {cfg.width} k={cfg.k}", unit="step", initial=start)
     try:
         for step in range(start, total):
             epoch, j = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
                 order, order_epoch = _epoch_order(n, cfg.seed, epoch).to(acts.device), epoch
-            x = acts[order[j * cfg.batch_tokens : (j + 1) * cfg.batch_tokens]]
+            rows = order[j * cfg.batch_tokens : (j + 1) * cfg.batch_tokens]
+            x = acts[rows]
             for group in opt.param_groups:
                 group["lr"] = lr * min(1.0, (total - step) / (DECAY_FRACTION * total))
-            pre = (x - b_dec) @ W_enc + b_enc
+            pre = (x - b_dec) @ W_enc + b_enc if y is None else x @ W_enc + b_enc
             vals, idx = pre.topk(cfg.k, dim=-1, sorted=False)
             x_hat = F.embedding_bag(idx, W_dec, per_sample_weights=vals.relu(), mode="sum") + b_dec
-            residual = x - x_hat
+            residual = (x if y is None else y[rows]) - x_hat
             mse = residual.pow(2).sum(1).mean() / variance
             loss = mse
             dead = since_fired >= cfg.dead_tokens
@@ -245,6 +316,14 @@ def fit_topk(acts: torch.Tensor, cfg: TrainConfig, checkpoint: Path | None = Non
                loss_by_epoch=loss_by_epoch, dead_fraction=float((since_fired >= cfg.dead_tokens).float().mean()))
 
 
+def _dictionary(subject: SubjectModel, windows: list[Window], fit: Fit, layer: int, k: int, **where) -> SAE:
+    left_out = sum(len(w.token_ids) for w in windows) - fit.n_tokens
+    return SAE(W_enc=fit.W_enc, b_enc=fit.b_enc, W_dec=fit.W_dec, b_dec=fit.b_dec, architecture="topk", k=k,
+               layer=layer, model_name=subject.info.name, prepend_bos=subject.info.prepend_bos, **where,
+               meta={"train_tokens": fit.n_tokens, "train_massive_left_out": left_out, "steps": fit.steps,
+                     "train_fvu_by_epoch": fit.loss_by_epoch, "train_dead_fraction": fit.dead_fraction})
+
+
 def train_topk_sae(subject: SubjectModel, windows: list[Window], layer: int, site: str, cfg: TrainConfig,
                    batch_size: int = 16, checkpoint: Path | None = None, run_id: str = "",
                    checkpoint_every: int = 50, progress: Progress = Progress()) -> SAE:
@@ -253,114 +332,18 @@ def train_topk_sae(subject: SubjectModel, windows: list[Window], layer: int, sit
     (``load_sae``)."""
     subject.check_layer(layer)
     acts = collect_activations(subject, windows, layer, site, batch_size, progress).to(subject.device)
-    left_out = sum(len(w.token_ids) for w in windows) - acts.shape[0]
     fit = fit_topk(acts, cfg, checkpoint, run_id, checkpoint_every, progress)
-    return SAE(W_enc=fit.W_enc, b_enc=fit.b_enc, W_dec=fit.W_dec, b_dec=fit.b_dec, architecture="topk", k=cfg.k,
-               layer=layer, site=site, apply_b_dec_to_input=True, model_name=subject.info.name,
-               prepend_bos=subject.info.prepend_bos,
-               meta={"train_tokens": fit.n_tokens, "train_massive_left_out": left_out, "steps": fit.steps,
-                     "train_fvu_by_epoch": fit.loss_by_epoch, "train_dead_fraction": fit.dead_fraction})
+    return _dictionary(subject, windows, fit, layer, cfg.k, site=site, apply_b_dec_to_input=True)
 
 
-# ---- quality ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SAEQuality:
-    """How well an SAE stands in for its site on held-out windows, at their used positions (``used_positions``)."""
-
-    eval_tokens: int
-    """The tokens measured on."""
-    massive_left_out: int
-    """Real tokens left out as massive activations."""
-    fvu: float
-    """Fraction of variance unexplained: sum |x - x_hat|^2 / sum |x - mean(x)|^2 over the tokens."""
-    l0: float
-    """Mean number of active features per token."""
-    dead_fraction: float
-    """Features that never fire on these tokens (rare ones too: a few thousand tokens hold ~1e5 firings)."""
-    loss_clean: float
-    """Next-token cross-entropy (nats) of the model as it is ..."""
-    loss_spliced: float
-    """... with the site replaced by the SAE's reconstruction ..."""
-    loss_zero: float
-    """... and with the site zeroed (at the used positions; the loss is that of the predictions made there)."""
-
-    @property
-    def loss_recovered(self) -> float:
-        """(zero - spliced) / (zero - clean): 1 when splicing costs nothing, 0 when it is as bad as zeroing."""
-        gap = self.loss_zero - self.loss_clean
-        return (self.loss_zero - self.loss_spliced) / gap if gap else math.nan
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "loss_recovered": self.loss_recovered}
-
-
-def replaced_site(subject: SubjectModel, layer: int, site: str, where: torch.Tensor,
-                  fn: Callable[[torch.Tensor], torch.Tensor]):
-    """Inside the ``with`` block, forward passes see the site's vectors at positions ``where`` (``[B, P]`` bool)
-    replaced by ``fn`` of them (``[n, width]`` -> ``[n, width]``). The hook is always removed."""
-    def swap(h: torch.Tensor) -> torch.Tensor:
-        h = h.clone()
-        h[where] = fn(h[where]).to(h.dtype)
-        return h
-
-    return edited_site(subject, layer, site, swap)
-
-
-def _nll_sum(logits: torch.Tensor, input_ids: torch.Tensor, predicted: torch.Tensor) -> float:
-    """Summed cross-entropy of the next token at the positions ``predicted`` ``[B, P - 1]``."""
-    return float(F.cross_entropy(logits[:, :-1][predicted].float(), input_ids[:, 1:][predicted], reduction="sum"))
-
-
-@torch.inference_mode()
-def evaluate_sae(subject: SubjectModel, sae: SAE, windows: list[Window], batch_size: int = 16,
-                 progress: Progress = Progress()) -> SAEQuality:
-    """FVU, L0, dead fraction and the next-token loss clean / spliced / zeroed of ``sae`` on ``windows`` (which
-    should be held out from its training)."""
-    check_fits(sae, subject)
-    width = sae.d_in
-    sae = sae.to(subject.device)
-    key = (sae.layer, sae.site)
-    n, l0, left_out = 0, 0, 0
-    sq_err = torch.zeros((), dtype=torch.float64)
-    sum_x = torch.zeros(width, dtype=torch.float64)
-    sum_sq = torch.zeros((), dtype=torch.float64)
-    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
-    nll = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
-    n_pred = 0
-    bar = progress.bar(sum(len(w.token_ids) for w in windows), f"evaluate SAE L{sae.layer} {sae.site}", unit="tok",
-                       unit_scale=True)
-    try:
-        for enc in _batches(subject, windows, batch_size):
-            ids, attn = enc.input_ids.to(subject.device), enc.attention_mask.to(subject.device)
-            with site_hooks(subject, [key], stop_when_done=False) as captured:
-                logits = subject.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-            used = used_positions(captured[key], enc)
-            predicted = used[:, :-1] & attn[:, 1:].bool()  # from a used position to the real token after it
-            x = captured[key][used].float()
-            f = sae.encode(x)
-            x64 = x.double().cpu()
-            sq_err += (x64 - sae.decode(f).double().cpu()).pow(2).sum()
-            sum_x += x64.sum(0)
-            sum_sq += x64.pow(2).sum()
-            active = (f != 0).cpu()
-            l0 += int(active.sum())
-            fired |= active.any(0)
-            n += x.shape[0]
-            left_out += int(enc.real.sum()) - x.shape[0]
-            nll["clean"] += _nll_sum(logits, ids, predicted)
-            for name, fn in (("spliced", lambda v: sae.decode(sae.encode(v))), ("zero", torch.zeros_like)):
-                with replaced_site(subject, sae.layer, sae.site, used, fn):
-                    nll[name] += _nll_sum(subject.model(input_ids=ids, attention_mask=attn, use_cache=False).logits,
-                                          ids, predicted)
-            n_pred += int(predicted.sum())
-            bar.update(int(enc.real.sum()))
-    finally:
-        bar.close()
-    if n == 0:
-        raise UserError("no tokens to evaluate the SAE on")
-    total_var = float(sum_sq - sum_x.pow(2).sum() / n)
-    loss = {name: v / max(n_pred, 1) for name, v in nll.items()}
-    return SAEQuality(eval_tokens=n, massive_left_out=left_out, fvu=float(sq_err) / total_var, l0=l0 / n,
-                      dead_fraction=float((~fired).float().mean()), loss_clean=loss["clean"],
-                      loss_spliced=loss["spliced"], loss_zero=loss["zero"])
+def train_topk_transcoder(subject: SubjectModel, windows: list[Window], layer: int, cfg: TrainConfig,
+                          batch_size: int = 16, checkpoint: Path | None = None, run_id: str = "",
+                          checkpoint_every: int = 50, progress: Progress = Progress()) -> SAE:
+    """A TopK transcoder of the MLP of ``layer`` (``mlp_input`` -> ``mlp_out``) trained on the pairs of
+    ``windows`` (``collect_pairs``, ``fit_topk`` with targets, on the model's device); as ``train_topk_sae``."""
+    x, y = collect_pairs(subject, windows, layer, batch_size, progress)
+    x, y = x.to(subject.device), y.to(subject.device)
+    fit = fit_topk(x, cfg, checkpoint, run_id, checkpoint_every, progress, y=y)
+    del x, y
+    return _dictionary(subject, windows, fit, layer, cfg.k, site=TRANSCODER_SITES[0],
+                       output_site=TRANSCODER_SITES[1], apply_b_dec_to_input=False)

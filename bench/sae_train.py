@@ -1,9 +1,12 @@
-"""SAE training benchmark: TopK SAE training throughput against the forward pass that collects its activations.
+"""SAE training benchmark: TopK SAE and TopK transcoder training throughput against the forward pass that collects
+their activations.
 
 On the embedded SmolLM2 at layer 15, resid_post, width 4608, k 32 (the demo's SAE), in one process: collect the
 activations of ``--tokens`` tokens of the embedded Wikipedia sample (the model runs up to layer 15 only; timed
-after a warm-up batch), then train on them for ``--epochs`` epochs (timed, checkpoints off). Prints both
-throughputs and the ratio of training time per token-epoch to forward time per token.
+after a warm-up batch), then train on them for ``--epochs`` epochs (timed, checkpoints off). Then the same for a
+transcoder of layer 15's MLP on the same windows (pairs of its normed input and its output, one forward pass per
+batch; the same width, k and epochs). Prints the throughputs and the ratio of training time per token-epoch to
+forward time per token.
 
     python -m bench.sae_train [--tokens 16384] [--epochs 2] [--batch-tokens 1024] [--device cpu|cuda]
 """
@@ -30,7 +33,7 @@ def main() -> None:
     from analysis.corpus import load_corpus, make_windows, select_windows
     from analysis.models import load_model
     from analysis.progress import Progress
-    from analysis.sae_train import TrainConfig, collect_activations, fit_topk
+    from analysis.sae_train import TrainConfig, collect_activations, collect_pairs, fit_topk
 
     def sync():
         if args.device.startswith("cuda"):
@@ -58,6 +61,20 @@ def main() -> None:
     train_s = time.perf_counter() - t1
     forward_tps = n / forward_s
     train_tps = n * args.epochs / train_s
+    del acts
+    t2 = time.perf_counter()
+    x, y = (t.to(args.device) for t in collect_pairs(subject, windows, args.layer, 16, quiet))
+    sync()
+    pairs_s = time.perf_counter() - t2
+    fit_topk(x[: args.batch_tokens * 2], TrainConfig(width=args.width, k=args.k, epochs=1,
+                                                     batch_tokens=args.batch_tokens), progress=quiet,
+             y=y[: args.batch_tokens * 2])  # warm-up
+    sync()
+    t3 = time.perf_counter()
+    tc = fit_topk(x, cfg, progress=quiet, y=y)
+    sync()
+    tc_s = time.perf_counter() - t3
+    m = x.shape[0]
     print(f"device {args.device}, torch threads {torch.get_num_threads()}; layer {args.layer} resid_post, TopK "
           f"{args.width} k={args.k}, batch {args.batch_tokens} tokens")
     print(f"collect (forward to layer {args.layer}): {n:,} tokens in {forward_s:.1f} s = {forward_tps:,.0f} tok/s")
@@ -65,6 +82,10 @@ def main() -> None:
           f"({1000 * train_s / fit.steps:.0f} ms/step); training FVU by epoch "
           + ", ".join(f"{v:.3f}" for v in fit.loss_by_epoch))
     print(f"ratio: training time per token-epoch / forward time per token = {forward_tps / train_tps:.2f}")
+    print(f"transcoder L{args.layer} mlp_input -> mlp_out: collect pairs {m:,} tokens in {pairs_s:.1f} s = "
+          f"{m / pairs_s:,.0f} tok/s; train {tc.steps} steps in {tc_s:.1f} s = {m * args.epochs / tc_s:,.0f} tok/s "
+          f"({1000 * tc_s / tc.steps:.0f} ms/step); training FVU of the MLP output by epoch "
+          + ", ".join(f"{v:.3f}" for v in tc.loss_by_epoch))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Job: train a TopK SAE on one site of a model over corpus windows, measure it on held-out windows, save it as a
-SAELens folder (resumable; a folder that already holds the same training is left alone)."""
+"""Job: train a TopK SAE on one site of a model (or a TopK transcoder of one layer's MLP) over corpus windows,
+measure it on held-out windows, save it as a SAELens folder (resumable; a folder that already holds the same
+training is left alone)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from pathlib import Path
 
 from analysis.config import DEFAULT_CORPUS, DEFAULT_MODEL
 from analysis.progress import Progress
-from analysis.sae_train import SAEQuality, TrainConfig
+from analysis.sae_eval import SAEQuality, TranscoderQuality
+from analysis.sae_train import TrainConfig
 from analysis.types import UserError
 
 STATE_FILE = ".train_state.pt"
 """The training checkpoint inside the output folder (deleted once the SAE is saved)."""
+KINDS = ("sae", "transcoder")
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,19 @@ class SaeTrainJob:
     """Cpu or cuda."""
     checkpoint_every: int = 50
     """Training steps between checkpoints."""
+    kind: str = "sae"
+    """What to train: sae (a TopK SAE of --site) or transcoder (a TopK transcoder of the layer's MLP: from its
+    normed input, mlp_input, to its output, mlp_out; --site is not used)."""
 
     def settings(self) -> dict:
-        """What determines the result (stored with it; a folder holding the same settings is not trained again)."""
-        skip = {"out", "device", "batch_size", "checkpoint_every", "train"}
-        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}, **asdict(self.train)}
+        """What determines the result (stored with it; a folder holding the same settings is not trained again).
+        An SAE's have no ``kind`` (they are those of before transcoders: its folders stay trained); a transcoder's
+        have ``kind`` and no ``site``."""
+        skip = {"out", "device", "batch_size", "checkpoint_every", "train", "kind"}
+        if self.kind != "sae":
+            skip.add("site")
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        return {**own, **({} if self.kind == "sae" else {"kind": self.kind}), **asdict(self.train)}
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,8 @@ def _finished(out: Path, settings: dict) -> dict | None:
 
 
 def _quality(training: dict) -> SAEQuality:
-    return SAEQuality(**{f.name: training[f.name] for f in fields(SAEQuality)})
+    cls = TranscoderQuality if training["settings"].get("kind") == "transcoder" else SAEQuality
+    return cls(**{f.name: training[f.name] for f in fields(cls)})
 
 
 def train_sae(job: SaeTrainJob, progress: Progress = Progress()) -> SaeTrainSummary:
@@ -83,9 +95,13 @@ def train_sae(job: SaeTrainJob, progress: Progress = Progress()) -> SaeTrainSumm
     from analysis.models import load_model
     from analysis.sae.model import SITES
     from analysis.sae.saelens import save_sae
-    from analysis.sae_train import evaluate_sae, train_topk_sae
+    from analysis.sae_eval import evaluate_sae
+    from analysis.sae_train import check_mlp_hookable, train_topk_sae, train_topk_transcoder
 
-    if job.site not in SITES:
+    if job.kind not in KINDS:
+        raise UserError(f"--kind {job.kind!r}: use one of {', '.join(KINDS)}")
+    transcoder = job.kind == "transcoder"
+    if not transcoder and job.site not in SITES:
         raise UserError(f"--site {job.site!r}: use one of {', '.join(SITES)}")
     if min(job.tokens, job.eval_tokens, job.seq_len, job.batch_size, job.checkpoint_every) < 1:
         raise UserError("--tokens, --eval-tokens, --seq-len, --batch-size and --checkpoint-every must be positive")
@@ -100,6 +116,8 @@ def train_sae(job: SaeTrainJob, progress: Progress = Progress()) -> SaeTrainSumm
     t0 = time.time()
     subject = load_model(job.model, device=job.device)
     subject.check_layer(job.layer)
+    if transcoder:
+        check_mlp_hookable(subject, job.layer)
     corpus = load_corpus(job.corpus)
     windows = list(make_windows(corpus.documents, subject.tokenizer, job.seq_len))
     held_out = select_windows(windows, job.eval_tokens, seed=job.train.seed)
@@ -114,12 +132,17 @@ def train_sae(job: SaeTrainJob, progress: Progress = Progress()) -> SaeTrainSumm
     out.mkdir(parents=True, exist_ok=True)
     state = out / STATE_FILE
     n_train = sum(len(w.token_ids) for w in train_windows)
-    progress.note(f"sae train {subject.info.name} L{job.layer} {job.site}: TopK {job.train.width} k={job.train.k}, "
+    what = "mlp_input -> mlp_out: TopK transcoder" if transcoder else f"{job.site}: TopK"
+    progress.note(f"sae train {subject.info.name} L{job.layer} {what} {job.train.width} k={job.train.k}, "
                   f"{n_train:,} tokens x {job.train.epochs} epochs of {corpus.info.corpus_id}"
                   + (" (resuming)" if state.exists() else ""))
     try:
-        sae = train_topk_sae(subject, train_windows, job.layer, job.site, job.train, job.batch_size, state, run_id,
-                             job.checkpoint_every, progress)
+        if transcoder:
+            sae = train_topk_transcoder(subject, train_windows, job.layer, job.train, job.batch_size, state, run_id,
+                                        job.checkpoint_every, progress)
+        else:
+            sae = train_topk_sae(subject, train_windows, job.layer, job.site, job.train, job.batch_size, state,
+                                 run_id, job.checkpoint_every, progress)
     except KeyboardInterrupt:
         progress.note(f"\ninterrupted: training is checkpointed in {state}; run the same command again to resume")
         raise
