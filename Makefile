@@ -71,19 +71,20 @@ demo-sae: demo-cache
 	$(PY) -m analysis harvest --db $(DB) --max-tokens $(DEMO_TOKENS) --sae $(DEMO_SAE) --baselines basis,random
 
 # the demo transcoder: a TopK transcoder of SmolLM2's layer-15 MLP (its normed input -> its output), trained once like
-# the demo SAE (a second run finds it trained), then its features harvested over the demo windows
+# the demo SAE (seeded, ~4 min here; a second run finds it trained), then its features harvested over the demo windows
 DEMO_TRANSCODER ?= $(DATA)/saes/smollm2-135m-L$(DEMO_SAE_LAYER)-mlp-transcoder-topk
 demo-transcoder: demo-cache
 	$(PY) -m analysis sae train --kind transcoder --model smollm2-135m --layer $(DEMO_SAE_LAYER) --width 4608 --k 32 \
 	  --out $(DEMO_TRANSCODER)
 	$(PY) -m analysis harvest --db $(DB) --max-tokens $(DEMO_TOKENS) --sae $(DEMO_TRANSCODER)
 
-# neurons vs SAE features vs residual basis vs random directions at the SAE's layer (Interpretability page)
+# neurons vs SAE features vs transcoder features vs residual basis vs random directions at the SAE's layer
+# (Interpretability page)
 DEMO_COMPARE_UNITS ?= 100
 DEMO_COMPARE_N2G ?= 10
-demo-compare: demo-sae
-	$(PY) -m analysis compare-units --db $(DB) --layer $(DEMO_SAE_LAYER) --sae $(DEMO_SAE) --max-tokens $(DEMO_TOKENS) \
-	  --units $(DEMO_COMPARE_UNITS) --n2g-units $(DEMO_COMPARE_N2G)
+demo-compare: demo-sae demo-transcoder
+	$(PY) -m analysis compare-units --db $(DB) --layer $(DEMO_SAE_LAYER) --sae $(DEMO_SAE) --transcoder $(DEMO_TRANSCODER) \
+	  --max-tokens $(DEMO_TOKENS) --units $(DEMO_COMPARE_UNITS) --n2g-units $(DEMO_COMPARE_N2G)
 
 serve: $(VENV)/.installed
 	$(PY) -m streamlit run viewer/app.py --server.port $(PORT) -- --db $(DB)
