@@ -54,7 +54,8 @@ REFUSED_REASONS = {
     "mixtral": "its MLPs are mixtures of experts: a token's neurons depend on routing, so there is no single neuron basis per layer",
     "qwen2_moe": "its MLPs are mixtures of experts (no single neuron basis per layer)",
     "qwen3_moe": "its MLPs are mixtures of experts (no single neuron basis per layer)",
-    "phi3": "its MLP fuses gate and up into one projection; not mapped yet",
+    "phi3": "its MLP fuses gate and up into one projection (gate_up_proj): neither its neurons nor a transcoder's "
+            "sites are mapped yet",
     "gpt_bigcode": "not mapped yet (MLP path differs)",
     "bert": "it is not a causal language model",
 }

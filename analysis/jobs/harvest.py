@@ -123,16 +123,23 @@ def harvest(job: HarvestJob, db: Path, progress: Progress = Progress(), executor
         raise UserError("--top-k, --batch-size and --seq-len must be at least 1")
     layer_spec = job.layers or ("none" if job.sae else "all")
     db = Path(db)
+    created = not db.exists()
     with open_store(db) as store:  # fail fast on a bad path, a corrupt file or another schema version
         if job.skip_if_cached and (run := cached_run(store, job)) is not None:
             progress.note(f"{db} already holds run {run.run_id} of {job.model} on {run.corpus_id} "
                           f"({run.n_tokens:,} tokens, layers {fmt_layers(run.layers)}): nothing to do")
             return HarvestSummary(run.run_id, "cached", run.layers, run.n_tokens, 0.0, {MLP: run.run_id})
     t0 = time.time()
-    subject = load_model(job.model, device=job.device)
-    info = subject.info
-    neuron_layers = [] if layer_spec == "none" else parse_layers(layer_spec, info.n_layers)
-    dictionaries = _dictionaries(job, subject, neuron_layers)
+    try:
+        subject = load_model(job.model, device=job.device)
+        info = subject.info
+        neuron_layers = [] if layer_spec == "none" else parse_layers(layer_spec, info.n_layers)
+        dictionaries = _dictionaries(job, subject, neuron_layers)
+    except UserError:  # a model or a dictionary refused: a database made for this harvest is not left behind
+        if created:
+            for path in (db, db.with_name(db.name + ".wal")):
+                path.unlink(missing_ok=True)
+        raise
     if job.sae and job.layers is None:  # the SAEs' layers' neurons come along in the same pass
         neuron_layers = sorted({d.layer for d in dictionaries})
     if not neuron_layers and not dictionaries:

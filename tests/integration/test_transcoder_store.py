@@ -83,3 +83,43 @@ def test_the_cli_takes_a_transcoder_by_its_name(transcoder_db, tmp_path, capsys)
 
     record = json.loads(capsys.readouterr().out)
     assert record["hook_point"].startswith("blocks.1.ln2.hook_normalized -> sae:tiny-tc@")
+
+
+def test_a_model_whose_mlp_is_not_mapped_is_refused_and_nothing_is_written(transcoder_db, tmp_path, capsys):
+    """Phi-3 fuses its MLP's gate and up projections: no transcoder is trained on it or harvested from it."""
+    import json
+
+    from analysis.__main__ import main
+
+    phi = tmp_path / "tiny-phi3"
+    phi.mkdir()
+    (phi / "config.json").write_text(json.dumps({
+        "model_type": "phi3", "architectures": ["Phi3ForCausalLM"], "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 300}))
+    out = tmp_path / "tc-out"
+    assert main(["sae", "train", "--kind", "transcoder", "--model", str(phi), "--layer", "0", "--width", "8",
+                 "--k", "2", "--out", str(out)]) == 2
+    assert "fuses gate and up" in capsys.readouterr().err and not out.exists()
+    db = tmp_path / "phi.duckdb"
+    _db, _model, folder, _tc = transcoder_db
+    assert main(["harvest", "--model", str(phi), "--db", str(db), "--sae", str(folder), "--quiet"]) == 2
+    assert "transcoder's sites are mapped" in capsys.readouterr().err and not db.exists()
+
+
+def test_a_transcoder_of_another_width_or_with_a_missing_tensor_is_refused_by_the_cli(transcoder_db, tmp_path,
+                                                                                       capsys):
+    from analysis.__main__ import main
+    from analysis.sae.saelens import save_sae
+
+    db0, model, folder, _tc = transcoder_db
+    narrow = save_sae(random_transcoder(16, 24, K, layer=1), tmp_path / "narrow-tc")
+    broken = save_sae(random_transcoder(32, 24, K, layer=1), tmp_path / "broken-tc")
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(broken / "sae_weights.safetensors"))
+    del weights["b_dec"]
+    save_file(weights, str(broken / "sae_weights.safetensors"))
+    for spec, message in ((narrow, "reads 16-dimensional vectors, but mlp_input"), (broken, "lacks b_dec")):
+        db = tmp_path / f"{spec.name}.duckdb"
+        assert main(["harvest", "--model", model, "--db", str(db), "--sae", str(spec), "--quiet"]) == 2
+        assert message in capsys.readouterr().err and not db.exists()
