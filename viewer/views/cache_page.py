@@ -12,7 +12,7 @@ from viewer.resources import db_path, read
 def _quality(meta: dict) -> dict:
     q = meta.get("quality") or meta
     fmt = {"fvu": "{:.3f}", "l0": "{:.1f}", "dead_fraction": "{:.1%}", "loss_recovered": "{:.1%}",
-           "loss_clean": "{:.3f}", "loss_spliced": "{:.3f}"}
+           "loss_clean": "{:.3f}", "loss_spliced": "{:.3f}", "loss_with_error": "{:.3f}"}
     return {name: (f.format(q[name]) if isinstance(q.get(name), (int, float)) else "") for name, f in fmt.items()}
 
 
