@@ -123,3 +123,39 @@ def test_a_transcoder_of_another_width_or_with_a_missing_tensor_is_refused_by_th
         db = tmp_path / f"{spec.name}.duckdb"
         assert main(["harvest", "--model", model, "--db", str(db), "--sae", str(spec), "--quiet"]) == 2
         assert message in capsys.readouterr().err and not db.exists()
+
+
+def test_ablating_a_transcoder_feature_subtracts_its_decoder_row_at_the_mlp_output(transcoder_db):
+    """``ablate`` (zero) of a feature = the model with activation x decoder row taken off the MLP's output, the
+    activation encoded by hand from the norm's output."""
+    from analysis.causal import Edit, ablate
+    from analysis.models import load_model
+    from analysis.types import UnitId
+
+    _db, model, _folder, tc = transcoder_db
+    subject = load_model(model)
+    ids = subject.tokenize("Paris is the capital of France and Rome is the capital of Italy.")
+    full = torch.tensor([subject.bos_prefix + ids])
+    x = torch.from_numpy(_normed_mlp_input(subject.model, full, 1)).float()
+    acts = np_encode(x.double().numpy(), _weights(tc), "topk", k=tc.k)
+    feature = int(np.argmax((acts > 0).sum(0)))  # the feature that fires most often
+    a = torch.from_numpy(acts[:, feature]).float()
+    assert (a > 0).sum() >= 2
+    row = tc.W_dec[feature]
+
+    def hand(delta):  # a plain forward hook on the MLP module of GPT-2's block 1
+        handle = subject.model.transformer.h[1].mlp.register_forward_hook(lambda _m, _i, out: out + delta[None])
+        try:
+            with torch.no_grad():
+                return torch.log_softmax(subject.model(input_ids=full).logits[0].float(), -1)
+        finally:
+            handle.remove()
+
+    expected = hand(-a[:, None] * row[None, :])
+    got = ablate(subject, ids, UnitId(tc.source, 1, feature), Edit(0.0, 0.0), tc)
+    p = len(subject.bos_prefix)
+    nxt = torch.tensor(ids[1:])
+    want = expected[p:-1].gather(-1, nxt[:, None])[:, 0]
+    np.testing.assert_allclose(got.ablated_logprob, want.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got.activations, a[p:].numpy(), rtol=1e-4, atol=1e-4)
+    assert float(np.abs(np.array(got.delta)).max()) > 1e-3  # the ablation does something
