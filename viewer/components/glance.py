@@ -86,8 +86,7 @@ def glance_html(g: UnitGlance, tab_url, coming: set[str] = frozenset(), verdicts
                            f'</div><div class="sub">token-lookup {b.get("f1", float("nan")):.2f}</div>',
                            "held-out firing F1 of the Neuron2Graph graph and of token-lookup on the same records"))
     else:
-        cards.append(_card(tab_url("graph"), "graph", none("n2g", "none yet" if g.neuron else
-                                                          "graphs probe MLP neurons only")))
+        cards.append(_card(tab_url("graph"), "graph", none("n2g")))  # neurons and features alike
     if g.topic:
         t = g.topic
         rnd = f" vs random {t.random_median:+.2f}" if t.random_median is not None else ""
