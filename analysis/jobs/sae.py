@@ -84,6 +84,21 @@ def _finished(out: Path, settings: dict) -> dict | None:
     return training if training["settings"] == settings else None
 
 
+def _upgraded(out: Path) -> bool:
+    """Rewrite the cfg.json of a folder saved before ``save_sae`` wrote ``metadata.sae_lens_version`` (SAELens read
+    no hook or model name from those); the weights are written back unchanged. True if it did."""
+    from analysis.sae.load import load_sae
+    from analysis.sae.saelens import save_sae
+
+    cfg = json.loads((out / "cfg.json").read_text())
+    meta = cfg.get("metadata") or {}
+    if meta.get("sae_lens_version") or cfg.get("normalize_activations", "none") != "none":
+        return False
+    save_sae(load_sae(str(out)), out, dataset=meta.get("dataset_path"), context_size=meta.get("context_size"),
+             training=cfg.get("training"))
+    return True
+
+
 def _quality(training: dict) -> SAEQuality:
     cls = TranscoderQuality if training["settings"].get("kind") == "transcoder" else SAEQuality
     return cls(**{f.name: training[f.name] for f in fields(cls)})
@@ -109,7 +124,8 @@ def train_sae(job: SaeTrainJob, progress: Progress = Progress()) -> SaeTrainSumm
     settings = job.settings()
     done = _finished(out, settings)
     if done is not None:
-        progress.note(f"{out} already holds this SAE (trained on {done['train_tokens']:,} tokens): nothing to do")
+        progress.note(f"{out} already holds this SAE (trained on {done['train_tokens']:,} tokens): nothing to do"
+                      + (" (its cfg.json rewritten in the SAELens 6.x layout)" if _upgraded(out) else ""))
         return SaeTrainSummary(str(out), "cached", _quality(done), done["train_tokens"], 0.0)
     if (out / "cfg.json").exists():
         progress.note(f"{out} holds an SAE trained with other settings: it will be replaced")

@@ -28,6 +28,16 @@ def test_job_trains_saves_and_then_finds_it_done(tiny_folders, sae_train_corpus,
     assert main(argv) == 0
     assert "nothing to do" in capsys.readouterr().err
     assert (out / "sae_weights.safetensors").stat().st_mtime_ns == mtime
+    # a folder saved before cfg.json had metadata.sae_lens_version: rewritten once, the same SAE
+    import json
+
+    cfg = json.loads((out / "cfg.json").read_text())
+    del cfg["metadata"]["sae_lens_version"]
+    (out / "cfg.json").write_text(json.dumps(cfg))
+    assert main(argv) == 0
+    assert "rewritten in the SAELens 6.x layout" in capsys.readouterr().err
+    assert json.loads((out / "cfg.json").read_text())["metadata"]["sae_lens_version"]
+    assert load_sae(str(out)).source == sae.source
     foreign = tmp_path / "foreign"
     save_sae(sae, foreign)  # an SAE without our training record
     assert main([*argv[:-2], str(foreign), "--quiet"]) == 2
