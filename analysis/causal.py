@@ -89,7 +89,7 @@ def unit_edit(subject: SubjectModel, unit: UnitId, edit: Edit, sae: "SAE | None"
         picked = pick(h)
         a = sae.encode(pick(x))[..., unit.index].float()
         delta = (edit.scale - 1.0) * a + edit.shift
-        direction = (sae.W_dec[unit.index] / sae.input_scale).to(picked.device, torch.float32)
+        direction = sae.direction(unit.index).to(picked.device, torch.float32)
         return put(h, (picked.float() + delta[..., None] * direction).to(h.dtype))
 
     with (edited_site(subject, unit.layer, "mlp_in", neuron) if unit.source == MLP

@@ -81,7 +81,7 @@ def _zeroed(subject: SubjectModel, layer: int, source: str, edits: list[tuple[in
         h = h.clone()
         for row, u, t in edits:
             a = sae.encode(x[row, t].float())[u.unit.index]
-            direction = (sae.W_dec[u.unit.index] / sae.input_scale).to(h.device, torch.float32)
+            direction = sae.direction(u.unit.index).to(h.device, torch.float32)
             h[row, t] = (h[row, t].float() - a * direction).to(h.dtype)
         return h
     return edited_features(subject, sae, features)

@@ -166,6 +166,8 @@ def compare_units(job: CompareJob, db: Path, progress: Progress = Progress()) ->
     if job.units < 1:
         raise UserError("--units must be at least 1")
     sae = load_sae(job.sae)
+    if sae.is_transcoder:
+        raise UserError(f"--sae {job.sae} is a transcoder: pass it as --transcoder, beside an SAE of the layer")
     if sae.layer != job.layer:
         raise UserError(f"the SAE reads layer {sae.layer}, not layer {job.layer}")
     tc = load_sae(job.transcoder) if job.transcoder else None

@@ -12,6 +12,9 @@ One record, ``SAE``, whatever the file format:
         pre                                        'linear'   (our baseline directions: a basis or random)
     x_hat = (f @ W_dec + b_dec) / input_scale      W_dec [d_sae, d_in]
 
+A transcoder (``output_site`` set) reads the MLP's normed input (``mlp_input``) and predicts the MLP's output
+(``mlp_out``): ``y = f @ W_dec + b_dec [+ x @ W_skip.T]``, W_dec ``[d_sae, d_out]``, its output unscaled (SAELens).
+
 Formats read (``load_sae``):
 - SAELens folder: ``cfg.json`` + ``sae_weights.safetensors``; the current config (``architecture``, ``k``,
   ``metadata.hook_name``, ``metadata.model_name``, ``metadata.prepend_bos``) and the older flat one

@@ -65,8 +65,13 @@ def load_gemma_scope(folder: Path, file: Path, layer: int | None, site: str | No
                 path_layer, path_site = parse_hook_name(str(hook))
             except UserError:
                 pass
-        if cfg.get("hf_hook_point_out"):
-            out_layer, out_site = parse_hook_name(str(cfg["hf_hook_point_out"]))
+        out_hook = cfg.get("hf_hook_point_out")
+        if out_hook and out_hook != hook:  # an SAE's config names its one site twice
+            try:
+                out_layer, out_site = parse_hook_name(str(out_hook))
+            except UserError:
+                raise UserError(f"{folder / 'config.json'}: hf_hook_point_out {out_hook!r} is not a site this "
+                                "viewer reads") from None
             if out_layer != path_layer:
                 raise UserError(f"{folder / 'config.json'}: it reads layer {path_layer} but writes layer {out_layer}: "
                                 "only transcoders within one layer's MLP are supported")

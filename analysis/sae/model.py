@@ -120,14 +120,27 @@ class SAE:
             return topk_relu(pre, self.k)
         raise UserError(f"unknown SAE architecture {self.architecture!r}")
 
+    @property
+    def output_scale(self) -> float:
+        """What decoded outputs are divided by: an autoencoder's input scale (its reconstruction is in the site's
+        units); 1 for a transcoder, whose input alone is scaled (as SAELens runs them)."""
+        return 1.0 if self.is_transcoder else self.input_scale
+
+    def direction(self, index) -> torch.Tensor:
+        """The decoded direction(s) ``[..., d_out]`` of feature(s) ``index``: what one unit of activation adds."""
+        return self.W_dec[index] / self.output_scale
+
     def decode(self, f: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """The output ``[..., d_out]`` of features ``f``; a skip-transcoder adds its skip term of the input ``x``."""
+        """The output ``[..., d_out]`` of features ``f``; a skip-transcoder adds its skip term of the input ``x``
+        (unscaled: ``x @ W_skip.T``, as SAELens)."""
         out = f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+        if self.output_scale != 1.0:
+            out = out / self.output_scale
         if self.W_skip is not None:
             if x is None:
                 raise ValueError("a skip-transcoder's output needs its input (the skip term)")
             out = out + x.to(self.W_skip.dtype) @ self.W_skip.T
-        return out / self.input_scale if self.input_scale != 1.0 else out
+        return out
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """``decode(encode(x))``: the site's reconstruction (an autoencoder) or the predicted output (a
@@ -188,12 +201,12 @@ _HOOK_PATTERNS = [
     (re.compile(r"(?:^|\.)blocks\.(\d+)\.hook_resid_post$"), "resid_post"),
     (re.compile(r"(?:^|\.)blocks\.(\d+)\.hook_mlp_out$"), "mlp_out"),
     (re.compile(r"(?:^|\.)blocks\.(\d+)\.hook_attn_out$"), "attn_out"),
-    (re.compile(r"(?:^|\.)blocks\.(\d+)\.(?:ln2\.hook_normalized|hook_mlp_in|mlp\.hook_in)$"), "mlp_input"),
+    # the MLP's normed input (TransformerLens' hook_mlp_in is before the norm: not this site, not supported)
+    (re.compile(r"(?:^|\.)blocks\.(\d+)\.(?:ln2\.hook_normalized|mlp\.hook_in)$"), "mlp_input"),
     (re.compile(r"(?:^|\.)blocks\.(\d+)\.mlp\.hook_out$"), "mlp_out"),
     # HF module paths as Gemma Scope 2's config.json names them (hf_hook_point_in / _out)
     (re.compile(r"(?:^|\.)layers\.(\d+)\.output$"), "resid_post"),
-    (re.compile(r"(?:^|\.)layers\.(\d+)\.(?:pre_feedforward_layernorm|post_attention_layernorm)\.output$"),
-     "mlp_input"),
+    (re.compile(r"(?:^|\.)layers\.(\d+)\.pre_feedforward_layernorm\.output$"), "mlp_input"),  # Gemma 2/3
     (re.compile(r"(?:^|\.)layers\.(\d+)\.(?:post_feedforward_layernorm|mlp)\.output$"), "mlp_out"),
     (re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.input$"), "mlp_input"),
     (re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)$"), "resid_post"),

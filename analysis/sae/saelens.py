@@ -51,16 +51,33 @@ def _input_scale(cfg: dict, where: Path) -> float:
                     "expected_average_only_in)")
 
 
+def _get(cfg: dict, meta: dict, *keys: str):
+    """The first of ``keys`` set in the config's metadata or at its top level (older configs are flat)."""
+    return next((v for k in keys for v in (meta.get(k), cfg.get(k)) if v), None)
+
+
+def _site_of(hf: str | None, hook: str) -> tuple[int, str]:
+    """(layer, site) of a hook, from its HF module path where SAELens keeps one (it says exactly which tensor: its
+    Gemma Scope 2 transcoders name their normed MLP input ``blocks.L.hook_mlp_in``, which in TransformerLens is
+    before the norm), else from its TransformerLens name."""
+    if hf:
+        try:
+            return parse_hook_name(hf)
+        except UserError:
+            pass
+    return parse_hook_name(hook)
+
+
 def _output_site(cfg: dict, meta: dict, layer: int, where: Path) -> str | None:
     """A transcoder's output site (its ``hook_name_out``); None for an autoencoder."""
     arch = str(cfg.get("architecture") or "").lower()
-    hook_out = meta.get("hook_name_out") or cfg.get("hook_name_out")
-    hook_in = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    hook_in = _get(cfg, meta, "hook_name", "hook_point")
+    hook_out = _get(cfg, meta, "hook_name_out")
     if not hook_out or hook_out == hook_in:
         if arch in _TRANSCODERS:
             raise UserError(f"{where}: a {arch} config needs metadata.hook_name_out (the site it writes)")
         return None
-    out_layer, out_site = parse_hook_name(hook_out)
+    out_layer, out_site = _site_of(_get(cfg, meta, "hf_hook_name_out"), hook_out)
     if out_layer != layer:
         raise UserError(f"{where}: it reads layer {layer} but writes layer {out_layer}: only transcoders within one "
                         "layer's MLP are supported")
@@ -70,10 +87,10 @@ def _output_site(cfg: dict, meta: dict, layer: int, where: Path) -> str | None:
 def load_saelens(folder: Path) -> SAE:
     cfg = json.loads((folder / "cfg.json").read_text())
     meta = cfg.get("metadata") or {}
-    hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    hook = _get(cfg, meta, "hook_name", "hook_point")
     if not hook:
         raise UserError(f"{folder / 'cfg.json'} names no hook (metadata.hook_name, hook_name or hook_point)")
-    layer, site = parse_hook_name(hook)
+    layer, site = _site_of(_get(cfg, meta, "hf_hook_name"), hook)
     arch = str(cfg.get("architecture") or "").lower()
     architecture, skip = _TRANSCODERS[arch] if arch in _TRANSCODERS else (None, False)
     k = None
@@ -149,11 +166,12 @@ def save_sae(sae: SAE, folder: Path, dataset: str | None = None, context_size: i
         cfg["rescale_acts_by_decoder_norm"] = False
     if training:
         cfg["training"] = training
-    tensors = {"W_enc": sae.W_enc * s, "b_enc": sae.b_enc, "W_dec": sae.W_dec / s, "b_dec": sae.b_dec / s}
+    o = sae.output_scale  # a transcoder's output is not scaled
+    tensors = {"W_enc": sae.W_enc * s, "b_enc": sae.b_enc, "W_dec": sae.W_dec / o, "b_dec": sae.b_dec / o}
     if sae.threshold is not None:
         tensors["threshold"] = sae.threshold
     if sae.W_skip is not None:
-        tensors["W_skip"] = sae.W_skip / s
+        tensors["W_skip"] = sae.W_skip
     tmp = folder / (SAELENS_WEIGHTS + ".tmp")
     save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
     tmp.replace(folder / SAELENS_WEIGHTS)

@@ -178,7 +178,7 @@ def _clamping(n: int, n_prefix: int, units: torch.Tensor, values: torch.Tensor, 
             part.scatter_(-1, idx, v[:, None, None].expand(idx.shape).to(h.dtype))
         else:
             a = sae.encode(x[n:, n_prefix:]).gather(-1, idx)[..., 0].float()  # [R, T]
-            dirs = (sae.W_dec[units.to(sae.W_dec.device)] / sae.input_scale).to(h.device, torch.float32)  # [R, d]
+            dirs = sae.direction(units.to(sae.W_dec.device)).to(h.device, torch.float32)  # [R, d]
             part.copy_((part.float() + (v[:, None] - a)[..., None] * dirs[:, None, :]).to(h.dtype))
         return out
 

@@ -188,3 +188,58 @@ def test_a_transcoder_of_another_width_is_refused_before_anything_runs(tmp_path,
                      "hook_name_out": "blocks.1.hook_mlp_out"}}))
     with pytest.raises(UserError, match=f"writes 3-dimensional.*mlp_out.*{d}-dimensional"):
         check_fits(load_sae(str(folder)), subject)
+
+
+def test_gemma_scope_2_saes_whose_config_names_their_one_site_twice_stay_saes(tmp_path):
+    """Gemma Scope 2's SAE configs carry ``hf_hook_point_out`` equal to ``hf_hook_point_in``: not transcoders."""
+    rng = np.random.default_rng(4)
+    for folder, hook, site in (("resid_post_all", f"model.layers.{LAYER}.output", "resid_post"),
+                               ("attn_out_all", f"model.layers.{LAYER}.self_attn.o_proj.input", "attn_out"),
+                               ("mlp_out_all", f"model.layers.{LAYER}.post_feedforward_layernorm.output", "mlp_out")):
+        where = tmp_path / folder / f"layer_{LAYER}_width_16k_l0_small"
+        where.mkdir(parents=True)
+        w = {"w_enc": rng.normal(size=(D_IN, D_SAE)), "w_dec": rng.normal(size=(D_SAE, D_IN)),
+             "b_enc": rng.normal(size=D_SAE), "b_dec": rng.normal(size=D_IN), "threshold": rng.uniform(size=D_SAE)}
+        save_file({k: v.astype(np.float32) for k, v in w.items()}, str(where / "params.safetensors"))
+        (where / "config.json").write_text(json.dumps({"architecture": "jump_relu", "model_name": "gemma-v3-1b-pt",
+                                                       "hf_hook_point_in": hook, "hf_hook_point_out": hook}))
+        sae = load_sae(str(where / "params.safetensors"))
+        assert not sae.is_transcoder and (sae.layer, sae.site) == (LAYER, site), folder
+
+
+def test_saelens_hook_mlp_in_is_read_by_its_hf_hook_point_or_refused(tmp_path):
+    """SAELens names Gemma Scope 2 transcoders' input ``blocks.L.hook_mlp_in`` (in TransformerLens: before the
+    norm) and keeps the exact HF point beside it: read by that; without it the name is refused, not guessed."""
+    w = _weights(9)
+    folder = _saelens(tmp_path / "gs2", "jumprelu_transcoder", w)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["metadata"].update(hook_name=f"blocks.{LAYER}.hook_mlp_in",
+                           hf_hook_name=f"model.layers.{LAYER}.pre_feedforward_layernorm.output",
+                           hf_hook_name_out=f"model.layers.{LAYER}.post_feedforward_layernorm.output")
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    tc = load_sae(str(folder))
+    assert tc.is_transcoder and (tc.site, tc.output_site) == ("mlp_input", "mlp_out")
+    del cfg["metadata"]["hf_hook_name"]
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="hook_mlp_in' is not a supported site"):
+        load_sae(str(folder))
+
+
+def test_a_scaled_skip_transcoder_scales_its_input_only_as_saelens_runs_it(tmp_path):
+    """``expected_average_only_in`` with a factor s: f = act(s x W_enc + b_enc), y = f W_dec + b_dec + x W_skip^T
+    (SAELens' Transcoder leaves the output unscaled); saving folds s into W_enc alone."""
+    from analysis.sae.saelens import save_sae
+
+    w = _weights(11, skip=True)
+    folder = _saelens(tmp_path / "scaled", "skip_transcoder", w)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg.update(normalize_activations="expected_average_only_in", norm_scaling_factor=0.5)
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    tc = load_sae(str(folder))
+    x = np.random.default_rng(3).normal(0, 1.0, (30, D_IN)).astype(np.float32)
+    f = np_encode(x * 0.5, w, "relu")
+    y = f @ w["W_dec"].astype(np.float64) + w["b_dec"] + x.astype(np.float64) @ w["W_skip"].astype(np.float64).T
+    np.testing.assert_allclose(tc.reconstruct(torch.from_numpy(x)).double().numpy(), y, rtol=1e-4, atol=1e-4)
+    back = load_sae(str(save_sae(tc, tmp_path / "saved")))
+    assert back.input_scale == 1.0
+    np.testing.assert_allclose(back.reconstruct(torch.from_numpy(x)).double().numpy(), y, rtol=1e-4, atol=1e-4)
