@@ -148,7 +148,8 @@ def units_html(model_name: str, units: list, tokens: list[str], lines: dict[Unit
         mark = ' <span class="raw" title="no harvest of its layer in the database: raw activations only">raw</span>' \
             if (u.unit.source, u.unit.layer) in raw else ""
         rows.append(
-            f'<tr><td><a href="{html.escape(unit_url(model_name, u.unit), quote=True)}" target="_self">'
+            f'<tr><td><a href="{html.escape(unit_url(model_name, u.unit), quote=True)}" target="_self" '
+            f'title="{html.escape(u.unit.source, quote=True)}">'
             f"{html.escape(unit_name(u.unit))}</a>{mark}</td><td>{u.position} {token_code_html(tokens[u.position])}"
             f'</td><td class="num">{html.escape(value[1](u))}</td>'
             + (f'<td class="num">{u.activation:+.3g}</td>' if activation else "") +
