@@ -192,8 +192,9 @@ class RecordRepo(Repo):
                                            [run.model_id]).fetchone()
         if source != MLP:  # a dictionary's features: its site, in SAELens' naming, and the dictionary
             site = self._q("SELECT site FROM dictionaries WHERE source = ?", [source]).fetchone()
-            name = {"mlp_input": "ln2.hook_normalized"}.get(site[0], f"hook_{site[0]}") if site else "hook_?"
-            hook_point = f"blocks.{{layer}}.{name} -> {source}"
+            from analysis.sae.model import hook_name
+
+            hook_point = f"{hook_name(layer, site[0]) if site else f'blocks.{layer}.hook_?'} -> {source}"
         key = [run.run_id, source, layer, sorted(found)]
         rows = self._q(
             "SELECT s.unit, s.kind, s.bin, s.window_id, r.acts FROM samples s "

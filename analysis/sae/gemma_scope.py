@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 from analysis.types import UserError
-from analysis.sae.model import SAE, SITES, need, parse_hook_name, tensors_of
+from analysis.sae.model import SAE, SITES, need, parse_hook_name, refuse_extra, tensors_of
 
 _SITE_FOLDER = re.compile(r"(resid_pre|resid_post|mlp_out|attn_out|transcoder)(?:_\w+)?")  # Gemma Scope 2: resid_post[_all]
 _SCOPE_REPO = re.compile(r"gemma-scope-.+?-(res|mlp|att|transcoders)(?:-[a-z0-9]+)*$")  # gemma-scope-2b-pt-res
@@ -85,8 +85,6 @@ def load_gemma_scope(folder: Path, file: Path, layer: int | None, site: str | No
     skip = lower.get(SKIP)
     if cfg.get("affine_connection") and skip is None:
         raise UserError(f"{file}: its config.json says affine_connection, but the file has no {SKIP} tensor")
-    from analysis.sae.saelens import refuse_extra
-
     refuse_extra(lower, _NAMES + ((SKIP,) if skip is not None else ()), file, "Gemma Scope JumpReLU dictionary")
     return SAE(W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec, threshold=threshold, architecture="jumprelu",
                layer=layer, site=site, apply_b_dec_to_input=False,

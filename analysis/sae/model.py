@@ -260,6 +260,15 @@ def need(tensors: dict, names: tuple[str, ...], where: Path) -> list[torch.Tenso
     return [tensors[n] for n in names]
 
 
+def refuse_extra(tensors: dict, wanted: tuple[str, ...], where: Path, what: str) -> None:
+    """A file holding tensors its architecture does not use is refused (it is another architecture, or a
+    damaged file): reading it as if they were not there would give other outputs than its makers'."""
+    extra = sorted(set(tensors) - set(wanted))
+    if extra:
+        raise UserError(f"{where} holds {', '.join(extra)}, which a {what} does not use (expected "
+                        f"{', '.join(wanted)}): is its cfg.json's architecture right?")
+
+
 def finish(sae: SAE, settings_extra: dict | None = None) -> SAE:
     """Check shapes and values; compute the digest."""
     d_in, d_sae = sae.W_enc.shape

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 from analysis.types import UserError
-from analysis.sae.model import SAE, hook_name, need, parse_hook_name, tensors_of
+from analysis.sae.model import SAE, hook_name, need, parse_hook_name, refuse_extra, tensors_of
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_VERSION = "6.54.12"
@@ -113,15 +113,6 @@ def load_saelens(folder: Path) -> SAE:
                prepend_bos=None if prepend is None else bool(prepend), output_site=output_site, W_skip=W_skip,
                context_size=None if context is None else int(context),
                meta={k_: v for k_, v in (cfg.get("training") or {}).items()})
-
-
-def refuse_extra(tensors: dict, wanted: tuple[str, ...], where: Path, what: str) -> None:
-    """A file holding tensors its architecture does not use is refused (it is another architecture, or a
-    damaged file): reading it as if they were not there would give other outputs than its makers'."""
-    extra = sorted(set(tensors) - set(wanted))
-    if extra:
-        raise UserError(f"{where} holds {', '.join(extra)}, which a {what} does not use (expected "
-                        f"{', '.join(wanted)}): is its cfg.json's architecture right?")
 
 
 def _saelens_architecture(sae: SAE) -> str:

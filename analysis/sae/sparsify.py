@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 from analysis.types import UserError
-from analysis.sae.model import SAE, SITES, need, parse_hook_name, tensors_of
+from analysis.sae.model import SAE, SITES, need, parse_hook_name, refuse_extra, tensors_of
 
 def load_sparsify(folder: Path, layer: int | None, site: str | None) -> SAE:
     cfg = json.loads((folder / "cfg.json").read_text())
@@ -19,8 +19,6 @@ def load_sparsify(folder: Path, layer: int | None, site: str | None) -> SAE:
     transcoder = bool(cfg.get("transcode")) or "W_skip" in t or bool(cfg.get("skip_connection"))
     if cfg.get("skip_connection") and "W_skip" not in t:
         raise UserError(f"{folder}: cfg.json says skip_connection but sae.safetensors has no W_skip")
-    from analysis.sae.saelens import refuse_extra
-
     refuse_extra(t, names + (("W_skip",) if "W_skip" in t else ()), folder / "sae.safetensors", "sparsify dictionary")
     n = enc_w.shape[0]
     if cfg.get("num_latents") and int(cfg["num_latents"]) != n:
